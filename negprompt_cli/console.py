@@ -1,0 +1,59 @@
+"""The one place that decides where human-readable output goes: stderr, always.
+
+stdout is reserved for data (JSON, CSV, JSONL) so that ``negprompt ... --json | jq`` works.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+# Console(stderr=True) resolves sys.stderr lazily, so test runners that swap stderr still capture it.
+err = Console(stderr=True, highlight=False)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]Warning:[/] {message}", markup=True, soft_wrap=True)
+
+
+def info(message: str) -> None:
+    err.print(message, markup=False, soft_wrap=True)
+
+
+def emit_json(obj: Any) -> None:
+    """Write exactly one JSON document to stdout (plain write: no rich markup or highlighting)."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+@contextmanager
+def progress(quiet: bool = False) -> Iterator[Progress]:
+    """A rich progress display on stderr that never captures stdout."""
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        redirect_stdout=False,
+        redirect_stderr=False,
+        disable=quiet or not err.is_terminal,
+    )
+    with bar:
+        yield bar

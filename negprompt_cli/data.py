@@ -1,0 +1,170 @@
+"""Image discovery and few-shot sampling.
+
+Training data is an ImageFolder tree (``root/<class>/<image>``). Class order is the sorted
+folder names, so a class-names file lines up with it the way torchvision's ImageFolder does.
+The few-shot subset depends only on (file list, shots, seed), so fit-pos and fit-neg pick
+the same images for the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .console import warn
+from .errors import NotFoundError, UsageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def find_images(root: Path) -> list[Path]:
+    """Every image file below ``root`` (or ``root`` itself), sorted; other files are ignored."""
+    root = Path(root)
+    if not root.exists():
+        raise NotFoundError(f"not found: {root}")
+    if root.is_file():
+        if not is_image_file(root):
+            raise UsageError(f"{root} is not an image file")
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+
+
+@dataclass
+class ImageFolder:
+    """A labelled image tree: class folders in sorted order and their images."""
+
+    root: Path
+    class_dirs: list[str]
+    class_names: list[str]
+    files: list[list[Path]]  # per class, sorted
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_dirs)
+
+
+def load_image_folder(root: Path, classes_file: Path | None = None) -> ImageFolder:
+    root = Path(root)
+    if not root.exists():
+        raise NotFoundError(f"data directory not found: {root}")
+    if not root.is_dir():
+        raise UsageError(f"data path is not a directory: {root}", hint="expected root/<class>/<image> folders")
+    class_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise UsageError(f"data directory {root} has no class folders",
+                         hint="expected an ImageFolder layout: root/<class>/<image>")
+    files = [sorted(p for p in (root / d).rglob("*") if p.is_file() and is_image_file(p)) for d in class_dirs]
+    empty = [d for d, fs in zip(class_dirs, files, strict=True) if not fs]
+    if empty:
+        raise UsageError(f"class folder {root / empty[0]} has no images"
+                         + (f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""),
+                         hint="remove the folder or add images to it")
+    names = read_class_names(classes_file, class_dirs) if classes_file else default_names(class_dirs)
+    return ImageFolder(root, class_dirs, names, files)
+
+
+def default_names(class_dirs: list[str]) -> list[str]:
+    return [d.replace("_", " ") for d in class_dirs]
+
+
+def read_names_file(path: Path) -> list[str]:
+    """A plain list of class names, one per line; blank lines and duplicates are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"class-names file not found: {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()  # a trailing newline is not a blank class
+    if not lines:
+        raise UsageError(f"class-names file {path} is empty")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            raise UsageError(f"{path}:{number}: blank line in class-names file")
+    _check_duplicates(path, [line.strip() for line in lines])
+    return [line.strip() for line in lines]
+
+
+def read_class_names(path: Path, class_dirs: list[str]) -> list[str]:
+    """Names for the class folders: one per line in sorted-folder order, or ``folder<TAB>name`` lines."""
+    lines = read_names_file(path)
+    if all("\t" in line for line in lines):
+        mapping: dict[str, str] = {}
+        for line in lines:
+            folder, name = (part.strip() for part in line.split("\t", 1))
+            mapping[folder] = name
+        missing = [d for d in class_dirs if d not in mapping]
+        if missing:
+            raise UsageError(f"{path} names no class for folder {missing[0]!r}"
+                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        names = [mapping[d] for d in class_dirs]
+        _check_duplicates(path, names)
+        return names
+    if any("\t" in line for line in lines):
+        raise UsageError(f"{path} mixes 'folder<TAB>name' lines with plain names")
+    if len(lines) != len(class_dirs):
+        raise UsageError(f"{path} has {len(lines)} class names but the data has {len(class_dirs)} class folders",
+                         hint="one name per class folder, in sorted folder order, or folder<TAB>name lines")
+    return lines
+
+
+def _check_duplicates(path: Path, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise UsageError(f"{path}: duplicate class name {name!r}")
+        seen.add(name)
+
+
+@dataclass
+class Split:
+    """Indices into the flattened (class-major) file list."""
+
+    paths: list[Path]
+    labels: list[int]
+    train: list[int]
+    val: list[int]
+
+
+def few_shot_split(folder: ImageFolder, shots: int | None, seed: int, val_fraction: float = 0.0) -> Split:
+    """Seeded per-class sample of ``shots`` training images and an optional validation hold-out.
+
+    The validation images come from the images *not* in the shot subset, so the training
+    subset is the same with or without ``--val-fraction``.
+    """
+    if shots is not None and shots < 1:
+        raise UsageError(f"--shots must be at least 1 (got {shots})")
+    if not 0.0 <= val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in [0, 1) (got {val_fraction})")
+    rng = np.random.default_rng(seed)
+    paths: list[Path] = []
+    labels: list[int] = []
+    train: list[int] = []
+    val: list[int] = []
+    short: list[str] = []
+    for label, files in enumerate(folder.files):
+        offset = len(paths)
+        paths.extend(files)
+        labels.extend([label] * len(files))
+        order = rng.permutation(len(files))
+        take = len(files) if shots is None else min(shots, len(files))
+        if shots is not None and shots > len(files):
+            short.append(f"{folder.class_dirs[label]} ({len(files)})")
+        train.extend(offset + int(i) for i in order[:take])
+        if val_fraction > 0:
+            n_val = min(math.ceil(val_fraction * len(files)), len(files) - take)
+            if n_val > 0:
+                val.extend(offset + int(i) for i in order[len(files) - n_val:])
+    if short:
+        warn(f"--shots {shots} is more than {len(short)} class(es) have; using all their images: "
+             + ", ".join(short[:5]) + (" ..." if len(short) > 5 else ""))
+    if val_fraction > 0 and not val:
+        raise UsageError(f"--val-fraction {val_fraction} leaves no validation images outside the "
+                         f"{shots}-shot training subset", hint="lower --shots or add images")
+    return Split(paths, labels, sorted(train), sorted(val))

@@ -1,0 +1,56 @@
+"""Errors that the CLI turns into one line on stderr and a documented exit code.
+
+Every failure a user can cause by what they type or point us at is raised as a
+:class:`NegPromptError` subclass, so the CLI never has to guess how to report it.
+"""
+
+from __future__ import annotations
+
+# Documented exit codes (README "Exit codes"; `negprompt --help` epilog).
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_HUB = 4
+EXIT_INCOMPATIBLE = 5
+EXIT_INTERRUPTED = 130
+
+
+class NegPromptError(Exception):
+    """Base class: a message for the user, an optional hint, and the exit code to use."""
+
+    exit_code = EXIT_RUNTIME
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(NegPromptError):
+    """An option value or an input file's content is invalid."""
+
+    exit_code = EXIT_USAGE
+
+
+class NotFoundError(NegPromptError):
+    """A path the user named does not exist."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+class HubError(NegPromptError):
+    """Weights or artifacts could not be fetched (offline, missing on the Hub, auth)."""
+
+    exit_code = EXIT_HUB
+
+
+class IncompatibleArtifactError(NegPromptError):
+    """A prompts file is not a negprompt artifact, is corrupt, or belongs to another backbone."""
+
+    exit_code = EXIT_INCOMPATIBLE

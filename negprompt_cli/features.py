@@ -1,0 +1,256 @@
+"""Image features, computed once: encode each image once per (weights, preprocessing, view).
+
+Features are stored as unit-norm float32 rows in safetensors shards under
+``<cache>/<feature key>/``. Rows are keyed by a hash of the image file's bytes (plus the
+augmentation view), so renamed or re-exported copies of the same image hit the cache.
+Every training and scoring stage goes through :func:`encode_images`, which only runs the
+image tower on what the cache does not already hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .backbone import Backbone, autocast
+from .console import progress, warn
+from .errors import UsageError
+
+SHARD_TENSOR = "features"
+
+
+def default_cache_dir() -> Path:
+    """``--cache-dir`` > ``NEGPROMPT_CACHE`` > ``$XDG_CACHE_HOME/negprompt`` > ``~/.cache/negprompt``."""
+    env = os.environ.get("NEGPROMPT_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "negprompt"
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Append-only store of feature rows for one feature key (one directory of shards)."""
+
+    def __init__(self, root: Path, key: str, info: dict | None = None) -> None:
+        self.dir = Path(root) / key
+        self.info = info or {}
+        self._index: dict[str, tuple[Path, int]] | None = None
+
+    def _load_index(self) -> dict[str, tuple[Path, int]]:
+        if self._index is None:
+            index: dict[str, tuple[Path, int]] = {}
+            for shard in sorted(self.dir.glob("*.safetensors")) if self.dir.is_dir() else []:
+                try:
+                    with safe_open(str(shard), framework="pt") as handle:
+                        ids = json.loads((handle.metadata() or {}).get("ids", "[]"))
+                except Exception:  # a damaged shard is ignored, never fatal: it is only a cache
+                    continue
+                for row, item in enumerate(ids):
+                    index[item] = (shard, row)
+            self._index = index
+        return self._index
+
+    def __contains__(self, item: str) -> bool:
+        return item in self._load_index()
+
+    def get(self, ids: Sequence[str]) -> torch.Tensor:
+        index = self._load_index()
+        by_shard: dict[Path, list[tuple[int, int]]] = {}
+        for pos, item in enumerate(ids):
+            shard, row = index[item]
+            by_shard.setdefault(shard, []).append((pos, row))
+        out: torch.Tensor | None = None
+        for shard, pairs in by_shard.items():
+            with safe_open(str(shard), framework="pt") as handle:
+                block = handle.get_tensor(SHARD_TENSOR)
+            if out is None:
+                out = torch.empty(len(ids), block.shape[1], dtype=torch.float32)
+            positions = torch.tensor([p for p, _ in pairs])
+            rows = torch.tensor([r for _, r in pairs])
+            out[positions] = block[rows].float()
+        if out is None:
+            raise KeyError("no ids requested")
+        return out
+
+    def add(self, ids: Sequence[str], features: torch.Tensor) -> None:
+        """Write one new shard atomically (temp file + rename), so readers never see half a shard."""
+        if not ids:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        info_file = self.dir / "info.json"
+        if not info_file.exists() and self.info:
+            info_file.write_text(json.dumps(self.info, indent=2, sort_keys=True))
+        name = f"{uuid.uuid4().hex}.safetensors"
+        tmp = self.dir / f".{name}.tmp"
+        save_file({SHARD_TENSOR: features.detach().to("cpu", torch.float32).contiguous()}, str(tmp),
+                  metadata={"ids": json.dumps(list(ids))})
+        os.replace(tmp, self.dir / name)
+        index = self._load_index()
+        for row, item in enumerate(ids):
+            index[item] = (self.dir / name, row)
+
+
+@dataclass
+class EncodeStats:
+    """What a call to :func:`encode_images` did; tests count ``encoded`` to prove caching."""
+
+    requested: int = 0
+    cached: int = 0
+    encoded: int = 0
+    encoder_calls: int = 0
+    skipped: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class View:
+    """How an image is turned into pixels: the eval preprocessing, or seeded augmented view ``index``.
+
+    Augmented views follow the paper's released code: random crop with 4-pixel padding and a
+    horizontal flip, on top of the eval resize + centre crop. They are seeded per image and
+    view, so view k of an image is the same in every run and stage.
+    """
+
+    index: int | None = None  # None = eval preprocessing
+    seed: int = 0
+    pad: int = 4
+
+    def tag(self) -> str:
+        return "eval" if self.index is None else f"aug{self.index}-s{self.seed}-p{self.pad}"
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    def __init__(self, paths: Sequence[Path], digests: Sequence[str], view: View,
+                 preprocess: Callable, image_size: int) -> None:
+        self.paths, self.digests, self.view = list(paths), list(digests), view
+        self.preprocess, self.image_size = preprocess, image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+        try:
+            with Image.open(self.paths[i]) as img:
+                img.load()
+                image = img.convert("RGB")
+        except Exception:
+            return i, None
+        if self.view.index is not None:
+            image = _augment(image, self.digests[i], self.view, self.image_size)
+        return i, self.preprocess(image)
+
+
+def _augment(image: Image.Image, digest: str, view: View, size: int) -> Image.Image:
+    seed = int.from_bytes(hashlib.blake2b(f"{digest}:{view.tag()}".encode(), digest_size=8).digest(), "little")
+    rng = np.random.default_rng(seed)
+    scale = size / min(image.size)
+    image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
+                         Image.Resampling.BICUBIC)
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    padded = ImageOps.expand(image, border=view.pad, fill=0)
+    dx, dy = (int(v) for v in rng.integers(0, 2 * view.pad + 1, size=2))
+    image = padded.crop((dx, dy, dx + size, dy + size))
+    if rng.random() < 0.5:
+        image = ImageOps.mirror(image)
+    return image
+
+
+def _collate(batch):  # type: ignore[no-untyped-def]
+    good = [(i, x) for i, x in batch if x is not None]
+    bad = [i for i, x in batch if x is None]
+    images = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], images, bad
+
+
+def encode_images(
+    backbone: Backbone,
+    paths: Sequence[Path],
+    *,
+    cache_dir: Path | None = None,
+    view: View = View(),
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    precision: str = "fp32",
+    strict: bool = False,
+    use_cache: bool = True,
+    quiet: bool = False,
+    description: str = "Encoding images",
+) -> tuple[torch.Tensor, list[int], EncodeStats]:
+    """Unit-norm features for ``paths``; returns (features of readable images, their indices, stats).
+
+    Unreadable images are skipped with one warning (count + first paths); ``strict`` makes
+    them an error. Cached rows are reused; only the rest goes through the image tower.
+    """
+    stats = EncodeStats(requested=len(paths))
+    digests = [file_digest(Path(p)) for p in paths]
+    row_ids = [f"{d}:{view.tag()}" for d in digests]
+    preprocess_id = repr(backbone.preprocess)
+    key = backbone.feature_key(preprocess_id)
+    cache = FeatureCache(cache_dir or default_cache_dir(), key,
+                         info={**backbone.identity(), "preprocess": preprocess_id}) if use_cache else None
+    todo = [i for i, rid in enumerate(row_ids) if cache is None or rid not in cache]
+    stats.cached = len(paths) - len(todo)
+    new_features: dict[int, torch.Tensor] = {}
+    if todo:
+        if num_workers is None:
+            num_workers = min(4, os.cpu_count() or 1) if len(todo) >= 64 else 0
+        device = backbone.device
+        dataset = _ImageDataset([paths[i] for i in todo], [digests[i] for i in todo], view, backbone.preprocess,
+                                backbone.image_size)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                                             collate_fn=_collate, pin_memory=device.type == "cuda")
+        bad_local: list[int] = []
+        with progress(quiet) as bar:
+            task = bar.add_task(description, total=len(todo), status="")
+            for local_idx, images, bad in loader:
+                bad_local.extend(bad)
+                if images is not None:
+                    with torch.no_grad(), autocast(device, precision):
+                        feats = backbone.model.encode_image(images.to(device, non_blocking=True))
+                    feats = F.normalize(feats.float(), dim=-1).cpu()
+                    stats.encoder_calls += 1
+                    stats.encoded += len(local_idx)
+                    ids = [row_ids[todo[j]] for j in local_idx]
+                    if cache is not None:
+                        cache.add(ids, feats)
+                    for j, f in zip(local_idx, feats, strict=True):
+                        new_features[todo[j]] = f
+                bar.advance(task, len(local_idx) + len(bad))
+        stats.skipped = [Path(paths[todo[j]]) for j in sorted(bad_local)]
+    if stats.skipped:
+        shown = ", ".join(str(p) for p in stats.skipped[:3])
+        more = " ..." if len(stats.skipped) > 3 else ""
+        if strict:
+            raise UsageError(f"{len(stats.skipped)} unreadable image(s): {shown}{more}",
+                             hint="fix or remove them, or drop --strict to skip them")
+        warn(f"skipped {len(stats.skipped)} unreadable image(s): {shown}{more}")
+    skipped = {str(p) for p in stats.skipped}
+    keep = [i for i, p in enumerate(paths) if str(p) not in skipped]
+    if not keep:
+        return torch.empty(0, 0), [], stats
+    cached_idx = [i for i in keep if i not in new_features]
+    out: dict[int, torch.Tensor] = dict(new_features)
+    if cached_idx and cache is not None:
+        for i, row in zip(cached_idx, cache.get([row_ids[i] for i in cached_idx]), strict=True):
+            out[i] = row
+    return torch.stack([out[i] for i in keep]), keep, stats

@@ -1,0 +1,162 @@
+"""``negprompt fit-pos``: learn CoOp positive prompts on cached features of a few-shot subset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifact import PromptArtifact, package_versions, save_prompts
+from .atomic import check_output_path
+from .backbones import BackboneRequest, load_backbone
+from .data import few_shot_split, load_image_folder
+from .errors import UsageError
+from .features import View, encode_images
+from .learners import PromptSettings
+from .registry import get_host
+from .text_encoder import SoftPromptTextEncoder
+from .training import OptimConfig, accuracy, train
+
+HAND_TEMPLATE = "a photo of a {}."
+
+
+@dataclass
+class DataOptions:
+    root: Path
+    classes_file: Path | None = None
+    shots: int | None = 16
+    val_fraction: float = 0.0
+    aug_views: int = 0
+    cache_dir: Path | None = None
+    strict: bool = False
+    batch_size: int = 64  # image-encoding batch
+    num_workers: int | None = None
+
+
+@dataclass
+class FitPosOptions:
+    backbone: BackboneRequest
+    data: DataOptions
+    out: Path
+    prompt: PromptSettings = field(default_factory=PromptSettings)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    learner: str = "coop"
+    text_chunk: int | None = None
+    quiet: bool = False
+
+
+def labelled_features(backbone, data: DataOptions, seed: int, precision: str, quiet: bool):  # type: ignore[no-untyped-def]
+    """Few-shot training features ([N, V, E]) and labels, plus validation features, all from the cache."""
+    folder = load_image_folder(data.root, data.classes_file)
+    split = few_shot_split(folder, data.shots, seed, data.val_fraction)
+    common = dict(cache_dir=data.cache_dir, batch_size=data.batch_size, num_workers=data.num_workers,
+                  precision=precision, strict=data.strict, quiet=quiet)
+    train_paths = [split.paths[i] for i in split.train]
+    train_labels = torch.tensor([split.labels[i] for i in split.train])
+    views = [View()] if data.aug_views <= 0 else [View(index=k, seed=seed) for k in range(data.aug_views)]
+    per_view = []
+    keep: list[int] | None = None
+    stats = []
+    for view in views:
+        feats, kept, st = encode_images(backbone, train_paths, view=view, description="Encoding training images",
+                                        **common)
+        stats.append(st)
+        keep = kept if keep is None else [k for k in keep if k in set(kept)]
+        per_view.append((feats, kept))
+    assert keep is not None
+    if not keep:
+        raise UsageError("no readable training images")
+    stacked = []
+    for feats, kept in per_view:
+        pos = {k: i for i, k in enumerate(kept)}
+        stacked.append(feats[[pos[k] for k in keep]])
+    features = torch.stack(stacked, dim=1)
+    labels = train_labels[keep]
+    val = None
+    if split.val:
+        vfeats, vkept, vst = encode_images(backbone, [split.paths[i] for i in split.val],
+                                           description="Encoding validation images", **common)
+        stats.append(vst)
+        val = (vfeats, torch.tensor([split.labels[split.val[i]] for i in vkept]))
+    return folder, features, labels, val, stats
+
+
+def zero_shot_accuracy(encoder: SoftPromptTextEncoder, names: list[str], features: torch.Tensor,
+                       labels: torch.Tensor) -> float:
+    """Hand-template ("a photo of a {}.") accuracy through the model's own encode_text."""
+    model = encoder.model
+    device = model.token_embedding.weight.device
+    with torch.no_grad():
+        text = model.encode_text(encoder.tokenizer([HAND_TEMPLATE.format(n) for n in names]).to(device),
+                                 normalize=True)
+        logits = features.to(device) @ text.float().t()
+    return float((logits.argmax(1).cpu() == labels).float().mean())
+
+
+def fit_pos(options: FitPosOptions) -> dict[str, Any]:
+    check_output_path(options.out)
+    builder = get_host().learner(options.learner)
+    if getattr(builder, "kind", "positive") != "positive":
+        raise UsageError(f"learner {options.learner!r} learns {builder.kind} prompts; fit-pos needs a positive learner")
+    backbone = load_backbone(options.backbone)
+    encoder = SoftPromptTextEncoder(backbone)
+    settings = options.prompt
+    if settings.ctx_init:
+        n_tokens = encoder.word_embeddings(settings.ctx_init).shape[0]
+        settings = PromptSettings(n_tokens, settings.ctx_init, settings.csc, settings.suffix,
+                                  settings.class_token_position)
+    if settings.n_ctx < 1:
+        raise UsageError(f"--n-ctx must be at least 1 (got {settings.n_ctx})")
+    optim = options.optim
+    folder, features, labels, val, stats = labelled_features(backbone, options.data, optim.seed, optim.precision,
+                                                            options.quiet)
+    prompts = encoder.tokenize(folder.class_names, settings.n_ctx, settings.suffix)
+    generator = torch.Generator().manual_seed(optim.seed)
+    module = builder(encoder, prompts, settings, generator, text_chunk=options.text_chunk)
+    clean = features[:, 0]
+    zero_shot = zero_shot_accuracy(encoder, folder.class_names, clean, labels)
+    initial = accuracy(module, clean, labels)
+    result = train(module, features, labels, optim, val=val, quiet=options.quiet)
+    final = accuracy(module, clean, labels)
+    summary: dict[str, Any] = {
+        "out": str(options.out),
+        "backbone": backbone.identity(),
+        "classes": len(folder.class_names),
+        "train_images": int(len(labels)),
+        "val_images": int(len(val[1])) if val else 0,
+        "images_encoded": sum(s.encoded for s in stats),
+        "images_from_cache": sum(s.cached for s in stats),
+        "images_skipped": sum(len(s.skipped) for s in stats),
+        "zero_shot_accuracy": zero_shot,
+        "initial_train_accuracy": initial,
+        "final_train_accuracy": final,
+        "final_loss": result.history[-1]["loss"] if result.history else None,
+        "selected_epoch": result.selected_epoch,
+        "selection": result.selection,
+    }
+    if val:
+        summary["val_accuracy"] = accuracy(module, *val)
+    artifact = PromptArtifact(
+        kind="positive",
+        tensors=module.export(),
+        backbone=backbone.identity(),
+        prompt={**settings.as_dict(), "learner": options.learner},
+        class_names=list(folder.class_names),
+        training={
+            "stage": "fit-pos",
+            "optim": optim.as_dict(),
+            "data": {"root": str(options.data.root), "class_dirs": folder.class_dirs, "shots": options.data.shots,
+                     "val_fraction": options.data.val_fraction, "aug_views": options.data.aug_views,
+                     "train_images": int(len(labels))},
+            "history": result.history,
+            "selected_epoch": result.selected_epoch,
+            "selection": result.selection,
+            "logit_scale": backbone.logit_scale,
+        },
+        extra={k: summary[k] for k in ("zero_shot_accuracy", "initial_train_accuracy", "final_train_accuracy")},
+        versions=package_versions(),
+    )
+    save_prompts(artifact, options.out)
+    return summary

@@ -1,0 +1,254 @@
+"""Plugin manager: discovers plugins through the ``negprompt`` entry-point group.
+
+Built-in plugins (``plugins/``) are declared as entry points of this very package, so they
+load through exactly the path a third-party plugin takes. Core code never imports them.
+
+Rules:
+
+* ``NEGPROMPT_LOAD_PLUGINS=a,b`` loads only the entry points named ``a`` and ``b``;
+  an empty value loads none (useful to debug a broken setup).
+* A plugin that fails to import is skipped with a warning; it appears in
+  ``negprompt plugins`` with its error.
+* Duplicate names: registering a name (or alias) that another plugin already registered is
+  refused with a warning and the first registration is kept, unless the second passes
+  ``replace=True``. Built-ins load first, so a third-party plugin must opt in to override one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import UsageError
+
+ENTRY_POINT_GROUP = "negprompt"
+BUILTIN_DIST = "negprompt"
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded or tried to take a name already in use."""
+
+
+@dataclass
+class PluginRecord:
+    name: str
+    dist: str | None = None
+    version: str | None = None
+    error: str | None = None
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Entry:
+    name: str
+    obj: Any
+    plugin: str
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+
+
+class Registry:
+    """Names -> registered objects of one kind (backbones, learners, scorers)."""
+
+    def __init__(self, kind: str, normalise: Callable[[str], str] = str.lower) -> None:
+        self.kind = kind
+        self._normalise = normalise
+        self._entries: dict[str, Entry] = {}
+        self._lookup: dict[str, str] = {}
+
+    def add(self, plugin: str, name: str, obj: Any, *, aliases=(), description="", replace=False) -> bool:
+        keys = [name, *aliases]
+        taken = [k for k in keys if self._normalise(k) in self._lookup]
+        if taken and not replace:
+            owner = self._entries[self._lookup[self._normalise(taken[0])]].plugin
+            warnings.warn(
+                f"plugin {plugin!r} registers {self.kind} {taken[0]!r}, already registered by "
+                f"{owner!r}; keeping {owner!r}'s (pass replace=True to override)",
+                PluginWarning,
+                stacklevel=3,
+            )
+            return False
+        if taken and replace:
+            for key in taken:
+                old = self._lookup.pop(self._normalise(key))
+                self._entries.pop(old, None)
+        self._entries[name] = Entry(name, obj, plugin, description, tuple(aliases))
+        for key in keys:
+            self._lookup[self._normalise(key)] = name
+        return True
+
+    def get(self, name: str) -> Entry | None:
+        key = self._lookup.get(self._normalise(name))
+        return self._entries[key] if key is not None else None
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())
+
+    def all_spellings(self) -> list[str]:
+        return [n for e in self._entries.values() for n in (e.name, *e.aliases)]
+
+    def unknown(self, name: str, extra: str = "") -> UsageError:
+        close = difflib.get_close_matches(name, self.all_spellings(), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(self.names())}"
+        return UsageError(f"unknown {self.kind} {name!r}{extra}", hint=hint)
+
+
+class PluginHost:
+    """One loaded set of plugins and the registries they filled."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("negprompt")
+        self.pm.add_hookspecs(hookspecs)
+        self.records: dict[str, PluginRecord] = {}
+        self.backbones = Registry("backbone", normalise=_normalise_backbone)
+        self.learners = Registry("prompt learner")
+        self.scorers = Registry("scorer")
+        self._filled = False
+
+    # -- loading ---------------------------------------------------------------------------
+    def load_entry_points(self, allow: set[str] | None) -> None:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if allow is not None and ep.name not in allow:
+                continue
+            if ep.name in self.records:
+                continue
+            dist = getattr(ep, "dist", None)
+            record = PluginRecord(
+                ep.name,
+                dist=dist.metadata["Name"] if dist is not None else None,
+                version=dist.version if dist is not None else None,
+            )
+            self.records[ep.name] = record
+            try:
+                module = ep.load()
+                self.pm.register(module, name=ep.name)
+            except Exception as exc:  # a broken third-party plugin must not take the CLI down
+                record.error = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"could not load plugin {ep.name!r}: {record.error}", PluginWarning, stacklevel=2)
+
+    def register_object(self, plugin: object, name: str) -> None:
+        """Register an in-process plugin (tests, notebooks) and refill the registries."""
+        self.pm.register(plugin, name=name)
+        self.records[name] = PluginRecord(name)
+        self._filled = False
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self.records.pop(name, None)
+        self._filled = False
+
+    def fill(self) -> None:
+        """Ask every plugin to register into fresh registries (idempotent until plugins change)."""
+        if self._filled:
+            return
+        self.pm.check_pending()
+        self.backbones = Registry("backbone", normalise=_normalise_backbone)
+        self.learners = Registry("prompt learner")
+        self.scorers = Registry("scorer")
+        for record in self.records.values():
+            record.registered = {}
+        # pluggy calls hookimpls LIFO; get_hookimpls() lists them in registration order, so we
+        # call them in that order and "first registration wins" means "built-ins win".
+        for hook_name, registry in (
+            ("register_backbones", self.backbones),
+            ("register_prompt_learners", self.learners),
+            ("register_scorers", self.scorers),
+        ):
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                register = self._registrar(impl.plugin_name, registry)
+                impl.function(**({"register": register} if impl.argnames else {}))
+        self._filled = True
+
+    def _registrar(self, plugin_name: str, registry: Registry) -> Callable[..., None]:
+        def register(name: str, obj: Any, *, aliases=(), description: str = "", replace: bool = False) -> None:
+            if registry.add(plugin_name, name, obj, aliases=tuple(aliases), description=description,
+                            replace=replace):
+                record = self.records.setdefault(plugin_name, PluginRecord(plugin_name))
+                record.registered.setdefault(registry.kind, []).append(name)
+
+        return register
+
+    # -- lookups ---------------------------------------------------------------------------
+    def backbone_factory(self, name: str) -> Callable[..., Any]:
+        self.fill()
+        entry = self.backbones.get(name)
+        if entry is not None:
+            return entry.obj
+        factory = self.pm.hook.resolve_backbone(name=name)
+        if factory is not None:
+            return factory
+        raise self.backbones.unknown(name)
+
+    def learner(self, name: str) -> Any:
+        self.fill()
+        entry = self.learners.get(name)
+        if entry is None:
+            raise self.learners.unknown(name)
+        return entry.obj
+
+    def scorer(self, name: str) -> Any:
+        self.fill()
+        entry = self.scorers.get(name)
+        if entry is None:
+            raise self.scorers.unknown(name)
+        return entry.obj
+
+    def describe(self) -> list[dict[str, Any]]:
+        self.fill()
+        out = []
+        for record in self.records.values():
+            plugin = self.pm.get_plugin(record.name)
+            hooks = sorted(c.name for c in self.pm.get_hookcallers(plugin) or []) if plugin else []
+            out.append(
+                {
+                    "name": record.name,
+                    "dist": record.dist,
+                    "version": record.version,
+                    "hooks": hooks,
+                    "registers": record.registered,
+                    "error": record.error,
+                }
+            )
+        return out
+
+
+def _normalise_backbone(name: str) -> str:
+    """ViT-B/16, vit-b-16 and ViT-B-16 are the same backbone."""
+    return name.strip().replace("/", "-").lower()
+
+
+def allow_list_from_env() -> set[str] | None:
+    value = os.environ.get("NEGPROMPT_LOAD_PLUGINS")
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+_host: PluginHost | None = None
+
+
+def get_host() -> PluginHost:
+    """The process-wide plugin host, loading entry points on first use."""
+    global _host
+    if _host is None:
+        host = PluginHost()
+        host.load_entry_points(allow_list_from_env())
+        _host = host
+    return _host
+
+
+def reset_host() -> None:
+    """Forget loaded plugins (tests; changes to NEGPROMPT_LOAD_PLUGINS)."""
+    global _host
+    _host = None

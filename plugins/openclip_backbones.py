@@ -1,0 +1,165 @@
+"""Built-in backbone plugin: open_clip models (ViT-B/16 default, ViT-B/32, RN50, RN101, any other).
+
+Names accepted:
+
+* the four registered names (``ViT-B/16`` also spelled ``ViT-B-16``), each with the
+  pretrained tag the NegPrompt paper or CLIP used by default;
+* any open_clip architecture (``open_clip.list_models()``), with ``--pretrained`` naming a tag;
+* ``hf-hub:org/repo`` and ``local-dir:/path`` (open_clip's own config + weights layout).
+
+``--pretrained`` is a tag, a local checkpoint file, or ``none`` for random weights.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import open_clip
+import torch
+
+import negprompt_cli
+from negprompt_cli.backbone import Backbone
+from negprompt_cli.errors import HubError, NotFoundError, UsageError
+
+# name -> (open_clip architecture, default pretrained tag)
+KNOWN = {
+    "ViT-B/16": ("ViT-B-16", "laion2b_s34b_b88k"),
+    "ViT-B/32": ("ViT-B-32", "laion2b_s34b_b79k"),
+    "RN50": ("RN50", "openai"),
+    "RN101": ("RN101", "openai"),
+}
+RANDOM = ("none", "random")
+SCHEMES = ("hf-hub:", "local-dir:")
+
+
+@negprompt_cli.hookimpl
+def register_backbones(register: Callable[..., None]) -> None:
+    for name, (arch, tag) in KNOWN.items():
+        aliases = (arch,) if arch != name else ()
+        register(name, partial(load_openclip, name, arch, tag), aliases=aliases,
+                 description=f"open_clip {arch}, default weights {tag!r}")
+
+
+@negprompt_cli.hookimpl
+def resolve_backbone(name: str):  # type: ignore[no-untyped-def]
+    if name.startswith(SCHEMES):
+        return partial(load_openclip, name, name, None)
+    arch = name.replace("/", "-")
+    if arch in open_clip.list_models():
+        return partial(load_openclip, arch, arch, None)
+    return None
+
+
+def load_openclip(name: str, arch: str, default_tag: str | None, pretrained: str | None,
+                  device: torch.device, cache_dir: str | None = None,
+                  quick_gelu: bool | None = None) -> Backbone:
+    """Build a frozen open_clip model; every failure becomes a one-line negprompt error."""
+    if arch.startswith(SCHEMES):
+        if pretrained not in (None, ""):
+            raise UsageError(f"{arch} carries its own weights; drop --pretrained {pretrained}")
+        if arch.startswith("local-dir:") and not Path(arch[len("local-dir:"):]).is_dir():
+            raise NotFoundError(f"backbone directory not found: {arch[len('local-dir:'):]}")
+        kwargs: dict = {}
+        tag = None
+    else:
+        tag = pretrained if pretrained not in (None, "") else default_tag
+        if tag is None:
+            raise UsageError(f"backbone {arch!r} has no default weights; name them with --pretrained",
+                             hint=_tag_hint(arch))
+        kwargs = {"pretrained": None if tag.lower() in RANDOM else _check_tag(arch, tag)}
+        if quick_gelu is None:
+            quick_gelu = _tag_quick_gelu(arch, tag)
+        kwargs["force_quick_gelu"] = bool(quick_gelu)
+    try:
+        with _quiet_open_clip_logging():
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, device=device, cache_dir=cache_dir,
+                                                                         **kwargs)
+    except (RuntimeError, OSError, FileNotFoundError, ValueError) as exc:
+        raise _load_error(arch, tag, exc) from exc
+    model.eval().requires_grad_(False)
+    if arch.startswith(SCHEMES):
+        quick_gelu = _uses_quick_gelu(model)
+    size = open_clip.get_model_preprocess_cfg(model).get("size", 224)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    base_model = None
+    if tag and tag.lower() not in RANDOM and not os.path.exists(tag):
+        cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+        base_model = (cfg.get("hf_hub") or "").rstrip("/") or None
+    elif arch.startswith("hf-hub:"):
+        base_model = arch[len("hf-hub:"):]
+    return Backbone(
+        name=name,
+        pretrained=None if arch.startswith(SCHEMES) else tag,
+        model=model,
+        preprocess=preprocess,
+        tokenizer=open_clip.get_tokenizer(arch),
+        image_size=int(size),
+        quick_gelu=bool(quick_gelu),
+        base_model=base_model,
+    )
+
+
+@contextmanager
+def _quiet_open_clip_logging() -> Iterator[None]:
+    """open_clip logs failures on the root logger; we report them as one negprompt line instead."""
+    if os.environ.get("NEGPROMPT_DEBUG", "") not in ("", "0"):
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _check_tag(arch: str, tag: str) -> str:
+    if os.path.exists(tag):
+        return tag
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if tag in tags:
+        return tag
+    if any(sep in tag for sep in ("/", os.sep)) or tag.endswith((".safetensors", ".bin", ".pt", ".pth")):
+        raise NotFoundError(f"pretrained weights file not found: {tag}")
+    close = difflib.get_close_matches(tag, tags, n=1)
+    raise UsageError(f"unknown pretrained tag {tag!r} for {arch}"
+                     + (f" (did you mean {close[0]!r}?)" if close else ""),
+                     hint=_tag_hint(arch))
+
+
+def _tag_hint(arch: str) -> str:
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    listed = ", ".join(tags) if tags else "(none)"
+    return f"valid tags for {arch}: {listed}; or a checkpoint file, or 'none' for random weights"
+
+
+def _tag_quick_gelu(arch: str, tag: str) -> bool:
+    if arch.endswith("-quickgelu"):
+        return True
+    if tag.lower() in RANDOM or os.path.exists(tag):
+        return False
+    return bool((open_clip.get_pretrained_cfg(arch, tag) or {}).get("quick_gelu", False))
+
+
+def _uses_quick_gelu(model: torch.nn.Module) -> bool:
+    return any(type(m).__name__ == "QuickGELU" for m in model.modules())
+
+
+def _load_error(arch: str, tag: str | None, exc: Exception) -> Exception:
+    text = str(exc)
+    if "Failed to download" in text or "HF Hub" in text or "offline" in text.lower():
+        what = f"{arch} weights {tag!r}" if tag else arch
+        return HubError(
+            f"could not fetch {what}: not in the local cache and the Hub cannot be reached",
+            hint="pass --pretrained FILE (a local checkpoint), use a local-dir: backbone, "
+                 "or connect once so the weights land in the cache",
+        )
+    if isinstance(exc, FileNotFoundError):
+        return NotFoundError(f"could not load backbone {arch}: {text}")
+    return UsageError(f"could not load backbone {arch}: {text}")

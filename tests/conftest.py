@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny open_clip CLIPs (ViT and ResNet towers) written in open_clip's
+``local-dir:`` layout, and generated image folders. Nothing touches the network."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
+VIT_CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32,
+                                            "patch_size": 8}, "text_cfg": TEXT_CFG}
+RN_CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16,
+                                           "head_width": 16}, "text_cfg": TEXT_CFG}
+PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
+
+
+def write_local_dir(path: Path, cfg: dict, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**cfg)
+    # Pretrained CLIPs sit at logit scale ~100 (random init: 14.3); match them so that the
+    # small differences between a random tower's features are visible to training.
+    model.logit_scale.data.fill_(float(np.log(100.0)))
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": PREPROCESS}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "open_clip_model.safetensors"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory) -> Path:
+    return write_local_dir(tmp_path_factory.mktemp("tiny") / "vit", VIT_CFG)
+
+
+@pytest.fixture(scope="session")
+def tiny_rn_dir(tmp_path_factory) -> Path:
+    return write_local_dir(tmp_path_factory.mktemp("tiny") / "rn", RN_CFG)
+
+
+@pytest.fixture(params=["vit", "rn"])
+def tiny_backbone(request, tiny_vit_dir, tiny_rn_dir):
+    from negprompt_cli.backbones import BackboneRequest, load_backbone
+
+    path = tiny_vit_dir if request.param == "vit" else tiny_rn_dir
+    return load_backbone(BackboneRequest(name=f"local-dir:{path}", device="cpu"))
+
+
+def draw(kind: str, rng: np.random.Generator, size: int = 40) -> Image.Image:
+    """Visually distinct procedural classes: red horizontal stripes, green vertical, blue dots."""
+    img = rng.integers(0, 40, size=(size, size, 3)).astype(np.uint8)
+    if kind == "red_stripes":
+        img[::4, :, 0] = 255
+        img[1::4, :, 0] = 200
+    elif kind == "green_bars":
+        img[:, ::4, 1] = 255
+        img[:, 1::4, 1] = 200
+    else:
+        img[::6, ::6, 2] = 255
+        img[size // 4: size * 3 // 4, size // 4: size * 3 // 4, 2] = 180
+    return Image.fromarray(img)
+
+
+def make_image_folder(root: Path, classes=("red_stripes", "green_bars", "blue_dots"), per_class: int = 8,
+                      seed: int = 0, ext: str = ".png") -> Path:
+    rng = np.random.default_rng(seed)
+    for cls in classes:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            draw(cls, rng).save(root / cls / f"{i:03d}{ext}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "train")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own feature cache and a fresh plugin host."""
+    from negprompt_cli import registry
+
+    monkeypatch.setenv("NEGPROMPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("NEGPROMPT_LOAD_PLUGINS", raising=False)
+    registry.reset_host()
+    yield
+    registry.reset_host()

@@ -1,0 +1,96 @@
+"""Prompt artifacts: round trip, validation, backbone compatibility, atomic writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from negprompt_cli.artifact import PromptArtifact, load_prompts, save_prompts
+from negprompt_cli.errors import IncompatibleArtifactError, NotFoundError
+
+
+def make_artifact(**overrides) -> PromptArtifact:
+    fields = dict(
+        kind="positive",
+        tensors={"ctx_pos": torch.randn(4, 8)},
+        backbone={"backbone": "ViT-B/16", "pretrained": "laion2b_s34b_b88k", "quick_gelu": False},
+        prompt={"n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "suffix": ".", "class_token_position": "end"},
+        class_names=["cat", "dog"],
+        training={"optim": {"seed": 3}},
+    )
+    fields.update(overrides)
+    return PromptArtifact(**fields)
+
+
+def test_round_trip(tmp_path):
+    artifact = make_artifact()
+    save_prompts(artifact, tmp_path / "p.safetensors")
+    loaded = load_prompts(tmp_path / "p.safetensors", kind="positive")
+    assert torch.equal(loaded.tensors["ctx_pos"], artifact.tensors["ctx_pos"])
+    assert loaded.class_names == ["cat", "dog"] and loaded.prompt["ctx_init"] == "a photo of a"
+    assert loaded.training["optim"]["seed"] == 3
+    assert {"negprompt", "torch", "open_clip", "python"} <= set(loaded.versions)
+    assert list(tmp_path.iterdir()) == [tmp_path / "p.safetensors"]  # no temp files left
+
+
+def test_wrong_kind_and_backbone_mismatch(tmp_path):
+    save_prompts(make_artifact(), tmp_path / "p.safetensors")
+    with pytest.raises(IncompatibleArtifactError, match="expected a fit-neg artifact"):
+        load_prompts(tmp_path / "p.safetensors", kind="negative")
+    loaded = load_prompts(tmp_path / "p.safetensors")
+    loaded.check_backbone({"backbone": "ViT-B-16", "pretrained": "laion2b_s34b_b88k"})  # same, other spelling
+    with pytest.raises(IncompatibleArtifactError) as info:
+        loaded.check_backbone({"backbone": "RN50", "pretrained": "openai"})
+    assert info.value.exit_code == 5
+    assert "ViT-B/16 (laion2b_s34b_b88k)" in info.value.message and "RN50 (openai)" in info.value.message
+
+
+def test_not_an_artifact(tmp_path):
+    (tmp_path / "text.safetensors").write_text("hello")
+    with pytest.raises(IncompatibleArtifactError, match="not a negprompt prompts file"):
+        load_prompts(tmp_path / "text.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(IncompatibleArtifactError, match="not a negprompt artifact"):
+        load_prompts(tmp_path / "model.safetensors")
+    with pytest.raises(NotFoundError):
+        load_prompts(tmp_path / "absent.safetensors")
+
+
+def test_truncated_artifact(tmp_path):
+    save_prompts(make_artifact(), tmp_path / "p.safetensors")
+    data = (tmp_path / "p.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 20])
+    with pytest.raises(IncompatibleArtifactError, match="truncated"):
+        load_prompts(tmp_path / "cut.safetensors")
+
+
+def test_unknown_schema_version(tmp_path):
+    meta = make_artifact().metadata()
+    meta["schema_version"] = 99
+    save_file({"ctx_pos": torch.zeros(4, 8)}, str(tmp_path / "future.safetensors"),
+              metadata={"format": "pt", "negprompt": json.dumps(meta)})
+    with pytest.raises(IncompatibleArtifactError, match="schema 99") as info:
+        load_prompts(tmp_path / "future.safetensors")
+    assert "upgrade" in info.value.hint
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    import negprompt_cli.artifact as artifact_module
+
+    def explode(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifact_module, "save_file", explode)
+    with pytest.raises(KeyboardInterrupt):
+        save_prompts(make_artifact(), tmp_path / "p.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_directory_must_exist(tmp_path):
+    with pytest.raises(NotFoundError, match="output directory does not exist"):
+        save_prompts(make_artifact(), tmp_path / "nope" / "p.safetensors")

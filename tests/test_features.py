@@ -1,0 +1,63 @@
+"""Image features are computed once and reused; unreadable images are skipped or refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from negprompt_cli.data import find_images
+from negprompt_cli.errors import UsageError
+from negprompt_cli.features import View, encode_images
+
+
+def test_second_run_encodes_nothing_and_matches(tiny_backbone, image_folder, tmp_path):
+    paths = find_images(image_folder)
+    first, keep1, stats1 = encode_images(tiny_backbone, paths, cache_dir=tmp_path / "c", batch_size=5, quiet=True)
+    assert stats1.encoded == len(paths) and stats1.encoder_calls == 5
+    second, keep2, stats2 = encode_images(tiny_backbone, paths, cache_dir=tmp_path / "c", quiet=True)
+    assert stats2.encoded == 0 and stats2.encoder_calls == 0 and stats2.cached == len(paths)
+    assert keep1 == keep2
+    assert torch.equal(first, second)
+    # and they are the model's own unit-norm features
+    from PIL import Image
+
+    with Image.open(paths[3]) as img:
+        direct = tiny_backbone.model.encode_image(tiny_backbone.preprocess(img.convert("RGB"))[None], normalize=True)
+    torch.testing.assert_close(first[3:4], direct, atol=1e-5, rtol=0)
+
+
+def test_cache_is_keyed_by_content_not_path(tiny_backbone, image_folder, tmp_path):
+    paths = find_images(image_folder)[:4]
+    encode_images(tiny_backbone, paths, cache_dir=tmp_path / "c", quiet=True)
+    copies = []
+    for i, p in enumerate(paths):
+        copy = tmp_path / f"copy{i}.png"
+        copy.write_bytes(p.read_bytes())
+        copies.append(copy)
+    _, _, stats = encode_images(tiny_backbone, copies, cache_dir=tmp_path / "c", quiet=True)
+    assert stats.encoded == 0
+
+
+def test_corrupt_images_are_skipped_with_a_warning(tiny_backbone, image_folder, tmp_path, capsys):
+    paths = find_images(image_folder)
+    bad = image_folder / "blue_dots" / "broken.png"
+    bad.write_bytes(paths[0].read_bytes()[:60])  # truncated PNG
+    paths = find_images(image_folder)
+    feats, keep, stats = encode_images(tiny_backbone, paths, cache_dir=tmp_path / "c", quiet=True)
+    assert stats.skipped == [bad]
+    assert len(keep) == len(paths) - 1 and paths.index(bad) not in keep
+    assert feats.shape[0] == len(paths) - 1
+    assert "skipped 1 unreadable image(s)" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="1 unreadable image"):
+        encode_images(tiny_backbone, paths, cache_dir=tmp_path / "c2", strict=True, quiet=True)
+
+
+def test_augmented_views_are_deterministic_and_distinct(tiny_backbone, image_folder, tmp_path):
+    paths = find_images(image_folder)[:6]
+    eval_feats, _, _ = encode_images(tiny_backbone, paths, cache_dir=tmp_path / "a", quiet=True)
+    v0, _, _ = encode_images(tiny_backbone, paths, cache_dir=tmp_path / "a", view=View(0, seed=1), quiet=True)
+    v0_again, _, st = encode_images(tiny_backbone, paths, cache_dir=tmp_path / "b", view=View(0, seed=1), quiet=True)
+    v1, _, _ = encode_images(tiny_backbone, paths, cache_dir=tmp_path / "a", view=View(1, seed=1), quiet=True)
+    assert st.encoded == len(paths)  # a fresh cache really recomputed ...
+    torch.testing.assert_close(v0, v0_again, atol=1e-6, rtol=0)  # ... the same view
+    assert not torch.allclose(v0, v1) and not torch.allclose(v0, eval_feats)

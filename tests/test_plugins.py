@@ -1,0 +1,168 @@
+"""Plugin discovery through real entry points, the allow-list, broken plugins and duplicate names."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pluggy
+import pytest
+from typer.testing import CliRunner
+
+import negprompt_cli
+from negprompt_cli import registry
+from negprompt_cli.cli import app
+from negprompt_cli.registry import PluginHost, PluginWarning
+
+runner = CliRunner()
+
+
+def install_fake_plugin(site: Path, module: str, source: str, ep_name: str | None = None,
+                        dist: str = "negprompt-fake", version: str = "0.1") -> None:
+    """A plugin 'installed' the way pip would: a dist-info with entry_points.txt on sys.path."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[negprompt]\n{ep_name or module} = {module}\n")
+
+
+FAKE = """
+    import negprompt_cli
+
+    @negprompt_cli.hookimpl
+    def register_scorers(register):
+        register("always-one", lambda pos, neg=None, **kw: pos[:, 0] * 0 + 1, description="test scorer")
+
+    @negprompt_cli.hookimpl
+    def register_backbones(register):
+        register("fake-clip", lambda **kw: None, aliases=("fake/clip",))
+"""
+
+
+@pytest.fixture
+def fake_site(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    install_fake_plugin(site, "negprompt_fake", FAKE)
+    monkeypatch.syspath_prepend(str(site))
+    yield site
+    sys.modules.pop("negprompt_fake", None)
+
+
+def test_builtins_load_through_entry_points():
+    host = registry.get_host()
+    names = {r["name"]: r for r in host.describe()}
+    assert {"openclip", "coop", "scorers"} <= set(names)
+    assert names["openclip"]["dist"] == "negprompt"
+    assert set(host.scorers.names()) >= {"negprompt", "mcm", "energy", "maxlogit", "msp"}
+    assert "ViT-B/16" in host.backbones.names()
+    # both spellings reach the same backbone
+    assert host.backbones.get("ViT-B-16").name == "ViT-B/16"
+
+
+def test_third_party_plugin_is_discovered(fake_site):
+    host = registry.get_host()
+    record = next(r for r in host.describe() if r["name"] == "negprompt_fake")
+    assert record["dist"] == "negprompt-fake" and record["version"] == "0.1"
+    assert record["registers"] == {"scorer": ["always-one"], "backbone": ["fake-clip"]}
+    assert host.backbones.get("fake/clip").name == "fake-clip"
+
+
+def test_plugins_command_json(fake_site):
+    result = runner.invoke(app, ["plugins", "--json"])
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    fake = next(r for r in rows if r["name"] == "negprompt_fake")
+    assert fake["hooks"] == ["register_backbones", "register_scorers"]
+
+
+def test_allow_list_limits_loading(fake_site, monkeypatch):
+    monkeypatch.setenv("NEGPROMPT_LOAD_PLUGINS", "negprompt_fake")
+    registry.reset_host()
+    assert [r["name"] for r in registry.get_host().describe()] == ["negprompt_fake"]
+    monkeypatch.setenv("NEGPROMPT_LOAD_PLUGINS", "")
+    registry.reset_host()
+    assert registry.get_host().describe() == []
+
+
+def test_broken_plugin_warns_and_cli_still_works(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    install_fake_plugin(site, "negprompt_broken", "raise ImportError('missing dependency xyz')",
+                        dist="negprompt-broken")
+    monkeypatch.syspath_prepend(str(site))
+    with pytest.warns(PluginWarning, match="missing dependency xyz"):
+        host = registry.get_host()
+    broken = next(r for r in host.describe() if r["name"] == "negprompt_broken")
+    assert "missing dependency xyz" in broken["error"]
+    assert "coop" in host.learners.names()
+    result = runner.invoke(app, ["plugins", "--json"])
+    assert result.exit_code == 0
+
+
+def test_duplicate_name_keeps_first_unless_replace():
+    class Dup:
+        @negprompt_cli.hookimpl
+        def register_scorers(self, register):
+            register("mcm", "imposter")
+
+    class Replacer:
+        @negprompt_cli.hookimpl
+        def register_scorers(self, register):
+            register("energy", "replacement", replace=True)
+
+    host = registry.get_host()
+    host.register_object(Dup(), "dup")
+    with pytest.warns(PluginWarning, match="already registered by 'scorers'"):
+        host.fill()
+    assert host.scorer("mcm") != "imposter"
+    host.register_object(Replacer(), "replacer")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        host.fill()
+    assert host.scorer("energy") == "replacement"
+
+
+def test_misspelled_hook_is_caught_by_check_pending():
+    class Typo:
+        @negprompt_cli.hookimpl
+        def register_scorer(self, register):  # missing 's'
+            pass
+
+    host = PluginHost()
+    host.register_object(Typo(), "typo")
+    with pytest.raises(pluggy.PluginValidationError):
+        host.fill()
+
+
+def test_unknown_names_suggest_close_matches():
+    from negprompt_cli.errors import UsageError
+
+    host = registry.get_host()
+    with pytest.raises(UsageError) as info:
+        host.scorer("mcn")
+    assert "mcm" in info.value.hint
+    with pytest.raises(UsageError) as info:
+        host.backbone_factory("ViT-B/61")
+    assert "ViT-B/16" in info.value.hint
+
+
+def test_docs_plugin_example_works(tmp_path, monkeypatch):
+    """The complete example in docs/plugins.md, installed as a real plugin, registers and scores."""
+    import torch
+
+    doc = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
+    source = re.search(r"```python\n# negprompt_margin\.py\n(.*?)```", doc, re.S).group(1)
+    site = tmp_path / "site"
+    install_fake_plugin(site, "negprompt_margin", source, ep_name="margin", dist="negprompt-margin")
+    monkeypatch.syspath_prepend(str(site))
+    try:
+        scorer = registry.get_host().scorer("margin")
+        pos = torch.tensor([[0.3, 0.1, 0.0], [0.2, 0.19, 0.0]])
+        assert torch.allclose(scorer(pos, None), torch.tensor([0.2, 0.01]))
+    finally:
+        sys.modules.pop("negprompt_margin", None)

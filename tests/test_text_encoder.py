@@ -1,0 +1,73 @@
+"""The soft-prompt text path must be exactly open_clip's encode_text, truncated or not."""
+
+from __future__ import annotations
+
+import torch
+
+from negprompt_cli.text_encoder import SoftPromptTextEncoder
+
+NAMES = ["tench", "great white shark", "a very long class name with many words in it", "x"]
+
+
+def photo_context(encoder: SoftPromptTextEncoder) -> torch.Tensor:
+    return encoder.word_embeddings("a photo of a")
+
+
+def test_word_embedding_context_equals_encode_text(tiny_backbone):
+    encoder = SoftPromptTextEncoder(tiny_backbone)
+    ctx = photo_context(encoder)
+    assert ctx.shape[0] == 4
+    prompts = encoder.tokenize(NAMES, n_ctx=4, suffix=".")
+    with torch.no_grad():
+        ours = encoder.encode(ctx, prompts, normalize=False)
+        reference = tiny_backbone.model.encode_text(
+            tiny_backbone.tokenizer([f"a photo of a {n}." for n in NAMES]))
+    assert ours.shape == reference.shape
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+
+
+def test_truncated_equals_untruncated_exactly(tiny_backbone):
+    encoder = SoftPromptTextEncoder(tiny_backbone)
+    torch.manual_seed(0)
+    ctx = torch.randn(len(NAMES), 16, tiny_backbone.text_width) * 0.02
+    prompts = encoder.tokenize(NAMES, n_ctx=16)
+    with torch.no_grad():
+        full = encoder.encode(ctx, prompts, truncate=False)
+        cut = encoder.encode(ctx, prompts)
+        chunked = encoder.encode(ctx, prompts, chunk_size=1)
+    # Mathematically identical (masked keys get exactly zero weight); BLAS may round a
+    # different-shaped matmul differently, so allow float32 rounding and nothing more.
+    torch.testing.assert_close(cut, full, atol=1e-6, rtol=0)
+    torch.testing.assert_close(chunked, full, atol=1e-6, rtol=0)
+    assert int(prompts.eot.max()) + 1 < encoder.context_length  # the cut really is shorter
+
+
+def test_gradients_reach_only_the_context(tiny_backbone):
+    encoder = SoftPromptTextEncoder(tiny_backbone)
+    ctx = torch.nn.Parameter(torch.randn(8, tiny_backbone.text_width) * 0.02)
+    prompts = encoder.tokenize(NAMES, n_ctx=8)
+    encoder.encode(ctx, prompts).sum().backward()
+    assert ctx.grad is not None and ctx.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tiny_backbone.model.parameters())
+
+
+def test_truncated_gradient_equals_untruncated(tiny_backbone):
+    encoder = SoftPromptTextEncoder(tiny_backbone)
+    prompts = encoder.tokenize(NAMES, n_ctx=6)
+    base = torch.randn(6, tiny_backbone.text_width) * 0.02
+    grads = []
+    for truncate in (False, True):
+        ctx = torch.nn.Parameter(base.clone())
+        (encoder.encode(ctx, prompts, truncate=truncate) ** 2).sum().backward()
+        grads.append(ctx.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_name_too_long_is_a_clear_error(tiny_backbone):
+    import pytest
+
+    from negprompt_cli.errors import UsageError
+
+    encoder = SoftPromptTextEncoder(tiny_backbone)
+    with pytest.raises(UsageError, match="too long"):
+        encoder.tokenize(["word " * 80], n_ctx=16)
