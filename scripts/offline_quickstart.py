@@ -55,8 +55,9 @@ def main() -> None:
     work = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="negprompt-quickstart-"))
     write_backbone(work / "tiny-clip")
     write_images(work / "train")
-    cmd = [sys.executable, "-m", "negprompt_cli", "fit-pos", "--backbone", f"local-dir:{work / 'tiny-clip'}", "--data", str(work / "train"),
-           "--out", str(work / "pos.safetensors"), "--n-ctx", "4", "--epochs", "30", "--batch-size", "16",
+    cmd = [sys.executable, "-m", "negprompt_cli", "fit-pos", "--backbone", f"local-dir:{work / 'tiny-clip'}",
+           "--data", str(work / "train"), "--out", str(work / "pos.safetensors"), "--n-ctx", "4",
+           "--epochs", "30", "--batch-size", "16",
            "--optimizer", "adamw", "--lr", "0.01", "--warmup-epochs", "0", "--cache-dir", str(work / "cache"),
            "--json"]
     print("$ negprompt " + " ".join(cmd[3:]), file=sys.stderr)

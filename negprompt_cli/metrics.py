@@ -1,0 +1,66 @@
+"""OOD metrics. Scores are "higher = more in-distribution" everywhere.
+
+The default FPR convention is the paper's (and MCM's): ID is the positive class, and
+FPR@95 is the fraction of OOD images accepted as ID at the threshold that keeps 95 % of ID
+images. OpenOOD v1.5 uses the opposite convention (OOD positive: the fraction of ID images
+rejected when 95 % of OOD images are caught); ``fpr_convention="ood-positive"`` gives that.
+The two can differ wildly for the same scores, so every output names its convention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from .errors import UsageError
+
+CONVENTIONS = ("id-positive", "ood-positive")
+AUPR_ESTIMATOR = "average_precision (sklearn)"
+
+
+def _fpr_at_tpr(positive_scores: np.ndarray, negative_scores: np.ndarray, tpr_level: float) -> tuple[float, float]:
+    """FPR at the first threshold whose TPR reaches ``tpr_level`` (positives score higher)."""
+    labels = np.concatenate([np.ones(len(positive_scores)), np.zeros(len(negative_scores))])
+    scores = np.concatenate([positive_scores, negative_scores])
+    fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+    index = int(np.searchsorted(tpr, tpr_level, side="left"))
+    return float(fpr[index]), float(thresholds[index])
+
+
+def ood_metrics(id_scores, ood_scores, *, tpr_level: float = 0.95, fpr_convention: str = "id-positive") -> dict:
+    """AUROC, FPR at ``tpr_level``, AUPR-In/Out and the deployable threshold (fractions, not %)."""
+    id_scores = np.asarray(id_scores, dtype=np.float64)
+    ood_scores = np.asarray(ood_scores, dtype=np.float64)
+    if len(id_scores) == 0 or len(ood_scores) == 0:
+        raise UsageError("OOD metrics need both ID and OOD scores")
+    if fpr_convention not in CONVENTIONS:
+        raise UsageError(f"unknown FPR convention {fpr_convention!r}", hint=f"choose one of {', '.join(CONVENTIONS)}")
+    labels = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
+    scores = np.concatenate([id_scores, ood_scores])
+    if fpr_convention == "id-positive":
+        fpr, threshold = _fpr_at_tpr(id_scores, ood_scores, tpr_level)
+    else:
+        fpr, neg_threshold = _fpr_at_tpr(-ood_scores, -id_scores, tpr_level)
+        threshold = -neg_threshold
+    return {
+        "auroc": float(roc_auc_score(labels, scores)),
+        "fpr": fpr,
+        "fpr_convention": fpr_convention,
+        "tpr_level": tpr_level,
+        "threshold": threshold,
+        "aupr_in": float(average_precision_score(labels, scores)),
+        "aupr_out": float(average_precision_score(1 - labels, -scores)),
+        "n_id": int(len(id_scores)),
+        "n_ood": int(len(ood_scores)),
+    }
+
+
+def id_threshold(id_scores, keep: float = 0.95) -> float:
+    """The largest threshold that keeps at least ``keep`` of these ID images (score >= threshold)."""
+    scores = np.sort(np.asarray(id_scores, dtype=np.float64))
+    if len(scores) == 0:
+        raise UsageError("no ID scores to calibrate a threshold on")
+    allowed_rejections = math.floor((1.0 - keep) * len(scores) + 1e-9)
+    return float(scores[allowed_rejections])

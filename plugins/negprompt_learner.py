@@ -1,0 +1,90 @@
+"""Built-in prompt learner: NegPrompt negative prompts (Li et al., CVPR 2024).
+
+The positive context (from fit-pos) is frozen and its C text features are computed once.
+P negative contexts (shared by all classes, or one set per class) start from the positive
+context plus seeded fp32 noise and are trained with the loss variant chosen
+(``negprompt_cli.losses``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import negprompt_cli
+from negprompt_cli.learners import PromptModule, PromptSettings
+from negprompt_cli.losses import LossWeights, negprompt_loss
+from negprompt_cli.text_encoder import SoftPromptTextEncoder, TokenizedPrompts
+
+
+class NegativePrompts(PromptModule):
+    def __init__(self, encoder: SoftPromptTextEncoder, prompts: TokenizedPrompts, settings: PromptSettings,
+                 generator: torch.Generator, *, ctx_pos: torch.Tensor, n_neg: int = 2, neg_csc: bool = False,
+                 loss_variant: str = "official", weights: LossWeights = LossWeights(), init_noise: float = 1e-3,
+                 text_chunk: int | None = None) -> None:
+        super().__init__()
+        self.encoder, self.prompts, self.text_chunk = encoder, prompts, text_chunk
+        self.variant, self.weights = loss_variant, weights
+        self.n_classes, self.n_neg = len(prompts), n_neg
+        device = encoder.model.token_embedding.weight.device
+        ctx_pos = ctx_pos.to(device, torch.float32)
+        self.register_buffer("ctx_pos", ctx_pos.clone())
+        with torch.no_grad():
+            self.register_buffer("text_pos", encoder.encode(ctx_pos, prompts, chunk_size=text_chunk))
+        if ctx_pos.dim() == 3:  # class-specific positives can only seed class-specific negatives
+            neg_csc = True
+        n_ctx, width = ctx_pos.shape[-2:]
+        if neg_csc:
+            base = ctx_pos if ctx_pos.dim() == 3 else ctx_pos.expand(self.n_classes, n_ctx, width)
+            start = base.unsqueeze(1).expand(self.n_classes, n_neg, n_ctx, width)
+        else:
+            start = ctx_pos.unsqueeze(0).expand(n_neg, n_ctx, width)
+        # Symmetry-breaking noise, kept in fp32 (the released code's fp16 cast rounds 1e-5 noise away).
+        noise = (torch.rand(start.shape, generator=generator) * 2 - 1) * init_noise
+        self.neg_csc = neg_csc
+        self.ctx_neg = torch.nn.Parameter(start.detach().clone() + noise.to(device))
+        self.register_buffer("logit_scale", encoder.model.logit_scale.detach().exp().float().clone())
+
+    def negative_features(self) -> torch.Tensor:
+        """[C, P, E] unit features of every (class, negative prompt) pair, one batched encoder pass."""
+        c, p = self.n_classes, self.n_neg
+        if self.neg_csc:
+            ctx = self.ctx_neg.transpose(0, 1).reshape(p * c, *self.ctx_neg.shape[-2:])  # prompt-major rows
+        else:
+            ctx = self.ctx_neg.repeat_interleave(c, dim=0)
+        feats = self.encoder.encode(ctx, self.prompts.repeat(p), chunk_size=self.text_chunk)
+        return feats.view(p, c, -1).transpose(0, 1)
+
+    def loss_terms(self, image_features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        neg = self.negative_features().float()
+        return negprompt_loss(self.variant, image_features.float(), self.text_pos.float(), neg, labels,
+                              self.logit_scale, self.weights)
+
+    def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        terms = self.loss_terms(image_features, labels)
+        return terms["loss"], self.class_logits(image_features)
+
+    def class_logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * F.normalize(image_features.float(), dim=-1) @ self.text_pos.float().t()
+
+    def export(self) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            neg = self.negative_features()
+        return {"ctx_pos": self.ctx_pos, "ctx_neg": self.ctx_neg.detach(), "text_pos": self.text_pos,
+                "text_neg": neg}
+
+
+def build_negprompt(encoder: SoftPromptTextEncoder, prompts: TokenizedPrompts, settings: PromptSettings,
+                    generator: torch.Generator, **options: Any) -> NegativePrompts:
+    return NegativePrompts(encoder, prompts, settings, generator, **options)
+
+
+build_negprompt.kind = "negative"  # type: ignore[attr-defined]
+
+
+@negprompt_cli.hookimpl
+def register_prompt_learners(register: Callable[..., None]) -> None:
+    register("negprompt", build_negprompt, description="NegPrompt negative prompts (paper or released-code loss)")

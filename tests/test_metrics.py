@@ -1,0 +1,82 @@
+"""Metrics against sklearn-independent computations and the Hendrycks FPR95 used by MCM/NegPrompt."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from negprompt_cli.errors import UsageError
+from negprompt_cli.metrics import id_threshold, ood_metrics
+
+
+def hendrycks_fpr_at_recall(id_scores, ood_scores, recall_level=0.95):
+    """fpr_and_fdr_at_recall as in the OE / MCM / NegPrompt code (ID positive, nearest recall)."""
+    y_true = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
+    y_score = np.concatenate([id_scores, ood_scores])
+    order = np.argsort(y_score, kind="mergesort")[::-1]
+    y_score, y_true = y_score[order], y_true[order]
+    distinct = np.where(np.diff(y_score))[0]
+    threshold_idxs = np.r_[distinct, y_true.size - 1]
+    tps = np.cumsum(y_true)[threshold_idxs]
+    fps = 1 + threshold_idxs - tps
+    recall = tps / tps[-1]
+    last_ind = tps.searchsorted(tps[-1])
+    sl = slice(last_ind, None, -1)
+    recall, fps = np.r_[recall[sl], 1], np.r_[fps[sl], 0]
+    cutoff = np.argmin(np.abs(recall - recall_level))
+    return fps[cutoff] / np.sum(np.logical_not(y_true))
+
+
+def brute_auroc(id_scores, ood_scores):
+    wins = sum((i > o) + 0.5 * (i == o) for i in id_scores for o in ood_scores)
+    return wins / (len(id_scores) * len(ood_scores))
+
+
+def test_agrees_with_hendrycks_and_pairwise_auroc():
+    """Where 95 % ID recall is reached at a single threshold, both FPR95 definitions must agree."""
+    rng = np.random.default_rng(0)
+    id_scores = 1.0 + rng.permutation(400) / 400.0  # 95 % recall: the 380th best ID image, score 1.05
+    ood_scores = rng.normal(1.4, 0.4, 300)
+    ood_scores = ood_scores[(ood_scores < 1.0475) | (ood_scores > 1.05)]  # nothing between 380th and 381st
+    m = ood_metrics(id_scores, ood_scores)
+    assert m["fpr"] == pytest.approx(hendrycks_fpr_at_recall(id_scores, ood_scores))
+    assert m["auroc"] == pytest.approx(brute_auroc(id_scores, ood_scores))
+    assert m["threshold"] == pytest.approx(1.05)
+    assert np.mean(id_scores >= m["threshold"]) == 0.95
+    assert m["fpr"] == pytest.approx(np.mean(ood_scores >= m["threshold"]))
+
+
+def test_first_threshold_reaching_95_never_exceeds_hendrycks():
+    """With OOD images between ID ranks, Hendrycks' nearest-recall picks the lowest such threshold."""
+    rng = np.random.default_rng(3)
+    id_scores, ood_scores = rng.normal(1, 1, 400), rng.normal(0, 2, 300)
+    assert ood_metrics(id_scores, ood_scores)["fpr"] <= hendrycks_fpr_at_recall(id_scores, ood_scores)
+
+
+def test_conventions_differ_but_auroc_does_not():
+    rng = np.random.default_rng(1)
+    id_scores, ood_scores = rng.normal(1, 1, 5000), rng.normal(0, 2, 3000)
+    a = ood_metrics(id_scores, ood_scores)
+    b = ood_metrics(id_scores, ood_scores, fpr_convention="ood-positive")
+    assert a["auroc"] == b["auroc"]
+    assert a["fpr"] == pytest.approx(0.634, abs=0.02) and b["fpr"] == pytest.approx(0.99, abs=0.01)
+    # ood-positive FPR is the fraction of ID images rejected (score <= threshold) when 95 % of OOD is caught
+    assert np.mean(ood_scores <= b["threshold"]) >= 0.95
+    assert b["fpr"] == pytest.approx(np.mean(id_scores <= b["threshold"]))
+
+
+def test_perfect_separation_and_aupr():
+    m = ood_metrics([0.9, 0.8, 0.95], [0.1, 0.2])
+    assert m["auroc"] == 1.0 and m["fpr"] == 0.0 and m["aupr_in"] == 1.0 and m["aupr_out"] == 1.0
+
+
+def test_needs_both_sides():
+    with pytest.raises(UsageError):
+        ood_metrics([], [0.1])
+
+
+def test_id_threshold_keeps_95_percent():
+    scores = np.arange(100) / 100.0
+    t = id_threshold(scores, 0.95)
+    assert np.mean(scores >= t) == 0.95
+    assert np.mean(scores >= t + 1e-9) < 0.95
