@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .backbone import Backbone, resolve_device
 from .registry import get_host
+
+if TYPE_CHECKING:
+    from .artifact import PromptArtifact
 
 DEFAULT_BACKBONE = "ViT-B/16"
 
@@ -22,6 +26,22 @@ class BackboneRequest:
     cache_dir: str | None = None  # where open_clip / the Hub cache weights
     quick_gelu: bool | None = None
     offline: bool = False
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to run a stored backbone here (the backbone itself comes from the artifact)."""
+
+    device: str = "auto"
+    weights_cache: str | None = None
+    offline: bool = False
+    text_chunk: int | None = None
+
+
+def artifact_backbone(artifact: PromptArtifact, runtime: RuntimeOptions) -> BackboneRequest:
+    return BackboneRequest(name=artifact.backbone["backbone"], pretrained=artifact.backbone.get("pretrained"),
+                           device=runtime.device, cache_dir=runtime.weights_cache,
+                           quick_gelu=artifact.backbone.get("quick_gelu"), offline=runtime.offline)
 
 
 def load_backbone(request: BackboneRequest) -> Backbone:

@@ -103,16 +103,30 @@ QuickGeluOpt = Annotated[bool | None, typer.Option("--quick-gelu/--no-quick-gelu
                                                    help="Override QuickGELU (default: from the pretrained tag).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder root: DATA/<class>/<image>.")]
+ClassesOpt = Annotated[Path | None, typer.Option("--classes", help="Class names: one per line in sorted-folder "
+                                                 "order, or folder<TAB>name. Default: folder names, _ -> space.")]
+ShotsOpt = Annotated[int, typer.Option("--shots", help="Images per class (seeded; same subset in fit-pos and "
+                                       "fit-neg for the same seed).")]
+AllImagesOpt = Annotated[bool, typer.Option("--all-images", help="Use every image (ignore --shots).")]
+ValFractionOpt = Annotated[float, typer.Option("--val-fraction", help="Hold out this fraction of each class's "
+                                               "images (outside the shots) for model selection / calibration.")]
+AugViewsOpt = Annotated[int, typer.Option("--aug-views", help="Cache K augmented views per image (random crop "
+                                          "+ flip); 0 = no augmentation.")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Image-decoding workers.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable images are an error, not skipped.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the few-shot subset, initialisation and shuffling.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint OUT.ckpt that Ctrl-C left.")]
+TextChunkOpt = Annotated[int | None, typer.Option("--text-chunk", help="Encode prompts in chunks of this many rows "
+                                                  "(bounds memory at large class counts).")]
 
 
 @app.command("fit-pos", epilog=EPILOG)
 @reports_errors
 def fit_pos_command(
-    data: Annotated[Path, typer.Option("--data", "-d", help="ImageFolder root: DATA/<class>/<image>.")],
+    data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the prompts (.safetensors).")],
-    classes: Annotated[Path | None, typer.Option("--classes", help="Class names: one per line in sorted-folder "
-                                                 "order, or folder<TAB>name. Default: folder names, _ -> space.")]
-    = None,
+    classes: ClassesOpt = None,
     backbone: BackboneOpt = "ViT-B/16",
     pretrained: PretrainedOpt = None,
     learner: Annotated[str, typer.Option("--learner", help="Prompt learner plugin.")] = "coop",
@@ -122,12 +136,10 @@ def fit_pos_command(
     csc: Annotated[bool, typer.Option("--csc", help="Class-specific contexts instead of one shared.")] = False,
     suffix: Annotated[str, typer.Option("--suffix", help="Text after the class name (CoOp: '.'; released "
                                         "NegPrompt code: '').")] = ".",
-    shots: Annotated[int, typer.Option("--shots", help="Images per class (seeded).")] = 16,
-    all_images: Annotated[bool, typer.Option("--all-images", help="Use every image (ignore --shots).")] = False,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Hold out this fraction of each class's "
-                                                "images (outside the shots) and keep the best epoch.")] = 0.0,
-    aug_views: Annotated[int, typer.Option("--aug-views", help="Cache K augmented views per image (random "
-                                           "crop + flip); 0 = no augmentation.")] = 0,
+    shots: ShotsOpt = 16,
+    all_images: AllImagesOpt = False,
+    val_fraction: ValFractionOpt = 0.0,
+    aug_views: AugViewsOpt = 0,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (CoOp) or adamw.")] = "sgd",
     epochs: Annotated[int, typer.Option("--epochs")] = 50,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
@@ -136,32 +148,27 @@ def fit_pos_command(
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 5e-4,
     warmup_epochs: Annotated[int, typer.Option("--warmup-epochs")] = 1,
     warmup_lr: Annotated[float, typer.Option("--warmup-lr")] = 1e-5,
-    seed: Annotated[int, typer.Option("--seed")] = 1,
-    text_chunk: Annotated[int | None, typer.Option("--text-chunk", help="Encode prompts in chunks of this many "
-                                                   "rows (bounds memory).")] = None,
+    seed: SeedOpt = 1,
+    text_chunk: TextChunkOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     cache_dir: CacheOpt = None,
     weights_cache: WeightsCacheOpt = None,
     offline: OfflineOpt = False,
     quick_gelu: QuickGeluOpt = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Image-decoding workers.")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Unreadable images are an error, not skipped.")] = False,
+    workers: WorkersOpt = None,
+    strict: StrictOpt = False,
+    resume: ResumeOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Learn CoOp positive prompts (the first NegPrompt stage)."""
     from .backbones import BackboneRequest
-    from .errors import UsageError
     from .fit_pos import DataOptions, FitPosOptions, fit_pos
     from .learners import PromptSettings
     from .training import OptimConfig
 
-    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size)):
-        if value < 1:
-            raise UsageError(f"{flag} must be at least 1 (got {value})")
-    if aug_views < 0:
-        raise UsageError(f"--aug-views must be 0 or more (got {aug_views})")
+    check_counts(epochs=epochs, batch_size=batch_size, aug_views=aug_views)
     options = FitPosOptions(
         backbone=BackboneRequest(backbone, pretrained, device, weights_cache, quick_gelu, offline),
         data=DataOptions(data, classes, None if all_images else shots, val_fraction, aug_views, cache_dir, strict,
@@ -174,6 +181,7 @@ def fit_pos_command(
         learner=learner,
         text_chunk=text_chunk,
         quiet=quiet or json_out,
+        resume=resume,
     )
     summary = fit_pos(options)
     info(f"Wrote {out}: {summary['classes']} classes, {summary['train_images']} images; train accuracy "
@@ -181,6 +189,232 @@ def fit_pos_command(
          f"(zero-shot {summary['zero_shot_accuracy']:.3f}).")
     if json_out:
         emit_json(summary)
+
+
+def check_counts(*, epochs: int, batch_size: int, aug_views: int) -> None:
+    from .errors import UsageError
+
+    for flag, value, least in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1),
+                               ("--aug-views", aug_views, 0)):
+        if value < least:
+            raise UsageError(f"{flag} must be at least {least} (got {value})")
+
+
+@app.command("fit-neg", epilog=EPILOG)
+@reports_errors
+def fit_neg_command(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the NegPrompt prompts (.safetensors).")],
+    pos: Annotated[str | None, typer.Option("--pos", help="fit-pos artifact. Without it, fit-pos runs first with "
+                                            "its defaults and saves OUT-stem.pos.safetensors.")] = None,
+    classes: ClassesOpt = None,
+    backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Default: the --pos artifact's backbone "
+                                                 "(or ViT-B/16 without --pos).")] = None,
+    pretrained: PretrainedOpt = None,
+    learner: Annotated[str, typer.Option("--learner", help="Negative-prompt learner plugin.")] = "negprompt",
+    n_neg: Annotated[int, typer.Option("--n-neg", help="Negative prompts per class (paper: 2).")] = 2,
+    neg_csc: Annotated[bool, typer.Option("--neg-csc", help="Class-specific negative contexts (cannot transfer "
+                                          "to new class names).")] = False,
+    loss_variant: Annotated[str, typer.Option("--loss-variant", help="official (released code, default) or paper "
+                                              "(Eqs. 4-6). See docs/method.md.")] = "official",
+    beta: Annotated[float, typer.Option("--beta", help="NPD weight.")] = 0.1,
+    gamma: Annotated[float, typer.Option("--gamma", help="NND weight.")] = 0.05,
+    init_noise: Annotated[float, typer.Option("--init-noise", help="Uniform symmetry-breaking noise added to the "
+                                              "positive context to start each negative (fp32).")] = 1e-3,
+    train_classes: Annotated[Path | None, typer.Option("--train-classes", help="Train the negatives on these "
+                                                       "classes only (names or folders, one per line).")] = None,
+    train_fraction: Annotated[float | None, typer.Option("--train-fraction", help="Train the negatives on this "
+                                                         "fraction of the classes (open-vocabulary setup).")] = None,
+    train_subset: Annotated[str, typer.Option("--train-subset", help="first (paper) or random (seeded) classes for "
+                                              "--train-fraction.")] = "first",
+    temperature: Annotated[float, typer.Option("--temperature", help="τ of the score (Eq. 3) used for the "
+                                               "stored threshold.")] = 1.0,
+    shots: ShotsOpt = 16,
+    all_images: AllImagesOpt = False,
+    val_fraction: ValFractionOpt = 0.0,
+    aug_views: AugViewsOpt = 0,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adamw.")] = "sgd",
+    epochs: Annotated[int, typer.Option("--epochs", help="Paper §4.1: 10.")] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    lr: Annotated[float, typer.Option("--lr")] = 0.1,
+    momentum: Annotated[float, typer.Option("--momentum")] = 0.0,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.0,
+    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs")] = 0,
+    pos_epochs: Annotated[int, typer.Option("--pos-epochs", help="Positive stage epochs (without --pos).")] = 50,
+    pos_lr: Annotated[float, typer.Option("--pos-lr", help="Positive stage learning rate.")] = 0.002,
+    pos_optimizer: Annotated[str, typer.Option("--pos-optimizer", help="Positive stage optimizer.")] = "sgd",
+    n_ctx: Annotated[int, typer.Option("--n-ctx", help="Positive stage context tokens.")] = 16,
+    ctx_init: Annotated[str | None, typer.Option("--ctx-init", help="Positive stage context initialisation.")] = None,
+    seed: SeedOpt = 1,
+    text_chunk: TextChunkOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    cache_dir: CacheOpt = None,
+    weights_cache: WeightsCacheOpt = None,
+    offline: OfflineOpt = False,
+    quick_gelu: QuickGeluOpt = None,
+    workers: WorkersOpt = None,
+    strict: StrictOpt = False,
+    resume: ResumeOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Learn NegPrompt negative prompts (runs fit-pos first when --pos is not given)."""
+    from .backbones import DEFAULT_BACKBONE, BackboneRequest, RuntimeOptions
+    from .fit_neg import FitNegOptions, fit_neg, pos_stage_options
+    from .fit_pos import DataOptions
+    from .learners import PromptSettings
+    from .losses import LossWeights
+    from .training import OptimConfig
+
+    check_counts(epochs=epochs, batch_size=batch_size, aug_views=aug_views)
+    request = None
+    if backbone is not None or pretrained is not None or pos is None:
+        request = BackboneRequest(backbone or DEFAULT_BACKBONE, pretrained, device, weights_cache, quick_gelu, offline)
+    options = FitNegOptions(
+        data=DataOptions(data, classes, None if all_images else shots, val_fraction, aug_views, cache_dir, strict,
+                         num_workers=workers),
+        out=out,
+        pos=_prompts_path(pos) if pos else None,
+        backbone=request,
+        learner=learner,
+        n_neg=n_neg,
+        neg_csc=neg_csc,
+        loss_variant=loss_variant,
+        weights=LossWeights(beta=beta, gamma=gamma),
+        init_noise=init_noise,
+        train_classes=train_classes,
+        train_fraction=train_fraction,
+        train_subset=train_subset,
+        optim=OptimConfig(optimizer=optimizer, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                          weight_decay=weight_decay, warmup_epochs=warmup_epochs, warmup_lr=0.0, seed=seed,
+                          precision=precision),
+        temperature=temperature,
+        text_chunk=text_chunk,
+        quiet=quiet or json_out,
+        resume=resume,
+        runtime=RuntimeOptions(device, weights_cache, offline, text_chunk),
+    )
+    if pos is None:
+        assert request is not None
+        options.pos_stage = pos_stage_options(options, request, PromptSettings(n_ctx=n_ctx, ctx_init=ctx_init),
+                                              OptimConfig(optimizer=pos_optimizer, epochs=pos_epochs, lr=pos_lr))
+    summary = fit_neg(options)
+    info(f"Wrote {out}: {summary['classes']} classes ({summary['train_classes']} trained on), "
+         f"{options.n_neg} negative prompt(s), loss variant {options.loss_variant}; ID threshold "
+         f"{summary['threshold']['value']:.4f} keeps 95% of {summary['threshold']['source']} images.")
+    if json_out:
+        emit_json(summary)
+
+
+def _prompts_path(value: str) -> Path:
+    return Path(value)
+
+
+@app.command("transfer", epilog=EPILOG)
+@reports_errors
+def transfer_command(
+    prompts: Annotated[str, typer.Option("--prompts", "-p", help="Learned prompts (fit-pos or fit-neg artifact).")],
+    names: Annotated[Path, typer.Option("--names", help="New class names, one per line.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the re-targeted prompts.")],
+    device: DeviceOpt = "auto",
+    weights_cache: WeightsCacheOpt = None,
+    offline: OfflineOpt = False,
+    text_chunk: TextChunkOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Re-target learned prompts to new class names, without images or training."""
+    from .backbones import RuntimeOptions
+    from .transfer import transfer
+
+    summary = transfer(_prompts_path(prompts), names, out, RuntimeOptions(device, weights_cache, offline, text_chunk))
+    info(f"Wrote {out}: {summary['classes']} classes ({summary['new_classes']} not in the training list); "
+         "text features precomputed.")
+    if json_out:
+        emit_json(summary)
+
+
+@app.command("score", epilog=EPILOG)
+@reports_errors
+def score_command(
+    images: Annotated[Path, typer.Argument(help="An image or a folder (searched recursively).")],
+    prompts: Annotated[str | None, typer.Option("--prompts", "-p", help="Prompts artifact to score with.")] = None,
+    names: Annotated[Path | None, typer.Option("--names", help="Class names (required with --zero-shot; with "
+                                               "--prompts, re-targets on the fly).")] = None,
+    zero_shot: Annotated[bool, typer.Option("--zero-shot", help="No learned prompts: 'a photo of a {}.'")] = False,
+    backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Backbone for --zero-shot (default "
+                                                 "ViT-B/16); with --prompts it must match the artifact.")] = None,
+    pretrained: PretrainedOpt = None,
+    scorer: Annotated[str | None, typer.Option("--scorer", help="negprompt (default with negatives), mcm (default "
+                                               "without), energy, maxlogit, msp, or a plugin's.")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="τ for negprompt/mcm (default: the "
+                                                      "artifact's, else 1).")] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="Override the artifact's ID threshold "
+                                                    "(score < threshold -> OOD).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "csv",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+    labeled: Annotated[bool, typer.Option("--labeled", help="Images are IMAGES/<class>/...: record true labels "
+                                          "(for report's ID accuracy).")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")] = 64,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    cache_dir: CacheOpt = None,
+    weights_cache: WeightsCacheOpt = None,
+    offline: OfflineOpt = False,
+    quick_gelu: QuickGeluOpt = None,
+    workers: WorkersOpt = None,
+    strict: StrictOpt = False,
+    text_chunk: TextChunkOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """OOD scores (higher = more in-distribution) for every image, as CSV or JSONL."""
+    from .backbones import DEFAULT_BACKBONE, BackboneRequest, RuntimeOptions
+    from .score_images import ScoreOptions, score
+
+    request = None
+    if zero_shot or backbone is not None:
+        request = BackboneRequest(backbone or DEFAULT_BACKBONE, pretrained, device, weights_cache, quick_gelu, offline)
+    summary = score(ScoreOptions(
+        images=images, prompts=_prompts_path(prompts) if prompts else None, names=names, zero_shot=zero_shot,
+        backbone=request, runtime=RuntimeOptions(device, weights_cache, offline, text_chunk), scorer=scorer,
+        temperature=temperature, threshold=threshold, fmt=fmt, out=out, labeled=labeled, cache_dir=cache_dir,
+        batch_size=batch_size, num_workers=workers, strict=strict, precision=precision, quiet=quiet,
+    ))
+    flagged = summary["flagged_ood"]
+    info(f"Scored {summary['images']} image(s) with {summary['scorer']}"
+         + (f"; {flagged} flagged OOD at threshold {summary['threshold']:.4f}" if flagged is not None else "")
+         + (f"; wrote {out}" if out else "") + ".")
+
+
+@app.command("report", epilog=EPILOG)
+@reports_errors
+def report_command(
+    id_file: Annotated[Path | None, typer.Option("--id", help="Score file of the ID test images.")] = None,
+    ood: Annotated[list[str] | None, typer.Option("--ood", help="NAME=FILE score file of an OOD set "
+                                                  "(repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for report.html / .md / .json and "
+                                             "plots.")] = None,
+    fpr_convention: Annotated[str, typer.Option("--fpr-convention", help="id-positive (paper, MCM) or "
+                                                "ood-positive (OpenOOD v1.5).")] = "id-positive",
+    json_out: JsonOpt = False,
+) -> None:
+    """AUROC, FPR@95, AUPR and ID accuracy per OOD set, as the paper's table, JSON and an HTML report."""
+    from rich.table import Table
+
+    from .report import TABLE_HEADER, ReportOptions, build_report, parse_ood_args, table_rows
+
+    report = build_report(ReportOptions(id_file, parse_ood_args(ood or []), out, fpr_convention))
+    table = Table(*TABLE_HEADER, title=f"negprompt OOD report ({report['scorer']})",
+                  caption=f"FPR convention: {report['fpr_convention']} — {report['fpr_definition']}")
+    for row in table_rows(report):
+        table.add_row(*row)
+    err.print(table)
+    if report["id"]["accuracy"] is not None:
+        info(f"ID accuracy: {100 * report['id']['accuracy']:.2f}% on {report['id']['n']} images")
+    if out is not None:
+        info(f"Report: {out / 'report.html'}")
+    if json_out:
+        emit_json(report)
 
 
 @app.command("plugins", epilog=EPILOG)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,15 +13,15 @@ import torch
 from .artifact import PromptArtifact, package_versions, save_prompts
 from .atomic import check_output_path
 from .backbones import BackboneRequest, load_backbone
+from .checkpoint import Checkpointing, checkpoint_path
 from .data import few_shot_split, load_image_folder
 from .errors import UsageError
 from .features import View, encode_images
 from .learners import PromptSettings
+from .prompt_features import hand_template_features
 from .registry import get_host
 from .text_encoder import SoftPromptTextEncoder
 from .training import OptimConfig, accuracy, train
-
-HAND_TEMPLATE = "a photo of a {}."
 
 
 @dataclass
@@ -45,6 +47,12 @@ class FitPosOptions:
     learner: str = "coop"
     text_chunk: int | None = None
     quiet: bool = False
+    resume: bool = False
+
+
+def run_fingerprint(**parts: Any) -> str:
+    """Identifies a training run's settings and data, so a checkpoint is only resumed by the same run."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def labelled_features(backbone, data: DataOptions, seed: int, precision: str, quiet: bool):  # type: ignore[no-untyped-def]
@@ -86,13 +94,8 @@ def labelled_features(backbone, data: DataOptions, seed: int, precision: str, qu
 def zero_shot_accuracy(encoder: SoftPromptTextEncoder, names: list[str], features: torch.Tensor,
                        labels: torch.Tensor) -> float:
     """Hand-template ("a photo of a {}.") accuracy through the model's own encode_text."""
-    model = encoder.model
-    device = model.token_embedding.weight.device
-    with torch.no_grad():
-        text = model.encode_text(encoder.tokenizer([HAND_TEMPLATE.format(n) for n in names]).to(device),
-                                 normalize=True)
-        logits = features.to(device) @ text.float().t()
-    return float((logits.argmax(1).cpu() == labels).float().mean())
+    text = hand_template_features(encoder, names)
+    return float(((features.float() @ text.t()).argmax(1) == labels).float().mean())
 
 
 def fit_pos(options: FitPosOptions) -> dict[str, Any]:
@@ -118,7 +121,12 @@ def fit_pos(options: FitPosOptions) -> dict[str, Any]:
     clean = features[:, 0]
     zero_shot = zero_shot_accuracy(encoder, folder.class_names, clean, labels)
     initial = accuracy(module, clean, labels)
-    result = train(module, features, labels, optim, val=val, quiet=options.quiet)
+    fingerprint = run_fingerprint(stage="fit-pos", optim=optim.as_dict(), prompt=settings.as_dict(),
+                                  learner=options.learner, names=folder.class_names, labels=labels.tolist(),
+                                  features=float(features.sum()), backbone=backbone.identity())
+    result = train(module, features, labels, optim, val=val, quiet=options.quiet,
+                   checkpointing=Checkpointing(checkpoint_path(options.out), fingerprint, options.resume),
+                   description="Training positive prompts")
     final = accuracy(module, clean, labels)
     summary: dict[str, Any] = {
         "out": str(options.out),
@@ -140,7 +148,7 @@ def fit_pos(options: FitPosOptions) -> dict[str, Any]:
         summary["val_accuracy"] = accuracy(module, *val)
     artifact = PromptArtifact(
         kind="positive",
-        tensors=module.export(),
+        tensors={**module.export(), "text_pos": module.text_features().detach()},
         backbone=backbone.identity(),
         prompt={**settings.as_dict(), "learner": options.learner},
         class_names=list(folder.class_names),

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from .backbone import autocast
-from .console import progress
-from .errors import UsageError
+from .checkpoint import Checkpointing, LoopState, load_checkpoint, save_checkpoint
+from .console import err, progress
+from .errors import NotFoundError, UsageError
 from .learners import PromptModule
 from .schedule import cosine_with_warmup
 
@@ -79,13 +79,16 @@ def train(
     *,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     quiet: bool = False,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    checkpointing: Checkpointing | None = None,
+    description: str = "Training prompts",
 ) -> TrainResult:
-    """SGD over the module's trainable parameters.
+    """SGD/AdamW over the module's trainable parameters.
 
     ``features`` is ``[N, E]`` or ``[N, V, E]`` (V cached augmented views; epoch ``e`` uses
     view ``e % V``). Shuffling uses a generator seeded from ``config.seed``. With ``val``,
-    the epoch with the best validation accuracy is kept; otherwise the last epoch.
+    the epoch with the best validation accuracy is kept; otherwise the last epoch. With
+    ``checkpointing``, Ctrl-C writes the state after the last completed epoch and re-raises;
+    ``resume`` continues from it and ends exactly where an uninterrupted run would.
     """
     if features.dim() == 2:
         features = features.unsqueeze(1)
@@ -93,45 +96,76 @@ def train(
     device = params[0].device
     optimizer = make_optimizer(params, config)
     generator = torch.Generator().manual_seed(config.seed)
-    result = TrainResult(selection="best-val-accuracy" if val is not None else "last")
-    best_state: dict[str, torch.Tensor] | None = None
-    best_val = -math.inf
+    state = LoopState(epoch=0, module=_snapshot(module), optimizer=copy.deepcopy(optimizer.state_dict()),
+                      generator=generator.get_state())
+    if checkpointing is not None and checkpointing.resume:
+        if not checkpointing.path.exists():
+            raise NotFoundError(f"no checkpoint to resume from: {checkpointing.path}")
+        state = load_checkpoint(checkpointing.path, checkpointing.fingerprint)
+        module.load_state_dict(state.module)
+        optimizer.load_state_dict(state.optimizer)
+        generator.set_state(state.generator)
     n = len(labels)
     steps_per_epoch = math.ceil(n / config.batch_size)
-    with progress(quiet) as bar:
-        task = bar.add_task("Training prompts", total=config.epochs * steps_per_epoch, status="")
-        for epoch in range(config.epochs):
-            lr = cosine_with_warmup(epoch, epochs=config.epochs, lr=config.lr,
-                                    warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            view = features[:, epoch % features.shape[1]]
-            order = torch.randperm(n, generator=generator)
-            total_loss, correct = 0.0, 0
-            for start in range(0, n, config.batch_size):
-                idx = order[start:start + config.batch_size]
-                batch = view[idx].to(device)
-                target = labels[idx].to(device)
-                with autocast(device, config.precision):
-                    loss, logits = module.loss(batch, target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += float(loss.detach()) * len(idx)
-                correct += int((logits.detach().argmax(1) == target).sum())
-                bar.update(task, advance=1, status=f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")
-            record = {"epoch": epoch + 1, "lr": lr, "loss": total_loss / n, "train_accuracy": correct / n}
-            if val is not None:
-                record["val_accuracy"] = accuracy(module, *val)
-                if record["val_accuracy"] > best_val:
-                    best_val = record["val_accuracy"]
-                    best_state = copy.deepcopy({k: v.detach().clone() for k, v in module.state_dict().items()})
-                    result.selected_epoch = epoch + 1
-            result.history.append(record)
-            if on_epoch is not None:
-                on_epoch(epoch, record)
-    if best_state is not None:
-        module.load_state_dict(best_state)
+    try:
+        with progress(quiet) as bar:
+            task = bar.add_task(description, total=config.epochs * steps_per_epoch,
+                                completed=state.epoch * steps_per_epoch, status="")
+            for epoch in range(state.epoch, config.epochs):
+                record = _run_epoch(module, optimizer, generator, features, labels, config, epoch, device,
+                                    lambda status: bar.update(task, advance=1, status=status))
+                if val is not None:
+                    record["val_accuracy"] = accuracy(module, *val)
+                    if record["val_accuracy"] > state.best_val:
+                        state.best_val = record["val_accuracy"]
+                        state.best = _snapshot(module)
+                        state.selected_epoch = epoch + 1
+                state.history.append(record)
+                state.epoch = epoch + 1
+                state.module = _snapshot(module)
+                state.optimizer = copy.deepcopy(optimizer.state_dict())
+                state.generator = generator.get_state()
+    except KeyboardInterrupt:
+        if checkpointing is not None:
+            save_checkpoint(checkpointing.path, state, checkpointing.fingerprint)
+            err.print(f"Saved a checkpoint after epoch {state.epoch} to {checkpointing.path}; "
+                      "continue with --resume.", markup=False)
+        raise
+    if checkpointing is not None:
+        checkpointing.path.unlink(missing_ok=True)
+    result = TrainResult(history=state.history, selection="best-val-accuracy" if val is not None else "last")
+    if val is not None and state.best is not None:
+        module.load_state_dict(state.best)
+        result.selected_epoch = state.selected_epoch
     else:
         result.selected_epoch = config.epochs
     return result
+
+
+def _snapshot(module: PromptModule) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _run_epoch(module, optimizer, generator, features, labels, config, epoch, device, tick):  # type: ignore[no-untyped-def]
+    lr = cosine_with_warmup(epoch, epochs=config.epochs, lr=config.lr, warmup_epochs=config.warmup_epochs,
+                            warmup_lr=config.warmup_lr)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    view = features[:, epoch % features.shape[1]]
+    n = len(labels)
+    order = torch.randperm(n, generator=generator)
+    total_loss, correct = 0.0, 0
+    for start in range(0, n, config.batch_size):
+        idx = order[start:start + config.batch_size]
+        batch = view[idx].to(device)
+        target = labels[idx].to(device)
+        with autocast(device, config.precision):
+            loss, logits = module.loss(batch, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = float(loss.detach())
+        total_loss += value * len(idx)
+        correct += int((logits.detach().argmax(1) == target).sum())
+        tick(f"epoch {epoch + 1}/{config.epochs} loss {value:.4f}")
+    return {"epoch": epoch + 1, "lr": lr, "loss": total_loss / n, "train_accuracy": correct / n}

@@ -1,0 +1,224 @@
+"""``negprompt fit-neg``: learn NegPrompt negative prompts on top of frozen positive prompts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .artifact import PromptArtifact, load_prompts, package_versions, save_prompts
+from .atomic import check_output_path
+from .backbones import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
+from .checkpoint import Checkpointing, checkpoint_path
+from .console import info
+from .data import read_names_file
+from .errors import IncompatibleArtifactError, UsageError
+from .fit_pos import DataOptions, FitPosOptions, fit_pos, labelled_features, run_fingerprint
+from .learners import PromptSettings
+from .losses import VARIANTS, LossWeights
+from .metrics import id_threshold
+from .prompt_features import text_features_for
+from .registry import get_host
+from .scoring import score_features
+from .text_encoder import SoftPromptTextEncoder
+from .training import OptimConfig, accuracy, train
+
+DEFAULT_LOSS_VARIANT = "official"  # see docs/method.md for the evidence behind this choice
+
+
+def negative_stage_defaults() -> OptimConfig:
+    """10 epochs (paper §4.1); SGD lr 0.1 without momentum or weight decay, batch 64 (released scripts);
+    cosine per epoch without warm-up (the released per-iteration cyclic schedule is not kept)."""
+    return OptimConfig(optimizer="sgd", epochs=10, batch_size=64, lr=0.1, momentum=0.0, weight_decay=0.0,
+                       warmup_epochs=0, warmup_lr=0.0)
+
+
+@dataclass
+class FitNegOptions:
+    data: DataOptions
+    out: Path
+    pos: Path | None = None  # None: run fit-pos first with `pos_stage`
+    pos_stage: FitPosOptions | None = None
+    backbone: BackboneRequest | None = None  # None: the positive artifact's backbone, run with `runtime`
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    learner: str = "negprompt"
+    n_neg: int = 2
+    neg_csc: bool = False
+    loss_variant: str = DEFAULT_LOSS_VARIANT
+    weights: LossWeights = field(default_factory=LossWeights)
+    init_noise: float = 1e-3
+    train_classes: Path | None = None
+    train_fraction: float | None = None
+    train_subset: str = "first"
+    optim: OptimConfig = field(default_factory=negative_stage_defaults)
+    temperature: float = 1.0
+    text_chunk: int | None = None
+    quiet: bool = False
+    resume: bool = False
+
+
+def select_train_classes(class_dirs: list[str], names: list[str], options: FitNegOptions, seed: int) -> list[int]:
+    """Indices of the classes the negatives are trained on (open-vocabulary training uses a subset)."""
+    if options.train_classes is not None and options.train_fraction is not None:
+        raise UsageError("give --train-classes or --train-fraction, not both")
+    if options.train_classes is not None:
+        wanted = read_names_file(options.train_classes)
+        chosen = []
+        for item in wanted:
+            if item in names:
+                chosen.append(names.index(item))
+            elif item in class_dirs:
+                chosen.append(class_dirs.index(item))
+            else:
+                raise UsageError(f"{options.train_classes}: {item!r} is not a class of the training data")
+        return sorted(set(chosen))
+    if options.train_fraction is None:
+        return list(range(len(names)))
+    if not 0 < options.train_fraction <= 1:
+        raise UsageError(f"--train-fraction must be in (0, 1] (got {options.train_fraction})")
+    count = math.floor(options.train_fraction * len(names) + 1e-9)
+    if count == 0:
+        raise UsageError(f"--train-fraction {options.train_fraction} of {len(names)} classes is zero classes",
+                         hint=f"use at least {1 / len(names):.3g}")
+    if options.train_subset == "first":
+        return list(range(count))
+    if options.train_subset == "random":
+        return sorted(int(i) for i in np.random.default_rng(seed).permutation(len(names))[:count])
+    raise UsageError(f"unknown --train-subset {options.train_subset!r}", hint="choose first or random")
+
+
+def fit_neg(options: FitNegOptions) -> dict[str, Any]:
+    check_output_path(options.out)
+    if options.loss_variant not in VARIANTS:
+        raise UsageError(f"unknown loss variant {options.loss_variant!r}", hint=f"choose one of {', '.join(VARIANTS)}")
+    if options.n_neg < 1:
+        raise UsageError(f"--n-neg must be at least 1 (got {options.n_neg})")
+    builder = get_host().learner(options.learner)
+    if getattr(builder, "kind", None) != "negative":
+        raise UsageError(f"learner {options.learner!r} does not learn negative prompts")
+    summary: dict[str, Any] = {}
+    pos_path = options.pos
+    if pos_path is None:
+        if options.pos_stage is None:
+            raise UsageError("fit-neg needs --pos or the settings of a positive stage")
+        info("No --pos given: training the positive prompts first (fit-pos).")
+        summary["positive_stage"] = fit_pos(options.pos_stage)
+        pos_path = options.pos_stage.out
+    positive = load_prompts(pos_path, kind="positive")
+    requested = options.backbone or artifact_backbone(positive, options.runtime)
+    backbone = load_backbone(requested)
+    positive.check_backbone(backbone.identity(), pos_path)
+    encoder = SoftPromptTextEncoder(backbone)
+    optim = options.optim
+    folder, features, labels, val, stats = labelled_features(backbone, options.data, optim.seed, optim.precision,
+                                                            options.quiet)
+    if positive.tensors["ctx_pos"].dim() == 3 and list(folder.class_names) != list(positive.class_names):
+        raise IncompatibleArtifactError(f"{pos_path} has class-specific contexts for other classes than the data")
+    chosen = select_train_classes(folder.class_dirs, folder.class_names, options, optim.seed)
+    if positive.tensors["ctx_pos"].dim() == 3 and len(chosen) != len(folder.class_names):
+        raise UsageError("open-vocabulary training (--train-classes/--train-fraction) needs shared positive contexts")
+    remap = torch.full((len(folder.class_names),), -1, dtype=torch.long)
+    remap[chosen] = torch.arange(len(chosen))
+    mask = remap[labels] >= 0
+    train_features, train_labels = features[mask], remap[labels[mask]]
+    train_names = [folder.class_names[i] for i in chosen]
+    settings = PromptSettings(**{k: v for k, v in positive.prompt.items() if k in PromptSettings.__dataclass_fields__})
+    prompts = encoder.tokenize(train_names, settings.n_ctx, settings.suffix)
+    generator = torch.Generator().manual_seed(optim.seed)
+    ctx_pos = positive.tensors["ctx_pos"]
+    if ctx_pos.dim() == 3:
+        ctx_pos = ctx_pos[chosen]
+    module = builder(encoder, prompts, settings, generator, ctx_pos=ctx_pos, n_neg=options.n_neg,
+                     neg_csc=options.neg_csc, loss_variant=options.loss_variant, weights=options.weights,
+                     init_noise=options.init_noise, text_chunk=options.text_chunk)
+    fingerprint = run_fingerprint(stage="fit-neg", optim=optim.as_dict(), names=train_names,
+                                  labels=train_labels.tolist(), features=float(train_features.sum()),
+                                  variant=options.loss_variant, weights=options.weights, n_neg=options.n_neg,
+                                  neg_csc=options.neg_csc, init_noise=options.init_noise, pos=str(pos_path),
+                                  ctx=float(ctx_pos.sum()))
+    with torch.no_grad():
+        initial_terms = {k: float(v) for k, v in module.loss_terms(train_features[:, 0].to(backbone.device),
+                                                                   train_labels.to(backbone.device)).items()}
+    result = train(module, train_features, train_labels, optim, quiet=options.quiet,
+                   checkpointing=Checkpointing(checkpoint_path(options.out), fingerprint, options.resume),
+                   description="Training negative prompts")
+    with torch.no_grad():
+        final_terms = {k: float(v) for k, v in module.loss_terms(train_features[:, 0].to(backbone.device),
+                                                                 train_labels.to(backbone.device)).items()}
+    tensors = module.export()
+    if len(chosen) != len(folder.class_names) or tensors["text_pos"].shape[0] != len(folder.class_names):
+        draft = PromptArtifact("negative", {"ctx_pos": positive.tensors["ctx_pos"], "ctx_neg": tensors["ctx_neg"]},
+                               backbone.identity(), positive.prompt, list(folder.class_names))
+        text_pos, text_neg = text_features_for(encoder, draft, list(folder.class_names), options.text_chunk)
+        tensors = {"ctx_pos": positive.tensors["ctx_pos"], "ctx_neg": tensors["ctx_neg"], "text_pos": text_pos,
+                   "text_neg": text_neg}
+    calib_features, calib_source = (val[0], "validation") if val is not None else (features[:, 0], "training")
+    calib = score_features(calib_features, tensors["text_pos"], tensors["text_neg"], scorer="negprompt",
+                           temperature=options.temperature, logit_scale=backbone.logit_scale)
+    threshold = {"value": id_threshold(calib.score.numpy(), 0.95), "id_kept": 0.95, "source": calib_source,
+                 "n_images": int(len(calib.score)), "scorer": "negprompt", "temperature": options.temperature,
+                 "transferred": False}
+    id_accuracy = float((calib.prediction == (val[1] if val is not None else labels)).float().mean())
+    summary.update({
+        "out": str(options.out),
+        "pos": str(pos_path),
+        "backbone": backbone.identity(),
+        "classes": len(folder.class_names),
+        "train_classes": len(chosen),
+        "train_images": int(len(train_labels)),
+        "images_encoded": sum(s.encoded for s in stats),
+        "images_from_cache": sum(s.cached for s in stats),
+        "loss_variant": options.loss_variant,
+        "initial_loss": initial_terms,
+        "final_loss": final_terms,
+        "threshold": threshold,
+        f"{calib_source}_accuracy": id_accuracy,
+        "train_accuracy": accuracy(module, train_features[:, 0], train_labels),
+    })
+    artifact = PromptArtifact(
+        kind="negative",
+        tensors=tensors,
+        backbone=backbone.identity(),
+        prompt={**positive.prompt, "n_neg": options.n_neg, "neg_csc": module.neg_csc},
+        class_names=list(folder.class_names),
+        training={
+            "stage": "fit-neg",
+            "learner": options.learner,
+            "loss_variant": options.loss_variant,
+            "beta": options.weights.beta,
+            "gamma": options.weights.gamma,
+            "init_noise": options.init_noise,
+            "optim": optim.as_dict(),
+            "train_classes": train_names,
+            "train_subset": options.train_subset if options.train_fraction is not None else None,
+            "train_fraction": options.train_fraction,
+            "data": {"root": str(options.data.root), "class_dirs": folder.class_dirs, "shots": options.data.shots,
+                     "val_fraction": options.data.val_fraction, "aug_views": options.data.aug_views},
+            "history": result.history,
+            "selected_epoch": result.selected_epoch,
+            "logit_scale": backbone.logit_scale,
+            "positive": {"path": str(pos_path), "training": positive.training},
+        },
+        extra={"threshold": threshold, "temperature": options.temperature, "initial_loss": initial_terms,
+               "final_loss": final_terms},
+        versions=package_versions(),
+    )
+    save_prompts(artifact, options.out)
+    return summary
+
+
+def default_pos_out(out: Path) -> Path:
+    return out.with_name(out.stem + ".pos.safetensors")
+
+
+def pos_stage_options(options: FitNegOptions, backbone: BackboneRequest, prompt: PromptSettings, optim: OptimConfig,
+                      out: Path | None = None) -> FitPosOptions:
+    """fit-pos settings for the one-command path: same data, seed and backbone as the negative stage."""
+    optim = replace(optim, seed=options.optim.seed, precision=options.optim.precision)
+    return FitPosOptions(backbone=backbone, data=options.data, out=out or default_pos_out(options.out),
+                         prompt=prompt, optim=optim,
+                         text_chunk=options.text_chunk, quiet=options.quiet, resume=options.resume)

@@ -1,0 +1,52 @@
+"""Text features of an artifact's learned contexts for any list of class names.
+
+This is what makes negative prompts transferable: the contexts are class-agnostic, so new
+class names only need a text-encoder pass, no images and no training.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .artifact import PromptArtifact
+from .errors import IncompatibleArtifactError
+from .text_encoder import SoftPromptTextEncoder
+
+
+def text_features_for(encoder: SoftPromptTextEncoder, artifact: PromptArtifact, names: list[str],
+                      text_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Unit ([C, E], [C, P, E] or None) features of the artifact's contexts with ``names``."""
+    if list(names) == list(artifact.class_names) and "text_pos" in artifact.tensors:
+        return artifact.tensors["text_pos"], artifact.tensors.get("text_neg")
+    prompt = artifact.prompt
+    ctx_pos = artifact.tensors["ctx_pos"]
+    ctx_neg = artifact.tensors.get("ctx_neg")
+    if ctx_pos.dim() == 3 or (ctx_neg is not None and ctx_neg.dim() == 4):
+        raise IncompatibleArtifactError(
+            "these prompts have class-specific contexts, which cannot be re-targeted to other class names",
+            hint="train with shared contexts (no --csc / --neg-csc) to transfer",
+        )
+    prompts = encoder.tokenize(list(names), int(prompt["n_ctx"]), prompt.get("suffix", "."))
+    device = encoder.model.token_embedding.weight.device
+    with torch.no_grad():
+        text_pos = encoder.encode(ctx_pos.to(device), prompts, chunk_size=text_chunk).cpu()
+        text_neg = None
+        if ctx_neg is not None:
+            p, c = ctx_neg.shape[0], len(names)
+            rows = ctx_neg.to(device).repeat_interleave(c, dim=0)
+            text_neg = encoder.encode(rows, prompts.repeat(p), chunk_size=text_chunk).cpu()
+            text_neg = text_neg.view(p, c, -1).transpose(0, 1).contiguous()
+    return text_pos, text_neg
+
+
+HAND_TEMPLATE = "a photo of a {}."
+
+
+def hand_template_features(encoder: SoftPromptTextEncoder, names: list[str],
+                           template: str = HAND_TEMPLATE) -> torch.Tensor:
+    """Zero-shot class features through the model's own ``encode_text`` (MCM's "a photo of a {}.")."""
+    model = encoder.model
+    device = model.token_embedding.weight.device
+    with torch.no_grad():
+        tokens = encoder.tokenizer([template.format(n) for n in names]).to(device)
+        return model.encode_text(tokens, normalize=True).float().cpu()

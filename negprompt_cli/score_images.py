@@ -1,0 +1,196 @@
+"""``negprompt score``: OOD scores for every image under a folder, as CSV or JSONL rows."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .artifact import PromptArtifact, load_prompts
+from .atomic import check_output_path, write_text_atomic
+from .backbones import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
+from .data import find_images, read_names_file
+from .errors import UsageError
+from .features import encode_images
+from .prompt_features import hand_template_features, text_features_for
+from .scoring import score_features
+from .text_encoder import SoftPromptTextEncoder
+
+FORMATS = ("csv", "jsonl")
+COLUMNS = ["path", "score", "prediction", "prediction_index", "ood", "max_pos_cos", "max_neg_cos", "label",
+           "label_index", "scorer", "prompts_id"]
+
+
+@dataclass
+class ScoreOptions:
+    images: Path
+    prompts: Path | None = None
+    names: Path | None = None
+    zero_shot: bool = False
+    backbone: BackboneRequest | None = None  # zero-shot only; prompts carry their backbone
+    runtime: RuntimeOptions = RuntimeOptions()
+    scorer: str | None = None
+    temperature: float | None = None
+    threshold: float | None = None
+    fmt: str = "csv"
+    out: Path | None = None
+    labeled: bool = False
+    cache_dir: Path | None = None
+    batch_size: int = 64
+    num_workers: int | None = None
+    strict: bool = False
+    precision: str = "fp32"
+    quiet: bool = False
+
+
+def score(options: ScoreOptions) -> dict[str, Any]:
+    if options.fmt not in FORMATS:
+        raise UsageError(f"unknown format {options.fmt!r}", hint="choose csv or jsonl")
+    if options.out is not None:
+        check_output_path(options.out)
+    if options.zero_shot == (options.prompts is not None):
+        raise UsageError("give --prompts P, or --zero-shot with --names FILE")
+    paths = find_images(options.images)
+    if not paths:
+        raise UsageError(f"no images found under {options.images}")
+    names = read_names_file(options.names) if options.names else None
+    if options.zero_shot:
+        if names is None:
+            raise UsageError("--zero-shot needs --names FILE (the class names)")
+        backbone = load_backbone(options.backbone or BackboneRequest())
+        encoder = SoftPromptTextEncoder(backbone)
+        text_pos, text_neg = hand_template_features(encoder, names), None
+        prompts_id = f"zero-shot:{backbone.name}:{backbone.pretrained}"
+        stored_threshold, stored_temperature, class_dirs = None, 1.0, {}
+    else:
+        assert options.prompts is not None
+        artifact = load_prompts(options.prompts)
+        if options.backbone is not None:
+            artifact.check_backbone({"backbone": options.backbone.name, "pretrained": options.backbone.pretrained},
+                                    options.prompts)
+        backbone = load_backbone(artifact_backbone(artifact, options.runtime))
+        names = names or list(artifact.class_names)
+        text_pos, text_neg = text_features_for(SoftPromptTextEncoder(backbone), artifact, names,
+                                               options.runtime.text_chunk)
+        prompts_id = hashlib.sha256(options.prompts.read_bytes()).hexdigest()[:16]
+        stored = artifact.extra.get("threshold")
+        stored_threshold = stored.get("value") if stored else None
+        stored_temperature = float(artifact.extra.get("temperature", 1.0))
+        class_dirs = training_folders(artifact, names)
+    scorer = options.scorer or ("negprompt" if text_neg is not None else "mcm")
+    temperature = options.temperature if options.temperature is not None else stored_temperature
+    # A stored threshold belongs to the stored scorer and temperature; it does not carry over to others.
+    if options.threshold is not None:
+        threshold = options.threshold
+    elif scorer == "negprompt" and temperature == stored_temperature:
+        threshold = stored_threshold
+    else:
+        threshold = None
+    feats, keep, stats = encode_images(backbone, paths, cache_dir=options.cache_dir, batch_size=options.batch_size,
+                                       num_workers=options.num_workers, precision=options.precision,
+                                       strict=options.strict, quiet=options.quiet, description="Scoring images")
+    kept_paths = [paths[i] for i in keep]
+    result = score_features(feats, text_pos, text_neg, scorer=scorer, temperature=temperature,
+                            logit_scale=backbone.logit_scale) if keep else None
+    rows = []
+    root = options.images if options.images.is_dir() else options.images.parent
+    lookup = _label_lookup(names, class_dirs) if options.labeled else {}
+    for i, path in enumerate(kept_paths):
+        assert result is not None
+        value = float(result.score[i])
+        pred = int(result.prediction[i])
+        row: dict[str, Any] = {
+            "path": str(path), "score": value, "prediction": names[pred], "prediction_index": pred,
+            "ood": (value < threshold) if threshold is not None else None,
+            "max_pos_cos": float(result.max_pos_cos[i]),
+            "max_neg_cos": float(result.max_neg_cos[i]) if result.max_neg_cos is not None else None,
+            "label": None, "label_index": None, "scorer": scorer, "prompts_id": prompts_id,
+        }
+        if options.labeled:
+            relative = path.relative_to(root).parts
+            folder = relative[0] if len(relative) > 1 else ""
+            row["label"] = folder
+            row["label_index"] = lookup.get(folder, -1)
+        rows.append(row)
+    text = render_rows(rows, options.fmt)
+    if options.out is not None:
+        write_text_atomic(options.out, text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    flagged = sum(1 for r in rows if r["ood"])
+    return {"images": len(rows), "skipped": len(stats.skipped), "encoded": stats.encoded, "cached": stats.cached,
+            "scorer": scorer, "temperature": temperature, "threshold": threshold,
+            "flagged_ood": flagged if threshold is not None else None, "out": str(options.out or "-")}
+
+
+def training_folders(artifact: PromptArtifact, names: list[str]) -> dict[str, int]:
+    """Training folder -> index in ``names``, through the class names the artifact was trained with."""
+    dirs = artifact.training.get("data", {}).get("class_dirs", [])
+    trained_names = artifact.extra.get("transfer", {}).get("source_classes", artifact.class_names)
+    if len(dirs) != len(trained_names):
+        return {}
+    return {d: names.index(n) for d, n in zip(dirs, trained_names, strict=True) if n in names}
+
+
+def _label_lookup(names: list[str], folders: dict[str, int]) -> dict[str, int]:
+    """Folder name -> class index: the artifact's training folders, else the name (with _ for space)."""
+    lookup = dict(folders)
+    for i, name in enumerate(names):
+        lookup.setdefault(name, i)
+        lookup.setdefault(name.replace(" ", "_"), i)
+    return lookup
+
+
+def render_rows(rows: list[dict[str, Any]], fmt: str) -> str:
+    if fmt == "jsonl":
+        return "".join(json.dumps(r) + "\n" for r in rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    return buffer.getvalue()
+
+
+def read_score_file(path: Path) -> list[dict[str, Any]]:
+    """Rows of a ``negprompt score`` output (CSV or JSONL, by content), with typed values."""
+    from .errors import NotFoundError
+
+    if not path.is_file():
+        raise NotFoundError(f"score file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise UsageError(f"score file {path} is empty")
+    try:
+        if text.lstrip().startswith("{"):
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            rows = [{k: _parse(k, v) for k, v in r.items()} for r in csv.DictReader(io.StringIO(text))]
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise UsageError(f"{path} is not a negprompt score file: {exc}") from exc
+    if not rows or not {"path", "score"} <= set(rows[0]):
+        raise UsageError(f"{path} is not a negprompt score file (needs path and score columns)")
+    bad = [r["path"] for r in rows if not isinstance(r["score"], (int, float)) or not math.isfinite(r["score"])]
+    if bad:
+        raise UsageError(f"{path}: non-numeric or non-finite score for {bad[0]}")
+    return rows
+
+
+def _parse(column: str, value: str | None) -> Any:
+    if value is None or value == "":
+        return None
+    if column in ("score", "max_pos_cos", "max_neg_cos"):
+        return float(value)
+    if column in ("prediction_index", "label_index"):
+        return int(value)
+    if column == "ood":
+        return value == "True"
+    return value
+

@@ -1,0 +1,40 @@
+"""From features to OOD scores: cosine similarities to positive and negative prompts, then a scorer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .registry import get_host
+
+
+@dataclass
+class Scores:
+    score: torch.Tensor  # [N] higher = more in-distribution
+    prediction: torch.Tensor  # [N] argmax over the positive prompts
+    max_pos_cos: torch.Tensor  # [N] max cosine to a class prompt (paper Fig. 3)
+    max_neg_cos: torch.Tensor | None  # [N] max cosine to a negative prompt
+
+
+def score_features(image_features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Tensor | None, *,
+                   scorer: str = "negprompt", temperature: float = 1.0, logit_scale: float = 100.0,
+                   batch: int = 4096) -> Scores:
+    """Score unit image features [N, E] against unit text features [C, E] and [C, P, E]."""
+    fn = get_host().scorer(scorer)
+    outputs: list[tuple[torch.Tensor, ...]] = []
+    text_pos = text_pos.float()
+    text_neg = text_neg.float() if text_neg is not None else None
+    with torch.no_grad():
+        for start in range(0, image_features.shape[0], batch):
+            f = image_features[start:start + batch].float()
+            pos = f @ text_pos.t()
+            neg = torch.einsum("be,cpe->bcp", f, text_neg) if text_neg is not None else None
+            score = fn(pos, neg, temperature=temperature, logit_scale=logit_scale)
+            max_neg = neg.flatten(1).max(1).values if neg is not None else torch.full_like(score, float("nan"))
+            outputs.append((score, pos.argmax(1), pos.max(1).values, max_neg))
+    if not outputs:
+        empty = torch.empty(0)
+        return Scores(empty, empty.long(), empty, None)
+    score, pred, max_pos, max_neg = (torch.cat(parts) for parts in zip(*outputs, strict=True))
+    return Scores(score, pred, max_pos, max_neg if text_neg is not None else None)
