@@ -15,7 +15,7 @@ from .atomic import check_output_path
 from .backbones import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from .checkpoint import Checkpointing, checkpoint_path
 from .console import info
-from .data import read_names_file
+from .data import load_image_folder, read_names_file
 from .errors import IncompatibleArtifactError, UsageError
 from .fit_pos import DataOptions, FitPosOptions, fit_pos, labelled_features, run_fingerprint
 from .learners import PromptSettings
@@ -100,6 +100,9 @@ def fit_neg(options: FitNegOptions) -> dict[str, Any]:
     builder = get_host().learner(options.learner)
     if getattr(builder, "kind", None) != "negative":
         raise UsageError(f"learner {options.learner!r} does not learn negative prompts")
+    # Cheap checks of the data and the class subset come before any training or encoding.
+    preview = load_image_folder(options.data.root, options.data.classes_file)
+    chosen = select_train_classes(preview.class_dirs, preview.class_names, options, options.optim.seed)
     summary: dict[str, Any] = {}
     pos_path = options.pos
     if pos_path is None:
@@ -118,7 +121,6 @@ def fit_neg(options: FitNegOptions) -> dict[str, Any]:
                                                             options.quiet)
     if positive.tensors["ctx_pos"].dim() == 3 and list(folder.class_names) != list(positive.class_names):
         raise IncompatibleArtifactError(f"{pos_path} has class-specific contexts for other classes than the data")
-    chosen = select_train_classes(folder.class_dirs, folder.class_names, options, optim.seed)
     if positive.tensors["ctx_pos"].dim() == 3 and len(chosen) != len(folder.class_names):
         raise UsageError("open-vocabulary training (--train-classes/--train-fraction) needs shared positive contexts")
     remap = torch.full((len(folder.class_names),), -1, dtype=torch.long)

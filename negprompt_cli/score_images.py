@@ -16,9 +16,10 @@ from .artifact import PromptArtifact, load_prompts
 from .atomic import check_output_path, write_text_atomic
 from .backbones import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from .data import find_images, read_names_file
-from .errors import UsageError
+from .errors import IncompatibleArtifactError, UsageError
 from .features import encode_images
 from .prompt_features import hand_template_features, text_features_for
+from .registry import get_host
 from .scoring import score_features
 from .text_encoder import SoftPromptTextEncoder
 
@@ -84,6 +85,11 @@ def score(options: ScoreOptions) -> dict[str, Any]:
         stored_temperature = float(artifact.extra.get("temperature", 1.0))
         class_dirs = training_folders(artifact, names)
     scorer = options.scorer or ("negprompt" if text_neg is not None else "mcm")
+    get_host().scorer(scorer)  # unknown names fail before any image is encoded
+    if scorer == "negprompt" and text_neg is None:
+        raise IncompatibleArtifactError(
+            "the negprompt scorer needs negative prompts, and these prompts have none (a fit-pos artifact or "
+            "--zero-shot)", hint="pass a fit-neg artifact, or use --scorer mcm")
     temperature = options.temperature if options.temperature is not None else stored_temperature
     # A stored threshold belongs to the stored scorer and temperature; it does not carry over to others.
     if options.threshold is not None:

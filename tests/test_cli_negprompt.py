@@ -1,0 +1,231 @@
+"""fit-pos -> fit-neg -> transfer -> score -> report through the CLI, resume, and the bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import make_image_folder
+from typer.testing import CliRunner
+
+from negprompt_cli.artifact import load_prompts
+from negprompt_cli.cli import app
+
+runner = CliRunner()
+POS_FAST = ["--epochs", "20", "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw", "--warmup-epochs", "0",
+            "--n-ctx", "4"]
+NEG_FAST = ["--epochs", "4", "--batch-size", "16", "--lr", "0.05"]
+
+
+def invoke(args):
+    result = runner.invoke(app, args)
+    assert "Traceback" not in result.stderr
+    return result
+
+
+@pytest.fixture
+def world(tmp_path, tiny_vit_dir):
+    root = tmp_path
+    make_image_folder(root / "train", classes=("red_stripes", "green_bars"), per_class=12, seed=0)
+    make_image_folder(root / "test", classes=("red_stripes", "green_bars"), per_class=6, seed=1)
+    make_image_folder(root / "ood", classes=("blue_dots",), per_class=6, seed=2)
+    (root / "new.txt").write_text("red stripes\ngreen bars\nblue dots\n")
+    backbone = ["--backbone", f"local-dir:{tiny_vit_dir}"]
+    pos = invoke(["fit-pos", "--data", str(root / "train"), "--out", str(root / "pos.safetensors"), *backbone,
+                  *POS_FAST])
+    assert pos.exit_code == 0, pos.stderr
+    return root
+
+
+def test_full_pipeline(world):
+    neg = invoke(["fit-neg", "--data", str(world / "train"), "--pos", str(world / "pos.safetensors"),
+                  "--out", str(world / "neg.safetensors"), *NEG_FAST, "--json"])
+    assert neg.exit_code == 0, neg.stderr
+    summary = json.loads(neg.stdout)
+    assert summary["loss_variant"] == "official" and summary["train_classes"] == 2
+    assert summary["final_loss"]["loss"] < summary["initial_loss"]["loss"]
+    artifact = load_prompts(world / "neg.safetensors", kind="negative")
+    assert artifact.tensors["ctx_neg"].shape == (2, 4, 32)
+    assert artifact.tensors["text_neg"].shape == (2, 2, 32)
+    threshold = artifact.extra["threshold"]
+    assert threshold["source"] == "training" and threshold["transferred"] is False and threshold["id_kept"] == 0.95
+
+    tr = invoke(["transfer", "--prompts", str(world / "neg.safetensors"), "--names", str(world / "new.txt"),
+                 "--out", str(world / "tr.safetensors")])
+    assert tr.exit_code == 0, tr.stderr
+    transferred = load_prompts(world / "tr.safetensors")
+    assert transferred.class_names == ["red stripes", "green bars", "blue dots"]
+    assert transferred.extra["threshold"]["transferred"] is True
+    assert transferred.extra["threshold"]["value"] == threshold["value"]
+
+    ident = invoke(["score", str(world / "test"), "--prompts", str(world / "tr.safetensors"), "--labeled",
+                    "--out", str(world / "id.csv")])
+    assert ident.exit_code == 0, ident.stderr
+    ood = invoke(["score", str(world / "ood"), "--prompts", str(world / "tr.safetensors"), "--format", "jsonl"])
+    assert ood.exit_code == 0, ood.stderr
+    rows = [json.loads(line) for line in ood.stdout.splitlines()]  # stdout is pure JSONL
+    assert len(rows) == 6 and all(r["scorer"] == "negprompt" for r in rows)
+    assert all(r["ood"] == (r["score"] < threshold["value"]) for r in rows)
+    (world / "ood.jsonl").write_text(ood.stdout)
+
+    report = invoke(["report", "--id", str(world / "id.csv"), "--ood", f"blue={world / 'ood.jsonl'}",
+                     "--out", str(world / "report"), "--json"])
+    assert report.exit_code == 0, report.stderr
+    data = json.loads(report.stdout)
+    assert data["fpr_convention"] == "id-positive"
+    for key in ("auroc", "fpr", "aupr_in", "aupr_out", "threshold"):
+        assert math.isfinite(data["ood"]["blue"][key])
+    assert set(data["average"]) == {"auroc", "fpr", "aupr_in", "aupr_out"}
+    assert 0.0 <= data["id"]["accuracy"] <= 1.0 and data["id"]["n"] == 12
+    assert set(data["similarity"]) == {"id", "blue"}
+    for name in ("report.html", "report.md", "report.json", "roc.png", "histogram.png", "similarity.png"):
+        assert (world / "report" / name).stat().st_size > 0
+    assert "AUROC" in report.stderr and "id-positive" in report.stderr
+
+
+def test_transfer_equals_direct_encoding(world, tiny_vit_dir):
+    invoke(["fit-neg", "--data", str(world / "train"), "--pos", str(world / "pos.safetensors"),
+            "--out", str(world / "neg.safetensors"), *NEG_FAST])
+    result = invoke(["transfer", "--prompts", str(world / "neg.safetensors"), "--names", str(world / "new.txt"),
+                     "--out", str(world / "tr.safetensors")])
+    assert result.exit_code == 0, result.stderr
+    from negprompt_cli.backbones import BackboneRequest, load_backbone
+    from negprompt_cli.text_encoder import SoftPromptTextEncoder
+
+    q = load_prompts(world / "tr.safetensors")
+    encoder = SoftPromptTextEncoder(load_backbone(BackboneRequest(f"local-dir:{tiny_vit_dir}", device="cpu")))
+    prompts = encoder.tokenize(["red stripes", "green bars", "blue dots"], 4, ".")
+    with torch.no_grad():
+        pos = encoder.encode(q.tensors["ctx_pos"], prompts, truncate=False)
+        neg = torch.stack([encoder.encode(q.tensors["ctx_neg"][k], prompts, truncate=False) for k in range(2)], 1)
+    torch.testing.assert_close(q.tensors["text_pos"], pos, atol=1e-6, rtol=0)
+    torch.testing.assert_close(q.tensors["text_neg"], neg, atol=1e-6, rtol=0)
+
+
+def test_one_command_open_vocabulary_and_paper_variant(tmp_path, tiny_vit_dir):
+    train = make_image_folder(tmp_path / "train", classes=("red_stripes", "green_bars", "blue_dots"), per_class=6)
+    out = tmp_path / "neg.safetensors"
+    result = invoke(["fit-neg", "--data", str(train), "--out", str(out), "--backbone", f"local-dir:{tiny_vit_dir}",
+                     "--train-fraction", "0.34", "--loss-variant", "paper", "--n-neg", "3", "--pos-epochs", "2",
+                     "--pos-optimizer", "adamw", "--pos-lr", "0.01", "--n-ctx", "4", *NEG_FAST, "--json"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["train_classes"] == 1 and summary["classes"] == 3
+    assert (tmp_path / "neg.pos.safetensors").exists()  # the positive stage's artifact is kept
+    artifact = load_prompts(out)
+    assert artifact.training["train_classes"] == ["blue dots"] and artifact.training["loss_variant"] == "paper"
+    assert artifact.tensors["text_neg"].shape == (3, 3, 32)  # features for every ID class, not just trained ones
+
+
+def test_interrupt_and_resume_match_an_uninterrupted_run(world, monkeypatch):
+    base = ["fit-neg", "--data", str(world / "train"), "--pos", str(world / "pos.safetensors"), *NEG_FAST,
+            "--epochs", "5"]
+    assert invoke([*base, "--out", str(world / "full.safetensors")]).exit_code == 0
+
+    import negprompt_cli.training as training
+
+    original = training.cosine_with_warmup
+    calls = {"n": 0}
+
+    def interrupt_in_epoch_three(epoch, **kwargs):
+        if epoch == 2 and calls["n"] == 0:
+            calls["n"] += 1
+            raise KeyboardInterrupt
+        return original(epoch, **kwargs)
+
+    monkeypatch.setattr(training, "cosine_with_warmup", interrupt_in_epoch_three)
+    out = world / "resumed.safetensors"
+    first = invoke([*base, "--out", str(out)])
+    assert first.exit_code == 130 and not out.exists()
+    assert (world / "resumed.safetensors.ckpt").exists() and "after epoch 2" in first.stderr
+    second = invoke([*base, "--out", str(out), "--resume"])
+    assert second.exit_code == 0, second.stderr
+    assert not (world / "resumed.safetensors.ckpt").exists()
+    full, resumed = load_prompts(world / "full.safetensors"), load_prompts(out)
+    assert torch.equal(full.tensors["ctx_neg"], resumed.tensors["ctx_neg"])
+    assert full.training["history"] == resumed.training["history"]
+    # a checkpoint from other settings is refused
+    monkeypatch.setattr(training, "cosine_with_warmup", interrupt_in_epoch_three)
+    calls["n"] = 0
+    assert invoke([*base, "--out", str(out)]).exit_code == 130
+    other = invoke([*base, "--out", str(out), "--resume", "--lr", "0.07"])
+    assert other.exit_code == 2 and "other settings" in other.stderr
+
+
+def test_bad_inputs(world, tmp_path, tiny_rn_dir):
+    pos = str(world / "pos.safetensors")
+    neg_out = str(world / "neg.safetensors")
+    assert invoke(["fit-neg", "--data", str(world / "train"), "--pos", pos, "--out", neg_out, *NEG_FAST]).exit_code == 0
+
+    def error(args, code, text):
+        result = invoke(args)
+        assert result.exit_code == code, result.stderr
+        first_error = next(line for line in result.stderr.splitlines() if line.startswith("Error:"))
+        assert text in first_error, result.stderr
+        return result
+
+    # fit-pos artifact from another backbone than requested
+    error(["fit-neg", "--data", str(world / "train"), "--pos", pos, "--out", str(tmp_path / "x.safetensors"),
+           "--backbone", f"local-dir:{tiny_rn_dir}"], 5, "was trained on")
+    # a fit-neg artifact where a fit-pos one is expected, and a fit-pos one where negatives are needed
+    error(["fit-neg", "--data", str(world / "train"), "--pos", neg_out, "--out", str(tmp_path / "x.safetensors")],
+          5, "expected a fit-pos artifact")
+    error(["score", str(world / "test"), "--prompts", pos, "--scorer", "negprompt"], 5, "needs negative prompts")
+    # names files
+    (tmp_path / "empty.txt").write_text("")
+    error(["transfer", "--prompts", neg_out, "--names", str(tmp_path / "empty.txt"), "--out",
+           str(tmp_path / "t.safetensors")], 2, "is empty")
+    (tmp_path / "dup.txt").write_text("a\nb\na\n")
+    error(["transfer", "--prompts", neg_out, "--names", str(tmp_path / "dup.txt"), "--out",
+           str(tmp_path / "t.safetensors")], 2, "duplicate class name 'a'")
+    error(["fit-neg", "--data", str(world / "train"), "--pos", pos, "--out", str(tmp_path / "x.safetensors"),
+           "--train-fraction", "0.1"], 2, "is zero classes")
+    # images dir with no images
+    (tmp_path / "noimages").mkdir()
+    (tmp_path / "noimages" / "a.txt").write_text("x")
+    error(["score", str(tmp_path / "noimages"), "--prompts", neg_out], 2, "no images found")
+    # score files that disagree, and reports missing a side
+    invoke(["score", str(world / "test"), "--prompts", neg_out, "--out", str(tmp_path / "id.csv")])
+    invoke(["score", str(world / "ood"), "--prompts", neg_out, "--scorer", "mcm", "--out", str(tmp_path / "o.csv")])
+    error(["report", "--id", str(tmp_path / "id.csv"), "--ood", f"o={tmp_path / 'o.csv'}"], 2,
+          "score files disagree")
+    error(["report", "--id", str(tmp_path / "id.csv")], 2, "at least one OOD score file")
+    error(["report", "--ood", f"o={tmp_path / 'o.csv'}"], 2, "needs the ID scores")
+    (tmp_path / "junk.csv").write_text("a,b\n1,2\n")
+    error(["report", "--id", str(tmp_path / "id.csv"), "--ood", f"j={tmp_path / 'junk.csv'}"], 2,
+          "not a negprompt score file")
+    # nothing half-written anywhere
+    assert not (tmp_path / "t.safetensors").exists() and not (tmp_path / "x.safetensors").exists()
+
+
+def test_zero_shot_scoring_and_scorer_plugins(world, tiny_vit_dir):
+    (world / "names.txt").write_text("red stripes\ngreen bars\n")
+    for scorer in ("mcm", "energy", "maxlogit", "msp"):
+        result = invoke(["score", str(world / "test"), "--zero-shot", "--names", str(world / "names.txt"),
+                         "--backbone", f"local-dir:{tiny_vit_dir}", "--scorer", scorer, "--format", "jsonl"])
+        assert result.exit_code == 0, result.stderr
+        rows = [json.loads(line) for line in result.stdout.splitlines()]
+        assert len(rows) == 12 and all(r["ood"] is None and r["scorer"] == scorer for r in rows)
+    unknown = invoke(["score", str(world / "test"), "--zero-shot", "--names", str(world / "names.txt"),
+                      "--backbone", f"local-dir:{tiny_vit_dir}", "--scorer", "mcn"])
+    assert unknown.exit_code == 2 and "did you mean mcm" in unknown.stderr
+
+
+def test_score_output_file_is_atomic_and_reuses_cache(world):
+    from negprompt_cli.score_images import ScoreOptions, score
+
+    neg_out = world / "neg.safetensors"
+    invoke(["fit-neg", "--data", str(world / "train"), "--pos", str(world / "pos.safetensors"), "--out",
+            str(neg_out), *NEG_FAST])
+    out_dir = world / "scores"
+    out_dir.mkdir()
+    first = invoke(["score", str(world / "test"), "--prompts", str(neg_out), "--out", str(out_dir / "s.csv")])
+    assert first.exit_code == 0
+    lines = (out_dir / "s.csv").read_text().splitlines()
+    assert lines[0].startswith("path,score,prediction") and len(lines) == 13
+    assert [p.name for p in out_dir.iterdir()] == ["s.csv"]  # no temporary files left behind
+    again = score(ScoreOptions(images=world / "test", prompts=neg_out, out=out_dir / "t.csv", quiet=True))
+    assert again["encoded"] == 0 and again["cached"] == 12
+    assert (out_dir / "t.csv").read_text() == (out_dir / "s.csv").read_text()
