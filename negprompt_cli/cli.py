@@ -116,6 +116,8 @@ AugViewsOpt = Annotated[int, typer.Option("--aug-views", help="Cache K augmented
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Image-decoding workers.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable images are an error, not skipped.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the few-shot subset, initialisation and shuffling.")]
+GradCheckpointOpt = Annotated[bool, typer.Option("--grad-checkpoint", help="Recompute text-tower activations in "
+                                                 "backward: less memory, more compute.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint OUT.ckpt that Ctrl-C left.")]
 TextChunkOpt = Annotated[int | None, typer.Option("--text-chunk", help="Encode prompts in chunks of this many rows "
                                                   "(bounds memory at large class counts).")]
@@ -159,6 +161,7 @@ def fit_pos_command(
     workers: WorkersOpt = None,
     strict: StrictOpt = False,
     resume: ResumeOpt = False,
+    grad_checkpoint: GradCheckpointOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -182,6 +185,7 @@ def fit_pos_command(
         text_chunk=text_chunk,
         quiet=quiet or json_out,
         resume=resume,
+        grad_checkpoint=grad_checkpoint,
     )
     summary = fit_pos(options)
     info(f"Wrote {out}: {summary['classes']} classes, {summary['train_images']} images; train accuracy "
@@ -256,6 +260,7 @@ def fit_neg_command(
     workers: WorkersOpt = None,
     strict: StrictOpt = False,
     resume: ResumeOpt = False,
+    grad_checkpoint: GradCheckpointOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -293,6 +298,7 @@ def fit_neg_command(
         text_chunk=text_chunk,
         quiet=quiet or json_out,
         resume=resume,
+        grad_checkpoint=grad_checkpoint,
         runtime=RuntimeOptions(device, weights_cache, offline, text_chunk),
     )
     if pos is None:

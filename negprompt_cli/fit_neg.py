@@ -12,6 +12,7 @@ import torch
 
 from .artifact import PromptArtifact, load_prompts, package_versions, save_prompts
 from .atomic import check_output_path
+from .backbone import set_text_checkpointing
 from .backbones import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from .checkpoint import Checkpointing, checkpoint_path
 from .console import info
@@ -25,7 +26,7 @@ from .prompt_features import text_features_for
 from .registry import get_host
 from .scoring import score_features
 from .text_encoder import SoftPromptTextEncoder
-from .training import OptimConfig, accuracy, train
+from .training import OptimConfig, Selection, accuracy, train
 
 DEFAULT_LOSS_VARIANT = "official"  # see docs/method.md for the evidence behind this choice
 
@@ -59,6 +60,7 @@ class FitNegOptions:
     text_chunk: int | None = None
     quiet: bool = False
     resume: bool = False
+    grad_checkpoint: bool = False
 
 
 def select_train_classes(class_dirs: list[str], names: list[str], options: FitNegOptions, seed: int) -> list[int]:
@@ -114,6 +116,7 @@ def fit_neg(options: FitNegOptions) -> dict[str, Any]:
     positive = load_prompts(pos_path, kind="positive")
     requested = options.backbone or artifact_backbone(positive, options.runtime)
     backbone = load_backbone(requested)
+    set_text_checkpointing(backbone, options.grad_checkpoint)
     positive.check_backbone(backbone.identity(), pos_path)
     encoder = SoftPromptTextEncoder(backbone)
     optim = options.optim
@@ -145,7 +148,18 @@ def fit_neg(options: FitNegOptions) -> dict[str, Any]:
     with torch.no_grad():
         initial_terms = {k: float(v) for k, v in module.loss_terms(train_features[:, 0].to(backbone.device),
                                                                    train_labels.to(backbone.device)).items()}
-    result = train(module, train_features, train_labels, optim, quiet=options.quiet,
+    selection = None
+    if val is not None:
+        val_mask = remap[val[1]] >= 0
+        val_features = val[0][val_mask].to(backbone.device)
+        val_labels = remap[val[1][val_mask]].to(backbone.device)
+
+        def negative_val_loss(m) -> float:  # type: ignore[no-untyped-def]
+            with torch.no_grad():
+                return -float(m.loss_terms(val_features, val_labels)["loss"])
+
+        selection = Selection("val_neg_loss", negative_val_loss)
+    result = train(module, train_features, train_labels, optim, selection=selection, quiet=options.quiet,
                    checkpointing=Checkpointing(checkpoint_path(options.out), fingerprint, options.resume),
                    description="Training negative prompts")
     with torch.no_grad():
@@ -202,6 +216,7 @@ def fit_neg(options: FitNegOptions) -> dict[str, Any]:
                      "val_fraction": options.data.val_fraction, "aug_views": options.data.aug_views},
             "history": result.history,
             "selected_epoch": result.selected_epoch,
+            "selection": result.selection,
             "logit_scale": backbone.logit_scale,
             "positive": {"path": str(pos_path), "training": positive.training},
         },
@@ -223,4 +238,5 @@ def pos_stage_options(options: FitNegOptions, backbone: BackboneRequest, prompt:
     optim = replace(optim, seed=options.optim.seed, precision=options.optim.precision)
     return FitPosOptions(backbone=backbone, data=options.data, out=out or default_pos_out(options.out),
                          prompt=prompt, optim=optim,
-                         text_chunk=options.text_chunk, quiet=options.quiet, resume=options.resume)
+                         text_chunk=options.text_chunk, quiet=options.quiet, resume=options.resume,
+                         grad_checkpoint=options.grad_checkpoint)

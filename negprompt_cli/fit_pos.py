@@ -12,6 +12,7 @@ import torch
 
 from .artifact import PromptArtifact, package_versions, save_prompts
 from .atomic import check_output_path
+from .backbone import set_text_checkpointing
 from .backbones import BackboneRequest, load_backbone
 from .checkpoint import Checkpointing, checkpoint_path
 from .data import few_shot_split, load_image_folder
@@ -21,7 +22,7 @@ from .learners import PromptSettings
 from .prompt_features import hand_template_features
 from .registry import get_host
 from .text_encoder import SoftPromptTextEncoder
-from .training import OptimConfig, accuracy, train
+from .training import OptimConfig, Selection, accuracy, train
 
 
 @dataclass
@@ -48,6 +49,7 @@ class FitPosOptions:
     text_chunk: int | None = None
     quiet: bool = False
     resume: bool = False
+    grad_checkpoint: bool = False
 
 
 def run_fingerprint(**parts: Any) -> str:
@@ -104,6 +106,7 @@ def fit_pos(options: FitPosOptions) -> dict[str, Any]:
     if getattr(builder, "kind", "positive") != "positive":
         raise UsageError(f"learner {options.learner!r} learns {builder.kind} prompts; fit-pos needs a positive learner")
     backbone = load_backbone(options.backbone)
+    set_text_checkpointing(backbone, options.grad_checkpoint)
     encoder = SoftPromptTextEncoder(backbone)
     settings = options.prompt
     if settings.ctx_init:
@@ -124,7 +127,8 @@ def fit_pos(options: FitPosOptions) -> dict[str, Any]:
     fingerprint = run_fingerprint(stage="fit-pos", optim=optim.as_dict(), prompt=settings.as_dict(),
                                   learner=options.learner, names=folder.class_names, labels=labels.tolist(),
                                   features=float(features.sum()), backbone=backbone.identity())
-    result = train(module, features, labels, optim, val=val, quiet=options.quiet,
+    selection = Selection("val_accuracy", lambda m: accuracy(m, *val)) if val is not None else None
+    result = train(module, features, labels, optim, selection=selection, quiet=options.quiet,
                    checkpointing=Checkpointing(checkpoint_path(options.out), fingerprint, options.resume),
                    description="Training positive prompts")
     final = accuracy(module, clean, labels)

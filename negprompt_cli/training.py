@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,10 +42,18 @@ class OptimConfig:
 
 
 @dataclass
+class Selection:
+    """Keep the epoch whose prompts score highest on held-out ID data (never on test data)."""
+
+    name: str  # recorded per epoch in the history, e.g. "val_accuracy"
+    score: Callable[[PromptModule], float]  # higher is better
+
+
+@dataclass
 class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     selected_epoch: int = 0  # 1-based epoch whose prompts were kept
-    selection: str = "last"  # "last" or "best-val-accuracy"
+    selection: str = "last"  # "last" or "best-<selection name>"
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -77,7 +86,7 @@ def train(
     labels: torch.Tensor,
     config: OptimConfig,
     *,
-    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    selection: Selection | None = None,
     quiet: bool = False,
     checkpointing: Checkpointing | None = None,
     description: str = "Training prompts",
@@ -85,8 +94,8 @@ def train(
     """SGD/AdamW over the module's trainable parameters.
 
     ``features`` is ``[N, E]`` or ``[N, V, E]`` (V cached augmented views; epoch ``e`` uses
-    view ``e % V``). Shuffling uses a generator seeded from ``config.seed``. With ``val``,
-    the epoch with the best validation accuracy is kept; otherwise the last epoch. With
+    view ``e % V``). Shuffling uses a generator seeded from ``config.seed``. With
+    ``selection``, the epoch with the best held-out score is kept; otherwise the last epoch. With
     ``checkpointing``, Ctrl-C writes the state after the last completed epoch and re-raises;
     ``resume`` continues from it and ends exactly where an uninterrupted run would.
     """
@@ -114,10 +123,10 @@ def train(
             for epoch in range(state.epoch, config.epochs):
                 record = _run_epoch(module, optimizer, generator, features, labels, config, epoch, device,
                                     lambda status: bar.update(task, advance=1, status=status))
-                if val is not None:
-                    record["val_accuracy"] = accuracy(module, *val)
-                    if record["val_accuracy"] > state.best_val:
-                        state.best_val = record["val_accuracy"]
+                if selection is not None:
+                    record[selection.name] = selection.score(module)
+                    if record[selection.name] > state.best_val:
+                        state.best_val = record[selection.name]
                         state.best = _snapshot(module)
                         state.selected_epoch = epoch + 1
                 state.history.append(record)
@@ -133,8 +142,8 @@ def train(
         raise
     if checkpointing is not None:
         checkpointing.path.unlink(missing_ok=True)
-    result = TrainResult(history=state.history, selection="best-val-accuracy" if val is not None else "last")
-    if val is not None and state.best is not None:
+    result = TrainResult(history=state.history, selection=f"best-{selection.name}" if selection else "last")
+    if selection is not None and state.best is not None:
         module.load_state_dict(state.best)
         result.selected_epoch = state.selected_epoch
     else:

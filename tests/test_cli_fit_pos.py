@@ -65,7 +65,7 @@ def test_ctx_init_and_validation_selection(tiny_vit_dir, train_dir, tmp_path):
                       "--epochs", "3", "--json", "--optimizer", "adamw", "--lr", "0.01"])
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["val_images"] == 12 and summary["selection"] == "best-val-accuracy"
+    assert summary["val_images"] == 12 and summary["selection"] == "best-val_accuracy"
     artifact = load_prompts(out)
     assert artifact.prompt["n_ctx"] == 4 and artifact.prompt["suffix"] == ""
     assert 1 <= artifact.training["selected_epoch"] <= 3

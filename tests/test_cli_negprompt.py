@@ -229,3 +229,16 @@ def test_score_output_file_is_atomic_and_reuses_cache(world):
     again = score(ScoreOptions(images=world / "test", prompts=neg_out, out=out_dir / "t.csv", quiet=True))
     assert again["encoded"] == 0 and again["cached"] == 12
     assert (out_dir / "t.csv").read_text() == (out_dir / "s.csv").read_text()
+
+
+def test_validation_selects_and_calibrates(world):
+    out = world / "neg.safetensors"
+    result = invoke(["fit-neg", "--data", str(world / "train"), "--pos", str(world / "pos.safetensors"),
+                     "--out", str(out), "--shots", "8", "--val-fraction", "0.25", *NEG_FAST, "--json"])
+    assert result.exit_code == 0, result.stderr
+    artifact = load_prompts(out)
+    assert artifact.training["selection"] == "best-val_neg_loss"
+    history = artifact.training["history"]
+    best = max(range(len(history)), key=lambda i: history[i]["val_neg_loss"])
+    assert artifact.training["selected_epoch"] == best + 1
+    assert artifact.extra["threshold"]["source"] == "validation" and artifact.extra["threshold"]["n_images"] == 6

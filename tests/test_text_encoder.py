@@ -71,3 +71,19 @@ def test_name_too_long_is_a_clear_error(tiny_backbone):
     encoder = SoftPromptTextEncoder(tiny_backbone)
     with pytest.raises(UsageError, match="too long"):
         encoder.tokenize(["word " * 80], n_ctx=16)
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(tiny_backbone):
+    from negprompt_cli.backbone import set_text_checkpointing
+
+    encoder = SoftPromptTextEncoder(tiny_backbone)
+    prompts = encoder.tokenize(NAMES, n_ctx=6)
+    base = torch.randn(6, tiny_backbone.text_width) * 0.02
+    grads = []
+    for enabled in (False, True):
+        set_text_checkpointing(tiny_backbone, enabled)
+        ctx = torch.nn.Parameter(base.clone())
+        (encoder.encode(ctx, prompts) ** 2).sum().backward()
+        grads.append(ctx.grad)
+    set_text_checkpointing(tiny_backbone, False)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-7, rtol=1e-6)
