@@ -209,8 +209,8 @@ def check_counts(*, epochs: int, batch_size: int, aug_views: int) -> None:
 def fit_neg_command(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the NegPrompt prompts (.safetensors).")],
-    pos: Annotated[str | None, typer.Option("--pos", help="fit-pos artifact. Without it, fit-pos runs first with "
-                                            "its defaults and saves OUT-stem.pos.safetensors.")] = None,
+    pos: Annotated[str | None, typer.Option("--pos", help="fit-pos artifact (or hf://ORG/NAME[@REV]). Without it, "
+                                            "fit-pos runs first and saves OUT-stem.pos.safetensors.")] = None,
     classes: ClassesOpt = None,
     backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Default: the --pos artifact's backbone "
                                                  "(or ViT-B/16 without --pos).")] = None,
@@ -280,7 +280,7 @@ def fit_neg_command(
         data=DataOptions(data, classes, None if all_images else shots, val_fraction, aug_views, cache_dir, strict,
                          num_workers=workers),
         out=out,
-        pos=_prompts_path(pos) if pos else None,
+        pos=_prompts_path(pos, offline) if pos else None,
         backbone=request,
         learner=learner,
         n_neg=n_neg,
@@ -313,14 +313,18 @@ def fit_neg_command(
         emit_json(summary)
 
 
-def _prompts_path(value: str) -> Path:
-    return Path(value)
+def _prompts_path(value: str, offline: bool = False) -> Path:
+    """A prompts file, or an hf://ORG/NAME[@REVISION] reference resolved through the Hub cache."""
+    from .hub import hub_options, resolve_prompts
+
+    return resolve_prompts(value, hub_options(offline))
 
 
 @app.command("transfer", epilog=EPILOG)
 @reports_errors
 def transfer_command(
-    prompts: Annotated[str, typer.Option("--prompts", "-p", help="Learned prompts (fit-pos or fit-neg artifact).")],
+    prompts: Annotated[str, typer.Option("--prompts", "-p", help="Learned prompts (fit-pos or fit-neg artifact), "
+                                         "or hf://ORG/NAME[@REVISION].")],
     names: Annotated[Path, typer.Option("--names", help="New class names, one per line.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the re-targeted prompts.")],
     device: DeviceOpt = "auto",
@@ -333,7 +337,8 @@ def transfer_command(
     from .backbones import RuntimeOptions
     from .transfer import transfer
 
-    summary = transfer(_prompts_path(prompts), names, out, RuntimeOptions(device, weights_cache, offline, text_chunk))
+    summary = transfer(_prompts_path(prompts, offline), names, out,
+                       RuntimeOptions(device, weights_cache, offline, text_chunk))
     info(f"Wrote {out}: {summary['classes']} classes ({summary['new_classes']} not in the training list); "
          "text features precomputed.")
     if json_out:
@@ -344,7 +349,8 @@ def transfer_command(
 @reports_errors
 def score_command(
     images: Annotated[Path, typer.Argument(help="An image or a folder (searched recursively).")],
-    prompts: Annotated[str | None, typer.Option("--prompts", "-p", help="Prompts artifact to score with.")] = None,
+    prompts: Annotated[str | None, typer.Option("--prompts", "-p", help="Prompts artifact to score with, or "
+                                                "hf://ORG/NAME[@REVISION].")] = None,
     names: Annotated[Path | None, typer.Option("--names", help="Class names (required with --zero-shot; with "
                                                "--prompts, re-targets on the fly).")] = None,
     zero_shot: Annotated[bool, typer.Option("--zero-shot", help="No learned prompts: 'a photo of a {}.'")] = False,
@@ -381,7 +387,7 @@ def score_command(
     if zero_shot or backbone is not None:
         request = BackboneRequest(backbone or DEFAULT_BACKBONE, pretrained, device, weights_cache, quick_gelu, offline)
     summary = score(ScoreOptions(
-        images=images, prompts=_prompts_path(prompts) if prompts else None, names=names, zero_shot=zero_shot,
+        images=images, prompts=_prompts_path(prompts, offline) if prompts else None, names=names, zero_shot=zero_shot,
         backbone=request, runtime=RuntimeOptions(device, weights_cache, offline, text_chunk), scorer=scorer,
         temperature=temperature, threshold=threshold, fmt=fmt, out=out, labeled=labeled, cache_dir=cache_dir,
         batch_size=batch_size, num_workers=workers, strict=strict, precision=precision, quiet=quiet,
@@ -405,11 +411,20 @@ def report_command(
     json_out: JsonOpt = False,
 ) -> None:
     """AUROC, FPR@95, AUPR and ID accuracy per OOD set, as the paper's table, JSON and an HTML report."""
-    from rich.table import Table
-
-    from .report import TABLE_HEADER, ReportOptions, build_report, parse_ood_args, table_rows
+    from .report import ReportOptions, build_report, parse_ood_args
 
     report = build_report(ReportOptions(id_file, parse_ood_args(ood or []), out, fpr_convention))
+    print_report(report, out)
+    if json_out:
+        emit_json(report)
+
+
+def print_report(report: dict[str, Any], out: Path | None) -> None:
+    """The paper-style table on stderr."""
+    from rich.table import Table
+
+    from .report import TABLE_HEADER, table_rows
+
     table = Table(*TABLE_HEADER, title=f"negprompt OOD report ({report['scorer']})",
                   caption=f"FPR convention: {report['fpr_convention']} — {report['fpr_definition']}")
     for row in table_rows(report):
@@ -419,8 +434,146 @@ def report_command(
         info(f"ID accuracy: {100 * report['id']['accuracy']:.2f}% on {report['id']['n']} images")
     if out is not None:
         info(f"Report: {out / 'report.html'}")
+
+
+world_app = typer.Typer(help="The procedural offline world (shapes, colours, noise).", no_args_is_help=True)
+app.add_typer(world_app, name="world")
+
+
+@world_app.command("export", epilog=EPILOG)
+@reports_errors
+def world_export_command(
+    out: Annotated[Path, typer.Argument(help="Directory to write train/, test/, ood_near/, ood_far/ into.")],
+    id_shapes: Annotated[str | None, typer.Option("--id", help="Comma-separated ID shapes (default: 6 chosen by "
+                                                  "--seed).")] = None,
+    ood_shapes: Annotated[str | None, typer.Option("--ood", help="Comma-separated near-OOD shapes (default: the "
+                                                   "other shapes).")] = None,
+    train_classes: Annotated[int | None, typer.Option("--train-classes", help="Only the first K ID shapes get "
+                                                      "training images (open-vocabulary setups).")] = None,
+    shots: Annotated[int, typer.Option("--shots", help="Training images per class.")] = 16,
+    test_per_class: Annotated[int, typer.Option("--test-per-class", help="Test images per class.")] = 50,
+    far: Annotated[int, typer.Option("--far", help="Far-OOD images (noise, stripes, checkerboards).")] = 300,
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Render the world as ImageFolder trees so every CLI path can run on real files."""
+    from .errors import NotFoundError, UsageError
+    from .world import SHAPES, WorldSpec, default_spec, export_world
+
+    if not out.parent.exists():
+        raise NotFoundError(f"output directory's parent does not exist: {out.parent}")
+    spec = default_spec(seed)
+
+    def shapes(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+        if value is None:
+            return default
+        chosen = tuple(v.strip() for v in value.split(",") if v.strip())
+        unknown = [v for v in chosen if v not in SHAPES]
+        if unknown or not chosen:
+            raise UsageError(f"unknown shape {unknown[0] if unknown else value!r}",
+                             hint=f"shapes: {', '.join(SHAPES)}")
+        return chosen
+
+    ids = shapes(id_shapes, spec.id_shapes)
+    oods = shapes(ood_shapes, tuple(s for s in SHAPES if s not in ids))
+    if set(ids) & set(oods):
+        raise UsageError(f"shapes both ID and OOD: {', '.join(sorted(set(ids) & set(oods)))}")
+    for flag, value, least in (("--shots", shots, 1), ("--test-per-class", test_per_class, 1), ("--far", far, 0)):
+        if value < least:
+            raise UsageError(f"{flag} must be at least {least} (got {value})")
+    k = train_classes if train_classes is not None else len(ids)
+    if not 1 <= k <= len(ids):
+        raise UsageError(f"--train-classes must be between 1 and {len(ids)} (got {k})")
+    paths = export_world(out, WorldSpec(ids, oods, ids[:k], shots, test_per_class, far, seed))
+    info(f"Wrote the world to {out}: train/ ({k} classes x {shots}), test/ ({len(ids)} x {test_per_class}), "
+         f"ood_near/ ({len(oods)} x {test_per_class}), ood_far/ ({far}), id_names.txt, train_names.txt")
+    if json_out:
+        emit_json({k: str(v) for k, v in paths.items()})
+
+
+@app.command("demo", epilog=EPILOG)
+@reports_errors
+def demo_command(
+    workdir: Annotated[Path | None, typer.Option("--workdir", help="Where to put data, prompts and the report "
+                                                 "(default: a new temporary directory).")] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Run the whole method offline on the built-in world and its shipped toy CLIP."""
+    from .demo import run_demo
+
+    if workdir is not None and not workdir.parent.exists():
+        from .errors import NotFoundError
+
+        raise NotFoundError(f"--workdir parent does not exist: {workdir.parent}")
+    report = run_demo(workdir, seed=seed, device=device, quiet=json_out)
+    print_report(report, Path(report["demo"]["workdir"]) / "report")
+    info(f"Done in {report['demo']['seconds']:.0f} s. Everything is in {report['demo']['workdir']}.")
     if json_out:
         emit_json(report)
+
+
+TokenOpt = Annotated[str | None, typer.Option("--token", help="Hub token (default: HF_TOKEN or the saved login).")]
+
+
+@app.command("push", epilog=EPILOG)
+@reports_errors
+def push_command(
+    artifact: Annotated[Path, typer.Argument(help="A prompts .safetensors artifact.")],
+    repo_id: Annotated[str, typer.Argument(help="ORG/NAME on the Hub (created if missing).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
+    branch: Annotated[str | None, typer.Option("--branch", "--revision", help="Push to this branch "
+                                               "(created from main if missing).")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="Tag the new commit (e.g. v1).")] = None,
+    message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Publish prompts to the Hugging Face Hub with a model card; prints the commit id."""
+    from .hub import hub_options, push
+
+    result = push(artifact, repo_id, hub_options(token=token), private=private, branch=branch, tag=tag,
+                  message=message)
+    info(f"Pushed {artifact} to {result['repo_id']} ({result['branch']}"
+         + (f", tag {result['tag']}" if result["tag"] else "") + f"): commit {result['commit']}")
+    if json_out:
+        emit_json(result)
+    else:
+        sys.stdout.write(result["commit"] + "\n")
+
+
+@app.command("pull", epilog=EPILOG)
+@reports_errors
+def pull_command(
+    ref: Annotated[str, typer.Argument(help="ORG/NAME[@REVISION] (a branch, tag or commit id).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Copy the files here (default: only the "
+                                             "Hugging Face cache).")] = None,
+    offline: OfflineOpt = False,
+    backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Refuse the prompts unless they were "
+                                                 "trained on this backbone.")] = None,
+    pretrained: PretrainedOpt = None,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Download prompts from the Hub into the cache (or --out), pinned to the resolved commit."""
+    from .artifact import load_prompts
+    from .hub import hub_options, pull
+
+    pulled = pull(ref, hub_options(offline, token), out)
+    artifact = load_prompts(pulled.prompts)
+    if backbone is not None:
+        artifact.check_backbone({"backbone": backbone, "pretrained": pretrained or artifact.backbone.get("pretrained")},
+                                f"hf://{pulled.repo_id}")
+    result = {"repo_id": pulled.repo_id, "revision": pulled.revision, "commit": pulled.commit,
+              "path": str(pulled.prompts), "kind": artifact.kind, "backbone": artifact.backbone,
+              "classes": len(artifact.class_names)}
+    info(f"{pulled.repo_id}@{pulled.commit[:12]}: {artifact.kind} prompts for {artifact.backbone.get('backbone')}, "
+         f"{len(artifact.class_names)} classes -> {pulled.prompts}")
+    if json_out:
+        emit_json(result)
+    else:
+        sys.stdout.write(f"{pulled.commit}\t{pulled.prompts}\n")
 
 
 @app.command("plugins", epilog=EPILOG)

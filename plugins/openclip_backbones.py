@@ -44,6 +44,17 @@ def register_backbones(register: Callable[..., None]) -> None:
         aliases = (arch,) if arch != name else ()
         register(name, partial(load_openclip, name, arch, tag), aliases=aliases,
                  description=f"open_clip {arch}, default weights {tag!r}")
+    register("toy", load_toy, aliases=("world",),
+             description="tiny CLIP trained on negprompt's procedural world (ships with the package; offline)")
+
+
+def load_toy(pretrained: str | None, device: torch.device, cache_dir: str | None = None,
+             quick_gelu: bool | None = None) -> Backbone:
+    """The offline world's CLIP, loaded through open_clip's own ``local-dir:`` path."""
+    from negprompt_cli.world import checkpoint_dir
+
+    backbone = load_openclip("toy", f"local-dir:{checkpoint_dir()}", None, pretrained, device, cache_dir, quick_gelu)
+    return backbone
 
 
 @negprompt_cli.hookimpl

@@ -1,0 +1,279 @@
+"""Sharing prompts on the Hugging Face Hub: push, pull, and ``hf://ORG/NAME[@REVISION]`` references.
+
+A Hub repo holds plain files: ``prompts.safetensors`` (the artifact itself),
+``negprompt_config.json`` (its metadata as JSON), ``classnames.json`` and a ``README.md`` model
+card. Only safetensors and JSON are ever read back: pickle checkpoints are never loaded.
+Downloads go through the Hugging Face cache (revision-pinned, offline-capable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .artifact import SCHEMA_VERSION, PromptArtifact, load_prompts
+from .errors import HubError, IncompatibleArtifactError, NotFoundError, UsageError
+
+HF_SCHEME = "hf://"
+PROMPTS_FILE = "prompts.safetensors"
+CONFIG_FILE = "negprompt_config.json"
+CLASSNAMES_FILE = "classnames.json"
+CARD_FILE = "README.md"
+ALLOWED = [PROMPTS_FILE, CONFIG_FILE, CLASSNAMES_FILE, CARD_FILE]
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    """Where and how to reach the Hub; ``None`` means huggingface_hub's own defaults / environment."""
+
+    endpoint: str | None = None
+    token: str | None = None
+    cache_dir: str | None = None
+    offline: bool = False
+
+
+def hub_options(offline: bool = False, token: str | None = None) -> HubOptions:
+    """Options from the environment *now* (huggingface_hub itself reads most of it once, at import)."""
+    home = os.environ.get("HF_HOME")
+    cache = os.environ.get("HF_HUB_CACHE") or (str(Path(home) / "hub") if home else None)
+    return HubOptions(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token or os.environ.get("HF_TOKEN"),
+                      cache_dir=cache, offline=offline)
+
+
+def is_hub_ref(value: str | Path) -> bool:
+    return str(value).startswith(HF_SCHEME)
+
+
+def parse_repo_ref(value: str) -> tuple[str, str | None]:
+    """``[hf://]ORG/NAME[@REVISION]`` -> (repo id, revision or None), validated."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    ref = value[len(HF_SCHEME):] if value.startswith(HF_SCHEME) else value
+    repo_id, _, revision = ref.partition("@")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise UsageError(f"malformed Hub repo id {repo_id!r}: {exc}",
+                         hint="use ORG/NAME, optionally @REVISION (a branch, tag or commit)") from exc
+    if "@" in revision or (ref.endswith("@") and not revision):
+        raise UsageError(f"malformed revision in {value!r}")
+    return repo_id, revision or None
+
+
+def _offline(options: HubOptions) -> bool:
+    return options.offline or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+
+
+def hub_errors(action: str, repo_id: str, revision: str | None = None):  # type: ignore[no-untyped-def]
+    """Context manager mapping huggingface_hub / network failures to one-line HubErrors (exit 4)."""
+    return _HubErrors(action, repo_id, revision)
+
+
+class _HubErrors:
+    def __init__(self, action: str, repo_id: str, revision: str | None) -> None:
+        self.action, self.repo_id, self.revision = action, repo_id, revision
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:  # type: ignore[no-untyped-def]
+        if exc is None or isinstance(exc, (UsageError, IncompatibleArtifactError, HubError, KeyboardInterrupt)):
+            return False
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            OfflineModeIsEnabled,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        where = f"{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
+        if isinstance(exc, RevisionNotFoundError):
+            raise HubError(f"revision {self.revision!r} not found in {self.repo_id}",
+                           hint="check the branch, tag or commit id") from exc
+        if isinstance(exc, RepositoryNotFoundError):
+            raise HubError(f"Hub repository {self.repo_id} not found (or you lack access)",
+                           hint="check the name, or pass --token / set HF_TOKEN for a private repo") from exc
+        if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+            raise HubError(f"{where} is not in the local cache and the Hub cannot be reached (offline)",
+                           hint=f"run 'negprompt pull {where}' once while online") from exc
+        if isinstance(exc, EntryNotFoundError):
+            raise IncompatibleArtifactError(f"{where} has no {PROMPTS_FILE}: not a negprompt prompts repo") from exc
+        if isinstance(exc, HfHubHTTPError):
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            if status in (401, 403):
+                raise HubError(f"not authorised to {self.action} {where} (HTTP {status})",
+                               hint="pass --token or set HF_TOKEN with the needed permission") from exc
+            raise HubError(f"Hub error while trying to {self.action} {where}: {str(exc).splitlines()[0]}") from exc
+        if isinstance(exc, (OSError, ConnectionError)) or type(exc).__module__.startswith(("httpx", "httpcore")):
+            raise HubError(f"could not reach the Hub to {self.action} {where}: {type(exc).__name__}",
+                           hint="check the network or HF_ENDPOINT; use --offline to work from the cache") from exc
+        return False
+
+
+# -- pulling ------------------------------------------------------------------------------------------------
+@dataclass
+class Pulled:
+    repo_id: str
+    revision: str | None
+    commit: str
+    directory: Path
+    prompts: Path
+
+
+def pull(ref: str, options: HubOptions = HubOptions(), out: Path | None = None) -> Pulled:
+    """Download (or find in the cache) a prompts repo, validate it, and optionally copy it to ``out``."""
+    from huggingface_hub import snapshot_download
+
+    from . import __version__
+
+    repo_id, revision = parse_repo_ref(ref)
+    if out is not None and out.exists() and any(out.iterdir()):
+        raise UsageError(f"--out {out} exists and is not empty")
+    if out is not None and not out.parent.exists():
+        raise NotFoundError(f"output directory's parent does not exist: {out.parent}")
+    with hub_errors("download", repo_id, revision):
+        snapshot = Path(snapshot_download(
+            repo_id, revision=revision, cache_dir=options.cache_dir, local_files_only=_offline(options),
+            allow_patterns=ALLOWED, endpoint=options.endpoint, token=options.token,
+            library_name="negprompt", library_version=__version__,
+        ))
+    prompts = snapshot / PROMPTS_FILE
+    if not prompts.is_file():
+        raise IncompatibleArtifactError(
+            f"{repo_id} has no {PROMPTS_FILE}: not a negprompt prompts repo (only safetensors and JSON are "
+            "ever loaded from the Hub; pickle checkpoints are ignored)")
+    validate_config(snapshot / CONFIG_FILE, repo_id)
+    load_prompts(prompts)  # schema + integrity
+    commit = snapshot.name
+    directory = snapshot
+    if out is not None:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            for name in ALLOWED:
+                if (snapshot / name).is_file():
+                    shutil.copyfile(snapshot / name, staging / name)
+            (staging / "negprompt_source.json").write_text(json.dumps(
+                {"repo_id": repo_id, "revision": revision, "commit": commit}, indent=2) + "\n")
+            if out.exists():
+                out.rmdir()
+            os.replace(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        directory = out
+    return Pulled(repo_id, revision, commit, directory, directory / PROMPTS_FILE)
+
+
+def validate_config(path: Path, repo_id: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise IncompatibleArtifactError(f"{repo_id} has no {CONFIG_FILE}: not a negprompt prompts repo")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IncompatibleArtifactError(f"{repo_id}: {CONFIG_FILE} is not valid JSON ({exc})") from exc
+    version = config.get("schema_version") if isinstance(config, dict) else None
+    if version != SCHEMA_VERSION:
+        raise IncompatibleArtifactError(f"{repo_id}: {CONFIG_FILE} has schema {version!r}; this negprompt reads "
+                                        f"schema {SCHEMA_VERSION}",
+                                        hint="upgrade negprompt" if isinstance(version, int) else None)
+    return config
+
+
+def resolve_prompts(value: str | Path, options: HubOptions = HubOptions()) -> Path:
+    """A local path as is; ``hf://ORG/NAME[@REV]`` through the Hub cache (offline-capable)."""
+    if not is_hub_ref(value):
+        return Path(value)
+    return pull(str(value), options).prompts
+
+
+# -- pushing ------------------------------------------------------------------------------------------------
+def model_card(artifact: PromptArtifact, repo_id: str) -> str:
+    from huggingface_hub import ModelCard, ModelCardData
+
+    backbone = artifact.backbone
+    arch = str(backbone.get("backbone"))
+    base_model = _base_model(arch, backbone.get("pretrained"))
+    tags = ["out-of-distribution-detection", "clip", "prompt-learning", "negprompt", f"open_clip:{arch}"]
+    data = ModelCardData(library_name="negprompt", tags=tags, base_model=base_model,
+                         pipeline_tag="zero-shot-image-classification")
+    training = artifact.training
+    threshold = artifact.extra.get("threshold")
+    lines = [
+        f"# {repo_id}", "",
+        f"{'NegPrompt negative' if artifact.kind == 'negative' else 'CoOp positive'} prompts for "
+        f"`{arch}` ({backbone.get('pretrained') or 'weights bundled with the backbone'}), trained with "
+        "[negprompt](https://github.com/) on "
+        f"{len(artifact.class_names)} classes.", "",
+        "## Use with your own class names", "",
+        "```bash",
+        f"negprompt transfer --prompts hf://{repo_id} --names my_classes.txt --out mine.safetensors",
+        "negprompt score images/ --prompts mine.safetensors --out scores.csv",
+        "```", "",
+        "## Training", "",
+        "| setting | value |", "|---|---|",
+        f"| stage | {training.get('stage')} |",
+        f"| loss variant | {training.get('loss_variant', '-')} |",
+        f"| context tokens | {artifact.prompt.get('n_ctx')} |",
+        f"| negative prompts per class | {artifact.prompt.get('n_neg', '-')} |",
+        f"| epochs | {training.get('optim', {}).get('epochs')} |",
+        f"| seed | {training.get('optim', {}).get('seed')} |",
+    ]
+    if threshold:
+        lines.append(f"| ID threshold (keeps {threshold['id_kept']:.0%} of {threshold['source']} ID images) | "
+                     f"{threshold['value']:.6g} |")
+    report = artifact.extra.get("report")
+    if report:
+        lines += ["", "## OOD results", "", report]
+    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
+    return str(ModelCard(content))
+
+
+def _base_model(arch: str, pretrained: str | None) -> str | None:
+    import open_clip
+
+    if arch.startswith("hf-hub:"):
+        return arch[len("hf-hub:"):]
+    if not pretrained:
+        return None
+    try:
+        cfg = open_clip.get_pretrained_cfg(arch.replace("/", "-"), pretrained) or {}
+    except Exception:
+        return None
+    return (cfg.get("hf_hub") or "").rstrip("/") or None
+
+
+def push(path: Path, repo_id: str, options: HubOptions = HubOptions(), *, private: bool = False,
+         branch: str | None = None, tag: str | None = None, message: str | None = None) -> dict[str, Any]:
+    """Upload an artifact as plain files; returns the created commit id."""
+    from huggingface_hub import HfApi
+
+    artifact = load_prompts(path)  # refuse to publish something that is not an artifact
+    repo_id, revision = parse_repo_ref(repo_id)
+    if revision:
+        raise UsageError("name the branch with --branch, not @REVISION, when pushing")
+    if _offline(options):
+        raise HubError("cannot push while offline", hint="drop --offline / unset HF_HUB_OFFLINE")
+    api = HfApi(endpoint=options.endpoint, token=options.token)
+    with tempfile.TemporaryDirectory(prefix="negprompt-push-") as tmp:
+        folder = Path(tmp)
+        shutil.copyfile(path, folder / PROMPTS_FILE)
+        (folder / CONFIG_FILE).write_text(json.dumps(artifact.metadata(), indent=2, sort_keys=True) + "\n")
+        (folder / CLASSNAMES_FILE).write_text(json.dumps(artifact.class_names, indent=2) + "\n")
+        (folder / CARD_FILE).write_text(model_card(artifact, repo_id))
+        with hub_errors("push to", repo_id, branch):
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if branch:
+                api.create_branch(repo_id, branch=branch, exist_ok=True)
+            info = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=branch,
+                                     commit_message=message or f"Upload negprompt {artifact.kind} prompts")
+            if tag:
+                api.create_tag(repo_id, tag=tag, revision=info.oid)
+    return {"repo_id": repo_id, "commit": info.oid, "branch": branch or "main", "tag": tag,
+            "url": getattr(info, "commit_url", None), "files": ALLOWED}

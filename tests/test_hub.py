@@ -1,0 +1,202 @@
+"""push / pull / hf:// references against a real HTTP server on 127.0.0.1 (the unmodified
+huggingface_hub client talks to it; nothing leaves the machine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from conftest import make_image_folder
+from hub_server import HubServer
+from negprompt_cli.artifact import PromptArtifact, load_prompts, save_prompts
+from negprompt_cli.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A fresh loopback Hub, the client pointed at it, online (only towards 127.0.0.1)."""
+    import huggingface_hub.constants as constants
+
+    server = HubServer().start()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_TOKEN", "hf_dummy")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def artifact_file(tmp_path, tiny_vit_dir) -> Path:
+    """A real fit-neg artifact from the tiny backbone (two classes)."""
+    train = make_image_folder(tmp_path / "train", classes=("red_stripes", "green_bars"), per_class=4)
+    out = tmp_path / "neg.safetensors"
+    result = runner.invoke(app, ["fit-neg", "--data", str(train), "--out", str(out), "--backbone",
+                                 f"local-dir:{tiny_vit_dir}", "--pos-epochs", "2", "--epochs", "2", "--n-ctx", "4"])
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+def cli(args, **kwargs):
+    result = runner.invoke(app, args, **kwargs)
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def test_push_pull_pin_offline_transfer_score(hub, artifact_file, tmp_path, tiny_vit_dir):
+    pushed = cli(["push", str(artifact_file), "lab/negprompt-test", "--message", "first"])
+    assert pushed.exit_code == 0, pushed.stderr
+    commit = pushed.stdout.strip()
+    assert len(commit) == 40
+    repo = hub.store.repos["lab/negprompt-test"]
+    files = repo["commits"][commit]
+    assert {"prompts.safetensors", "negprompt_config.json", "classnames.json", "README.md"} <= set(files)
+    assert files["prompts.safetensors"] == artifact_file.read_bytes()
+    assert json.loads(files["classnames.json"]) == ["green bars", "red stripes"]
+    assert json.loads(files["negprompt_config.json"])["schema_version"] == 1
+
+    from huggingface_hub import ModelCard
+
+    card_path = tmp_path / "README.md"
+    card_path.write_bytes(files["README.md"])
+    card = ModelCard.load(card_path).data.to_dict()
+    assert card["library_name"] == "negprompt" and "negprompt" in card["tags"]
+    assert "negprompt transfer --prompts hf://lab/negprompt-test" in card_path.read_text()
+
+    # pull by branch, then pinned to the commit, then offline from the cache
+    by_branch = cli(["pull", "lab/negprompt-test", "--json"])
+    assert by_branch.exit_code == 0, by_branch.stderr
+    info = json.loads(by_branch.stdout)
+    assert info["commit"] == commit and info["kind"] == "negative"
+    assert Path(info["path"]).read_bytes() == artifact_file.read_bytes()
+    pinned = cli(["pull", f"lab/negprompt-test@{commit}", "--json"])
+    assert json.loads(pinned.stdout)["commit"] == commit
+    before = len(hub.store.requests)
+    offline = cli(["pull", "lab/negprompt-test", "--offline", "--json"])
+    assert offline.exit_code == 0 and json.loads(offline.stdout)["commit"] == commit
+    assert len(hub.store.requests) == before  # the cache answered; no request reached the server
+
+    # a second push to a branch with a tag; each revision resolves to its own commit
+    second = cli(["push", str(artifact_file), "lab/negprompt-test", "--branch", "dev", "--tag", "v1"])
+    assert second.exit_code == 0, second.stderr
+    dev_commit = second.stdout.strip()
+    assert dev_commit != commit
+    for rev in ("dev", "v1"):
+        assert json.loads(cli(["pull", f"lab/negprompt-test@{rev}", "--json"]).stdout)["commit"] == dev_commit
+
+    # --out copies the files and records where they came from
+    out = tmp_path / "pulled"
+    assert cli(["pull", "lab/negprompt-test@v1", "--out", str(out)]).exit_code == 0
+    assert json.loads((out / "negprompt_source.json").read_text())["commit"] == dev_commit
+    assert (out / "prompts.safetensors").read_bytes() == artifact_file.read_bytes()
+
+    # hf:// references: transfer and score straight from the Hub
+    names = tmp_path / "names.txt"
+    names.write_text("red stripes\ngreen bars\nblue dots\n")
+    transferred = cli(["transfer", "--prompts", "hf://lab/negprompt-test", "--names", str(names), "--out",
+                       str(tmp_path / "mine.safetensors")])
+    assert transferred.exit_code == 0, transferred.stderr
+    assert load_prompts(tmp_path / "mine.safetensors").class_names == ["red stripes", "green bars", "blue dots"]
+    images = make_image_folder(tmp_path / "images", classes=("x",), per_class=3)
+    scored = cli(["score", str(images), "--prompts", f"hf://lab/negprompt-test@{commit}", "--format", "jsonl"])
+    assert scored.exit_code == 0, scored.stderr
+    assert len(scored.stdout.splitlines()) == 3
+
+
+def test_installed_command_against_the_server(hub, artifact_file, tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "sub-hf"), "HF_TOKEN": "hf_dummy",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("HF_HUB_CACHE", None)
+    exe = [str(Path(sys.executable).with_name("negprompt"))]
+    if not Path(exe[0]).exists():
+        exe = [sys.executable, "-m", "negprompt_cli"]
+    push = subprocess.run([*exe, "push", str(artifact_file), "team/shared"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert push.returncode == 0, push.stderr
+    pull = subprocess.run([*exe, "pull", "team/shared", "--json"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert pull.returncode == 0, pull.stderr
+    assert json.loads(pull.stdout)["commit"] == push.stdout.strip()
+    missing = subprocess.run([*exe, "pull", "team/absent"], capture_output=True, text=True, env=env, timeout=300)
+    assert missing.returncode == 4 and missing.stderr.startswith("Error: Hub repository team/absent not found")
+
+
+def test_bad_inputs(hub, artifact_file, tmp_path):
+    def error(args, code, text):
+        result = cli(args)
+        assert result.exit_code == code, result.stderr
+        first = next(line for line in result.stderr.splitlines() if line.startswith("Error:"))
+        assert text in first, result.stderr
+
+    error(["pull", "not a/valid//id"], 2, "malformed Hub repo id")
+    error(["pull", "lab/absent"], 4, "not found")
+    assert cli(["push", str(artifact_file), "lab/p"]).exit_code == 0
+    error(["pull", "lab/p@nope"], 4, "revision 'nope' not found")
+    # repos that are not negprompt artifacts
+    hub.store.create("lab/pickle-only", {"pytorch_model.bin": b"\x80\x04pickle", "config.json": b"{}"})
+    error(["pull", "lab/pickle-only"], 5, "no prompts.safetensors")
+    weights = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(3)}, str(weights))
+    hub.store.create("lab/random-model", {"prompts.safetensors": weights.read_bytes(),
+                                          "negprompt_config.json": b'{"schema_version": 1}'})
+    error(["pull", "lab/random-model"], 5, "not a negprompt artifact")
+    hub.store.create("lab/future", {"prompts.safetensors": artifact_file.read_bytes(),
+                                    "negprompt_config.json": b'{"schema_version": 7}'})
+    error(["pull", "lab/future"], 5, "schema 7")
+    # the wrong backbone is refused, naming both
+    error(["pull", "lab/p", "--backbone", "RN50", "--pretrained", "openai"], 5, "but the backbone is RN50")
+    # push of something that is not an artifact
+    junk = tmp_path / "junk.safetensors"
+    junk.write_text("nope")
+    error(["push", str(junk), "lab/junk"], 5, "not a negprompt prompts file")
+    assert "lab/junk" not in hub.store.repos
+    # nothing half-written in --out
+    out = tmp_path / "out"
+    error(["pull", "lab/pickle-only", "--out", str(out)], 5, "no prompts.safetensors")
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+def test_server_down_with_and_without_cache(hub, artifact_file, tmp_path, monkeypatch):
+    assert cli(["push", str(artifact_file), "lab/p"]).exit_code == 0
+    assert cli(["pull", "lab/p"]).exit_code == 0  # fills the cache
+    hub.stop()
+    cached = cli(["pull", "lab/p", "--json"])
+    assert cached.exit_code == 0, cached.stderr  # falls back to the cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    down = cli(["pull", "lab/p"])
+    assert down.exit_code == 4 and "Error:" in down.stderr
+    offline = cli(["pull", "lab/p", "--offline"])
+    assert offline.exit_code == 4 and "not in the local cache" in offline.stderr
+    hub.start = lambda: None  # the fixture's stop() runs again harmlessly
+
+
+def test_push_refuses_offline(artifact_file, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = cli(["push", str(artifact_file), "lab/p"])
+    assert result.exit_code == 4 and "offline" in result.stderr
+
+
+def test_model_card_metadata_for_a_real_backbone():
+    from negprompt_cli.hub import model_card
+
+    artifact = PromptArtifact("negative", {"ctx_pos": torch.zeros(2, 4)},
+                              {"backbone": "ViT-B/16", "pretrained": "laion2b_s34b_b88k", "quick_gelu": False},
+                              {"n_ctx": 2, "n_neg": 2}, ["cat"], training={"stage": "fit-neg", "optim": {"epochs": 10}},
+                              extra={"threshold": {"value": 0.5, "id_kept": 0.95, "source": "validation"}})
+    text = model_card(artifact, "lab/vitb16")
+    assert "base_model: laion/CLIP-ViT-B-16-laion2B-s34B-b88K" in text
+    assert "library_name: negprompt" in text and "open_clip:ViT-B/16" in text
+    _ = save_prompts
