@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_image_folder
+from hub_server import HubServer
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from conftest import make_image_folder
-from hub_server import HubServer
 from negprompt_cli.artifact import PromptArtifact, load_prompts, save_prompts
 from negprompt_cli.cli import app
 
