@@ -42,6 +42,13 @@ class PromptModule(torch.nn.Module):
         """Logits used for accuracy (no gradient needed)."""
         raise NotImplementedError
 
+    def loss_and_backward(self, image_features: torch.Tensor,
+                          labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compute the loss and accumulate gradients; learners may override to bound memory."""
+        loss, logits = self.loss(image_features, labels)
+        loss.backward()
+        return loss.detach(), logits
+
     def export(self) -> dict[str, torch.Tensor]:
         """Tensors to store in the artifact."""
         raise NotImplementedError

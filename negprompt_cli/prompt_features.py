@@ -29,13 +29,11 @@ def text_features_for(encoder: SoftPromptTextEncoder, artifact: PromptArtifact, 
     prompts = encoder.tokenize(list(names), int(prompt["n_ctx"]), prompt.get("suffix", "."))
     device = encoder.model.token_embedding.weight.device
     with torch.no_grad():
-        text_pos = encoder.encode(ctx_pos.to(device), prompts, chunk_size=text_chunk).cpu()
+        text_pos = encoder.encode_shared(ctx_pos.to(device), prompts, chunk_size=text_chunk)[0].cpu()
         text_neg = None
         if ctx_neg is not None:
-            p, c = ctx_neg.shape[0], len(names)
-            rows = ctx_neg.to(device).repeat_interleave(c, dim=0)
-            text_neg = encoder.encode(rows, prompts.repeat(p), chunk_size=text_chunk).cpu()
-            text_neg = text_neg.view(p, c, -1).transpose(0, 1).contiguous()
+            text_neg = encoder.encode_shared(ctx_neg.to(device), prompts, chunk_size=text_chunk)
+            text_neg = text_neg.transpose(0, 1).contiguous().cpu()
     return text_pos, text_neg
 
 

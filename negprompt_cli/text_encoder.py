@@ -34,6 +34,11 @@ class TokenizedPrompts:
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
+    def subset(self, rows: torch.Tensor | list[int]) -> TokenizedPrompts:
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return TokenizedPrompts(self.tokens[index], self.eot[index], self.n_ctx,
+                                tuple(self.names[i] for i in index.tolist()))
+
     def repeat(self, times: int) -> TokenizedPrompts:
         """The same names ``times`` over (one copy per prompt of a multi-prompt learner)."""
         return TokenizedPrompts(self.tokens.repeat(times, 1), self.eot.repeat(times), self.n_ctx,
@@ -130,6 +135,53 @@ class SoftPromptTextEncoder:
         features = torch.cat(outputs)
         return features[torch.argsort(order)]
 
+    def encode_shared(self, ctx: torch.Tensor, prompts: TokenizedPrompts, *, normalize: bool = True,
+                      chunk_size: int | None = None) -> torch.Tensor:
+        """Features of every (context, class) pair: ``ctx`` [P, n_ctx, D] -> [P, C, E].
+
+        Exact: the same numbers as :meth:`encode` on the P·C expanded rows, but each context's
+        prefix runs once per layer (see ``shared_prefix``). ``chunk_size`` bounds how many
+        classes run at once; classes are bucketed by suffix length so padding stays small.
+        """
+        from . import shared_prefix
+
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0)
+        p, c = ctx.shape[0], len(prompts)
+        if not shared_prefix.supported(self.model):
+            rows = ctx.repeat_interleave(c, dim=0)
+            return self.encode(rows, prompts.repeat(p), normalize=normalize, chunk_size=chunk_size).view(p, c, -1)
+        model = self.model
+        device = model.token_embedding.weight.device
+        cast = model.transformer.get_cast_dtype()
+        n_ctx = prompts.n_ctx
+        lp = 1 + n_ctx
+        tokens = prompts.tokens.to(device)
+        eot = prompts.eot.to(device)
+        positions = model.positional_embedding.to(cast)
+        sos = model.token_embedding(tokens[:1, :1]).to(cast)  # the SOS embedding is the same for every row
+        prefix = torch.cat([sos.expand(p, -1, -1), ctx.to(device=device, dtype=cast)], dim=1) + positions[:lp]
+        order = torch.argsort(eot, stable=True)
+        step = chunk_size or c
+        outputs = []
+        for start in range(0, c, step):
+            rows = order[start:start + step]
+            length = int(eot[rows].max()) + 1
+            suffix = model.token_embedding(tokens[rows, lp:length]).to(cast) + positions[lp:length]
+            suffix = suffix.unsqueeze(0).expand(p, -1, -1, -1).reshape(p * len(rows), length - lp, -1)
+            owner = torch.arange(p, device=device).repeat_interleave(len(rows))
+            suffix_eot = (eot[rows] - lp).repeat(p)
+            pooled = shared_prefix.encode(model, prefix, suffix, suffix_eot, owner)
+            outputs.append(self._project(pooled, normalize).view(p, len(rows), -1))
+        features = torch.cat(outputs, dim=1)
+        return features[:, torch.argsort(order)]
+
+    def _project(self, x: torch.Tensor, normalize: bool) -> torch.Tensor:
+        projection = self.model.text_projection
+        if projection is not None:
+            x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        return F.normalize(x, dim=-1) if normalize else x
+
     def _encode_rows(self, ctx: torch.Tensor, tokens: torch.Tensor, eot: torch.Tensor,
                      normalize: bool, truncate: bool) -> torch.Tensor:
         model = self.model
@@ -146,7 +198,4 @@ class SoftPromptTextEncoder:
         x = model.transformer(x, attn_mask=mask)
         x = model.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot]
-        projection = model.text_projection
-        if projection is not None:
-            x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
-        return F.normalize(x, dim=-1) if normalize else x
+        return self._project(x, normalize)

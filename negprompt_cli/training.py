@@ -168,10 +168,9 @@ def _run_epoch(module, optimizer, generator, features, labels, config, epoch, de
         idx = order[start:start + config.batch_size]
         batch = view[idx].to(device)
         target = labels[idx].to(device)
-        with autocast(device, config.precision):
-            loss, logits = module.loss(batch, target)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with autocast(device, config.precision):
+            loss, logits = module.loss_and_backward(batch, target)
         optimizer.step()
         value = float(loss.detach())
         total_loss += value * len(idx)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-SHAPES = ("circle", "ring", "square", "arrow", "triangle", "star", "cross", "hexagon", "crescent", "heart",
+SHAPES = ("circle", "ring", "square", "arrow", "triangle", "star", "cross", "hourglass", "crescent", "heart",
           "ellipse", "semicircle")
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 190, 40), "blue": (40, 70, 230), "yellow": (235, 220, 40),
@@ -69,16 +69,15 @@ def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return r < 0.45 + 0.5 * np.clip(np.cos(5 * t), 0, 1) ** 2
     if shape == "cross":
         return ((abs(x) < 0.3) & (abs(y) < 1.0)) | ((abs(y) < 0.3) & (abs(x) < 1.0))
-    if shape == "hexagon":
-        sector = np.pi / 3
-        return r * np.cos((t % sector) - sector / 2) < 0.85
+    if shape == "hourglass":
+        return (abs(y) < 0.95) & (abs(x) < 0.85 * abs(y) + 0.08)
     if shape == "crescent":
         return (r < 0.95) & (np.hypot(x - 0.45, y) > 0.75)
     if shape == "heart":
         u, v = x * 1.15, y * 1.15 + 0.15
         return (u * u + v * v - 1) ** 3 - u * u * v ** 3 < 0
     if shape == "ellipse":
-        return (x / 1.0) ** 2 + (y / 0.5) ** 2 < 1.0
+        return (x / 1.0) ** 2 + (y / 0.42) ** 2 < 1.0
     if shape == "semicircle":
         return (r < 0.95) & (y > -0.1)
     raise ValueError(f"unknown shape {shape!r}")

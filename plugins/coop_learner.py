@@ -30,6 +30,8 @@ class CoOpPrompts(PromptModule):
         self.register_buffer("logit_scale", encoder.model.logit_scale.detach().exp().float().clone())
 
     def text_features(self) -> torch.Tensor:
+        if self.ctx.dim() == 2:  # one shared context: its prefix runs once per layer
+            return self.encoder.encode_shared(self.ctx, self.prompts, chunk_size=self.text_chunk)[0]
         return self.encoder.encode(self.ctx, self.prompts, chunk_size=self.text_chunk)
 
     def class_logits(self, image_features: torch.Tensor) -> torch.Tensor:

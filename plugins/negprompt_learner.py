@@ -33,7 +33,9 @@ class NegativePrompts(PromptModule):
         ctx_pos = ctx_pos.to(device, torch.float32)
         self.register_buffer("ctx_pos", ctx_pos.clone())
         with torch.no_grad():
-            self.register_buffer("text_pos", encoder.encode(ctx_pos, prompts, chunk_size=text_chunk))
+            text_pos = (encoder.encode_shared(ctx_pos, prompts, chunk_size=text_chunk)[0] if ctx_pos.dim() == 2
+                        else encoder.encode(ctx_pos, prompts, chunk_size=text_chunk))
+            self.register_buffer("text_pos", text_pos)
         if ctx_pos.dim() == 3:  # class-specific positives can only seed class-specific negatives
             neg_csc = True
         n_ctx, width = ctx_pos.shape[-2:]
@@ -48,15 +50,42 @@ class NegativePrompts(PromptModule):
         self.ctx_neg = torch.nn.Parameter(start.detach().clone() + noise.to(device))
         self.register_buffer("logit_scale", encoder.model.logit_scale.detach().exp().float().clone())
 
-    def negative_features(self) -> torch.Tensor:
-        """[C, P, E] unit features of every (class, negative prompt) pair, one batched encoder pass."""
-        c, p = self.n_classes, self.n_neg
-        if self.neg_csc:
-            ctx = self.ctx_neg.transpose(0, 1).reshape(p * c, *self.ctx_neg.shape[-2:])  # prompt-major rows
-        else:
-            ctx = self.ctx_neg.repeat_interleave(c, dim=0)
-        feats = self.encoder.encode(ctx, self.prompts.repeat(p), chunk_size=self.text_chunk)
+    def negative_features(self, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """[C, P, E] unit features of every (class, negative prompt) pair (or of ``classes`` only)."""
+        prompts = self.prompts if classes is None else self.prompts.subset(classes)
+        c, p = len(prompts), self.n_neg
+        if not self.neg_csc:  # shared contexts: each prefix runs once per layer
+            return self.encoder.encode_shared(self.ctx_neg, prompts, chunk_size=self.text_chunk).transpose(0, 1)
+        ctx_neg = self.ctx_neg if classes is None else self.ctx_neg[classes]
+        ctx = ctx_neg.transpose(0, 1).reshape(p * c, *ctx_neg.shape[-2:])  # prompt-major rows
+        feats = self.encoder.encode(ctx, prompts.repeat(p), chunk_size=self.text_chunk)
         return feats.view(p, c, -1).transpose(0, 1)
+
+    def loss_and_backward(self, image_features: torch.Tensor,
+                          labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and gradients; with ``text_chunk`` the text graph never holds more than one chunk.
+
+        Gradient caching: the loss couples all C·P negative features (a softmax over them), so
+        first all features are computed without a graph, the loss and its gradient with respect
+        to those features are taken, and then the features are re-encoded chunk by chunk with
+        autograd and the cached feature gradients are back-propagated. Same gradient, bounded memory.
+        """
+        if self.text_chunk is None or self.text_chunk >= self.n_classes:
+            loss, logits = self.loss(image_features, labels)
+            loss.backward()
+            return loss.detach(), logits
+        with torch.no_grad():
+            neg = self.negative_features()
+        neg = neg.float().requires_grad_(True)
+        terms = negprompt_loss(self.variant, image_features.float(), self.text_pos.float(), neg, labels,
+                               self.logit_scale, self.weights)
+        terms["loss"].backward()
+        feature_grad = neg.grad
+        for start in range(0, self.n_classes, self.text_chunk):
+            classes = torch.arange(start, min(start + self.text_chunk, self.n_classes))
+            chunk = self.negative_features(classes).float()
+            (chunk * feature_grad[classes.to(feature_grad.device)]).sum().backward()
+        return terms["loss"].detach(), self.class_logits(image_features)
 
     def loss_terms(self, image_features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         neg = self.negative_features().float()

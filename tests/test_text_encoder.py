@@ -87,3 +87,24 @@ def test_gradient_checkpointing_gives_the_same_gradient(tiny_backbone):
         grads.append(ctx.grad)
     set_text_checkpointing(tiny_backbone, False)
     torch.testing.assert_close(grads[0], grads[1], atol=1e-7, rtol=1e-6)
+
+
+def test_shared_prefix_equals_plain_path_values_and_gradients(tiny_backbone):
+    """Prefix computed once per context + per-class suffixes == encoding every (context, class) row."""
+    encoder = SoftPromptTextEncoder(tiny_backbone)
+    prompts = encoder.tokenize(NAMES, n_ctx=5)
+    base = torch.randn(3, 5, tiny_backbone.text_width) * 0.02
+    weights = torch.randn(3, len(NAMES), tiny_backbone.model.text_projection.shape[1])
+
+    shared_ctx = torch.nn.Parameter(base.clone())
+    shared = encoder.encode_shared(shared_ctx, prompts, chunk_size=2)
+    (shared * weights).sum().backward()
+
+    plain_ctx = torch.nn.Parameter(base.clone())
+    plain = encoder.encode(plain_ctx.repeat_interleave(len(NAMES), dim=0), prompts.repeat(3), truncate=False)
+    (plain.view(3, len(NAMES), -1) * weights).sum().backward()
+
+    torch.testing.assert_close(shared, plain.view(3, len(NAMES), -1).detach(), atol=1e-6, rtol=0)
+    # the prefix gradient is summed over classes in another order: compare relative to its norm
+    relative = (shared_ctx.grad - plain_ctx.grad).norm() / plain_ctx.grad.norm()
+    assert relative < 1e-5, relative
