@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -181,9 +182,11 @@ def worker_score(arch: str, images: Path, batch: int) -> dict[str, Any]:
                                     [f"class {i}" for i in range(10)]), prompts)
         options = ScoreOptions(images=images, prompts=prompts, out=Path(tmp) / "s.csv", cache_dir=Path(tmp) / "c",
                                batch_size=batch, quiet=True, backbone=None)
+        torch.manual_seed(SEED)  # random weights: the same seed gives the same backbone (and cache key)
         start = time.perf_counter()
         first = score(options)  # includes loading the backbone again from the artifact
         cold = time.perf_counter() - start
+        torch.manual_seed(SEED)
         start = time.perf_counter()
         second = score(options)
         warm = time.perf_counter() - start
@@ -331,18 +334,80 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def epoch_table(results: dict[str, Any]) -> str:
+    """The batch-size trade-off: a step costs about the same whatever the image batch (the text encoder
+    dominates), so an epoch of 16 shots x C classes costs ceil(16 C / B) steps."""
+    lines = ["| C | s/step (ours) | epoch at B=32 | B=64 | B=128 | B=256 |", "|---|---|---|---|---|---|"]
+    for row in results["fit_neg"]:
+        step = row["ours"].get("seconds_per_step")
+        if step is None:
+            continue
+        cells = [f"{math.ceil(16 * row['classes'] / b) * step / 60:.1f} min" for b in (32, 64, 128, 256)]
+        lines.append(f"| {row['classes']} | {step:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_docs(results: dict[str, Any]) -> None:
     m = results["machine"]
+    ours_1000 = next((r["ours"] for r in results["fit_neg"] if r["classes"] == 1000), {})
+    speedups = [f"{r['speedup']:.1f}× at C={r['classes']}" for r in results["fit_neg"] if "speedup" in r]
     text = [
         "# Performance",
         "",
         f"Measured by `python benchmarks/perf.py --docs` at commit `{results['commit']}` on {m['platform']}, "
         f"{m['cpus']} CPUs ({m['threads']} torch threads), torch {m['torch']}"
-        + (f", GPU {m['gpu']}" if "gpu" in m else ", no GPU (GPU numbers pending)") + ".",
+        + (f", GPU {m['gpu']}" if "gpu" in m else "; no GPU on this machine, so GPU numbers are pending") + ".",
         "",
-        table(results),
+        "## fit-neg step: ours vs the released code's approach",
         "",
-        "Raw JSON: `benchmarks/results/perf.json`.",
+        "Same loss (the released-code variant), same inputs: ViT-B/16 text tower with seeded random weights, "
+        "P = 2 negative prompts, 16 context tokens, a batch of 64 cached image features. *Reference*: every "
+        "C·P prompt through the tower at the full context length 77 in fp32, NPD/NND with per-class Python "
+        "loops, no chunking (what the released code does). *Ours*: shared-prefix encoding (each negative "
+        "context's 17-token prefix once per layer, class-name suffixes bucketed by length), vectorised "
+        "losses, and above `--text-chunk` (default 256) classes gradient caching. Peak RSS is each "
+        "measurement's own process.",
+        "",
+        table(results).split("\n\n")[0],
+        "",
+        f"Speed-up: {', '.join(speedups)}; loss and gradients agree to float rounding. At C = 1000 ours "
+        + (f"runs in {ours_1000['seconds_per_step']:.1f} s/step with a peak of {ours_1000['peak_rss_gb']:.1f} GB; "
+           if ours_1000.get("seconds_per_step") else "")
+        + "the reference would need about 45 GB and does not fit this 24 GB machine.",
+        "",
+        "Where the time goes now: with the prefix shared, each class runs only its name tokens plus the "
+        "period and EOT (about 4 of 21 positions), so the text tower's cost per step falls roughly 5×; "
+        "the rest of the gap to the reference comes from the reference's full length 77 (3.7× more positions "
+        "than the longest ImageNet prompt needs). Above the chunk size, gradient caching adds one "
+        "no-grad forward pass (about +30 % per step) to keep memory flat.",
+        "",
+        "## Batch size: a user-facing trade-off, not a default change",
+        "",
+        "A step costs about the same whatever the image batch size (the text encoder dominates and runs "
+        "once per step), so larger batches mean fewer text-encoder passes per epoch:",
+        "",
+        epoch_table(results),
+        "",
+        "Quality on the offline world (validation protocols, `docs/quality_sensitivity.png`, panel "
+        "batch_size, fixed learning rate and epochs): near-OOD AUROC of the released-code loss goes "
+        "80.1 → 79.7 → 79.4 → 79.2 % for batch 16 → 32 → 64 → 128, i.e. flat within the spread over "
+        "partitions, while the paper's loss fluctuates (70.6–76.8 %). Recommendation: on slow hardware "
+        "raise `--batch-size` (e.g. 256 at C = 1000 cuts a CPU epoch 4× against 64) and check the result "
+        "on held-out data (`--val-fraction`); the default stays the released code's 64.",
+        "",
+        "## score throughput",
+        "",
+        table(results).split("\n\n")[1] if "\n\n" in table(results) else "(not measured)",
+        "",
+        "*score* includes decoding JPEGs, preprocessing, the image tower, scoring and writing the CSV "
+        "(decoding runs in DataLoader workers in parallel with the model). The second run on the same "
+        "images performs no image-encoder calls (the feature cache).",
+        "",
+        "## Raw results (`benchmarks/results/perf.json`)",
+        "",
+        "```json",
+        json.dumps(results, indent=2),
+        "```",
     ]
     (ROOT / "docs" / "performance.md").write_text("\n".join(text) + "\n")
 

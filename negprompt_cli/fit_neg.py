@@ -57,7 +57,7 @@ class FitNegOptions:
     train_subset: str = "first"
     optim: OptimConfig = field(default_factory=negative_stage_defaults)
     temperature: float = 1.0
-    text_chunk: int | None = None
+    text_chunk: int | None = 256  # above this many classes, gradient caching bounds memory
     quiet: bool = False
     resume: bool = False
     grad_checkpoint: bool = False

@@ -249,12 +249,34 @@ def _base_model(arch: str, pretrained: str | None) -> str | None:
     return (cfg.get("hf_hub") or "").rstrip("/") or None
 
 
+def report_markdown(path: Path) -> str:
+    """The paper-style table of a ``negprompt report --json`` output, for the model card."""
+    from .report import markdown_table
+
+    file = path / "report.json" if path.is_dir() else path
+    if not file.is_file():
+        raise NotFoundError(f"report not found: {file}")
+    try:
+        report = json.loads(file.read_text(encoding="utf-8"))
+        table = markdown_table(report)
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UsageError(f"{file} is not a negprompt report JSON ({exc})") from exc
+    return (f"Scorer `{report.get('scorer')}`; FPR convention: {report.get('fpr_convention')} — "
+            f"{report.get('fpr_definition')}.\n\n{table}")
+
+
 def push(path: Path, repo_id: str, options: HubOptions = HubOptions(), *, private: bool = False,
-         branch: str | None = None, tag: str | None = None, message: str | None = None) -> dict[str, Any]:
-    """Upload an artifact as plain files; returns the created commit id."""
+         branch: str | None = None, tag: str | None = None, message: str | None = None,
+         report: Path | None = None) -> dict[str, Any]:
+    """Upload an artifact as plain files; returns the created commit id.
+
+    ``report`` (a ``negprompt report`` JSON or its ``--out`` folder) adds the OOD table to the card.
+    """
     from huggingface_hub import HfApi
 
     artifact = load_prompts(path)  # refuse to publish something that is not an artifact
+    if report is not None:
+        artifact.extra["report"] = report_markdown(report)
     repo_id, revision = parse_repo_ref(repo_id)
     if revision:
         raise UsageError("name the branch with --branch, not @REVISION, when pushing")

@@ -118,7 +118,11 @@ class PluginHost:
 
     # -- loading ---------------------------------------------------------------------------
     def load_entry_points(self, allow: set[str] | None) -> None:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        def builtin_first(ep: importlib.metadata.EntryPoint) -> bool:
+            dist = getattr(ep, "dist", None)
+            return dist is None or dist.metadata["Name"] != BUILTIN_DIST
+
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=builtin_first):
             if allow is not None and ep.name not in allow:
                 continue
             if ep.name in self.records:

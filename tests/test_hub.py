@@ -189,6 +189,19 @@ def test_push_refuses_offline(artifact_file, monkeypatch):
     assert result.exit_code == 4 and "offline" in result.stderr
 
 
+def test_push_with_a_report_puts_the_table_in_the_card(hub, artifact_file, tmp_path):
+    report = {"scorer": "negprompt", "fpr_convention": "id-positive", "fpr_definition": "ID positive",
+              "ood": {"textures": {"auroc": 0.9, "fpr": 0.3, "aupr_in": 0.8, "aupr_out": 0.85, "n_ood": 10}},
+              "average": {"auroc": 0.9, "fpr": 0.3, "aupr_in": 0.8, "aupr_out": 0.85}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    result = cli(["push", str(artifact_file), "lab/with-report", "--report", str(tmp_path / "report.json")])
+    assert result.exit_code == 0, result.stderr
+    card = hub.store.repos["lab/with-report"]["commits"][result.stdout.strip()]["README.md"].decode()
+    assert "## OOD results" in card and "| textures | 90.00 | 30.00 |" in card
+    bad = cli(["push", str(artifact_file), "lab/x", "--report", str(tmp_path / "nope.json")])
+    assert bad.exit_code == 3
+
+
 def test_model_card_metadata_for_a_real_backbone():
     from negprompt_cli.hub import model_card
 
