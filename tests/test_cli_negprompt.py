@@ -200,6 +200,16 @@ def test_bad_inputs(world, tmp_path, tiny_rn_dir):
     assert not (tmp_path / "t.safetensors").exists() and not (tmp_path / "x.safetensors").exists()
 
 
+def test_score_checks_a_named_backbone(world, tiny_vit_dir, tiny_rn_dir):
+    neg = str(world / "neg.safetensors")
+    invoke(["fit-neg", "--data", str(world / "train"), "--pos", str(world / "pos.safetensors"), "--out", neg,
+            *NEG_FAST])
+    same = invoke(["score", str(world / "test"), "--prompts", neg, "--backbone", f"local-dir:{tiny_vit_dir}"])
+    assert same.exit_code == 0, same.stderr
+    other = invoke(["score", str(world / "test"), "--prompts", neg, "--backbone", f"local-dir:{tiny_rn_dir}"])
+    assert other.exit_code == 5 and "was trained on" in other.stderr
+
+
 def test_zero_shot_scoring_and_scorer_plugins(world, tiny_vit_dir):
     (world / "names.txt").write_text("red stripes\ngreen bars\n")
     for scorer in ("mcm", "energy", "maxlogit", "msp"):
