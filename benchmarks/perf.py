@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import ROOT, current_commit  # noqa: E402  (benchmarks/ is run as scripts)
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "perf.json"
 P, BATCH, SEED = 2, 64, 0
 
@@ -244,7 +244,7 @@ def main() -> None:
     parser.add_argument("--docs", action="store_true", help="also write docs/performance.md")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    results: dict[str, Any] = {"machine": machine(), "commit": commit(), "fit_neg": [], "score": []}
+    results: dict[str, Any] = {"machine": machine(), "commit": current_commit(), "fit_neg": [], "score": []}
     with tempfile.TemporaryDirectory(prefix="negprompt-perf-") as tmp:
         tmp_path = Path(tmp)
         for c in args.classes:
@@ -300,12 +300,6 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def table(results: dict[str, Any]) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import ROOT, current_commit  # noqa: E402  (benchmarks/ is run as scripts)
 
 from negprompt_cli.artifact import load_prompts
 from negprompt_cli.backbones import BackboneRequest, RuntimeOptions, load_backbone
@@ -51,7 +51,6 @@ from negprompt_cli.world import (
     sample_items,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 VALIDATION_SEEDS = (100, 101, 102)
 TEST_SEEDS = (0, 1, 2)
 
@@ -236,7 +235,7 @@ def main() -> None:
                     per_method.setdefault(f"NegPrompt ({variant})", []).append(run.negprompt(settings))
             results[kind] = {name: mean_std(rows) for name, rows in per_method.items()}
     payload = {
-        "commit": _commit(), "seconds": round(time.time() - started), "backbone": "toy",
+        "commit": current_commit(), "seconds": round(time.time() - started), "backbone": "toy",
         "validation_seeds": list(val_seeds), "test_seeds": list(test_seeds), "validation": val,
         "validation_at_chosen": val_scores, "default_variant": default_variant, "test": results,
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
@@ -248,12 +247,6 @@ def main() -> None:
     print(markdown_tables(payload))
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def fmt(pair: list[float], percent: bool = True) -> str:

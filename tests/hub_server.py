@@ -109,6 +109,16 @@ class Handler(BaseHTTPRequestHandler):
     def error(self, status: int, code: str, message: str) -> None:
         self.send_json(status, {"error": message}, {"X-Error-Code": code, "X-Error-Message": message})
 
+    def snapshot(self, repo: str, rev: str) -> tuple[str, dict[str, bytes]] | None:
+        """(commit, files) at ``rev``, or None after answering with the Hub's 404."""
+        if not self.repo_or_404(repo):
+            return None
+        sha = self.store.resolve(repo, rev)
+        if sha is None:
+            self.error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+            return None
+        return sha, self.store.repos[repo]["commits"][sha]
+
     def repo_or_404(self, repo: str) -> bool:
         if repo not in self.store.repos:
             self.error(404, "RepoNotFound", "Repository not found")
@@ -178,32 +188,23 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(200, {})
 
     def revision(self, method: str, repo: str, rev: str) -> None:
-        if not self.repo_or_404(repo):
+        if (found := self.snapshot(repo, rev)) is None:
             return
-        sha = self.store.resolve(repo, rev)
-        if sha is None:
-            return self.error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-        files = self.store.repos[repo]["commits"][sha]
+        sha, files = found
         self.send_json(200, {"id": repo, "modelId": repo, "sha": sha, "private": False,
                              "siblings": [{"rfilename": p} for p in sorted(files)]})
 
     def tree(self, method: str, repo: str, rev: str) -> None:
-        if not self.repo_or_404(repo):
+        if (found := self.snapshot(repo, rev)) is None:
             return
-        sha = self.store.resolve(repo, rev)
-        if sha is None:
-            return self.error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-        files = self.store.repos[repo]["commits"][sha]
+        _, files = found
         self.send_json(200, [{"type": "file", "path": p, "size": len(d), "oid": git_blob_oid(d)}
                              for p, d in sorted(files.items())])
 
     def resolve(self, method: str, repo: str, rev: str, path: str) -> None:
-        if not self.repo_or_404(repo):
+        if (found := self.snapshot(repo, rev)) is None:
             return
-        sha = self.store.resolve(repo, rev)
-        if sha is None:
-            return self.error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-        files = self.store.repos[repo]["commits"][sha]
+        sha, files = found
         if path not in files:
             return self.error(404, "EntryNotFound", f"{path} does not exist on {rev}")
         data = files[path]
