@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 def supported(model: torch.nn.Module) -> bool:
@@ -51,6 +52,18 @@ def _finish(block, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:  # 
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+def _layer(block, p_x: torch.Tensor, s_x: torch.Tensor, owner: torch.Tensor, mask: torch.Tensor,  # type: ignore[no-untyped-def]
+           causal_prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block: the prefix on its own, every suffix attending to its prefix's keys/values and itself."""
+    pq, pk, pv = _qkv(block, p_x)
+    sq, sk, sv = _qkv(block, s_x)
+    keys = torch.cat([pk[owner], sk], dim=2)
+    values = torch.cat([pv[owner], sv], dim=2)
+    s_att = F.scaled_dot_product_attention(sq, keys, values, attn_mask=mask)
+    p_att = F.scaled_dot_product_attention(pq, pk, pv, attn_mask=causal_prefix)
+    return _finish(block, p_x, p_att), _finish(block, s_x, s_att)
+
+
 def encode(model: torch.nn.Module, prefix: torch.Tensor, suffix: torch.Tensor, suffix_eot: torch.Tensor,
            owner: torch.Tensor) -> torch.Tensor:
     """Pooled (pre-projection, post-ln_final) EOT states.
@@ -66,14 +79,11 @@ def encode(model: torch.nn.Module, prefix: torch.Tensor, suffix: torch.Tensor, s
     mask = torch.zeros(s, lp + s, device=prefix.device, dtype=prefix.dtype)
     mask[:, lp:] = torch.full((s, s), float("-inf"), device=prefix.device, dtype=prefix.dtype).triu(1)
     p_x, s_x = prefix, suffix
+    recompute = bool(getattr(model.transformer, "grad_checkpointing", False)) and torch.is_grad_enabled()
     for block in model.transformer.resblocks:
-        pq, pk, pv = _qkv(block, p_x)
-        sq, sk, sv = _qkv(block, s_x)
-        keys = torch.cat([pk[owner], sk], dim=2)
-        values = torch.cat([pv[owner], sv], dim=2)
-        s_att = F.scaled_dot_product_attention(sq, keys, values, attn_mask=mask)
-        p_att = F.scaled_dot_product_attention(pq, pk, pv, attn_mask=causal_prefix)
-        s_x = _finish(block, s_x, s_att)
-        p_x = _finish(block, p_x, p_att)
+        if recompute:  # --grad-checkpoint: keep only each layer's inputs, recompute in backward
+            p_x, s_x = checkpoint(_layer, block, p_x, s_x, owner, mask, causal_prefix, use_reentrant=False)
+        else:
+            p_x, s_x = _layer(block, p_x, s_x, owner, mask, causal_prefix)
     pooled = s_x[torch.arange(s_x.shape[0], device=s_x.device), suffix_eot]
     return model.ln_final(pooled)

@@ -73,20 +73,28 @@ def test_name_too_long_is_a_clear_error(tiny_backbone):
         encoder.tokenize(["word " * 80], n_ctx=16)
 
 
-def test_gradient_checkpointing_gives_the_same_gradient(tiny_backbone):
+def test_gradient_checkpointing_gives_the_same_gradient(tiny_backbone, monkeypatch):
+    """--grad-checkpoint recomputes activations in both the plain and the shared-prefix path."""
+    from negprompt_cli import shared_prefix
     from negprompt_cli.backbone import set_text_checkpointing
+
+    calls = []
+    original = shared_prefix.checkpoint
+    monkeypatch.setattr(shared_prefix, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
 
     encoder = SoftPromptTextEncoder(tiny_backbone)
     prompts = encoder.tokenize(NAMES, n_ctx=6)
-    base = torch.randn(6, tiny_backbone.text_width) * 0.02
-    grads = []
-    for enabled in (False, True):
-        set_text_checkpointing(tiny_backbone, enabled)
-        ctx = torch.nn.Parameter(base.clone())
-        (encoder.encode(ctx, prompts) ** 2).sum().backward()
-        grads.append(ctx.grad)
-    set_text_checkpointing(tiny_backbone, False)
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-7, rtol=1e-6)
+    base = torch.randn(2, 6, tiny_backbone.text_width) * 0.02
+    for encode in (lambda c: encoder.encode(c[0], prompts), lambda c: encoder.encode_shared(c, prompts)):
+        grads = []
+        for enabled in (False, True):
+            set_text_checkpointing(tiny_backbone, enabled)
+            ctx = torch.nn.Parameter(base.clone())
+            (encode(ctx) ** 2).sum().backward()
+            grads.append(ctx.grad)
+        set_text_checkpointing(tiny_backbone, False)
+        torch.testing.assert_close(grads[0], grads[1], atol=1e-7, rtol=1e-6)
+    assert len(calls) == len(tiny_backbone.model.transformer.resblocks)  # the shared path did recompute
 
 
 def test_shared_prefix_equals_plain_path_values_and_gradients(tiny_backbone):
