@@ -54,9 +54,12 @@ class PromptArtifact:
         }
 
     def check_backbone(self, identity: dict[str, Any], path: str | Path = "prompts") -> None:
-        """Refuse prompts trained on another backbone or other weights (exit code 5)."""
-        mine = (_norm(self.backbone.get("backbone")), self.backbone.get("pretrained"))
+        """Refuse prompts trained on another backbone or other weights (exit code 5).
+
+        An ``identity`` that names no weights (``pretrained`` None) matches any weights of that backbone.
+        """
         theirs = (_norm(identity.get("backbone")), identity.get("pretrained"))
+        mine = (_norm(self.backbone.get("backbone")), self.backbone.get("pretrained") if theirs[1] else None)
         if mine != theirs:
             raise IncompatibleArtifactError(
                 f"{path} was trained on {_describe(self.backbone)}, but the backbone is {_describe(identity)}",

@@ -567,8 +567,7 @@ def pull_command(
     pulled = pull(ref, hub_options(offline, token), out)
     artifact = load_prompts(pulled.prompts)
     if backbone is not None:
-        artifact.check_backbone({"backbone": backbone, "pretrained": pretrained or artifact.backbone.get("pretrained")},
-                                f"hf://{pulled.repo_id}")
+        artifact.check_backbone({"backbone": backbone, "pretrained": pretrained}, f"hf://{pulled.repo_id}")
     result = {"repo_id": pulled.repo_id, "revision": pulled.revision, "commit": pulled.commit,
               "path": str(pulled.prompts), "kind": artifact.kind, "backbone": artifact.backbone,
               "classes": len(artifact.class_names)}

@@ -121,7 +121,7 @@ def fit_neg(options: FitNegOptions) -> dict[str, Any]:
     encoder = SoftPromptTextEncoder(backbone)
     optim = options.optim
     folder, features, labels, val, stats = labelled_features(backbone, options.data, optim.seed, optim.precision,
-                                                            options.quiet)
+                                                            options.quiet, folder=preview)
     if positive.tensors["ctx_pos"].dim() == 3 and list(folder.class_names) != list(positive.class_names):
         raise IncompatibleArtifactError(f"{pos_path} has class-specific contexts for other classes than the data")
     if positive.tensors["ctx_pos"].dim() == 3 and len(chosen) != len(folder.class_names):

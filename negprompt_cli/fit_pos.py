@@ -15,7 +15,7 @@ from .atomic import check_output_path
 from .backbone import set_text_checkpointing
 from .backbones import BackboneRequest, load_backbone
 from .checkpoint import Checkpointing, checkpoint_path
-from .data import few_shot_split, load_image_folder
+from .data import ImageFolder, few_shot_split, load_image_folder
 from .errors import UsageError
 from .features import View, encode_images
 from .learners import PromptSettings
@@ -57,9 +57,10 @@ def run_fingerprint(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def labelled_features(backbone, data: DataOptions, seed: int, precision: str, quiet: bool):  # type: ignore[no-untyped-def]
+def labelled_features(backbone, data: DataOptions, seed: int, precision: str, quiet: bool,  # type: ignore[no-untyped-def]
+                      folder: ImageFolder | None = None):
     """Few-shot training features ([N, V, E]) and labels, plus validation features, all from the cache."""
-    folder = load_image_folder(data.root, data.classes_file)
+    folder = folder or load_image_folder(data.root, data.classes_file)
     split = few_shot_split(folder, data.shots, seed, data.val_fraction)
     common = dict(cache_dir=data.cache_dir, batch_size=data.batch_size, num_workers=data.num_workers,
                   precision=precision, strict=data.strict, quiet=quiet)

@@ -73,8 +73,8 @@ def score(options: ScoreOptions) -> dict[str, Any]:
         assert options.prompts is not None
         artifact = load_prompts(options.prompts)
         if options.backbone is not None:
-            pretrained = options.backbone.pretrained or artifact.backbone.get("pretrained")  # unnamed: any tag
-            artifact.check_backbone({"backbone": options.backbone.name, "pretrained": pretrained}, options.prompts)
+            artifact.check_backbone({"backbone": options.backbone.name, "pretrained": options.backbone.pretrained},
+                                    options.prompts)
         backbone = load_backbone(artifact_backbone(artifact, options.runtime))
         names = names or list(artifact.class_names)
         text_pos, text_neg = text_features_for(SoftPromptTextEncoder(backbone), artifact, names,

@@ -42,6 +42,9 @@ def test_wrong_kind_and_backbone_mismatch(tmp_path):
         load_prompts(tmp_path / "p.safetensors", kind="negative")
     loaded = load_prompts(tmp_path / "p.safetensors")
     loaded.check_backbone({"backbone": "ViT-B-16", "pretrained": "laion2b_s34b_b88k"})  # same, other spelling
+    loaded.check_backbone({"backbone": "ViT-B/16", "pretrained": None})  # weights not named: any weights
+    with pytest.raises(IncompatibleArtifactError, match="openai"):
+        loaded.check_backbone({"backbone": "ViT-B/16", "pretrained": "openai"})
     with pytest.raises(IncompatibleArtifactError) as info:
         loaded.check_backbone({"backbone": "RN50", "pretrained": "openai"})
     assert info.value.exit_code == 5
