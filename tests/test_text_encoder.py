@@ -116,3 +116,19 @@ def test_shared_prefix_equals_plain_path_values_and_gradients(tiny_backbone):
     # the prefix gradient is summed over classes in another order: compare relative to its norm
     relative = (shared_ctx.grad - plain_ctx.grad).norm() / plain_ctx.grad.norm()
     assert relative < 1e-5, relative
+
+
+def test_mixed_precision_paths_agree(tiny_backbone):
+    """--precision bf16 runs the text paths under autocast (CUDA in practice; CPU autocast here)."""
+    encoder = SoftPromptTextEncoder(tiny_backbone)
+    prompts = encoder.tokenize(NAMES, n_ctx=4)
+    ctx = torch.nn.Parameter(torch.randn(2, 4, tiny_backbone.text_width) * 0.02)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        shared = encoder.encode_shared(ctx, prompts)
+        plain = encoder.encode(ctx[1], prompts)
+        shared.float().sum().backward()
+    assert ctx.grad is not None and torch.isfinite(ctx.grad).all()
+    torch.testing.assert_close(shared[1].float(), plain.float(), atol=3e-2, rtol=0)
+    with torch.no_grad():
+        reference = encoder.encode(ctx[1], prompts)
+    torch.testing.assert_close(plain.float(), reference, atol=3e-2, rtol=0)
