@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .backbones import BackboneRequest, RuntimeOptions
 from .console import info
-from .fit_neg import FitNegOptions, fit_neg
+from .fit_neg import FitNegOptions, fit_neg, negative_stage_defaults
 from .fit_pos import DataOptions, FitPosOptions, fit_pos
 from .learners import PromptSettings
 from .report import ReportOptions, build_report
@@ -63,7 +64,4 @@ def run_demo(workdir: Path | None = None, seed: int = 0, device: str = "auto", q
 
 
 def _neg_optim(seed: int) -> OptimConfig:
-    from .fit_neg import negative_stage_defaults
-
-    base = negative_stage_defaults()
-    return OptimConfig(**{**base.as_dict(), "seed": seed})
+    return replace(negative_stage_defaults(), seed=seed)

@@ -153,7 +153,7 @@ def fit_pos(options: FitPosOptions) -> dict[str, Any]:
         summary["val_accuracy"] = accuracy(module, *val)
     artifact = PromptArtifact(
         kind="positive",
-        tensors={**module.export(), "text_pos": module.text_features().detach()},
+        tensors=module.export(),
         backbone=backbone.identity(),
         prompt={**settings.as_dict(), "learner": options.learner},
         class_names=list(folder.class_names),

@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,52 +71,51 @@ def _offline(options: HubOptions) -> bool:
     return options.offline or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
-def hub_errors(action: str, repo_id: str, revision: str | None = None):  # type: ignore[no-untyped-def]
-    """Context manager mapping huggingface_hub / network failures to one-line HubErrors (exit 4)."""
-    return _HubErrors(action, repo_id, revision)
+@contextmanager
+def hub_errors(action: str, repo_id: str, revision: str | None = None) -> Iterator[None]:
+    """Map huggingface_hub / network failures inside the block to one-line errors (exit 4, or 5)."""
+    try:
+        yield
+    except (UsageError, IncompatibleArtifactError, HubError):
+        raise
+    except Exception as exc:
+        mapped = _translate(exc, action, repo_id, revision)
+        if mapped is None:
+            raise
+        raise mapped from exc
 
 
-class _HubErrors:
-    def __init__(self, action: str, repo_id: str, revision: str | None) -> None:
-        self.action, self.repo_id, self.revision = action, repo_id, revision
+def _translate(exc: Exception, action: str, repo_id: str, revision: str | None) -> Exception | None:
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> bool:  # type: ignore[no-untyped-def]
-        if exc is None or isinstance(exc, (UsageError, IncompatibleArtifactError, HubError, KeyboardInterrupt)):
-            return False
-        from huggingface_hub.errors import (
-            EntryNotFoundError,
-            HfHubHTTPError,
-            LocalEntryNotFoundError,
-            OfflineModeIsEnabled,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-
-        where = f"{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
-        if isinstance(exc, RevisionNotFoundError):
-            raise HubError(f"revision {self.revision!r} not found in {self.repo_id}",
-                           hint="check the branch, tag or commit id") from exc
-        if isinstance(exc, RepositoryNotFoundError):
-            raise HubError(f"Hub repository {self.repo_id} not found (or you lack access)",
-                           hint="check the name, or pass --token / set HF_TOKEN for a private repo") from exc
-        if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
-            raise HubError(f"{where} is not in the local cache and the Hub cannot be reached (offline)",
-                           hint=f"run 'negprompt pull {where}' once while online") from exc
-        if isinstance(exc, EntryNotFoundError):
-            raise IncompatibleArtifactError(f"{where} has no {PROMPTS_FILE}: not a negprompt prompts repo") from exc
-        if isinstance(exc, HfHubHTTPError):
-            status = getattr(getattr(exc, "response", None), "status_code", None)
-            if status in (401, 403):
-                raise HubError(f"not authorised to {self.action} {where} (HTTP {status})",
-                               hint="pass --token or set HF_TOKEN with the needed permission") from exc
-            raise HubError(f"Hub error while trying to {self.action} {where}: {str(exc).splitlines()[0]}") from exc
-        if isinstance(exc, (OSError, ConnectionError)) or type(exc).__module__.startswith(("httpx", "httpcore")):
-            raise HubError(f"could not reach the Hub to {self.action} {where}: {type(exc).__name__}",
-                           hint="check the network or HF_ENDPOINT; use --offline to work from the cache") from exc
-        return False
+    where = repo_id + (f"@{revision}" if revision else "")
+    if isinstance(exc, RevisionNotFoundError):
+        return HubError(f"revision {revision!r} not found in {repo_id}", hint="check the branch, tag or commit id")
+    if isinstance(exc, RepositoryNotFoundError):
+        return HubError(f"Hub repository {repo_id} not found (or you lack access)",
+                        hint="check the name, or pass --token / set HF_TOKEN for a private repo")
+    if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        return HubError(f"{where} is not in the local cache and the Hub cannot be reached (offline)",
+                        hint=f"run 'negprompt pull {where}' once while online")
+    if isinstance(exc, EntryNotFoundError):
+        return IncompatibleArtifactError(f"{where} has no {PROMPTS_FILE}: not a negprompt prompts repo")
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            return HubError(f"not authorised to {action} {where} (HTTP {status})",
+                            hint="pass --token or set HF_TOKEN with the needed permission")
+        return HubError(f"Hub error while trying to {action} {where}: {str(exc).splitlines()[0]}")
+    if isinstance(exc, (OSError, ConnectionError)) or type(exc).__module__.startswith(("httpx", "httpcore")):
+        return HubError(f"could not reach the Hub to {action} {where}: {type(exc).__name__}",
+                        hint="check the network or HF_ENDPOINT; use --offline to work from the cache")
+    return None
 
 
 # -- pulling ------------------------------------------------------------------------------------------------

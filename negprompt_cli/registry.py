@@ -92,9 +92,6 @@ class Registry:
     def names(self) -> list[str]:
         return list(self._entries)
 
-    def entries(self) -> list[Entry]:
-        return list(self._entries.values())
-
     def all_spellings(self) -> list[str]:
         return [n for e in self._entries.values() for n in (e.name, *e.aliases)]
 

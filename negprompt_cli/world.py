@@ -170,25 +170,6 @@ def all_pairs() -> list[tuple[str, str]]:
     return [(c, s) for s in SHAPES for c in COLOUR_NAMES]
 
 
-# -- protocols: which classes are in-distribution -------------------------------------------------
-@dataclass(frozen=True)
-class Protocol:
-    """ID classes are shapes (any colour) or colour–shape pairs; near-OOD is other shapes; far-OOD is noise."""
-
-    name: str
-    id_shapes: tuple[str, ...]
-    ood_shapes: tuple[str, ...]
-
-    def class_names(self) -> list[str]:
-        return list(self.id_shapes)
-
-
-def shape_protocol(name: str, seed: int, n_id: int = 6) -> Protocol:
-    order = np.random.default_rng(seed).permutation(len(SHAPES))
-    shapes = [SHAPES[i] for i in order]
-    return Protocol(name, tuple(sorted(shapes[:n_id])), tuple(sorted(shapes[n_id:])))
-
-
 def export_folder(root: Path, classes: dict[str, list[Item]], rng: np.random.Generator) -> None:
     """Write ``root/<class folder>/<index>.png`` for each class's items."""
     from PIL import Image

@@ -43,7 +43,8 @@ class CoOpPrompts(PromptModule):
         return F.cross_entropy(logits, labels), logits
 
     def export(self) -> dict[str, torch.Tensor]:
-        return {"ctx_pos": self.ctx.detach()}
+        with torch.no_grad():
+            return {"ctx_pos": self.ctx.detach(), "text_pos": self.text_features()}
 
 
 def build_coop(encoder: SoftPromptTextEncoder, prompts: TokenizedPrompts, settings: PromptSettings,
