@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,14 +81,37 @@ def resolve_device(requested: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {requested} asked for CUDA, but no CUDA device is available",
                          hint="use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UsageError(f"--device {requested}: this machine has {count} CUDA device(s)",
+                         hint=f"use cuda:0 .. cuda:{count - 1}, or cuda")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {requested}: only cpu and cuda devices are supported",
+                         hint="use auto, cpu, cuda or cuda:N")
     return device
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+def check_precision(device: torch.device, precision: str) -> str:
+    """The precision that will actually run: CPU always runs fp32 (CPU autocast is slower here), and says so."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
+    if device.type != "cuda" and precision != "fp32":
+        # stacklevel 1: one location, so the warning shows once per run even when several stages ask
+        warnings.warn(f"--precision {precision} applies to CUDA only; running fp32 on {device.type}",
+                      PrecisionWarning, stacklevel=1)
+        return "fp32"
+    return precision
+
+
+class PrecisionWarning(UserWarning):
+    """A requested precision that this device does not run."""
+
+
 def autocast(device: torch.device, precision: str):  # type: ignore[no-untyped-def]
-    """Mixed precision on CUDA; CPU always runs fp32 (CPU autocast is slower here)."""
+    """Mixed precision on CUDA (bf16/fp16 autocast); fp32 elsewhere. Stages call check_precision first."""
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
     enabled = device.type == "cuda" and precision != "fp32"

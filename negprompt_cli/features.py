@@ -175,6 +175,16 @@ def _augment(image: Image.Image, digest: str, view: View, size: int) -> Image.Im
     return image
 
 
+def worker_context(device: torch.device, num_workers: int) -> str | None:
+    """How decoding workers start: forking a process whose CUDA runtime and its threads are up can deadlock
+    the children, so on CUDA (or once CUDA is initialised) they start from a clean forkserver instead."""
+    if num_workers <= 0:
+        return None
+    if device.type == "cuda" or torch.cuda.is_initialized():
+        return "forkserver"
+    return None
+
+
 def _collate(batch):  # type: ignore[no-untyped-def]
     good = [(i, x) for i, x in batch if x is not None]
     bad = [i for i, x in batch if x is None]
@@ -218,7 +228,8 @@ def encode_images(
         dataset = _ImageDataset([paths[i] for i in todo], [digests[i] for i in todo], view, backbone.preprocess,
                                 backbone.image_size)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                                             collate_fn=_collate, pin_memory=device.type == "cuda")
+                                             collate_fn=_collate, pin_memory=device.type == "cuda",
+                                             multiprocessing_context=worker_context(device, num_workers))
         bad_local: list[int] = []
         with progress(quiet) as bar:
             task = bar.add_task(description, total=len(todo), status="")

@@ -12,14 +12,14 @@ import torch
 
 from .artifact import PromptArtifact, load_prompts, package_versions, save_prompts
 from .atomic import check_output_path
-from .backbone import set_text_checkpointing
+from .backbone import check_precision, set_text_checkpointing
 from .backbones import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from .checkpoint import Checkpointing, checkpoint_path
 from .console import info
 from .data import load_image_folder, read_names_file
 from .errors import IncompatibleArtifactError, UsageError
 from .fit_pos import DataOptions, FitPosOptions, fit_pos, labelled_features, run_fingerprint
-from .learners import PromptSettings
+from .learners import PromptSettings, exported_tensors
 from .losses import VARIANTS, LossWeights
 from .metrics import id_threshold
 from .prompt_features import text_features_for
@@ -119,7 +119,7 @@ def fit_neg(options: FitNegOptions) -> dict[str, Any]:
     set_text_checkpointing(backbone, options.grad_checkpoint)
     positive.check_backbone(backbone.identity(), pos_path)
     encoder = SoftPromptTextEncoder(backbone)
-    optim = options.optim
+    optim = replace(options.optim, precision=check_precision(backbone.device, options.optim.precision))
     folder, features, labels, val, stats = labelled_features(backbone, options.data, optim.seed, optim.precision,
                                                             options.quiet, folder=preview)
     if positive.tensors["ctx_pos"].dim() == 3 and list(folder.class_names) != list(positive.class_names):
@@ -165,7 +165,7 @@ def fit_neg(options: FitNegOptions) -> dict[str, Any]:
     with torch.no_grad():
         final_terms = {k: float(v) for k, v in module.loss_terms(train_features[:, 0].to(backbone.device),
                                                                  train_labels.to(backbone.device)).items()}
-    tensors = module.export()
+    tensors = exported_tensors(module)
     if len(chosen) != len(folder.class_names) or tensors["text_pos"].shape[0] != len(folder.class_names):
         draft = PromptArtifact("negative", {"ctx_pos": positive.tensors["ctx_pos"], "ctx_neg": tensors["ctx_neg"]},
                                backbone.identity(), positive.prompt, list(folder.class_names))

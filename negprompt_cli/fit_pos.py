@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +12,13 @@ import torch
 
 from .artifact import PromptArtifact, package_versions, save_prompts
 from .atomic import check_output_path
-from .backbone import set_text_checkpointing
+from .backbone import check_precision, set_text_checkpointing
 from .backbones import BackboneRequest, load_backbone
 from .checkpoint import Checkpointing, checkpoint_path
 from .data import ImageFolder, few_shot_split, load_image_folder
 from .errors import UsageError
 from .features import View, encode_images
-from .learners import PromptSettings
+from .learners import PromptSettings, exported_tensors
 from .prompt_features import hand_template_features
 from .registry import get_host
 from .text_encoder import SoftPromptTextEncoder
@@ -116,7 +116,7 @@ def fit_pos(options: FitPosOptions) -> dict[str, Any]:
                                   settings.class_token_position)
     if settings.n_ctx < 1:
         raise UsageError(f"--n-ctx must be at least 1 (got {settings.n_ctx})")
-    optim = options.optim
+    optim = replace(options.optim, precision=check_precision(backbone.device, options.optim.precision))
     folder, features, labels, val, stats = labelled_features(backbone, options.data, optim.seed, optim.precision,
                                                             options.quiet)
     prompts = encoder.tokenize(folder.class_names, settings.n_ctx, settings.suffix)
@@ -153,7 +153,7 @@ def fit_pos(options: FitPosOptions) -> dict[str, Any]:
         summary["val_accuracy"] = accuracy(module, *val)
     artifact = PromptArtifact(
         kind="positive",
-        tensors=module.export(),
+        tensors=exported_tensors(module),
         backbone=backbone.identity(),
         prompt={**settings.as_dict(), "learner": options.learner},
         class_names=list(folder.class_names),

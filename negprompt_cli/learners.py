@@ -54,6 +54,12 @@ class PromptModule(torch.nn.Module):
         raise NotImplementedError
 
 
+def exported_tensors(module: PromptModule) -> dict[str, torch.Tensor]:
+    """The module's export at the stage boundary: detached fp32 CPU tensors (the device rule)."""
+    with torch.no_grad():
+        return {k: v.detach().to("cpu", torch.float32) for k, v in module.export().items()}
+
+
 class LearnerBuilder(Protocol):
     kind: str  # "positive" (fit-pos) or "negative" (fit-neg)
 

@@ -74,11 +74,18 @@ def nnd_official(neg: torch.Tensor) -> torch.Tensor:
 
 def negprompt_loss(variant: str, f: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, labels: torch.Tensor,
                    scale: float | torch.Tensor, weights: LossWeights = LossWeights()) -> dict[str, torch.Tensor]:
-    """Total loss and its terms for ``variant``."""
-    if variant == "paper":
-        nis, npd, nnd = nis_paper(f, neg, scale), npd_paper(pos, neg), nnd_paper(neg)
-    elif variant == "official":
-        nis, npd, nnd = nis_official(f, pos, neg, labels, scale), npd_official(pos, neg), nnd_official(neg)
-    else:
+    """Total loss and its terms for ``variant``.
+
+    Always fp32 (or float64), autocast off: the softmax and the sums over C·P logits are where
+    bf16/fp16 would lose the gradient, and they are cheap next to the text tower.
+    """
+    if variant not in VARIANTS:
         raise ValueError(f"unknown loss variant {variant!r}")
+    dtype = torch.promote_types(neg.dtype, torch.float32)
+    f, pos, neg = f.to(dtype), pos.to(dtype), neg.to(dtype)
+    with torch.autocast(device_type=f.device.type, enabled=False):
+        if variant == "paper":
+            nis, npd, nnd = nis_paper(f, neg, scale), npd_paper(pos, neg), nnd_paper(neg)
+        else:
+            nis, npd, nnd = nis_official(f, pos, neg, labels, scale), npd_official(pos, neg), nnd_official(neg)
     return {"loss": nis + weights.beta * npd + weights.gamma * nnd, "nis": nis, "npd": npd, "nnd": nnd}

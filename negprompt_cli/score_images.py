@@ -14,6 +14,7 @@ from typing import Any
 
 from .artifact import PromptArtifact, load_prompts
 from .atomic import check_output_path, write_text_atomic
+from .backbone import check_precision
 from .backbones import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from .data import find_images, read_names_file
 from .errors import IncompatibleArtifactError, UsageError
@@ -98,8 +99,9 @@ def score(options: ScoreOptions) -> dict[str, Any]:
         threshold = stored_threshold
     else:
         threshold = None
+    precision = check_precision(backbone.device, options.precision)
     feats, keep, stats = encode_images(backbone, paths, cache_dir=options.cache_dir, batch_size=options.batch_size,
-                                       num_workers=options.num_workers, precision=options.precision,
+                                       num_workers=options.num_workers, precision=precision,
                                        strict=options.strict, quiet=options.quiet, description="Scoring images")
     kept_paths = [paths[i] for i in keep]
     result = score_features(feats, text_pos, text_neg, scorer=scorer, temperature=temperature,

@@ -20,11 +20,15 @@ class Scores:
 def score_features(image_features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Tensor | None, *,
                    scorer: str = "negprompt", temperature: float = 1.0, logit_scale: float = 100.0,
                    batch: int = 4096) -> Scores:
-    """Score unit image features [N, E] against unit text features [C, E] and [C, P, E]."""
+    """Score unit image features [N, E] against unit text features [C, E] and [C, P, E].
+
+    Runs where the image features are (the device rule: text features follow the images), in fp32.
+    """
     fn = get_host().scorer(scorer)
     outputs: list[tuple[torch.Tensor, ...]] = []
-    text_pos = text_pos.float()
-    text_neg = text_neg.float() if text_neg is not None else None
+    device = image_features.device
+    text_pos = text_pos.to(device, torch.float32)
+    text_neg = text_neg.to(device, torch.float32) if text_neg is not None else None
     with torch.no_grad():
         for start in range(0, image_features.shape[0], batch):
             f = image_features[start:start + batch].float()

@@ -52,13 +52,25 @@ def _finish(block, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:  # 
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+def _gather(prefix: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """``prefix[owner]`` whose backward sums the C suffix rows' gradients in fp32.
+
+    Under bf16/fp16 autocast the gather's backward would accumulate thousands of per-class
+    contributions in the low precision itself (at C = 1000 that lost a third of the gradient);
+    gathering from an fp32 copy makes the sum fp32 with one rounding at the end.
+    """
+    if prefix.dtype in (torch.float32, torch.float64):
+        return prefix[owner]
+    return prefix.float()[owner].to(prefix.dtype)
+
+
 def _layer(block, p_x: torch.Tensor, s_x: torch.Tensor, owner: torch.Tensor, mask: torch.Tensor,  # type: ignore[no-untyped-def]
            causal_prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One block: the prefix on its own, every suffix attending to its prefix's keys/values and itself."""
     pq, pk, pv = _qkv(block, p_x)
     sq, sk, sv = _qkv(block, s_x)
-    keys = torch.cat([pk[owner], sk], dim=2)
-    values = torch.cat([pv[owner], sv], dim=2)
+    keys = torch.cat([_gather(pk, owner), sk], dim=2)
+    values = torch.cat([_gather(pv, owner), sv], dim=2)
     s_att = F.scaled_dot_product_attention(sq, keys, values, attn_mask=mask)
     p_att = F.scaled_dot_product_attention(pq, pk, pv, attn_mask=causal_prefix)
     return _finish(block, p_x, p_att), _finish(block, s_x, s_att)

@@ -21,6 +21,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+# The device every test runs on: CPU in CI; `NEGPROMPT_TEST_DEVICE=cuda pytest` runs the same suite on a GPU
+# (scripts/gpu-check.sh does). CLI invocations pick it up through NEGPROMPT_DEVICE (the --device envvar).
+TEST_DEVICE = os.environ.get("NEGPROMPT_TEST_DEVICE", "cpu")
+
 TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
 VIT_CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32,
                                             "patch_size": 8}, "text_cfg": TEXT_CFG}
@@ -56,7 +60,7 @@ def tiny_backbone(request, tiny_vit_dir, tiny_rn_dir):
     from negprompt_cli.backbones import BackboneRequest, load_backbone
 
     path = tiny_vit_dir if request.param == "vit" else tiny_rn_dir
-    return load_backbone(BackboneRequest(name=f"local-dir:{path}", device="cpu"))
+    return load_backbone(BackboneRequest(name=f"local-dir:{path}", device=TEST_DEVICE))
 
 
 def draw(kind: str, rng: np.random.Generator, size: int = 40) -> Image.Image:
@@ -95,6 +99,7 @@ def isolated_cache(tmp_path, monkeypatch):
     from negprompt_cli import registry
 
     monkeypatch.setenv("NEGPROMPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NEGPROMPT_DEVICE", TEST_DEVICE)
     monkeypatch.delenv("NEGPROMPT_LOAD_PLUGINS", raising=False)
     registry.reset_host()
     yield

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import TEST_DEVICE, make_image_folder
 from typer.testing import CliRunner
 
 from negprompt_cli.artifact import load_prompts
@@ -95,7 +95,7 @@ def test_transfer_equals_direct_encoding(world, tiny_vit_dir):
     from negprompt_cli.text_encoder import SoftPromptTextEncoder
 
     q = load_prompts(world / "tr.safetensors")
-    encoder = SoftPromptTextEncoder(load_backbone(BackboneRequest(f"local-dir:{tiny_vit_dir}", device="cpu")))
+    encoder = SoftPromptTextEncoder(load_backbone(BackboneRequest(f"local-dir:{tiny_vit_dir}", device=TEST_DEVICE)))
     prompts = encoder.tokenize(["red stripes", "green bars", "blue dots"], 4, ".")
     with torch.no_grad():
         pos = encoder.encode(q.tensors["ctx_pos"], prompts, truncate=False)

@@ -22,7 +22,8 @@ def test_second_run_encodes_nothing_and_matches(tiny_backbone, image_folder, tmp
     from PIL import Image
 
     with Image.open(paths[3]) as img:
-        direct = tiny_backbone.model.encode_image(tiny_backbone.preprocess(img.convert("RGB"))[None], normalize=True)
+        pixels = tiny_backbone.preprocess(img.convert("RGB"))[None].to(tiny_backbone.device)
+        direct = tiny_backbone.model.encode_image(pixels, normalize=True).cpu()
     torch.testing.assert_close(first[3:4], direct, atol=1e-5, rtol=0)
 
 

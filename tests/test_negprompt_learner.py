@@ -26,8 +26,9 @@ def build(backbone, **options):
 def test_only_negative_contexts_are_trained(tiny_backbone):
     _, _, _, module = build(tiny_backbone, n_neg=2)
     assert [name for name, p in module.named_parameters() if p.requires_grad] == ["ctx_neg"]
-    f = torch.nn.functional.normalize(torch.randn(5, 32), dim=-1)
-    loss, _ = module.loss(f, torch.tensor([0, 1, 2, 0, 1]))
+    device = tiny_backbone.device
+    f = torch.nn.functional.normalize(torch.randn(5, 32, device=device), dim=-1)
+    loss, _ = module.loss(f, torch.tensor([0, 1, 2, 0, 1], device=device))
     loss.backward()
     assert module.ctx_neg.grad is not None and module.ctx_neg.grad.abs().sum() > 0
     assert all(p.grad is None for p in tiny_backbone.model.parameters())
@@ -49,8 +50,8 @@ def test_loss_uses_separately_encoded_features(tiny_backbone, variant):
         neg = torch.stack([encoder.encode(module.ctx_neg[k], prompts, truncate=False) for k in range(3)], dim=1)
         torch.testing.assert_close(module.negative_features(), neg, atol=1e-6, rtol=0)
         torch.testing.assert_close(module.text_pos, pos, atol=1e-6, rtol=0)
-        f = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
-        labels = torch.tensor([2, 0, 1, 1])
+        f = torch.nn.functional.normalize(torch.randn(4, 32, device=tiny_backbone.device), dim=-1)
+        labels = torch.tensor([2, 0, 1, 1], device=tiny_backbone.device)
         expected = negprompt_loss(variant, f, pos, neg, labels, tiny_backbone.logit_scale)["loss"]
         ours, _ = module.loss(f, labels)
     assert ours.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -75,8 +76,9 @@ def test_gradient_caching_equals_the_unchunked_gradient(tiny_backbone, variant, 
     In float64 the text tower's arithmetic is exact enough to show the algorithm is identical
     (<= 1e-5 absolute); in float32 the two only differ by summation order (relative to the norm)."""
     tiny_backbone.model.to(dtype)
+    device = tiny_backbone.device
     f = torch.nn.functional.normalize(torch.randn(6, 32, generator=torch.Generator().manual_seed(1)), dim=-1)
-    labels = torch.tensor([0, 1, 2, 2, 1, 0])
+    f, labels = f.to(device, dtype), torch.tensor([0, 1, 2, 2, 1, 0], device=device)
     grads, losses = [], []
     for chunk in (None, 1, 2):
         _, _, _, module = build(tiny_backbone, n_neg=2, loss_variant=variant, neg_csc=neg_csc, text_chunk=chunk)

@@ -21,7 +21,7 @@ def test_word_embedding_context_equals_encode_text(tiny_backbone):
     with torch.no_grad():
         ours = encoder.encode(ctx, prompts, normalize=False)
         reference = tiny_backbone.model.encode_text(
-            tiny_backbone.tokenizer([f"a photo of a {n}." for n in NAMES]))
+            tiny_backbone.tokenizer([f"a photo of a {n}." for n in NAMES]).to(tiny_backbone.device))
     assert ours.shape == reference.shape
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
 
@@ -29,7 +29,7 @@ def test_word_embedding_context_equals_encode_text(tiny_backbone):
 def test_truncated_equals_untruncated_exactly(tiny_backbone):
     encoder = SoftPromptTextEncoder(tiny_backbone)
     torch.manual_seed(0)
-    ctx = torch.randn(len(NAMES), 16, tiny_backbone.text_width) * 0.02
+    ctx = torch.randn(len(NAMES), 16, tiny_backbone.text_width, device=tiny_backbone.device) * 0.02
     prompts = encoder.tokenize(NAMES, n_ctx=16)
     with torch.no_grad():
         full = encoder.encode(ctx, prompts, truncate=False)
@@ -44,7 +44,7 @@ def test_truncated_equals_untruncated_exactly(tiny_backbone):
 
 def test_gradients_reach_only_the_context(tiny_backbone):
     encoder = SoftPromptTextEncoder(tiny_backbone)
-    ctx = torch.nn.Parameter(torch.randn(8, tiny_backbone.text_width) * 0.02)
+    ctx = torch.nn.Parameter(torch.randn(8, tiny_backbone.text_width, device=tiny_backbone.device) * 0.02)
     prompts = encoder.tokenize(NAMES, n_ctx=8)
     encoder.encode(ctx, prompts).sum().backward()
     assert ctx.grad is not None and ctx.grad.abs().sum() > 0
@@ -54,7 +54,7 @@ def test_gradients_reach_only_the_context(tiny_backbone):
 def test_truncated_gradient_equals_untruncated(tiny_backbone):
     encoder = SoftPromptTextEncoder(tiny_backbone)
     prompts = encoder.tokenize(NAMES, n_ctx=6)
-    base = torch.randn(6, tiny_backbone.text_width) * 0.02
+    base = torch.randn(6, tiny_backbone.text_width, device=tiny_backbone.device) * 0.02
     grads = []
     for truncate in (False, True):
         ctx = torch.nn.Parameter(base.clone())
@@ -84,7 +84,7 @@ def test_gradient_checkpointing_gives_the_same_gradient(tiny_backbone, monkeypat
 
     encoder = SoftPromptTextEncoder(tiny_backbone)
     prompts = encoder.tokenize(NAMES, n_ctx=6)
-    base = torch.randn(2, 6, tiny_backbone.text_width) * 0.02
+    base = torch.randn(2, 6, tiny_backbone.text_width, device=tiny_backbone.device) * 0.02
     for encode in (lambda c: encoder.encode(c[0], prompts), lambda c: encoder.encode_shared(c, prompts)):
         grads = []
         for enabled in (False, True):
@@ -101,8 +101,8 @@ def test_shared_prefix_equals_plain_path_values_and_gradients(tiny_backbone):
     """Prefix computed once per context + per-class suffixes == encoding every (context, class) row."""
     encoder = SoftPromptTextEncoder(tiny_backbone)
     prompts = encoder.tokenize(NAMES, n_ctx=5)
-    base = torch.randn(3, 5, tiny_backbone.text_width) * 0.02
-    weights = torch.randn(3, len(NAMES), tiny_backbone.model.text_projection.shape[1])
+    base = torch.randn(3, 5, tiny_backbone.text_width, device=tiny_backbone.device) * 0.02
+    weights = torch.randn(3, len(NAMES), tiny_backbone.model.text_projection.shape[1], device=tiny_backbone.device)
 
     shared_ctx = torch.nn.Parameter(base.clone())
     shared = encoder.encode_shared(shared_ctx, prompts, chunk_size=2)
@@ -122,8 +122,8 @@ def test_mixed_precision_paths_agree(tiny_backbone):
     """--precision bf16 runs the text paths under autocast (CUDA in practice; CPU autocast here)."""
     encoder = SoftPromptTextEncoder(tiny_backbone)
     prompts = encoder.tokenize(NAMES, n_ctx=4)
-    ctx = torch.nn.Parameter(torch.randn(2, 4, tiny_backbone.text_width) * 0.02)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    ctx = torch.nn.Parameter(torch.randn(2, 4, tiny_backbone.text_width, device=tiny_backbone.device) * 0.02)
+    with torch.autocast(tiny_backbone.device.type, dtype=torch.bfloat16):
         shared = encoder.encode_shared(ctx, prompts)
         plain = encoder.encode(ctx[1], prompts)
         shared.float().sum().backward()

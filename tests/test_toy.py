@@ -7,6 +7,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from conftest import TEST_DEVICE
 
 from negprompt_cli import world
 from negprompt_cli.backbones import BackboneRequest, load_backbone
@@ -14,7 +15,7 @@ from negprompt_cli.backbones import BackboneRequest, load_backbone
 
 @pytest.fixture(scope="module")
 def toy():
-    return load_backbone(BackboneRequest("toy", device="cpu"))
+    return load_backbone(BackboneRequest("toy", device=TEST_DEVICE))
 
 
 def test_checkpoint_is_small_and_loads_through_open_clip_local_dir():
