@@ -119,6 +119,9 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the few-shot subs
 GradCheckpointOpt = Annotated[bool, typer.Option("--grad-checkpoint", help="Recompute text-tower activations in "
                                                  "backward: less memory, more compute.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint OUT.ckpt that Ctrl-C left.")]
+CalibrateOpt = Annotated[Path | None, typer.Option("--calibrate", help="A folder of in-distribution images for "
+                                                   "this class list: store/use the threshold that keeps 95% of "
+                                                   "them (no labels needed).")]
 TextChunkOpt = Annotated[int | None, typer.Option("--text-chunk", help="Encode prompts in chunks of this many rows "
                                                   "(bounds memory at large class counts).")]
 
@@ -231,8 +234,9 @@ def fit_neg_command(
                                                          "fraction of the classes (open-vocabulary setup).")] = None,
     train_subset: Annotated[str, typer.Option("--train-subset", help="first (paper) or random (seeded) classes for "
                                               "--train-fraction.")] = "first",
-    temperature: Annotated[float, typer.Option("--temperature", help="τ of the score (Eq. 3) used for the "
-                                               "stored threshold.")] = 1.0,
+    temperature: Annotated[float, typer.Option("--temperature", help="τ of the NegPrompt score (Eq. 3, on "
+                                               "cosines) for the stored threshold; score inherits it for the "
+                                               "negprompt scorer.")] = 1.0,
     shots: ShotsOpt = 16,
     all_images: AllImagesOpt = False,
     val_fraction: ValFractionOpt = 0.0,
@@ -329,20 +333,34 @@ def transfer_command(
                                          "or hf://ORG/NAME[@REVISION].")],
     names: Annotated[Path, typer.Option("--names", help="New class names, one per line.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the re-targeted prompts.")],
+    calibrate: CalibrateOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
     weights_cache: WeightsCacheOpt = None,
     offline: OfflineOpt = False,
     text_chunk: TextChunkOpt = None,
+    cache_dir: CacheOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per encoder batch (--calibrate).")] = 64,
+    workers: WorkersOpt = None,
+    strict: StrictOpt = False,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Re-target learned prompts to new class names, without images or training."""
+    """Re-target learned prompts to new class names, without training.
+
+    The stored ID threshold belongs to the old class list: it is kept only for the same list,
+    recalibrated with --calibrate, and otherwise dropped (score then makes no OOD decision)."""
     from .backbones import RuntimeOptions
+    from .features import EncodeOptions
     from .transfer import transfer
 
     summary = transfer(_prompts_path(prompts, offline), names, out,
-                       RuntimeOptions(device, weights_cache, offline, text_chunk))
+                       RuntimeOptions(device, weights_cache, offline, text_chunk), calibrate_on=calibrate,
+                       encoding=EncodeOptions(cache_dir, batch_size, workers, precision, strict, quiet or json_out))
+    threshold = summary["threshold"]
     info(f"Wrote {out}: {summary['classes']} classes ({summary['new_classes']} not in the training list); "
-         "text features precomputed.")
+         "text features precomputed; "
+         + (f"ID threshold {threshold['value']:.4g} ({threshold['source']})." if threshold else "no ID threshold."))
     if json_out:
         emit_json(summary)
 
@@ -361,10 +379,13 @@ def score_command(
     pretrained: PretrainedOpt = None,
     scorer: Annotated[str | None, typer.Option("--scorer", help="negprompt (default with negatives), mcm (default "
                                                "without), energy, maxlogit, msp, or a plugin's.")] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", help="τ for negprompt/mcm (default: the "
-                                                      "artifact's, else 1).")] = None,
-    threshold: Annotated[float | None, typer.Option("--threshold", help="Override the artifact's ID threshold "
-                                                    "(score < threshold -> OOD).")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="The scorer's temperature: τ on "
+                                                      "cosines for negprompt and mcm, T on the logits s·cos for "
+                                                      "energy and msp; maxlogit has none. Default: the artifact's "
+                                                      "τ for the scorer it was calibrated with, else 1.")] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="ID threshold to use (score < threshold "
+                                                    "-> OOD) instead of the stored one.")] = None,
+    calibrate: CalibrateOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "csv",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
     labeled: Annotated[bool, typer.Option("--labeled", help="Images are IMAGES/<class>/...: record true labels "
@@ -393,10 +414,13 @@ def score_command(
         backbone=request, runtime=RuntimeOptions(device, weights_cache, offline, text_chunk), scorer=scorer,
         temperature=temperature, threshold=threshold, fmt=fmt, out=out, labeled=labeled, cache_dir=cache_dir,
         batch_size=batch_size, num_workers=workers, strict=strict, precision=precision, quiet=quiet,
+        calibrate=calibrate,
     ))
     flagged = summary["flagged_ood"]
-    info(f"Scored {summary['images']} image(s) with {summary['scorer']}"
-         + (f"; {flagged} flagged OOD at threshold {summary['threshold']:.4f}" if flagged is not None else "")
+    decision = (f"; {flagged} flagged OOD at threshold {summary['threshold']:.4f} ({summary['threshold_source']})"
+                if flagged is not None else "; no OOD decision (no threshold for this class list and scorer: "
+                "--calibrate ID_IMAGES or --threshold)")
+    info(f"Scored {summary['images']} image(s) with {summary['scorer']}{decision}"
          + (f"; wrote {out}" if out else "") + ".")
 
 
@@ -445,7 +469,8 @@ app.add_typer(world_app, name="world")
 @world_app.command("export", epilog=EPILOG)
 @reports_errors
 def world_export_command(
-    out: Annotated[Path, typer.Argument(help="Directory to write train/, test/, ood_near/, ood_far/ into.")],
+    out: Annotated[Path, typer.Argument(help="Directory to write train/, test/, calib/, ood_near/, ood_far/ "
+                                        "into.")],
     id_shapes: Annotated[str | None, typer.Option("--id", help="Comma-separated ID shapes (default: 6 chosen by "
                                                   "--seed).")] = None,
     ood_shapes: Annotated[str | None, typer.Option("--ood", help="Comma-separated near-OOD shapes (default: the "
@@ -455,6 +480,8 @@ def world_export_command(
     shots: Annotated[int, typer.Option("--shots", help="Training images per class.")] = 16,
     test_per_class: Annotated[int, typer.Option("--test-per-class", help="Test images per class.")] = 50,
     far: Annotated[int, typer.Option("--far", help="Far-OOD images (noise, stripes, checkerboards).")] = 300,
+    calib: Annotated[int, typer.Option("--calib-per-class", help="Held-out ID images per class in calib/ (for "
+                                       "--calibrate); 0 = none.")] = 20,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -480,15 +507,17 @@ def world_export_command(
     oods = shapes(ood_shapes, tuple(s for s in SHAPES if s not in ids))
     if set(ids) & set(oods):
         raise UsageError(f"shapes both ID and OOD: {', '.join(sorted(set(ids) & set(oods)))}")
-    for flag, value, least in (("--shots", shots, 1), ("--test-per-class", test_per_class, 1), ("--far", far, 0)):
+    for flag, value, least in (("--shots", shots, 1), ("--test-per-class", test_per_class, 1), ("--far", far, 0),
+                               ("--calib-per-class", calib, 0)):
         if value < least:
             raise UsageError(f"{flag} must be at least {least} (got {value})")
     k = train_classes if train_classes is not None else len(ids)
     if not 1 <= k <= len(ids):
         raise UsageError(f"--train-classes must be between 1 and {len(ids)} (got {k})")
-    paths = export_world(out, WorldSpec(ids, oods, ids[:k], shots, test_per_class, far, seed))
+    paths = export_world(out, WorldSpec(ids, oods, ids[:k], shots, test_per_class, far, seed, calib))
     info(f"Wrote the world to {out}: train/ ({k} classes x {shots}), test/ ({len(ids)} x {test_per_class}), "
-         f"ood_near/ ({len(oods)} x {test_per_class}), ood_far/ ({far}), id_names.txt, train_names.txt")
+         f"calib/ ({len(ids)} x {calib}), ood_near/ ({len(oods)} x {test_per_class}), ood_far/ ({far}), "
+         "id_names.txt, train_names.txt")
     if json_out:
         emit_json({k: str(v) for k, v in paths.items()})
 

@@ -1,7 +1,8 @@
 """``negprompt demo``: the whole pipeline offline on the procedural world, in a couple of minutes.
 
 export world → fit-pos (on 4 of 6 ID shapes) → fit-neg → transfer to all 6 ID shape names
-(2 never trained on) → score ID / near-OOD / far-OOD → report.
+(2 never trained on; the threshold recalibrated on held-out ID images) → score ID / near-OOD /
+far-OOD → report.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from .backbones import BackboneRequest, RuntimeOptions
 from .console import info
+from .features import EncodeOptions
 from .fit_neg import FitNegOptions, fit_neg, negative_stage_defaults
 from .fit_pos import DataOptions, FitPosOptions, fit_pos
 from .learners import PromptSettings
@@ -47,9 +49,11 @@ def run_demo(workdir: Path | None = None, seed: int = 0, device: str = "auto", q
     info("[3/6] fit-neg: negative prompts")
     neg = fit_neg(FitNegOptions(data=data, out=root / "negprompt.safetensors", pos=root / "pos.safetensors",
                                 runtime=RuntimeOptions(device=device), optim=_neg_optim(seed), quiet=quiet))
-    info("[4/6] transfer: re-target to all ID shape names (two never trained on)")
+    info("[4/6] transfer: re-target to all ID shape names (two never trained on), threshold recalibrated on "
+         "held-out ID images")
     transfer(root / "negprompt.safetensors", paths["id_names"], root / "negprompt_all.safetensors",
-             RuntimeOptions(device=device))
+             RuntimeOptions(device=device), calibrate_on=paths["calib"],
+             encoding=EncodeOptions(cache_dir=cache, quiet=quiet))
     info("[5/6] score: ID test, near-OOD shapes, far-OOD noise")
     prompts = root / "negprompt_all.safetensors"
     for split, out in (("test", "id.csv"), ("ood_near", "ood_near.csv"), ("ood_far", "ood_far.csv")):

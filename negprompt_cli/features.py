@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from .backbone import Backbone, autocast
 from .console import progress, warn
+from .data import find_images
 from .errors import UsageError
 
 SHARD_TENSOR = "features"
@@ -265,3 +266,29 @@ def encode_images(
         for i, row in zip(cached_idx, cache.get([row_ids[i] for i in cached_idx]), strict=True):
             out[i] = row
     return torch.stack([out[i] for i in keep]), keep, stats
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How a stage encodes a folder of images (the options every image-reading command shares)."""
+
+    cache_dir: Path | None = None
+    batch_size: int = 64
+    num_workers: int | None = None
+    precision: str = "fp32"
+    strict: bool = False
+    quiet: bool = False
+
+
+def encode_folder(backbone: Backbone, root: Path, options: EncodeOptions,
+                  description: str = "Encoding images") -> tuple[list[Path], torch.Tensor, EncodeStats]:
+    """Every readable image under ``root``: (their paths, their features, stats); none readable is an error."""
+    paths = find_images(root)
+    if not paths:
+        raise UsageError(f"no images found under {root}")
+    feats, keep, stats = encode_images(backbone, paths, cache_dir=options.cache_dir, batch_size=options.batch_size,
+                                       num_workers=options.num_workers, precision=options.precision,
+                                       strict=options.strict, quiet=options.quiet, description=description)
+    if not keep:
+        raise UsageError(f"no readable images under {root}")
+    return [paths[i] for i in keep], feats, stats

@@ -21,11 +21,10 @@ from .errors import IncompatibleArtifactError, UsageError
 from .fit_pos import DataOptions, FitPosOptions, fit_pos, labelled_features, run_fingerprint
 from .learners import PromptSettings, exported_tensors
 from .losses import VARIANTS, LossWeights
-from .metrics import id_threshold
 from .prompt_features import text_features_for
 from .registry import get_host
-from .scoring import score_features
 from .text_encoder import SoftPromptTextEncoder
+from .thresholds import calibrate
 from .training import OptimConfig, Selection, accuracy, train
 
 DEFAULT_LOSS_VARIANT = "official"  # see docs/method.md for the evidence behind this choice
@@ -173,12 +172,11 @@ def fit_neg(options: FitNegOptions) -> dict[str, Any]:
         tensors = {"ctx_pos": positive.tensors["ctx_pos"], "ctx_neg": tensors["ctx_neg"], "text_pos": text_pos,
                    "text_neg": text_neg}
     calib_features, calib_source = (val[0], "validation") if val is not None else (features[:, 0], "training")
-    calib = score_features(calib_features, tensors["text_pos"], tensors["text_neg"], scorer="negprompt",
-                           temperature=options.temperature, logit_scale=backbone.logit_scale)
-    threshold = {"value": id_threshold(calib.score.numpy(), 0.95), "id_kept": 0.95, "source": calib_source,
-                 "n_images": int(len(calib.score)), "scorer": "negprompt", "temperature": options.temperature,
-                 "transferred": False}
-    id_accuracy = float((calib.prediction == (val[1] if val is not None else labels)).float().mean())
+    threshold, predictions = calibrate(calib_features, tensors["text_pos"], tensors["text_neg"],
+                                       names=folder.class_names, scorer="negprompt",
+                                       temperature=options.temperature, logit_scale=backbone.logit_scale,
+                                       source=calib_source)
+    id_accuracy = float((predictions == (val[1] if val is not None else labels)).float().mean())
     summary.update({
         "out": str(options.out),
         "pos": str(pos_path),

@@ -17,12 +17,13 @@ from .atomic import check_output_path, write_text_atomic
 from .backbone import check_precision
 from .backbones import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from .data import find_images, read_names_file
-from .errors import IncompatibleArtifactError, UsageError
-from .features import encode_images
+from .errors import IncompatibleArtifactError, NotFoundError, UsageError
+from .features import EncodeOptions, encode_folder, encode_images
 from .prompt_features import hand_template_features, text_features_for
 from .registry import get_host
 from .scoring import score_features
 from .text_encoder import SoftPromptTextEncoder
+from .thresholds import applicable, calibrate, calibrated_scorer, warn_no_decision
 
 FORMATS = ("csv", "jsonl")
 COLUMNS = ["path", "score", "prediction", "prediction_index", "ood", "max_pos_cos", "max_neg_cos", "label",
@@ -49,6 +50,7 @@ class ScoreOptions:
     strict: bool = False
     precision: str = "fp32"
     quiet: bool = False
+    calibrate: Path | None = None  # ID images to calibrate the threshold on, for exactly this scoring setup
 
 
 def score(options: ScoreOptions) -> dict[str, Any]:
@@ -61,6 +63,8 @@ def score(options: ScoreOptions) -> dict[str, Any]:
     paths = find_images(options.images)
     if not paths:
         raise UsageError(f"no images found under {options.images}")
+    if options.calibrate is not None and not options.calibrate.exists():
+        raise NotFoundError(f"calibration images not found: {options.calibrate}")
     names = read_names_file(options.names) if options.names else None
     if options.zero_shot:
         if names is None:
@@ -69,7 +73,7 @@ def score(options: ScoreOptions) -> dict[str, Any]:
         encoder = SoftPromptTextEncoder(backbone)
         text_pos, text_neg = hand_template_features(encoder, names), None
         prompts_id = f"zero-shot:{backbone.name}:{backbone.pretrained}"
-        stored_threshold, stored_temperature, class_dirs = None, 1.0, {}
+        stored, stored_temperature, class_dirs, artifact_names, tau_scorer = None, 1.0, {}, names, None
     else:
         assert options.prompts is not None
         artifact = load_prompts(options.prompts)
@@ -82,24 +86,41 @@ def score(options: ScoreOptions) -> dict[str, Any]:
                                                options.runtime.text_chunk)
         prompts_id = hashlib.sha256(options.prompts.read_bytes()).hexdigest()[:16]
         stored = artifact.extra.get("threshold")
-        stored_threshold = stored.get("value") if stored else None
         stored_temperature = float(artifact.extra.get("temperature", 1.0))
+        tau_scorer = calibrated_scorer(artifact.extra)
         class_dirs = training_folders(artifact, names)
+        artifact_names = list(artifact.class_names)
     scorer = options.scorer or ("negprompt" if text_neg is not None else "mcm")
     get_host().scorer(scorer)  # unknown names fail before any image is encoded
     if scorer == "negprompt" and text_neg is None:
         raise IncompatibleArtifactError(
             "the negprompt scorer needs negative prompts, and these prompts have none (a fit-pos artifact or "
             "--zero-shot)", hint="pass a fit-neg artifact, or use --scorer mcm")
-    temperature = options.temperature if options.temperature is not None else stored_temperature
-    # A stored threshold belongs to the stored scorer and temperature; it does not carry over to others.
-    if options.threshold is not None:
-        threshold = options.threshold
-    elif scorer == "negprompt" and temperature == stored_temperature:
-        threshold = stored_threshold
+    # The artifact's τ is the one its threshold was calibrated with: only that scorer inherits it.
+    if options.temperature is not None:
+        temperature = options.temperature
+    elif scorer == tau_scorer:
+        temperature = stored_temperature
     else:
-        threshold = None
+        temperature = 1.0
     precision = check_precision(backbone.device, options.precision)
+    calibration = None
+    if options.threshold is not None:
+        threshold, threshold_source = options.threshold, "--threshold"
+    elif options.calibrate is not None:
+        encoding = EncodeOptions(options.cache_dir, options.batch_size, options.num_workers, precision,
+                                 options.strict, options.quiet)
+        _, calib_feats, calib_stats = encode_folder(backbone, options.calibrate, encoding,
+                                                    "Encoding calibration images")
+        calibration, _ = calibrate(calib_feats, text_pos, text_neg, names=names, scorer=scorer,
+                                   temperature=temperature, logit_scale=backbone.logit_scale,
+                                   source=f"calibration images {options.calibrate}")
+        threshold, threshold_source = calibration["value"], "--calibrate"
+    else:
+        threshold, reason = applicable(stored, artifact_names, names=names, scorer=scorer, temperature=temperature)
+        threshold_source = "stored" if threshold is not None else None
+        if reason is not None:
+            warn_no_decision(reason)
     feats, keep, stats = encode_images(backbone, paths, cache_dir=options.cache_dir, batch_size=options.batch_size,
                                        num_workers=options.num_workers, precision=precision,
                                        strict=options.strict, quiet=options.quiet, description="Scoring images")
@@ -135,6 +156,7 @@ def score(options: ScoreOptions) -> dict[str, Any]:
     flagged = sum(1 for r in rows if r["ood"])
     return {"images": len(rows), "skipped": len(stats.skipped), "encoded": stats.encoded, "cached": stats.cached,
             "scorer": scorer, "temperature": temperature, "threshold": threshold,
+            "threshold_source": threshold_source, "calibration": calibration,
             "flagged_ood": flagged if threshold is not None else None, "out": str(options.out or "-")}
 
 
@@ -169,8 +191,6 @@ def render_rows(rows: list[dict[str, Any]], fmt: str) -> str:
 
 def read_score_file(path: Path) -> list[dict[str, Any]]:
     """Rows of a ``negprompt score`` output (CSV or JSONL, by content), with typed values."""
-    from .errors import NotFoundError
-
     if not path.is_file():
         raise NotFoundError(f"score file not found: {path}")
     text = path.read_text(encoding="utf-8")

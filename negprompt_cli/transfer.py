@@ -1,20 +1,34 @@
-"""``negprompt transfer``: re-target learned contexts to a new class list, without images or training."""
+"""``negprompt transfer``: re-target learned contexts to a new class list, without training.
+
+The contexts carry over unchanged; the stored ID threshold does not (it belongs to the class
+list it was calibrated on, see ``thresholds``): it is kept only for the same list, recalibrated
+when ID images are given, and otherwise dropped with a warning.
+"""
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .artifact import PromptArtifact, load_prompts, package_versions, save_prompts
 from .atomic import check_output_path
+from .backbone import check_precision
 from .backbones import RuntimeOptions, artifact_backbone, load_backbone
 from .data import read_names_file
+from .errors import NotFoundError
+from .features import EncodeOptions, encode_folder
 from .prompt_features import text_features_for
 from .text_encoder import SoftPromptTextEncoder
+from .thresholds import ThresholdWarning, applicable, calibrate, calibrated_scorer
 
 
-def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions = RuntimeOptions()) -> dict[str, Any]:
+def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions = RuntimeOptions(), *,
+             calibrate_on: Path | None = None, encoding: EncodeOptions = EncodeOptions()) -> dict[str, Any]:
     check_output_path(out)
+    if calibrate_on is not None and not calibrate_on.exists():
+        raise NotFoundError(f"calibration images not found: {calibrate_on}")
     source = load_prompts(prompts)
     names = read_names_file(names_file)
     backbone = load_backbone(artifact_backbone(source, runtime))
@@ -26,14 +40,31 @@ def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions
     if text_neg is not None:
         tensors["text_neg"] = text_neg
     extra = dict(source.extra)
-    if "threshold" in extra:
-        extra["threshold"] = {**extra["threshold"], "transferred": True,
-                              "calibrated_on_classes": len(source.class_names)}
-    extra["transfer"] = {"source": str(prompts), "source_classes": list(source.class_names)}
+    scorer = calibrated_scorer(extra) or ("negprompt" if text_neg is not None else "mcm")
+    stored = extra.pop("threshold", None)
+    lineage = stored or extra.get("transfer", {}).get("source_threshold")
+    temperature = float(extra.get("temperature", 1.0))
+    calibration: dict[str, Any] | None = None
+    if calibrate_on is not None:
+        encoding = replace(encoding, precision=check_precision(backbone.device, encoding.precision))
+        _, features, stats = encode_folder(backbone, calibrate_on, encoding, "Encoding calibration images")
+        record, _ = calibrate(features, text_pos, text_neg, names=names, scorer=scorer, temperature=temperature,
+                              logit_scale=backbone.logit_scale, source=f"calibration images {calibrate_on}")
+        extra["threshold"] = record
+        calibration = {"images": record["n_images"], "encoded": stats.encoded, "cached": stats.cached}
+    elif stored:
+        value, reason = applicable(stored, source.class_names, names=names, scorer=scorer, temperature=temperature)
+        if value is not None:
+            extra["threshold"] = stored
+        else:
+            warnings.warn(f"the stored ID threshold does not carry over ({reason}); the new prompts have no "
+                          "threshold: add --calibrate ID_IMAGES here or to score", ThresholdWarning, stacklevel=2)
+    extra["transfer"] = {"source": str(prompts), "source_classes": list(source.class_names),
+                         **({"source_threshold": lineage} if lineage else {})}
     result = PromptArtifact(kind=source.kind, tensors=tensors, backbone=source.backbone, prompt=source.prompt,
                             class_names=names, training=source.training, extra=extra, versions=package_versions())
     save_prompts(result, out)
     new = [n for n in names if n not in source.class_names]
     return {"out": str(out), "kind": source.kind, "classes": len(names), "new_classes": len(new),
             "source_classes": len(source.class_names), "backbone": backbone.identity(),
-            "threshold": extra.get("threshold")}
+            "threshold": extra.get("threshold"), "calibration": calibration}

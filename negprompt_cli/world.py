@@ -199,6 +199,7 @@ class WorldSpec:
     test_per_class: int = 50
     far: int = 300
     seed: int = 0
+    calib_per_class: int = 20  # held-out ID images of every ID shape, for threshold calibration
 
 
 def default_spec(seed: int = 0, n_id: int = 6, n_train: int | None = None, **counts: int) -> WorldSpec:
@@ -220,13 +221,16 @@ def export_world(root: Path, spec: WorldSpec) -> dict[str, Path]:
         return sample_items(n, rng, pairs=[p for p in colours if p[1] == shape])
 
     paths = {"train": root / "train", "test": root / "test", "ood_near": root / "ood_near",
-             "ood_far": root / "ood_far"}
+             "ood_far": root / "ood_far", "calib": root / "calib"}
     for index, (split, shapes, n) in enumerate((("train", spec.train_shapes, spec.shots),
                                                 ("test", spec.id_shapes, spec.test_per_class),
                                                 ("ood_near", spec.ood_shapes, spec.test_per_class))):
         rng = np.random.default_rng([spec.seed, index])
         export_folder(paths[split], {s: items(s, n, rng) for s in shapes}, rng)
     export_images(paths["ood_far"], render_far_ood(spec.far, np.random.default_rng([spec.seed, 3])))
+    if spec.calib_per_class > 0:
+        rng = np.random.default_rng([spec.seed, 4])
+        export_folder(paths["calib"], {s: items(s, spec.calib_per_class, rng) for s in spec.id_shapes}, rng)
     (root / "train_names.txt").write_text("".join(f"{s}\n" for s in sorted(spec.train_shapes)))
     (root / "id_names.txt").write_text("".join(f"{s}\n" for s in sorted(spec.id_shapes)))
     paths["train_names"], paths["id_names"] = root / "train_names.txt", root / "id_names.txt"

@@ -1,9 +1,10 @@
 """Built-in OOD scorers. Every score is "higher = more in-distribution".
 
 Inputs are cosine similarities: ``pos`` [B, C] to the class prompts and, for NegPrompt,
-``neg`` [B, C, P] to the negative prompts. ``temperature`` is the τ of MCM / NegPrompt Eq. 3
-(τ = 1 on raw cosines, as the released code and MCM); ``logit_scale`` is the backbone's
-training scale, used by the classifier-logit baselines (energy, maxlogit, msp).
+``neg`` [B, C, P] to the negative prompts. ``temperature`` means one thing per scorer: for
+negprompt and mcm it is the τ that divides raw cosines (τ = 1, as the released code and MCM);
+for energy and msp it is the T that divides the classifier logits s·cos; maxlogit has none.
+``logit_scale`` is the backbone's training scale s, used by the classifier-logit baselines.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def maxlogit_score(pos: torch.Tensor, neg: torch.Tensor | None = None, *, temper
 
 def msp_score(pos: torch.Tensor, neg: torch.Tensor | None = None, *, temperature: float = 1.0,
               logit_scale: float = 100.0) -> torch.Tensor:
-    """MSP (Hendrycks & Gimpel 2017): max softmax of the classifier logits s·cos."""
-    return torch.softmax(logit_scale * pos, dim=1).max(dim=1).values
+    """MSP (Hendrycks & Gimpel 2017): max softmax of the classifier logits s·cos, at temperature T (ODIN's)."""
+    return torch.softmax(logit_scale * pos / temperature, dim=1).max(dim=1).values
 
 
 @negprompt_cli.hookimpl

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from negprompt_cli.artifact import load_prompts
 from negprompt_cli.cli import app
+from negprompt_cli.thresholds import class_list_id
 
 runner = CliRunner()
 POS_FAST = ["--epochs", "20", "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw", "--warmup-epochs", "0",
@@ -50,15 +51,18 @@ def test_full_pipeline(world):
     assert artifact.tensors["ctx_neg"].shape == (2, 4, 32)
     assert artifact.tensors["text_neg"].shape == (2, 2, 32)
     threshold = artifact.extra["threshold"]
-    assert threshold["source"] == "training" and threshold["transferred"] is False and threshold["id_kept"] == 0.95
+    assert threshold["source"] == "training" and threshold["id_kept"] == 0.95
+    assert threshold["classes"] == class_list_id(["green bars", "red stripes"]) and threshold["scorer"] == "negprompt"
 
+    # a new class list: the 2-class threshold does not carry over, and nothing is decided without one
     tr = invoke(["transfer", "--prompts", str(world / "neg.safetensors"), "--names", str(world / "new.txt"),
                  "--out", str(world / "tr.safetensors")])
     assert tr.exit_code == 0, tr.stderr
+    assert "does not carry over (it was calibrated for 2 classes, not these 3)" in tr.stderr
     transferred = load_prompts(world / "tr.safetensors")
     assert transferred.class_names == ["red stripes", "green bars", "blue dots"]
-    assert transferred.extra["threshold"]["transferred"] is True
-    assert transferred.extra["threshold"]["value"] == threshold["value"]
+    assert "threshold" not in transferred.extra
+    assert transferred.extra["transfer"]["source_threshold"] == threshold
 
     ident = invoke(["score", str(world / "test"), "--prompts", str(world / "tr.safetensors"), "--labeled",
                     "--out", str(world / "id.csv")])
@@ -67,7 +71,11 @@ def test_full_pipeline(world):
     assert ood.exit_code == 0, ood.stderr
     rows = [json.loads(line) for line in ood.stdout.splitlines()]  # stdout is pure JSONL
     assert len(rows) == 6 and all(r["scorer"] == "negprompt" for r in rows)
-    assert all(r["ood"] == (r["score"] < threshold["value"]) for r in rows)
+    assert all(r["ood"] is None for r in rows) and ood.stderr.count("carry no OOD decision") == 0
+    # ... while the original class list keeps its stored threshold
+    same = invoke(["score", str(world / "ood"), "--prompts", str(world / "neg.safetensors"), "--format", "jsonl"])
+    same_rows = [json.loads(line) for line in same.stdout.splitlines()]
+    assert all(r["ood"] == (r["score"] < threshold["value"]) for r in same_rows)
     (world / "ood.jsonl").write_text(ood.stdout)
 
     report = invoke(["report", "--id", str(world / "id.csv"), "--ood", f"blue={world / 'ood.jsonl'}",

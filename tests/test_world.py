@@ -49,10 +49,13 @@ def test_captions_state_only_true_attributes():
 
 def test_export_world(tmp_path):
     spec = world.WorldSpec(id_shapes=("circle", "star"), ood_shapes=("ring",), train_shapes=("circle",), shots=3,
-                           test_per_class=2, far=4, seed=5)
+                           test_per_class=2, far=4, seed=5, calib_per_class=3)
     paths = world.export_world(tmp_path, spec)
     assert sorted(p.name for p in paths["train"].iterdir()) == ["circle"]
     assert len(list((paths["test"] / "star").glob("*.png"))) == 2
+    assert sorted(p.name for p in paths["calib"].iterdir()) == ["circle", "star"]
+    calib = {p.read_bytes() for p in paths["calib"].rglob("*.png")}
+    assert len(calib) == 6 and not calib & {p.read_bytes() for p in paths["test"].rglob("*.png")}
     assert len(list((paths["ood_far"] / "images").glob("*.png"))) == 4
     assert paths["id_names"].read_text() == "circle\nstar\n"
 

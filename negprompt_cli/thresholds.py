@@ -1,0 +1,88 @@
+"""ID thresholds that are only used where they mean what they say.
+
+A threshold "keeps 95 % of ID images" only for the class list, scorer and τ it was calibrated
+with: Eq. 3 is a softmax over C·(1+P) prompts, so its scale falls roughly as 1/C and a threshold
+calibrated on 6 classes rejects every image scored against 60. Every stored threshold therefore
+records what it was calibrated for, and :func:`applicable` refuses it anywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .metrics import id_threshold
+from .scoring import score_features
+
+ID_KEPT = 0.95
+
+
+class ThresholdWarning(UserWarning):
+    """Scores are written without an OOD decision because no applicable threshold exists."""
+
+
+def class_list_id(names: Sequence[str]) -> dict[str, Any]:
+    """Count and content hash of an ordered class list (order matters: predictions are indices)."""
+    digest = hashlib.sha256(json.dumps(list(names), ensure_ascii=False).encode()).hexdigest()[:16]
+    return {"count": len(names), "sha256": digest}
+
+
+def calibrate(features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Tensor | None, *, names: Sequence[str],
+              scorer: str, temperature: float, logit_scale: float, source: str,
+              keep: float = ID_KEPT) -> tuple[dict[str, Any], torch.Tensor]:
+    """The threshold that keeps ``keep`` of these ID images' scores, recorded with what it is valid for.
+
+    Returns the record and the class predictions (callers report ID accuracy from them).
+    """
+    scores = score_features(features, text_pos, text_neg, scorer=scorer, temperature=temperature,
+                            logit_scale=logit_scale)
+    record = {"value": id_threshold(scores.score.numpy(), keep), "id_kept": keep, "source": source,
+              "n_images": int(len(scores.score)), "scorer": scorer, "temperature": float(temperature),
+              "classes": class_list_id(names)}
+    return record, scores.prediction
+
+
+def calibrated_classes(record: dict[str, Any], artifact_names: Sequence[str]) -> dict[str, Any] | None:
+    """The class list a stored threshold belongs to; None if unknown.
+
+    Artifacts written before thresholds recorded their class list: a fit-neg threshold was
+    calibrated on the artifact's own names, a transferred one on names that are no longer known.
+    """
+    if "classes" in record:
+        return record["classes"]
+    if record.get("transferred"):
+        return None
+    return class_list_id(artifact_names)
+
+
+def applicable(record: dict[str, Any] | None, artifact_names: Sequence[str], *, names: Sequence[str], scorer: str,
+               temperature: float) -> tuple[float | None, str | None]:
+    """(value, None) when ``record`` was calibrated for exactly these names, scorer and τ; else (None, why)."""
+    if not record:
+        return None, None
+    if record.get("scorer", "negprompt") != scorer:
+        return None, f"it was calibrated for the {record.get('scorer', 'negprompt')} scorer, not {scorer}"
+    if float(record.get("temperature", 1.0)) != float(temperature):
+        return None, f"it was calibrated at temperature {record.get('temperature', 1.0)}, not {temperature}"
+    calibrated = calibrated_classes(record, artifact_names)
+    if calibrated is None or calibrated != class_list_id(names):
+        count = calibrated["count"] if calibrated else "another list of"
+        return None, f"it was calibrated for {count} classes, not these {len(names)}"
+    return float(record["value"]), None
+
+
+def calibrated_scorer(extra: dict[str, Any]) -> str | None:
+    """The scorer an artifact's τ (``extra.temperature``) was chosen for: its threshold's, kept across transfer."""
+    record = extra.get("threshold") or extra.get("transfer", {}).get("source_threshold")
+    return record.get("scorer", "negprompt") if record else None
+
+
+def warn_no_decision(reason: str) -> None:
+    warnings.warn(f"the stored ID threshold does not apply ({reason}), so scores carry no OOD decision; "
+                  "get one with --calibrate ID_IMAGES (a folder of in-distribution images) or --threshold VALUE",
+                  ThresholdWarning, stacklevel=2)
