@@ -60,6 +60,10 @@ def reports_errors(func: F) -> F:
         except Exception as exc:  # unexpected: still one line unless debugging
             if debug:
                 traceback.print_exc()
+            if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's is no MemoryError
+                err.print("Error: out of memory", markup=False)
+                err.print("Hint: use a smaller --batch-size (or --text-chunk)", markup=False)
+                raise typer.Exit(EXIT_RUNTIME) from None
             err.print(f"Error: unexpected {type(exc).__name__}: {exc}", markup=False, soft_wrap=True)
             err.print("Hint: set NEGPROMPT_DEBUG=1 for the traceback and report it", markup=False)
             raise typer.Exit(EXIT_RUNTIME) from None
@@ -254,9 +258,10 @@ def fit_neg_command(
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Positive stage context tokens.")] = 16,
     ctx_init: Annotated[str | None, typer.Option("--ctx-init", help="Positive stage context initialisation.")] = None,
     seed: SeedOpt = 1,
-    text_chunk: Annotated[int | None, typer.Option("--text-chunk", help="Classes per text-encoder chunk; "
-                                                   "above it, gradient caching keeps memory bounded (ViT-B/16, "
-                                                   "C=1000: < 5 GB). 0 = never chunk.")] = 256,
+    text_chunk: Annotated[str, typer.Option("--text-chunk", help="Classes per text-encoder chunk; above it, "
+                                            "gradient caching keeps memory bounded at one extra no-grad pass. "
+                                            "auto: chunk only when the whole graph would not fit (80% of free GPU "
+                                            "memory, 3 GiB on CPU; docs/performance.md). 0 = never chunk.")] = "auto",
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     cache_dir: CacheOpt = None,
@@ -276,9 +281,11 @@ def fit_neg_command(
     from .fit_pos import DataOptions
     from .learners import PromptSettings
     from .losses import LossWeights
+    from .memory import AUTO, parse_text_chunk
     from .training import OptimConfig
 
     check_counts(epochs=epochs, batch_size=batch_size, aug_views=aug_views)
+    chunk = parse_text_chunk(text_chunk)
     request = None
     if backbone is not None or pretrained is not None or pos is None:
         request = BackboneRequest(backbone or DEFAULT_BACKBONE, pretrained, device, weights_cache, quick_gelu, offline)
@@ -301,11 +308,11 @@ def fit_neg_command(
                           weight_decay=weight_decay, warmup_epochs=warmup_epochs, warmup_lr=0.0, seed=seed,
                           precision=precision),
         temperature=temperature,
-        text_chunk=text_chunk or None,
+        text_chunk=chunk,
         quiet=quiet or json_out,
         resume=resume,
         grad_checkpoint=grad_checkpoint,
-        runtime=RuntimeOptions(device, weights_cache, offline, text_chunk or None),
+        runtime=RuntimeOptions(device, weights_cache, offline, None if chunk == AUTO else chunk),
     )
     if pos is None:
         assert request is not None

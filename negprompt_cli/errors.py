@@ -54,3 +54,9 @@ class IncompatibleArtifactError(NegPromptError):
     """A prompts file is not a negprompt artifact, is corrupt, or belongs to another backbone."""
 
     exit_code = EXIT_INCOMPATIBLE
+
+
+class OutOfMemory(NegPromptError):
+    """The device ran out of memory; the message names what to lower."""
+
+    exit_code = EXIT_RUNTIME

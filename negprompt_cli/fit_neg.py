@@ -21,6 +21,7 @@ from .errors import IncompatibleArtifactError, UsageError
 from .fit_pos import DataOptions, FitPosOptions, fit_pos, labelled_features, run_fingerprint
 from .learners import PromptSettings, exported_tensors
 from .losses import VARIANTS, LossWeights
+from .memory import AUTO, resolve_text_chunk
 from .prompt_features import text_features_for
 from .registry import get_host
 from .text_encoder import SoftPromptTextEncoder
@@ -56,7 +57,7 @@ class FitNegOptions:
     train_subset: str = "first"
     optim: OptimConfig = field(default_factory=negative_stage_defaults)
     temperature: float = 1.0
-    text_chunk: int | None = 256  # above this many classes, gradient caching bounds memory
+    text_chunk: int | str | None = AUTO  # classes per chunk above which gradient caching bounds memory
     quiet: bool = False
     resume: bool = False
     grad_checkpoint: bool = False
@@ -136,9 +137,12 @@ def fit_neg(options: FitNegOptions) -> dict[str, Any]:
     ctx_pos = positive.tensors["ctx_pos"]
     if ctx_pos.dim() == 3:
         ctx_pos = ctx_pos[chosen]
+    text_chunk = resolve_text_chunk(options.text_chunk, backbone=backbone, prompts=prompts,
+                                    prompts_per_class=options.n_neg,
+                                    class_specific=options.neg_csc or ctx_pos.dim() == 3, precision=optim.precision)
     module = builder(encoder, prompts, settings, generator, ctx_pos=ctx_pos, n_neg=options.n_neg,
                      neg_csc=options.neg_csc, loss_variant=options.loss_variant, weights=options.weights,
-                     init_noise=options.init_noise, text_chunk=options.text_chunk)
+                     init_noise=options.init_noise, text_chunk=text_chunk)
     fingerprint = run_fingerprint(stage="fit-neg", optim=optim.as_dict(), names=train_names,
                                   labels=train_labels.tolist(), features=float(train_features.sum()),
                                   variant=options.loss_variant, weights=options.weights, n_neg=options.n_neg,
@@ -168,7 +172,7 @@ def fit_neg(options: FitNegOptions) -> dict[str, Any]:
     if len(chosen) != len(folder.class_names) or tensors["text_pos"].shape[0] != len(folder.class_names):
         draft = PromptArtifact("negative", {"ctx_pos": positive.tensors["ctx_pos"], "ctx_neg": tensors["ctx_neg"]},
                                backbone.identity(), positive.prompt, list(folder.class_names))
-        text_pos, text_neg = text_features_for(encoder, draft, list(folder.class_names), options.text_chunk)
+        text_pos, text_neg = text_features_for(encoder, draft, list(folder.class_names), text_chunk)
         tensors = {"ctx_pos": positive.tensors["ctx_pos"], "ctx_neg": tensors["ctx_neg"], "text_pos": text_pos,
                    "text_neg": text_neg}
     calib_features, calib_source = (val[0], "validation") if val is not None else (features[:, 0], "training")
@@ -187,6 +191,7 @@ def fit_neg(options: FitNegOptions) -> dict[str, Any]:
         "images_encoded": sum(s.encoded for s in stats),
         "images_from_cache": sum(s.cached for s in stats),
         "loss_variant": options.loss_variant,
+        "text_chunk": text_chunk,
         "initial_loss": initial_terms,
         "final_loss": final_terms,
         "threshold": threshold,
@@ -236,5 +241,6 @@ def pos_stage_options(options: FitNegOptions, backbone: BackboneRequest, prompt:
     optim = replace(optim, seed=options.optim.seed, precision=options.optim.precision)
     return FitPosOptions(backbone=backbone, data=options.data, out=out or default_pos_out(options.out),
                          prompt=prompt, optim=optim,
-                         text_chunk=options.text_chunk, quiet=options.quiet, resume=options.resume,
+                         text_chunk=None if options.text_chunk == AUTO else options.text_chunk,
+                         quiet=options.quiet, resume=options.resume,
                          grad_checkpoint=options.grad_checkpoint)

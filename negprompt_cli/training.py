@@ -17,7 +17,7 @@ import torch
 from .backbone import autocast
 from .checkpoint import Checkpointing, LoopState, load_checkpoint, save_checkpoint
 from .console import err, progress
-from .errors import NotFoundError, UsageError
+from .errors import NotFoundError, OutOfMemory, UsageError
 from .learners import PromptModule
 from .schedule import cosine_with_warmup
 
@@ -140,6 +140,16 @@ def train(
             err.print(f"Saved a checkpoint after epoch {state.epoch} to {checkpointing.path}; "
                       "continue with --resume.", markup=False)
         raise
+    except torch.OutOfMemoryError as exc:
+        kept = ""
+        if checkpointing is not None:
+            optimizer.zero_grad(set_to_none=True)
+            save_checkpoint(checkpointing.path, state, checkpointing.fingerprint)
+            kept = f"; epochs done so far are saved in {checkpointing.path}"
+        raise OutOfMemory(
+            f"out of {device.type.upper()} memory in epoch {state.epoch + 1} of {description.lower()}{kept}",
+            hint="use a smaller --text-chunk (e.g. 64; --resume continues from the checkpoint) or a smaller "
+                 "--batch-size (starts over)") from exc
     if checkpointing is not None:
         checkpointing.path.unlink(missing_ok=True)
     result = TrainResult(history=state.history, selection=f"best-{selection.name}" if selection else "last")

@@ -162,6 +162,35 @@ def test_interrupt_and_resume_match_an_uninterrupted_run(world, monkeypatch):
     assert other.exit_code == 2 and "other settings" in other.stderr
 
 
+def test_out_of_memory_keeps_the_checkpoint_and_names_the_remedies(world, monkeypatch):
+    """A device OOM mid-training: one line naming --text-chunk and --batch-size, exit 1, epochs kept, and
+    --resume with a smaller chunk ends exactly where an uninterrupted run does."""
+    base = ["fit-neg", "--data", str(world / "train"), "--pos", str(world / "pos.safetensors"), *NEG_FAST,
+            "--epochs", "4"]
+    assert invoke([*base, "--out", str(world / "full.safetensors")]).exit_code == 0
+    import negprompt_cli.training as training
+
+    original, calls = training.cosine_with_warmup, {"n": 0}
+
+    def oom_in_epoch_three(epoch, **kwargs):
+        if epoch == 2 and calls["n"] == 0:
+            calls["n"] += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return original(epoch, **kwargs)
+
+    monkeypatch.setattr(training, "cosine_with_warmup", oom_in_epoch_three)
+    out = world / "oom.safetensors"
+    first = invoke([*base, "--out", str(out)])
+    assert first.exit_code == 1 and not out.exists()
+    lines = first.stderr.strip().splitlines()
+    assert lines[-2].startswith("Error: out of CPU memory in epoch 3") and "oom.safetensors.ckpt" in lines[-2]
+    assert "--text-chunk" in lines[-1] and "--batch-size" in lines[-1]
+    second = invoke([*base, "--out", str(out), "--resume", "--text-chunk", "1"])
+    assert second.exit_code == 0, second.stderr
+    full, resumed = load_prompts(world / "full.safetensors"), load_prompts(out)
+    torch.testing.assert_close(full.tensors["ctx_neg"], resumed.tensors["ctx_neg"], atol=1e-6, rtol=0)
+
+
 def test_bad_inputs(world, tmp_path, tiny_rn_dir):
     pos = str(world / "pos.safetensors")
     neg_out = str(world / "neg.safetensors")
