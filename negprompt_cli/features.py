@@ -14,6 +14,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from .backbone import Backbone, autocast
 from .console import progress, warn
 from .data import find_images
 from .errors import UsageError
+from .pixels import TensorPreprocess, decode_jpegs, is_jpeg, tensor_preprocess_for
 
 SHARD_TENSOR = "features"
 
@@ -47,6 +49,14 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def file_digests(paths: Sequence[Path]) -> list[str]:
+    """Content hashes of many files; threads overlap the reads (hashlib releases the GIL on large buffers)."""
+    if len(paths) < 64:
+        return [file_digest(Path(p)) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+        return list(pool.map(lambda p: file_digest(Path(p)), paths))
 
 
 class FeatureCache:
@@ -140,24 +150,42 @@ class View:
 
 
 class _ImageDataset(torch.utils.data.Dataset):
+    """Item i: PIL-preprocessed pixels, the raw bytes of a JPEG (``raw_jpeg``: decoded later on the device),
+    or None for an unreadable file."""
+
     def __init__(self, paths: Sequence[Path], digests: Sequence[str], view: View,
-                 preprocess: Callable, image_size: int) -> None:
+                 preprocess: Callable, image_size: int, raw_jpeg: bool = False) -> None:
         self.paths, self.digests, self.view = list(paths), list(digests), view
-        self.preprocess, self.image_size = preprocess, image_size
+        self.preprocess, self.image_size, self.raw_jpeg = preprocess, image_size, raw_jpeg
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+        if self.raw_jpeg:
+            try:
+                data = Path(self.paths[i]).read_bytes()
+            except OSError:
+                return i, None
+            if is_jpeg(data):
+                return i, RawJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        return i, self.pil_pixels(i)
+
+    def pil_pixels(self, i: int) -> torch.Tensor | None:
         try:
             with Image.open(self.paths[i]) as img:
                 img.load()
                 image = img.convert("RGB")
         except Exception:
-            return i, None
+            return None
         if self.view.index is not None:
             image = _augment(image, self.digests[i], self.view, self.image_size)
-        return i, self.preprocess(image)
+        return self.preprocess(image)
+
+
+@dataclass(frozen=True)
+class RawJpeg:
+    data: torch.Tensor  # uint8 [n_bytes]
 
 
 def _augment(image: Image.Image, digest: str, view: View, size: int) -> Image.Image:
@@ -187,10 +215,58 @@ def worker_context(device: torch.device, num_workers: int) -> str | None:
 
 
 def _collate(batch):  # type: ignore[no-untyped-def]
-    good = [(i, x) for i, x in batch if x is not None]
+    """(indices and stacked pixels of PIL items, indices and bytes of raw JPEGs, indices of unreadable files)."""
+    pil = [(i, x) for i, x in batch if isinstance(x, torch.Tensor)]
+    jpeg = [(i, x.data) for i, x in batch if isinstance(x, RawJpeg)]
     bad = [i for i, x in batch if x is None]
-    images = torch.stack([x for _, x in good]) if good else None
-    return [i for i, _ in good], images, bad
+    pixels = torch.stack([x for _, x in pil]) if pil else None
+    return [i for i, _ in pil], pixels, [i for i, _ in jpeg], [x for _, x in jpeg], bad
+
+
+def _device_pixels(dataset: _ImageDataset, device: torch.device, tensor_path: TensorPreprocess | None,  # type: ignore[no-untyped-def]
+                   pil_idx, pil_pixels, jpeg_idx, jpeg_data) -> tuple[list[int], torch.Tensor | None, list[int]]:
+    """One batch's pixels on the device and the item order they are in; JPEGs the decoder refuses fall back
+    to PIL, and those PIL cannot read either are returned as refused."""
+    order: list[int] = list(pil_idx)
+    refused: list[int] = []
+    parts = [pil_pixels.to(device, non_blocking=True)] if pil_pixels is not None else []
+    if jpeg_idx:
+        assert tensor_path is not None
+        decoded = decode_jpegs(jpeg_data, device)
+        good = [(i, image) for i, image in zip(jpeg_idx, decoded, strict=True) if image is not None]
+        if good:
+            order.extend(i for i, _ in good)
+            parts.append(tensor_path([image for _, image in good]))
+        for i, image in zip(jpeg_idx, decoded, strict=True):
+            if image is None:
+                fallback = dataset.pil_pixels(i)
+                if fallback is None:
+                    refused.append(i)
+                else:
+                    order.append(i)
+                    parts.append(fallback.unsqueeze(0).to(device))
+    return order, (torch.cat(parts) if parts else None), refused
+
+
+DECODERS = ("auto", "pil", "tensor")
+
+
+def tensor_decoding(backbone: Backbone, view: View, decode: str | None) -> TensorPreprocess | None:
+    """Whether JPEGs are decoded and preprocessed as tensors on the device (see ``pixels``).
+
+    ``decode`` (default ``$NEGPROMPT_DECODE`` or auto): auto = on CUDA, for the eval view, when the
+    backbone's preprocessing is open_clip's standard eval transform; tensor = also on CPU (torchvision's
+    CPU decoder: how tests compare the two paths); pil = never.
+    """
+    decode = decode or os.environ.get("NEGPROMPT_DECODE") or "auto"
+    if decode not in DECODERS:
+        raise UsageError(f"unknown decoder {decode!r} (NEGPROMPT_DECODE)", hint=f"choose one of {', '.join(DECODERS)}")
+    if decode == "pil" or view.index is not None:
+        return None
+    spec = tensor_preprocess_for(backbone.preprocess)
+    if decode == "auto" and backbone.device.type != "cuda":
+        return None
+    return spec
 
 
 def encode_images(
@@ -206,6 +282,7 @@ def encode_images(
     use_cache: bool = True,
     quiet: bool = False,
     description: str = "Encoding images",
+    decode: str | None = None,
 ) -> tuple[torch.Tensor, list[int], EncodeStats]:
     """Unit-norm features for ``paths``; returns (features of readable images, their indices, stats).
 
@@ -213,9 +290,10 @@ def encode_images(
     them an error. Cached rows are reused; only the rest goes through the image tower.
     """
     stats = EncodeStats(requested=len(paths))
-    digests = [file_digest(Path(p)) for p in paths]
+    digests = file_digests(paths)
     row_ids = [f"{d}:{view.tag()}" for d in digests]
-    preprocess_id = repr(backbone.preprocess)
+    tensor_path = tensor_decoding(backbone, view, decode)
+    preprocess_id = tensor_path.tag() if tensor_path is not None else repr(backbone.preprocess)
     key = backbone.feature_key(preprocess_id)
     cache = FeatureCache(cache_dir or default_cache_dir(), key,
                          info={**backbone.identity(), "preprocess": preprocess_id}) if use_cache else None
@@ -227,27 +305,32 @@ def encode_images(
             num_workers = min(4, os.cpu_count() or 1) if len(todo) >= 64 else 0
         device = backbone.device
         dataset = _ImageDataset([paths[i] for i in todo], [digests[i] for i in todo], view, backbone.preprocess,
-                                backbone.image_size)
+                                backbone.image_size, raw_jpeg=tensor_path is not None)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                              collate_fn=_collate, pin_memory=device.type == "cuda",
                                              multiprocessing_context=worker_context(device, num_workers))
         bad_local: list[int] = []
-        with progress(quiet) as bar:
+        # shards are written by one background thread while the next batch encodes
+        with progress(quiet) as bar, ThreadPoolExecutor(max_workers=1) as writer:
+            pending = []
             task = bar.add_task(description, total=len(todo), status="")
-            for local_idx, images, bad in loader:
-                bad_local.extend(bad)
-                if images is not None:
+            for pil_idx, pil_pixels, jpeg_idx, jpeg_data, bad in loader:
+                local_idx, pixels, refused = _device_pixels(dataset, device, tensor_path, pil_idx, pil_pixels,
+                                                            jpeg_idx, jpeg_data)
+                bad_local.extend(bad + refused)
+                if local_idx:
                     with torch.no_grad(), autocast(device, precision):
-                        feats = backbone.model.encode_image(images.to(device, non_blocking=True))
+                        feats = backbone.model.encode_image(pixels)
                     feats = F.normalize(feats.float(), dim=-1).cpu()
                     stats.encoder_calls += 1
                     stats.encoded += len(local_idx)
-                    ids = [row_ids[todo[j]] for j in local_idx]
                     if cache is not None:
-                        cache.add(ids, feats)
+                        pending.append(writer.submit(cache.add, [row_ids[todo[j]] for j in local_idx], feats))
                     for j, f in zip(local_idx, feats, strict=True):
                         new_features[todo[j]] = f
-                bar.advance(task, len(local_idx) + len(bad))
+                bar.advance(task, len(pil_idx) + len(jpeg_idx) + len(bad))
+            for future in pending:
+                future.result()
         stats.skipped = [Path(paths[todo[j]]) for j in sorted(bad_local)]
     if stats.skipped:
         shown = ", ".join(str(p) for p in stats.skipped[:3])
