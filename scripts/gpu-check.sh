@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# One command on a CUDA machine: the test suite on CUDA, the whole CLI pipeline on the world in
+# fp32/bf16/fp16, and the GPU harness (benchmarks/gpu.py); one JSON + Markdown summary.
+#
+#   bash scripts/gpu-check.sh [OUT_DIR]        (default: $OUT if set, else gpu-check-out/)
+#
+# Works with the machine's own torch: wheels in .whl/ (scripts/gpu-wheels.sh makes them: this
+# project, open_clip_torch and what it needs beyond a CUDA image) are installed into a private
+# folder first, nothing is fetched. Budget: about 8 minutes on one H100/H200-class GPU.
+# SMOKE=1 runs the same steps with tiny sizes (how it is checked on a CPU machine).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-gpu-check-out}}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+py=${PYTHON:-python3}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/negprompt-site \
+    .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/negprompt-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+device=cuda
+"$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || device=cpu
+smoke=${SMOKE:-0}
+[ "$device" = cpu ] && smoke=1
+echo "gpu-check: device $device, smoke $smoke, output $out" >&2
+neg() { "$py" -m negprompt_cli "$@"; }
+started=$(date +%s)
+
+# 1. the test suite on this device
+NEGPROMPT_TEST_DEVICE=$device timeout 300 "$py" -m pytest -q -p no:cacheprovider --maxfail=25 tests \
+  >"$out/pytest.log" 2>&1
+echo "$?" >"$out/pytest.rc"
+tail -n 3 "$out/pytest.log" >&2
+
+# 2. the CLI pipeline on the world, per precision (JPEG near-OOD set: the device decoder path)
+work=$(mktemp -d)
+neg world export "$work/w" --far 100 --test-per-class 30 2>>"$out/pipeline.log"
+"$py" - "$work/w/ood_near" <<'PY' 2>>"$out/pipeline.log"
+import sys, pathlib
+from PIL import Image
+for p in pathlib.Path(sys.argv[1]).rglob("*.png"):
+    Image.open(p).convert("RGB").resize((224, 224)).save(p.with_suffix(".jpg"), quality=90); p.unlink()
+PY
+for precision in fp32 bf16 fp16; do
+  d="$work/$precision"; mkdir -p "$d"; common=(--device "$device" --precision "$precision" --cache-dir "$d/cache")
+  step() { local name=$1; shift; "$@" >>"$out/pipeline.log" 2>&1; echo "$precision $name $?" >>"$out/pipeline.rc"; }
+  step fit-neg neg fit-neg --data "$work/w/train" --out "$d/neg.safetensors" --backbone toy "${common[@]}" \
+    --pos-epochs 20 --epochs 5 --quiet
+  step transfer neg transfer --prompts "$d/neg.safetensors" --names "$work/w/id_names.txt" \
+    --out "$d/all.safetensors" --calibrate "$work/w/calib" "${common[@]}" --quiet
+  for split in test ood_near ood_far; do
+    step "score-$split" neg score "$work/w/$split" --prompts "$d/all.safetensors" --labeled "${common[@]}" \
+      --out "$d/$split.csv" --quiet
+  done
+  step report neg report --id "$d/test.csv" --ood near="$d/ood_near.csv" --ood far="$d/ood_far.csv" --json \
+    --out "$d/report"
+  cp "$d/report/report.json" "$out/pipeline_$precision.json" 2>/dev/null
+done
+step() { local name=$1; shift; "$@" >>"$out/pipeline.log" 2>&1; echo "any $name $?" >>"$out/pipeline.rc"; }
+step demo neg demo --device "$device" --workdir "$work/demo"
+neg fit-pos --data "$work/w/train" --out "$work/x.safetensors" --backbone toy --device cuda:99 \
+  >>"$out/pipeline.log" 2>&1
+echo "any bad-device-exit-code $? (expect 2)" >>"$out/pipeline.rc"
+rm -rf "$work"
+
+# 3. the GPU harness
+sections=(fit_neg epoch score)
+timeout 330 "$py" benchmarks/gpu.py --out "$out" $([ "$smoke" = 1 ] && echo --smoke) --sections "${sections[@]}" \
+  >"$out/harness.log" 2>&1
+echo "$?" >"$out/harness.rc"
+
+# 4. one summary
+"$py" - "$out" "$(( $(date +%s) - started ))" <<'PY'
+import json, pathlib, sys
+out, seconds = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+read = lambda name: (out / name).read_text() if (out / name).exists() else ""
+pytest_tail = [l for l in read("pytest.log").splitlines() if l.strip()][-1:] or ["(no pytest output)"]
+steps = [l.split() for l in read("pipeline.rc").splitlines() if l.strip()]
+pipeline = {f"{s[0]} {s[1]}": int(s[2]) for s in steps}
+reports = {}
+for p in ("fp32", "bf16", "fp16"):
+    if (out / f"pipeline_{p}.json").exists():
+        r = json.loads(read(f"pipeline_{p}.json"))
+        reports[p] = {k: {"auroc": v["auroc"], "fpr": v["fpr"]} for k, v in r["ood"].items()} | {"id_accuracy": r["id"]["accuracy"]}
+harness = json.loads(read("gpu.json")) if (out / "gpu.json").exists() else None
+summary = {"seconds": seconds, "pytest": {"rc": int(read("pytest.rc") or 1), "last_line": pytest_tail[0]},
+           "pipeline": pipeline, "pipeline_reports": reports, "harness_rc": int(read("harness.rc") or 1),
+           "harness": harness}
+(out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+lines = ["# negprompt GPU check", "", f"{seconds} s in all.", "", f"- tests on the device: `{pytest_tail[0]}` (exit {summary['pytest']['rc']})",
+         "- CLI pipeline steps (exit codes): " + ", ".join(f"{k}={v}" for k, v in pipeline.items()), ""]
+for p, r in reports.items():
+    lines.append(f"- world pipeline {p}: " + ", ".join(f"{k} AUROC {v['auroc']:.3f} FPR95 {v['fpr']:.3f}"
+                                                   for k, v in r.items() if isinstance(v, dict))
+                 + f", ID accuracy {r['id_accuracy']:.3f}")
+lines += ["", read("gpu.md") or f"(harness failed: see harness.log, exit {summary['harness_rc']})"]
+(out / "summary.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
