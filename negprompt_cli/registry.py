@@ -1,7 +1,8 @@
 """Plugin manager: discovers plugins through the ``negprompt`` entry-point group.
 
-Built-in plugins (``plugins/``) are declared as entry points of this very package, so they
-load through exactly the path a third-party plugin takes. Core code never imports them.
+Built-in plugins (``plugins/``, installed as ``negprompt_plugins``) are declared as entry points
+of this very package, so they load through exactly the path a third-party plugin takes; a source
+checkout that is not installed loads them from ``plugins/`` directly. Core code never imports them.
 
 Rules:
 
@@ -31,6 +32,11 @@ from .errors import UsageError
 
 ENTRY_POINT_GROUP = "negprompt"
 BUILTIN_DIST = "negprompt"
+# The built-ins' entry points (pyproject.toml), for a source checkout whose distribution is not installed:
+# like llm's default_plugins, they are then loaded straight from plugins/ (a test keeps the two lists equal).
+BUILTIN_PACKAGE = "negprompt_plugins"
+BUILTIN_PLUGINS = {"openclip": "openclip_backbones", "coop": "coop_learner", "negprompt_learner": "negprompt_learner",
+                   "scorers": "scorers"}
 
 
 class PluginWarning(UserWarning):
@@ -119,24 +125,27 @@ class PluginHost:
             dist = getattr(ep, "dist", None)
             return dist is None or dist.metadata["Name"] != BUILTIN_DIST
 
-        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=builtin_first):
-            if allow is not None and ep.name not in allow:
-                continue
-            if ep.name in self.records:
+        entry_points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=builtin_first)
+        if not any(getattr(ep, "dist", None) is not None and ep.dist.metadata["Name"] == BUILTIN_DIST
+                   for ep in entry_points):
+            for name, module in BUILTIN_PLUGINS.items():
+                if allow is None or name in allow:
+                    self._load(name, BUILTIN_DIST, None, lambda module=module: _import_builtin(module))
+        for ep in entry_points:
+            if (allow is not None and ep.name not in allow) or ep.name in self.records:
                 continue
             dist = getattr(ep, "dist", None)
-            record = PluginRecord(
-                ep.name,
-                dist=dist.metadata["Name"] if dist is not None else None,
-                version=dist.version if dist is not None else None,
-            )
-            self.records[ep.name] = record
-            try:
-                module = ep.load()
-                self.pm.register(module, name=ep.name)
-            except Exception as exc:  # a broken third-party plugin must not take the CLI down
-                record.error = f"{type(exc).__name__}: {exc}"
-                warnings.warn(f"could not load plugin {ep.name!r}: {record.error}", PluginWarning, stacklevel=2)
+            self._load(ep.name, dist.metadata["Name"] if dist is not None else None,
+                       dist.version if dist is not None else None, ep.load)
+
+    def _load(self, name: str, dist: str | None, version: str | None, load: Callable[[], Any]) -> None:
+        record = PluginRecord(name, dist=dist, version=version)
+        self.records[name] = record
+        try:
+            self.pm.register(load(), name=name)
+        except Exception as exc:  # a broken third-party plugin must not take the CLI down
+            record.error = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"could not load plugin {name!r}: {record.error}", PluginWarning, stacklevel=3)
 
     def register_object(self, plugin: object, name: str) -> None:
         """Register an in-process plugin (tests, notebooks) and refill the registries."""
@@ -222,6 +231,27 @@ class PluginHost:
                 }
             )
         return out
+
+
+def _import_builtin(module: str) -> Any:
+    """A built-in plugin module: installed as ``negprompt_plugins``, else from the checkout's plugins/ folder."""
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    qualified = f"{BUILTIN_PACKAGE}.{module}"
+    try:
+        return importlib.import_module(qualified)
+    except ModuleNotFoundError:
+        folder = Path(__file__).resolve().parent.parent / "plugins"
+        if BUILTIN_PACKAGE not in sys.modules:
+            package = importlib.util.spec_from_file_location(BUILTIN_PACKAGE, folder / "__init__.py",
+                                                             submodule_search_locations=[str(folder)])
+            assert package is not None and package.loader is not None
+            sys.modules[BUILTIN_PACKAGE] = importlib.util.module_from_spec(package)
+            package.loader.exec_module(sys.modules[BUILTIN_PACKAGE])
+        return importlib.import_module(qualified)
 
 
 def _normalise_backbone(name: str) -> str:

@@ -1,5 +1,6 @@
-"""negprompt's built-in plugins.
+"""negprompt's built-in plugins (installed as the package ``negprompt_plugins``).
 
-They are registered through this package's own ``negprompt`` entry points
-(see pyproject.toml), exactly as a third-party plugin would be; the core never imports them.
+They are registered through this distribution's own ``negprompt`` entry points (see
+pyproject.toml), exactly as a third-party plugin would be; an uninstalled source checkout loads
+them from this folder instead. The core never imports them.
 """

@@ -94,7 +94,7 @@ def test_uncached_weights_cli_exit_code_4(tmp_path):
 
 
 def test_quick_gelu_follows_the_tag():
-    import plugins.openclip_backbones as oc
+    import negprompt_plugins.openclip_backbones as oc
 
     assert oc._tag_quick_gelu("RN50", "openai") is True
     assert oc._tag_quick_gelu("RN101", "yfcc15m") is True
@@ -104,7 +104,7 @@ def test_quick_gelu_follows_the_tag():
 
 
 def test_registered_defaults_match_the_paper():
-    import plugins.openclip_backbones as oc
+    import negprompt_plugins.openclip_backbones as oc
 
     assert oc.KNOWN["ViT-B/16"] == ("ViT-B-16", "laion2b_s34b_b88k")
     for arch, tag in oc.KNOWN.values():

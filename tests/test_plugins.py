@@ -166,3 +166,53 @@ def test_docs_plugin_example_works(tmp_path, monkeypatch):
         assert torch.allclose(scorer(pos, None), torch.tensor([0.2, 0.01]))
     finally:
         sys.modules.pop("negprompt_margin", None)
+
+
+def test_builtins_install_under_their_own_name_and_match_the_entry_points():
+    """The built-ins are `negprompt_plugins.*` (not a generic top-level `plugins`), and the fallback list the
+    registry uses for an uninstalled checkout is exactly the entry points pyproject.toml declares."""
+    import importlib.metadata
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    declared = pyproject["project"]["entry-points"]["negprompt"]
+    assert declared == {name: f"{registry.BUILTIN_PACKAGE}.{module}"
+                        for name, module in registry.BUILTIN_PLUGINS.items()}
+    installed = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="negprompt")
+                 if ep.dist is not None and ep.dist.metadata["Name"] == "negprompt"}
+    assert installed == declared
+
+
+def test_an_uninstalled_checkout_still_finds_the_builtins(monkeypatch):
+    """No entry points at all and no importable `negprompt_plugins`: the built-ins load from plugins/."""
+    import importlib.abc
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [])
+    for name in [m for m in sys.modules if m == "negprompt_plugins" or m.startswith("negprompt_plugins.")]:
+        monkeypatch.delitem(sys.modules, name)
+
+    class NotInstalled(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):  # type: ignore[no-untyped-def]
+            if name == "negprompt_plugins":
+                raise ModuleNotFoundError(name)
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [NotInstalled(), *sys.meta_path])
+    import importlib.util
+
+    located = []
+    original = importlib.util.spec_from_file_location
+    monkeypatch.setattr(importlib.util, "spec_from_file_location",
+                        lambda name, *a, **k: located.append(name) or original(name, *a, **k))
+    host = PluginHost()
+    host.load_entry_points(None)
+    assert set(host.records) == set(registry.BUILTIN_PLUGINS)
+    assert all(r.error is None and r.dist == "negprompt" for r in host.records.values())
+    assert host.scorer("mcm") is not None and host.learner("negprompt") is not None
+    assert host.backbone_factory("toy") is not None
+    limited = PluginHost()
+    limited.load_entry_points({"scorers"})
+    assert set(limited.records) == {"scorers"}
+    assert located == ["negprompt_plugins"]  # loaded from the folder, once
+    assert sys.modules["negprompt_plugins"].__file__.endswith("plugins/__init__.py")
