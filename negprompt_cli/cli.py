@@ -174,9 +174,10 @@ def fit_pos_command(
 ) -> None:
     """Learn CoOp positive prompts (the first NegPrompt stage)."""
     from .backbones import BackboneRequest
-    from .fit_pos import DataOptions, FitPosOptions, fit_pos
+    from .fit_pos import FitPosOptions, fit_pos
     from .learners import PromptSettings
     from .training import OptimConfig
+    from .training_data import DataOptions
 
     check_counts(epochs=epochs, batch_size=batch_size, aug_views=aug_views)
     options = FitPosOptions(
@@ -277,12 +278,13 @@ def fit_neg_command(
 ) -> None:
     """Learn NegPrompt negative prompts (runs fit-pos first when --pos is not given)."""
     from .backbones import DEFAULT_BACKBONE, BackboneRequest, RuntimeOptions
-    from .fit_neg import FitNegOptions, fit_neg, pos_stage_options
-    from .fit_pos import DataOptions
+    from .fit_neg import FitNegOptions, fit_neg
     from .learners import PromptSettings
     from .losses import LossWeights
     from .memory import AUTO, parse_text_chunk
+    from .pipeline import fit_pos_then_neg, pos_stage_options
     from .training import OptimConfig
+    from .training_data import DataOptions
 
     check_counts(epochs=epochs, batch_size=batch_size, aug_views=aug_views)
     chunk = parse_text_chunk(text_chunk)
@@ -316,9 +318,12 @@ def fit_neg_command(
     )
     if pos is None:
         assert request is not None
-        options.pos_stage = pos_stage_options(options, request, PromptSettings(n_ctx=n_ctx, ctx_init=ctx_init),
-                                              OptimConfig(optimizer=pos_optimizer, epochs=pos_epochs, lr=pos_lr))
-    summary = fit_neg(options)
+        info("No --pos given: training the positive prompts first (fit-pos).")
+        summary = fit_pos_then_neg(
+            pos_stage_options(options, request, PromptSettings(n_ctx=n_ctx, ctx_init=ctx_init),
+                              OptimConfig(optimizer=pos_optimizer, epochs=pos_epochs, lr=pos_lr)), options)
+    else:
+        summary = fit_neg(options)
     info(f"Wrote {out}: {summary['classes']} classes ({summary['train_classes']} trained on), "
          f"{options.n_neg} negative prompt(s), loss variant {options.loss_variant}; ID threshold "
          f"{summary['threshold']['value']:.4f} keeps 95% of {summary['threshold']['source']} images.")
@@ -456,7 +461,7 @@ def print_report(report: dict[str, Any], out: Path | None) -> None:
     """The paper-style table on stderr."""
     from rich.table import Table
 
-    from .report import TABLE_HEADER, table_rows
+    from .report_table import TABLE_HEADER, table_rows
 
     table = Table(*TABLE_HEADER, title=f"negprompt OOD report ({report['scorer']})",
                   caption=f"FPR convention: {report['fpr_convention']} — {report['fpr_definition']}")

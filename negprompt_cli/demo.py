@@ -17,11 +17,12 @@ from .backbones import BackboneRequest, RuntimeOptions
 from .console import info
 from .features import EncodeOptions
 from .fit_neg import FitNegOptions, fit_neg, negative_stage_defaults
-from .fit_pos import DataOptions, FitPosOptions, fit_pos
+from .fit_pos import FitPosOptions, fit_pos
 from .learners import PromptSettings
 from .report import ReportOptions, build_report
 from .score_images import ScoreOptions, score
 from .training import OptimConfig
+from .training_data import DataOptions
 from .transfer import transfer
 from .world import default_spec, export_world
 

@@ -12,13 +12,11 @@ import torch
 
 from .artifact import PromptArtifact, load_prompts, package_versions, save_prompts
 from .atomic import check_output_path
-from .backbone import check_precision, set_text_checkpointing
+from .backbone import Backbone, check_precision, set_text_checkpointing
 from .backbones import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from .checkpoint import Checkpointing, checkpoint_path
-from .console import info
-from .data import load_image_folder, read_names_file
+from .data import ImageFolder, load_image_folder, read_names_file
 from .errors import IncompatibleArtifactError, UsageError
-from .fit_pos import DataOptions, FitPosOptions, fit_pos, labelled_features, run_fingerprint
 from .learners import PromptSettings, exported_tensors
 from .losses import VARIANTS, LossWeights
 from .memory import AUTO, resolve_text_chunk
@@ -27,6 +25,7 @@ from .registry import get_host
 from .text_encoder import SoftPromptTextEncoder
 from .thresholds import calibrate
 from .training import OptimConfig, Selection, accuracy, train
+from .training_data import DataOptions, labelled_features, run_fingerprint
 
 DEFAULT_LOSS_VARIANT = "official"  # see docs/method.md for the evidence behind this choice
 
@@ -42,8 +41,7 @@ def negative_stage_defaults() -> OptimConfig:
 class FitNegOptions:
     data: DataOptions
     out: Path
-    pos: Path | None = None  # None: run fit-pos first with `pos_stage`
-    pos_stage: FitPosOptions | None = None
+    pos: Path | None = None  # None only in the one-command pipeline, which trains it first
     backbone: BackboneRequest | None = None  # None: the positive artifact's backbone, run with `runtime`
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     learner: str = "negprompt"
@@ -93,7 +91,17 @@ def select_train_classes(class_dirs: list[str], names: list[str], options: FitNe
     raise UsageError(f"unknown --train-subset {options.train_subset!r}", hint="choose first or random")
 
 
-def fit_neg(options: FitNegOptions) -> dict[str, Any]:
+@dataclass(frozen=True)
+class NegativePlan:
+    """What fit-neg's cheap checks established, before any encoding or training."""
+
+    builder: Any
+    folder: ImageFolder
+    chosen: list[int]  # indices of the classes the negatives train on
+
+
+def plan_fit_neg(options: FitNegOptions) -> NegativePlan:
+    """Every check that needs no backbone: output path, options, learner, data folder and class subset."""
     check_output_path(options.out)
     if options.loss_variant not in VARIANTS:
         raise UsageError(f"unknown loss variant {options.loss_variant!r}", hint=f"choose one of {', '.join(VARIANTS)}")
@@ -102,20 +110,26 @@ def fit_neg(options: FitNegOptions) -> dict[str, Any]:
     builder = get_host().learner(options.learner)
     if getattr(builder, "kind", None) != "negative":
         raise UsageError(f"learner {options.learner!r} does not learn negative prompts")
-    # Cheap checks of the data and the class subset come before any training or encoding.
-    preview = load_image_folder(options.data.root, options.data.classes_file)
-    chosen = select_train_classes(preview.class_dirs, preview.class_names, options, options.optim.seed)
+    folder = load_image_folder(options.data.root, options.data.classes_file)
+    chosen = select_train_classes(folder.class_dirs, folder.class_names, options, options.optim.seed)
+    return NegativePlan(builder, folder, chosen)
+
+
+def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
+            plan: NegativePlan | None = None) -> dict[str, Any]:
+    """Train negative prompts on top of the fit-pos artifact ``options.pos``.
+
+    ``backbone`` reuses an already loaded backbone (the one-command pipeline loads it once for both stages).
+    """
+    plan = plan or plan_fit_neg(options)
+    builder, preview, chosen = plan.builder, plan.folder, plan.chosen
+    if options.pos is None:
+        raise UsageError("fit-neg needs positive prompts (--pos), or the one-command pipeline to train them first")
     summary: dict[str, Any] = {}
     pos_path = options.pos
-    if pos_path is None:
-        if options.pos_stage is None:
-            raise UsageError("fit-neg needs --pos or the settings of a positive stage")
-        info("No --pos given: training the positive prompts first (fit-pos).")
-        summary["positive_stage"] = fit_pos(options.pos_stage)
-        pos_path = options.pos_stage.out
     positive = load_prompts(pos_path, kind="positive")
-    requested = options.backbone or artifact_backbone(positive, options.runtime)
-    backbone = load_backbone(requested)
+    if backbone is None:
+        backbone = load_backbone(options.backbone or artifact_backbone(positive, options.runtime))
     set_text_checkpointing(backbone, options.grad_checkpoint)
     positive.check_backbone(backbone.identity(), pos_path)
     encoder = SoftPromptTextEncoder(backbone)
@@ -229,18 +243,3 @@ def fit_neg(options: FitNegOptions) -> dict[str, Any]:
     )
     save_prompts(artifact, options.out)
     return summary
-
-
-def default_pos_out(out: Path) -> Path:
-    return out.with_name(out.stem + ".pos.safetensors")
-
-
-def pos_stage_options(options: FitNegOptions, backbone: BackboneRequest, prompt: PromptSettings, optim: OptimConfig,
-                      out: Path | None = None) -> FitPosOptions:
-    """fit-pos settings for the one-command path: same data, seed and backbone as the negative stage."""
-    optim = replace(optim, seed=options.optim.seed, precision=options.optim.precision)
-    return FitPosOptions(backbone=backbone, data=options.data, out=out or default_pos_out(options.out),
-                         prompt=prompt, optim=optim,
-                         text_chunk=None if options.text_chunk == AUTO else options.text_chunk,
-                         quiet=options.quiet, resume=options.resume,
-                         grad_checkpoint=options.grad_checkpoint)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -12,30 +10,16 @@ import torch
 
 from .artifact import PromptArtifact, package_versions, save_prompts
 from .atomic import check_output_path
-from .backbone import check_precision, set_text_checkpointing
+from .backbone import Backbone, check_precision, set_text_checkpointing
 from .backbones import BackboneRequest, load_backbone
 from .checkpoint import Checkpointing, checkpoint_path
-from .data import ImageFolder, few_shot_split, load_image_folder
 from .errors import UsageError
-from .features import View, encode_images
 from .learners import PromptSettings, exported_tensors
 from .prompt_features import hand_template_features
 from .registry import get_host
 from .text_encoder import SoftPromptTextEncoder
 from .training import OptimConfig, Selection, accuracy, train
-
-
-@dataclass
-class DataOptions:
-    root: Path
-    classes_file: Path | None = None
-    shots: int | None = 16
-    val_fraction: float = 0.0
-    aug_views: int = 0
-    cache_dir: Path | None = None
-    strict: bool = False
-    batch_size: int = 64  # image-encoding batch
-    num_workers: int | None = None
+from .training_data import DataOptions, labelled_features, run_fingerprint
 
 
 @dataclass
@@ -52,48 +36,6 @@ class FitPosOptions:
     grad_checkpoint: bool = False
 
 
-def run_fingerprint(**parts: Any) -> str:
-    """Identifies a training run's settings and data, so a checkpoint is only resumed by the same run."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-def labelled_features(backbone, data: DataOptions, seed: int, precision: str, quiet: bool,  # type: ignore[no-untyped-def]
-                      folder: ImageFolder | None = None):
-    """Few-shot training features ([N, V, E]) and labels, plus validation features, all from the cache."""
-    folder = folder or load_image_folder(data.root, data.classes_file)
-    split = few_shot_split(folder, data.shots, seed, data.val_fraction)
-    common = dict(cache_dir=data.cache_dir, batch_size=data.batch_size, num_workers=data.num_workers,
-                  precision=precision, strict=data.strict, quiet=quiet)
-    train_paths = [split.paths[i] for i in split.train]
-    train_labels = torch.tensor([split.labels[i] for i in split.train])
-    views = [View()] if data.aug_views <= 0 else [View(index=k, seed=seed) for k in range(data.aug_views)]
-    per_view = []
-    keep: list[int] | None = None
-    stats = []
-    for view in views:
-        feats, kept, st = encode_images(backbone, train_paths, view=view, description="Encoding training images",
-                                        **common)
-        stats.append(st)
-        keep = kept if keep is None else [k for k in keep if k in set(kept)]
-        per_view.append((feats, kept))
-    assert keep is not None
-    if not keep:
-        raise UsageError("no readable training images")
-    stacked = []
-    for feats, kept in per_view:
-        pos = {k: i for i, k in enumerate(kept)}
-        stacked.append(feats[[pos[k] for k in keep]])
-    features = torch.stack(stacked, dim=1)
-    labels = train_labels[keep]
-    val = None
-    if split.val:
-        vfeats, vkept, vst = encode_images(backbone, [split.paths[i] for i in split.val],
-                                           description="Encoding validation images", **common)
-        stats.append(vst)
-        val = (vfeats, torch.tensor([split.labels[split.val[i]] for i in vkept]))
-    return folder, features, labels, val, stats
-
-
 def zero_shot_accuracy(encoder: SoftPromptTextEncoder, names: list[str], features: torch.Tensor,
                        labels: torch.Tensor) -> float:
     """Hand-template ("a photo of a {}.") accuracy through the model's own encode_text."""
@@ -101,12 +43,13 @@ def zero_shot_accuracy(encoder: SoftPromptTextEncoder, names: list[str], feature
     return float(((features.float() @ text.t()).argmax(1) == labels).float().mean())
 
 
-def fit_pos(options: FitPosOptions) -> dict[str, Any]:
+def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict[str, Any]:
+    """Train positive prompts; ``backbone`` reuses an already loaded ``options.backbone``."""
     check_output_path(options.out)
     builder = get_host().learner(options.learner)
     if getattr(builder, "kind", "positive") != "positive":
         raise UsageError(f"learner {options.learner!r} learns {builder.kind} prompts; fit-pos needs a positive learner")
-    backbone = load_backbone(options.backbone)
+    backbone = backbone or load_backbone(options.backbone)
     set_text_checkpointing(backbone, options.grad_checkpoint)
     encoder = SoftPromptTextEncoder(backbone)
     settings = options.prompt

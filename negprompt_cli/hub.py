@@ -252,7 +252,7 @@ def _base_model(arch: str, pretrained: str | None) -> str | None:
 
 def report_markdown(path: Path) -> str:
     """The paper-style table of a ``negprompt report --json`` output, for the model card."""
-    from .report import markdown_table
+    from .report_table import markdown_table
 
     file = path / "report.json" if path.is_dir() else path
     if not file.is_file():

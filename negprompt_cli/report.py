@@ -15,7 +15,8 @@ import numpy as np
 from .atomic import write_atomic, write_text_atomic
 from .errors import NotFoundError, UsageError
 from .metrics import AUPR_ESTIMATOR, ood_metrics
-from .score_images import read_score_file
+from .report_table import TABLE_HEADER, markdown_table, table_rows
+from .score_file import read_score_file
 
 
 @dataclass
@@ -110,26 +111,6 @@ def similarity_view(id_rows, ood_rows) -> dict[str, Any]:  # type: ignore[no-unt
                 "max_neg_cos": float(np.mean(neg)) if neg else None}
 
     return {"id": means(id_rows), **{name: means(rows) for name, rows in ood_rows.items()}}
-
-
-def table_rows(report: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for name, m in report["ood"].items():
-        rows.append([name, f"{100 * m['auroc']:.2f}", f"{100 * m['fpr']:.2f}", f"{100 * m['aupr_in']:.2f}",
-                     f"{100 * m['aupr_out']:.2f}", str(m["n_ood"])])
-    a = report["average"]
-    rows.append(["average", f"{100 * a['auroc']:.2f}", f"{100 * a['fpr']:.2f}", f"{100 * a['aupr_in']:.2f}",
-                 f"{100 * a['aupr_out']:.2f}", ""])
-    return rows
-
-
-TABLE_HEADER = ["OOD set", "AUROC %", "FPR@95 %", "AUPR-In %", "AUPR-Out %", "n"]
-
-
-def markdown_table(report: dict[str, Any]) -> str:
-    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
-    return "\n".join(lines)
 
 
 def write_report_files(report: dict[str, Any], id_scores: np.ndarray, ood_scores: dict[str, np.ndarray],
