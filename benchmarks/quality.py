@@ -44,6 +44,7 @@ from negprompt_cli.fit_pos import FitPosOptions, fit_pos
 from negprompt_cli.learners import PromptSettings
 from negprompt_cli.metrics import ood_metrics
 from negprompt_cli.prompt_features import hand_template_features, text_features_for
+from negprompt_cli.registry import get_host
 from negprompt_cli.scoring import score_features
 from negprompt_cli.text_encoder import SoftPromptTextEncoder
 from negprompt_cli.training import OptimConfig
@@ -153,7 +154,8 @@ class Features:
 
 
 def evaluate(feats: Features, text_pos, text_neg, scorer: str, temperature: float, scale: float) -> dict[str, float]:
-    scores = {name: score_features(getattr(feats, name), text_pos, text_neg, scorer=scorer, temperature=temperature,
+    scores = {name: score_features(getattr(feats, name), text_pos, text_neg, scorer=get_host().scorer(scorer),
+                                   temperature=temperature,
                                    logit_scale=scale) for name in ("id", "near", "far")}
     out = {"id_accuracy": float((scores["id"].prediction == feats.id_labels).float().mean())}
     for name in ("near", "far"):

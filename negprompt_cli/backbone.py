@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .errors import UsageError
+from .errors import NegPromptWarning, UsageError
 
 
 @dataclass
@@ -106,7 +106,7 @@ def check_precision(device: torch.device, precision: str) -> str:
     return precision
 
 
-class PrecisionWarning(UserWarning):
+class PrecisionWarning(NegPromptWarning):
     """A requested precision that this device does not run."""
 
 

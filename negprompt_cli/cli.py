@@ -54,7 +54,9 @@ def reports_errors(func: F) -> F:
             if exc.hint:
                 err.print(f"Hint: {exc.hint}", markup=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            for note in getattr(exc, "__notes__", []):  # e.g. where the checkpoint was saved
+                err.print(note, markup=False, soft_wrap=True)
             err.print("Interrupted.", markup=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as exc:  # unexpected: still one line unless debugging
@@ -428,6 +430,9 @@ def score_command(
         batch_size=batch_size, num_workers=workers, strict=strict, precision=precision, quiet=quiet,
         calibrate=calibrate,
     ))
+    if out is None:
+        sys.stdout.write(summary.pop("rendered"))
+        sys.stdout.flush()
     flagged = summary["flagged_ood"]
     decision = (f"; {flagged} flagged OOD at threshold {summary['threshold']:.4f} ({summary['threshold_source']})"
                 if flagged is not None else "; no OOD decision (no threshold for this class list and scorer: "

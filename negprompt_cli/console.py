@@ -25,10 +25,6 @@ from rich.progress import (
 err = Console(stderr=True, highlight=False)
 
 
-def warn(message: str) -> None:
-    err.print(f"[yellow]Warning:[/] {message}", markup=True, soft_wrap=True)
-
-
 def info(message: str) -> None:
     err.print(message, markup=False, soft_wrap=True)
 

@@ -9,13 +9,13 @@ the same images for the same seed.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .console import warn
-from .errors import NotFoundError, UsageError
+from .errors import NegPromptWarning, NotFoundError, UsageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
 
@@ -162,8 +162,8 @@ def few_shot_split(folder: ImageFolder, shots: int | None, seed: int, val_fracti
             if n_val > 0:
                 val.extend(offset + int(i) for i in order[len(files) - n_val:])
     if short:
-        warn(f"--shots {shots} is more than {len(short)} class(es) have; using all their images: "
-             + ", ".join(short[:5]) + (" ..." if len(short) > 5 else ""))
+        warnings.warn(f"--shots {shots} is more than {len(short)} class(es) have; using all their images: "
+                      + ", ".join(short[:5]) + (" ..." if len(short) > 5 else ""), NegPromptWarning, stacklevel=2)
     if val_fraction > 0 and not val:
         raise UsageError(f"--val-fraction {val_fraction} leaves no validation images outside the "
                          f"{shots}-shot training subset", hint="lower --shots or add images")

@@ -16,6 +16,10 @@ EXIT_INCOMPATIBLE = 5
 EXIT_INTERRUPTED = 130
 
 
+class NegPromptWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints it as one "Warning:" line)."""
+
+
 class NegPromptError(Exception):
     """Base class: a message for the user, an optional hint, and the exit code to use."""
 

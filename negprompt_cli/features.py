@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,9 +27,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .backbone import Backbone, autocast
-from .console import progress, warn
+from .console import progress
 from .data import find_images
-from .errors import UsageError
+from .errors import NegPromptWarning, UsageError
 from .pixels import TensorPreprocess, decode_jpegs, is_jpeg, tensor_preprocess_for
 
 SHARD_TENSOR = "features"
@@ -338,7 +339,8 @@ def encode_images(
         if strict:
             raise UsageError(f"{len(stats.skipped)} unreadable image(s): {shown}{more}",
                              hint="fix or remove them, or drop --strict to skip them")
-        warn(f"skipped {len(stats.skipped)} unreadable image(s): {shown}{more}")
+        warnings.warn(f"skipped {len(stats.skipped)} unreadable image(s): {shown}{more}", NegPromptWarning,
+                      stacklevel=2)
     skipped = {str(p) for p in stats.skipped}
     keep = [i for i, p in enumerate(paths) if str(p) not in skipped]
     if not keep:

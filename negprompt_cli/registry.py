@@ -28,7 +28,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import UsageError
+from .errors import NegPromptWarning, UsageError
 
 ENTRY_POINT_GROUP = "negprompt"
 BUILTIN_DIST = "negprompt"
@@ -39,7 +39,7 @@ BUILTIN_PLUGINS = {"openclip": "openclip_backbones", "coop": "coop_learner", "ne
                    "scorers": "scorers"}
 
 
-class PluginWarning(UserWarning):
+class PluginWarning(NegPromptWarning):
     """A plugin could not be loaded or tried to take a name already in use."""
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,8 @@ class ScoreOptions:
 
 
 def score(options: ScoreOptions) -> dict[str, Any]:
+    """Score every image; returns the summary. With ``out`` the rows are written there (atomically), otherwise
+    the summary carries them as ``rendered`` text for the caller to print."""
     if options.fmt not in FORMATS:
         raise UsageError(f"unknown format {options.fmt!r}", hint="choose csv or jsonl")
     if options.out is not None:
@@ -84,7 +85,7 @@ def score(options: ScoreOptions) -> dict[str, Any]:
         class_dirs = training_folders(artifact, names)
         artifact_names = list(artifact.class_names)
     scorer = options.scorer or ("negprompt" if text_neg is not None else "mcm")
-    get_host().scorer(scorer)  # unknown names fail before any image is encoded
+    scorer_fn = get_host().scorer(scorer)  # unknown names fail before any image is encoded
     if scorer == "negprompt" and text_neg is None:
         raise IncompatibleArtifactError(
             "the negprompt scorer needs negative prompts, and these prompts have none (a fit-pos artifact or "
@@ -118,7 +119,7 @@ def score(options: ScoreOptions) -> dict[str, Any]:
                                        num_workers=options.num_workers, precision=precision,
                                        strict=options.strict, quiet=options.quiet, description="Scoring images")
     kept_paths = [paths[i] for i in keep]
-    result = score_features(feats, text_pos, text_neg, scorer=scorer, temperature=temperature,
+    result = score_features(feats, text_pos, text_neg, scorer=scorer_fn, temperature=temperature,
                             logit_scale=backbone.logit_scale) if keep else None
     rows = []
     root = options.images if options.images.is_dir() else options.images.parent
@@ -143,14 +144,14 @@ def score(options: ScoreOptions) -> dict[str, Any]:
     text = render_rows(rows, options.fmt)
     if options.out is not None:
         write_text_atomic(options.out, text)
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
     flagged = sum(1 for r in rows if r["ood"])
-    return {"images": len(rows), "skipped": len(stats.skipped), "encoded": stats.encoded, "cached": stats.cached,
-            "scorer": scorer, "temperature": temperature, "threshold": threshold,
-            "threshold_source": threshold_source, "calibration": calibration,
-            "flagged_ood": flagged if threshold is not None else None, "out": str(options.out or "-")}
+    summary = {"images": len(rows), "skipped": len(stats.skipped), "encoded": stats.encoded, "cached": stats.cached,
+               "scorer": scorer, "temperature": temperature, "threshold": threshold,
+               "threshold_source": threshold_source, "calibration": calibration,
+               "flagged_ood": flagged if threshold is not None else None, "out": str(options.out or "-")}
+    if options.out is None:
+        summary["rendered"] = text  # the caller decides where it goes (the CLI: stdout)
+    return summary
 
 
 def training_folders(artifact: PromptArtifact, names: list[str]) -> dict[str, int]:

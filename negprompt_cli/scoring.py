@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from .registry import get_host
 
 
 @dataclass
@@ -17,14 +16,17 @@ class Scores:
     max_neg_cos: torch.Tensor | None  # [N] max cosine to a negative prompt
 
 
+Scorer = Callable[..., torch.Tensor]  # (pos [B, C], neg [B, C, P] | None, *, temperature, logit_scale) -> [B]
+
+
 def score_features(image_features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Tensor | None, *,
-                   scorer: str = "negprompt", temperature: float = 1.0, logit_scale: float = 100.0,
+                   scorer: Scorer, temperature: float = 1.0, logit_scale: float = 100.0,
                    batch: int = 4096) -> Scores:
     """Score unit image features [N, E] against unit text features [C, E] and [C, P, E].
 
-    Runs where the image features are (the device rule: text features follow the images), in fp32.
+    ``scorer`` is the scoring function itself (a scorer plugin's, from the registry). Runs where the image
+    features are (the device rule: text features follow the images), in fp32.
     """
-    fn = get_host().scorer(scorer)
     outputs: list[tuple[torch.Tensor, ...]] = []
     device = image_features.device
     text_pos = text_pos.to(device, torch.float32)
@@ -34,7 +36,7 @@ def score_features(image_features: torch.Tensor, text_pos: torch.Tensor, text_ne
             f = image_features[start:start + batch].float()
             pos = f @ text_pos.t()
             neg = torch.einsum("be,cpe->bcp", f, text_neg) if text_neg is not None else None
-            score = fn(pos, neg, temperature=temperature, logit_scale=logit_scale)
+            score = scorer(pos, neg, temperature=temperature, logit_scale=logit_scale)
             max_neg = neg.flatten(1).max(1).values if neg is not None else torch.full_like(score, float("nan"))
             outputs.append((score, pos.argmax(1), pos.max(1).values, max_neg))
     if not outputs:

@@ -16,13 +16,15 @@ from typing import Any
 
 import torch
 
+from .errors import NegPromptWarning
 from .metrics import id_threshold
+from .registry import get_host
 from .scoring import score_features
 
 ID_KEPT = 0.95
 
 
-class ThresholdWarning(UserWarning):
+class ThresholdWarning(NegPromptWarning):
     """Scores are written without an OOD decision because no applicable threshold exists."""
 
 
@@ -39,7 +41,7 @@ def calibrate(features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Te
 
     Returns the record and the class predictions (callers report ID accuracy from them).
     """
-    scores = score_features(features, text_pos, text_neg, scorer=scorer, temperature=temperature,
+    scores = score_features(features, text_pos, text_neg, scorer=get_host().scorer(scorer), temperature=temperature,
                             logit_scale=logit_scale)
     record = {"value": id_threshold(scores.score.numpy(), keep), "id_kept": keep, "source": source,
               "n_images": int(len(scores.score)), "scorer": scorer, "temperature": float(temperature),

@@ -16,7 +16,7 @@ import torch
 
 from .backbone import autocast
 from .checkpoint import Checkpointing, LoopState, load_checkpoint, save_checkpoint
-from .console import err, progress
+from .console import progress
 from .errors import NotFoundError, OutOfMemory, UsageError
 from .learners import PromptModule
 from .schedule import cosine_with_warmup
@@ -134,11 +134,11 @@ def train(
                 state.module = _snapshot(module)
                 state.optimizer = copy.deepcopy(optimizer.state_dict())
                 state.generator = generator.get_state()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if checkpointing is not None:
             save_checkpoint(checkpointing.path, state, checkpointing.fingerprint)
-            err.print(f"Saved a checkpoint after epoch {state.epoch} to {checkpointing.path}; "
-                      "continue with --resume.", markup=False)
+            exc.add_note(f"Saved a checkpoint after epoch {state.epoch} to {checkpointing.path}; "
+                         "continue with --resume.")
         raise
     except torch.OutOfMemoryError as exc:
         kept = ""

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from negprompt_cli.data import find_images
-from negprompt_cli.errors import UsageError
+from negprompt_cli.errors import NegPromptWarning, UsageError
 from negprompt_cli.features import View, encode_images
 
 
@@ -39,16 +39,16 @@ def test_cache_is_keyed_by_content_not_path(tiny_backbone, image_folder, tmp_pat
     assert stats.encoded == 0
 
 
-def test_corrupt_images_are_skipped_with_a_warning(tiny_backbone, image_folder, tmp_path, capsys):
+def test_corrupt_images_are_skipped_with_a_warning(tiny_backbone, image_folder, tmp_path):
     paths = find_images(image_folder)
     bad = image_folder / "blue_dots" / "broken.png"
     bad.write_bytes(paths[0].read_bytes()[:60])  # truncated PNG
     paths = find_images(image_folder)
-    feats, keep, stats = encode_images(tiny_backbone, paths, cache_dir=tmp_path / "c", quiet=True)
+    with pytest.warns(NegPromptWarning, match=r"skipped 1 unreadable image\(s\)"):
+        feats, keep, stats = encode_images(tiny_backbone, paths, cache_dir=tmp_path / "c", quiet=True)
     assert stats.skipped == [bad]
     assert len(keep) == len(paths) - 1 and paths.index(bad) not in keep
     assert feats.shape[0] == len(paths) - 1
-    assert "skipped 1 unreadable image(s)" in capsys.readouterr().err
     with pytest.raises(UsageError, match="1 unreadable image"):
         encode_images(tiny_backbone, paths, cache_dir=tmp_path / "c2", strict=True, quiet=True)
 
