@@ -8,6 +8,7 @@ must be ``str -> str``, so the metadata lives as one JSON document under ``negpr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -83,9 +84,20 @@ def save_prompts(artifact: PromptArtifact, path: str | Path) -> Path:
     meta = artifact.metadata()
     meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in artifact.tensors.items()}
+    meta["tensors_sha256"] = tensors_digest(tensors)
     header = {"format": "pt", METADATA_KEY: json.dumps(meta, sort_keys=True)}
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
     return path
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes: damaged tensor data is caught on load."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        h.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_prompts(path: str | Path, *, kind: str | None = None) -> PromptArtifact:
@@ -115,6 +127,10 @@ def load_prompts(path: str | Path, *, kind: str | None = None) -> PromptArtifact
             hint="upgrade negprompt (pip install -U negprompt)" if isinstance(version, int)
             and version > SCHEMA_VERSION else None,
         )
+    expected = meta.get("tensors_sha256")  # artifacts written before checksums have none
+    if expected is not None and tensors_digest(tensors) != expected:
+        raise IncompatibleArtifactError(f"{path} is damaged: its tensors do not match the checksum in its metadata",
+                                        hint="re-download it (negprompt pull) or retrain it")
     missing = [k for k in ("kind", "backbone", "prompt", "class_names") if k not in meta]
     if missing:
         raise IncompatibleArtifactError(f"{path} metadata lacks {', '.join(missing)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,16 +11,37 @@ from pathlib import Path
 
 from .errors import NotFoundError, UsageError
 
+# Read once: os.umask can only be read by setting it, which would race with writer threads.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def check_output_path(path: Path) -> Path:
-    """Fail before any work is done if the output could not be written."""
+    """Fail before any work is done if the output could not be written (probed with a real file)."""
     path = Path(path)
     if path.exists() and path.is_dir():
         raise UsageError(f"output path is a directory: {path}", hint="name a file, e.g. prompts.safetensors")
     if not path.parent.exists():
         raise NotFoundError(f"output directory does not exist: {path.parent}",
                             hint=f"create it first: mkdir -p {path.parent}")
+    check_writable(path.parent)
     return path
+
+
+def check_writable(folder: Path) -> None:
+    """Create and remove a probe file in ``folder``: a read-only folder fails here, not after the work."""
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".negprompt-probe-", dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write to {folder}: {exc.strerror or exc}",
+                         hint="choose another --out, or fix the folder's permissions") from exc
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Give a finished temporary file the mode a plainly created file would have, then rename it into place."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.replace(tmp, path)
 
 
 @contextmanager
@@ -30,9 +52,31 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        publish(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; on success it replaces ``path`` whole (multi-file outputs)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"output path is a file, not a folder: {path}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "previous")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -15,10 +17,17 @@ import typer
 
 from . import __version__
 from .console import emit_json, err, info
-from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, NegPromptError
+from .errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_RUNTIME,
+    EXIT_TERMINATED,
+    NegPromptError,
+    Terminated,
+)
 
 EPILOG = ("Exit codes: 0 ok, 1 runtime error, 2 usage or invalid input, 3 not found, "
-          "4 hub/network, 5 incompatible artifact, 130 interrupted. "
+          "4 hub/network, 5 incompatible artifact, 130 interrupted, 141 stdout closed, 143 terminated. "
           "Set NEGPROMPT_DEBUG=1 for tracebacks.")
 
 app = typer.Typer(
@@ -40,6 +49,7 @@ def reports_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = os.environ.get("NEGPROMPT_DEBUG", "") not in ("", "0")
+        previous = _terminate_like_interrupt()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("default")
@@ -57,8 +67,23 @@ def reports_errors(func: F) -> F:
         except KeyboardInterrupt as exc:
             for note in getattr(exc, "__notes__", []):  # e.g. where the checkpoint was saved
                 err.print(note, markup=False, soft_wrap=True)
-            err.print("Interrupted.", markup=False)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            terminated = isinstance(exc, Terminated)
+            err.print("Terminated." if terminated else "Interrupted.", markup=False)
+            raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            # the reader of stdout went away (`| head`, `| true`): stop quietly, as command-line tools do
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
+        except OSError as exc:
+            if debug:
+                traceback.print_exc()
+            where = f" ({exc.filename})" if exc.filename else ""
+            err.print(f"Error: {exc.strerror or exc}{where}", markup=False, soft_wrap=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                err.print("Hint: free some space (or point --out / --cache-dir elsewhere); nothing half-written "
+                          "was left behind", markup=False, soft_wrap=True)
+            raise typer.Exit(EXIT_RUNTIME) from None
         except Exception as exc:  # unexpected: still one line unless debugging
             if debug:
                 traceback.print_exc()
@@ -69,8 +94,22 @@ def reports_errors(func: F) -> F:
             err.print(f"Error: unexpected {type(exc).__name__}: {exc}", markup=False, soft_wrap=True)
             err.print("Hint: set NEGPROMPT_DEBUG=1 for the traceback and report it", markup=False)
             raise typer.Exit(EXIT_RUNTIME) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _terminate_like_interrupt():  # type: ignore[no-untyped-def]
+    """SIGTERM raises Terminated (a KeyboardInterrupt), so checkpoints are saved as on Ctrl-C."""
+    def handler(signum, frame):  # type: ignore[no-untyped-def]
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. embedded): leave signals alone
+        return None
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
@@ -414,12 +453,18 @@ def score_command(
     workers: WorkersOpt = None,
     strict: StrictOpt = False,
     text_chunk: TextChunkOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (images scored, "
+                                           "encoded vs from the cache, skipped, threshold); needs --out.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """OOD scores (higher = more in-distribution) for every image, as CSV or JSONL."""
     from .backbones import DEFAULT_BACKBONE, BackboneRequest, RuntimeOptions
     from .score_images import ScoreOptions, score
 
+    if json_out and out is None:
+        from .errors import UsageError
+
+        raise UsageError("--json needs --out FILE: without it stdout carries the scores themselves")
     request = None
     if zero_shot or backbone is not None:
         request = BackboneRequest(backbone or DEFAULT_BACKBONE, pretrained, device, weights_cache, quick_gelu, offline)
@@ -437,8 +482,10 @@ def score_command(
     decision = (f"; {flagged} flagged OOD at threshold {summary['threshold']:.4f} ({summary['threshold_source']})"
                 if flagged is not None else "; no OOD decision (no threshold for this class list and scorer: "
                 "--calibrate ID_IMAGES or --threshold)")
-    info(f"Scored {summary['images']} image(s) with {summary['scorer']}{decision}"
-         + (f"; wrote {out}" if out else "") + ".")
+    info(f"Scored {summary['images']} image(s) with {summary['scorer']} ({summary['encoded']} encoded, "
+         f"{summary['cached']} from the feature cache){decision}" + (f"; wrote {out}" if out else "") + ".")
+    if json_out:
+        emit_json(summary)
 
 
 @app.command("report", epilog=EPILOG)
@@ -500,11 +547,13 @@ def world_export_command(
     calib: Annotated[int, typer.Option("--calib-per-class", help="Held-out ID images per class in calib/ (for "
                                        "--calibrate); 0 = none.")] = 20,
     seed: SeedOpt = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier export in OUT (its split "
+                                            "folders and name files; nothing else).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Render the world as ImageFolder trees so every CLI path can run on real files."""
     from .errors import NotFoundError, UsageError
-    from .world import SHAPES, WorldSpec, default_spec, export_world
+    from .world import SHAPES, WorldSpec, default_spec, export_world, remove_export
 
     if not out.parent.exists():
         raise NotFoundError(f"output directory's parent does not exist: {out.parent}")
@@ -531,6 +580,11 @@ def world_export_command(
     k = train_classes if train_classes is not None else len(ids)
     if not 1 <= k <= len(ids):
         raise UsageError(f"--train-classes must be between 1 and {len(ids)} (got {k})")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{out} is not empty: an export there would mix with what it holds",
+                             hint="choose an empty or new folder, or pass --overwrite to replace an earlier export")
+        remove_export(out)
     paths = export_world(out, WorldSpec(ids, oods, ids[:k], shots, test_per_class, far, seed, calib))
     info(f"Wrote the world to {out}: train/ ({k} classes x {shots}), test/ ({len(ids)} x {test_per_class}), "
          f"calib/ ({len(ids)} x {calib}), ood_near/ ({len(oods)} x {test_per_class}), ood_far/ ({far}), "

@@ -9,6 +9,7 @@ the same images for the same seed.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ def is_image_file(path: Path) -> bool:
 
 
 def find_images(root: Path) -> list[Path]:
-    """Every image file below ``root`` (or ``root`` itself), sorted; other files are ignored."""
+    """Every image file below ``root`` (or ``root`` itself), sorted; other files are ignored (and counted)."""
     root = Path(root)
     if not root.exists():
         raise NotFoundError(f"not found: {root}")
@@ -33,7 +34,36 @@ def find_images(root: Path) -> list[Path]:
         if not is_image_file(root):
             raise UsageError(f"{root} is not an image file")
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+    images, ignored = walk_images(root)
+    if ignored:
+        warnings.warn(f"ignored {len(ignored)} file(s) under {root} that are not images by extension "
+                      f"(e.g. {ignored[0].name}); image types: {', '.join(sorted(IMAGE_EXTENSIONS))}",
+                      NegPromptWarning, stacklevel=2)
+    return images
+
+
+def walk_images(root: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, other visible files) below ``root``, sorted, following symlinked folders.
+
+    Every command discovers images this way, so a class folder that is a symlink counts everywhere;
+    a folder reached twice (a symlink loop, or two links to one folder) is walked once.
+    """
+    images: list[Path] = []
+    ignored: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        stat = os.stat(folder)
+        if (stat.st_dev, stat.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            path = Path(folder) / name
+            if name.startswith(".") or not path.is_file():
+                continue
+            (images if is_image_file(path) else ignored).append(path)
+    return sorted(images), sorted(ignored)
 
 
 @dataclass
@@ -60,7 +90,7 @@ def load_image_folder(root: Path, classes_file: Path | None = None) -> ImageFold
     if not class_dirs:
         raise UsageError(f"data directory {root} has no class folders",
                          hint="expected an ImageFolder layout: root/<class>/<image>")
-    files = [sorted(p for p in (root / d).rglob("*") if p.is_file() and is_image_file(p)) for d in class_dirs]
+    files = [walk_images(root / d)[0] for d in class_dirs]
     empty = [d for d, fs in zip(class_dirs, files, strict=True) if not fs]
     if empty:
         raise UsageError(f"class folder {root / empty[0]} has no images"

@@ -14,6 +14,12 @@ EXIT_NOT_FOUND = 3
 EXIT_HUB = 4
 EXIT_INCOMPATIBLE = 5
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # stdout's reader went away (as a shell pipeline reports SIGPIPE)
+EXIT_TERMINATED = 143  # SIGTERM (schedulers, timeout)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so training saves its checkpoint on the way out."""
 
 
 class NegPromptWarning(UserWarning):

@@ -35,6 +35,20 @@ from .pixels import TensorPreprocess, decode_jpegs, is_jpeg, tensor_preprocess_f
 SHARD_TENSOR = "features"
 
 
+def _apply_pixel_limit() -> None:
+    """PIL refuses images over ~179M pixels as decompression bombs; NEGPROMPT_MAX_IMAGE_PIXELS moves that limit
+    (decoding workers import this module, so they apply it too)."""
+    value = os.environ.get("NEGPROMPT_MAX_IMAGE_PIXELS")
+    if value:
+        try:
+            Image.MAX_IMAGE_PIXELS = int(value) // 2 or None  # PIL refuses above twice MAX_IMAGE_PIXELS
+        except ValueError:
+            raise UsageError(f"NEGPROMPT_MAX_IMAGE_PIXELS must be a whole number (got {value!r})") from None
+
+
+_apply_pixel_limit()
+
+
 def default_cache_dir() -> Path:
     """``--cache-dir`` > ``NEGPROMPT_CACHE`` > ``$XDG_CACHE_HOME/negprompt`` > ``~/.cache/negprompt``."""
     env = os.environ.get("NEGPROMPT_CACHE")
@@ -52,6 +66,30 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def describe_skipped(skipped: Sequence[Path]) -> str:
+    """"N unreadable image(s): a, b, c ...", naming the ones over PIL's decompression-bomb limit separately."""
+    too_large = []
+    for path in skipped:
+        try:
+            with Image.open(path):
+                pass
+        except Image.DecompressionBombError:
+            too_large.append(path)
+        except Exception:
+            continue
+    unreadable = [p for p in skipped if p not in too_large]
+    parts = []
+    if unreadable:
+        parts.append(f"{len(unreadable)} unreadable image(s): " + ", ".join(str(p) for p in unreadable[:3])
+                     + (" ..." if len(unreadable) > 3 else ""))
+    if too_large:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        parts.append(f"{len(too_large)} image(s) too large (over the decompression-bomb limit of {limit} pixels; "
+                     "NEGPROMPT_MAX_IMAGE_PIXELS raises it, 0 lifts it): "
+                     + ", ".join(str(p) for p in too_large[:3]) + (" ..." if len(too_large) > 3 else ""))
+    return "; ".join(parts)
+
+
 def file_digests(paths: Sequence[Path]) -> list[str]:
     """Content hashes of many files; threads overlap the reads (hashlib releases the GIL on large buffers)."""
     if len(paths) < 64:
@@ -61,12 +99,18 @@ def file_digests(paths: Sequence[Path]) -> list[str]:
 
 
 class FeatureCache:
-    """Append-only store of feature rows for one feature key (one directory of shards)."""
+    """Append-only store of feature rows for one feature key (one directory of shards).
+
+    It is only a cache: a shard whose bytes no longer match its checksum is deleted and its rows are
+    encoded again, and a cache that cannot be written (read-only, full disk) is skipped with one warning.
+    """
 
     def __init__(self, root: Path, key: str, info: dict | None = None) -> None:
         self.dir = Path(root) / key
         self.info = info or {}
         self._index: dict[str, tuple[Path, int]] | None = None
+        self.damaged: list[Path] = []
+        self.write_error: OSError | None = None
 
     def _load_index(self) -> dict[str, tuple[Path, int]]:
         if self._index is None:
@@ -85,41 +129,66 @@ class FeatureCache:
     def __contains__(self, item: str) -> bool:
         return item in self._load_index()
 
-    def get(self, ids: Sequence[str]) -> torch.Tensor:
+    def lookup(self, ids: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The verified rows this cache holds for ``ids`` (absent ones, and those of damaged shards, left out)."""
         index = self._load_index()
-        by_shard: dict[Path, list[tuple[int, int]]] = {}
-        for pos, item in enumerate(ids):
-            shard, row = index[item]
-            by_shard.setdefault(shard, []).append((pos, row))
-        out: torch.Tensor | None = None
-        for shard, pairs in by_shard.items():
+        by_shard: dict[Path, list[str]] = {}
+        for item in dict.fromkeys(ids):
+            if item in index:
+                by_shard.setdefault(index[item][0], []).append(item)
+        found: dict[str, torch.Tensor] = {}
+        for shard, items in by_shard.items():
+            block = self._read_verified(shard)
+            if block is None:
+                continue
+            for item in items:
+                found[item] = block[index[item][1]].float()
+        return found
+
+    def _read_verified(self, shard: Path) -> torch.Tensor | None:
+        try:
             with safe_open(str(shard), framework="pt") as handle:
+                expected = (handle.metadata() or {}).get("sha256")
                 block = handle.get_tensor(SHARD_TENSOR)
-            if out is None:
-                out = torch.empty(len(ids), block.shape[1], dtype=torch.float32)
-            positions = torch.tensor([p for p, _ in pairs])
-            rows = torch.tensor([r for _, r in pairs])
-            out[positions] = block[rows].float()
-        if out is None:
-            raise KeyError("no ids requested")
-        return out
+        except Exception:
+            block, expected = None, None
+        if block is None or (expected is not None and _digest(block) != expected):
+            self.damaged.append(shard)
+            shard.unlink(missing_ok=True)
+            self._index = {k: v for k, v in self._load_index().items() if v[0] != shard}
+            return None
+        return block
 
     def add(self, ids: Sequence[str], features: torch.Tensor) -> None:
         """Write one new shard atomically (temp file + rename), so readers never see half a shard."""
-        if not ids:
+        if not ids or self.write_error is not None:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        info_file = self.dir / "info.json"
-        if not info_file.exists() and self.info:
-            info_file.write_text(json.dumps(self.info, indent=2, sort_keys=True))
         name = f"{uuid.uuid4().hex}.safetensors"
         tmp = self.dir / f".{name}.tmp"
-        save_file({SHARD_TENSOR: features.detach().to("cpu", torch.float32).contiguous()}, str(tmp),
-                  metadata={"ids": json.dumps(list(ids))})
-        os.replace(tmp, self.dir / name)
+        block = features.detach().to("cpu", torch.float32).contiguous()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            info_file = self.dir / "info.json"
+            if not info_file.exists() and self.info:
+                info_file.write_text(json.dumps(self.info, indent=2, sort_keys=True))
+            metadata = {"ids": json.dumps(list(ids)), "sha256": _digest(block)}
+            save_file({SHARD_TENSOR: block}, str(tmp), metadata=metadata)
+            os.replace(tmp, self.dir / name)
+        except OSError as exc:  # read-only or full: go on without caching (warned once by the caller)
+            tmp.unlink(missing_ok=True)
+            self.write_error = exc
+            return
+        except Exception as exc:  # safetensors reports a full disk as its own error type
+            tmp.unlink(missing_ok=True)
+            self.write_error = OSError(str(exc))
+            return
         index = self._load_index()
         for row, item in enumerate(ids):
             index[item] = (self.dir / name, row)
+
+
+def _digest(block: torch.Tensor) -> str:
+    return hashlib.sha256(block.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 @dataclass
@@ -298,7 +367,8 @@ def encode_images(
     key = backbone.feature_key(preprocess_id)
     cache = FeatureCache(cache_dir or default_cache_dir(), key,
                          info={**backbone.identity(), "preprocess": preprocess_id}) if use_cache else None
-    todo = [i for i, rid in enumerate(row_ids) if cache is None or rid not in cache]
+    cached_rows = cache.lookup(row_ids) if cache is not None else {}
+    todo = [i for i, rid in enumerate(row_ids) if rid not in cached_rows]
     stats.cached = len(paths) - len(todo)
     new_features: dict[int, torch.Tensor] = {}
     if todo:
@@ -333,23 +403,27 @@ def encode_images(
             for future in pending:
                 future.result()
         stats.skipped = [Path(paths[todo[j]]) for j in sorted(bad_local)]
+    if cache is not None and cache.damaged:
+        warnings.warn(f"re-encoded the rows of {len(cache.damaged)} damaged feature-cache shard(s) "
+                      f"({cache.damaged[0].name}{' ...' if len(cache.damaged) > 1 else ''}); removed them",
+                      NegPromptWarning, stacklevel=2)
+    if cache is not None and cache.write_error is not None:
+        reason = cache.write_error.strerror or cache.write_error
+        warnings.warn(f"the feature cache {cache.dir} cannot be written ({reason}): continuing without caching",
+                      NegPromptWarning, stacklevel=2)
     if stats.skipped:
-        shown = ", ".join(str(p) for p in stats.skipped[:3])
-        more = " ..." if len(stats.skipped) > 3 else ""
+        message = describe_skipped(stats.skipped)
         if strict:
-            raise UsageError(f"{len(stats.skipped)} unreadable image(s): {shown}{more}",
-                             hint="fix or remove them, or drop --strict to skip them")
-        warnings.warn(f"skipped {len(stats.skipped)} unreadable image(s): {shown}{more}", NegPromptWarning,
-                      stacklevel=2)
+            raise UsageError(message, hint="fix or remove them, or drop --strict to skip them")
+        warnings.warn(f"skipped {message}", NegPromptWarning, stacklevel=2)
     skipped = {str(p) for p in stats.skipped}
     keep = [i for i, p in enumerate(paths) if str(p) not in skipped]
     if not keep:
         return torch.empty(0, 0), [], stats
-    cached_idx = [i for i in keep if i not in new_features]
     out: dict[int, torch.Tensor] = dict(new_features)
-    if cached_idx and cache is not None:
-        for i, row in zip(cached_idx, cache.get([row_ids[i] for i in cached_idx]), strict=True):
-            out[i] = row
+    for i in keep:
+        if i not in out:
+            out[i] = cached_rows[row_ids[i]]
     return torch.stack([out[i] for i in keep]), keep, stats
 
 

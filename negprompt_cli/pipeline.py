@@ -5,11 +5,15 @@ The stages never call each other; this module (like the CLI and the demo) compos
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .artifact import load_prompts
 from .backbones import BackboneRequest, load_backbone
+from .checkpoint import checkpoint_path
+from .errors import NegPromptError, NegPromptWarning
 from .fit_neg import FitNegOptions, fit_neg, plan_fit_neg
 from .fit_pos import FitPosOptions, fit_pos
 from .learners import PromptSettings
@@ -18,12 +22,42 @@ from .training import OptimConfig
 
 
 def fit_pos_then_neg(pos_stage: FitPosOptions, negative: FitNegOptions) -> dict[str, Any]:
-    """Train positives into ``pos_stage.out``, then negatives on them; every cheap check of both comes first."""
+    """Train positives into ``pos_stage.out``, then negatives on them; every cheap check of both comes first.
+
+    With ``resume`` the pipeline knows which stage was interrupted: a positive stage with a checkpoint
+    resumes; one that finished (its artifact exists, from the same settings) is reused; the negative stage
+    resumes from its own checkpoint, or starts fresh when it never wrote one.
+    """
     plan = plan_fit_neg(negative)
     backbone = load_backbone(pos_stage.backbone)
-    positive_summary = fit_pos(pos_stage, backbone=backbone)
+    if pos_stage.resume and finished_positive_stage(pos_stage):
+        warnings.warn(f"reusing the positive prompts {pos_stage.out} that the interrupted run finished",
+                      NegPromptWarning, stacklevel=2)
+        positive_summary: dict[str, Any] = {"out": str(pos_stage.out), "reused": True}
+    else:
+        positive_summary = fit_pos(pos_stage, backbone=backbone)
     return {"positive_stage": positive_summary,
             **fit_neg(replace(negative, pos=pos_stage.out), backbone=backbone, plan=plan)}
+
+
+def finished_positive_stage(pos_stage: FitPosOptions) -> bool:
+    """The positive artifact exists, has no pending checkpoint, and was trained with these settings."""
+    if not pos_stage.out.is_file() or checkpoint_path(pos_stage.out).exists():
+        return False
+    try:
+        artifact = load_prompts(pos_stage.out, kind="positive")
+    except NegPromptError:
+        return False
+    data = artifact.training.get("data", {})
+
+    def optim(settings: dict[str, Any]) -> dict[str, Any]:  # the precision actually run may differ (CPU: fp32)
+        return {k: v for k, v in settings.items() if k != "precision"}
+
+    prompt = pos_stage.prompt
+    same_context = (artifact.prompt.get("ctx_init") == prompt.ctx_init
+                    and (prompt.ctx_init is not None or artifact.prompt.get("n_ctx") == prompt.n_ctx))
+    return (optim(artifact.training.get("optim", {})) == optim(pos_stage.optim.as_dict()) and same_context
+            and data.get("root") == str(pos_stage.data.root) and data.get("shots") == pos_stage.data.shots)
 
 
 def default_pos_out(out: Path) -> Path:

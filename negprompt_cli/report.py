@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_atomic, write_text_atomic
+from .atomic import atomic_folder, check_writable
 from .errors import NotFoundError, UsageError
 from .metrics import AUPR_ESTIMATOR, ood_metrics
 from .report_table import TABLE_HEADER, markdown_table, table_rows
@@ -53,6 +53,8 @@ def build_report(options: ReportOptions) -> dict[str, Any]:
                          "without OOD scores")
     if options.out_dir is not None and not options.out_dir.parent.exists():
         raise NotFoundError(f"output directory's parent does not exist: {options.out_dir.parent}")
+    if options.out_dir is not None:
+        check_writable(options.out_dir.parent)
     id_rows = read_score_file(options.id_file)
     ood_rows = {name: read_score_file(path) for name, path in options.ood}
     _check_compatible(options.id_file, id_rows, {name: path for name, path in options.ood}, ood_rows)
@@ -80,7 +82,8 @@ def build_report(options: ReportOptions) -> dict[str, Any]:
     }
     if options.out_dir is not None:
         ood_scores = {n: np.array([r["score"] for r in rows]) for n, rows in ood_rows.items()}
-        write_report_files(report, id_scores, ood_scores, options.out_dir)
+        with atomic_folder(options.out_dir) as staging:  # all files or none: never a folder with only roc.png
+            write_report_files(report, id_scores, ood_scores, staging)
         report["files"] = {kind: str(options.out_dir / f"report.{kind}") for kind in ("html", "md", "json")}
     return report
 
@@ -115,10 +118,9 @@ def similarity_view(id_rows, ood_rows) -> dict[str, Any]:  # type: ignore[no-unt
 
 def write_report_files(report: dict[str, Any], id_scores: np.ndarray, ood_scores: dict[str, np.ndarray],
                        out_dir: Path) -> None:
-    out_dir.mkdir(exist_ok=True)
     figures = make_figures(report, id_scores, ood_scores)
     for name, png in figures.items():
-        write_atomic(out_dir / f"{name}.png", lambda tmp, png=png: tmp.write_bytes(png))
+        (out_dir / f"{name}.png").write_bytes(png)
     conv = report["fpr_convention"]
     accuracy = report["id"]["accuracy"]
     summary = (f"Scorer: `{report['scorer']}`. ID images: {report['id']['n']}"
@@ -126,7 +128,7 @@ def write_report_files(report: dict[str, Any], id_scores: np.ndarray, ood_scores
                + f". FPR convention: **{conv}** — {report['fpr_definition']}. AUPR: {report['aupr_estimator']}.")
     md = ["# negprompt OOD report", "", summary, "", markdown_table(report), ""]
     md += [f"![{name}]({name}.png)" for name in figures]
-    write_text_atomic(out_dir / "report.md", "\n".join(md) + "\n")
+    (out_dir / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table_rows(report))
     head = "".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEADER)
     images = "".join(f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" '
@@ -136,8 +138,8 @@ def write_report_files(report: dict[str, Any], id_scores: np.ndarray, ood_scores
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}</style></head><body>"
             f"<h1>negprompt OOD report</h1><p>{html.escape(summary).replace('**', '')}</p>"
             f"<table><tr>{head}</tr>{rows}</table>{images}</body></html>")
-    write_text_atomic(out_dir / "report.html", page)
-    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.html").write_text(page, encoding="utf-8")
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 def make_figures(report: dict[str, Any], id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]) -> dict[str, bytes]:

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .artifact import PromptArtifact, load_prompts
 from .atomic import check_output_path, write_text_atomic
 from .backbone import check_precision
 from .backbones import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from .data import find_images, read_names_file
-from .errors import IncompatibleArtifactError, NotFoundError, UsageError
+from .errors import IncompatibleArtifactError, NegPromptError, NotFoundError, UsageError
 from .features import EncodeOptions, encode_folder, encode_images
 from .prompt_features import hand_template_features, text_features_for
 from .registry import get_host
@@ -118,14 +120,21 @@ def score(options: ScoreOptions) -> dict[str, Any]:
     feats, keep, stats = encode_images(backbone, paths, cache_dir=options.cache_dir, batch_size=options.batch_size,
                                        num_workers=options.num_workers, precision=precision,
                                        strict=options.strict, quiet=options.quiet, description="Scoring images")
+    if not keep:
+        raise UsageError(f"none of the {len(paths)} image(s) under {options.images} could be read",
+                         hint="see the warning above for the files and why")
     kept_paths = [paths[i] for i in keep]
     result = score_features(feats, text_pos, text_neg, scorer=scorer_fn, temperature=temperature,
-                            logit_scale=backbone.logit_scale) if keep else None
+                            logit_scale=backbone.logit_scale)
+    broken = [str(kept_paths[i]) for i in torch.nonzero(~torch.isfinite(result.score)).flatten().tolist()]
+    if broken:  # NaN is never an in-distribution score: damaged prompts or features, not an image verdict
+        raise NegPromptError(f"non-finite scores for {len(broken)} image(s), e.g. {', '.join(broken[:3])}",
+                             hint="the prompts file or the feature cache may be damaged: rerun with a fresh "
+                                  "--cache-dir, or re-download / retrain the prompts")
     rows = []
     root = options.images if options.images.is_dir() else options.images.parent
     lookup = _label_lookup(names, class_dirs) if options.labeled else {}
     for i, path in enumerate(kept_paths):
-        assert result is not None
         value = float(result.score[i])
         pred = int(result.prediction[i])
         row: dict[str, Any] = {

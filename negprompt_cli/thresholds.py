@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .errors import NegPromptWarning
+from .errors import NegPromptError, NegPromptWarning
 from .metrics import id_threshold
 from .registry import get_host
 from .scoring import score_features
@@ -43,6 +43,9 @@ def calibrate(features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Te
     """
     scores = score_features(features, text_pos, text_neg, scorer=get_host().scorer(scorer), temperature=temperature,
                             logit_scale=logit_scale)
+    if not torch.isfinite(scores.score).all():
+        raise NegPromptError(f"non-finite scores while calibrating on {source}",
+                             hint="the prompts or the feature cache may be damaged")
     record = {"value": id_threshold(scores.score.numpy(), keep), "id_kept": keep, "source": source,
               "n_images": int(len(scores.score)), "scorer": scorer, "temperature": float(temperature),
               "classes": class_list_id(names)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 from .backbone import autocast
 from .checkpoint import Checkpointing, LoopState, load_checkpoint, save_checkpoint
 from .console import progress
-from .errors import NotFoundError, OutOfMemory, UsageError
+from .errors import NegPromptWarning, OutOfMemory, UsageError
 from .learners import PromptModule
 from .schedule import cosine_with_warmup
 
@@ -107,9 +108,10 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     state = LoopState(epoch=0, module=_snapshot(module), optimizer=copy.deepcopy(optimizer.state_dict()),
                       generator=generator.get_state())
-    if checkpointing is not None and checkpointing.resume:
-        if not checkpointing.path.exists():
-            raise NotFoundError(f"no checkpoint to resume from: {checkpointing.path}")
+    if checkpointing is not None and checkpointing.resume and not checkpointing.path.exists():
+        warnings.warn(f"no checkpoint at {checkpointing.path} (interrupted before one was written?): "
+                      "starting from the beginning", NegPromptWarning, stacklevel=2)
+    elif checkpointing is not None and checkpointing.resume:
         state = load_checkpoint(checkpointing.path, checkpointing.fingerprint)
         module.load_state_dict(state.module)
         optimizer.load_state_dict(state.optimizer)

@@ -209,6 +209,20 @@ def default_spec(seed: int = 0, n_id: int = 6, n_train: int | None = None, **cou
                      train_shapes=id_shapes[: n_train or n_id], seed=seed, **counts)
 
 
+EXPORT_FOLDERS = ("train", "test", "calib", "ood_near", "ood_far")
+EXPORT_FILES = ("train_names.txt", "id_names.txt")
+
+
+def remove_export(root: Path) -> None:
+    """Delete what an earlier export wrote into ``root`` (and nothing else), so a new one cannot mix with it."""
+    import shutil
+
+    for name in EXPORT_FOLDERS:
+        shutil.rmtree(Path(root) / name, ignore_errors=True)
+    for name in EXPORT_FILES:
+        (Path(root) / name).unlink(missing_ok=True)
+
+
 def export_world(root: Path, spec: WorldSpec) -> dict[str, Path]:
     """Write the ImageFolder trees and name lists; each split has its own seeded random stream."""
     for shape in (*spec.id_shapes, *spec.ood_shapes):

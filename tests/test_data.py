@@ -6,7 +6,7 @@ import pytest
 from conftest import make_image_folder
 
 from negprompt_cli.data import few_shot_split, find_images, load_image_folder
-from negprompt_cli.errors import NotFoundError, UsageError
+from negprompt_cli.errors import NegPromptWarning, NotFoundError, UsageError
 
 
 def test_default_names_and_sorted_order(image_folder):
@@ -90,4 +90,18 @@ def test_find_images_recursive(tmp_path):
     nested.mkdir()
     (root / "a" / "000.png").rename(nested / "x.png")
     (root / "skip.txt").write_text("")
-    assert [p.name for p in find_images(root)] == ["001.png", "x.png"]
+    (root / ".hidden.png").write_bytes(b"")
+    with pytest.warns(NegPromptWarning, match=r"ignored 1 file\(s\) .* \(e.g. skip.txt\)"):
+        assert [p.name for p in find_images(root)] == ["001.png", "x.png"]
+
+
+def test_symlinked_folders_are_followed_once(tmp_path):
+    """A class folder that is a symlink is found by score and fit-pos alike; a symlink loop ends."""
+    images = make_image_folder(tmp_path / "elsewhere", classes=("linked",), per_class=3)
+    root = make_image_folder(tmp_path / "data", classes=("plain",), per_class=2)
+    (root / "linked").symlink_to(images / "linked", target_is_directory=True)
+    (root / "plain" / "loop").symlink_to(root / "plain", target_is_directory=True)
+    found = find_images(root)
+    assert sorted(p.parent.name for p in found) == ["linked"] * 3 + ["plain"] * 2
+    folder = load_image_folder(root)
+    assert folder.class_dirs == ["linked", "plain"] and [len(f) for f in folder.files] == [3, 2]
