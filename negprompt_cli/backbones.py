@@ -23,7 +23,7 @@ class BackboneRequest:
     name: str = DEFAULT_BACKBONE
     pretrained: str | None = None
     device: str = "auto"
-    cache_dir: str | None = None  # where open_clip / the Hub cache weights
+    weights_cache: str | None = None  # where open_clip / the Hub cache downloaded weights (--weights-cache)
     quick_gelu: bool | None = None
     offline: bool = False
 
@@ -40,7 +40,7 @@ class RuntimeOptions:
 
 def artifact_backbone(artifact: PromptArtifact, runtime: RuntimeOptions) -> BackboneRequest:
     return BackboneRequest(name=artifact.backbone["backbone"], pretrained=artifact.backbone.get("pretrained"),
-                           device=runtime.device, cache_dir=runtime.weights_cache,
+                           device=runtime.device, weights_cache=runtime.weights_cache,
                            quick_gelu=artifact.backbone.get("quick_gelu"), offline=runtime.offline)
 
 
@@ -49,7 +49,7 @@ def load_backbone(request: BackboneRequest) -> Backbone:
         _force_hub_offline()
     factory = get_host().backbone_factory(request.name)
     device: torch.device = resolve_device(request.device)
-    return factory(pretrained=request.pretrained, device=device, cache_dir=request.cache_dir,
+    return factory(pretrained=request.pretrained, device=device, cache_dir=request.weights_cache,
                    quick_gelu=request.quick_gelu)
 
 

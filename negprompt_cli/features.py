@@ -126,9 +126,6 @@ class FeatureCache:
             self._index = index
         return self._index
 
-    def __contains__(self, item: str) -> bool:
-        return item in self._load_index()
-
     def lookup(self, ids: Sequence[str]) -> dict[str, torch.Tensor]:
         """The verified rows this cache holds for ``ids`` (absent ones, and those of damaged shards, left out)."""
         index = self._load_index()

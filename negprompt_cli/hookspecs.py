@@ -18,7 +18,8 @@ def register_backbones(register):  # type: ignore[no-untyped-def]
     """Register CLIP backbones.
 
     ``register(name, factory, *, aliases=(), description="", replace=False)`` where
-    ``factory(pretrained: str | None, device: torch.device, cache_dir: str | None) -> Backbone``.
+    ``factory(pretrained: str | None, device: torch.device, cache_dir: str | None) -> Backbone``, where
+    ``cache_dir`` is where downloaded weights go (the user's ``--weights-cache``).
     """
 
 

@@ -35,7 +35,7 @@ class HubOptions:
 
     endpoint: str | None = None
     token: str | None = None
-    cache_dir: str | None = None
+    hub_cache: str | None = None  # huggingface_hub's download cache (not negprompt's feature cache)
     offline: bool = False
 
 
@@ -44,7 +44,7 @@ def hub_options(offline: bool = False, token: str | None = None) -> HubOptions:
     home = os.environ.get("HF_HOME")
     cache = os.environ.get("HF_HUB_CACHE") or (str(Path(home) / "hub") if home else None)
     return HubOptions(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token or os.environ.get("HF_TOKEN"),
-                      cache_dir=cache, offline=offline)
+                      hub_cache=cache, offline=offline)
 
 
 def is_hub_ref(value: str | Path) -> bool:
@@ -141,7 +141,7 @@ def pull(ref: str, options: HubOptions = HubOptions(), out: Path | None = None) 
         raise NotFoundError(f"output directory's parent does not exist: {out.parent}")
     with hub_errors("download", repo_id, revision):
         snapshot = Path(snapshot_download(
-            repo_id, revision=revision, cache_dir=options.cache_dir, local_files_only=_offline(options),
+            repo_id, revision=revision, cache_dir=options.hub_cache, local_files_only=_offline(options),
             allow_patterns=ALLOWED, endpoint=options.endpoint, token=options.token,
             library_name="negprompt", library_version=__version__,
         ))

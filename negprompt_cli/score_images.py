@@ -106,7 +106,7 @@ def score(options: ScoreOptions) -> dict[str, Any]:
     elif options.calibrate is not None:
         encoding = EncodeOptions(options.cache_dir, options.batch_size, options.num_workers, precision,
                                  options.strict, options.quiet)
-        _, calib_feats, calib_stats = encode_folder(backbone, options.calibrate, encoding,
+        _, calib_feats, _ = encode_folder(backbone, options.calibrate, encoding,
                                                     "Encoding calibration images")
         calibration, _ = calibrate(calib_feats, text_pos, text_neg, names=names, scorer=scorer,
                                    temperature=temperature, logit_scale=backbone.logit_scale,

@@ -67,7 +67,7 @@ def test_missing_local_dir_is_not_found(tmp_path):
 def test_uncached_weights_offline_is_a_hub_error(tmp_path):
     """The paper's default weights, not cached and no network: exit-code-4 error naming the remedies."""
     with pytest.raises(HubError) as info:
-        load_backbone(BackboneRequest(name="ViT-B/16", device="cpu", cache_dir=str(tmp_path / "hub"), offline=True))
+        load_backbone(BackboneRequest(name="ViT-B/16", device="cpu", weights_cache=str(tmp_path / "hub"), offline=True))
     assert "laion2b_s34b_b88k" in info.value.message
     assert "--pretrained FILE" in info.value.hint and "local-dir:" in info.value.hint
 
