@@ -100,7 +100,7 @@ def reference_step(backbone, c: int, steps: int) -> dict[str, Any]:  # type: ign
 
 
 def our_step(backbone, c: int, steps: int, precision: str, chunk: int | str | None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    from negprompt_cli.backbone import autocast
+    from negprompt_cli.devices import autocast
     from negprompt_cli.learners import PromptSettings
     from negprompt_cli.memory import resolve_text_chunk
     from negprompt_cli.registry import get_host
@@ -212,10 +212,10 @@ def make_jpegs(folder: Path, n: int, size: tuple[int, int]) -> None:
 
 def score_section(archs: list[str], images: Path, batch: int, with_pil: bool) -> list[dict[str, Any]]:
     from negprompt_cli.artifact import PromptArtifact, save_prompts
-    from negprompt_cli.backbone import autocast
-    from negprompt_cli.backbones import BackboneRequest, load_backbone
+    from negprompt_cli.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.devices import autocast
     from negprompt_cli.pixels import decode_jpegs, tensor_preprocess_for
-    from negprompt_cli.score_images import ScoreOptions, score
+    from negprompt_cli.score import ScoreOptions, score
 
     paths = sorted(images.glob("*.jpg"))
     blobs = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths]

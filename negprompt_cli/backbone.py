@@ -1,4 +1,5 @@
-"""What a backbone plugin hands to the core: a frozen CLIP model plus how to feed it.
+"""Backbones: what a backbone plugin hands to the core (a frozen CLIP model plus how to feed it), and how
+the core asks the plugin registry for one by name.
 
 The core only relies on the open_clip CLIP text-tower attributes (token_embedding,
 positional_embedding, transformer, ln_final, text_projection, attn_mask) and encode_image,
@@ -9,14 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import NegPromptWarning, UsageError
+from .devices import resolve_device
+from .registry import get_host
+
+if TYPE_CHECKING:
+    from .artifact import PromptArtifact
 
 
 @dataclass
@@ -70,57 +74,55 @@ class Backbone:
         return self.extra["fingerprint"]
 
 
-def resolve_device(requested: str | None) -> torch.device:
-    """'auto' (default) picks CUDA when present; anything else is passed to torch."""
-    if requested in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError as exc:
-        raise UsageError(f"invalid --device {requested!r}", hint="use auto, cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {requested} asked for CUDA, but no CUDA device is available",
-                         hint="use --device cpu or auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise UsageError(f"--device {requested}: this machine has {count} CUDA device(s)",
-                         hint=f"use cuda:0 .. cuda:{count - 1}, or cuda")
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {requested}: only cpu and cuda devices are supported",
-                         hint="use auto, cpu, cuda or cuda:N")
-    return device
-
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def check_precision(device: torch.device, precision: str) -> str:
-    """The precision that will actually run: CPU always runs fp32 (CPU autocast is slower here), and says so."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
-    if device.type != "cuda" and precision != "fp32":
-        # stacklevel 1: one location, so the warning shows once per run even when several stages ask
-        warnings.warn(f"--precision {precision} applies to CUDA only; running fp32 on {device.type}",
-                      PrecisionWarning, stacklevel=1)
-        return "fp32"
-    return precision
-
-
-class PrecisionWarning(NegPromptWarning):
-    """A requested precision that this device does not run."""
-
-
-def autocast(device: torch.device, precision: str):  # type: ignore[no-untyped-def]
-    """Mixed precision on CUDA (bf16/fp16 autocast); fp32 elsewhere. Stages call check_precision first."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
-    enabled = device.type == "cuda" and precision != "fp32"
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
-
-
 def set_text_checkpointing(backbone: Backbone, enabled: bool) -> None:
     """Recompute text-tower activations in the backward pass: less memory, about a third more compute."""
     transformer = backbone.model.transformer
     if hasattr(transformer, "grad_checkpointing"):
         transformer.grad_checkpointing = enabled
+
+
+DEFAULT_BACKBONE = "ViT-B/16"
+
+
+@dataclass(frozen=True)
+class BackboneRequest:
+    """What the user asked for on the command line."""
+
+    name: str = DEFAULT_BACKBONE
+    pretrained: str | None = None
+    device: str = "auto"
+    weights_cache: str | None = None  # where open_clip / the Hub cache downloaded weights (--weights-cache)
+    quick_gelu: bool | None = None
+    offline: bool = False
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to run a stored backbone here (the backbone itself comes from the artifact)."""
+
+    device: str = "auto"
+    weights_cache: str | None = None
+    offline: bool = False
+    text_chunk: int | None = None
+
+
+def artifact_backbone(artifact: PromptArtifact, runtime: RuntimeOptions) -> BackboneRequest:
+    return BackboneRequest(name=artifact.backbone["backbone"], pretrained=artifact.backbone.get("pretrained"),
+                           device=runtime.device, weights_cache=runtime.weights_cache,
+                           quick_gelu=artifact.backbone.get("quick_gelu"), offline=runtime.offline)
+
+
+def load_backbone(request: BackboneRequest) -> Backbone:
+    if request.offline:
+        _force_hub_offline()
+    factory = get_host().backbone_factory(request.name)
+    device: torch.device = resolve_device(request.device)
+    return factory(pretrained=request.pretrained, device=device, cache_dir=request.weights_cache,
+                   quick_gelu=request.quick_gelu)
+
+
+def _force_hub_offline() -> None:
+    """huggingface_hub reads HF_HUB_OFFLINE at import; set the live constant so --offline takes effect."""
+    import huggingface_hub.constants as hub_constants
+
+    hub_constants.HF_HUB_OFFLINE = True

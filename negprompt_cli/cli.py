@@ -214,7 +214,7 @@ def fit_pos_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Learn CoOp positive prompts (the first NegPrompt stage)."""
-    from .backbones import BackboneRequest
+    from .backbone import BackboneRequest
     from .fit_pos import FitPosOptions, fit_pos
     from .learners import PromptSettings
     from .training import OptimConfig
@@ -318,7 +318,7 @@ def fit_neg_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Learn NegPrompt negative prompts (runs fit-pos first when --pos is not given)."""
-    from .backbones import DEFAULT_BACKBONE, BackboneRequest, RuntimeOptions
+    from .backbone import DEFAULT_BACKBONE, BackboneRequest, RuntimeOptions
     from .fit_neg import FitNegOptions, fit_neg
     from .learners import PromptSettings
     from .losses import LossWeights
@@ -403,8 +403,8 @@ def transfer_command(
 
     The stored ID threshold belongs to the old class list: it is kept only for the same list,
     recalibrated with --calibrate, and otherwise dropped (score then makes no OOD decision)."""
-    from .backbones import RuntimeOptions
-    from .features import EncodeOptions
+    from .backbone import RuntimeOptions
+    from .image_features import EncodeOptions
     from .transfer import transfer
 
     summary = transfer(_prompts_path(prompts, offline), names, out,
@@ -458,8 +458,8 @@ def score_command(
     quiet: QuietOpt = False,
 ) -> None:
     """OOD scores (higher = more in-distribution) for every image, as CSV or JSONL."""
-    from .backbones import DEFAULT_BACKBONE, BackboneRequest, RuntimeOptions
-    from .score_images import ScoreOptions, score
+    from .backbone import DEFAULT_BACKBONE, BackboneRequest, RuntimeOptions
+    from .score import ScoreOptions, score
 
     if json_out and out is None:
         from .errors import UsageError

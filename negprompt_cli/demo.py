@@ -13,14 +13,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .backbones import BackboneRequest, RuntimeOptions
+from .backbone import BackboneRequest, RuntimeOptions
 from .console import info
-from .features import EncodeOptions
 from .fit_neg import FitNegOptions, fit_neg, negative_stage_defaults
 from .fit_pos import FitPosOptions, fit_pos
+from .image_features import EncodeOptions
 from .learners import PromptSettings
 from .report import ReportOptions, build_report
-from .score_images import ScoreOptions, score
+from .score import ScoreOptions, score
 from .training import OptimConfig
 from .training_data import DataOptions
 from .transfer import transfer

@@ -12,17 +12,24 @@ import torch
 
 from .artifact import PromptArtifact, load_prompts, package_versions, save_prompts
 from .atomic import check_output_path
-from .backbone import Backbone, check_precision, set_text_checkpointing
-from .backbones import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
+from .backbone import (
+    Backbone,
+    BackboneRequest,
+    RuntimeOptions,
+    artifact_backbone,
+    load_backbone,
+    set_text_checkpointing,
+)
 from .checkpoint import Checkpointing, checkpoint_path
 from .data import ImageFolder, load_image_folder, read_names_file
+from .devices import check_precision
 from .errors import IncompatibleArtifactError, UsageError
 from .learners import PromptSettings, exported_tensors
 from .losses import VARIANTS, LossWeights
 from .memory import AUTO, resolve_text_chunk
-from .prompt_features import text_features_for
 from .registry import get_host
 from .text_encoder import SoftPromptTextEncoder
+from .text_features import text_features_for
 from .thresholds import calibrate
 from .training import OptimConfig, Selection, accuracy, train
 from .training_data import DataOptions, labelled_features, run_fingerprint

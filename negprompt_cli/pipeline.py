@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import load_prompts
-from .backbones import BackboneRequest, load_backbone
+from .backbone import BackboneRequest, load_backbone
 from .checkpoint import checkpoint_path
 from .errors import NegPromptError, NegPromptWarning
 from .fit_neg import FitNegOptions, fit_neg, plan_fit_neg

@@ -18,8 +18,8 @@ import torch
 
 from .errors import NegPromptError, NegPromptWarning
 from .metrics import id_threshold
+from .ood_scores import score_features
 from .registry import get_host
-from .scoring import score_features
 
 ID_KEPT = 0.95
 

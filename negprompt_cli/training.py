@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from .backbone import autocast
 from .checkpoint import Checkpointing, LoopState, load_checkpoint, save_checkpoint
 from .console import progress
+from .devices import autocast
 from .errors import NegPromptWarning, OutOfMemory, UsageError
 from .learners import PromptModule
 from .schedule import cosine_with_warmup

@@ -16,7 +16,7 @@ import torch
 
 from .data import ImageFolder, few_shot_split, load_image_folder
 from .errors import UsageError
-from .features import View, encode_images
+from .image_features import View, encode_images
 
 
 @dataclass

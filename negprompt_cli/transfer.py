@@ -14,13 +14,13 @@ from typing import Any
 
 from .artifact import PromptArtifact, load_prompts, package_versions, save_prompts
 from .atomic import check_output_path
-from .backbone import check_precision
-from .backbones import RuntimeOptions, artifact_backbone, load_backbone
+from .backbone import RuntimeOptions, artifact_backbone, load_backbone
 from .data import read_names_file
+from .devices import check_precision
 from .errors import NotFoundError
-from .features import EncodeOptions, encode_folder
-from .prompt_features import text_features_for
+from .image_features import EncodeOptions, encode_folder
 from .text_encoder import SoftPromptTextEncoder
+from .text_features import text_features_for
 from .thresholds import ThresholdWarning, applicable, calibrate, calibrated_scorer
 
 

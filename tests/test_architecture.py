@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "negprompt_cli"
-STAGES = {"fit_pos", "fit_neg", "transfer", "score_images", "report", "hub"}
+STAGES = {"fit_pos", "fit_neg", "transfer", "score", "report", "hub"}
 COMPOSERS = {"cli", "demo", "pipeline", "__main__"}
 
 

@@ -12,8 +12,8 @@ import torch
 from conftest import VIT_CFG
 from safetensors.torch import save_file
 
-from negprompt_cli.backbone import resolve_device
-from negprompt_cli.backbones import BackboneRequest, load_backbone
+from negprompt_cli.backbone import BackboneRequest, load_backbone
+from negprompt_cli.devices import resolve_device
 from negprompt_cli.errors import HubError, NotFoundError, UsageError
 
 

@@ -99,7 +99,7 @@ def test_transfer_equals_direct_encoding(world, tiny_vit_dir):
     result = invoke(["transfer", "--prompts", str(world / "neg.safetensors"), "--names", str(world / "new.txt"),
                      "--out", str(world / "tr.safetensors")])
     assert result.exit_code == 0, result.stderr
-    from negprompt_cli.backbones import BackboneRequest, load_backbone
+    from negprompt_cli.backbone import BackboneRequest, load_backbone
     from negprompt_cli.text_encoder import SoftPromptTextEncoder
 
     q = load_prompts(world / "tr.safetensors")
@@ -261,7 +261,7 @@ def test_zero_shot_scoring_and_scorer_plugins(world, tiny_vit_dir):
 
 
 def test_score_output_file_is_atomic_and_reuses_cache(world):
-    from negprompt_cli.score_images import ScoreOptions, score
+    from negprompt_cli.score import ScoreOptions, score
 
     neg_out = world / "neg.safetensors"
     invoke(["fit-neg", "--data", str(world / "train"), "--pos", str(world / "pos.safetensors"), "--out",

@@ -13,11 +13,11 @@ from conftest import TEST_DEVICE, VIT_CFG, make_image_folder, write_local_dir
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from typer.testing import CliRunner
 
-from negprompt_cli import features as features_module
-from negprompt_cli.backbone import PrecisionWarning, check_precision, resolve_device
-from negprompt_cli.backbones import BackboneRequest, load_backbone
+from negprompt_cli import image_features as features_module
+from negprompt_cli.backbone import BackboneRequest, load_backbone
 from negprompt_cli.cli import app
 from negprompt_cli.data import find_images
+from negprompt_cli.devices import PrecisionWarning, check_precision, resolve_device
 from negprompt_cli.errors import UsageError
 from negprompt_cli.learners import PromptSettings, exported_tensors
 from negprompt_cli.registry import get_host

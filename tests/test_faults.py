@@ -280,7 +280,7 @@ def test_unreadable_input_is_an_error_like_empty_input(setup):
 def test_images_over_the_decompression_bomb_limit_are_named_as_such(tiny_backbone, tmp_path, monkeypatch):
     from PIL import Image
 
-    from negprompt_cli.features import encode_images
+    from negprompt_cli.image_features import encode_images
 
     folder = make_image_folder(tmp_path / "imgs", classes=("a",), per_class=2)
     Image.new("RGB", (300, 300)).save(folder / "a" / "huge.png")

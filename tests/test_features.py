@@ -7,7 +7,7 @@ import torch
 
 from negprompt_cli.data import find_images
 from negprompt_cli.errors import NegPromptWarning, UsageError
-from negprompt_cli.features import View, encode_images
+from negprompt_cli.image_features import View, encode_images
 
 
 def test_second_run_encodes_nothing_and_matches(tiny_backbone, image_folder, tmp_path):

@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from negprompt_cli import features as features_module
-from negprompt_cli.backbones import BackboneRequest, load_backbone
+from negprompt_cli import image_features as features_module
+from negprompt_cli.backbone import BackboneRequest, load_backbone
 from negprompt_cli.data import find_images
 from negprompt_cli.errors import NegPromptWarning, UsageError
-from negprompt_cli.features import View, encode_images, tensor_decoding
+from negprompt_cli.image_features import View, encode_images, tensor_decoding
 from negprompt_cli.pixels import decode_jpegs, tensor_preprocess_for
 
 

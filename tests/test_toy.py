@@ -10,7 +10,7 @@ import torch
 from conftest import TEST_DEVICE
 
 from negprompt_cli import world
-from negprompt_cli.backbones import BackboneRequest, load_backbone
+from negprompt_cli.backbone import BackboneRequest, load_backbone
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,16 @@ import torch
 
 from .artifact import PromptArtifact, load_prompts
 from .atomic import check_output_path, write_text_atomic
-from .backbone import check_precision
-from .backbones import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
+from .backbone import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from .data import find_images, read_names_file
+from .devices import check_precision
 from .errors import IncompatibleArtifactError, NegPromptError, NotFoundError, UsageError
-from .features import EncodeOptions, encode_folder, encode_images
-from .prompt_features import hand_template_features, text_features_for
+from .image_features import EncodeOptions, encode_folder, encode_images
+from .ood_scores import score_features
 from .registry import get_host
 from .score_file import FORMATS, render_rows
-from .scoring import score_features
 from .text_encoder import SoftPromptTextEncoder
+from .text_features import hand_template_features, text_features_for
 from .thresholds import applicable, calibrate, calibrated_scorer, warn_no_decision
 
 

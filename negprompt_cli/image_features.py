@@ -26,9 +26,10 @@ from PIL import Image, ImageOps
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .backbone import Backbone, autocast
+from .backbone import Backbone
 from .console import progress
 from .data import find_images
+from .devices import autocast
 from .errors import NegPromptWarning, UsageError
 from .pixels import TensorPreprocess, decode_jpegs, is_jpeg, tensor_preprocess_for
 
