@@ -38,12 +38,13 @@ from negprompt_cli.artifact import load_prompts
 from negprompt_cli.backbone import BackboneRequest, RuntimeOptions, load_backbone
 from negprompt_cli.console import progress
 from negprompt_cli.data import find_images, load_image_folder
-from negprompt_cli.fit_neg import FitNegOptions, fit_neg, negative_stage_defaults
+from negprompt_cli.fit_neg import FitNegOptions, fit_neg
 from negprompt_cli.fit_pos import FitPosOptions, fit_pos
 from negprompt_cli.image_features import encode_images
 from negprompt_cli.learners import PromptSettings
 from negprompt_cli.metrics import ood_metrics
 from negprompt_cli.ood_scores import score_features
+from negprompt_cli.presets import NEGATIVE_OPTIM
 from negprompt_cli.registry import get_host
 from negprompt_cli.text_encoder import SoftPromptTextEncoder
 from negprompt_cli.text_features import hand_template_features, text_features_for
@@ -78,7 +79,7 @@ class NegSettings:
 
 def cli_defaults(variant: str) -> NegSettings:
     """What ``negprompt fit-neg`` runs when no option is given (read from the library, not restated)."""
-    optim = negative_stage_defaults()
+    optim = NEGATIVE_OPTIM
     base = FitNegOptions(data=DataOptions(Path(".")), out=Path("x"))
     return NegSettings(variant=variant, lr=optim.lr, epochs=optim.epochs, n_neg=base.n_neg, beta=base.weights.beta,
                        gamma=base.weights.gamma, temperature=base.temperature, batch_size=optim.batch_size,
@@ -193,7 +194,7 @@ class ProtocolRun:
 
     def negprompt(self, s: NegSettings) -> dict[str, float]:
         out = self.work / "neg.safetensors"
-        optim = replace(negative_stage_defaults(), lr=s.lr, epochs=s.epochs, seed=self.seed, batch_size=s.batch_size)
+        optim = replace(NEGATIVE_OPTIM, lr=s.lr, epochs=s.epochs, seed=self.seed, batch_size=s.batch_size)
         from negprompt_cli.losses import LossWeights
 
         fit_neg(FitNegOptions(data=self.data(), out=out, pos=self.pos_path, runtime=RuntimeOptions(device="cpu"),

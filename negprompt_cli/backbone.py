@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .devices import resolve_device
+from .presets import DEFAULT_BACKBONE
 from .registry import get_host
 
 if TYPE_CHECKING:
@@ -81,7 +82,6 @@ def set_text_checkpointing(backbone: Backbone, enabled: bool) -> None:
         transformer.grad_checkpointing = enabled
 
 
-DEFAULT_BACKBONE = "ViT-B/16"
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from . import __version__
+from .cli_options import data_options, optim_options, option_group, run_options, runtime_options
 from .console import emit_json, err, info
 from .errors import (
     EXIT_BROKEN_PIPE,
@@ -25,6 +27,7 @@ from .errors import (
     NegPromptError,
     Terminated,
 )
+from .presets import DEFAULT_BACKBONE, NEGATIVE_OPTIM, POSITIVE_OPTIM, override
 
 EPILOG = ("Exit codes: 0 ok, 1 runtime error, 2 usage or invalid input, 3 not found, "
           "4 hub/network, 5 incompatible artifact, 130 interrupted, 141 stdout closed, 143 terminated. "
@@ -173,202 +176,178 @@ TextChunkOpt = Annotated[int | None, typer.Option("--text-chunk", help="Encode p
 
 @app.command("fit-pos", epilog=EPILOG)
 @reports_errors
+@option_group("optim", optim_options(POSITIVE_OPTIM))
+@option_group("data_opts", data_options())
+@option_group("runtime", runtime_options())
+@option_group("run", run_options())
 def fit_pos_command(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the prompts (.safetensors).")],
-    classes: ClassesOpt = None,
-    backbone: BackboneOpt = "ViT-B/16",
+    backbone: BackboneOpt = DEFAULT_BACKBONE,
     pretrained: PretrainedOpt = None,
     learner: Annotated[str, typer.Option("--learner", help="Prompt learner plugin.")] = "coop",
-    n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context tokens (paper appendix: 16).")] = 16,
+    n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Context tokens (paper appendix: 16).")] = None,
     ctx_init: Annotated[str | None, typer.Option("--ctx-init", help="Initialise the context from these words, "
                                                  "e.g. 'a photo of a' (sets --n-ctx to its token count).")] = None,
     csc: Annotated[bool, typer.Option("--csc", help="Class-specific contexts instead of one shared.")] = False,
-    suffix: Annotated[str, typer.Option("--suffix", help="Text after the class name (CoOp: '.'; released "
-                                        "NegPrompt code: '').")] = ".",
-    shots: ShotsOpt = 16,
-    all_images: AllImagesOpt = False,
-    val_fraction: ValFractionOpt = 0.0,
-    aug_views: AugViewsOpt = 0,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (CoOp) or adamw.")] = "sgd",
-    epochs: Annotated[int, typer.Option("--epochs")] = 50,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    lr: Annotated[float, typer.Option("--lr")] = 0.002,
-    momentum: Annotated[float, typer.Option("--momentum")] = 0.9,
-    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 5e-4,
-    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs")] = 1,
-    warmup_lr: Annotated[float, typer.Option("--warmup-lr")] = 1e-5,
-    seed: SeedOpt = 1,
+    suffix: Annotated[str | None, typer.Option("--suffix", help="Text after the class name (CoOp: '.', the "
+                                               "default; released NegPrompt code: '').")] = None,
     text_chunk: TextChunkOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
-    cache_dir: CacheOpt = None,
-    weights_cache: WeightsCacheOpt = None,
-    offline: OfflineOpt = False,
-    quick_gelu: QuickGeluOpt = None,
-    workers: WorkersOpt = None,
-    strict: StrictOpt = False,
-    resume: ResumeOpt = False,
-    grad_checkpoint: GradCheckpointOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    optim: dict[str, Any],
+    data_opts: dict[str, Any],
+    runtime: dict[str, Any],
+    run: dict[str, Any],
 ) -> None:
     """Learn CoOp positive prompts (the first NegPrompt stage)."""
-    from .backbone import BackboneRequest
     from .fit_pos import FitPosOptions, fit_pos
     from .learners import PromptSettings
-    from .training import OptimConfig
-    from .training_data import DataOptions
 
-    check_counts(epochs=epochs, batch_size=batch_size, aug_views=aug_views)
     options = FitPosOptions(
-        backbone=BackboneRequest(backbone, pretrained, device, weights_cache, quick_gelu, offline),
-        data=DataOptions(data, classes, None if all_images else shots, val_fraction, aug_views, cache_dir, strict,
-                         num_workers=workers),
+        backbone=backbone_request(backbone, pretrained, runtime),
+        data=training_data(data, data_opts),
         out=out,
-        prompt=PromptSettings(n_ctx=n_ctx, ctx_init=ctx_init, csc=csc, suffix=suffix),
-        optim=OptimConfig(optimizer=optimizer, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                          weight_decay=weight_decay, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr, seed=seed,
-                          precision=precision),
+        prompt=override(PromptSettings(), n_ctx=n_ctx, ctx_init=ctx_init, csc=csc, suffix=suffix),
+        optim=optim_config(POSITIVE_OPTIM, optim, runtime),
         learner=learner,
         text_chunk=text_chunk,
-        quiet=quiet or json_out,
-        resume=resume,
-        grad_checkpoint=grad_checkpoint,
+        quiet=run["quiet"] or run["json_out"],
+        resume=run["resume"],
+        grad_checkpoint=run["grad_checkpoint"],
     )
     summary = fit_pos(options)
     info(f"Wrote {out}: {summary['classes']} classes, {summary['train_images']} images; train accuracy "
          f"{summary['initial_train_accuracy']:.3f} -> {summary['final_train_accuracy']:.3f} "
          f"(zero-shot {summary['zero_shot_accuracy']:.3f}).")
-    if json_out:
+    if run["json_out"]:
         emit_json(summary)
 
 
-def check_counts(*, epochs: int, batch_size: int, aug_views: int) -> None:
+def backbone_request(name: str, pretrained: str | None, runtime: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from .backbone import BackboneRequest
+
+    return BackboneRequest(name, pretrained, runtime["device"], runtime["weights_cache"], runtime["quick_gelu"],
+                           runtime["offline"])
+
+
+def training_data(root: Path, given: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """DataOptions from the data option group; --all-images means no shot limit."""
+    from .training_data import DataOptions
+
+    data = override(DataOptions(root), classes_file=given["classes"], shots=given["shots"],
+                    val_fraction=given["val_fraction"], aug_views=given["aug_views"], cache_dir=given["cache_dir"],
+                    strict=given["strict"], num_workers=given["workers"])
+    if given["all_images"]:
+        data = replace(data, shots=None)
+    check_at_least("--aug-views", data.aug_views, 0)
+    return data
+
+
+def optim_config(preset, given: dict[str, Any], runtime: dict[str, Any]):  # type: ignore[no-untyped-def]
+    config = override(preset, **given, precision=runtime["precision"])
+    check_at_least("--epochs", config.epochs, 1)
+    check_at_least("--batch-size", config.batch_size, 1)
+    return config
+
+
+def check_at_least(flag: str, value: int, least: int) -> None:
     from .errors import UsageError
 
-    for flag, value, least in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1),
-                               ("--aug-views", aug_views, 0)):
-        if value < least:
-            raise UsageError(f"{flag} must be at least {least} (got {value})")
+    if value < least:
+        raise UsageError(f"{flag} must be at least {least} (got {value})")
 
 
 @app.command("fit-neg", epilog=EPILOG)
 @reports_errors
+@option_group("optim", optim_options(NEGATIVE_OPTIM, warmup_lr=False))
+@option_group("data_opts", data_options())
+@option_group("runtime", runtime_options())
+@option_group("run", run_options())
 def fit_neg_command(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the NegPrompt prompts (.safetensors).")],
     pos: Annotated[str | None, typer.Option("--pos", help="fit-pos artifact (or hf://ORG/NAME[@REV]). Without it, "
                                             "fit-pos runs first and saves OUT-stem.pos.safetensors.")] = None,
-    classes: ClassesOpt = None,
     backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Default: the --pos artifact's backbone "
                                                  "(or ViT-B/16 without --pos).")] = None,
     pretrained: PretrainedOpt = None,
-    learner: Annotated[str, typer.Option("--learner", help="Negative-prompt learner plugin.")] = "negprompt",
-    n_neg: Annotated[int, typer.Option("--n-neg", help="Negative prompts per class (paper: 2).")] = 2,
+    learner: Annotated[str | None, typer.Option("--learner", help="Negative-prompt learner plugin (default: "
+                                                "negprompt).")] = None,
+    n_neg: Annotated[int | None, typer.Option("--n-neg", help="Negative prompts per class (paper: 2, the "
+                                              "default).")] = None,
     neg_csc: Annotated[bool, typer.Option("--neg-csc", help="Class-specific negative contexts (cannot transfer "
                                           "to new class names).")] = False,
-    loss_variant: Annotated[str, typer.Option("--loss-variant", help="official (released code, default) or paper "
-                                              "(Eqs. 4-6). See docs/method.md.")] = "official",
-    beta: Annotated[float, typer.Option("--beta", help="NPD weight.")] = 0.1,
-    gamma: Annotated[float, typer.Option("--gamma", help="NND weight.")] = 0.05,
-    init_noise: Annotated[float, typer.Option("--init-noise", help="Uniform symmetry-breaking noise added to the "
-                                              "positive context to start each negative (fp32).")] = 1e-3,
+    loss_variant: Annotated[str | None, typer.Option("--loss-variant", help="official (released code, default) or "
+                                                     "paper (Eqs. 4-6). See docs/method.md.")] = None,
+    beta: Annotated[float | None, typer.Option("--beta", help="NPD weight (default 0.1).")] = None,
+    gamma: Annotated[float | None, typer.Option("--gamma", help="NND weight (default 0.05).")] = None,
+    init_noise: Annotated[float | None, typer.Option("--init-noise", help="Uniform symmetry-breaking noise added "
+                                                     "to the positive context to start each negative (fp32; "
+                                                     "default 1e-3).")] = None,
     train_classes: Annotated[Path | None, typer.Option("--train-classes", help="Train the negatives on these "
                                                        "classes only (names or folders, one per line).")] = None,
     train_fraction: Annotated[float | None, typer.Option("--train-fraction", help="Train the negatives on this "
                                                          "fraction of the classes (open-vocabulary setup).")] = None,
-    train_subset: Annotated[str, typer.Option("--train-subset", help="first (paper) or random (seeded) classes for "
-                                              "--train-fraction.")] = "first",
-    temperature: Annotated[float, typer.Option("--temperature", help="τ of the NegPrompt score (Eq. 3, on "
-                                               "cosines) for the stored threshold; score inherits it for the "
-                                               "negprompt scorer.")] = 1.0,
-    shots: ShotsOpt = 16,
-    all_images: AllImagesOpt = False,
-    val_fraction: ValFractionOpt = 0.0,
-    aug_views: AugViewsOpt = 0,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adamw.")] = "sgd",
-    epochs: Annotated[int, typer.Option("--epochs", help="Paper §4.1: 10.")] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
-    lr: Annotated[float, typer.Option("--lr")] = 0.1,
-    momentum: Annotated[float, typer.Option("--momentum")] = 0.0,
-    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.0,
-    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs")] = 0,
-    pos_epochs: Annotated[int, typer.Option("--pos-epochs", help="Positive stage epochs (without --pos).")] = 50,
-    pos_lr: Annotated[float, typer.Option("--pos-lr", help="Positive stage learning rate.")] = 0.002,
-    pos_optimizer: Annotated[str, typer.Option("--pos-optimizer", help="Positive stage optimizer.")] = "sgd",
-    n_ctx: Annotated[int, typer.Option("--n-ctx", help="Positive stage context tokens.")] = 16,
+    train_subset: Annotated[str | None, typer.Option("--train-subset", help="first (paper, the default) or random "
+                                                     "(seeded) classes for --train-fraction.")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="τ of the NegPrompt score (Eq. 3, on "
+                                                      "cosines) for the stored threshold; score inherits it for "
+                                                      "the negprompt scorer. Default 1.")] = None,
+    pos_epochs: Annotated[int | None, typer.Option("--pos-epochs", help="Positive stage epochs (without --pos). "
+                                                   f"Default: {POSITIVE_OPTIM.epochs}.")] = None,
+    pos_lr: Annotated[float | None, typer.Option("--pos-lr", help="Positive stage learning rate. Default: "
+                                                 f"{POSITIVE_OPTIM.lr}.")] = None,
+    pos_optimizer: Annotated[str | None, typer.Option("--pos-optimizer", help="Positive stage optimizer. Default: "
+                                                      f"{POSITIVE_OPTIM.optimizer}.")] = None,
+    n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Positive stage context tokens (default 16).")] = None,
     ctx_init: Annotated[str | None, typer.Option("--ctx-init", help="Positive stage context initialisation.")] = None,
-    seed: SeedOpt = 1,
     text_chunk: Annotated[str, typer.Option("--text-chunk", help="Classes per text-encoder chunk; above it, "
                                             "gradient caching keeps memory bounded at one extra no-grad pass. "
                                             "auto: chunk only when the whole graph would not fit (80% of free GPU "
                                             "memory, 3 GiB on CPU; docs/performance.md). 0 = never chunk.")] = "auto",
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
-    cache_dir: CacheOpt = None,
-    weights_cache: WeightsCacheOpt = None,
-    offline: OfflineOpt = False,
-    quick_gelu: QuickGeluOpt = None,
-    workers: WorkersOpt = None,
-    strict: StrictOpt = False,
-    resume: ResumeOpt = False,
-    grad_checkpoint: GradCheckpointOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    optim: dict[str, Any],
+    data_opts: dict[str, Any],
+    runtime: dict[str, Any],
+    run: dict[str, Any],
 ) -> None:
     """Learn NegPrompt negative prompts (runs fit-pos first when --pos is not given)."""
-    from .backbone import DEFAULT_BACKBONE, BackboneRequest, RuntimeOptions
+    from .backbone import RuntimeOptions
     from .fit_neg import FitNegOptions, fit_neg
     from .learners import PromptSettings
     from .losses import LossWeights
     from .memory import AUTO, parse_text_chunk
     from .pipeline import fit_pos_then_neg, pos_stage_options
-    from .training import OptimConfig
-    from .training_data import DataOptions
 
-    check_counts(epochs=epochs, batch_size=batch_size, aug_views=aug_views)
     chunk = parse_text_chunk(text_chunk)
+    optim_settings = optim_config(NEGATIVE_OPTIM, optim, runtime)
     request = None
     if backbone is not None or pretrained is not None or pos is None:
-        request = BackboneRequest(backbone or DEFAULT_BACKBONE, pretrained, device, weights_cache, quick_gelu, offline)
-    options = FitNegOptions(
-        data=DataOptions(data, classes, None if all_images else shots, val_fraction, aug_views, cache_dir, strict,
-                         num_workers=workers),
-        out=out,
-        pos=_prompts_path(pos, offline) if pos else None,
-        backbone=request,
-        learner=learner,
-        n_neg=n_neg,
-        neg_csc=neg_csc,
-        loss_variant=loss_variant,
-        weights=LossWeights(beta=beta, gamma=gamma),
-        init_noise=init_noise,
-        train_classes=train_classes,
-        train_fraction=train_fraction,
-        train_subset=train_subset,
-        optim=OptimConfig(optimizer=optimizer, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                          weight_decay=weight_decay, warmup_epochs=warmup_epochs, warmup_lr=0.0, seed=seed,
-                          precision=precision),
-        temperature=temperature,
-        text_chunk=chunk,
-        quiet=quiet or json_out,
-        resume=resume,
-        grad_checkpoint=grad_checkpoint,
-        runtime=RuntimeOptions(device, weights_cache, offline, None if chunk == AUTO else chunk),
-    )
+        request = backbone_request(backbone or DEFAULT_BACKBONE, pretrained, runtime)
+    options = override(
+        FitNegOptions(data=training_data(data, data_opts), out=out, optim=optim_settings),
+        pos=_prompts_path(pos, runtime["offline"]) if pos else None, backbone=request, learner=learner, n_neg=n_neg,
+        neg_csc=neg_csc, loss_variant=loss_variant, weights=override(LossWeights(), beta=beta, gamma=gamma),
+        init_noise=init_noise, train_classes=train_classes, train_fraction=train_fraction, train_subset=train_subset,
+        temperature=temperature, text_chunk=chunk, quiet=run["quiet"] or run["json_out"], resume=run["resume"],
+        grad_checkpoint=run["grad_checkpoint"],
+        runtime=RuntimeOptions(runtime["device"], runtime["weights_cache"], runtime["offline"],
+                               None if chunk == AUTO else chunk))
+    if chunk is None:  # --text-chunk 0: never chunk (None is "not given" to override)
+        options = replace(options, text_chunk=None)
     if pos is None:
         assert request is not None
         info("No --pos given: training the positive prompts first (fit-pos).")
+        positive_optim = override(POSITIVE_OPTIM, optimizer=pos_optimizer, epochs=pos_epochs, lr=pos_lr)
         summary = fit_pos_then_neg(
-            pos_stage_options(options, request, PromptSettings(n_ctx=n_ctx, ctx_init=ctx_init),
-                              OptimConfig(optimizer=pos_optimizer, epochs=pos_epochs, lr=pos_lr)), options)
+            pos_stage_options(options, request, override(PromptSettings(), n_ctx=n_ctx, ctx_init=ctx_init),
+                              positive_optim), options)
     else:
         summary = fit_neg(options)
     info(f"Wrote {out}: {summary['classes']} classes ({summary['train_classes']} trained on), "
          f"{options.n_neg} negative prompt(s), loss variant {options.loss_variant}; ID threshold "
          f"{summary['threshold']['value']:.4f} keeps 95% of {summary['threshold']['source']} images.")
-    if json_out:
+    if run["json_out"]:
         emit_json(summary)
 
 

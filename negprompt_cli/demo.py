@@ -15,10 +15,11 @@ from typing import Any
 
 from .backbone import BackboneRequest, RuntimeOptions
 from .console import info
-from .fit_neg import FitNegOptions, fit_neg, negative_stage_defaults
+from .fit_neg import FitNegOptions, fit_neg
 from .fit_pos import FitPosOptions, fit_pos
 from .image_features import EncodeOptions
 from .learners import PromptSettings
+from .presets import NEGATIVE_OPTIM
 from .report import ReportOptions, build_report
 from .score import ScoreOptions, score
 from .training import OptimConfig
@@ -69,4 +70,4 @@ def run_demo(workdir: Path | None = None, seed: int = 0, device: str = "auto", q
 
 
 def _neg_optim(seed: int) -> OptimConfig:
-    return replace(negative_stage_defaults(), seed=seed)
+    return replace(NEGATIVE_OPTIM, seed=seed)

@@ -27,6 +27,7 @@ from .errors import IncompatibleArtifactError, UsageError
 from .learners import PromptSettings, exported_tensors
 from .losses import VARIANTS, LossWeights
 from .memory import AUTO, resolve_text_chunk
+from .presets import NEGATIVE_OPTIM
 from .registry import get_host
 from .text_encoder import SoftPromptTextEncoder
 from .text_features import text_features_for
@@ -35,13 +36,6 @@ from .training import OptimConfig, Selection, accuracy, train
 from .training_data import DataOptions, labelled_features, run_fingerprint
 
 DEFAULT_LOSS_VARIANT = "official"  # see docs/method.md for the evidence behind this choice
-
-
-def negative_stage_defaults() -> OptimConfig:
-    """10 epochs (paper §4.1); SGD lr 0.1 without momentum or weight decay, batch 64 (released scripts);
-    cosine per epoch without warm-up (the released per-iteration cyclic schedule is not kept)."""
-    return OptimConfig(optimizer="sgd", epochs=10, batch_size=64, lr=0.1, momentum=0.0, weight_decay=0.0,
-                       warmup_epochs=0, warmup_lr=0.0)
 
 
 @dataclass
@@ -60,7 +54,7 @@ class FitNegOptions:
     train_classes: Path | None = None
     train_fraction: float | None = None
     train_subset: str = "first"
-    optim: OptimConfig = field(default_factory=negative_stage_defaults)
+    optim: OptimConfig = NEGATIVE_OPTIM
     temperature: float = 1.0
     text_chunk: int | str | None = AUTO  # classes per chunk above which gradient caching bounds memory
     quiet: bool = False

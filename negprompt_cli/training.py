@@ -10,8 +10,7 @@ import copy
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,26 +19,8 @@ from .console import progress
 from .devices import autocast
 from .errors import NegPromptWarning, OutOfMemory, UsageError
 from .learners import PromptModule
+from .presets import OptimConfig
 from .schedule import cosine_with_warmup
-
-
-@dataclass
-class OptimConfig:
-    """Optimiser settings. Defaults are CoOp's published ImageNet settings (vit_b16_ep50)."""
-
-    optimizer: str = "sgd"  # "sgd" (CoOp) or "adamw" (better conditioned on small/random models)
-    epochs: int = 50
-    batch_size: int = 32
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    seed: int = 1
-    precision: str = "fp32"
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

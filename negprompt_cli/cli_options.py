@@ -1,0 +1,106 @@
+"""Option groups the training and scoring commands share, declared once.
+
+Typer reads a command's options from its signature, so options several commands share would be
+restated in each. :func:`option_group` instead adds a group's parameters to a command's signature
+and hands their values to the command as one dict. Group options default to "unset" (``None``)
+and override the presets (``presets.py``) and the options dataclasses' own defaults, which the
+help text quotes, so no default is written twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from .presets import OptimConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def option(name: str, kind: Any, *flags: str, help: str, default: Any = None, **extra: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[kind, typer.Option(*flags, help=help, **extra)])
+
+
+def option_group(group: str, params: list[inspect.Parameter]) -> Callable[[F], F]:
+    """Add ``params`` to the command's options; the command receives their values as the dict ``group``."""
+
+    def decorate(func: F) -> F:
+        own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != group]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {p.name: kwargs.pop(p.name) for p in params}
+            return func(*args, **kwargs, **{group: values})
+
+        wrapper.__signature__ = inspect.Signature(own + params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + params}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def runtime_options() -> list[inspect.Parameter]:
+    return [
+        option("device", str, "--device", default="auto", envvar="NEGPROMPT_DEVICE",
+               help="auto (CUDA when present), cpu, cuda, cuda:N."),
+        option("precision", str, "--precision", default="fp32", help="fp32, bf16 or fp16 (autocast; CUDA only)."),
+        option("weights_cache", str | None, "--weights-cache", help="Where open_clip caches downloaded weights "
+               "(default: the Hugging Face cache)."),
+        option("offline", bool, "--offline", default=False, help="Never touch the network; use cached weights "
+               "only."),
+        option("quick_gelu", bool | None, "--quick-gelu/--no-quick-gelu", help="Override QuickGELU (default: "
+               "from the pretrained tag)."),
+    ]
+
+
+def data_options() -> list[inspect.Parameter]:
+    return [
+        option("classes", Path | None, "--classes", help="Class names: one per line in sorted-folder order, or "
+               "folder<TAB>name. Default: folder names, _ -> space."),
+        option("shots", int | None, "--shots", help="Images per class (seeded; same subset in fit-pos and fit-neg "
+               "for the same seed). Default: 16."),
+        option("all_images", bool, "--all-images", default=False, help="Use every image (ignore --shots)."),
+        option("val_fraction", float | None, "--val-fraction", help="Hold out this fraction of each class's images "
+               "(outside the shots) for model selection / calibration. Default: 0."),
+        option("aug_views", int | None, "--aug-views", help="Cache K augmented views per image (random crop + "
+               "flip); 0 = no augmentation (default)."),
+        option("cache_dir", Path | None, "--cache-dir", envvar="NEGPROMPT_CACHE",
+               help="Image-feature cache (default ~/.cache/negprompt)."),
+        option("workers", int | None, "--workers", help="Image-decoding workers."),
+        option("strict", bool, "--strict", default=False, help="Unreadable images are an error, not skipped."),
+    ]
+
+
+def optim_options(preset: OptimConfig, *, warmup_lr: bool = True) -> list[inspect.Parameter]:
+    """The optimiser options, documenting ``preset``'s values as the defaults."""
+    params = [
+        option("optimizer", str | None, "--optimizer", help=f"sgd or adamw. Default: {preset.optimizer}."),
+        option("epochs", int | None, "--epochs", help=f"Default: {preset.epochs}."),
+        option("batch_size", int | None, "--batch-size", help=f"Default: {preset.batch_size}."),
+        option("lr", float | None, "--lr", help=f"Default: {preset.lr}."),
+        option("momentum", float | None, "--momentum", help=f"Default: {preset.momentum}."),
+        option("weight_decay", float | None, "--weight-decay", help=f"Default: {preset.weight_decay}."),
+        option("warmup_epochs", int | None, "--warmup-epochs", help=f"Default: {preset.warmup_epochs}."),
+    ]
+    if warmup_lr:
+        params.append(option("warmup_lr", float | None, "--warmup-lr", help=f"Default: {preset.warmup_lr}."))
+    params.append(option("seed", int | None, "--seed", help="Seed for the few-shot subset, initialisation and "
+                         f"shuffling. Default: {preset.seed}."))
+    return params
+
+
+def run_options() -> list[inspect.Parameter]:
+    return [
+        option("resume", bool, "--resume", default=False, help="Continue from the checkpoint OUT.ckpt that an "
+               "interruption left (without one: start fresh, with a notice)."),
+        option("grad_checkpoint", bool, "--grad-checkpoint", default=False, help="Recompute text-tower "
+               "activations in backward: less memory, more compute."),
+        option("json_out", bool, "--json", default=False, help="Print a JSON summary on stdout."),
+        option("quiet", bool, "--quiet", "-q", default=False, help="No progress display."),
+    ]

@@ -1,0 +1,51 @@
+"""Every default setting, once, as data.
+
+Each stage's options dataclass carries its defaults (``DataOptions``, ``PromptSettings``,
+``FitNegOptions``, ``ScoreOptions``); the two optimisation recipes live here. The CLI declares
+its options as "unset" and overrides these presets only with what the user gave
+(``dataclasses.replace``), so a default is never restated in a second place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_BACKBONE = "ViT-B/16"  # OpenCLIP ViT-B/16, LAION-2B (laion2b_s34b_b88k): the paper's backbone
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser settings. Defaults are CoOp's published ImageNet settings (vit_b16_ep50)."""
+
+    optimizer: str = "sgd"  # "sgd" (CoOp) or "adamw" (better conditioned on small/random models)
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    seed: int = 1
+    precision: str = "fp32"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# CoOp's published ImageNet recipe (vit_b16_ep50): SGD lr 0.002, momentum 0.9, wd 5e-4, 50 epochs, batch 32,
+# cosine with one warm-up epoch at 1e-5 — OptimConfig's own defaults.
+POSITIVE_OPTIM = OptimConfig()
+
+# NegPrompt's negative stage: 10 epochs (paper §4.1); SGD lr 0.1 without momentum or weight decay, batch 64
+# (released scripts); cosine per epoch without warm-up (the released per-iteration cyclic schedule is not kept).
+NEGATIVE_OPTIM = OptimConfig(optimizer="sgd", epochs=10, batch_size=64, lr=0.1, momentum=0.0, weight_decay=0.0,
+                             warmup_epochs=0, warmup_lr=0.0)
+
+
+def override(preset: T, **given: Any) -> T:
+    """``preset`` with the settings the user actually gave (``None`` means "not given")."""
+    names = {f.name for f in fields(preset)}  # type: ignore[arg-type]
+    return replace(preset, **{k: v for k, v in given.items() if v is not None and k in names})  # type: ignore[type-var]
