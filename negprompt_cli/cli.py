@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from . import __version__
-from .cli_options import data_options, optim_options, option_group, run_options, runtime_options
+from .cli_options import training_options
 from .console import emit_json, err, info
 from .errors import (
     EXIT_BROKEN_PIPE,
@@ -176,10 +176,7 @@ TextChunkOpt = Annotated[int | None, typer.Option("--text-chunk", help="Encode p
 
 @app.command("fit-pos", epilog=EPILOG)
 @reports_errors
-@option_group("optim", optim_options(POSITIVE_OPTIM))
-@option_group("data_opts", data_options())
-@option_group("runtime", runtime_options())
-@option_group("run", run_options())
+@training_options(POSITIVE_OPTIM)
 def fit_pos_command(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the prompts (.safetensors).")],
@@ -216,10 +213,15 @@ def fit_pos_command(
         grad_checkpoint=run["grad_checkpoint"],
     )
     summary = fit_pos(options)
-    info(f"Wrote {out}: {summary['classes']} classes, {summary['train_images']} images; train accuracy "
-         f"{summary['initial_train_accuracy']:.3f} -> {summary['final_train_accuracy']:.3f} "
-         f"(zero-shot {summary['zero_shot_accuracy']:.3f}).")
-    if run["json_out"]:
+    finish(f"Wrote {out}: {summary['classes']} classes, {summary['train_images']} images; train accuracy "
+           f"{summary['initial_train_accuracy']:.3f} -> {summary['final_train_accuracy']:.3f} "
+           f"(zero-shot {summary['zero_shot_accuracy']:.3f}).", summary, run["json_out"])
+
+
+def finish(message: str, summary: dict[str, Any], as_json: bool) -> None:
+    """A command's closing line on stderr, and its summary on stdout with --json."""
+    info(message)
+    if as_json:
         emit_json(summary)
 
 
@@ -259,10 +261,7 @@ def check_at_least(flag: str, value: int, least: int) -> None:
 
 @app.command("fit-neg", epilog=EPILOG)
 @reports_errors
-@option_group("optim", optim_options(NEGATIVE_OPTIM, warmup_lr=False))
-@option_group("data_opts", data_options())
-@option_group("runtime", runtime_options())
-@option_group("run", run_options())
+@training_options(NEGATIVE_OPTIM, warmup_lr=False)
 def fit_neg_command(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the NegPrompt prompts (.safetensors).")],
@@ -344,11 +343,10 @@ def fit_neg_command(
                               positive_optim), options)
     else:
         summary = fit_neg(options)
-    info(f"Wrote {out}: {summary['classes']} classes ({summary['train_classes']} trained on), "
-         f"{options.n_neg} negative prompt(s), loss variant {options.loss_variant}; ID threshold "
-         f"{summary['threshold']['value']:.4f} keeps 95% of {summary['threshold']['source']} images.")
-    if run["json_out"]:
-        emit_json(summary)
+    finish(f"Wrote {out}: {summary['classes']} classes ({summary['train_classes']} trained on), "
+           f"{options.n_neg} negative prompt(s), loss variant {options.loss_variant}; ID threshold "
+           f"{summary['threshold']['value']:.4f} keeps 95% of {summary['threshold']['source']} images.",
+           summary, run["json_out"])
 
 
 def _prompts_path(value: str, offline: bool = False) -> Path:

@@ -45,6 +45,18 @@ def option_group(group: str, params: list[inspect.Parameter]) -> Callable[[F], F
     return decorate
 
 
+def training_options(preset: OptimConfig, *, warmup_lr: bool = True) -> Callable[[F], F]:
+    """The option groups of fit-pos and fit-neg: optim (from ``preset``), data_opts, runtime and run."""
+
+    def decorate(func: F) -> F:
+        for group, params in (("run", run_options()), ("runtime", runtime_options()), ("data_opts", data_options()),
+                              ("optim", optim_options(preset, warmup_lr=warmup_lr))):
+            func = option_group(group, params)(func)
+        return func
+
+    return decorate
+
+
 def runtime_options() -> list[inspect.Parameter]:
     return [
         option("device", str, "--device", default="auto", envvar="NEGPROMPT_DEVICE",

@@ -201,17 +201,17 @@ class PluginHost:
         raise self.backbones.unknown(name)
 
     def learner(self, name: str) -> Any:
-        self.fill()
-        entry = self.learners.get(name)
-        if entry is None:
-            raise self.learners.unknown(name)
-        return entry.obj
+        return self._lookup("learners", name)
 
     def scorer(self, name: str) -> Any:
-        self.fill()
-        entry = self.scorers.get(name)
+        return self._lookup("scorers", name)
+
+    def _lookup(self, attribute: str, name: str) -> Any:
+        self.fill()  # fill() builds fresh registries, so look the attribute up after it
+        registry: Registry = getattr(self, attribute)
+        entry = registry.get(name)
         if entry is None:
-            raise self.scorers.unknown(name)
+            raise registry.unknown(name)
         return entry.obj
 
     def describe(self) -> list[dict[str, Any]]:
