@@ -81,9 +81,10 @@ def cli_defaults(variant: str) -> NegSettings:
     """What ``negprompt fit-neg`` runs when no option is given (read from the library, not restated)."""
     optim = NEGATIVE_OPTIM
     base = FitNegOptions(data=DataOptions(Path(".")), out=Path("x"))
-    return NegSettings(variant=variant, lr=optim.lr, epochs=optim.epochs, n_neg=base.n_neg, beta=base.weights.beta,
-                       gamma=base.weights.gamma, temperature=base.temperature, batch_size=optim.batch_size,
-                       init_noise=base.init_noise)
+    learner = get_host().learner(base.learner).Options()
+    return NegSettings(variant=variant, lr=optim.lr, epochs=optim.epochs, n_neg=learner.n_neg, beta=learner.beta,
+                       gamma=learner.gamma, temperature=base.temperature, batch_size=optim.batch_size,
+                       init_noise=learner.init_noise)
 
 
 # The joint grids: every combination is validated as a combination. "weights" is (β, γ).
@@ -195,11 +196,11 @@ class ProtocolRun:
     def negprompt(self, s: NegSettings) -> dict[str, float]:
         out = self.work / "neg.safetensors"
         optim = replace(NEGATIVE_OPTIM, lr=s.lr, epochs=s.epochs, seed=self.seed, batch_size=s.batch_size)
-        from negprompt_cli.losses import LossWeights
 
         fit_neg(FitNegOptions(data=self.data(), out=out, pos=self.pos_path, runtime=RuntimeOptions(device="cpu"),
-                              n_neg=s.n_neg, loss_variant=s.variant, weights=LossWeights(s.beta, s.gamma),
-                              optim=optim, temperature=s.temperature, init_noise=s.init_noise,
+                              learner_options={"n_neg": s.n_neg, "loss_variant": s.variant, "beta": s.beta,
+                                               "gamma": s.gamma, "init_noise": s.init_noise},
+                              optim=optim, temperature=s.temperature,
                               train_classes=self.protocol["negative_classes"], quiet=True))
         text_pos, text_neg = text_features_for(self.encoder, load_prompts(out), self.protocol["names"])
         return evaluate(self.features, text_pos, text_neg, "negprompt", s.temperature, self.backbone.logit_scale)

@@ -314,7 +314,6 @@ def fit_neg_command(
     from .backbone import RuntimeOptions
     from .fit_neg import FitNegOptions, fit_neg
     from .learners import PromptSettings
-    from .losses import LossWeights
     from .memory import AUTO, parse_text_chunk
     from .pipeline import fit_pos_then_neg, pos_stage_options
 
@@ -323,11 +322,13 @@ def fit_neg_command(
     request = None
     if backbone is not None or pretrained is not None or pos is None:
         request = backbone_request(backbone or DEFAULT_BACKBONE, pretrained, runtime)
+    given = {"n_neg": n_neg, "neg_csc": neg_csc or None, "loss_variant": loss_variant, "beta": beta, "gamma": gamma,
+             "init_noise": init_noise}  # the negprompt learner's options; only those given reach the learner
     options = override(
         FitNegOptions(data=training_data(data, data_opts), out=out, optim=optim_settings),
-        pos=_prompts_path(pos, runtime["offline"]) if pos else None, backbone=request, learner=learner, n_neg=n_neg,
-        neg_csc=neg_csc, loss_variant=loss_variant, weights=override(LossWeights(), beta=beta, gamma=gamma),
-        init_noise=init_noise, train_classes=train_classes, train_fraction=train_fraction, train_subset=train_subset,
+        pos=_prompts_path(pos, runtime["offline"]) if pos else None, backbone=request, learner=learner,
+        learner_options={k: v for k, v in given.items() if v is not None},
+        train_classes=train_classes, train_fraction=train_fraction, train_subset=train_subset,
         temperature=temperature, text_chunk=chunk, quiet=run["quiet"] or run["json_out"], resume=run["resume"],
         grad_checkpoint=run["grad_checkpoint"],
         runtime=RuntimeOptions(runtime["device"], runtime["weights_cache"], runtime["offline"],
@@ -343,8 +344,9 @@ def fit_neg_command(
                               positive_optim), options)
     else:
         summary = fit_neg(options)
-    finish(f"Wrote {out}: {summary['classes']} classes ({summary['train_classes']} trained on), "
-           f"{options.n_neg} negative prompt(s), loss variant {options.loss_variant}; ID threshold "
+    settings = ", ".join(f"{k} {v}" for k, v in summary["learner_options"].items())
+    finish(f"Wrote {out}: {summary['classes']} classes ({summary['train_classes']} trained on), learner "
+           f"{summary['learner']} ({settings}); ID threshold "
            f"{summary['threshold']['value']:.4f} keeps 95% of {summary['threshold']['source']} images.",
            summary, run["json_out"])
 

@@ -65,7 +65,7 @@ def run_demo(workdir: Path | None = None, seed: int = 0, device: str = "auto", q
     report = build_report(ReportOptions(root / "id.csv", [("near (other shapes)", root / "ood_near.csv"),
                                                           ("far (noise)", root / "ood_far.csv")], root / "report"))
     report["demo"] = {"workdir": str(root), "seconds": round(time.time() - started, 1), "fit_pos": pos,
-                      "fit_neg": {k: neg[k] for k in ("loss_variant", "threshold", "train_classes", "classes")}}
+                      "fit_neg": {k: neg[k] for k in ("learner_options", "threshold", "train_classes", "classes")}}
     return report
 
 

@@ -24,8 +24,7 @@ from .checkpoint import Checkpointing, checkpoint_path
 from .data import ImageFolder, load_image_folder, read_names_file
 from .devices import check_precision
 from .errors import IncompatibleArtifactError, UsageError
-from .learners import PromptSettings, exported_tensors
-from .losses import VARIANTS, LossWeights
+from .learners import PromptSettings, exported_tensors, learner_options, options_record
 from .memory import AUTO, resolve_text_chunk
 from .presets import NEGATIVE_OPTIM
 from .registry import get_host
@@ -34,8 +33,6 @@ from .text_features import text_features_for
 from .thresholds import calibrate
 from .training import OptimConfig, Selection, accuracy, train
 from .training_data import DataOptions, labelled_features, run_fingerprint
-
-DEFAULT_LOSS_VARIANT = "official"  # see docs/method.md for the evidence behind this choice
 
 
 @dataclass
@@ -46,11 +43,7 @@ class FitNegOptions:
     backbone: BackboneRequest | None = None  # None: the positive artifact's backbone, run with `runtime`
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     learner: str = "negprompt"
-    n_neg: int = 2
-    neg_csc: bool = False
-    loss_variant: str = DEFAULT_LOSS_VARIANT
-    weights: LossWeights = field(default_factory=LossWeights)
-    init_noise: float = 1e-3
+    learner_options: dict[str, Any] = field(default_factory=dict)  # overrides of the learner's own Options
     train_classes: Path | None = None
     train_fraction: float | None = None
     train_subset: str = "first"
@@ -97,6 +90,7 @@ class NegativePlan:
     """What fit-neg's cheap checks established, before any encoding or training."""
 
     builder: Any
+    learner_options: Any  # the learner's Options, filled
     folder: ImageFolder
     chosen: list[int]  # indices of the classes the negatives train on
 
@@ -104,16 +98,13 @@ class NegativePlan:
 def plan_fit_neg(options: FitNegOptions) -> NegativePlan:
     """Every check that needs no backbone: output path, options, learner, data folder and class subset."""
     check_output_path(options.out)
-    if options.loss_variant not in VARIANTS:
-        raise UsageError(f"unknown loss variant {options.loss_variant!r}", hint=f"choose one of {', '.join(VARIANTS)}")
-    if options.n_neg < 1:
-        raise UsageError(f"--n-neg must be at least 1 (got {options.n_neg})")
     builder = get_host().learner(options.learner)
     if getattr(builder, "kind", None) != "negative":
         raise UsageError(f"learner {options.learner!r} does not learn negative prompts")
+    settings = learner_options(options.learner, builder, options.learner_options)
     folder = load_image_folder(options.data.root, options.data.classes_file)
     chosen = select_train_classes(folder.class_dirs, folder.class_names, options, options.optim.seed)
-    return NegativePlan(builder, folder, chosen)
+    return NegativePlan(builder, settings, folder, chosen)
 
 
 def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
@@ -152,16 +143,16 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
     ctx_pos = positive.tensors["ctx_pos"]
     if ctx_pos.dim() == 3:
         ctx_pos = ctx_pos[chosen]
+    module = builder(encoder, prompts, settings, generator, ctx_pos=ctx_pos, options=plan.learner_options)
+    # sized from what the module says about its text graph (auto: chunk only when it would not fit)
     text_chunk = resolve_text_chunk(options.text_chunk, backbone=backbone, prompts=prompts,
-                                    prompts_per_class=options.n_neg,
-                                    class_specific=options.neg_csc or ctx_pos.dim() == 3, precision=optim.precision)
-    module = builder(encoder, prompts, settings, generator, ctx_pos=ctx_pos, n_neg=options.n_neg,
-                     neg_csc=options.neg_csc, loss_variant=options.loss_variant, weights=options.weights,
-                     init_noise=options.init_noise, text_chunk=text_chunk)
+                                    prompts_per_class=module.prompts_per_class,
+                                    class_specific=module.class_specific, precision=optim.precision)
+    module.text_chunk = text_chunk
+    learner_record = options_record(plan.learner_options)
     fingerprint = run_fingerprint(stage="fit-neg", optim=optim.as_dict(), names=train_names,
                                   labels=train_labels.tolist(), features=float(train_features.sum()),
-                                  variant=options.loss_variant, weights=options.weights, n_neg=options.n_neg,
-                                  neg_csc=options.neg_csc, init_noise=options.init_noise, pos=str(pos_path),
+                                  learner=options.learner, learner_options=learner_record, pos=str(pos_path),
                                   ctx=float(ctx_pos.sum()))
     with torch.no_grad():
         initial_terms = {k: float(v) for k, v in module.loss_terms(train_features[:, 0].to(backbone.device),
@@ -205,7 +196,8 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
         "train_images": int(len(train_labels)),
         "images_encoded": sum(s.encoded for s in stats),
         "images_from_cache": sum(s.cached for s in stats),
-        "loss_variant": options.loss_variant,
+        "learner": options.learner,
+        "learner_options": learner_record,
         "text_chunk": text_chunk,
         "initial_loss": initial_terms,
         "final_loss": final_terms,
@@ -217,15 +209,12 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
         kind="negative",
         tensors=tensors,
         backbone=backbone.identity(),
-        prompt={**positive.prompt, "n_neg": options.n_neg, "neg_csc": module.neg_csc},
+        prompt={**positive.prompt, **module.artifact_prompt()},
         class_names=list(folder.class_names),
         training={
             "stage": "fit-neg",
             "learner": options.learner,
-            "loss_variant": options.loss_variant,
-            "beta": options.weights.beta,
-            "gamma": options.weights.gamma,
-            "init_noise": options.init_noise,
+            "learner_options": learner_record,
             "optim": optim.as_dict(),
             "train_classes": train_names,
             "train_subset": options.train_subset if options.train_fraction is not None else None,

@@ -220,7 +220,7 @@ def model_card(artifact: PromptArtifact, repo_id: str) -> str:
         "## Training", "",
         "| setting | value |", "|---|---|",
         f"| stage | {training.get('stage')} |",
-        f"| loss variant | {training.get('loss_variant', '-')} |",
+        f"| loss variant | {training.get('learner_options', training).get('loss_variant', '-')} |",
         f"| context tokens | {artifact.prompt.get('n_ctx')} |",
         f"| negative prompts per class | {artifact.prompt.get('n_neg', '-')} |",
         f"| epochs | {training.get('optim', {}).get('epochs')} |",

@@ -1,18 +1,20 @@
 """The contract between the training loop and prompt-learner plugins.
 
-A learner plugin registers a *builder*: ``build(encoder, prompts, settings, generator)``
-returning a :class:`PromptModule`. The training loop only ever calls ``loss`` and
-``parameters``; artifacts are written from ``export``. This keeps CoOp, NegPrompt and any
-third-party learner interchangeable behind ``negprompt fit-pos --learner NAME``.
+A learner plugin registers a :class:`LearnerBuilder`: an object with a ``kind``, the dataclass of
+its own ``Options``, and a call that builds a :class:`PromptModule`. The core only uses what
+these two classes declare (training: ``loss_and_backward``, ``parameters``; selection and
+records: ``loss_terms``, ``class_logits``; artifacts: ``export`` and ``artifact_prompt``), so CoOp,
+NegPrompt and any third-party learner are interchangeable behind ``--learner NAME``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 import torch
 
+from .errors import UsageError
 from .text_encoder import SoftPromptTextEncoder, TokenizedPrompts
 
 
@@ -32,7 +34,16 @@ class PromptSettings:
 
 
 class PromptModule(torch.nn.Module):
-    """Learnable prompts over a frozen encoder."""
+    """Learnable prompts over a frozen encoder: everything the core calls on a learner's module.
+
+    ``text_chunk`` (classes per text-encoder chunk, or None) is set by the core before training;
+    ``prompts_per_class`` and ``class_specific`` describe the module's text graph so the core can
+    size that chunk (``--text-chunk auto``).
+    """
+
+    text_chunk: int | None = None
+    prompts_per_class: int = 1
+    class_specific: bool = False
 
     def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scalar loss, class logits [B, C]) for unit-norm image features."""
@@ -49,9 +60,17 @@ class PromptModule(torch.nn.Module):
         loss.backward()
         return loss.detach(), logits
 
+    def loss_terms(self, image_features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss and its named parts (recorded before and after training; "loss" is what validation uses)."""
+        return {"loss": self.loss(image_features, labels)[0]}
+
     def export(self) -> dict[str, torch.Tensor]:
         """Tensors to store in the artifact."""
         raise NotImplementedError
+
+    def artifact_prompt(self) -> dict[str, Any]:
+        """Entries this learner adds to the artifact's ``prompt`` section (its prompt layout)."""
+        return {}
 
 
 def exported_tensors(module: PromptModule) -> dict[str, torch.Tensor]:
@@ -61,10 +80,39 @@ def exported_tensors(module: PromptModule) -> dict[str, torch.Tensor]:
 
 
 class LearnerBuilder(Protocol):
-    kind: str  # "positive" (fit-pos) or "negative" (fit-neg)
+    """What a learner plugin registers (``register(name, learner)``).
+
+    ``kind``: "positive" (fit-pos) or "negative" (fit-neg). ``Options``: the dataclass of the
+    learner's own settings (the core fills it from ``learner_options`` and records it in the
+    artifact; a learner without settings may leave it out). Calling the learner builds the module:
+    ``learner(encoder, prompts, settings, generator, options=..., **stage_inputs)``, where a
+    negative learner's stage input is ``ctx_pos``, the positive contexts it builds on.
+    """
+
+    kind: str
+    Options: type | None
 
     def __call__(self, encoder: SoftPromptTextEncoder, prompts: TokenizedPrompts, settings: PromptSettings,
-                 generator: torch.Generator, **options: Any) -> PromptModule: ...
+                 generator: torch.Generator, *, options: Any = None, **stage_inputs: Any) -> PromptModule: ...
+
+
+def learner_options(name: str, learner: Any, given: dict[str, Any]) -> Any:
+    """The learner's Options filled with ``given``; unknown names and bad values are usage errors."""
+    options_type = getattr(learner, "Options", None)
+    if options_type is None:
+        if given:
+            raise UsageError(f"learner {name!r} takes no options (got {', '.join(sorted(given))})")
+        return None
+    known = {f.name for f in fields(options_type)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise UsageError(f"learner {name!r} has no option {unknown[0]!r}",
+                         hint=f"its options: {', '.join(sorted(known))}")
+    return options_type(**given)
+
+
+def options_record(options: Any) -> dict[str, Any]:
+    return asdict(options) if options is not None else {}
 
 
 def initial_context(encoder: SoftPromptTextEncoder, settings: PromptSettings, n_classes: int,

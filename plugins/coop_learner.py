@@ -47,14 +47,17 @@ class CoOpPrompts(PromptModule):
             return {"ctx_pos": self.ctx.detach(), "text_pos": self.text_features()}
 
 
-def build_coop(encoder: SoftPromptTextEncoder, prompts: TokenizedPrompts, settings: PromptSettings,
-               generator: torch.Generator, **options: Any) -> CoOpPrompts:
-    return CoOpPrompts(encoder, prompts, settings, generator, text_chunk=options.get("text_chunk"))
+class CoOpLearner:
+    """The registered learner. CoOp's settings are the prompt layout itself (``PromptSettings``): no Options."""
 
+    kind = "positive"
+    Options = None
 
-build_coop.kind = "positive"  # type: ignore[attr-defined]
+    def __call__(self, encoder: SoftPromptTextEncoder, prompts: TokenizedPrompts, settings: PromptSettings,
+                 generator: torch.Generator, *, options: Any = None, text_chunk: int | None = None) -> CoOpPrompts:
+        return CoOpPrompts(encoder, prompts, settings, generator, text_chunk=text_chunk)
 
 
 @negprompt_cli.hookimpl
 def register_prompt_learners(register: Callable[..., None]) -> None:
-    register("coop", build_coop, description="CoOp positive prompts (cross-entropy over classes)")
+    register("coop", CoOpLearner(), description="CoOp positive prompts (cross-entropy over classes)")

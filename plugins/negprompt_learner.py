@@ -9,26 +9,46 @@ context plus seeded fp32 noise and are trained with the loss variant chosen
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 import negprompt_cli
+from negprompt_cli.errors import UsageError
 from negprompt_cli.learners import PromptModule, PromptSettings
-from negprompt_cli.losses import LossWeights, negprompt_loss
+from negprompt_cli.losses import VARIANTS, LossWeights, negprompt_loss
 from negprompt_cli.text_encoder import SoftPromptTextEncoder, TokenizedPrompts
+
+
+@dataclass(frozen=True)
+class NegPromptOptions:
+    """The NegPrompt learner's settings (``fit-neg --n-neg/--neg-csc/--loss-variant/--beta/--gamma/--init-noise``)."""
+
+    n_neg: int = 2  # negative prompts per class (paper: 2)
+    neg_csc: bool = False  # class-specific negative contexts (cannot transfer to new class names)
+    loss_variant: str = "official"  # the released code's loss; "paper" for Eqs. 4-6 (docs/method.md: why)
+    beta: float = 0.1  # NPD weight (paper and released scripts)
+    gamma: float = 0.05  # NND weight (paper and released scripts)
+    init_noise: float = 1e-3  # fp32 symmetry-breaking noise on the copies of the positive context
+
+    def __post_init__(self) -> None:
+        if self.loss_variant not in VARIANTS:
+            raise UsageError(f"unknown loss variant {self.loss_variant!r}", hint=f"choose one of {', '.join(VARIANTS)}")
+        if self.n_neg < 1:
+            raise UsageError(f"--n-neg must be at least 1 (got {self.n_neg})")
 
 
 class NegativePrompts(PromptModule):
     def __init__(self, encoder: SoftPromptTextEncoder, prompts: TokenizedPrompts, settings: PromptSettings,
-                 generator: torch.Generator, *, ctx_pos: torch.Tensor, n_neg: int = 2, neg_csc: bool = False,
-                 loss_variant: str = "official", weights: LossWeights = LossWeights(), init_noise: float = 1e-3,
+                 generator: torch.Generator, *, ctx_pos: torch.Tensor, options: NegPromptOptions = NegPromptOptions(),
                  text_chunk: int | None = None) -> None:
         super().__init__()
         self.encoder, self.prompts, self.text_chunk = encoder, prompts, text_chunk
-        self.variant, self.weights = loss_variant, weights
-        self.n_classes, self.n_neg = len(prompts), n_neg
+        self.variant, self.weights = options.loss_variant, LossWeights(options.beta, options.gamma)
+        self.n_classes, self.n_neg = len(prompts), options.n_neg
+        n_neg, neg_csc, init_noise = options.n_neg, options.neg_csc, options.init_noise
         device = encoder.model.token_embedding.weight.device
         ctx_pos = ctx_pos.to(device, torch.float32)
         self.register_buffer("ctx_pos", ctx_pos.clone())
@@ -46,7 +66,8 @@ class NegativePrompts(PromptModule):
             start = ctx_pos.unsqueeze(0).expand(n_neg, n_ctx, width)
         # Symmetry-breaking noise, kept in fp32 (the released code's fp16 cast rounds 1e-5 noise away).
         noise = (torch.rand(start.shape, generator=generator) * 2 - 1) * init_noise
-        self.neg_csc = neg_csc
+        self.neg_csc = self.class_specific = neg_csc
+        self.prompts_per_class = n_neg
         self.ctx_neg = torch.nn.Parameter(start.detach().clone() + noise.to(device))
         self.register_buffer("logit_scale", encoder.model.logit_scale.detach().exp().float().clone())
 
@@ -106,14 +127,25 @@ class NegativePrompts(PromptModule):
                 "text_neg": neg}
 
 
-def build_negprompt(encoder: SoftPromptTextEncoder, prompts: TokenizedPrompts, settings: PromptSettings,
-                    generator: torch.Generator, **options: Any) -> NegativePrompts:
-    return NegativePrompts(encoder, prompts, settings, generator, **options)
+    def artifact_prompt(self) -> dict[str, Any]:
+        return {"n_neg": self.n_neg, "neg_csc": self.neg_csc}
 
 
-build_negprompt.kind = "negative"  # type: ignore[attr-defined]
+class NegPromptLearner:
+    """The registered learner: ``kind``, its ``Options``, and how to build the module."""
+
+    kind = "negative"
+    Options = NegPromptOptions
+
+    def __call__(self, encoder: SoftPromptTextEncoder, prompts: TokenizedPrompts, settings: PromptSettings,
+                 generator: torch.Generator, *, ctx_pos: torch.Tensor, options: NegPromptOptions | None = None,
+                 text_chunk: int | None = None, **settings_given: Any) -> NegativePrompts:
+        """``settings_given`` (n_neg=..., loss_variant=...) override ``options`` field by field."""
+        options = replace(options or NegPromptOptions(), **settings_given)
+        return NegativePrompts(encoder, prompts, settings, generator, ctx_pos=ctx_pos, options=options,
+                               text_chunk=text_chunk)
 
 
 @negprompt_cli.hookimpl
 def register_prompt_learners(register: Callable[..., None]) -> None:
-    register("negprompt", build_negprompt, description="NegPrompt negative prompts (paper or released-code loss)")
+    register("negprompt", NegPromptLearner(), description="NegPrompt negative prompts (paper or released-code loss)")

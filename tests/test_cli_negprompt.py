@@ -45,7 +45,7 @@ def test_full_pipeline(world):
                   "--out", str(world / "neg.safetensors"), *NEG_FAST, "--json"])
     assert neg.exit_code == 0, neg.stderr
     summary = json.loads(neg.stdout)
-    assert summary["loss_variant"] == "official" and summary["train_classes"] == 2
+    assert summary["learner_options"]["loss_variant"] == "official" and summary["train_classes"] == 2
     assert summary["final_loss"]["loss"] < summary["initial_loss"]["loss"]
     artifact = load_prompts(world / "neg.safetensors", kind="negative")
     assert artifact.tensors["ctx_neg"].shape == (2, 4, 32)
@@ -123,7 +123,8 @@ def test_one_command_open_vocabulary_and_paper_variant(tmp_path, tiny_vit_dir):
     assert summary["train_classes"] == 1 and summary["classes"] == 3
     assert (tmp_path / "neg.pos.safetensors").exists()  # the positive stage's artifact is kept
     artifact = load_prompts(out)
-    assert artifact.training["train_classes"] == ["blue dots"] and artifact.training["loss_variant"] == "paper"
+    assert artifact.training["train_classes"] == ["blue dots"]
+    assert artifact.training["learner_options"]["loss_variant"] == "paper"
     assert artifact.tensors["text_neg"].shape == (3, 3, 32)  # features for every ID class, not just trained ones
 
 

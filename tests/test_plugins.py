@@ -216,3 +216,100 @@ def test_an_uninstalled_checkout_still_finds_the_builtins(monkeypatch):
     assert set(limited.records) == {"scorers"}
     assert located == ["negprompt_plugins"]  # loaded from the folder, once
     assert sys.modules["negprompt_plugins"].__file__.endswith("plugins/__init__.py")
+
+
+THIRD_PARTY_LEARNER = """
+    from dataclasses import dataclass
+
+    import torch
+    import torch.nn.functional as F
+
+    import negprompt_cli
+    from negprompt_cli.learners import PromptModule
+
+
+    @dataclass(frozen=True)
+    class AwayOptions:
+        n_neg: int = 1
+        margin: float = 0.0
+
+
+    class AwayPrompts(PromptModule):
+        \"\"\"Negatives pushed away from the ID images of their class (a deliberately small learner).\"\"\"
+
+        def __init__(self, encoder, prompts, settings, generator, *, ctx_pos, options):
+            super().__init__()
+            self.encoder, self.prompts, self.options = encoder, prompts, options
+            self.prompts_per_class = options.n_neg
+            device = encoder.model.token_embedding.weight.device
+            self.register_buffer("ctx_pos", ctx_pos.to(device))
+            with torch.no_grad():
+                self.register_buffer("text_pos", encoder.encode_shared(self.ctx_pos, prompts)[0])
+            noise = torch.rand((options.n_neg, *ctx_pos.shape), generator=generator) * 1e-3
+            self.ctx_neg = torch.nn.Parameter(self.ctx_pos.unsqueeze(0) + noise.to(device))
+
+        def negatives(self):
+            return self.encoder.encode_shared(self.ctx_neg, self.prompts, chunk_size=self.text_chunk).transpose(0, 1)
+
+        def class_logits(self, image_features):
+            return 100 * image_features.float() @ self.text_pos.float().t()
+
+        def loss(self, image_features, labels):
+            neg = self.negatives()[labels]  # [B, P, E]
+            closeness = (neg * image_features.float().unsqueeze(1)).sum(-1)
+            return F.relu(closeness - self.options.margin).mean(), self.class_logits(image_features)
+
+        def export(self):
+            return {"ctx_pos": self.ctx_pos, "ctx_neg": self.ctx_neg, "text_pos": self.text_pos,
+                    "text_neg": self.negatives()}
+
+        def artifact_prompt(self):
+            return {"n_neg": self.options.n_neg}
+
+
+    class AwayLearner:
+        kind = "negative"
+        Options = AwayOptions
+
+        def __call__(self, encoder, prompts, settings, generator, *, ctx_pos, options):
+            return AwayPrompts(encoder, prompts, settings, generator, ctx_pos=ctx_pos, options=options)
+
+
+    @negprompt_cli.hookimpl
+    def register_prompt_learners(register):
+        register("away", AwayLearner(), description="third-party negative learner with its own options")
+"""
+
+
+def test_a_third_party_negative_learner_with_its_own_options(tmp_path, monkeypatch, tiny_vit_dir):
+    """Through the contract alone (learners.py): its Options are filled, checked and recorded; its prompt entries
+    reach the artifact; the stored threshold, transfer and score work on what it exports."""
+    from conftest import make_image_folder
+
+    from negprompt_cli.artifact import load_prompts
+
+    install_fake_plugin(tmp_path / "site", "negprompt_away", THIRD_PARTY_LEARNER, ep_name="away")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    registry.reset_host()
+    data = make_image_folder(tmp_path / "train", classes=("red_stripes", "green_bars"), per_class=6)
+    pos = tmp_path / "pos.safetensors"
+    common = ["--data", str(data), "--backbone", f"local-dir:{tiny_vit_dir}"]
+    assert runner.invoke(app, ["fit-pos", *common, "--out", str(pos), "--epochs", "2", "--n-ctx", "4"]).exit_code == 0
+    out = tmp_path / "away.safetensors"
+    result = runner.invoke(app, ["fit-neg", "--data", str(data), "--pos", str(pos), "--out", str(out), "--learner",
+                                 "away", "--n-neg", "3", "--epochs", "2", "--json"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["learner"] == "away" and summary["learner_options"] == {"n_neg": 3, "margin": 0.0}
+    artifact = load_prompts(out, kind="negative")
+    assert artifact.training["learner_options"] == {"n_neg": 3, "margin": 0.0}
+    assert artifact.prompt["n_neg"] == 3 and artifact.tensors["text_neg"].shape == (2, 3, 32)
+    assert artifact.extra["threshold"]["scorer"] == "negprompt"
+    scored = runner.invoke(app, ["score", str(data), "--prompts", str(out), "--format", "jsonl"])
+    assert scored.exit_code == 0, scored.stderr
+    assert all(json.loads(line)["ood"] is not None for line in scored.stdout.splitlines())
+    # NegPrompt's own options are not this learner's: one line, exit 2, before any training
+    wrong = runner.invoke(app, ["fit-neg", "--data", str(data), "--pos", str(pos), "--out", str(tmp_path / "x.st"),
+                                "--learner", "away", "--beta", "0.3"])
+    assert wrong.exit_code == 2 and "learner 'away' has no option 'beta'" in wrong.stderr
+    assert "its options: margin, n_neg" in wrong.stderr
