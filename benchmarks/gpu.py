@@ -215,7 +215,7 @@ def score_section(archs: list[str], images: Path, batch: int, with_pil: bool) ->
     from negprompt_cli.backbone import BackboneRequest, load_backbone
     from negprompt_cli.devices import autocast
     from negprompt_cli.pixels import decode_jpegs, tensor_preprocess_for
-    from negprompt_cli.score import ScoreOptions, score
+    from negprompt_cli.stages.score import ScoreOptions, score
 
     paths = sorted(images.glob("*.jpg"))
     blobs = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths]

@@ -153,7 +153,7 @@ def worker_score(arch: str, images: Path, batch: int) -> dict[str, Any]:
 
     from negprompt_cli.artifact import PromptArtifact, save_prompts
     from negprompt_cli.backbone import BackboneRequest, load_backbone
-    from negprompt_cli.score import ScoreOptions, score
+    from negprompt_cli.stages.score import ScoreOptions, score
 
     name = {"ViT-B-32": "ViT-B/32", "ViT-B-16": "ViT-B/16"}[arch]
     torch.manual_seed(SEED)

@@ -38,14 +38,14 @@ from negprompt_cli.artifact import load_prompts
 from negprompt_cli.backbone import BackboneRequest, RuntimeOptions, load_backbone
 from negprompt_cli.console import progress
 from negprompt_cli.data import find_images, load_image_folder
-from negprompt_cli.fit_neg import FitNegOptions, fit_neg
-from negprompt_cli.fit_pos import FitPosOptions, fit_pos
 from negprompt_cli.image_features import encode_images
 from negprompt_cli.learners import PromptSettings
 from negprompt_cli.metrics import ood_metrics
 from negprompt_cli.ood_scores import score_features
 from negprompt_cli.presets import NEGATIVE_OPTIM
 from negprompt_cli.registry import get_host
+from negprompt_cli.stages.fit_neg import FitNegOptions, fit_neg
+from negprompt_cli.stages.fit_pos import FitPosOptions, fit_pos
 from negprompt_cli.text_encoder import SoftPromptTextEncoder
 from negprompt_cli.text_features import hand_template_features, text_features_for
 from negprompt_cli.training import OptimConfig

@@ -197,8 +197,8 @@ def fit_pos_command(
     run: dict[str, Any],
 ) -> None:
     """Learn CoOp positive prompts (the first NegPrompt stage)."""
-    from .fit_pos import FitPosOptions, fit_pos
     from .learners import PromptSettings
+    from .stages.fit_pos import FitPosOptions, fit_pos
 
     options = FitPosOptions(
         backbone=backbone_request(backbone, pretrained, runtime),
@@ -312,10 +312,10 @@ def fit_neg_command(
 ) -> None:
     """Learn NegPrompt negative prompts (runs fit-pos first when --pos is not given)."""
     from .backbone import RuntimeOptions
-    from .fit_neg import FitNegOptions, fit_neg
     from .learners import PromptSettings
     from .memory import AUTO, parse_text_chunk
     from .pipeline import fit_pos_then_neg, pos_stage_options
+    from .stages.fit_neg import FitNegOptions, fit_neg
 
     chunk = parse_text_chunk(text_chunk)
     optim_settings = optim_config(NEGATIVE_OPTIM, optim, runtime)
@@ -353,7 +353,7 @@ def fit_neg_command(
 
 def _prompts_path(value: str, offline: bool = False) -> Path:
     """A prompts file, or an hf://ORG/NAME[@REVISION] reference resolved through the Hub cache."""
-    from .hub import hub_options, resolve_prompts
+    from .stages.hub import hub_options, resolve_prompts
 
     return resolve_prompts(value, hub_options(offline))
 
@@ -384,7 +384,7 @@ def transfer_command(
     recalibrated with --calibrate, and otherwise dropped (score then makes no OOD decision)."""
     from .backbone import RuntimeOptions
     from .image_features import EncodeOptions
-    from .transfer import transfer
+    from .stages.transfer import transfer
 
     summary = transfer(_prompts_path(prompts, offline), names, out,
                        RuntimeOptions(device, weights_cache, offline, text_chunk), calibrate_on=calibrate,
@@ -438,7 +438,7 @@ def score_command(
 ) -> None:
     """OOD scores (higher = more in-distribution) for every image, as CSV or JSONL."""
     from .backbone import DEFAULT_BACKBONE, BackboneRequest, RuntimeOptions
-    from .score import ScoreOptions, score
+    from .stages.score import ScoreOptions, score
 
     if json_out and out is None:
         from .errors import UsageError
@@ -480,7 +480,7 @@ def report_command(
     json_out: JsonOpt = False,
 ) -> None:
     """AUROC, FPR@95, AUPR and ID accuracy per OOD set, as the paper's table, JSON and an HTML report."""
-    from .report import ReportOptions, build_report, parse_ood_args
+    from .stages.report import ReportOptions, build_report, parse_ood_args
 
     report = build_report(ReportOptions(id_file, parse_ood_args(ood or []), out, fpr_convention))
     print_report(report, out)
@@ -614,7 +614,7 @@ def push_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Publish prompts to the Hugging Face Hub with a model card; prints the commit id."""
-    from .hub import hub_options, push
+    from .stages.hub import hub_options, push
 
     result = push(artifact, repo_id, hub_options(token=token), private=private, branch=branch, tag=tag,
                   message=message, report=report)
@@ -641,7 +641,7 @@ def pull_command(
 ) -> None:
     """Download prompts from the Hub into the cache (or --out), pinned to the resolved commit."""
     from .artifact import load_prompts
-    from .hub import hub_options, pull
+    from .stages.hub import hub_options, pull
 
     pulled = pull(ref, hub_options(offline, token), out)
     artifact = load_prompts(pulled.prompts)

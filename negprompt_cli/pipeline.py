@@ -14,10 +14,10 @@ from .artifact import load_prompts
 from .backbone import BackboneRequest, load_backbone
 from .checkpoint import checkpoint_path
 from .errors import NegPromptError, NegPromptWarning
-from .fit_neg import FitNegOptions, fit_neg, plan_fit_neg
-from .fit_pos import FitPosOptions, fit_pos
 from .learners import PromptSettings
 from .memory import AUTO
+from .stages.fit_neg import FitNegOptions, fit_neg, plan_fit_neg
+from .stages.fit_pos import FitPosOptions, fit_pos
 from .training import OptimConfig
 
 

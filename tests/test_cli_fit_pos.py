@@ -113,7 +113,7 @@ def test_bad_inputs(tiny_vit_dir, train_dir, tmp_path):
 
 
 def test_interrupt_exits_130_without_output(tiny_vit_dir, train_dir, tmp_path, monkeypatch):
-    import negprompt_cli.fit_pos as fit_pos_module
+    import negprompt_cli.stages.fit_pos as fit_pos_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -126,7 +126,7 @@ def test_interrupt_exits_130_without_output(tiny_vit_dir, train_dir, tmp_path, m
 
 
 def test_unexpected_errors_are_one_line_unless_debug(tiny_vit_dir, train_dir, tmp_path, monkeypatch):
-    import negprompt_cli.fit_pos as fit_pos_module
+    import negprompt_cli.stages.fit_pos as fit_pos_module
 
     def boom(*args, **kwargs):
         raise ZeroDivisionError("boom")

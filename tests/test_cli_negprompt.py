@@ -262,7 +262,7 @@ def test_zero_shot_scoring_and_scorer_plugins(world, tiny_vit_dir):
 
 
 def test_score_output_file_is_atomic_and_reuses_cache(world):
-    from negprompt_cli.score import ScoreOptions, score
+    from negprompt_cli.stages.score import ScoreOptions, score
 
     neg_out = world / "neg.safetensors"
     invoke(["fit-neg", "--data", str(world / "train"), "--pos", str(world / "pos.safetensors"), "--out",

@@ -203,7 +203,7 @@ def test_push_with_a_report_puts_the_table_in_the_card(hub, artifact_file, tmp_p
 
 
 def test_model_card_metadata_for_a_real_backbone():
-    from negprompt_cli.hub import model_card
+    from negprompt_cli.stages.hub import model_card
 
     artifact = PromptArtifact("negative", {"ctx_pos": torch.zeros(2, 4)},
                               {"backbone": "ViT-B/16", "pretrained": "laion2b_s34b_b88k", "quick_gelu": False},

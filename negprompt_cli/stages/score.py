@@ -9,19 +9,19 @@ from typing import Any
 
 import torch
 
-from .artifact import PromptArtifact, load_prompts
-from .atomic import check_output_path, write_text_atomic
-from .backbone import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
-from .data import find_images, read_names_file
-from .devices import check_precision
-from .errors import IncompatibleArtifactError, NegPromptError, NotFoundError, UsageError
-from .image_features import EncodeOptions, encode_folder, encode_images
-from .ood_scores import score_features
-from .registry import get_host
-from .score_file import FORMATS, render_rows
-from .text_encoder import SoftPromptTextEncoder
-from .text_features import hand_template_features, text_features_for
-from .thresholds import applicable, calibrate, calibrated_scorer, warn_no_decision
+from ..artifact import PromptArtifact, load_prompts
+from ..atomic import check_output_path, write_text_atomic
+from ..backbone import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
+from ..data import find_images, read_names_file
+from ..devices import check_precision
+from ..errors import IncompatibleArtifactError, NegPromptError, NotFoundError, UsageError
+from ..image_features import EncodeOptions, encode_folder, encode_images
+from ..ood_scores import score_features
+from ..registry import get_host
+from ..score_file import FORMATS, render_rows
+from ..text_encoder import SoftPromptTextEncoder
+from ..text_features import hand_template_features, text_features_for
+from ..thresholds import applicable, calibrate, calibrated_scorer, warn_no_decision
 
 
 @dataclass

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .artifact import PromptArtifact, load_prompts, package_versions, save_prompts
-from .atomic import check_output_path
-from .backbone import (
+from ..artifact import PromptArtifact, load_prompts, package_versions, save_prompts
+from ..atomic import check_output_path
+from ..backbone import (
     Backbone,
     BackboneRequest,
     RuntimeOptions,
@@ -20,19 +20,19 @@ from .backbone import (
     load_backbone,
     set_text_checkpointing,
 )
-from .checkpoint import Checkpointing, checkpoint_path
-from .data import ImageFolder, load_image_folder, read_names_file
-from .devices import check_precision
-from .errors import IncompatibleArtifactError, UsageError
-from .learners import PromptSettings, exported_tensors, learner_options, options_record
-from .memory import AUTO, resolve_text_chunk
-from .presets import NEGATIVE_OPTIM
-from .registry import get_host
-from .text_encoder import SoftPromptTextEncoder
-from .text_features import text_features_for
-from .thresholds import calibrate
-from .training import OptimConfig, Selection, accuracy, train
-from .training_data import DataOptions, labelled_features, run_fingerprint
+from ..checkpoint import Checkpointing, checkpoint_path
+from ..data import ImageFolder, load_image_folder, read_names_file
+from ..devices import check_precision
+from ..errors import IncompatibleArtifactError, UsageError
+from ..learners import PromptSettings, exported_tensors, learner_options, options_record
+from ..memory import AUTO, resolve_text_chunk
+from ..presets import NEGATIVE_OPTIM
+from ..registry import get_host
+from ..text_encoder import SoftPromptTextEncoder
+from ..text_features import text_features_for
+from ..thresholds import calibrate
+from ..training import OptimConfig, Selection, accuracy, train
+from ..training_data import DataOptions, labelled_features, run_fingerprint
 
 
 @dataclass

@@ -8,18 +8,18 @@ from typing import Any
 
 import torch
 
-from .artifact import PromptArtifact, package_versions, save_prompts
-from .atomic import check_output_path
-from .backbone import Backbone, BackboneRequest, load_backbone, set_text_checkpointing
-from .checkpoint import Checkpointing, checkpoint_path
-from .devices import check_precision
-from .errors import UsageError
-from .learners import PromptSettings, exported_tensors
-from .registry import get_host
-from .text_encoder import SoftPromptTextEncoder
-from .text_features import hand_template_features
-from .training import OptimConfig, Selection, accuracy, train
-from .training_data import DataOptions, labelled_features, run_fingerprint
+from ..artifact import PromptArtifact, package_versions, save_prompts
+from ..atomic import check_output_path
+from ..backbone import Backbone, BackboneRequest, load_backbone, set_text_checkpointing
+from ..checkpoint import Checkpointing, checkpoint_path
+from ..devices import check_precision
+from ..errors import UsageError
+from ..learners import PromptSettings, exported_tensors
+from ..registry import get_host
+from ..text_encoder import SoftPromptTextEncoder
+from ..text_features import hand_template_features
+from ..training import OptimConfig, Selection, accuracy, train
+from ..training_data import DataOptions, labelled_features, run_fingerprint
 
 
 @dataclass

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_folder, check_writable
-from .errors import NotFoundError, UsageError
-from .metrics import AUPR_ESTIMATOR, ood_metrics
-from .report_table import TABLE_HEADER, markdown_table, table_rows
-from .score_file import read_score_file
+from ..atomic import atomic_folder, check_writable
+from ..errors import NotFoundError, UsageError
+from ..metrics import AUPR_ESTIMATOR, ood_metrics
+from ..report_table import TABLE_HEADER, markdown_table, table_rows
+from ..score_file import read_score_file
 
 
 @dataclass

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifact import SCHEMA_VERSION, PromptArtifact, load_prompts
-from .errors import HubError, IncompatibleArtifactError, NotFoundError, UsageError
+from ..artifact import SCHEMA_VERSION, PromptArtifact, load_prompts
+from ..errors import HubError, IncompatibleArtifactError, NotFoundError, UsageError
 
 HF_SCHEME = "hf://"
 PROMPTS_FILE = "prompts.safetensors"
@@ -132,7 +132,7 @@ def pull(ref: str, options: HubOptions = HubOptions(), out: Path | None = None) 
     """Download (or find in the cache) a prompts repo, validate it, and optionally copy it to ``out``."""
     from huggingface_hub import snapshot_download
 
-    from . import __version__
+    from .. import __version__
 
     repo_id, revision = parse_repo_ref(ref)
     if out is not None and out.exists() and any(out.iterdir()):
@@ -252,7 +252,7 @@ def _base_model(arch: str, pretrained: str | None) -> str | None:
 
 def report_markdown(path: Path) -> str:
     """The paper-style table of a ``negprompt report --json`` output, for the model card."""
-    from .report_table import markdown_table
+    from ..report_table import markdown_table
 
     file = path / "report.json" if path.is_dir() else path
     if not file.is_file():

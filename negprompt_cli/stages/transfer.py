@@ -12,16 +12,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .artifact import PromptArtifact, load_prompts, package_versions, save_prompts
-from .atomic import check_output_path
-from .backbone import RuntimeOptions, artifact_backbone, load_backbone
-from .data import read_names_file
-from .devices import check_precision
-from .errors import NotFoundError
-from .image_features import EncodeOptions, encode_folder
-from .text_encoder import SoftPromptTextEncoder
-from .text_features import text_features_for
-from .thresholds import ThresholdWarning, applicable, calibrate, calibrated_scorer
+from ..artifact import PromptArtifact, load_prompts, package_versions, save_prompts
+from ..atomic import check_output_path
+from ..backbone import RuntimeOptions, artifact_backbone, load_backbone
+from ..data import read_names_file
+from ..devices import check_precision
+from ..errors import NotFoundError
+from ..image_features import EncodeOptions, encode_folder
+from ..text_encoder import SoftPromptTextEncoder
+from ..text_features import text_features_for
+from ..thresholds import ThresholdWarning, applicable, calibrate, calibrated_scorer
 
 
 def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions = RuntimeOptions(), *,
