@@ -290,3 +290,23 @@ def test_validation_selects_and_calibrates(world):
     best = max(range(len(history)), key=lambda i: history[i]["val_neg_loss"])
     assert artifact.training["selected_epoch"] == best + 1
     assert artifact.extra["threshold"]["source"] == "validation" and artifact.extra["threshold"]["n_images"] == 6
+
+
+def test_fit_neg_help_quotes_the_learner_and_preset_defaults():
+    """The CLI declares its options unset; where --help quotes a default, it is the learner's or the preset's."""
+    import typer.main
+
+    from negprompt_cli.presets import NEGATIVE_OPTIM, POSITIVE_OPTIM
+    from negprompt_cli.registry import get_host
+
+    params = {p.name: p.help or "" for p in typer.main.get_command(app).commands["fit-neg"].params}
+    learner = get_host().learner("negprompt").Options()
+    assert f"paper: {learner.n_neg}, the default" in params["n_neg"]
+    assert f"default {learner.beta})" in params["beta"] and f"default {learner.gamma})" in params["gamma"]
+    assert float(params["init_noise"].split("default ")[1].rstrip(").")) == learner.init_noise
+    assert f"{learner.loss_variant} (released code, default)" in params["loss_variant"]
+    assert params["epochs"] == f"Default: {NEGATIVE_OPTIM.epochs}." and params["lr"] == f"Default: {NEGATIVE_OPTIM.lr}."
+    assert f"Default: {POSITIVE_OPTIM.epochs}." in params["pos_epochs"]
+    fit_pos = {p.name: p.help or "" for p in typer.main.get_command(app).commands["fit-pos"].params}
+    assert fit_pos["epochs"] == f"Default: {POSITIVE_OPTIM.epochs}."
+    assert fit_pos["lr"] == f"Default: {POSITIVE_OPTIM.lr}."
