@@ -251,14 +251,15 @@ def test_damaged_artifact_bytes_are_refused_and_nan_is_never_a_decision(setup):
 
 def test_a_damaged_cache_shard_is_re_encoded(setup):
     root, _ = setup
-    cache = root / "cache"
+    cache = root / "score-cache"  # only the scored images' shards (the setup's training shards live elsewhere)
     cmd = ["score", str(root / "test"), "--prompts", str(root / "pos.safetensors"), "--cache-dir", str(cache),
            "--out"]
     assert invoke([*cmd, str(root / "a.csv")]).exit_code == 0
-    shard = next(cache.rglob("*.safetensors"))
-    data = bytearray(shard.read_bytes())
+    shards = list(cache.rglob("*.safetensors"))
+    assert len(shards) == 1
+    data = bytearray(shards[0].read_bytes())
     data[-4:] = b"\x00\x00\xc0\x7f"  # a NaN in the last feature, header intact
-    shard.write_bytes(bytes(data))
+    shards[0].write_bytes(bytes(data))
     again = invoke([*cmd, str(root / "b.csv"), "--json"])
     assert again.exit_code == 0, again.stderr
     assert "damaged feature-cache shard" in again.stderr and json.loads(again.stdout)["encoded"] == 8
