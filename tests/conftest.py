@@ -93,6 +93,20 @@ def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "train")
 
 
+NEG_FAST = ["--epochs", "4", "--batch-size", "16", "--lr", "0.05"]  # fit-neg settings that train in a second
+
+
+def invoke(args):
+    """Run the CLI in-process; whatever the outcome, never a traceback on stderr."""
+    from typer.testing import CliRunner
+
+    from negprompt_cli.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert "Traceback" not in result.stderr
+    return result
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own feature cache and a fresh plugin host."""

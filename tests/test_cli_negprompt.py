@@ -7,23 +7,14 @@ import math
 
 import pytest
 import torch
-from conftest import TEST_DEVICE, make_image_folder
-from typer.testing import CliRunner
+from conftest import NEG_FAST, TEST_DEVICE, invoke, make_image_folder
 
 from negprompt_cli.artifact import load_prompts
 from negprompt_cli.cli import app
 from negprompt_cli.thresholds import class_list_id
 
-runner = CliRunner()
 POS_FAST = ["--epochs", "20", "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw", "--warmup-epochs", "0",
             "--n-ctx", "4"]
-NEG_FAST = ["--epochs", "4", "--batch-size", "16", "--lr", "0.05"]
-
-
-def invoke(args):
-    result = runner.invoke(app, args)
-    assert "Traceback" not in result.stderr
-    return result
 
 
 @pytest.fixture

@@ -15,25 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import NEG_FAST, invoke, make_image_folder
 from safetensors import safe_open
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
 from negprompt_cli.artifact import load_prompts
-from negprompt_cli.cli import app
 from negprompt_cli.errors import NegPromptWarning
 
-runner = CliRunner()
 POS_FAST = ["--epochs", "6", "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw", "--warmup-epochs", "0",
             "--n-ctx", "4"]
-NEG_FAST = ["--epochs", "4", "--batch-size", "16", "--lr", "0.05"]
-
-
-def invoke(args):
-    result = runner.invoke(app, args)
-    assert "Traceback" not in result.stderr
-    return result
 
 
 def error_line(result) -> str:  # type: ignore[no-untyped-def]

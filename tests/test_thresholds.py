@@ -11,20 +11,11 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from conftest import invoke
 
 from negprompt_cli import world
 from negprompt_cli.artifact import load_prompts
-from negprompt_cli.cli import app
 from negprompt_cli.thresholds import applicable, class_list_id
-
-runner = CliRunner()
-
-
-def invoke(args):
-    result = runner.invoke(app, args)
-    assert "Traceback" not in result.stderr
-    return result
 
 
 @pytest.fixture(scope="module")
