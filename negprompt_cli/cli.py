@@ -390,11 +390,10 @@ def transfer_command(
                        RuntimeOptions(device, weights_cache, offline, text_chunk), calibrate_on=calibrate,
                        encoding=EncodeOptions(cache_dir, batch_size, workers, precision, strict, quiet or json_out))
     threshold = summary["threshold"]
-    info(f"Wrote {out}: {summary['classes']} classes ({summary['new_classes']} not in the training list); "
-         "text features precomputed; "
-         + (f"ID threshold {threshold['value']:.4g} ({threshold['source']})." if threshold else "no ID threshold."))
-    if json_out:
-        emit_json(summary)
+    finish(f"Wrote {out}: {summary['classes']} classes ({summary['new_classes']} not in the training list); "
+           "text features precomputed; "
+           + (f"ID threshold {threshold['value']:.4g} ({threshold['source']})." if threshold else "no ID threshold."),
+           summary, json_out)
 
 
 @app.command("score", epilog=EPILOG)
