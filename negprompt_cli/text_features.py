@@ -18,9 +18,14 @@ def text_features_for(encoder: SoftPromptTextEncoder, artifact: PromptArtifact, 
     """Unit ([C, E], [C, P, E] or None) features of the artifact's contexts with ``names``."""
     if list(names) == list(artifact.class_names) and "text_pos" in artifact.tensors:
         return artifact.tensors["text_pos"], artifact.tensors.get("text_neg")
-    prompt = artifact.prompt
-    ctx_pos = artifact.tensors["ctx_pos"]
-    ctx_neg = artifact.tensors.get("ctx_neg")
+    return context_features(encoder, artifact.tensors["ctx_pos"], artifact.tensors.get("ctx_neg"), artifact.prompt,
+                            names, text_chunk)
+
+
+def context_features(encoder: SoftPromptTextEncoder, ctx_pos: torch.Tensor, ctx_neg: torch.Tensor | None,
+                     prompt: dict, names: list[str],
+                     text_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Unit CPU features of shared contexts (``prompt``: the artifact's layout) with ``names``."""
     if ctx_pos.dim() == 3 or (ctx_neg is not None and ctx_neg.dim() == 4):
         raise IncompatibleArtifactError(
             "these prompts have class-specific contexts, which cannot be re-targeted to other class names",

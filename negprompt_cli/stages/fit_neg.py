@@ -29,7 +29,7 @@ from ..memory import AUTO, resolve_text_chunk
 from ..presets import NEGATIVE_OPTIM
 from ..registry import get_host
 from ..text_encoder import SoftPromptTextEncoder
-from ..text_features import text_features_for
+from ..text_features import context_features
 from ..thresholds import calibrate
 from ..training import OptimConfig, Selection, accuracy, train
 from ..training_data import DataOptions, labelled_features, run_fingerprint
@@ -176,9 +176,8 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
                                                                  train_labels.to(backbone.device)).items()}
     tensors = exported_tensors(module)
     if len(chosen) != len(folder.class_names) or tensors["text_pos"].shape[0] != len(folder.class_names):
-        draft = PromptArtifact("negative", {"ctx_pos": positive.tensors["ctx_pos"], "ctx_neg": tensors["ctx_neg"]},
-                               backbone.identity(), positive.prompt, list(folder.class_names))
-        text_pos, text_neg = text_features_for(encoder, draft, list(folder.class_names), text_chunk)
+        text_pos, text_neg = context_features(encoder, positive.tensors["ctx_pos"], tensors["ctx_neg"],
+                                              positive.prompt, list(folder.class_names), text_chunk)
         tensors = {"ctx_pos": positive.tensors["ctx_pos"], "ctx_neg": tensors["ctx_neg"], "text_pos": text_pos,
                    "text_neg": text_neg}
     calib_features, calib_source = (val[0], "validation") if val is not None else (features[:, 0], "training")
