@@ -63,7 +63,10 @@ def reports_errors(func: F) -> F:
         except NegPromptError as exc:
             if debug:
                 traceback.print_exc()
-            err.print(f"Error: {exc.message}", markup=False, soft_wrap=True)
+            rank = _other_rank()
+            if rank is not None and not exc.rank_specific and exc.exit_code != EXIT_RUNTIME:
+                raise typer.Exit(exc.exit_code) from None  # every rank met it alike: rank 0 says it once
+            err.print(f"Error{_rank_tag()}: {exc.message}", markup=False, soft_wrap=True)
             if exc.hint:
                 err.print(f"Hint: {exc.hint}", markup=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
@@ -116,7 +119,21 @@ def _terminate_like_interrupt():  # type: ignore[no-untyped-def]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
-    err.print(f"Warning: {message}", markup=False, soft_wrap=True)
+    err.print(f"Warning{_rank_tag()}: {message}", markup=False, soft_wrap=True)
+
+
+def _other_rank() -> int | None:
+    """This process's rank in a torchrun job of several processes, when it is not rank 0."""
+    from .distributed import launched_by_torchrun
+
+    if not launched_by_torchrun() or os.environ.get("WORLD_SIZE") == "1" or os.environ.get("RANK") == "0":
+        return None
+    return int(os.environ["RANK"]) if os.environ["RANK"].isdigit() else None
+
+
+def _rank_tag() -> str:
+    rank = _other_rank()
+    return f" (rank {rank})" if rank is not None else ""
 
 
 def _version(value: bool) -> None:
@@ -170,6 +187,9 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the che
 CalibrateOpt = Annotated[Path | None, typer.Option("--calibrate", help="A folder of in-distribution images for "
                                                    "this class list: store/use the threshold that keeps 95% of "
                                                    "them (no labels needed).")]
+DistributedOpt = Annotated[bool | None, typer.Option(
+    "--distributed/--no-distributed", help="Split the work over the processes of a torchrun job (default: on "
+    "when launched by torchrun). See docs/scale.md.")]
 TextChunkOpt = Annotated[int | None, typer.Option("--text-chunk", help="Encode prompts in chunks of this many rows "
                                                   "(bounds memory at large class counts).")]
 
@@ -431,28 +451,35 @@ def score_command(
     workers: WorkersOpt = None,
     strict: StrictOpt = False,
     text_chunk: TextChunkOpt = None,
+    distributed: DistributedOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (images scored, "
                                            "encoded vs from the cache, skipped, threshold); needs --out.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """OOD scores (higher = more in-distribution) for every image, as CSV or JSONL."""
     from .backbone import DEFAULT_BACKBONE, BackboneRequest, RuntimeOptions
+    from .distributed import process_group
     from .stages.score import ScoreOptions, score
 
     if json_out and out is None:
         from .errors import UsageError
 
         raise UsageError("--json needs --out FILE: without it stdout carries the scores themselves")
-    request = None
-    if zero_shot or backbone is not None:
-        request = BackboneRequest(backbone or DEFAULT_BACKBONE, pretrained, device, weights_cache, quick_gelu, offline)
-    summary = score(ScoreOptions(
-        images=images, prompts=_prompts_path(prompts, offline) if prompts else None, names=names, zero_shot=zero_shot,
-        backbone=request, runtime=RuntimeOptions(device, weights_cache, offline, text_chunk), scorer=scorer,
-        temperature=temperature, threshold=threshold, fmt=fmt, out=out, labeled=labeled, cache_dir=cache_dir,
-        batch_size=batch_size, num_workers=workers, strict=strict, precision=precision, quiet=quiet,
-        calibrate=calibrate,
-    ))
+    check_at_least("--batch-size", batch_size, 1)
+    with process_group(distributed, device) as (ranks, device):
+        request = None
+        if zero_shot or backbone is not None:
+            request = BackboneRequest(backbone or DEFAULT_BACKBONE, pretrained, device, weights_cache, quick_gelu,
+                                      offline)
+        summary = score(ScoreOptions(
+            images=images, prompts=_prompts_path(prompts, offline) if prompts else None, names=names,
+            zero_shot=zero_shot, backbone=request, runtime=RuntimeOptions(device, weights_cache, offline, text_chunk),
+            scorer=scorer, temperature=temperature, threshold=threshold, fmt=fmt, out=out, labeled=labeled,
+            cache_dir=cache_dir, batch_size=batch_size, num_workers=workers, strict=strict, precision=precision,
+            quiet=quiet, calibrate=calibrate, ranks=ranks,
+        ))
+    if summary is None:  # a rank other than 0 of a torchrun job: rank 0 reports and writes
+        return
     if out is None:
         sys.stdout.write(summary.pop("rendered"))
         sys.stdout.flush()
@@ -569,6 +596,87 @@ def world_export_command(
          "id_names.txt, train_names.txt")
     if json_out:
         emit_json({k: str(v) for k, v in paths.items()})
+
+
+cache_app = typer.Typer(help="The image-feature cache: fill it ahead of time (also under torchrun), check it, "
+                        "compact it. Many processes may share one cache; see docs/scale.md.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("build", epilog=EPILOG)
+@reports_errors
+def cache_build_command(
+    images: Annotated[Path, typer.Argument(help="An image or a folder (searched recursively).")],
+    backbone: BackboneOpt = DEFAULT_BACKBONE,
+    pretrained: PretrainedOpt = None,
+    aug_views: AugViewsOpt = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the augmented views (the fit-* --seed that will "
+                                      "read them).")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")] = 64,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    cache_dir: CacheOpt = None,
+    weights_cache: WeightsCacheOpt = None,
+    offline: OfflineOpt = False,
+    quick_gelu: QuickGeluOpt = None,
+    workers: WorkersOpt = None,
+    strict: StrictOpt = False,
+    distributed: DistributedOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Encode every image into the feature cache, so later fit-*/score runs only read it."""
+    from .backbone import BackboneRequest
+    from .distributed import process_group
+    from .stages.cache import CacheBuildOptions, build
+
+    check_at_least("--batch-size", batch_size, 1)
+    check_at_least("--aug-views", aug_views, 0)
+    with process_group(distributed, device) as (ranks, device):
+        summary = build(CacheBuildOptions(
+            images=images, backbone=BackboneRequest(backbone, pretrained, device, weights_cache, quick_gelu, offline),
+            cache_dir=cache_dir, aug_views=aug_views, seed=seed, batch_size=batch_size, num_workers=workers,
+            precision=precision, strict=strict, quiet=quiet or json_out, ranks=ranks))
+    if summary is None:
+        return
+    finish(f"Cached {summary['images']} image(s) x {len(summary['views'])} view(s) in {summary['cache_dir']}: "
+           f"{summary['encoded']} encoded, {summary['cached']} already cached"
+           + (f", {summary['skipped']} unreadable skipped" if summary["skipped"] else "")
+           + (f"; {summary['processes']} processes" if summary["processes"] > 1 else "") + ".",
+           summary, json_out)
+
+
+@cache_app.command("verify", epilog=EPILOG)
+@reports_errors
+def cache_verify_command(cache_dir: CacheOpt = None, json_out: JsonOpt = False) -> None:
+    """Read every shard and check its checksum; exit 1 if any is damaged (`cache gc` removes them)."""
+    from .errors import NegPromptError
+    from .stages.cache import verify_cache
+
+    report = verify_cache(cache_dir)
+    for key in report["keys"]:
+        info(f"{key['key']}: {key['backbone']} ({key['pretrained']}): {key['unique_rows']} row(s) in "
+             f"{key['shards']} shard(s), {key['bytes'] / 2**20:.1f} MiB"
+             + (f"; {len(key['damaged'])} damaged" if key["damaged"] else "")
+             + (f"; {len(key['stale_temp_files'])} abandoned temporary file(s)" if key["stale_temp_files"] else ""))
+    if json_out:
+        emit_json(report)
+    if report["damaged"]:
+        raise NegPromptError(f"{report['damaged']} damaged shard(s) in {report['cache_dir']} (readers skip and "
+                             "re-encode them)", hint="negprompt cache gc removes them")
+    info(f"{report['cache_dir']}: {report['rows']} row(s) in {report['shards']} shard(s), all verified.")
+
+
+@cache_app.command("gc", epilog=EPILOG)
+@reports_errors
+def cache_gc_command(cache_dir: CacheOpt = None, json_out: JsonOpt = False) -> None:
+    """Compact the cache: merge shards, drop duplicate rows, damaged shards and abandoned temporary files.
+    Safe while other processes read and write it."""
+    from .stages.cache import gc_cache
+
+    report = gc_cache(cache_dir)
+    finish(f"{report['cache_dir']}: {report['rows']} row(s) in {report['shards']} shard(s) after compaction; "
+           f"{report['removed']} file(s) removed.", report, json_out)
 
 
 @app.command("demo", epilog=EPILOG)

@@ -30,6 +30,9 @@ class NegPromptError(Exception):
     """Base class: a message for the user, an optional hint, and the exit code to use."""
 
     exit_code = EXIT_RUNTIME
+    # In a torchrun job: True when only this rank can report the error (about its own share of the images);
+    # errors every rank meets alike (the same options and files) are printed by rank 0 only.
+    rank_specific = False
 
     def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None) -> None:
         super().__init__(message)

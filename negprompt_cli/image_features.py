@@ -1,7 +1,7 @@
 """Image features, computed once: encode each image once per (weights, preprocessing, view).
 
-Features are stored as unit-norm float32 rows in safetensors shards under
-``<cache>/<feature key>/``. Rows are keyed by a hash of the image file's bytes (plus the
+Features are stored as unit-norm float32 rows in the shared on-disk cache (``feature_cache``), one
+directory per feature key. Rows are keyed by a hash of the image file's bytes (plus the
 augmentation view), so renamed or re-exported copies of the same image hit the cache.
 Every training and scoring stage goes through :func:`encode_images`, which only runs the
 image tower on what the cache does not already hold.
@@ -10,30 +10,36 @@ image tower on what the cache does not already hold.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .backbone import Backbone
 from .console import progress
 from .data import find_images
 from .devices import autocast
-from .errors import NegPromptWarning, UsageError
+from .distributed import (
+    SINGLE,
+    Ranks,
+    agree,
+    batch_shard,
+    check_enough_items,
+    concat_rows,
+    gather_to_all,
+    gather_to_main,
+)
+from .errors import NegPromptError, NegPromptWarning, UsageError
+from .feature_cache import FeatureCache, default_cache_dir
 from .pixels import TensorPreprocess, decode_jpegs, is_jpeg, tensor_preprocess_for
-
-SHARD_TENSOR = "features"
 
 
 def _apply_pixel_limit() -> None:
@@ -48,15 +54,6 @@ def _apply_pixel_limit() -> None:
 
 
 _apply_pixel_limit()
-
-
-def default_cache_dir() -> Path:
-    """``--cache-dir`` > ``NEGPROMPT_CACHE`` > ``$XDG_CACHE_HOME/negprompt`` > ``~/.cache/negprompt``."""
-    env = os.environ.get("NEGPROMPT_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "negprompt"
 
 
 def file_digest(path: Path) -> str:
@@ -99,96 +96,6 @@ def file_digests(paths: Sequence[Path]) -> list[str]:
         return list(pool.map(lambda p: file_digest(Path(p)), paths))
 
 
-class FeatureCache:
-    """Append-only store of feature rows for one feature key (one directory of shards).
-
-    It is only a cache: a shard whose bytes no longer match its checksum is deleted and its rows are
-    encoded again, and a cache that cannot be written (read-only, full disk) is skipped with one warning.
-    """
-
-    def __init__(self, root: Path, key: str, info: dict | None = None) -> None:
-        self.dir = Path(root) / key
-        self.info = info or {}
-        self._index: dict[str, tuple[Path, int]] | None = None
-        self.damaged: list[Path] = []
-        self.write_error: OSError | None = None
-
-    def _load_index(self) -> dict[str, tuple[Path, int]]:
-        if self._index is None:
-            index: dict[str, tuple[Path, int]] = {}
-            for shard in sorted(self.dir.glob("*.safetensors")) if self.dir.is_dir() else []:
-                try:
-                    with safe_open(str(shard), framework="pt") as handle:
-                        ids = json.loads((handle.metadata() or {}).get("ids", "[]"))
-                except Exception:  # a damaged shard is ignored, never fatal: it is only a cache
-                    continue
-                for row, item in enumerate(ids):
-                    index[item] = (shard, row)
-            self._index = index
-        return self._index
-
-    def lookup(self, ids: Sequence[str]) -> dict[str, torch.Tensor]:
-        """The verified rows this cache holds for ``ids`` (absent ones, and those of damaged shards, left out)."""
-        index = self._load_index()
-        by_shard: dict[Path, list[str]] = {}
-        for item in dict.fromkeys(ids):
-            if item in index:
-                by_shard.setdefault(index[item][0], []).append(item)
-        found: dict[str, torch.Tensor] = {}
-        for shard, items in by_shard.items():
-            block = self._read_verified(shard)
-            if block is None:
-                continue
-            for item in items:
-                found[item] = block[index[item][1]].float()
-        return found
-
-    def _read_verified(self, shard: Path) -> torch.Tensor | None:
-        try:
-            with safe_open(str(shard), framework="pt") as handle:
-                expected = (handle.metadata() or {}).get("sha256")
-                block = handle.get_tensor(SHARD_TENSOR)
-        except Exception:
-            block, expected = None, None
-        if block is None or (expected is not None and _digest(block) != expected):
-            self.damaged.append(shard)
-            shard.unlink(missing_ok=True)
-            self._index = {k: v for k, v in self._load_index().items() if v[0] != shard}
-            return None
-        return block
-
-    def add(self, ids: Sequence[str], features: torch.Tensor) -> None:
-        """Write one new shard atomically (temp file + rename), so readers never see half a shard."""
-        if not ids or self.write_error is not None:
-            return
-        name = f"{uuid.uuid4().hex}.safetensors"
-        tmp = self.dir / f".{name}.tmp"
-        block = features.detach().to("cpu", torch.float32).contiguous()
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            info_file = self.dir / "info.json"
-            if not info_file.exists() and self.info:
-                info_file.write_text(json.dumps(self.info, indent=2, sort_keys=True))
-            metadata = {"ids": json.dumps(list(ids)), "sha256": _digest(block)}
-            save_file({SHARD_TENSOR: block}, str(tmp), metadata=metadata)
-            os.replace(tmp, self.dir / name)
-        except OSError as exc:  # read-only or full: go on without caching (warned once by the caller)
-            tmp.unlink(missing_ok=True)
-            self.write_error = exc
-            return
-        except Exception as exc:  # safetensors reports a full disk as its own error type
-            tmp.unlink(missing_ok=True)
-            self.write_error = OSError(str(exc))
-            return
-        index = self._load_index()
-        for row, item in enumerate(ids):
-            index[item] = (self.dir / name, row)
-
-
-def _digest(block: torch.Tensor) -> str:
-    return hashlib.sha256(block.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
-
-
 @dataclass
 class EncodeStats:
     """What a call to :func:`encode_images` did; tests count ``encoded`` to prove caching."""
@@ -198,6 +105,15 @@ class EncodeStats:
     encoded: int = 0
     encoder_calls: int = 0
     skipped: list[Path] = field(default_factory=list)
+    cache_write_error: str | None = None  # why the feature cache could not be written, if it could not
+
+    def merge(self, other: EncodeStats) -> None:
+        self.requested += other.requested
+        self.cached += other.cached
+        self.encoded += other.encoded
+        self.encoder_calls += other.encoder_calls
+        self.skipped.extend(other.skipped)
+        self.cache_write_error = self.cache_write_error or other.cache_write_error
 
 
 @dataclass(frozen=True)
@@ -407,6 +323,7 @@ def encode_images(
                       NegPromptWarning, stacklevel=2)
     if cache is not None and cache.write_error is not None:
         reason = cache.write_error.strerror or cache.write_error
+        stats.cache_write_error = str(reason)
         warnings.warn(f"the feature cache {cache.dir} cannot be written ({reason}): continuing without caching",
                       NegPromptWarning, stacklevel=2)
     if stats.skipped:
@@ -425,6 +342,37 @@ def encode_images(
     return torch.stack([out[i] for i in keep]), keep, stats
 
 
+def encode_images_across(ranks: Ranks, backbone: Backbone, paths: Sequence[Path], *, gather: str = "main",
+                         batch_size: int = 64, **options: Any) -> tuple[torch.Tensor, list[int], EncodeStats] | None:
+    """:func:`encode_images` split over the ranks of a torchrun job, in whole batches (see ``distributed``).
+
+    Returns what one process would return, on rank 0 (``gather="main"``) or on every rank
+    (``gather="all"``); other ranks get None. Every rank writes the cache rows of its own share.
+    """
+    if not ranks.distributed:
+        return encode_images(backbone, paths, batch_size=batch_size, **options)
+    check_enough_items(len(paths), ranks)
+    agree({**backbone.identity(), "weights": backbone.weights_fingerprint()}, ranks, "the backbone")
+    listing = hashlib.sha256("\n".join(str(p) for p in paths).encode()).hexdigest()[:12]
+    agree(f"{len(paths)} image(s), list sha256 {listing}", ranks, "the image list")
+    share = batch_shard(len(paths), batch_size, ranks)
+    try:
+        feats, keep, stats = encode_images(backbone, [paths[i] for i in share], batch_size=batch_size,
+                                           **{**options, "quiet": options.get("quiet", False) or not ranks.is_main})
+    except NegPromptError as exc:  # about this rank's share: the other ranks cannot say it
+        exc.rank_specific = True
+        raise
+    payload = (feats, [share.start + k for k in keep], stats)
+    what = "gathering image features"
+    parts = gather_to_all(payload, ranks, what) if gather == "all" else gather_to_main(payload, ranks, what)
+    if parts is None:
+        return None
+    total = EncodeStats()
+    for _, _, part_stats in parts:
+        total.merge(part_stats)
+    return concat_rows([p[0] for p in parts]), [k for p in parts for k in p[1]], total
+
+
 @dataclass(frozen=True)
 class EncodeOptions:
     """How a stage encodes a folder of images (the options every image-reading command shares)."""
@@ -437,15 +385,20 @@ class EncodeOptions:
     quiet: bool = False
 
 
-def encode_folder(backbone: Backbone, root: Path, options: EncodeOptions,
-                  description: str = "Encoding images") -> tuple[list[Path], torch.Tensor, EncodeStats]:
-    """Every readable image under ``root``: (their paths, their features, stats); none readable is an error."""
+def encode_folder(backbone: Backbone, root: Path, options: EncodeOptions, description: str = "Encoding images",
+                  ranks: Ranks = SINGLE) -> tuple[list[Path], torch.Tensor, EncodeStats] | None:
+    """Every readable image under ``root``: (their paths, their features, stats); none readable is an error.
+    In a torchrun job every rank encodes its share and rank 0 gets the result (the others None)."""
     paths = find_images(root)
     if not paths:
         raise UsageError(f"no images found under {root}")
-    feats, keep, stats = encode_images(backbone, paths, cache_dir=options.cache_dir, batch_size=options.batch_size,
-                                       num_workers=options.num_workers, precision=options.precision,
-                                       strict=options.strict, quiet=options.quiet, description=description)
+    encoded = encode_images_across(ranks, backbone, paths, cache_dir=options.cache_dir,
+                                   batch_size=options.batch_size, num_workers=options.num_workers,
+                                   precision=options.precision, strict=options.strict, quiet=options.quiet,
+                                   description=description)
+    if encoded is None:
+        return None
+    feats, keep, stats = encoded
     if not keep:
         raise UsageError(f"no readable images under {root}")
     return [paths[i] for i in keep], feats, stats

@@ -11,7 +11,6 @@ import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -39,25 +38,6 @@ def setup(tmp_path, tiny_vit_dir):
                   *backbone, *POS_FAST])
     assert pos.exit_code == 0, pos.stderr
     return tmp_path, backbone
-
-
-@pytest.fixture
-def mount(tmp_path):
-    """mount(name, options) -> a tmpfs folder; unmounted afterwards."""
-    mounted = []
-
-    def make(name: str, options: str) -> Path:
-        point = tmp_path / name
-        point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-        mounted.append(point)
-        return point
-
-    yield make
-    for point in mounted:
-        subprocess.run(["umount", str(point)], capture_output=True)
 
 
 # -- failing before the work ---------------------------------------------------------------------------------

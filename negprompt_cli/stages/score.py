@@ -14,8 +14,9 @@ from ..atomic import check_output_path, write_text_atomic
 from ..backbone import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from ..data import find_images, read_names_file
 from ..devices import check_precision
+from ..distributed import SINGLE, Ranks
 from ..errors import IncompatibleArtifactError, NegPromptError, NotFoundError, UsageError
-from ..image_features import EncodeOptions, encode_folder, encode_images
+from ..image_features import EncodeOptions, encode_folder, encode_images_across
 from ..ood_scores import score_features
 from ..registry import get_host
 from ..score_file import FORMATS, render_rows
@@ -45,14 +46,19 @@ class ScoreOptions:
     precision: str = "fp32"
     quiet: bool = False
     calibrate: Path | None = None  # ID images to calibrate the threshold on, for exactly this scoring setup
+    ranks: Ranks = SINGLE  # a torchrun job: every rank encodes its share, rank 0 scores and writes
 
 
-def score(options: ScoreOptions) -> dict[str, Any]:
+def score(options: ScoreOptions) -> dict[str, Any] | None:
     """Score every image; returns the summary. With ``out`` the rows are written there (atomically), otherwise
-    the summary carries them as ``rendered`` text for the caller to print."""
+    the summary carries them as ``rendered`` text for the caller to print.
+
+    In a torchrun job only rank 0 returns a summary (and writes); the other ranks return None once their
+    share of the images is encoded and handed over."""
+    ranks = options.ranks
     if options.fmt not in FORMATS:
         raise UsageError(f"unknown format {options.fmt!r}", hint="choose csv or jsonl")
-    if options.out is not None:
+    if options.out is not None and ranks.is_main:
         check_output_path(options.out)
     if options.zero_shot == (options.prompts is not None):
         raise UsageError("give --prompts P, or --zero-shot with --names FILE")
@@ -100,26 +106,31 @@ def score(options: ScoreOptions) -> dict[str, Any]:
     else:
         temperature = 1.0
     precision = check_precision(backbone.device, options.precision)
-    calibration = None
+    calibration, threshold, threshold_source = None, None, None
     if options.threshold is not None:
         threshold, threshold_source = options.threshold, "--threshold"
     elif options.calibrate is not None:
         encoding = EncodeOptions(options.cache_dir, options.batch_size, options.num_workers, precision,
                                  options.strict, options.quiet)
-        _, calib_feats, _ = encode_folder(backbone, options.calibrate, encoding,
-                                                    "Encoding calibration images")
-        calibration, _ = calibrate(calib_feats, text_pos, text_neg, names=names, scorer=scorer,
-                                   temperature=temperature, logit_scale=backbone.logit_scale,
-                                   source=f"calibration images {options.calibrate}")
-        threshold, threshold_source = calibration["value"], "--calibrate"
+        encoded_calibration = encode_folder(backbone, options.calibrate, encoding, "Encoding calibration images",
+                                            ranks)
+        if encoded_calibration is not None:
+            calibration, _ = calibrate(encoded_calibration[1], text_pos, text_neg, names=names, scorer=scorer,
+                                       temperature=temperature, logit_scale=backbone.logit_scale,
+                                       source=f"calibration images {options.calibrate}")
+            threshold, threshold_source = calibration["value"], "--calibrate"
     else:
         threshold, reason = applicable(stored, artifact_names, names=names, scorer=scorer, temperature=temperature)
         threshold_source = "stored" if threshold is not None else None
-        if reason is not None:
+        if reason is not None and ranks.is_main:
             warn_no_decision(reason)
-    feats, keep, stats = encode_images(backbone, paths, cache_dir=options.cache_dir, batch_size=options.batch_size,
-                                       num_workers=options.num_workers, precision=precision,
-                                       strict=options.strict, quiet=options.quiet, description="Scoring images")
+    encoded = encode_images_across(ranks, backbone, paths, cache_dir=options.cache_dir,
+                                   batch_size=options.batch_size, num_workers=options.num_workers,
+                                   precision=precision, strict=options.strict, quiet=options.quiet,
+                                   description="Scoring images")
+    if encoded is None:  # another rank than 0: its share is encoded and handed over
+        return None
+    feats, keep, stats = encoded
     if not keep:
         raise UsageError(f"none of the {len(paths)} image(s) under {options.images} could be read",
                          hint="see the warning above for the files and why")

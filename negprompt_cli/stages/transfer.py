@@ -47,7 +47,9 @@ def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions
     calibration: dict[str, Any] | None = None
     if calibrate_on is not None:
         encoding = replace(encoding, precision=check_precision(backbone.device, encoding.precision))
-        _, features, stats = encode_folder(backbone, calibrate_on, encoding, "Encoding calibration images")
+        encoded = encode_folder(backbone, calibrate_on, encoding, "Encoding calibration images")
+        assert encoded is not None  # one process: always the result
+        _, features, stats = encoded
         record, _ = calibrate(features, text_pos, text_neg, names=names, scorer=scorer, temperature=temperature,
                               logit_scale=backbone.logit_scale, source=f"calibration images {calibrate_on}")
         extra["threshold"] = record

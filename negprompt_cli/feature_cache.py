@@ -1,0 +1,335 @@
+"""The image-feature cache on disk, safe to share between many processes.
+
+One directory per feature key (weights + preprocessing), holding *shards*: safetensors files of
+unit-norm float32 rows whose header lists the row ids and a SHA-256 of the rows.
+
+How many writers share it (concurrent ``score`` / ``cache build`` runs, torchrun ranks, jobs on one
+NFS cache) without locks on the hot path:
+
+- **No shared index file.** Every shard names its own rows; the directory listing is the index.
+  Writers never modify a file another process may read, so there is nothing to merge or race on.
+- **Atomic shards.** A shard is written to a hidden temporary file named after its writer
+  (``.<uuid>-<pid>-<host>.safetensors.tmp``) and renamed into place: a reader sees a whole shard or
+  none. A writer killed mid-write leaves only its temporary file, which readers never look at and
+  :func:`compact` removes once the writer is gone.
+- **Verified reads.** A shard whose header cannot be read is ignored (a torn write on a file system
+  without atomic rename); one whose rows fail their checksum is removed and its rows re-encoded.
+  Either way a reader never fails because of the cache: it is only a cache.
+- **Compaction under a lock.** :func:`compact` (``negprompt cache gc``) merges a key's shards into
+  few large ones while holding an exclusive ``flock`` on ``<key>/.lock`` (so two compactions never
+  interleave). It publishes the merged shards before it deletes the old ones, and a reader that finds a
+  shard gone re-reads the directory, so rows are never missing at any moment.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+SHARD_TENSOR = "features"
+SHARD_SUFFIX = ".safetensors"
+TEMP_SUFFIX = ".safetensors.tmp"
+INFO_FILE = "info.json"
+LOCK_FILE = ".lock"
+COMPACT_ROWS = 65_536  # rows per compacted shard (32 MB at width 128, 128 MB at width 512)
+STALE_TEMP_SECONDS = 3600  # a temporary file this old is abandoned even if its writer's pid was reused
+
+
+def default_cache_dir() -> Path:
+    """``--cache-dir`` > ``NEGPROMPT_CACHE`` > ``$XDG_CACHE_HOME/negprompt`` > ``~/.cache/negprompt``."""
+    env = os.environ.get("NEGPROMPT_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "negprompt"
+
+
+def rows_digest(block: torch.Tensor) -> str:
+    return hashlib.sha256(block.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _shard_ids(shard: Path) -> list[str] | None:
+    """The row ids a shard's header lists; None when the header cannot be read."""
+    try:
+        with safe_open(str(shard), framework="pt") as handle:
+            ids = json.loads((handle.metadata() or {}).get("ids", "[]"))
+    except Exception:
+        return None
+    return ids if isinstance(ids, list) else None
+
+
+def _read_rows(shard: Path) -> tuple[list[str], torch.Tensor] | None:
+    """(ids, rows) of a shard whose rows match its checksum; None for a damaged or unreadable one.
+    A shard that vanished (compacted meanwhile) raises FileNotFoundError."""
+    if not shard.exists():
+        raise FileNotFoundError(shard)
+    try:
+        with safe_open(str(shard), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            block = handle.get_tensor(SHARD_TENSOR)
+        ids = json.loads(meta.get("ids", "[]"))
+    except FileNotFoundError:
+        raise
+    except Exception:
+        return None
+    expected = meta.get("sha256")
+    if not isinstance(ids, list) or len(ids) != block.shape[0] or (expected is not None
+                                                                    and rows_digest(block) != expected):
+        return None
+    return ids, block
+
+
+def _write_shard(folder: Path, ids: Sequence[str], block: torch.Tensor) -> Path:
+    """Write one shard atomically (writer-named temp file + rename); returns its path."""
+    name = f"{uuid.uuid4().hex}{SHARD_SUFFIX}"
+    tmp = folder / f".{name[:-len(SHARD_SUFFIX)]}-{os.getpid()}-{socket.gethostname()}{TEMP_SUFFIX}"
+    try:
+        save_file({SHARD_TENSOR: block}, str(tmp), metadata={"ids": json.dumps(list(ids)),
+                                                              "sha256": rows_digest(block)})
+        os.replace(tmp, folder / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return folder / name
+
+
+def _write_info(folder: Path, info: dict) -> None:
+    target = folder / INFO_FILE
+    if target.exists() or not info:
+        return
+    tmp = folder / f".{INFO_FILE}.{uuid.uuid4().hex}.tmp"
+    try:
+        tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class FeatureCache:
+    """The rows of one feature key: look up verified rows, add new shards (see the module docstring)."""
+
+    def __init__(self, root: Path, key: str, info: dict | None = None) -> None:
+        self.dir = Path(root) / key
+        self.info = info or {}
+        self._index: dict[str, tuple[Path, int]] | None = None
+        self.damaged: list[Path] = []
+        self.write_error: OSError | None = None
+
+    def _load_index(self, reload: bool = False) -> dict[str, tuple[Path, int]]:
+        if self._index is None or reload:
+            index: dict[str, tuple[Path, int]] = {}
+            for shard in sorted(self.dir.glob(f"*{SHARD_SUFFIX}")) if self.dir.is_dir() else []:
+                for row, item in enumerate(_shard_ids(shard) or []):  # an unreadable header is ignored
+                    index[item] = (shard, row)
+            self._index = index
+        return self._index
+
+    def lookup(self, ids: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The verified rows this cache holds for ``ids`` (absent ones, and those of damaged shards, left out)."""
+        found: dict[str, torch.Tensor] = {}
+        wanted = list(dict.fromkeys(ids))
+        for attempt in range(3):  # a shard compacted away meanwhile: read the directory again
+            index = self._load_index(reload=attempt > 0)
+            by_shard: dict[Path, list[str]] = {}
+            for item in wanted:
+                if item in index and item not in found:
+                    by_shard.setdefault(index[item][0], []).append(item)
+            vanished = False
+            for shard, items in by_shard.items():
+                try:
+                    rows = _read_rows(shard)
+                except FileNotFoundError:
+                    vanished = True
+                    continue
+                if rows is None:
+                    self._drop_damaged(shard)
+                    continue
+                for item in items:
+                    found[item] = rows[1][index[item][1]].float()
+            if not vanished:
+                break
+        return found
+
+    def _drop_damaged(self, shard: Path) -> None:
+        self.damaged.append(shard)
+        shard.unlink(missing_ok=True)
+        self._index = {k: v for k, v in self._load_index().items() if v[0] != shard}
+
+    def add(self, ids: Sequence[str], features: torch.Tensor) -> None:
+        """Write the rows as one new shard; a cache that cannot be written is noted in ``write_error`` and
+        skipped from then on (the caller warns once)."""
+        if not ids or self.write_error is not None:
+            return
+        block = features.detach().to("cpu", torch.float32).contiguous()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _write_info(self.dir, self.info)
+            shard = _write_shard(self.dir, ids, block)
+        except OSError as exc:  # read-only or full: go on without caching
+            self.write_error = exc
+            return
+        except Exception as exc:  # safetensors reports a full disk as its own error type
+            self.write_error = OSError(str(exc))
+            return
+        index = self._load_index()
+        for row, item in enumerate(ids):
+            index[item] = (shard, row)
+
+
+# -- checking and compacting (negprompt cache verify | gc) -------------------------------------------------------
+@dataclass
+class KeyReport:
+    """The state of one feature key's directory."""
+
+    key: str
+    backbone: str | None
+    pretrained: str | None
+    shards: int = 0
+    rows: int = 0
+    unique_rows: int = 0
+    bytes: int = 0
+    damaged: list[str] = field(default_factory=list)  # shards that fail their checksum or cannot be read
+    temp_files: list[str] = field(default_factory=list)  # writers' temporary files still present
+    stale_temp_files: list[str] = field(default_factory=list)  # ... whose writer is gone
+    removed: int = 0  # files compaction removed (merged shards, damaged shards, stale temp files)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def cache_keys(root: Path) -> list[Path]:
+    """The feature-key directories under a cache root (directories holding shards or an info.json)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and ((p / INFO_FILE).exists() or any(p.glob(f"*{SHARD_SUFFIX}"))))
+
+
+def _writer_gone(temp: Path, now: float) -> bool:
+    """Whether a temporary shard's writer has stopped: its pid is dead on this host, or the file is old."""
+    try:
+        age = now - temp.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age > STALE_TEMP_SECONDS:
+        return True
+    parts = temp.name[1:-len(TEMP_SUFFIX)].split("-", 2)
+    if len(parts) != 3 or parts[2] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def inspect_key(folder: Path) -> KeyReport:
+    """Read every shard of one key and check it (the whole cache is read: this costs I/O, not compute)."""
+    info = {}
+    try:
+        info = json.loads((folder / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        pass
+    report = KeyReport(folder.name, info.get("backbone"), info.get("pretrained"))
+    seen: set[str] = set()
+    now = time.time()
+    for shard in sorted(folder.glob(f"*{SHARD_SUFFIX}")):
+        try:
+            rows = _read_rows(shard)
+            size = shard.stat().st_size
+        except FileNotFoundError:  # compacted meanwhile
+            continue
+        report.shards += 1
+        report.bytes += size
+        if rows is None:
+            report.damaged.append(shard.name)
+            continue
+        report.rows += len(rows[0])
+        seen.update(rows[0])
+    report.unique_rows = len(seen)
+    for temp in sorted(folder.glob(f".*{TEMP_SUFFIX}")):
+        report.temp_files.append(temp.name)
+        if _writer_gone(temp, now):
+            report.stale_temp_files.append(temp.name)
+    return report
+
+
+def verify(root: Path) -> list[KeyReport]:
+    return [inspect_key(folder) for folder in cache_keys(Path(root))]
+
+
+@contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    with open(folder / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def compact_key(folder: Path, max_rows: int = COMPACT_ROWS) -> KeyReport:
+    """Merge a key's verified shards into shards of up to ``max_rows`` unique rows, drop damaged shards and
+    abandoned temporary files. Shards other writers add meanwhile are left alone (and kept)."""
+    removed = 0
+    with _exclusive(folder):
+        now = time.time()
+        shards = sorted(folder.glob(f"*{SHARD_SUFFIX}"))
+        merged_ids: list[str] = []
+        blocks: list[torch.Tensor] = []
+        seen: set[str] = set()
+        merged_from: list[Path] = []
+        for shard in shards:
+            try:
+                rows = _read_rows(shard)
+            except FileNotFoundError:
+                continue
+            if rows is None:
+                shard.unlink(missing_ok=True)
+                removed += 1
+                continue
+            ids, block = rows
+            keep = [i for i, item in enumerate(ids) if item not in seen]
+            seen.update(ids)
+            merged_ids.extend(ids[i] for i in keep)
+            blocks.append(block[keep])
+            merged_from.append(shard)
+        full_shards = [s for s in merged_from if _row_count(s) >= max_rows]
+        if len(merged_from) > 1 and len(merged_from) > len(full_shards) + 1:
+            rows_all = torch.cat(blocks) if blocks else torch.empty(0)
+            for start in range(0, len(merged_ids), max_rows):
+                _write_shard(folder, merged_ids[start:start + max_rows],
+                             rows_all[start:start + max_rows].contiguous())
+            for shard in merged_from:  # only after every merged shard is in place
+                shard.unlink(missing_ok=True)
+                removed += 1
+        for temp in folder.glob(f".*{TEMP_SUFFIX}"):
+            if _writer_gone(temp, now):
+                temp.unlink(missing_ok=True)
+                removed += 1
+    report = inspect_key(folder)
+    report.removed = removed
+    return report
+
+
+def _row_count(shard: Path) -> int:
+    return len(_shard_ids(shard) or [])
+
+
+def compact(root: Path, max_rows: int = COMPACT_ROWS) -> list[KeyReport]:
+    return [compact_key(folder, max_rows) for folder in cache_keys(Path(root))]

@@ -1,0 +1,104 @@
+"""``negprompt cache build | verify | gc``: fill the image-feature cache ahead of time, check it, compact it.
+
+``build`` encodes a folder once (eval view, and the seeded augmented views ``fit-*`` use with
+``--aug-views``), so that later ``fit-pos``/``fit-neg``/``score`` runs on the same images and backbone
+only read the cache. Under torchrun every rank encodes its share (see ``distributed``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..atomic import check_writable
+from ..backbone import BackboneRequest, load_backbone
+from ..data import find_images
+from ..devices import check_precision
+from ..distributed import SINGLE, Ranks
+from ..errors import NegPromptError, UsageError
+from ..feature_cache import compact, default_cache_dir, verify
+from ..image_features import EncodeStats, View, encode_images_across
+
+
+@dataclass(frozen=True)
+class CacheBuildOptions:
+    images: Path
+    backbone: BackboneRequest = BackboneRequest()
+    cache_dir: Path | None = None
+    aug_views: int = 0  # also cache views 0..K-1 of the seeded augmentation (as fit-* --aug-views K --seed S)
+    seed: int = 0
+    batch_size: int = 64
+    num_workers: int | None = None
+    precision: str = "fp32"
+    strict: bool = False
+    quiet: bool = False
+    ranks: Ranks = SINGLE
+
+
+def cache_root(cache_dir: Path | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir()
+
+
+def writable_cache(root: Path) -> Path:
+    """The cache root, created if needed; one that cannot be written is an error here (filling it is the job)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"the feature cache {root} cannot be created ({exc.strerror or exc})",
+                         hint="point --cache-dir (or NEGPROMPT_CACHE) at a writable folder") from None
+    try:
+        check_writable(root)
+    except UsageError:
+        raise UsageError(f"the feature cache {root} cannot be written",
+                         hint="point --cache-dir (or NEGPROMPT_CACHE) at a writable folder") from None
+    return root
+
+
+def build(options: CacheBuildOptions) -> dict[str, Any] | None:
+    """Encode every image under ``images`` into the cache; the summary on rank 0, None on the other ranks."""
+    root = writable_cache(cache_root(options.cache_dir))
+    paths = find_images(options.images)
+    if not paths:
+        raise UsageError(f"no images found under {options.images}")
+    backbone = load_backbone(options.backbone)
+    precision = check_precision(backbone.device, options.precision)
+    views = [View()] + [View(index=k, seed=options.seed) for k in range(options.aug_views)]
+    total = EncodeStats()
+    for view in views:
+        encoded = encode_images_across(options.ranks, backbone, paths, view=view, cache_dir=root,
+                                       batch_size=options.batch_size, num_workers=options.num_workers,
+                                       precision=precision, strict=options.strict, quiet=options.quiet,
+                                       description=f"Caching {view.tag()} features")
+        if encoded is None:
+            continue
+        stats = encoded[2]
+        if stats.cache_write_error is not None:
+            raise NegPromptError(f"the feature cache {root} could not be written ({stats.cache_write_error})",
+                                 hint="free some space or point --cache-dir elsewhere; the rows written so far "
+                                      "are kept")
+        total.merge(stats)
+    if not options.ranks.is_main:
+        return None
+    return {"images": len(paths), "views": [v.tag() for v in views], "rows": total.requested,
+            "encoded": total.encoded, "cached": total.cached, "skipped": len({str(p) for p in total.skipped}),
+            "cache_dir": str(root), "backbone": backbone.identity(), "processes": options.ranks.world_size}
+
+
+def verify_cache(cache_dir: Path | None) -> dict[str, Any]:
+    """Every key's shards read and checked; ``damaged`` counts shards that fail."""
+    root = cache_root(cache_dir)
+    keys = [k.as_dict() for k in verify(root)]
+    return {"cache_dir": str(root), "keys": keys, "shards": sum(k["shards"] for k in keys),
+            "rows": sum(k["unique_rows"] for k in keys), "damaged": sum(len(k["damaged"]) for k in keys),
+            "stale_temp_files": sum(len(k["stale_temp_files"]) for k in keys)}
+
+
+def gc_cache(cache_dir: Path | None) -> dict[str, Any]:
+    """Compact every key: merge shards, drop duplicates, damaged shards and abandoned temporary files."""
+    root = cache_root(cache_dir)
+    if not root.is_dir():
+        return {"cache_dir": str(root), "keys": [], "shards": 0, "rows": 0, "removed": 0}
+    keys = [k.as_dict() for k in compact(root)]
+    return {"cache_dir": str(root), "keys": keys, "shards": sum(k["shards"] for k in keys),
+            "rows": sum(k["unique_rows"] for k in keys), "removed": sum(k["removed"] for k in keys)}

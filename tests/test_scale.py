@@ -1,0 +1,250 @@
+"""Past one process (issue #13): torchrun scoring and cache building give the bytes one process gives, bad
+launches fail with one line, and a feature cache shared by concurrent writers (one of them killed) stays whole."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import VIT_CFG, invoke, make_image_folder, write_local_dir
+
+from negprompt_cli.distributed import Ranks, batch_shard
+from negprompt_cli.feature_cache import FeatureCache, cache_keys, compact, verify
+
+NAMES = "red stripes\ngreen bars\nblue dots\n"
+
+
+def run_env() -> dict[str, str]:
+    # torchrun's ranks run on CPU here (two ranks cannot share one GPU under nccl); one thread each, as torchrun sets
+    return {**os.environ, "OMP_NUM_THREADS": "1", "NEGPROMPT_DEVICE": "cpu"}
+
+
+def torchrun(processes: int, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+           "-m", "negprompt_cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=run_env(), timeout=300)
+
+
+def errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture
+def job(tmp_path, tiny_vit_dir):
+    """35 images (not a multiple of the batch size of 4, so the ranks' shares differ) and class names."""
+    make_image_folder(tmp_path / "images", per_class=10, seed=3)
+    make_image_folder(tmp_path / "calib", per_class=4, seed=4)
+    for extra in range(5):
+        make_image_folder(tmp_path / "images" / f"more{extra}", classes=("blue_dots",), per_class=1, seed=extra)
+    (tmp_path / "names.txt").write_text(NAMES)
+    common = ["--zero-shot", "--names", str(tmp_path / "names.txt"), "--backbone", f"local-dir:{tiny_vit_dir}",
+              "--batch-size", "4", "--quiet"]
+    return tmp_path, common
+
+
+def test_batch_shards_cover_every_item_once_in_whole_batches():
+    for count in (1, 7, 8, 35, 64, 1000):
+        for world in (1, 2, 3, 8):
+            shares = [batch_shard(count, 4, Ranks(r, world, r)) for r in range(world)]
+            assert [i for s in shares for i in s] == list(range(count))
+            assert all(s.start % 4 == 0 for s in shares if len(s))
+            sizes = [len(s) for s in shares]
+            assert max(sizes) - min(sizes) <= 4  # balanced to within one batch
+
+
+def test_torchrun_score_and_cache_build_give_the_one_process_bytes(job):
+    root, common = job
+    single = invoke(["score", str(root / "images"), *common, "--calibrate", str(root / "calib"), "--cache-dir",
+                     str(root / "c1"), "--out", str(root / "one.csv")])
+    assert single.exit_code == 0, single.stderr
+    two = torchrun(2, "score", str(root / "images"), *common, "--calibrate", str(root / "calib"), "--cache-dir",
+                   str(root / "c2"), "--out", str(root / "two.csv"))
+    assert two.returncode == 0, two.stderr
+    assert (root / "two.csv").read_bytes() == (root / "one.csv").read_bytes()
+    rows = list(csv.DictReader((root / "one.csv").open()))
+    assert len(rows) == 35 and {r["ood"] for r in rows} <= {"True", "False"}  # calibrated: every row decided
+    assert two.stderr.count("Scored 35 image(s)") == 1  # rank 0 reports, once
+    # both ranks wrote their own shards into the shared cache
+    assert len(list((root / "c2").rglob("*.safetensors"))) >= 2
+
+    # cache build under torchrun fills what a later one-process score reads, with the same rows
+    backbone = common[common.index("--backbone"):common.index("--backbone") + 2]
+    built = torchrun(2, "cache", "build", str(root / "images"), *backbone, "--batch-size", "4",
+                     "--cache-dir", str(root / "c3"), "--json", "--quiet")
+    assert built.returncode == 0, built.stderr
+    summary = json.loads(built.stdout)
+    assert summary["encoded"] == 35 and summary["processes"] == 2
+    again = invoke(["score", str(root / "images"), *common, "--cache-dir", str(root / "c3"),
+                    "--out", str(root / "three.csv"), "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["encoded"] == 0
+    fresh = invoke(["score", str(root / "images"), *common, "--cache-dir", str(root / "c4"),
+                    "--out", str(root / "four.csv")])
+    assert fresh.exit_code == 0
+    assert (root / "three.csv").read_bytes() == (root / "four.csv").read_bytes()
+
+
+def test_more_processes_than_images_is_one_error(job):
+    root, common = job
+    make_image_folder(root / "one", classes=("red_stripes",), per_class=1)
+    result = torchrun(2, "score", str(root / "one"), *common, "--out", str(root / "x.csv"))
+    assert result.returncode != 0
+    assert errors(result.stderr) == ["Error: 2 processes for 1 image(s): every process needs at least one"]
+    assert not (root / "x.csv").exists()
+
+
+def test_a_rank_that_fails_mid_run_stops_the_job_without_output_and_keeps_finished_shards(job):
+    root, common = job
+    images = sorted((root / "images").rglob("*.png"))
+    images[-1].write_bytes(b"not an image")  # in rank 1's share (the last batches)
+    cache = root / "crash-cache"
+    result = torchrun(2, "score", str(root / "images"), *common, "--strict", "--cache-dir", str(cache),
+                      "--out", str(root / "x.csv"))
+    assert result.returncode != 0
+    assert not (root / "x.csv").exists()
+    assert any(line.startswith("Error (rank 1): 1 unreadable image(s)") for line in errors(result.stderr))
+    # rank 0 finished its share: its rows are in the cache and a later run reuses them
+    again = invoke(["score", str(root / "images"), *common, "--cache-dir", str(cache), "--out",
+                    str(root / "y.csv"), "--json"])
+    assert again.exit_code == 0
+    assert json.loads(again.stdout)["cached"] >= 16
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ranks_with_different_backbones_refuse_to_run(job, tmp_path):
+    root, common = job
+    other = write_local_dir(tmp_path / "other-vit", VIT_CFG, seed=1)
+    port = str(_free_port())
+    procs = []
+    for rank in (0, 1):
+        args = list(common)
+        if rank == 1:
+            args[args.index("--backbone") + 1] = f"local-dir:{other}"
+        env = {**run_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen([sys.executable, "-m", "negprompt_cli", "score", str(root / "images"), *args,
+                                       "--out", str(root / f"rank{rank}.csv")], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [2, 2]
+    assert errors(outputs[0][1])[0].startswith("Error: the ranks disagree on the backbone: rank 0 has")
+    assert errors(outputs[1][1]) == []  # said once, by rank 0
+    assert not list(root.glob("rank*.csv"))
+
+
+def test_distributed_outside_torchrun_is_a_usage_error(job):
+    root, common = job
+    result = invoke(["score", str(root / "images"), *common, "--distributed"])
+    assert result.exit_code == 2 and "--distributed needs a torchrun launch" in result.stderr
+
+
+def test_cache_build_on_a_read_only_file_system_is_one_error(job, mount):
+    root, common = job
+    read_only = mount("ro", "ro,size=1m")
+    backbone = common[common.index("--backbone"):common.index("--backbone") + 2]
+    result = invoke(["cache", "build", str(root / "images"), *backbone, "--cache-dir", str(read_only / "c")])
+    assert result.exit_code == 2
+    assert errors(result.stderr) == [f"Error: the feature cache {read_only / 'c'} cannot be created (Read-only "
+                                     "file system)"]
+
+
+# -- many writers, one cache ------------------------------------------------------------------------------------
+def _all_rows(cache_root: Path) -> dict[str, torch.Tensor]:
+    rows: dict[str, torch.Tensor] = {}
+    for folder in cache_keys(cache_root):
+        cache = FeatureCache(cache_root, folder.name)
+        rows.update(cache.lookup(list(cache._load_index())))
+    return rows
+
+
+def test_concurrent_writers_and_a_kill_9_leave_a_whole_cache(job):
+    root, common = job
+    backbone = common[common.index("--backbone"):common.index("--backbone") + 2]
+    shared = root / "shared-cache"
+    make_image_folder(root / "b", classes=("green_bars", "blue_dots"), per_class=12, seed=9)
+    env = run_env()
+
+    def build(folder: Path) -> subprocess.Popen:
+        # batch size 1: every row is what encoding that image alone gives, whichever process wrote it
+        return subprocess.Popen([sys.executable, "-m", "negprompt_cli", "cache", "build", str(folder), *backbone,
+                                 "--cache-dir", str(shared), "--batch-size", "1", "--workers", "0", "--quiet"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    writers = [build(root / "images"), build(root / "images"), build(root / "b"), build(root)]
+    victim = writers[3]
+    deadline = time.time() + 120
+    while time.time() < deadline and victim.poll() is None and len(list(shared.rglob("*.safetensors"))) < 6:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    for writer in writers[:3]:
+        _, stderr = writer.communicate(timeout=300)
+        assert writer.returncode == 0, stderr
+    victim.communicate()
+    assert victim.returncode == -signal.SIGKILL
+
+    # what a writer killed mid-write leaves on a file system without atomic rename: a torn shard, a temp file
+    key_dir = cache_keys(shared)[0]
+    whole = next(key_dir.glob("*.safetensors")).read_bytes()
+    (key_dir / "torn0000000000000000000000000000.safetensors").write_bytes(whole[: len(whole) // 2])
+    (key_dir / f".{'0' * 32}-999999-{socket.gethostname()}.safetensors.tmp").write_bytes(whole[:100])
+
+    # the clean run: finish the killed job, then score everything from the cache alone
+    rerun = build(root)
+    _, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr
+    clean_cmd = ["score", str(root), *common, "--out"]
+    after = invoke([*clean_cmd, str(root / "after.csv"), "--cache-dir", str(shared), "--json"])
+    assert after.exit_code == 0, after.stderr
+    assert json.loads(after.stdout)["encoded"] == 0
+    alone = invoke([*clean_cmd, str(root / "alone.csv"), "--cache-dir", str(root / "alone-cache"),
+                    "--batch-size", "1"])
+    assert alone.exit_code == 0, alone.stderr
+    assert (root / "after.csv").read_bytes() == (root / "alone.csv").read_bytes()
+
+    rows_before = _all_rows(shared)
+    report = verify(shared)[0]
+    assert report.damaged == ["torn0000000000000000000000000000.safetensors"]
+    assert len(report.stale_temp_files) == 1
+    assert invoke(["cache", "verify", "--cache-dir", str(shared)]).exit_code == 1
+    gc = invoke(["cache", "gc", "--cache-dir", str(shared), "--json"])
+    assert gc.exit_code == 0, gc.stderr
+    assert json.loads(gc.stdout)["shards"] == 1
+    checked = invoke(["cache", "verify", "--cache-dir", str(shared)])
+    assert checked.exit_code == 0, checked.stderr
+    rows_after = _all_rows(shared)
+    assert rows_after.keys() == rows_before.keys() and len(rows_after) == 35 + 24 + 4 * 3  # images, b/, calib/
+    assert all(torch.equal(rows_after[k], rows_before[k]) for k in rows_after)
+    fresh = {k: v for k, v in _all_rows(root / "alone-cache").items()}
+    assert all(torch.equal(rows_after[k], fresh[k]) for k in fresh)
+
+
+def test_a_reader_that_indexed_shards_before_compaction_still_finds_every_row(tmp_path):
+    ids = [f"row{i}" for i in range(10)]
+    rows = torch.nn.functional.normalize(torch.randn(10, 8), dim=-1)
+    writer = FeatureCache(tmp_path, "key", info={"backbone": "x"})
+    for start in range(0, 10, 3):
+        writer.add(ids[start:start + 3], rows[start:start + 3])
+    writer.add(ids[:2], rows[:2])  # a duplicate, as two processes caching the same images write
+    reader = FeatureCache(tmp_path, "key")
+    reader._load_index()  # indexed before compaction
+    live = tmp_path / "key" / f".{'1' * 32}-{os.getpid()}-{socket.gethostname()}.safetensors.tmp"
+    live.write_bytes(b"still being written")
+    (report,) = compact(tmp_path)
+    assert report.shards == 1 and report.unique_rows == 10 and report.rows == 10
+    assert live.exists()  # a running writer's temporary file is left alone
+    found = reader.lookup(ids)
+    assert not reader.damaged
+    assert torch.equal(torch.stack([found[i] for i in ids]), rows)
