@@ -26,6 +26,7 @@ class Checkpointing:
     path: Path
     fingerprint: str
     resume: bool = False
+    writer: bool = True  # False on the ranks of a torchrun job other than 0: they resume from it, never write it
 
 
 @dataclass

@@ -7,6 +7,7 @@ import functools
 import os
 import signal
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Callable
@@ -44,6 +45,7 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+RANK_EXIT_GRACE_SECONDS = 3.0
 
 
 def reports_errors(func: F) -> F:
@@ -65,7 +67,11 @@ def reports_errors(func: F) -> F:
                 traceback.print_exc()
             rank = _other_rank()
             if rank is not None and not exc.rank_specific and exc.exit_code != EXIT_RUNTIME:
-                raise typer.Exit(exc.exit_code) from None  # every rank met it alike: rank 0 says it once
+                # Every rank met it alike: rank 0 says it once. Leave rank 0 time to say it before torchrun,
+                # seeing this rank exit, stops the others (a SIGTERM now just ends this process quietly).
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                time.sleep(RANK_EXIT_GRACE_SECONDS)
+                raise typer.Exit(exc.exit_code) from None
             err.print(f"Error{_rank_tag()}: {exc.message}", markup=False, soft_wrap=True)
             if exc.hint:
                 err.print(f"Hint: {exc.hint}", markup=False, soft_wrap=True)
@@ -324,6 +330,9 @@ def fit_neg_command(
                                             "gradient caching keeps memory bounded at one extra no-grad pass. "
                                             "auto: chunk only when the whole graph would not fit (80% of free GPU "
                                             "memory, 3 GiB on CPU; docs/performance.md). 0 = never chunk.")] = "auto",
+    distributed: Annotated[bool | None, typer.Option(
+        "--distributed/--no-distributed", help="Under torchrun (the default there): the processes split the "
+        "classes of the text graph (for very large class lists; needs --pos). See docs/scale.md.")] = None,
     *,
     optim: dict[str, Any],
     data_opts: dict[str, Any],
@@ -332,6 +341,7 @@ def fit_neg_command(
 ) -> None:
     """Learn NegPrompt negative prompts (runs fit-pos first when --pos is not given)."""
     from .backbone import RuntimeOptions
+    from .distributed import launched_by_torchrun, process_group
     from .learners import PromptSettings
     from .memory import AUTO, parse_text_chunk
     from .pipeline import fit_pos_then_neg, pos_stage_options
@@ -355,15 +365,25 @@ def fit_neg_command(
                                None if chunk == AUTO else chunk))
     if chunk is None:  # --text-chunk 0: never chunk (None is "not given" to override)
         options = replace(options, text_chunk=None)
-    if pos is None:
+    if pos is not None:
+        with process_group(distributed, runtime["device"]) as (ranks, device):
+            ranked = replace(options, ranks=ranks, runtime=replace(options.runtime, device=device),
+                             backbone=replace(request, device=device) if request is not None else None)
+            summary = fit_neg(ranked)
+        if summary is None:  # a rank other than 0 of a torchrun job
+            return
+    else:
+        if distributed or (distributed is None and launched_by_torchrun() and os.environ.get("WORLD_SIZE") != "1"):
+            from .errors import UsageError
+
+            raise UsageError("fit-neg under torchrun needs --pos (the positive stage runs in one process)",
+                             hint="run fit-pos first, then torchrun ... fit-neg --pos POS.safetensors")
         assert request is not None
         info("No --pos given: training the positive prompts first (fit-pos).")
         positive_optim = override(POSITIVE_OPTIM, optimizer=pos_optimizer, epochs=pos_epochs, lr=pos_lr)
         summary = fit_pos_then_neg(
             pos_stage_options(options, request, override(PromptSettings(), n_ctx=n_ctx, ctx_init=ctx_init),
                               positive_optim), options)
-    else:
-        summary = fit_neg(options)
     settings = ", ".join(f"{k} {v}" for k, v in summary["learner_options"].items())
     finish(f"Wrote {out}: {summary['classes']} classes ({summary['train_classes']} trained on), learner "
            f"{summary['learner']} ({settings}); ID threshold "

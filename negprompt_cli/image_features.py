@@ -32,7 +32,6 @@ from .distributed import (
     Ranks,
     agree,
     batch_shard,
-    check_enough_items,
     concat_rows,
     gather_to_all,
     gather_to_main,
@@ -351,7 +350,6 @@ def encode_images_across(ranks: Ranks, backbone: Backbone, paths: Sequence[Path]
     """
     if not ranks.distributed:
         return encode_images(backbone, paths, batch_size=batch_size, **options)
-    check_enough_items(len(paths), ranks)
     agree({**backbone.identity(), "weights": backbone.weights_fingerprint()}, ranks, "the backbone")
     listing = hashlib.sha256("\n".join(str(p) for p in paths).encode()).hexdigest()[:12]
     agree(f"{len(paths)} image(s), list sha256 {listing}", ranks, "the image list")

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
+from .class_parallel import ClassParallel
 from .errors import UsageError
 from .text_encoder import SoftPromptTextEncoder, TokenizedPrompts
 
@@ -44,6 +45,10 @@ class PromptModule(torch.nn.Module):
     text_chunk: int | None = None
     prompts_per_class: int = 1
     class_specific: bool = False
+    # Class-parallel training under torchrun (see ``class_parallel``): a learner that can split its classes
+    # over ranks says so here; the core then sets ``class_parallel`` before training.
+    supports_class_parallel: bool = False
+    class_parallel: ClassParallel | None = None
 
     def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scalar loss, class logits [B, C]) for unit-norm image features."""

@@ -89,10 +89,11 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     state = LoopState(epoch=0, module=_snapshot(module), optimizer=copy.deepcopy(optimizer.state_dict()),
                       generator=generator.get_state())
-    if checkpointing is not None and checkpointing.resume and not checkpointing.path.exists():
+    writes = checkpointing is not None and checkpointing.writer
+    if checkpointing is not None and checkpointing.resume and not checkpointing.path.exists() and writes:
         warnings.warn(f"no checkpoint at {checkpointing.path} (interrupted before one was written?): "
                       "starting from the beginning", NegPromptWarning, stacklevel=2)
-    elif checkpointing is not None and checkpointing.resume:
+    elif checkpointing is not None and checkpointing.resume and checkpointing.path.exists():
         state = load_checkpoint(checkpointing.path, checkpointing.fingerprint)
         module.load_state_dict(state.module)
         optimizer.load_state_dict(state.optimizer)
@@ -118,14 +119,14 @@ def train(
                 state.optimizer = copy.deepcopy(optimizer.state_dict())
                 state.generator = generator.get_state()
     except KeyboardInterrupt as exc:
-        if checkpointing is not None:
+        if checkpointing is not None and writes:
             save_checkpoint(checkpointing.path, state, checkpointing.fingerprint)
             exc.add_note(f"Saved a checkpoint after epoch {state.epoch} to {checkpointing.path}; "
                          "continue with --resume.")
         raise
     except torch.OutOfMemoryError as exc:
         kept = ""
-        if checkpointing is not None:
+        if checkpointing is not None and writes:
             optimizer.zero_grad(set_to_none=True)
             save_checkpoint(checkpointing.path, state, checkpointing.fingerprint)
             kept = f"; epochs done so far are saved in {checkpointing.path}"
@@ -133,7 +134,7 @@ def train(
             f"out of {device.type.upper()} memory in epoch {state.epoch + 1} of {description.lower()}{kept}",
             hint="use a smaller --text-chunk (e.g. 64; --resume continues from the checkpoint) or a smaller "
                  "--batch-size (starts over)") from exc
-    if checkpointing is not None:
+    if checkpointing is not None and writes:
         checkpointing.path.unlink(missing_ok=True)
     result = TrainResult(history=state.history, selection=f"best-{selection.name}" if selection else "last")
     if selection is not None and state.best is not None:

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from .data import ImageFolder, few_shot_split, load_image_folder
+from .distributed import SINGLE, Ranks
 from .errors import UsageError
-from .image_features import View, encode_images
+from .image_features import View, encode_images_across
 
 
 @dataclass
@@ -38,12 +39,13 @@ def run_fingerprint(**parts: Any) -> str:
 
 
 def labelled_features(backbone, data: DataOptions, seed: int, precision: str, quiet: bool,  # type: ignore[no-untyped-def]
-                      folder: ImageFolder | None = None):
-    """Few-shot training features ([N, V, E]) and labels, plus validation features, all from the cache."""
+                      folder: ImageFolder | None = None, ranks: Ranks = SINGLE):
+    """Few-shot training features ([N, V, E]) and labels, plus validation features, all from the cache.
+    In a torchrun job the ranks encode shares and every rank gets all features."""
     folder = folder or load_image_folder(data.root, data.classes_file)
     split = few_shot_split(folder, data.shots, seed, data.val_fraction)
     common = dict(cache_dir=data.cache_dir, batch_size=data.batch_size, num_workers=data.num_workers,
-                  precision=precision, strict=data.strict, quiet=quiet)
+                  precision=precision, strict=data.strict, quiet=quiet, gather="all")
     train_paths = [split.paths[i] for i in split.train]
     train_labels = torch.tensor([split.labels[i] for i in split.train])
     views = [View()] if data.aug_views <= 0 else [View(index=k, seed=seed) for k in range(data.aug_views)]
@@ -51,8 +53,10 @@ def labelled_features(backbone, data: DataOptions, seed: int, precision: str, qu
     keep: list[int] | None = None
     stats = []
     for view in views:
-        feats, kept, st = encode_images(backbone, train_paths, view=view, description="Encoding training images",
-                                        **common)
+        encoded = encode_images_across(ranks, backbone, train_paths, view=view,
+                                       description="Encoding training images", **common)
+        assert encoded is not None  # gather="all": every rank gets the result
+        feats, kept, st = encoded
         stats.append(st)
         keep = kept if keep is None else [k for k in keep if k in set(kept)]
         per_view.append((feats, kept))
@@ -67,8 +71,10 @@ def labelled_features(backbone, data: DataOptions, seed: int, precision: str, qu
     labels = train_labels[keep]
     val = None
     if split.val:
-        vfeats, vkept, vst = encode_images(backbone, [split.paths[i] for i in split.val],
-                                           description="Encoding validation images", **common)
+        encoded = encode_images_across(ranks, backbone, [split.paths[i] for i in split.val],
+                                       description="Encoding validation images", **common)
+        assert encoded is not None
+        vfeats, vkept, vst = encoded
         stats.append(vst)
         val = (vfeats, torch.tensor([split.labels[split.val[i]] for i in vkept]))
     return folder, features, labels, val, stats

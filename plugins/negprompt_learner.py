@@ -82,6 +82,16 @@ class NegativePrompts(PromptModule):
         feats = self.encoder.encode(ctx, prompts.repeat(p), chunk_size=self.text_chunk)
         return feats.view(p, c, -1).transpose(0, 1)
 
+    supports_class_parallel = True
+
+    def all_negative_features(self) -> torch.Tensor:
+        """[C, P, E] for every class; under class-parallel training this rank encodes its share only and the
+        shares are gathered (differentiably)."""
+        if self.class_parallel is None:
+            return self.negative_features()
+        local = self.negative_features(self.class_parallel.share(self.n_classes))
+        return self.class_parallel.gather(local, self.n_classes)
+
     def loss_and_backward(self, image_features: torch.Tensor,
                           labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and gradients; with ``text_chunk`` the text graph never holds more than one chunk.
@@ -90,26 +100,34 @@ class NegativePrompts(PromptModule):
         first all features are computed without a graph, the loss and its gradient with respect
         to those features are taken, and then the features are re-encoded chunk by chunk with
         autograd and the cached feature gradients are back-propagated. Same gradient, bounded memory.
+        Under class-parallel training each rank re-encodes only its own classes and the gradients are
+        summed over the ranks (``negprompt_cli.class_parallel``).
         """
+        parallel = self.class_parallel
         if self.text_chunk is None or self.text_chunk >= self.n_classes:
             loss, logits = self.loss(image_features, labels)
             loss.backward()
+            if parallel is not None:
+                parallel.reduce_gradients(self.parameters())
             return loss.detach(), logits
         with torch.no_grad():
-            neg = self.negative_features()
+            neg = self.all_negative_features()
         neg = neg.float().requires_grad_(True)
         terms = negprompt_loss(self.variant, image_features.float(), self.text_pos.float(), neg, labels,
                                self.logit_scale, self.weights)
         terms["loss"].backward()
         feature_grad = neg.grad
-        for start in range(0, self.n_classes, self.text_chunk):
-            classes = torch.arange(start, min(start + self.text_chunk, self.n_classes))
+        mine = parallel.share(self.n_classes) if parallel is not None else torch.arange(self.n_classes)
+        for start in range(0, len(mine), self.text_chunk):
+            classes = mine[start:start + self.text_chunk]
             chunk = self.negative_features(classes).float()
             (chunk * feature_grad[classes.to(feature_grad.device)]).sum().backward()
+        if parallel is not None:
+            parallel.reduce_gradients(self.parameters())
         return terms["loss"].detach(), self.class_logits(image_features)
 
     def loss_terms(self, image_features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        neg = self.negative_features().float()
+        neg = self.all_negative_features().float()
         return negprompt_loss(self.variant, image_features.float(), self.text_pos.float(), neg, labels,
                               self.logit_scale, self.weights)
 
@@ -122,7 +140,7 @@ class NegativePrompts(PromptModule):
 
     def export(self) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            neg = self.negative_features()
+            neg = self.all_negative_features()
         return {"ctx_pos": self.ctx_pos, "ctx_neg": self.ctx_neg.detach(), "text_pos": self.text_pos,
                 "text_neg": neg}
 

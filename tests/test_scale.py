@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import VIT_CFG, invoke, make_image_folder, write_local_dir
+from conftest import NEG_FAST, VIT_CFG, invoke, make_image_folder, write_local_dir
 
 from negprompt_cli.distributed import Ranks, batch_shard
 from negprompt_cli.feature_cache import FeatureCache, cache_keys, compact, verify
@@ -248,3 +248,48 @@ def test_a_reader_that_indexed_shards_before_compaction_still_finds_every_row(tm
     found = reader.lookup(ids)
     assert not reader.damaged
     assert torch.equal(torch.stack([found[i] for i in ids]), rows)
+
+
+def test_class_parallel_gradient_equals_the_one_process_gradient(tiny_vit_dir, tmp_path):
+    worker = Path(__file__).with_name("class_parallel_worker.py")
+    out = tmp_path / "grads.json"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(worker), str(tiny_vit_dir), str(out)], capture_output=True, text=True, env=run_env(),
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["world_size"] == 2
+    for per_rank in report["ranks"]:
+        assert len(per_rank) == 8
+        for case, diff in per_rank.items():
+            assert diff["grad_max"] > 1e-4, case  # a real gradient
+            assert diff["grad"] <= 1e-6 and diff["loss"] <= 1e-9 and diff["text_neg"] <= 1e-9, (case, diff)
+
+
+def test_torchrun_fit_neg_trains_the_one_process_prompts(tmp_path, tiny_vit_dir):
+    from negprompt_cli.artifact import load_prompts
+
+    make_image_folder(tmp_path / "train", per_class=8, seed=0)
+    backbone = ["--backbone", f"local-dir:{tiny_vit_dir}"]
+    pos = invoke(["fit-pos", "--data", str(tmp_path / "train"), "--out", str(tmp_path / "pos.safetensors"),
+                  *backbone, "--epochs", "2", "--n-ctx", "4", "--batch-size", "16"])
+    assert pos.exit_code == 0, pos.stderr
+    common = ["fit-neg", "--data", str(tmp_path / "train"), "--pos", str(tmp_path / "pos.safetensors"),
+              *NEG_FAST, "--quiet"]
+    one = invoke([*common, "--out", str(tmp_path / "one.safetensors"), "--text-chunk", "0"])
+    assert one.exit_code == 0, one.stderr
+    two = torchrun(2, *common, "--out", str(tmp_path / "two.safetensors"), "--text-chunk", "1", "--json")
+    assert two.returncode == 0, two.stderr
+    assert json.loads(two.stdout)["processes"] == 2
+    assert not (tmp_path / "two.safetensors.ckpt").exists()
+    ours, reference = load_prompts(tmp_path / "two.safetensors"), load_prompts(tmp_path / "one.safetensors")
+    assert ours.tensors.keys() == reference.tensors.keys()
+    for name, tensor in reference.tensors.items():
+        torch.testing.assert_close(ours.tensors[name], tensor, atol=1e-5, rtol=0)
+    assert ours.extra["threshold"]["value"] == pytest.approx(reference.extra["threshold"]["value"], abs=1e-5)
+
+    one_command = torchrun(2, *[a for a in common if a not in ("--pos", str(tmp_path / "pos.safetensors"))],
+                           *backbone, "--out", str(tmp_path / "three.safetensors"))
+    assert one_command.returncode != 0
+    assert errors(one_command.stderr) == ["Error: fit-neg under torchrun needs --pos (the positive stage runs in "
+                                          "one process)"]

@@ -15,7 +15,7 @@ from ..atomic import check_writable
 from ..backbone import BackboneRequest, load_backbone
 from ..data import find_images
 from ..devices import check_precision
-from ..distributed import SINGLE, Ranks
+from ..distributed import SINGLE, Ranks, check_enough_items
 from ..errors import NegPromptError, UsageError
 from ..feature_cache import compact, default_cache_dir, verify
 from ..image_features import EncodeStats, View, encode_images_across
@@ -61,6 +61,7 @@ def build(options: CacheBuildOptions) -> dict[str, Any] | None:
     paths = find_images(options.images)
     if not paths:
         raise UsageError(f"no images found under {options.images}")
+    check_enough_items(len(paths), options.ranks)
     backbone = load_backbone(options.backbone)
     precision = check_precision(backbone.device, options.precision)
     views = [View()] + [View(index=k, seed=options.seed) for k in range(options.aug_views)]

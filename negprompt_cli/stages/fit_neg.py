@@ -21,8 +21,10 @@ from ..backbone import (
     set_text_checkpointing,
 )
 from ..checkpoint import Checkpointing, checkpoint_path
+from ..class_parallel import ClassParallel
 from ..data import ImageFolder, load_image_folder, read_names_file
 from ..devices import check_precision
+from ..distributed import SINGLE, Ranks
 from ..errors import IncompatibleArtifactError, UsageError
 from ..learners import PromptSettings, exported_tensors, learner_options, options_record
 from ..memory import AUTO, resolve_text_chunk
@@ -53,6 +55,7 @@ class FitNegOptions:
     quiet: bool = False
     resume: bool = False
     grad_checkpoint: bool = False
+    ranks: Ranks = SINGLE  # a torchrun job: the ranks share the classes of the text graph (class_parallel)
 
 
 def select_train_classes(class_dirs: list[str], names: list[str], options: FitNegOptions, seed: int) -> list[int]:
@@ -108,11 +111,14 @@ def plan_fit_neg(options: FitNegOptions) -> NegativePlan:
 
 
 def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
-            plan: NegativePlan | None = None) -> dict[str, Any]:
+            plan: NegativePlan | None = None) -> dict[str, Any] | None:
     """Train negative prompts on top of the fit-pos artifact ``options.pos``.
 
     ``backbone`` reuses an already loaded backbone (the one-command pipeline loads it once for both stages).
+    In a torchrun job every rank trains the same prompts on its share of the classes and rank 0 alone writes
+    (and returns the summary; the other ranks return None).
     """
+    ranks = options.ranks
     plan = plan or plan_fit_neg(options)
     builder, preview, chosen = plan.builder, plan.folder, plan.chosen
     if options.pos is None:
@@ -127,7 +133,8 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
     encoder = SoftPromptTextEncoder(backbone)
     optim = replace(options.optim, precision=check_precision(backbone.device, options.optim.precision))
     folder, features, labels, val, stats = labelled_features(backbone, options.data, optim.seed, optim.precision,
-                                                            options.quiet, folder=preview)
+                                                            options.quiet or not ranks.is_main, folder=preview,
+                                                            ranks=ranks)
     if positive.tensors["ctx_pos"].dim() == 3 and list(folder.class_names) != list(positive.class_names):
         raise IncompatibleArtifactError(f"{pos_path} has class-specific contexts for other classes than the data")
     if positive.tensors["ctx_pos"].dim() == 3 and len(chosen) != len(folder.class_names):
@@ -149,6 +156,11 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
                                     prompts_per_class=module.prompts_per_class,
                                     class_specific=module.class_specific, precision=optim.precision)
     module.text_chunk = text_chunk
+    if ranks.distributed:
+        if not module.supports_class_parallel:
+            raise UsageError(f"learner {options.learner!r} cannot split its classes over torchrun processes",
+                             hint="run it in one process")
+        module.class_parallel = ClassParallel(ranks)
     learner_record = options_record(plan.learner_options)
     fingerprint = run_fingerprint(stage="fit-neg", optim=optim.as_dict(), names=train_names,
                                   labels=train_labels.tolist(), features=float(train_features.sum()),
@@ -168,13 +180,17 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
                 return -float(m.loss_terms(val_features, val_labels)["loss"])
 
         selection = Selection("val_neg_loss", negative_val_loss)
-    result = train(module, train_features, train_labels, optim, selection=selection, quiet=options.quiet,
-                   checkpointing=Checkpointing(checkpoint_path(options.out), fingerprint, options.resume),
+    result = train(module, train_features, train_labels, optim, selection=selection,
+                   quiet=options.quiet or not ranks.is_main,
+                   checkpointing=Checkpointing(checkpoint_path(options.out), fingerprint, options.resume,
+                                               writer=ranks.is_main),
                    description="Training negative prompts")
     with torch.no_grad():
         final_terms = {k: float(v) for k, v in module.loss_terms(train_features[:, 0].to(backbone.device),
                                                                  train_labels.to(backbone.device)).items()}
-    tensors = exported_tensors(module)
+    tensors = exported_tensors(module)  # the last step every rank takes part in
+    if not ranks.is_main:
+        return None
     if len(chosen) != len(folder.class_names) or tensors["text_pos"].shape[0] != len(folder.class_names):
         text_pos, text_neg = context_features(encoder, positive.tensors["ctx_pos"], tensors["ctx_neg"],
                                               positive.prompt, list(folder.class_names), text_chunk)
@@ -198,6 +214,7 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
         "learner": options.learner,
         "learner_options": learner_record,
         "text_chunk": text_chunk,
+        "processes": ranks.world_size,
         "initial_loss": initial_terms,
         "final_loss": final_terms,
         "threshold": threshold,

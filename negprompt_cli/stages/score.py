@@ -14,7 +14,7 @@ from ..atomic import check_output_path, write_text_atomic
 from ..backbone import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from ..data import find_images, read_names_file
 from ..devices import check_precision
-from ..distributed import SINGLE, Ranks
+from ..distributed import SINGLE, Ranks, check_enough_items
 from ..errors import IncompatibleArtifactError, NegPromptError, NotFoundError, UsageError
 from ..image_features import EncodeOptions, encode_folder, encode_images_across
 from ..ood_scores import score_features
@@ -65,6 +65,7 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
     paths = find_images(options.images)
     if not paths:
         raise UsageError(f"no images found under {options.images}")
+    check_enough_items(len(paths), ranks)
     if options.calibrate is not None and not options.calibrate.exists():
         raise NotFoundError(f"calibration images not found: {options.calibrate}")
     names = read_names_file(options.names) if options.names else None
