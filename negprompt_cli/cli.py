@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from . import __version__
-from .cli_options import training_options
+from .cli_options import image_command_options, training_options
 from .console import emit_json, err, info
 from .errors import (
     EXIT_BROKEN_PIPE,
@@ -170,32 +170,17 @@ CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", envvar="NEGPROMPT_
 WeightsCacheOpt = Annotated[str | None, typer.Option("--weights-cache", help="Where open_clip caches downloaded "
                                                       "weights (default: the Hugging Face cache).")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network; use cached weights only.")]
-QuickGeluOpt = Annotated[bool | None, typer.Option("--quick-gelu/--no-quick-gelu",
-                                                   help="Override QuickGELU (default: from the pretrained tag).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder root: DATA/<class>/<image>.")]
-ClassesOpt = Annotated[Path | None, typer.Option("--classes", help="Class names: one per line in sorted-folder "
-                                                 "order, or folder<TAB>name. Default: folder names, _ -> space.")]
-ShotsOpt = Annotated[int, typer.Option("--shots", help="Images per class (seeded; same subset in fit-pos and "
-                                       "fit-neg for the same seed).")]
-AllImagesOpt = Annotated[bool, typer.Option("--all-images", help="Use every image (ignore --shots).")]
-ValFractionOpt = Annotated[float, typer.Option("--val-fraction", help="Hold out this fraction of each class's "
-                                               "images (outside the shots) for model selection / calibration.")]
 AugViewsOpt = Annotated[int, typer.Option("--aug-views", help="Cache K augmented views per image (random crop "
                                           "+ flip); 0 = no augmentation.")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Image-decoding workers.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable images are an error, not skipped.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the few-shot subset, initialisation and shuffling.")]
-GradCheckpointOpt = Annotated[bool, typer.Option("--grad-checkpoint", help="Recompute text-tower activations in "
-                                                 "backward: less memory, more compute.")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint OUT.ckpt that Ctrl-C left.")]
 CalibrateOpt = Annotated[Path | None, typer.Option("--calibrate", help="A folder of in-distribution images for "
                                                    "this class list: store/use the threshold that keeps 95% of "
                                                    "them (no labels needed).")]
-DistributedOpt = Annotated[bool | None, typer.Option(
-    "--distributed/--no-distributed", help="Split the work over the processes of a torchrun job (default: on "
-    "when launched by torchrun). See docs/scale.md.")]
 TextChunkOpt = Annotated[int | None, typer.Option("--text-chunk", help="Encode prompts in chunks of this many rows "
                                                   "(bounds memory at large class counts).")]
 
@@ -438,6 +423,7 @@ def transfer_command(
 
 @app.command("score", epilog=EPILOG)
 @reports_errors
+@image_command_options()
 def score_command(
     images: Annotated[Path, typer.Argument(help="An image or a folder (searched recursively).")],
     prompts: Annotated[str | None, typer.Option("--prompts", "-p", help="Prompts artifact to score with, or "
@@ -461,23 +447,16 @@ def score_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
     labeled: Annotated[bool, typer.Option("--labeled", help="Images are IMAGES/<class>/...: record true labels "
                                           "(for report's ID accuracy).")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")] = 64,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
-    cache_dir: CacheOpt = None,
-    weights_cache: WeightsCacheOpt = None,
-    offline: OfflineOpt = False,
-    quick_gelu: QuickGeluOpt = None,
-    workers: WorkersOpt = None,
-    strict: StrictOpt = False,
     text_chunk: TextChunkOpt = None,
-    distributed: DistributedOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (images scored, "
                                            "encoded vs from the cache, skipped, threshold); needs --out.")] = False,
     quiet: QuietOpt = False,
+    *,
+    runtime: dict[str, Any],
+    images_opts: dict[str, Any],
 ) -> None:
     """OOD scores (higher = more in-distribution) for every image, as CSV or JSONL."""
-    from .backbone import DEFAULT_BACKBONE, BackboneRequest, RuntimeOptions
+    from .backbone import DEFAULT_BACKBONE, RuntimeOptions
     from .distributed import process_group
     from .stages.score import ScoreOptions, score
 
@@ -485,18 +464,20 @@ def score_command(
         from .errors import UsageError
 
         raise UsageError("--json needs --out FILE: without it stdout carries the scores themselves")
-    check_at_least("--batch-size", batch_size, 1)
-    with process_group(distributed, device) as (ranks, device):
+    given = images_opts
+    check_at_least("--batch-size", given["batch_size"], 1)
+    with process_group(given["distributed"], runtime["device"]) as (ranks, device):
+        placed = {**runtime, "device": device}
         request = None
         if zero_shot or backbone is not None:
-            request = BackboneRequest(backbone or DEFAULT_BACKBONE, pretrained, device, weights_cache, quick_gelu,
-                                      offline)
+            request = backbone_request(backbone or DEFAULT_BACKBONE, pretrained, placed)
         summary = score(ScoreOptions(
-            images=images, prompts=_prompts_path(prompts, offline) if prompts else None, names=names,
-            zero_shot=zero_shot, backbone=request, runtime=RuntimeOptions(device, weights_cache, offline, text_chunk),
+            images=images, prompts=_prompts_path(prompts, runtime["offline"]) if prompts else None, names=names,
+            zero_shot=zero_shot, backbone=request,
+            runtime=RuntimeOptions(device, runtime["weights_cache"], runtime["offline"], text_chunk),
             scorer=scorer, temperature=temperature, threshold=threshold, fmt=fmt, out=out, labeled=labeled,
-            cache_dir=cache_dir, batch_size=batch_size, num_workers=workers, strict=strict, precision=precision,
-            quiet=quiet, calibrate=calibrate, ranks=ranks,
+            cache_dir=given["cache_dir"], batch_size=given["batch_size"], num_workers=given["workers"],
+            strict=given["strict"], precision=runtime["precision"], quiet=quiet, calibrate=calibrate, ranks=ranks,
         ))
     if summary is None:  # a rank other than 0 of a torchrun job: rank 0 reports and writes
         return
@@ -625,6 +606,7 @@ app.add_typer(cache_app, name="cache")
 
 @cache_app.command("build", epilog=EPILOG)
 @reports_errors
+@image_command_options()
 def cache_build_command(
     images: Annotated[Path, typer.Argument(help="An image or a folder (searched recursively).")],
     backbone: BackboneOpt = DEFAULT_BACKBONE,
@@ -632,31 +614,25 @@ def cache_build_command(
     aug_views: AugViewsOpt = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the augmented views (the fit-* --seed that will "
                                       "read them).")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")] = 64,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
-    cache_dir: CacheOpt = None,
-    weights_cache: WeightsCacheOpt = None,
-    offline: OfflineOpt = False,
-    quick_gelu: QuickGeluOpt = None,
-    workers: WorkersOpt = None,
-    strict: StrictOpt = False,
-    distributed: DistributedOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    *,
+    runtime: dict[str, Any],
+    images_opts: dict[str, Any],
 ) -> None:
     """Encode every image into the feature cache, so later fit-*/score runs only read it."""
-    from .backbone import BackboneRequest
     from .distributed import process_group
     from .stages.cache import CacheBuildOptions, build
 
-    check_at_least("--batch-size", batch_size, 1)
+    given = images_opts
+    check_at_least("--batch-size", given["batch_size"], 1)
     check_at_least("--aug-views", aug_views, 0)
-    with process_group(distributed, device) as (ranks, device):
+    with process_group(given["distributed"], runtime["device"]) as (ranks, device):
         summary = build(CacheBuildOptions(
-            images=images, backbone=BackboneRequest(backbone, pretrained, device, weights_cache, quick_gelu, offline),
-            cache_dir=cache_dir, aug_views=aug_views, seed=seed, batch_size=batch_size, num_workers=workers,
-            precision=precision, strict=strict, quiet=quiet or json_out, ranks=ranks))
+            images=images, backbone=backbone_request(backbone, pretrained, {**runtime, "device": device}),
+            cache_dir=given["cache_dir"], aug_views=aug_views, seed=seed, batch_size=given["batch_size"],
+            num_workers=given["workers"], precision=runtime["precision"], strict=given["strict"],
+            quiet=quiet or json_out, ranks=ranks))
     if summary is None:
         return
     finish(f"Cached {summary['images']} image(s) x {len(summary['views'])} view(s) in {summary['cache_dir']}: "

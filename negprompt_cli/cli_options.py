@@ -71,6 +71,30 @@ def runtime_options() -> list[inspect.Parameter]:
     ]
 
 
+def image_options() -> list[inspect.Parameter]:
+    """How the commands that read image folders (score, cache build) encode them."""
+    return [
+        option("batch_size", int, "--batch-size", default=64, help="Images per encoder batch."),
+        option("cache_dir", Path | None, "--cache-dir", envvar="NEGPROMPT_CACHE",
+               help="Image-feature cache (default ~/.cache/negprompt)."),
+        option("workers", int | None, "--workers", help="Image-decoding workers."),
+        option("strict", bool, "--strict", default=False, help="Unreadable images are an error, not skipped."),
+        option("distributed", bool | None, "--distributed/--no-distributed", help="Split the work over the "
+               "processes of a torchrun job (default: on when launched by torchrun). See docs/scale.md."),
+    ]
+
+
+def image_command_options() -> Callable[[F], F]:
+    """The option groups of score and cache build: runtime (device, precision, weights) and images."""
+
+    def decorate(func: F) -> F:
+        for group, params in (("runtime", runtime_options()), ("images_opts", image_options())):
+            func = option_group(group, params)(func)
+        return func
+
+    return decorate
+
+
 def data_options() -> list[inspect.Parameter]:
     return [
         option("classes", Path | None, "--classes", help="Class names: one per line in sorted-folder order, or "

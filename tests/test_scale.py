@@ -293,3 +293,17 @@ def test_torchrun_fit_neg_trains_the_one_process_prompts(tmp_path, tiny_vit_dir)
     assert one_command.returncode != 0
     assert errors(one_command.stderr) == ["Error: fit-neg under torchrun needs --pos (the positive stage runs in "
                                           "one process)"]
+
+
+def test_cache_build_fills_what_fit_pos_reads_including_augmented_views(tmp_path, tiny_vit_dir):
+    make_image_folder(tmp_path / "train", per_class=6, seed=0)
+    backbone = ["--backbone", f"local-dir:{tiny_vit_dir}"]
+    built = invoke(["cache", "build", str(tmp_path / "train"), *backbone, "--aug-views", "2", "--seed", "3",
+                    "--json", "--quiet"])
+    assert built.exit_code == 0, built.stderr
+    summary = json.loads(built.stdout)
+    assert summary["views"] == ["eval", "aug0-s3-p4", "aug1-s3-p4"] and summary["encoded"] == 18 * 3
+    fit = invoke(["fit-pos", "--data", str(tmp_path / "train"), "--out", str(tmp_path / "pos.safetensors"),
+                  *backbone, "--epochs", "1", "--n-ctx", "4", "--aug-views", "2", "--seed", "3", "--json"])
+    assert fit.exit_code == 0, fit.stderr
+    assert json.loads(fit.stdout)["images_encoded"] == 0
