@@ -39,6 +39,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .atomic import publish
+
 SHARD_TENSOR = "features"
 SHARD_SUFFIX = ".safetensors"
 TEMP_SUFFIX = ".safetensors.tmp"
@@ -99,7 +101,7 @@ def _write_shard(folder: Path, ids: Sequence[str], block: torch.Tensor) -> Path:
     try:
         save_file({SHARD_TENSOR: block}, str(tmp), metadata={"ids": json.dumps(list(ids)),
                                                               "sha256": rows_digest(block)})
-        os.replace(tmp, folder / name)
+        publish(tmp, folder / name)  # readable by whoever shares the cache, as the umask allows
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -113,7 +115,7 @@ def _write_info(folder: Path, info: dict) -> None:
     tmp = folder / f".{INFO_FILE}.{uuid.uuid4().hex}.tmp"
     try:
         tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
-        os.replace(tmp, target)
+        publish(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
