@@ -18,8 +18,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from . import __version__
-from .cli_options import image_command_options, training_options
-from .console import emit_json, err, info
+from .cli_options import image_command_options, negative_label_options, option_group, training_options
+from .console import emit_json, err, info, show_progress
 from .errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -54,6 +54,7 @@ def reports_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = os.environ.get("NEGPROMPT_DEBUG", "") not in ("", "0")
+        show_progress(True)  # the front end draws the library's progress (--quiet still hides it)
         previous = _terminate_like_interrupt()
         try:
             with warnings.catch_warnings():
@@ -423,6 +424,7 @@ def transfer_command(
 
 @app.command("score", epilog=EPILOG)
 @reports_errors
+@option_group("label_opts", negative_label_options())
 @image_command_options()
 def score_command(
     images: Annotated[Path, typer.Argument(help="An image or a folder (searched recursively).")],
@@ -435,7 +437,8 @@ def score_command(
                                                  "ViT-B/16); with --prompts it must match the artifact.")] = None,
     pretrained: PretrainedOpt = None,
     scorer: Annotated[str | None, typer.Option("--scorer", help="negprompt (default with negatives), mcm (default "
-                                               "without), energy, maxlogit, msp, or a plugin's.")] = None,
+                                               "without), energy, maxlogit, msp, neglabel or csp (training-free "
+                                               "negative labels mined from --lexicon), or a plugin's.")] = None,
     temperature: Annotated[float | None, typer.Option("--temperature", help="The scorer's temperature: τ on "
                                                       "cosines for negprompt and mcm, T on the logits s·cos for "
                                                       "energy and msp; maxlogit has none. Default: the artifact's "
@@ -454,10 +457,12 @@ def score_command(
     *,
     runtime: dict[str, Any],
     images_opts: dict[str, Any],
+    label_opts: dict[str, Any],
 ) -> None:
     """OOD scores (higher = more in-distribution) for every image, as CSV or JSONL."""
     from .backbone import DEFAULT_BACKBONE, RuntimeOptions
     from .distributed import process_group
+    from .negative_labels import MiningOptions
     from .stages.score import ScoreOptions, score
 
     if json_out and out is None:
@@ -478,6 +483,9 @@ def score_command(
             scorer=scorer, temperature=temperature, threshold=threshold, fmt=fmt, out=out, labeled=labeled,
             cache_dir=given["cache_dir"], batch_size=given["batch_size"], num_workers=given["workers"],
             strict=given["strict"], precision=runtime["precision"], quiet=quiet, calibrate=calibrate, ranks=ranks,
+            lexicon=label_opts["lexicon"], groups=label_opts["groups"],
+            mining=MiningOptions(percentile=label_opts["mine_percentile"], fraction=label_opts["mine_fraction"],
+                                 count=label_opts["negative_labels"], seed=label_opts["seed"]),
         ))
     if summary is None:  # a rank other than 0 of a torchrun job: rank 0 reports and writes
         return
@@ -488,8 +496,12 @@ def score_command(
     decision = (f"; {flagged} flagged OOD at threshold {summary['threshold']:.4f} ({summary['threshold_source']})"
                 if flagged is not None else "; no OOD decision (no threshold for this class list and scorer: "
                 "--calibrate ID_IMAGES or --threshold)")
+    labels = summary["negative_labels"]
+    mined = (f"; {labels['labels']} negative labels mined from {labels['candidates']} candidates"
+             + (f" ({labels['dropped_id_names']} lexicon entries equal to ID class names left out)"
+                if labels["dropped_id_names"] else "") if labels else "")
     info(f"Scored {summary['images']} image(s) with {summary['scorer']} ({summary['encoded']} encoded, "
-         f"{summary['cached']} from the feature cache){decision}" + (f"; wrote {out}" if out else "") + ".")
+         f"{summary['cached']} from the feature cache){mined}{decision}" + (f"; wrote {out}" if out else "") + ".")
     if json_out:
         emit_json(summary)
 

@@ -84,6 +84,23 @@ def image_options() -> list[inspect.Parameter]:
     ]
 
 
+def negative_label_options() -> list[inspect.Parameter]:
+    """Settings of the negative-label scorers (neglabel, csp); defaults are NegLabel's (docs/method.md)."""
+    return [
+        option("lexicon", Path | None, "--lexicon", help="Words to mine negative labels from: a text file (one "
+               "per line) or a folder of noun.*.txt / adj.*.txt. Default: the shipped WordNet lists."),
+        option("mine_percentile", float, "--mine-percentile", default=0.95, help="A candidate's closeness to the "
+               "ID classes: this percentile of its similarities to them."),
+        option("mine_fraction", float, "--mine-fraction", default=0.15, help="Keep this fraction of the nouns and "
+               "of the adjectives, the farthest from the ID classes."),
+        option("negative_labels", int | None, "--negative-labels", help="Keep this many negative labels instead "
+               "of --mine-fraction."),
+        option("groups", int, "--groups", default=100, help="Average the score over this many random groups of "
+               "the negative labels (1 = no grouping)."),
+        option("seed", int, "--seed", default=0, help="Seed of the grouping and of CSP's superclass words."),
+    ]
+
+
 def image_command_options() -> Callable[[F], F]:
     """The option groups of score and cache build: runtime (device, precision, weights) and images."""
 

@@ -24,6 +24,15 @@ from rich.progress import (
 # Console(stderr=True) resolves sys.stderr lazily, so test runners that swap stderr still capture it.
 err = Console(stderr=True, highlight=False)
 
+# Library code reports progress through progress(); it is only drawn once a front end (the CLI) asks for it,
+# so the Python API stays silent.
+_display = {"progress": False}
+
+
+def show_progress(enabled: bool = True) -> None:
+    """Let progress() draw bars on stderr (the CLI turns this on; library callers leave it off)."""
+    _display["progress"] = enabled
+
 
 def info(message: str) -> None:
     err.print(message, markup=False, soft_wrap=True)
@@ -37,7 +46,7 @@ def emit_json(obj: Any) -> None:
 
 @contextmanager
 def progress(quiet: bool = False) -> Iterator[Progress]:
-    """A rich progress display on stderr that never captures stdout."""
+    """A rich progress display on stderr that never captures stdout; silent unless show_progress() was called."""
     bar = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -49,7 +58,7 @@ def progress(quiet: bool = False) -> Iterator[Progress]:
         transient=True,
         redirect_stdout=False,
         redirect_stderr=False,
-        disable=quiet or not err.is_terminal,
+        disable=quiet or not _display["progress"] or not err.is_terminal,
     )
     with bar:
         yield bar

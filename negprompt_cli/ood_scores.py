@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,26 +22,37 @@ Scorer = Callable[..., torch.Tensor]  # (pos [B, C], neg [B, C, P] | None, *, te
 
 def score_features(image_features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Tensor | None, *,
                    scorer: Scorer, temperature: float = 1.0, logit_scale: float = 100.0,
-                   batch: int = 4096) -> Scores:
+                   batch: int = 4096, mined: torch.Tensor | None = None,
+                   scorer_options: dict[str, Any] | None = None) -> Scores:
     """Score unit image features [N, E] against unit text features [C, E] and [C, P, E].
 
-    ``scorer`` is the scoring function itself (a scorer plugin's, from the registry). Runs where the image
-    features are (the device rule: text features follow the images), in fp32.
+    ``scorer`` is the scoring function itself (a scorer plugin's, from the registry). ``mined`` ([M, E]
+    negative labels from a lexicon) reaches the scorer as the cosines ``mined`` [B, M], with
+    ``scorer_options``. Runs where the image features are (the device rule: text features follow the
+    images), in fp32.
     """
     outputs: list[tuple[torch.Tensor, ...]] = []
     device = image_features.device
     text_pos = text_pos.to(device, torch.float32)
     text_neg = text_neg.to(device, torch.float32) if text_neg is not None else None
+    mined = mined.to(device, torch.float32) if mined is not None else None
+    extra = scorer_options or {}
     with torch.no_grad():
         for start in range(0, image_features.shape[0], batch):
             f = image_features[start:start + batch].float()
             pos = f @ text_pos.t()
             neg = torch.einsum("be,cpe->bcp", f, text_neg) if text_neg is not None else None
-            score = scorer(pos, neg, temperature=temperature, logit_scale=logit_scale)
-            max_neg = neg.flatten(1).max(1).values if neg is not None else torch.full_like(score, float("nan"))
+            if mined is not None:
+                mined_cos = f @ mined.t()
+                score = scorer(pos, neg, temperature=temperature, logit_scale=logit_scale, mined=mined_cos, **extra)
+                neg_cos = torch.cat([mined_cos, neg.flatten(1)], dim=1) if neg is not None else mined_cos
+            else:
+                score = scorer(pos, neg, temperature=temperature, logit_scale=logit_scale, **extra)
+                neg_cos = neg.flatten(1) if neg is not None else None
+            max_neg = neg_cos.max(1).values if neg_cos is not None else torch.full_like(score, float("nan"))
             outputs.append((score, pos.argmax(1), pos.max(1).values, max_neg))
     if not outputs:
         empty = torch.empty(0)
         return Scores(empty, empty.long(), empty, None)
     score, pred, max_pos, max_neg = (torch.cat(parts) for parts in zip(*outputs, strict=True))
-    return Scores(score, pred, max_pos, max_neg if text_neg is not None else None)
+    return Scores(score, pred, max_pos, max_neg if text_neg is not None or mined is not None else None)

@@ -36,13 +36,15 @@ def class_list_id(names: Sequence[str]) -> dict[str, Any]:
 
 def calibrate(features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Tensor | None, *, names: Sequence[str],
               scorer: str, temperature: float, logit_scale: float, source: str,
-              keep: float = ID_KEPT) -> tuple[dict[str, Any], torch.Tensor]:
+              keep: float = ID_KEPT, mined: torch.Tensor | None = None,
+              scorer_options: dict[str, Any] | None = None) -> tuple[dict[str, Any], torch.Tensor]:
     """The threshold that keeps ``keep`` of these ID images' scores, recorded with what it is valid for.
 
-    Returns the record and the class predictions (callers report ID accuracy from them).
+    Returns the record and the class predictions (callers report ID accuracy from them). ``mined`` and
+    ``scorer_options``: the negative labels and settings of a negative-label scorer (see ``score_features``).
     """
     scores = score_features(features, text_pos, text_neg, scorer=get_host().scorer(scorer), temperature=temperature,
-                            logit_scale=logit_scale)
+                            logit_scale=logit_scale, mined=mined, scorer_options=scorer_options)
     if not torch.isfinite(scores.score).all():
         raise NegPromptError(f"non-finite scores while calibrating on {source}",
                              hint="the prompts or the feature cache may be damaged")

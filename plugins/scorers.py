@@ -50,6 +50,67 @@ def msp_score(pos: torch.Tensor, neg: torch.Tensor | None = None, *, temperature
     return torch.softmax(logit_scale * pos / temperature, dim=1).max(dim=1).values
 
 
+def negprompt_sum_score(pos: torch.Tensor, neg: torch.Tensor | None, *, temperature: float = 1.0,
+                        logit_scale: float = 100.0) -> torch.Tensor:
+    """The ID probability mass Σ_c of the softmax over [class prompts, negative prompts] at τ (NegLabel's
+    aggregation applied to learned negatives). Its logit, logsumexp(pos/τ) − logsumexp(neg/τ), is the
+    energy of the class prompts minus that of the negatives, so this is also the energy-style variant."""
+    if neg is None:
+        raise ValueError("negprompt-sum needs negative prompts")
+    return torch.sigmoid(torch.logsumexp(pos / temperature, dim=1) - torch.logsumexp(neg.flatten(1) / temperature,
+                                                                                      dim=1))
+
+
+def negprompt_maxlogit_score(pos: torch.Tensor, neg: torch.Tensor | None, *, temperature: float = 1.0,
+                             logit_scale: float = 100.0) -> torch.Tensor:
+    """MaxLogit-style: the largest class logit minus the largest negative-prompt logit, s·(max cos − max cos⁻)."""
+    if neg is None:
+        raise ValueError("negprompt-maxlogit needs negative prompts")
+    return logit_scale * (pos.max(dim=1).values - neg.flatten(1).max(dim=1).values)
+
+
+for _needs_negatives in (negprompt_score, negprompt_sum_score, negprompt_maxlogit_score):
+    _needs_negatives.needs_negative_prompts = True  # type: ignore[attr-defined]
+
+
+class NegativeLabelScore:
+    """NegLabel's score (Jiang et al., ICLR 2024) over mined negative labels: the total softmax probability of
+    the ID classes among ID + negative labels, at τ on cosines (default 0.01, the paper's), averaged over
+    ``groups`` seeded random groups of the negatives (grouping lowers the variance; the paper uses 100).
+
+    Per group g the ID probability is σ(logsumexp(pos/τ) − logsumexp(neg_g/τ)): the same number as the
+    softmax sum, computed stably. As in the released code the last M mod G negatives are left out and the
+    rest are permuted once (seed 0) before being split. ``pool`` names the candidate pool the core mines
+    the labels from (``negprompt_cli.negative_labels``): NegLabel's own, or CSP's conjugated semantic pool.
+    """
+
+    default_temperature = 0.01
+
+    def __init__(self, pool: str, *, with_prompts: bool = False) -> None:
+        self.pool = pool
+        # hybrid: learned negative prompts and mined labels in one softmax denominator
+        self.with_prompts = self.needs_negative_prompts = with_prompts
+
+    def __call__(self, pos: torch.Tensor, neg: torch.Tensor | None = None, *, temperature: float = 0.01,
+                 logit_scale: float = 100.0, mined: torch.Tensor | None = None, groups: int = 100,
+                 seed: int = 0) -> torch.Tensor:
+        if mined is None or mined.shape[1] == 0:
+            raise ValueError("the negative-label score needs mined negative labels")
+        if self.with_prompts and neg is None:
+            raise ValueError("the hybrid score needs negative prompts")
+        count = mined.shape[1]
+        groups = max(1, min(groups, count))
+        usable = count - count % groups
+        order = torch.randperm(usable, generator=torch.Generator().manual_seed(seed)).to(mined.device)
+        split = mined[:, :usable][:, order].reshape(mined.shape[0], groups, -1) / temperature
+        negatives = torch.logsumexp(split, dim=2)  # [B, G]
+        if self.with_prompts:  # the learned negatives join every group's denominator
+            negatives = torch.logaddexp(negatives, torch.logsumexp(neg.flatten(1) / temperature, dim=1,
+                                                                   keepdim=True))
+        id_part = torch.logsumexp(pos / temperature, dim=1, keepdim=True)
+        return torch.sigmoid(id_part - negatives).mean(dim=1)
+
+
 @negprompt_cli.hookimpl
 def register_scorers(register: Callable[..., None]) -> None:
     register("negprompt", negprompt_score, description="NegPrompt Eq. 3 (MCM with negative prompts)")
@@ -57,3 +118,15 @@ def register_scorers(register: Callable[..., None]) -> None:
     register("energy", energy_score, description="Energy score on classifier logits")
     register("maxlogit", maxlogit_score, description="Largest classifier logit")
     register("msp", msp_score, description="Maximum softmax probability of the classifier")
+    register("neglabel", NegativeLabelScore("neglabel"), description="NegLabel: ID probability among negative "
+             "labels mined from a lexicon (training-free)")
+    register("csp", NegativeLabelScore("csp"), description="CSP: NegLabel's score over the conjugated semantic "
+             "pool (adjective + superclass phrases)")
+    register("negprompt-sum", negprompt_sum_score, description="ID probability mass among class and negative "
+             "prompts (energy-style NegPrompt)")
+    register("negprompt-maxlogit", negprompt_maxlogit_score, description="Largest class logit minus largest "
+             "negative-prompt logit")
+    register("negprompt+neglabel", NegativeLabelScore("neglabel", with_prompts=True), description="Hybrid: "
+             "learned negative prompts and NegLabel's mined labels in one softmax (grouped)")
+    register("negprompt+csp", NegativeLabelScore("csp", with_prompts=True), description="Hybrid: learned "
+             "negative prompts and CSP's mined labels in one softmax (grouped)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,10 @@ from ..data import find_images, read_names_file
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, check_enough_items
 from ..errors import IncompatibleArtifactError, NegPromptError, NotFoundError, UsageError
+from ..feature_cache import default_cache_dir
 from ..image_features import EncodeOptions, encode_folder, encode_images_across
+from ..lexicon import load_lexicon
+from ..negative_labels import MiningOptions, mine
 from ..ood_scores import score_features
 from ..registry import get_host
 from ..score_file import FORMATS, render_rows
@@ -47,6 +50,9 @@ class ScoreOptions:
     quiet: bool = False
     calibrate: Path | None = None  # ID images to calibrate the threshold on, for exactly this scoring setup
     ranks: Ranks = SINGLE  # a torchrun job: every rank encodes its share, rank 0 scores and writes
+    lexicon: Path | None = None  # negative-label scorers: the lexicon to mine from (None: the shipped WordNet)
+    mining: MiningOptions = MiningOptions()  # its pool is the scorer's
+    groups: int = 100  # negative-label scorers: random groups of the negatives averaged over
 
 
 def score(options: ScoreOptions) -> dict[str, Any] | None:
@@ -95,17 +101,26 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
         artifact_names = list(artifact.class_names)
     scorer = options.scorer or ("negprompt" if text_neg is not None else "mcm")
     scorer_fn = get_host().scorer(scorer)  # unknown names fail before any image is encoded
-    if scorer == "negprompt" and text_neg is None:
+    if getattr(scorer_fn, "needs_negative_prompts", False) and text_neg is None:
         raise IncompatibleArtifactError(
-            "the negprompt scorer needs negative prompts, and these prompts have none (a fit-pos artifact or "
-            "--zero-shot)", hint="pass a fit-neg artifact, or use --scorer mcm")
+            f"the {scorer} scorer needs negative prompts, and these prompts have none (a fit-pos artifact or "
+            "--zero-shot)", hint="pass a fit-neg artifact, or use --scorer mcm (or neglabel / csp)")
     # The artifact's τ is the one its threshold was calibrated with: only that scorer inherits it.
     if options.temperature is not None:
         temperature = options.temperature
     elif scorer == tau_scorer:
         temperature = stored_temperature
     else:
-        temperature = 1.0
+        temperature = float(getattr(scorer_fn, "default_temperature", 1.0))
+    labels, scorer_options = None, None
+    pool = getattr(scorer_fn, "pool", None)
+    if pool is not None:  # a negative-label scorer: mine its labels for this class list (before any image)
+        if options.groups < 1:
+            raise UsageError(f"--groups must be at least 1 (got {options.groups})")
+        labels = mine(backbone, load_lexicon(options.lexicon), names, text_pos, replace(options.mining, pool=pool),
+                      cache_dir=options.cache_dir or default_cache_dir(), quiet=options.quiet or not ranks.is_main)
+        scorer_options = {"groups": options.groups, "seed": options.mining.seed}
+    mined = labels.features if labels is not None else None
     precision = check_precision(backbone.device, options.precision)
     calibration, threshold, threshold_source = None, None, None
     if options.threshold is not None:
@@ -118,7 +133,8 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
         if encoded_calibration is not None:
             calibration, _ = calibrate(encoded_calibration[1], text_pos, text_neg, names=names, scorer=scorer,
                                        temperature=temperature, logit_scale=backbone.logit_scale,
-                                       source=f"calibration images {options.calibrate}")
+                                       source=f"calibration images {options.calibrate}", mined=mined,
+                                       scorer_options=scorer_options)
             threshold, threshold_source = calibration["value"], "--calibrate"
     else:
         threshold, reason = applicable(stored, artifact_names, names=names, scorer=scorer, temperature=temperature)
@@ -137,7 +153,7 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
                          hint="see the warning above for the files and why")
     kept_paths = [paths[i] for i in keep]
     result = score_features(feats, text_pos, text_neg, scorer=scorer_fn, temperature=temperature,
-                            logit_scale=backbone.logit_scale)
+                            logit_scale=backbone.logit_scale, mined=mined, scorer_options=scorer_options)
     broken = [str(kept_paths[i]) for i in torch.nonzero(~torch.isfinite(result.score)).flatten().tolist()]
     if broken:  # NaN is never an in-distribution score: damaged prompts or features, not an image verdict
         raise NegPromptError(f"non-finite scores for {len(broken)} image(s), e.g. {', '.join(broken[:3])}",
@@ -169,7 +185,8 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
     summary = {"images": len(rows), "skipped": len(stats.skipped), "encoded": stats.encoded, "cached": stats.cached,
                "scorer": scorer, "temperature": temperature, "threshold": threshold,
                "threshold_source": threshold_source, "calibration": calibration,
-               "flagged_ood": flagged if threshold is not None else None, "out": str(options.out or "-")}
+               "flagged_ood": flagged if threshold is not None else None, "out": str(options.out or "-"),
+               "negative_labels": labels.record() if labels is not None else None}
     if options.out is None:
         summary["rendered"] = text  # the caller decides where it goes (the CLI: stdout)
     return summary

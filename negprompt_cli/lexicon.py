@@ -1,0 +1,73 @@
+"""Lexicons: the words training-free negative labels are mined from (NegLabel, CSP).
+
+A lexicon is nouns and adjectives. The default is the WordNet lists NegLabel ships
+(``assets/lexicon/``; provenance and licence in its README). ``--lexicon`` takes a folder in the same
+layout (``noun.*.txt`` / ``adj.*.txt``; a folder without them: every ``*.txt`` is nouns) or one text
+file (one noun or phrase per line). Lines are stripped, ``_`` reads as a space, ``#`` starts a
+comment line; repeated words count once (nouns first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import NotFoundError, UsageError
+
+DEFAULT_LEXICON = Path(__file__).resolve().parent / "assets" / "lexicon" / "wordnet"
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    nouns: tuple[str, ...]
+    adjectives: tuple[str, ...]
+    source: str  # where it was read from ("default" for the shipped WordNet lists)
+
+    def digest(self) -> str:
+        payload = "\n".join(self.nouns) + "\0" + "\n".join(self.adjectives)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.nouns) + len(self.adjectives)
+
+
+def _read_words(path: Path) -> list[str]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"lexicon file {path} is not UTF-8 text (byte {exc.start} cannot be decoded)",
+                         hint="save it as UTF-8, one word or phrase per line") from None
+    words = []
+    for line in text.splitlines():
+        word = " ".join(line.replace("_", " ").split())
+        if word and not word.startswith("#"):
+            words.append(word)
+    return words
+
+
+def load_lexicon(path: Path | None = None) -> Lexicon:
+    """The shipped WordNet lexicon (``path`` None) or the user's file or folder."""
+    source = "default" if path is None else str(path)
+    root = DEFAULT_LEXICON if path is None else Path(path)
+    if not root.exists():
+        raise NotFoundError(f"lexicon not found: {root}")
+    nouns: list[str] = []
+    adjectives: list[str] = []
+    if root.is_dir():
+        noun_files = sorted(root.glob("noun.*.txt"))
+        adj_files = sorted(root.glob("adj.*.txt"))
+        if not noun_files and not adj_files:
+            noun_files = sorted(root.glob("*.txt"))
+        for file in noun_files:
+            nouns += _read_words(file)
+        for file in adj_files:
+            adjectives += _read_words(file)
+    else:
+        nouns = _read_words(root)
+    seen: set[str] = set()
+    unique_nouns = [w for w in nouns if not (w.lower() in seen or seen.add(w.lower()))]  # type: ignore[func-returns-value]
+    unique_adjectives = [w for w in adjectives if not (w.lower() in seen or seen.add(w.lower()))]  # type: ignore[func-returns-value]
+    if not unique_nouns and not unique_adjectives:
+        raise UsageError(f"lexicon {root} has no words", hint="one word or phrase per line, UTF-8")
+    return Lexicon(tuple(unique_nouns), tuple(unique_adjectives), source)

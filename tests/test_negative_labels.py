@@ -1,0 +1,248 @@
+"""Training-free negative labels (issue #10): lexicons, candidate pools, NegLabel's mining and score, CSP's pool,
+checked against hand computations and through `negprompt score`."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import invoke, make_image_folder
+
+from negprompt_cli.errors import UsageError
+from negprompt_cli.lexicon import Lexicon, load_lexicon
+from negprompt_cli.negative_labels import CSP_SUPERCLASSES, MiningOptions, candidates, closeness, select
+from negprompt_cli.registry import get_host
+
+NAMES = ["red stripes", "green bars", "blue dots"]
+
+
+def test_the_shipped_lexicon_is_wordnet_deduplicated():
+    lexicon = load_lexicon()
+    assert lexicon.source == "default"
+    assert len(lexicon.nouns) > 55_000 and len(lexicon.adjectives) > 5_000
+    assert len({w.lower() for w in lexicon.nouns + lexicon.adjectives}) == len(lexicon)
+    assert not any("_" in w for w in lexicon.nouns[:1000])
+
+
+def test_lexicon_files_and_folders(tmp_path):
+    (tmp_path / "words.txt").write_text("# my words\nzebra\nhot_dog\n\n  Zebra \nkite\n", encoding="utf-8")
+    assert load_lexicon(tmp_path / "words.txt").nouns == ("zebra", "hot dog", "kite")
+    folder = tmp_path / "wn"
+    folder.mkdir()
+    (folder / "noun.a.txt").write_text("cat\ndog\n")
+    (folder / "adj.all.txt").write_text("shiny\ncat\n")  # a word already a noun counts once, as a noun
+    lexicon = load_lexicon(folder)
+    assert lexicon.nouns == ("cat", "dog") and lexicon.adjectives == ("shiny",)
+    (tmp_path / "latin1.txt").write_bytes("café\n".encode("latin-1"))
+    with pytest.raises(UsageError, match="is not UTF-8 text"):
+        load_lexicon(tmp_path / "latin1.txt")
+    (tmp_path / "empty.txt").write_text("\n# nothing\n")
+    with pytest.raises(UsageError, match="has no words"):
+        load_lexicon(tmp_path / "empty.txt")
+
+
+def test_candidates_leave_out_id_names_and_csp_joins_superclass_words():
+    lexicon = Lexicon(("Red Stripes", "zebra", "kite"), ("shiny", "dull"), "test")
+    found = candidates(lexicon, NAMES, "neglabel")
+    assert found.dropped_id_names == 1
+    assert found.prompts == ["the nice zebra", "the nice kite", "This is a shiny photo", "This is a dull photo"]
+    assert found.kinds == ["noun", "noun", "adjective", "adjective"]
+    csp = candidates(lexicon, NAMES, "csp", seed=3)
+    phrases = csp.words[2:]
+    assert [p.split()[0] for p in phrases] == ["shiny", "dull"]
+    assert all(p.split()[1] in CSP_SUPERCLASSES for p in phrases)
+    assert csp.prompts[2] == f"a nice photo of {phrases[0]}"
+    assert candidates(lexicon, NAMES, "csp", seed=3).words == csp.words  # seeded
+    with pytest.raises(UsageError, match="every word of the lexicon"):
+        candidates(Lexicon(("blue dots",), (), "test"), NAMES, "neglabel")
+
+
+def test_mining_keeps_the_candidates_farthest_from_the_id_classes_per_kind():
+    gen = torch.Generator().manual_seed(0)
+    id_feats = F.normalize(torch.randn(5, 8, generator=gen), dim=-1)
+    cand = F.normalize(torch.randn(12, 8, generator=gen), dim=-1)
+    close = closeness(cand, id_feats, 0.95)
+    sims = (cand @ id_feats.t()).numpy()
+    import numpy as np
+
+    np.testing.assert_allclose(close.numpy(), np.quantile(sims, 0.95, axis=1), rtol=1e-6, atol=1e-6)
+    kinds = ["noun"] * 8 + ["adjective"] * 4
+    kept = select(kinds, close, MiningOptions(fraction=0.5))
+    by_close = lambda idx: sorted(idx, key=lambda i: float(close[i]))  # noqa: E731
+    assert kept == by_close(range(8))[:4] + by_close(range(8, 12))[:2]
+    assert len(select(kinds, close, MiningOptions(count=6))) == 6  # 4 nouns + 2 adjectives (8:4)
+    with pytest.raises(UsageError, match="13 negative labels requested, but the lexicon has only 12"):
+        select(kinds, close, MiningOptions(count=13))
+
+
+def _neglabel_by_hand(pos, neg, temperature, groups, seed):
+    """The released code's grouping, step by step: drop the last M mod G, permute, split, softmax each group."""
+    count = neg.shape[1]
+    drop = count % groups
+    kept = neg[:, :count - drop] if drop else neg
+    idx = torch.randperm(kept.shape[1], generator=torch.Generator().manual_seed(seed))
+    split = kept[:, idx].reshape(pos.shape[0], groups, -1)
+    scores = []
+    for g in range(groups):
+        probs = torch.cat([pos, split[:, g]], dim=1).div(temperature).softmax(dim=1)
+        scores.append(probs[:, :pos.shape[1]].sum(dim=1))
+    return torch.stack(scores, dim=1).mean(dim=1)
+
+
+@pytest.mark.parametrize("groups", [1, 3, 7])
+def test_the_neglabel_score_equals_the_grouped_softmax_by_hand(groups):
+    gen = torch.Generator().manual_seed(1)
+    pos = torch.rand(6, 4, generator=gen, dtype=torch.float64) * 0.4
+    neg = torch.rand(6, 23, generator=gen, dtype=torch.float64) * 0.4
+    scorer = get_host().scorer("neglabel")
+    ours = scorer(pos, None, temperature=0.01, mined=neg, groups=groups, seed=0)
+    torch.testing.assert_close(ours, _neglabel_by_hand(pos, neg, 0.01, groups, 0), rtol=0, atol=1e-12)
+    # more negatives close to an image -> lower score (more OOD)
+    closer = neg.clone()
+    closer[0] += 0.2
+    assert scorer(pos, None, mined=closer, groups=groups)[0] < ours[0]
+
+
+def test_negative_label_scorers_are_listed():
+    result = invoke(["plugins", "--json"])
+    assert result.exit_code == 0
+    text = result.stdout
+    assert '"neglabel"' in text and '"csp"' in text
+
+
+@pytest.fixture
+def scored(tmp_path, tiny_vit_dir):
+    make_image_folder(tmp_path / "images", per_class=4, seed=2)
+    (tmp_path / "names.txt").write_text("\n".join(NAMES) + "\n")
+    words = ["zebra", "kite", "violin", "Blue Dots", "meadow", "rocket", "teapot", "harbor", "red_stripes", "cloud"]
+    (tmp_path / "lexicon.txt").write_text("\n".join(words) + "\n")
+    common = ["score", str(tmp_path / "images"), "--zero-shot", "--names", str(tmp_path / "names.txt"),
+              "--backbone", f"local-dir:{tiny_vit_dir}", "--lexicon", str(tmp_path / "lexicon.txt"), "--quiet"]
+    return tmp_path, common
+
+
+def test_score_with_mined_labels_end_to_end(scored, tiny_vit_dir):
+    from negprompt_cli.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.data import find_images
+    from negprompt_cli.image_features import encode_images
+    from negprompt_cli.negative_labels import encode_prompts
+    from negprompt_cli.text_encoder import SoftPromptTextEncoder
+    from negprompt_cli.text_features import hand_template_features
+
+    root, common = scored
+    result = invoke([*common, "--scorer", "neglabel", "--mine-fraction", "0.5", "--groups", "2", "--out",
+                     str(root / "s.csv"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["temperature"] == 0.01  # NegLabel's τ unless --temperature says otherwise
+    assert summary["negative_labels"]["candidates"] == 8 and summary["negative_labels"]["labels"] == 4
+    assert summary["negative_labels"]["dropped_id_names"] == 2
+    assert "(2 lexicon entries equal to ID class names left out)" in result.stderr
+    assert len(list((root / "cache" / "text-features").glob("*.safetensors"))) == 1
+    rows = list(csv.DictReader((root / "s.csv").open()))
+
+    # the same numbers from the pieces, mining by hand
+    backbone = load_backbone(BackboneRequest(name=f"local-dir:{tiny_vit_dir}", device="cpu"))
+    feats, _, _ = encode_images(backbone, find_images(root / "images"), use_cache=False, quiet=True)
+    id_feats = hand_template_features(SoftPromptTextEncoder(backbone), NAMES)
+    words = ["zebra", "kite", "violin", "meadow", "rocket", "teapot", "harbor", "cloud"]
+    cand = encode_prompts(backbone, [f"the nice {w}" for w in words], quiet=True)
+    close = torch.quantile(cand @ id_feats.t(), 0.95, dim=1)
+    mined = cand[torch.argsort(close, stable=True)[:4]]
+    expected = _neglabel_by_hand((feats @ id_feats.t()).double(), (feats @ mined.t()).double(), 0.01, 2, 0)
+    ours = torch.tensor([float(r["score"]) for r in rows], dtype=torch.float64)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6)
+
+    again = invoke([*common, "--scorer", "neglabel", "--mine-fraction", "0.5", "--groups", "2", "--out",
+                    str(root / "t.csv")])
+    assert again.exit_code == 0 and (root / "t.csv").read_bytes() == (root / "s.csv").read_bytes()
+    csp = invoke([*common, "--scorer", "csp", "--negative-labels", "3", "--calibrate", str(root / "images"),
+                  "--out", str(root / "c.csv"), "--json"])
+    assert csp.exit_code == 0, csp.stderr
+    assert json.loads(csp.stdout)["negative_labels"]["labels"] == 3
+    assert {r["ood"] for r in csv.DictReader((root / "c.csv").open())} <= {"True", "False"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--negative-labels", "50"], "Error: 50 negative labels requested, but the lexicon has only 8 candidates"),
+    (["--groups", "0"], "Error: --groups must be at least 1 (got 0)"),
+    (["--mine-fraction", "0"], "Error: the mined fraction must be in (0, 1] (got 0.0)"),
+])
+def test_bad_negative_label_settings_are_one_line(scored, args, message):
+    root, common = scored
+    result = invoke([*common, "--scorer", "neglabel", *args, "--out", str(root / "x.csv")])
+    assert result.exit_code == 2
+    assert [line for line in result.stderr.splitlines() if line.startswith("Error")][0].startswith(message)
+    assert not (root / "x.csv").exists()
+
+
+def test_a_non_utf8_or_empty_lexicon_is_one_line(scored):
+    root, common = scored
+    (root / "lexicon.txt").write_bytes(b"zebra\n\xff\xfe kite\n")
+    result = invoke([*common, "--scorer", "csp", "--out", str(root / "x.csv")])
+    assert result.exit_code == 2 and "is not UTF-8 text (byte 6 cannot be decoded)" in result.stderr
+    (root / "lexicon.txt").write_text("\n")
+    result = invoke([*common, "--scorer", "csp", "--out", str(root / "x.csv")])
+    assert result.exit_code == 2 and "has no words" in result.stderr
+    assert not (root / "x.csv").exists()
+
+
+# -- hybrids and NegPrompt-score variants -----------------------------------------------------------------------
+def test_the_hybrid_puts_learned_negatives_in_every_groups_denominator():
+    gen = torch.Generator().manual_seed(2)
+    pos = torch.rand(5, 3, generator=gen, dtype=torch.float64) * 0.4
+    learned = torch.rand(5, 3, 2, generator=gen, dtype=torch.float64) * 0.4
+    mined = torch.rand(5, 10, generator=gen, dtype=torch.float64) * 0.4
+    ours = get_host().scorer("negprompt+neglabel")(pos, learned, temperature=0.01, mined=mined, groups=3, seed=0)
+    idx = torch.randperm(9, generator=torch.Generator().manual_seed(0))
+    split = mined[:, :9][:, idx].reshape(5, 3, 3)
+    by_hand = torch.stack([torch.cat([pos, learned.flatten(1), split[:, g]], dim=1).div(0.01).softmax(1)[:, :3].sum(1)
+                           for g in range(3)], dim=1).mean(1)
+    torch.testing.assert_close(ours, by_hand, rtol=0, atol=1e-12)
+
+
+def test_negprompt_sum_and_maxlogit_variants_by_hand():
+    gen = torch.Generator().manual_seed(3)
+    pos = torch.rand(4, 3, generator=gen, dtype=torch.float64)
+    neg = torch.rand(4, 3, 2, generator=gen, dtype=torch.float64)
+    summed = get_host().scorer("negprompt-sum")(pos, neg, temperature=0.5)
+    by_hand = torch.cat([pos, neg.flatten(1)], dim=1).div(0.5).softmax(1)[:, :3].sum(1)
+    torch.testing.assert_close(summed, by_hand, rtol=0, atol=1e-12)
+    maxlogit = get_host().scorer("negprompt-maxlogit")(pos, neg, logit_scale=100.0)
+    torch.testing.assert_close(maxlogit, 100.0 * (pos.max(1).values - neg.flatten(1).max(1).values))
+
+
+@pytest.mark.parametrize("scorer", ["negprompt+neglabel", "negprompt-sum", "negprompt-maxlogit"])
+def test_scorers_that_need_negative_prompts_refuse_prompts_without_them(scored, scorer):
+    root, common = scored
+    result = invoke([*common, "--scorer", scorer, "--out", str(root / "x.csv")])
+    assert result.exit_code == 5
+    assert f"Error: the {scorer} scorer needs negative prompts, and these prompts have none" in result.stderr
+    assert not (root / "x.csv").exists()
+
+
+def test_hybrid_scoring_with_a_fit_neg_artifact(scored, tiny_vit_dir):
+    from conftest import NEG_FAST
+
+    root, common = scored
+    make_image_folder(root / "train", per_class=6, seed=5)
+    backbone = ["--backbone", f"local-dir:{tiny_vit_dir}"]
+    fit = invoke(["fit-neg", "--data", str(root / "train"), "--out", str(root / "neg.safetensors"), *backbone,
+                  *NEG_FAST, "--pos-epochs", "2", "--n-ctx", "4", "--quiet"])
+    assert fit.exit_code == 0, fit.stderr
+    args = ["score", str(root / "images"), "--prompts", str(root / "neg.safetensors"), "--lexicon",
+            str(root / "lexicon.txt"), "--quiet"]
+    hybrid = invoke([*args, "--scorer", "negprompt+neglabel", "--groups", "2", "--out", str(root / "h.csv"),
+                     "--json"])
+    assert hybrid.exit_code == 0, hybrid.stderr
+    assert json.loads(hybrid.stdout)["negative_labels"]["labels"] >= 1
+    plain = invoke([*args, "--scorer", "neglabel", "--groups", "2", "--out", str(root / "n.csv")])
+    assert plain.exit_code == 0, plain.stderr
+    h_rows = list(csv.DictReader((root / "h.csv").open()))
+    n_rows = list(csv.DictReader((root / "n.csv").open()))
+    # the learned negatives only add to the denominator: every hybrid score is at most the plain one
+    assert all(float(h["score"]) <= float(n["score"]) + 1e-12 for h, n in zip(h_rows, n_rows, strict=True))
+    assert any(float(h["score"]) < float(n["score"]) for h, n in zip(h_rows, n_rows, strict=True))
