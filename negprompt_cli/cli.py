@@ -687,6 +687,57 @@ def cache_gc_command(cache_dir: CacheOpt = None, json_out: JsonOpt = False) -> N
            f"{report['removed']} file(s) removed.", report, json_out)
 
 
+benchmark_app = typer.Typer(help="Published benchmark protocols on your own copies of the datasets "
+                            "(docs/benchmarks.md). We never download data.", no_args_is_help=True)
+app.add_typer(benchmark_app, name="benchmark")
+
+
+@benchmark_app.command("list", epilog=EPILOG)
+@reports_errors
+def benchmark_list_command(json_out: JsonOpt = False) -> None:
+    """The shipped protocols: ID classes, OOD sets, seeds, published numbers."""
+    from .stages.benchmark import list_protocols
+
+    rows = list_protocols()
+    if json_out:
+        emit_json(rows)
+        return
+    for row in rows:
+        info(f"{row['name']}: {row['title']}")
+        info(f"    {row['id_classes']} ID classes; OOD: {', '.join(row['ood_sets'])}; seeds {row['seeds']}"
+             + (f"; published: {'; '.join(row['published'])}" if row["published"] else ""))
+
+
+@benchmark_app.command("check", epilog=EPILOG)
+@reports_errors
+def benchmark_check_command(
+    protocol: Annotated[str, typer.Argument(help="A protocol name (negprompt benchmark list) or a protocol .json.")],
+    root: Annotated[Path, typer.Option("--root", help="The folder holding the datasets in the layout of "
+                                       "docs/benchmarks.md.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Check that ROOT holds every dataset PROTOCOL needs; list every problem at once (exit 2 if any)."""
+    from .errors import UsageError
+    from .stages.benchmark import check
+
+    report = check(protocol, root)
+    for row in report.datasets:
+        status = "ok" if row.ok else "PROBLEM"
+        info(f"[{status}] {row.role}: {row.name} at {row.path}: expected {row.expected}"
+             + (f"; found {row.found}" if row.found else ""))
+        for problem in row.problems:
+            info(f"    - {problem}")
+        if row.problems and row.source:
+            info(f"    source: {row.source}")
+    if json_out:
+        emit_json(report.as_dict())
+    if report.problems:
+        raise UsageError(f"{report.problems} problem(s) in the layout under {root} for {report.protocol} (listed "
+                         "above)", hint="docs/benchmarks.md gives the expected layout and where each dataset comes "
+                         "from")
+    info(f"{root} holds everything {report.protocol} needs.")
+
+
 @app.command("demo", epilog=EPILOG)
 @reports_errors
 def demo_command(

@@ -1,0 +1,146 @@
+"""Benchmark protocols as data and `negprompt benchmark list | check` (issue #11) on miniature trees in every
+layout the check accepts, and on each kind of broken layout."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import invoke
+from PIL import Image
+
+from negprompt_cli.benchmark_protocols import imagenet_wnids, load_protocol, protocol_names
+
+WNIDS = imagenet_wnids()
+KNOWN, UNKNOWN = WNIDS[:3], WNIDS[500:502]
+
+
+def test_the_shipped_protocols_load_with_their_class_lists():
+    assert protocol_names() == ["imagenet1k-hard-split1", "imagenet1k-hard-split2", "imagenet1k-hard-split3",
+                                "imagenet1k-hard-split4", "imagenet1k-mcm", "imagenet1k-mcm-open-vocabulary",
+                                "imagenet1k-openood-v1.5"]
+    assert len(WNIDS) == 1000 and WNIDS == sorted(WNIDS) and WNIDS[0] == "n01440764"
+    sizes = {1: (116, 166), 2: (30, 55), 3: (151, 164), 4: (100, 900)}  # NegPrompt Table 7
+    for split, (known, unknown) in sizes.items():
+        protocol = load_protocol(f"imagenet1k-hard-split{split}")
+        assert (len(protocol.wnids), len(protocol.ood[0].classes)) == (known, unknown)
+        assert not set(protocol.wnids) & set(protocol.ood[0].classes)
+    assert load_protocol("imagenet1k-hard-split4").wnids == tuple(WNIDS[:100])
+    mcm = load_protocol("imagenet1k-mcm")
+    assert [o.name for o in mcm.ood] == ["iNaturalist", "SUN", "Places", "Textures"] and mcm.seeds == (1, 2, 3)
+    assert load_protocol("imagenet1k-mcm-open-vocabulary").open_vocabulary == {"train_fraction": 0.1}
+    assert {o.group for o in load_protocol("imagenet1k-openood-v1.5").ood} == {"near", "far"}
+    listed = invoke(["benchmark", "list", "--json"])
+    assert listed.exit_code == 0 and len(json.loads(listed.stdout)) == 7
+
+
+def _jpegs(folder, n, start=0, names=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(start)
+    for k in range(n):
+        name = names[k] if names else f"{start + k:05d}.JPEG"
+        Image.fromarray(rng.integers(0, 255, size=(12, 12, 3), dtype=np.uint8)).save(folder / name, format="JPEG")
+
+
+def miniature(tmp_path, val_layout="folders"):
+    """A miniature protocol (3 known, 2 unknown ImageNet classes, 2 val images each, 2 shots, one OOD folder)
+    and a root in the requested val layout."""
+    protocol = {"schema": 1, "name": "mini", "classes": KNOWN,
+                "id": {"path": "imagenet/val", "images_per_class": 2, "source": "ImageNet val"},
+                "train": {"path": "imagenet/train", "shots": 2, "source": "ImageNet train"},
+                "ood": [{"name": "unknown", "classes": UNKNOWN, "images_per_class": 2, "group": "near"},
+                        {"name": "Textures", "path": "dtd/images", "images": 4, "group": "far", "source": "DTD"}],
+                "seeds": [1]}
+    (tmp_path / "mini.json").write_text(json.dumps(protocol))
+    root = tmp_path / "root"
+    for wnid in KNOWN:
+        _jpegs(root / "imagenet" / "train" / wnid, 3)
+    _jpegs(root / "dtd" / "images" / "banded", 4)
+    val = root / "imagenet" / "val"
+    labelled = [(w, k) for w in KNOWN + UNKNOWN for k in range(2)]
+    if val_layout == "folders":
+        for wnid in KNOWN + UNKNOWN:
+            _jpegs(val / wnid, 2)
+        return tmp_path / "mini.json", root
+    names = [f"ILSVRC2012_val_{i + 1:08d}.JPEG" for i in range(len(labelled))]
+    pairs = list(zip(names, [w for w, _ in labelled], strict=True))
+    _jpegs(val, len(names), names=names)
+    if val_layout == "val.txt":
+        (val / "val.txt").write_text("".join(f"{n} {WNIDS.index(w)}\n" for n, w in pairs))
+    elif val_layout == "kaggle":
+        (root / "imagenet" / "LOC_val_solution.csv").write_text(
+            "ImageId,PredictionString\n" + "".join(f"{n[:-5]},{w} 1 2 3 4\n" for n, w in pairs))
+    elif val_layout == "devkit":
+        from scipy.io import savemat
+
+        data = root / "imagenet" / "ILSVRC2012_devkit_t12" / "data"
+        data.mkdir(parents=True)
+        ids = {w: 1000 - i for i, w in enumerate(WNIDS)}  # devkit IDs are not the sorted-wnid order
+        synsets = np.array([(ids[w], w) for w in WNIDS], dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O")])
+        savemat(str(data / "meta.mat"), {"synsets": synsets})
+        (data / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{ids[w]}\n" for w, _ in labelled))
+    return tmp_path / "mini.json", root
+
+
+@pytest.mark.parametrize("layout", ["folders", "val.txt", "kaggle", "devkit"])
+def test_a_complete_miniature_tree_passes_in_every_val_layout(tmp_path, layout):
+    protocol, root = miniature(tmp_path, layout)
+    result = invoke(["benchmark", "check", str(protocol), "--root", str(root), "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] and [d["found"] for d in report["datasets"]][0].endswith("6 images")
+    assert f"{root} holds everything mini needs." in result.stderr
+
+
+def test_every_problem_of_a_broken_tree_is_listed_at_once(tmp_path):
+    protocol, root = miniature(tmp_path)
+    (root / "imagenet" / "val" / KNOWN[0] / "00000.JPEG").write_bytes(b"not a jpeg")  # unreadable
+    for f in (root / "imagenet" / "val" / UNKNOWN[1]).iterdir():  # an OOD class with no images
+        f.unlink()
+    (root / "imagenet" / "train" / "dogs").mkdir()  # not a wnid
+    for f in list((root / "imagenet" / "train" / KNOWN[1]).iterdir())[:2]:  # 1 image < 2 shots
+        f.unlink()
+    (root / "dtd" / "images" / "banded" / "00000.JPEG").unlink()  # 3 textures, 4 expected
+    result = invoke(["benchmark", "check", str(protocol), "--root", str(root), "--json"])
+    assert result.exit_code == 2
+    problems = {d["name"]: d["problems"] for d in json.loads(result.stdout)["datasets"]}
+    assert problems["ImageNet-1k val"] == [f"1 unreadable image(s): {root}/imagenet/val/{KNOWN[0]}/00000.JPEG"]
+    assert problems["unknown"] == [f"1 class(es) without images: {UNKNOWN[1]}"]
+    assert problems["ImageNet-1k train"] == ["1 folder(s) that are not ImageNet-1k wnids: dogs",
+                                             f"1 class folder(s) with fewer than 2 images: {KNOWN[1]} (1)"]
+    assert problems["Textures"] == ["3 images, expected 4"]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert errors == [f"Error: 5 problem(s) in the layout under {root} for mini (listed above)"]
+
+
+def test_missing_folders_empty_ood_sets_and_unlabelled_val(tmp_path):
+    protocol, root = miniature(tmp_path, "val.txt")
+    (root / "imagenet" / "val" / "val.txt").unlink()
+    for f in (root / "dtd" / "images" / "banded").iterdir():
+        f.unlink()
+    result = invoke(["benchmark", "check", str(protocol), "--root", str(root), "--json"])
+    assert result.exit_code == 2
+    problems = {d["name"]: d["problems"] for d in json.loads(result.stdout)["datasets"]}
+    assert problems["ImageNet-1k val"][0].startswith("ImageNet val without labels (flat, no label file)")
+    assert problems["unknown"] == ["needs the labelled ImageNet val images (see the ID test row)"]
+    assert problems["Textures"] == [f"no images under {root}/dtd/images"]
+    real = invoke(["benchmark", "check", "imagenet1k-mcm", "--root", str(root), "--json"])
+    assert real.exit_code == 2
+    missing = {d["name"]: d["problems"] for d in json.loads(real.stdout)["datasets"]}
+    assert missing["iNaturalist"] == [f"folder missing: {root}/iNaturalist"]
+    assert missing["ImageNet-1k train"][0] == "997 class folder(s) missing: " + ", ".join(WNIDS[3:6]) + \
+        " ... (997 in all)"
+
+
+def test_bad_protocols_and_roots_are_one_line(tmp_path):
+    result = invoke(["benchmark", "check", "imagenet1k-nope", "--root", str(tmp_path)])
+    assert result.exit_code == 3
+    assert "Error: no benchmark protocol named 'imagenet1k-nope'" in result.stderr
+    assert "imagenet1k-mcm, imagenet1k-mcm-open-vocabulary" in result.stderr
+    result = invoke(["benchmark", "check", "imagenet1k-mcm", "--root", str(tmp_path / "absent")])
+    assert result.exit_code == 3 and f"Error: benchmark root not found: {tmp_path / 'absent'}" in result.stderr
+    (tmp_path / "broken.json").write_text(json.dumps({"schema": 1, "name": "x", "classes": ["n99999999"],
+                                                      "id": {"path": "v"}, "train": {"path": "t"}, "ood": []}))
+    result = invoke(["benchmark", "check", str(tmp_path / "broken.json"), "--root", str(tmp_path)])
+    assert result.exit_code == 2 and "not ImageNet-1k wnids: n99999999" in result.stderr
