@@ -18,7 +18,13 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from . import __version__
-from .cli_options import image_command_options, negative_label_options, option_group, training_options
+from .cli_options import (
+    image_command_options,
+    negative_label_options,
+    option_group,
+    runtime_options,
+    training_options,
+)
 from .console import emit_json, err, info, show_progress
 from .errors import (
     EXIT_BROKEN_PIPE,
@@ -736,6 +742,57 @@ def benchmark_check_command(
                          "above)", hint="docs/benchmarks.md gives the expected layout and where each dataset comes "
                          "from")
     info(f"{root} holds everything {report.protocol} needs.")
+
+
+@benchmark_app.command("run", epilog=EPILOG)
+@reports_errors
+@option_group("runtime", runtime_options())
+def benchmark_run_command(
+    protocol: Annotated[str, typer.Argument(help="A protocol name (negprompt benchmark list) or a protocol .json.")],
+    root: Annotated[Path, typer.Option("--root", help="The folder holding the datasets (docs/benchmarks.md).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: artifacts, score files, report.{json,md,"
+                                      "html}; rerun with the same --out to continue.")],
+    backbone: BackboneOpt = DEFAULT_BACKBONE,
+    pretrained: PretrainedOpt = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated seeds (default: the protocol's, "
+                                              "1,2,3).")] = None,
+    shots: Annotated[int | None, typer.Option("--shots", help="Training images per class (default: the "
+                                              "protocol's, 16).")] = None,
+    scorers: Annotated[str, typer.Option("--scorers", help="Scorers run with the trained prompts.")] =
+        "negprompt,mcm,energy",
+    zero_shot_scorers: Annotated[str, typer.Option("--zero-shot-scorers", help="Scorers run zero-shot with the hand "
+                                                   "template ('' for none).")] = "mcm,neglabel,csp",
+    lexicon: Annotated[Path | None, typer.Option("--lexicon", help="Lexicon of the negative-label scorers (default: "
+                                                 "the shipped WordNet lists).")] = None,
+    pos_epochs: Annotated[int | None, typer.Option("--pos-epochs", help=f"Default: {POSITIVE_OPTIM.epochs}.")] = None,
+    neg_epochs: Annotated[int | None, typer.Option("--neg-epochs", help=f"Default: {NEGATIVE_OPTIM.epochs}.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")] = 64,
+    cache_dir: CacheOpt = None,
+    workers: WorkersOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    *,
+    runtime: dict[str, Any],
+) -> None:
+    """Run PROTOCOL end to end (train per seed, score every set, report with the published numbers)."""
+    from .benchmark_run import BenchmarkOptions, run_benchmark, table
+    from .errors import UsageError
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else None
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated whole numbers (got {seeds!r})") from None
+    report = run_benchmark(BenchmarkOptions(
+        protocol=protocol, root=root, out=out,
+        backbone=backbone_request(backbone, pretrained, runtime),
+        seeds=seed_list, shots=shots, learned_scorers=tuple(s for s in scorers.split(",") if s),
+        zero_shot_scorers=tuple(s for s in zero_shot_scorers.split(",") if s),
+        pos_optim=override(POSITIVE_OPTIM, epochs=pos_epochs), neg_optim=override(NEGATIVE_OPTIM, epochs=neg_epochs),
+        cache_dir=cache_dir, batch_size=batch_size, num_workers=workers, precision=runtime["precision"],
+        quiet=quiet or json_out, lexicon=lexicon))
+    for line in table(report):
+        info(" | ".join(line))
+    finish(f"Wrote {out / 'report.html'}, report.md and report.json ({len(report['rows'])} rows).", report, json_out)
 
 
 @app.command("demo", epilog=EPILOG)

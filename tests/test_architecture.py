@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "negprompt_cli"
-COMPOSERS = {"cli", "demo", "pipeline", "__main__"}
+COMPOSERS = {"cli", "demo", "pipeline", "benchmark_run", "__main__"}
 
 
 def key(path: Path) -> str:

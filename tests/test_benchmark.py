@@ -144,3 +144,83 @@ def test_bad_protocols_and_roots_are_one_line(tmp_path):
                                                       "id": {"path": "v"}, "train": {"path": "t"}, "ood": []}))
     result = invoke(["benchmark", "check", str(tmp_path / "broken.json"), "--root", str(tmp_path)])
     assert result.exit_code == 2 and "not ImageNet-1k wnids: n99999999" in result.stderr
+
+
+# -- benchmark run ----------------------------------------------------------------------------------------------
+def test_run_a_miniature_protocol_end_to_end_and_rerun_for_free(tmp_path, tiny_vit_dir):
+    from sklearn.metrics import roc_auc_score
+
+    from negprompt_cli.score_file import read_score_file
+
+    protocol_file, root = miniature(tmp_path)
+    for wnid in KNOWN:  # enough training images for 2 shots and val images that are not all alike
+        _jpegs(root / "imagenet" / "train" / wnid, 3, start=10)
+    spec = json.loads(protocol_file.read_text())
+    backbone = f"local-dir:{tiny_vit_dir}"
+    spec["published"] = [
+        {"method": "MCM", "scorer": "mcm", "training": "zero-shot", "backbone": backbone, "pretrained": None,
+         "source": "a test table", "fpr95": {"average": 12.5}, "auroc": {"average": 90.0}},
+        {"method": "MCM", "scorer": "mcm", "training": "zero-shot", "backbone": backbone, "pretrained": "openai",
+         "source": "other weights", "fpr95": {"average": 1.0}, "auroc": {"average": 99.0}}]
+    protocol_file.write_text(json.dumps(spec))
+    (tmp_path / "lexicon.txt").write_text("".join(f"thing{k}\n" for k in range(40)))  # 15 % -> 6 labels
+    out = tmp_path / "run"
+    args = ["benchmark", "run", str(protocol_file), "--root", str(root), "--out", str(out), "--backbone", backbone,
+            "--seeds", "1,2", "--shots", "2", "--pos-epochs", "2", "--neg-epochs", "2", "--zero-shot-scorers",
+            "mcm,neglabel", "--lexicon", str(tmp_path / "lexicon.txt"), "--json"]
+    result = invoke(args)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [r["row"] for r in report["rows"]] == ["negprompt/negprompt", "negprompt/mcm", "negprompt/energy",
+                                                  "zero-shot/mcm", "zero-shot/neglabel"]
+    assert report["ood_sets"] == ["unknown", "Textures"] and report["seeds"] == [1, 2]
+    assert {f.name for f in out.iterdir()} >= {"report.json", "report.md", "report.html", "seed-1", "seed-2"}
+
+    # every number from the score files, recomputed independently
+    row = report["rows"][0]
+    aurocs = []
+    for seed in (1, 2):
+        scores = out / f"seed-{seed}" / "scores" / "negprompt"
+        id_scores = [r["score"] for r in read_score_file(scores / "ID.csv")]
+        ood = [r["score"] for r in read_score_file(scores / "Textures.csv")]
+        aurocs.append(roc_auc_score([1] * len(id_scores) + [0] * len(ood), id_scores + ood))
+    assert row["sets"]["Textures"]["auroc"]["mean"] == pytest.approx(np.mean(aurocs), abs=1e-12)
+    assert row["sets"]["Textures"]["auroc"]["std"] == pytest.approx(np.std(aurocs, ddof=1), abs=1e-12)
+    assert 0.0 <= row["id_accuracy"]["mean"] <= 1.0 and report["rows"][3]["id_accuracy"]["mean"] is not None
+    # the published numbers sit only beside the row with the same method and weights
+    published = {r["row"]: [p["source"] for p in r["published"]] for r in report["rows"]}
+    assert published == {"negprompt/negprompt": [], "negprompt/mcm": [], "negprompt/energy": [],
+                         "zero-shot/mcm": ["a test table"], "zero-shot/neglabel": []}
+    assert "12.50 / 90.00 (a test table)" in (out / "report.md").read_text()
+
+    # a rerun trains and scores nothing: every artifact and score file is reused
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".csv", ".safetensors")}
+    again = invoke(args)
+    assert again.exit_code == 0, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert json.loads(again.stdout)["rows"] == report["rows"]
+    # ... but not with other weights or training settings in the same folder
+    other = invoke([*args[:-1], "--neg-epochs", "3"])
+    assert other.exit_code == 5 and f"Error: {out} holds a run with other negative" in other.stderr
+
+
+def test_run_refuses_a_broken_layout_and_trains_open_vocabulary_negatives_on_the_fraction(tmp_path, tiny_vit_dir):
+    from negprompt_cli.artifact import load_prompts
+
+    protocol_file, root = miniature(tmp_path)
+    (root / "dtd").rename(tmp_path / "elsewhere")
+    backbone = f"local-dir:{tiny_vit_dir}"
+    args = ["benchmark", "run", str(protocol_file), "--root", str(root), "--out", str(tmp_path / "run"),
+            "--backbone", backbone, "--seeds", "1", "--shots", "2", "--pos-epochs", "1", "--neg-epochs", "1",
+            "--zero-shot-scorers", "", "--scorers", "negprompt"]
+    broken = invoke(args)
+    assert broken.exit_code == 2 and "1 problem(s) in the layout" in broken.stderr
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "elsewhere").rename(root / "dtd")
+    spec = json.loads(protocol_file.read_text())
+    spec["open_vocabulary"] = {"train_fraction": 0.34}
+    protocol_file.write_text(json.dumps(spec))
+    result = invoke(args)
+    assert result.exit_code == 0, result.stderr
+    artifact = load_prompts(tmp_path / "run" / "seed-1" / "neg.safetensors")
+    assert len(artifact.training["train_classes"]) == 1 and len(artifact.class_names) == 3

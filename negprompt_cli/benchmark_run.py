@@ -1,0 +1,321 @@
+"""``negprompt benchmark run``: a protocol end to end on the user's data — a composer, like ``pipeline``.
+
+For every seed: fit-pos and fit-neg on the protocol's few-shot training images (the open-vocabulary
+protocol trains the negatives on its fraction of the classes), then every requested scorer on the ID
+test images and every OOD set; plus seed-independent zero-shot rows (MCM, NegLabel, CSP with the hand
+template). Everything lands under ``--out`` and is reused on a rerun: artifacts and score files that
+exist are not recomputed, training resumes from the checkpoint an interruption left, and image
+features come from the shared feature cache. The report (JSON, Markdown, HTML) gives per OOD set and
+on average AUROC, FPR95 in both conventions and ID accuracy, mean ± std over seeds, with the
+published numbers beside the rows whose protocol, method and weights match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifact import package_versions
+from .atomic import write_text_atomic
+from .backbone import BackboneRequest, RuntimeOptions
+from .benchmark_layout import check_layout, val_labels
+from .benchmark_protocols import Protocol, imagenet_wnids, load_protocol
+from .checkpoint import checkpoint_path
+from .errors import IncompatibleArtifactError, NotFoundError, UsageError
+from .metrics import ood_metrics
+from .presets import NEGATIVE_OPTIM, POSITIVE_OPTIM, OptimConfig
+from .score_file import read_score_file
+from .stages.fit_neg import FitNegOptions, fit_neg
+from .stages.fit_pos import FitPosOptions, fit_pos
+from .stages.score import ScoreOptions, score
+from .thresholds import ThresholdWarning
+from .training_data import DataOptions
+
+LEARNED_SCORERS = ("negprompt", "mcm", "energy")  # with the fit-neg artifact (mcm/energy use its positives only)
+ZERO_SHOT_SCORERS = ("mcm", "neglabel", "csp")  # hand template, no training
+CONVENTIONS = ("id-positive", "ood-positive")
+
+
+@dataclass
+class BenchmarkOptions:
+    protocol: str
+    root: Path
+    out: Path
+    backbone: BackboneRequest = field(default_factory=BackboneRequest)
+    seeds: tuple[int, ...] | None = None  # None: the protocol's
+    shots: int | None = None  # None: the protocol's
+    learned_scorers: tuple[str, ...] = LEARNED_SCORERS
+    zero_shot_scorers: tuple[str, ...] = ZERO_SHOT_SCORERS
+    pos_optim: OptimConfig = POSITIVE_OPTIM
+    neg_optim: OptimConfig = NEGATIVE_OPTIM
+    cache_dir: Path | None = None
+    batch_size: int = 64
+    num_workers: int | None = None
+    precision: str = "fp32"
+    quiet: bool = False
+    lexicon: Path | None = None  # for the negative-label scorers (default: the shipped WordNet lists)
+
+
+def _class_names(wnids: tuple[str, ...]) -> list[str]:
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    index = {w: i for i, w in enumerate(imagenet_wnids())}
+    return [IMAGENET_CLASSNAMES[index[w]] for w in wnids]
+
+
+def _link(target: Path, link: Path) -> None:
+    if not link.is_symlink() and not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target.resolve(), link)
+
+
+def prepare_views(protocol: Protocol, root: Path, out: Path) -> dict[str, Any]:
+    """Folders of symlinks in the shapes the stages read: train/<wnid>, id/<wnid>/..., a names file."""
+    data = out / "data"
+    for wnid in protocol.wnids:
+        _link(root / protocol.train_path / wnid, data / "train" / wnid)
+    names = _class_names(protocol.wnids)
+    classes = data / "classes.tsv"
+    write_text_atomic(classes, "".join(f"{w}\t{n}\n" for w, n in zip(protocol.wnids, names, strict=True)))
+    write_text_atomic(data / "names.txt", "".join(f"{n}\n" for n in names))
+    by_wnid, _ = val_labels(root / protocol.id_path)
+    for wnid in protocol.wnids:
+        for image in by_wnid.get(wnid, []):
+            _link(image, data / "id" / wnid / image.name)
+    sets: dict[str, Path] = {}
+    for k, ood in enumerate(protocol.ood):
+        if ood.classes:
+            folder = data / f"ood{k}"
+            for wnid in ood.classes:
+                for image in by_wnid.get(wnid, []):
+                    _link(image, folder / wnid / image.name)
+            sets[ood.name] = folder
+        else:
+            sets[ood.name] = root / (ood.path or ood.name)
+    return {"train": data / "train", "classes": classes, "names": data / "names.txt", "id": data / "id",
+            "ood": sets, "class_names": names}
+
+
+def _weights_record(request: BackboneRequest) -> dict[str, Any]:
+    record: dict[str, Any] = {"backbone": request.name, "pretrained": request.pretrained}
+    if request.pretrained and Path(request.pretrained).is_file():
+        digest = hashlib.sha256()
+        with open(request.pretrained, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        record["file_sha256"] = digest.hexdigest()
+    return record
+
+
+def _train(options: BenchmarkOptions, protocol: Protocol, views: dict[str, Any], seed: int, folder: Path) -> Path:
+    """fit-pos then fit-neg for one seed, unless their artifacts exist; an interrupted stage resumes."""
+    data = DataOptions(views["train"], classes_file=views["classes"], shots=options.shots or protocol.shots,
+                       cache_dir=options.cache_dir, batch_size=options.batch_size, num_workers=options.num_workers)
+    pos, neg = folder / "pos.safetensors", folder / "neg.safetensors"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not pos.exists():
+        fit_pos(FitPosOptions(backbone=options.backbone, data=data, out=pos,
+                              optim=replace(options.pos_optim, seed=seed, precision=options.precision),
+                              quiet=options.quiet, resume=checkpoint_path(pos).exists()))
+    if not neg.exists():
+        fraction = (protocol.open_vocabulary or {}).get("train_fraction")
+        fit_neg(FitNegOptions(data=data, out=neg, pos=pos, backbone=options.backbone,
+                              runtime=RuntimeOptions(options.backbone.device, options.backbone.weights_cache,
+                                                     options.backbone.offline),
+                              train_fraction=fraction, optim=replace(options.neg_optim, seed=seed,
+                                                                     precision=options.precision),
+                              quiet=options.quiet, resume=checkpoint_path(neg).exists()))
+    return neg
+
+
+def _score(options: BenchmarkOptions, views: dict[str, Any], folder: Path, scorer: str,
+           prompts: Path | None) -> dict[str, Path]:
+    """Score files of the ID test set and every OOD set (existing ones are reused)."""
+    files = {}
+    for name, images in [("ID", views["id"]), *views["ood"].items()]:
+        path = folder / scorer / f"{name.replace('/', '_').replace(' ', '_')}.csv"
+        files[name] = path
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():  # metrics need scores, not the stored threshold's OOD decision
+            warnings.simplefilter("ignore", ThresholdWarning)
+            score(ScoreOptions(images=images, prompts=prompts, zero_shot=prompts is None,
+                               names=views["names"] if prompts is None else None,
+                               backbone=options.backbone if prompts is None else None,
+                               runtime=RuntimeOptions(options.backbone.device, options.backbone.weights_cache,
+                                                      options.backbone.offline),
+                               scorer=scorer, out=path, labeled=name == "ID", cache_dir=options.cache_dir,
+                               batch_size=options.batch_size, num_workers=options.num_workers,
+                               precision=options.precision, quiet=options.quiet, lexicon=options.lexicon))
+    return files
+
+
+def _metrics(files: dict[str, Path], ood_names: list[str], wnids: tuple[str, ...]) -> dict[str, Any]:
+    id_rows = read_score_file(files["ID"])
+    index = {w: i for i, w in enumerate(wnids)}  # the ID test folders are wnids, in class order
+    labelled = [r for r in id_rows if r.get("label") in index]
+    id_scores = np.array([r["score"] for r in id_rows])
+    sets = {}
+    for name in ood_names:
+        ood_scores = [r["score"] for r in read_score_file(files[name])]
+        by_convention = {c: ood_metrics(id_scores, ood_scores, fpr_convention=c) for c in CONVENTIONS}
+        sets[name] = {"auroc": by_convention["id-positive"]["auroc"],
+                      "fpr95": by_convention["id-positive"]["fpr"],
+                      "fpr95_ood_positive": by_convention["ood-positive"]["fpr"]}
+    average = {k: float(np.mean([m[k] for m in sets.values()])) for k in ("auroc", "fpr95", "fpr95_ood_positive")}
+    accuracy = float(np.mean([r["prediction_index"] == index[r["label"]] for r in labelled])) if labelled else None
+    return {"sets": sets, "average": average, "id_accuracy": accuracy}
+
+
+def _mean_std(values: list[float | None]) -> dict[str, float | None]:
+    present = [v for v in values if v is not None]
+    if not present:
+        return {"mean": None, "std": None}
+    return {"mean": float(np.mean(present)), "std": float(np.std(present, ddof=1)) if len(present) > 1 else 0.0}
+
+
+def _aggregate(per_seed: list[dict[str, Any]], ood_names: list[str]) -> dict[str, Any]:
+    keys = ("auroc", "fpr95", "fpr95_ood_positive")
+    return {"sets": {n: {k: _mean_std([s["sets"][n][k] for s in per_seed]) for k in keys} for n in ood_names},
+            "average": {k: _mean_std([s["average"][k] for s in per_seed]) for k in keys},
+            "id_accuracy": _mean_std([s["id_accuracy"] for s in per_seed])}
+
+
+def _claim_run_folder(options: BenchmarkOptions, protocol: Protocol) -> None:
+    """A run folder holds one setup: reusing its artifacts for other weights, protocol or training settings
+    would report numbers that belong to something else."""
+    setup = {"protocol": protocol.name, "weights": _weights_record(options.backbone),
+             "shots": options.shots or protocol.shots, "open_vocabulary": protocol.open_vocabulary,
+             "positive": options.pos_optim.as_dict(), "negative": options.neg_optim.as_dict()}
+    setup["positive"].pop("seed", None)
+    setup["negative"].pop("seed", None)
+    marker = options.out / "run.json"
+    if marker.exists():
+        held = json.loads(marker.read_text())
+        different = sorted(k for k in setup if held.get(k) != json.loads(json.dumps(setup[k])))
+        if different:
+            raise IncompatibleArtifactError(
+                f"{options.out} holds a run with other {', '.join(different)} (see {marker})",
+                hint="use another --out for this setup, or the same options to continue that run")
+        return
+    write_text_atomic(marker, json.dumps(setup, indent=2) + "\n")
+
+
+def published_for(protocol: Protocol, request: BackboneRequest, mode: str, scorer: str) -> list[dict[str, Any]]:
+    """Published numbers for this protocol whose method (scorer, zero-shot or not) and weights match the run."""
+    return [p for p in protocol.published
+            if p.get("scorer") == scorer and (p.get("training") == "zero-shot") == (mode == "zero-shot")
+            and p.get("backbone") == request.name and p.get("pretrained") == request.pretrained]
+
+
+def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
+    protocol = load_protocol(options.protocol)
+    if not Path(options.root).is_dir():
+        raise NotFoundError(f"benchmark root not found: {options.root}")
+    layout = check_layout(protocol, Path(options.root))
+    if layout.problems:
+        raise UsageError(f"{layout.problems} problem(s) in the layout under {options.root} for {protocol.name}",
+                         hint=f"negprompt benchmark check {options.protocol} --root {options.root} lists them")
+    if not options.out.parent.exists():
+        raise NotFoundError(f"output directory's parent does not exist: {options.out.parent}")
+    options.out.mkdir(exist_ok=True)
+    _claim_run_folder(options, protocol)
+    views = prepare_views(protocol, Path(options.root), options.out)
+    ood_names = list(views["ood"])
+    seeds = options.seeds or protocol.seeds
+    rows: list[dict[str, Any]] = []
+    per_seed: dict[str, list[dict[str, Any]]] = {}
+    for seed in seeds:
+        folder = options.out / f"seed-{seed}"
+        prompts = _train(options, protocol, views, seed, folder)
+        for scorer in options.learned_scorers:
+            files = _score(options, views, folder / "scores", scorer, prompts)
+            per_seed.setdefault(f"negprompt/{scorer}", []).append(_metrics(files, ood_names, protocol.wnids))
+    for scorer in options.zero_shot_scorers:
+        files = _score(options, views, options.out / "zero-shot", scorer, None)
+        per_seed[f"zero-shot/{scorer}"] = [_metrics(files, ood_names, protocol.wnids)]
+    for row_name, results in per_seed.items():
+        mode, scorer = row_name.split("/")
+        rows.append({"row": row_name, "mode": mode, "scorer": scorer, "seeds": len(results),
+                     **_aggregate(results, ood_names), "per_seed": results,
+                     "published": published_for(protocol, options.backbone, mode, scorer)})
+    report = {"protocol": protocol.name, "title": protocol.title, "root": str(options.root),
+              "weights": _weights_record(options.backbone), "seeds": list(seeds),
+              "shots": options.shots or protocol.shots, "open_vocabulary": protocol.open_vocabulary,
+              "class_names": "open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES (standard sorted-wnid order)",
+              "zero_shot_template": "a photo of a {}.", "ood_sets": ood_names,
+              "fpr_conventions": {"fpr95": "ID positive (the paper, MCM): OOD accepted at 95 % ID kept",
+                                  "fpr95_ood_positive": "OOD positive (OpenOOD v1.5): ID rejected at 95 % OOD "
+                                                        "caught"},
+              "optim": {"positive": options.pos_optim.as_dict(), "negative": options.neg_optim.as_dict()},
+              "versions": package_versions(), "rows": rows}
+    write_text_atomic(options.out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(options.out / "report.md", markdown(report))
+    write_text_atomic(options.out / "report.html", to_html(report))
+    return report
+
+
+def _pct(stat: dict[str, float | None]) -> str:
+    if stat["mean"] is None:
+        return "—"
+    std = stat.get("std") or 0.0
+    return f"{100 * stat['mean']:.2f} ± {100 * std:.2f}"
+
+
+def _published_cell(published: list[dict[str, Any]], name: str) -> str:
+    if not published:
+        return ""
+    p = published[0]
+    fpr, auroc = p.get("fpr95", {}).get(name), p.get("auroc", {}).get(name)
+    if fpr is None and auroc is None:
+        return ""
+    return f"{'' if fpr is None else f'{fpr:.2f}'} / {'' if auroc is None else f'{auroc:.2f}'}"
+
+
+def table(report: dict[str, Any]) -> list[list[str]]:
+    header = ["row", *(f"{n} FPR95 / AUROC" for n in report["ood_sets"]), "average FPR95 / AUROC",
+              "average FPR95 (OOD+)", "ID acc", "published avg FPR95 / AUROC"]
+    lines = [header]
+    for row in report["rows"]:
+        cells = [row["row"]]
+        for name in report["ood_sets"]:
+            cells.append(f"{_pct(row['sets'][name]['fpr95'])} / {_pct(row['sets'][name]['auroc'])}")
+        cells.append(f"{_pct(row['average']['fpr95'])} / {_pct(row['average']['auroc'])}")
+        cells.append(_pct(row["average"]["fpr95_ood_positive"]))
+        cells.append(_pct(row["id_accuracy"]))
+        source = row["published"][0]["source"] if row["published"] else ""
+        cell = _published_cell(row["published"], "average")
+        cells.append(f"{cell} ({source})" if cell else "")
+        lines.append(cells)
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rows = table(report)
+    text = [f"# {report['protocol']}: {report['title']}", "",
+            f"Weights: {report['weights']}; seeds {report['seeds']}; {report['shots']} shots; mean ± std over "
+            "seeds (zero-shot rows: one run). Percentages. FPR95 with ID as the positive class unless marked "
+            "OOD+ (OpenOOD v1.5). Published numbers appear only beside rows with the same protocol, method and "
+            "weights.", "",
+            "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    text += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(text) + "\n"
+
+
+def to_html(report: dict[str, Any]) -> str:
+    rows = table(report)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return (f"<!doctype html><meta charset='utf-8'><title>{html.escape(report['protocol'])}</title>"
+            f"<h1>{html.escape(report['protocol'])}</h1><p>{html.escape(report['title'])}</p>"
+            f"<p>Weights: {html.escape(json.dumps(report['weights']))}; seeds {report['seeds']}.</p>"
+            f"<table border='1' cellpadding='4'><tr>{head}</tr>{body}</table>\n")
