@@ -19,6 +19,7 @@ from rich.progress import (
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
 # Console(stderr=True) resolves sys.stderr lazily, so test runners that swap stderr still capture it.
@@ -54,6 +55,7 @@ def progress(quiet: bool = False) -> Iterator[Progress]:
         MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
         console=err,
         transient=True,
         redirect_stdout=False,

@@ -224,3 +224,61 @@ def test_run_refuses_a_broken_layout_and_trains_open_vocabulary_negatives_on_the
     assert result.exit_code == 0, result.stderr
     artifact = load_prompts(tmp_path / "run" / "seed-1" / "neg.safetensors")
     assert len(artifact.training["train_classes"]) == 1 and len(artifact.class_names) == 3
+
+
+def shrink(name: str, tmp_path):
+    """The shipped protocol ``name`` with its exact paths, groups and class lists cut to 2 classes and tiny
+    counts, and a tree in that exact layout (flat val with the devkit's label files for the hard splits)."""
+    shipped = load_protocol(name)
+    spec = json.loads(shipped.file.read_text())
+    known = list(shipped.wnids[:10 if shipped.open_vocabulary else 2])  # 10 % of 10 classes is one
+    spec.update(name=f"mini-{name}", classes=known)
+    spec["id"]["images_per_class"] = 1
+    spec["train"]["shots"] = 1
+    root = tmp_path / "root"
+    labelled = [(w, 0) for w in known]
+    for ood, shipped_ood in zip(spec["ood"], shipped.ood, strict=True):
+        if "classes" in ood:
+            ood["classes"] = list(shipped_ood.classes[:2])
+            ood["images_per_class"] = 1
+            labelled += [(w, 0) for w in ood["classes"]]
+        else:
+            ood["images"] = 2
+            _jpegs(root / ood["path"] / "some_class", 2)
+    for wnid in known:
+        _jpegs(root / spec["train"]["path"] / wnid, 2, start=7)
+    val = root / spec["id"]["path"]
+    if name.startswith("imagenet1k-hard"):
+        from scipy.io import savemat
+
+        names = [f"ILSVRC2012_val_{i + 1:08d}.JPEG" for i in range(len(labelled))]
+        _jpegs(val, len(names), names=names)
+        data = val.parent / "ILSVRC2012_devkit_t12" / "data"
+        data.mkdir(parents=True)
+        ids = {w: 1000 - i for i, w in enumerate(WNIDS)}
+        synsets = np.array([(ids[w], w) for w in WNIDS], dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O")])
+        savemat(str(data / "meta.mat"), {"synsets": synsets})
+        (data / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{ids[w]}\n" for w, _ in labelled))
+    else:
+        for wnid, _ in labelled:
+            _jpegs(val / wnid, 1, start=3)
+    (tmp_path / "mini.json").write_text(json.dumps(spec))
+    return tmp_path / "mini.json", root, shipped
+
+
+@pytest.mark.parametrize("name", protocol_names())
+def test_every_shipped_protocol_runs_end_to_end_on_a_miniature_tree(name, tmp_path, tiny_vit_dir):
+    protocol_file, root, shipped = shrink(name, tmp_path)
+    checked = invoke(["benchmark", "check", str(protocol_file), "--root", str(root)])
+    assert checked.exit_code == 0, checked.stderr
+    result = invoke(["benchmark", "run", str(protocol_file), "--root", str(root), "--out", str(tmp_path / "run"),
+                     "--backbone", f"local-dir:{tiny_vit_dir}", "--seeds", "1", "--pos-epochs", "1",
+                     "--neg-epochs", "1", "--scorers", "negprompt", "--zero-shot-scorers", "mcm", "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ood_sets"] == [o.name for o in shipped.ood]
+    assert report["open_vocabulary"] == shipped.open_vocabulary
+    for row in report["rows"]:
+        for name_ in report["ood_sets"]:
+            assert 0.0 <= row["sets"][name_]["auroc"]["mean"] <= 1.0
+        assert row["published"] == []  # the tiny model's weights match no published row
