@@ -131,7 +131,8 @@ def _read_label_file(path: Path, wnids: list[str], images: list[str]) -> list[tu
     return pairs
 
 
-def check_layout(protocol: Protocol, root: Path) -> LayoutReport:
+def check_layout(protocol: Protocol, root: Path, *, read_images: bool = True) -> LayoutReport:
+    """Every problem of ``root`` for ``protocol``; ``read_images=False`` counts images without opening them."""
     root = Path(root)
     report = LayoutReport(protocol.name, str(root), [])
     known = set(imagenet_wnids())
@@ -153,7 +154,7 @@ def check_layout(protocol: Protocol, root: Path) -> LayoutReport:
             id_check.problems.append(f"ImageNet val without labels ({how}): put images in one folder per wnid, or "
                                      f"add one of {', '.join(VAL_LABEL_FILES)} (with meta.mat for the devkit file)")
     if by_wnid:
-        _check_classes(id_check, by_wnid, protocol.wnids, per_class)
+        _check_classes(id_check, by_wnid, protocol.wnids, per_class, read_images)
 
     # few-shot training folders
     train_dir = root / protocol.train_path
@@ -188,7 +189,7 @@ def check_layout(protocol: Protocol, root: Path) -> LayoutReport:
                                  f"{len(ood.classes)} classes of ImageNet val", source=ood.source)
             report.datasets.append(check)
             if by_wnid:
-                _check_classes(check, by_wnid, ood.classes, ood.images_per_class)
+                _check_classes(check, by_wnid, ood.classes, ood.images_per_class, read_images)
             else:
                 check.problems.append("needs the labelled ImageNet val images (see the ID test row)")
             continue
@@ -204,14 +205,14 @@ def check_layout(protocol: Protocol, root: Path) -> LayoutReport:
             check.problems.append(f"no images under {folder}")
         elif ood.images is not None and len(images) != ood.images:
             check.problems.append(f"{len(images)} images, expected {ood.images}")
-        bad = _unreadable(images)
+        bad = _unreadable(images) if read_images else []
         if bad:
             check.problems.append(f"{len(bad)} unreadable image(s): {_examples(bad)}")
     return report
 
 
 def _check_classes(check: DatasetCheck, by_wnid: dict[str, list[Path]], wnids: tuple[str, ...],
-                   per_class: int | None) -> None:
+                   per_class: int | None, read_images: bool = True) -> None:
     missing = [w for w in wnids if not by_wnid.get(w)]
     if missing:
         check.problems.append(f"{len(missing)} class(es) without images: {_examples(missing)}")
@@ -221,6 +222,6 @@ def _check_classes(check: DatasetCheck, by_wnid: dict[str, list[Path]], wnids: t
         check.problems.append(f"{len(wrong)} class(es) with other than {per_class} images: {_examples(wrong)}")
     images = [p for w in wnids for p in by_wnid.get(w, [])]
     check.found = (check.found + "; " if check.found else "") + f"{len(images)} images"
-    bad = _unreadable(images)
+    bad = _unreadable(images) if read_images else []
     if bad:
         check.problems.append(f"{len(bad)} unreadable image(s): {_examples(bad)}")

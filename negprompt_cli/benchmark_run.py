@@ -221,7 +221,8 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
     protocol = load_protocol(options.protocol)
     if not Path(options.root).is_dir():
         raise NotFoundError(f"benchmark root not found: {options.root}")
-    layout = check_layout(protocol, Path(options.root))
+    # the first run opens every image; a continued one (its run folder exists) only counts them again
+    layout = check_layout(protocol, Path(options.root), read_images=not (options.out / "run.json").exists())
     if layout.problems:
         raise UsageError(f"{layout.problems} problem(s) in the layout under {options.root} for {protocol.name}",
                          hint=f"negprompt benchmark check {options.protocol} --root {options.root} lists them")

@@ -287,13 +287,17 @@ def _exclusive(folder: Path) -> Iterator[None]:
 
 def compact_key(folder: Path, max_rows: int = COMPACT_ROWS) -> KeyReport:
     """Merge a key's verified shards into shards of up to ``max_rows`` unique rows, drop damaged shards and
-    abandoned temporary files. Shards other writers add meanwhile are left alone (and kept)."""
+    abandoned temporary files. Shards other writers add meanwhile are left alone (and kept). Memory stays
+    at about one output shard: merged shards are written as they fill."""
     removed = 0
     with _exclusive(folder):
         now = time.time()
         shards = sorted(folder.glob(f"*{SHARD_SUFFIX}"))
-        merged_ids: list[str] = []
-        blocks: list[torch.Tensor] = []
+        readable = [s for s in shards if _shard_ids(s) is not None]
+        full = [s for s in readable if _row_count(s) >= max_rows]
+        merge = len(readable) > 1 and len(readable) > len(full) + 1
+        pending_ids: list[str] = []
+        pending: list[torch.Tensor] = []
         seen: set[str] = set()
         merged_from: list[Path] = []
         for shard in shards:
@@ -305,18 +309,21 @@ def compact_key(folder: Path, max_rows: int = COMPACT_ROWS) -> KeyReport:
                 shard.unlink(missing_ok=True)
                 removed += 1
                 continue
+            if not merge:
+                continue
             ids, block = rows
             keep = [i for i, item in enumerate(ids) if item not in seen]
             seen.update(ids)
-            merged_ids.extend(ids[i] for i in keep)
-            blocks.append(block[keep])
+            pending_ids.extend(ids[i] for i in keep)
+            pending.append(block[keep])
             merged_from.append(shard)
-        full_shards = [s for s in merged_from if _row_count(s) >= max_rows]
-        if len(merged_from) > 1 and len(merged_from) > len(full_shards) + 1:
-            rows_all = torch.cat(blocks) if blocks else torch.empty(0)
-            for start in range(0, len(merged_ids), max_rows):
-                _write_shard(folder, merged_ids[start:start + max_rows],
-                             rows_all[start:start + max_rows].contiguous())
+            while len(pending_ids) >= max_rows:
+                stacked = torch.cat(pending)
+                _write_shard(folder, pending_ids[:max_rows], stacked[:max_rows].contiguous())
+                pending_ids, pending = pending_ids[max_rows:], [stacked[max_rows:]]
+        if merge:
+            if pending_ids:
+                _write_shard(folder, pending_ids, torch.cat(pending).contiguous())
             for shard in merged_from:  # only after every merged shard is in place
                 shard.unlink(missing_ok=True)
                 removed += 1

@@ -307,3 +307,17 @@ def test_cache_build_fills_what_fit_pos_reads_including_augmented_views(tmp_path
                   *backbone, "--epochs", "1", "--n-ctx", "4", "--aug-views", "2", "--seed", "3", "--json"])
     assert fit.exit_code == 0, fit.stderr
     assert json.loads(fit.stdout)["images_encoded"] == 0
+
+
+def test_compaction_writes_shards_of_at_most_max_rows_with_every_row_unchanged(tmp_path):
+    ids = [f"r{i}" for i in range(10)]
+    rows = torch.nn.functional.normalize(torch.randn(10, 8), dim=-1)
+    cache = FeatureCache(tmp_path, "key", info={"backbone": "x"})
+    for i in range(10):
+        cache.add(ids[i:i + 1], rows[i:i + 1])
+    (report,) = compact(tmp_path, max_rows=4)
+    assert report.shards == 3 and report.unique_rows == 10 and report.removed == 10
+    found = FeatureCache(tmp_path, "key").lookup(ids)
+    assert torch.equal(torch.stack([found[i] for i in ids]), rows)
+    (again,) = compact(tmp_path, max_rows=4)  # already compact: nothing to merge
+    assert again.shards == 3 and again.removed == 0

@@ -114,11 +114,11 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
         temperature = float(getattr(scorer_fn, "default_temperature", 1.0))
     labels, scorer_options = None, None
     pool = getattr(scorer_fn, "pool", None)
-    if pool is not None:  # a negative-label scorer: mine its labels for this class list (before any image)
-        if options.groups < 1:
-            raise UsageError(f"--groups must be at least 1 (got {options.groups})")
+    if pool is not None and options.groups < 1:
+        raise UsageError(f"--groups must be at least 1 (got {options.groups})")
+    if pool is not None and ranks.is_main:  # a negative-label scorer: mine its labels (only rank 0 scores)
         labels = mine(backbone, load_lexicon(options.lexicon), names, text_pos, replace(options.mining, pool=pool),
-                      cache_dir=options.cache_dir or default_cache_dir(), quiet=options.quiet or not ranks.is_main)
+                      cache_dir=options.cache_dir or default_cache_dir(), quiet=options.quiet)
         scorer_options = {"groups": options.groups, "seed": options.mining.seed}
     mined = labels.features if labels is not None else None
     precision = check_precision(backbone.device, options.precision)
