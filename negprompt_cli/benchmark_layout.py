@@ -131,9 +131,32 @@ def _read_label_file(path: Path, wnids: list[str], images: list[str]) -> list[tu
     return pairs
 
 
-def check_layout(protocol: Protocol, root: Path, *, read_images: bool = True) -> LayoutReport:
-    """Every problem of ``root`` for ``protocol``; ``read_images=False`` counts images without opening them."""
+@dataclass(frozen=True)
+class ImageList:
+    """An OOD set given by a list file (OpenOOD's ``benchmark_imglist/...``): the first field of each line is an
+    image path relative to ``base``. The list, not the folder or the protocol's count, is then the truth."""
+
+    file: Path
+    base: Path
+
+    def paths(self) -> list[tuple[str, Path]]:
+        """(path as listed, file) for every non-empty line."""
+        lines = self.file.read_text(encoding="utf-8", errors="replace").splitlines()
+        return [(line.split()[0], self.base / line.split()[0]) for line in lines if line.strip()]
+
+
+def check_layout(protocol: Protocol, root: Path, *, read_images: bool = True,
+                 image_lists: dict[str, ImageList] | None = None) -> LayoutReport:
+    """Every problem of ``root`` for ``protocol``; ``read_images=False`` counts images without opening them;
+    ``image_lists`` gives OOD sets (by name) as list files instead of folders."""
     root = Path(root)
+    image_lists = image_lists or {}
+    unknown = sorted(set(image_lists) - {o.name for o in protocol.ood})
+    if unknown:
+        from .errors import UsageError  # noqa: PLC0415
+
+        raise UsageError(f"--imglist names {unknown[0]!r}, which is not an OOD set of {protocol.name}",
+                         hint=f"its OOD sets: {', '.join(o.name for o in protocol.ood)}")
     report = LayoutReport(protocol.name, str(root), [])
     known = set(imagenet_wnids())
 
@@ -193,6 +216,9 @@ def check_layout(protocol: Protocol, root: Path, *, read_images: bool = True) ->
             else:
                 check.problems.append("needs the labelled ImageNet val images (see the ID test row)")
             continue
+        if ood.name in image_lists:
+            report.datasets.append(_check_list(role, ood.name, image_lists[ood.name], ood.source, read_images))
+            continue
         folder = root / (ood.path or ood.name)
         check = DatasetCheck(role, ood.name, str(folder), f"{ood.images or 'some'} images", source=ood.source)
         report.datasets.append(check)
@@ -209,6 +235,25 @@ def check_layout(protocol: Protocol, root: Path, *, read_images: bool = True) ->
         if bad:
             check.problems.append(f"{len(bad)} unreadable image(s): {_examples(bad)}")
     return report
+
+
+def _check_list(role: str, name: str, image_list: ImageList, source: str, read_images: bool) -> DatasetCheck:
+    check = DatasetCheck(role, name, str(image_list.file), f"every image listed, under {image_list.base}",
+                         source=source)
+    if not image_list.file.is_file():
+        check.problems.append(f"image list missing: {image_list.file}")
+        return check
+    listed = [path for _, path in image_list.paths()]
+    missing = [p for p in listed if not p.is_file()]
+    check.found = f"{len(listed) - len(missing)} of {len(listed)} listed images"
+    if not listed:
+        check.problems.append(f"{image_list.file} lists no images")
+    if missing:
+        check.problems.append(f"{len(missing)} listed image(s) missing: {_examples(missing)}")
+    bad = _unreadable([p for p in listed if p.is_file()]) if read_images else []
+    if bad:
+        check.problems.append(f"{len(bad)} unreadable image(s): {_examples(bad)}")
+    return check
 
 
 def _check_classes(check: DatasetCheck, by_wnid: dict[str, list[Path]], wnids: tuple[str, ...],

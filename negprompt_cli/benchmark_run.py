@@ -26,7 +26,7 @@ import numpy as np
 from .artifact import package_versions
 from .atomic import write_text_atomic
 from .backbone import BackboneRequest, RuntimeOptions
-from .benchmark_layout import check_layout, val_labels
+from .benchmark_layout import ImageList, check_layout, val_labels
 from .benchmark_protocols import Protocol, imagenet_wnids, load_protocol
 from .checkpoint import checkpoint_path
 from .errors import IncompatibleArtifactError, NotFoundError, UsageError
@@ -62,6 +62,7 @@ class BenchmarkOptions:
     precision: str = "fp32"
     quiet: bool = False
     lexicon: Path | None = None  # for the negative-label scorers (default: the shipped WordNet lists)
+    image_lists: dict[str, ImageList] = field(default_factory=dict)  # OOD sets given as list files
 
 
 def _class_names(wnids: tuple[str, ...]) -> list[str]:
@@ -77,7 +78,8 @@ def _link(target: Path, link: Path) -> None:
         os.symlink(target.resolve(), link)
 
 
-def prepare_views(protocol: Protocol, root: Path, out: Path) -> dict[str, Any]:
+def prepare_views(protocol: Protocol, root: Path, out: Path,
+                  image_lists: dict[str, ImageList] | None = None) -> dict[str, Any]:
     """Folders of symlinks in the shapes the stages read: train/<wnid>, id/<wnid>/..., a names file."""
     data = out / "data"
     for wnid in protocol.wnids:
@@ -92,7 +94,12 @@ def prepare_views(protocol: Protocol, root: Path, out: Path) -> dict[str, Any]:
             _link(image, data / "id" / wnid / image.name)
     sets: dict[str, Path] = {}
     for k, ood in enumerate(protocol.ood):
-        if ood.classes:
+        if image_lists and ood.name in image_lists:
+            folder = data / f"ood{k}"
+            for listed, image in image_lists[ood.name].paths():
+                _link(image, folder / listed.lstrip("/"))
+            sets[ood.name] = folder
+        elif ood.classes:
             folder = data / f"ood{k}"
             for wnid in ood.classes:
                 for image in by_wnid.get(wnid, []):
@@ -222,7 +229,8 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
     if not Path(options.root).is_dir():
         raise NotFoundError(f"benchmark root not found: {options.root}")
     # the first run opens every image; a continued one (its run folder exists) only counts them again
-    layout = check_layout(protocol, Path(options.root), read_images=not (options.out / "run.json").exists())
+    layout = check_layout(protocol, Path(options.root), read_images=not (options.out / "run.json").exists(),
+                          image_lists=options.image_lists)
     if layout.problems:
         raise UsageError(f"{layout.problems} problem(s) in the layout under {options.root} for {protocol.name}",
                          hint=f"negprompt benchmark check {options.protocol} --root {options.root} lists them")
@@ -230,7 +238,7 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
         raise NotFoundError(f"output directory's parent does not exist: {options.out.parent}")
     options.out.mkdir(exist_ok=True)
     _claim_run_folder(options, protocol)
-    views = prepare_views(protocol, Path(options.root), options.out)
+    views = prepare_views(protocol, Path(options.root), options.out, options.image_lists)
     ood_names = list(views["ood"])
     seeds = options.seeds or protocol.seeds
     rows: list[dict[str, Any]] = []

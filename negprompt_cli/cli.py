@@ -693,6 +693,11 @@ def cache_gc_command(cache_dir: CacheOpt = None, json_out: JsonOpt = False) -> N
            f"{report['removed']} file(s) removed.", report, json_out)
 
 
+ImgListOpt = Annotated[list[str] | None, typer.Option("--imglist", help="NAME=FILE: take OOD set NAME from an "
+                                                      "image list (e.g. OpenOOD's benchmark_imglist/imagenet/"
+                                                      "test_ssb_hard.txt) instead of its folder; repeatable.")]
+ImgListRootOpt = Annotated[Path | None, typer.Option("--imglist-root", help="What the listed paths are relative to "
+                                                     "(OpenOOD: its images_largescale/; default: --root).")]
 benchmark_app = typer.Typer(help="Published benchmark protocols on your own copies of the datasets "
                             "(docs/benchmarks.md). We never download data.", no_args_is_help=True)
 app.add_typer(benchmark_app, name="benchmark")
@@ -720,13 +725,15 @@ def benchmark_check_command(
     protocol: Annotated[str, typer.Argument(help="A protocol name (negprompt benchmark list) or a protocol .json.")],
     root: Annotated[Path, typer.Option("--root", help="The folder holding the datasets in the layout of "
                                        "docs/benchmarks.md.")],
+    imglist: ImgListOpt = None,
+    imglist_root: ImgListRootOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Check that ROOT holds every dataset PROTOCOL needs; list every problem at once (exit 2 if any)."""
     from .errors import UsageError
-    from .stages.benchmark import check
+    from .stages.benchmark import check, image_lists
 
-    report = check(protocol, root)
+    report = check(protocol, root, image_lists(imglist or [], imglist_root, root))
     for row in report.datasets:
         status = "ok" if row.ok else "PROBLEM"
         info(f"[{status}] {row.role}: {row.name} at {row.path}: expected {row.expected}"
@@ -764,6 +771,8 @@ def benchmark_run_command(
                                                    "template ('' for none).")] = "mcm,neglabel,csp",
     lexicon: Annotated[Path | None, typer.Option("--lexicon", help="Lexicon of the negative-label scorers (default: "
                                                  "the shipped WordNet lists).")] = None,
+    imglist: ImgListOpt = None,
+    imglist_root: ImgListRootOpt = None,
     pos_epochs: Annotated[int | None, typer.Option("--pos-epochs", help=f"Default: {POSITIVE_OPTIM.epochs}.")] = None,
     neg_epochs: Annotated[int | None, typer.Option("--neg-epochs", help=f"Default: {NEGATIVE_OPTIM.epochs}.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")] = 64,
@@ -777,6 +786,7 @@ def benchmark_run_command(
     """Run PROTOCOL end to end (train per seed, score every set, report with the published numbers)."""
     from .benchmark_run import BenchmarkOptions, run_benchmark, table
     from .errors import UsageError
+    from .stages.benchmark import image_lists
 
     try:
         seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else None
@@ -789,7 +799,7 @@ def benchmark_run_command(
         zero_shot_scorers=tuple(s for s in zero_shot_scorers.split(",") if s),
         pos_optim=override(POSITIVE_OPTIM, epochs=pos_epochs), neg_optim=override(NEGATIVE_OPTIM, epochs=neg_epochs),
         cache_dir=cache_dir, batch_size=batch_size, num_workers=workers, precision=runtime["precision"],
-        quiet=quiet or json_out, lexicon=lexicon))
+        quiet=quiet or json_out, lexicon=lexicon, image_lists=image_lists(imglist or [], imglist_root, root)))
     for line in table(report):
         info(" | ".join(line))
     finish(f"Wrote {out / 'report.html'}, report.md and report.json ({len(report['rows'])} rows).", report, json_out)

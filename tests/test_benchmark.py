@@ -282,3 +282,26 @@ def test_every_shipped_protocol_runs_end_to_end_on_a_miniature_tree(name, tmp_pa
         for name_ in report["ood_sets"]:
             assert 0.0 <= row["sets"][name_]["auroc"]["mean"] <= 1.0
         assert row["published"] == []  # the tiny model's weights match no published row
+
+
+def test_ood_sets_from_an_image_list_are_checked_and_scored_as_listed(tmp_path, tiny_vit_dir):
+    protocol_file, root, _ = shrink("imagenet1k-openood-v1.5", tmp_path)
+    largescale = tmp_path / "images_largescale"
+    _jpegs(largescale / "ssb_hard" / "n01", 3, start=40)
+    _jpegs(largescale / "ssb_hard" / "n02", 1, start=50)  # on disk but not listed: not part of the set
+    listing = tmp_path / "test_ssb_hard.txt"
+    listing.write_text("ssb_hard/n01/00040.JPEG -1\nssb_hard/n01/00041.JPEG -1\nssb_hard/n01/00099.JPEG -1\n")
+    lists = ["--imglist", f"SSB-hard={listing}", "--imglist-root", str(largescale)]
+    checked = invoke(["benchmark", "check", str(protocol_file), "--root", str(root), *lists, "--json"])
+    assert checked.exit_code == 2
+    rows = {d["name"]: d for d in json.loads(checked.stdout)["datasets"]}
+    assert rows["SSB-hard"]["problems"] == [f"1 listed image(s) missing: {largescale}/ssb_hard/n01/00099.JPEG"]
+    listing.write_text("ssb_hard/n01/00040.JPEG -1\nssb_hard/n01/00041.JPEG -1\nssb_hard/n01/00042.JPEG -1\n")
+    result = invoke(["benchmark", "run", str(protocol_file), "--root", str(root), "--out", str(tmp_path / "run"),
+                     "--backbone", f"local-dir:{tiny_vit_dir}", "--seeds", "1", "--pos-epochs", "1", "--neg-epochs",
+                     "1", "--scorers", "negprompt", "--zero-shot-scorers", "", *lists, "--json"])
+    assert result.exit_code == 0, result.stderr
+    scores = tmp_path / "run" / "seed-1" / "scores" / "negprompt" / "SSB-hard.csv"
+    assert len(scores.read_text().splitlines()) == 1 + 3  # exactly the listed images
+    wrong = invoke(["benchmark", "check", str(protocol_file), "--root", str(root), "--imglist", f"SSB={listing}"])
+    assert wrong.exit_code == 2 and "Error: --imglist names 'SSB', which is not an OOD set of" in wrong.stderr

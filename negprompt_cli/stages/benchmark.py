@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..benchmark_layout import LayoutReport, check_layout
+from ..benchmark_layout import ImageList, LayoutReport, check_layout
 from ..benchmark_protocols import load_protocol, protocol_names
 from ..errors import NotFoundError
 
@@ -24,10 +24,23 @@ def list_protocols() -> list[dict[str, Any]]:
     return rows
 
 
-def check(protocol_name: str, root: Path) -> LayoutReport:
+def check(protocol_name: str, root: Path, image_lists: dict[str, ImageList] | None = None) -> LayoutReport:
     """The layout report (the caller decides what a problem means: the CLI exits 2)."""
     protocol = load_protocol(protocol_name)
     if not Path(root).is_dir():
         raise NotFoundError(f"benchmark root not found: {root}",
                             hint="--root is the folder holding imagenet/, iNaturalist/, ... (docs/benchmarks.md)")
-    return check_layout(protocol, Path(root))
+    return check_layout(protocol, Path(root), image_lists=image_lists)
+
+
+def image_lists(values: list[str], base: Path | None, root: Path) -> dict[str, ImageList]:
+    """``--imglist NAME=FILE`` pairs; listed paths are relative to ``base`` (default: the root)."""
+    from ..errors import UsageError  # noqa: PLC0415
+
+    lists = {}
+    for value in values:
+        name, sep, file = value.partition("=")
+        if not sep or not name or not file:
+            raise UsageError(f"--imglist {value!r}: expected NAME=FILE (NAME: an OOD set of the protocol)")
+        lists[name] = ImageList(Path(file), Path(base) if base is not None else Path(root))
+    return lists
