@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import package_versions
+from .artifact import load_prompts, package_versions
 from .atomic import write_text_atomic
 from .backbone import BackboneRequest, RuntimeOptions
 from .benchmark_layout import ImageList, check_layout, val_labels
@@ -243,9 +243,12 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
     seeds = options.seeds or protocol.seeds
     rows: list[dict[str, Any]] = []
     per_seed: dict[str, list[dict[str, Any]]] = {}
-    for seed in seeds:
+    weights = options.backbone  # the weights as resolved by the backbone plugin (default tag filled in) once known
+    for seed in seeds if options.learned_scorers else ():  # zero-shot rows alone need no training
         folder = options.out / f"seed-{seed}"
         prompts = _train(options, protocol, views, seed, folder)
+        trained = load_prompts(prompts).backbone
+        weights = replace(options.backbone, name=trained["backbone"], pretrained=trained.get("pretrained"))
         for scorer in options.learned_scorers:
             files = _score(options, views, folder / "scores", scorer, prompts)
             per_seed.setdefault(f"negprompt/{scorer}", []).append(_metrics(files, ood_names, protocol.wnids))
@@ -256,9 +259,9 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
         mode, scorer = row_name.split("/")
         rows.append({"row": row_name, "mode": mode, "scorer": scorer, "seeds": len(results),
                      **_aggregate(results, ood_names), "per_seed": results,
-                     "published": published_for(protocol, options.backbone, mode, scorer)})
+                     "published": published_for(protocol, weights, mode, scorer)})
     report = {"protocol": protocol.name, "title": protocol.title, "root": str(options.root),
-              "weights": _weights_record(options.backbone), "seeds": list(seeds),
+              "weights": _weights_record(weights), "seeds": list(seeds),
               "shots": options.shots or protocol.shots, "open_vocabulary": protocol.open_vocabulary,
               "class_names": "open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES (standard sorted-wnid order)",
               "zero_shot_template": "a photo of a {}.", "ood_sets": ood_names,
