@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from .benchmark_protocols import Protocol, imagenet_wnids
-from .data import IMAGE_EXTENSIONS
+from .data import is_image_file, walk_images
 
 WNID = re.compile(r"^n\d{8}$")
 VAL_LABEL_FILES = ("val.txt", "val_labels.txt", "LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt")
@@ -46,6 +46,7 @@ class LayoutReport:
     protocol: str
     root: str
     datasets: list[DatasetCheck]
+    val_images: dict[str, list[Path]] = field(default_factory=dict)  # labelled ImageNet val images by wnid
 
     @property
     def problems(self) -> int:
@@ -57,10 +58,8 @@ class LayoutReport:
 
 
 def _images(folder: Path) -> list[Path]:
-    out = []
-    for dirpath, _, files in os.walk(folder, followlinks=True):
-        out += [Path(dirpath) / f for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(out)
+    """The images ``score`` would find under ``folder`` (the same discovery rule, so the counts agree)."""
+    return walk_images(folder)[0]
 
 
 def _unreadable(paths: list[Path]) -> list[Path]:
@@ -88,7 +87,7 @@ def val_labels(folder: Path) -> tuple[dict[str, list[Path]], str]:
     subdirs = [d for d in folder.iterdir() if d.is_dir()] if folder.is_dir() else []
     if any(WNID.match(d.name) for d in subdirs):
         return {d.name: _images(d) for d in subdirs if WNID.match(d.name)}, "one folder per wnid"
-    flat = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
+    flat = sorted(p for p in folder.iterdir() if is_image_file(p)) if folder.is_dir() else []
     if not flat:
         return {}, "no images"
     wnids = imagenet_wnids()
@@ -172,6 +171,7 @@ def check_layout(protocol: Protocol, root: Path, *, read_images: bool = True,
         id_check.problems.append(f"folder missing: {val_dir}")
     else:
         by_wnid, how = val_labels(val_dir)
+        report.val_images = by_wnid
         id_check.found = how
         if not by_wnid:
             id_check.problems.append(f"ImageNet val without labels ({how}): put images in one folder per wnid, or "
@@ -196,7 +196,7 @@ def check_layout(protocol: Protocol, root: Path, *, read_images: bool = True,
         missing = [w for w in protocol.wnids if w not in folders]
         if missing:
             train_check.problems.append(f"{len(missing)} class folder(s) missing: {_examples(missing)}")
-        counts = {w: sum(1 for f in os.scandir(folders[w]) if Path(f.name).suffix.lower() in IMAGE_EXTENSIONS)
+        counts = {w: sum(1 for f in os.scandir(folders[w]) if is_image_file(Path(f.name)))
                   for w in protocol.wnids if w in folders}
         short = [f"{w} ({n})" for w, n in counts.items() if n < protocol.shots]
         if short:

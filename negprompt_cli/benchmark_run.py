@@ -26,7 +26,7 @@ import numpy as np
 from .artifact import load_prompts, package_versions
 from .atomic import write_text_atomic
 from .backbone import BackboneRequest, RuntimeOptions
-from .benchmark_layout import ImageList, check_layout, val_labels
+from .benchmark_layout import ImageList, check_layout
 from .benchmark_protocols import Protocol, imagenet_wnids, load_protocol
 from .checkpoint import checkpoint_path
 from .errors import IncompatibleArtifactError, NotFoundError, UsageError
@@ -78,7 +78,7 @@ def _link(target: Path, link: Path) -> None:
         os.symlink(target.resolve(), link)
 
 
-def prepare_views(protocol: Protocol, root: Path, out: Path,
+def prepare_views(protocol: Protocol, root: Path, out: Path, by_wnid: dict[str, list[Path]],
                   image_lists: dict[str, ImageList] | None = None) -> dict[str, Any]:
     """Folders of symlinks in the shapes the stages read: train/<wnid>, id/<wnid>/..., a names file."""
     data = out / "data"
@@ -88,7 +88,6 @@ def prepare_views(protocol: Protocol, root: Path, out: Path,
     classes = data / "classes.tsv"
     write_text_atomic(classes, "".join(f"{w}\t{n}\n" for w, n in zip(protocol.wnids, names, strict=True)))
     write_text_atomic(data / "names.txt", "".join(f"{n}\n" for n in names))
-    by_wnid, _ = val_labels(root / protocol.id_path)
     for wnid in protocol.wnids:
         for image in by_wnid.get(wnid, []):
             _link(image, data / "id" / wnid / image.name)
@@ -238,7 +237,7 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
         raise NotFoundError(f"output directory's parent does not exist: {options.out.parent}")
     options.out.mkdir(exist_ok=True)
     _claim_run_folder(options, protocol)
-    views = prepare_views(protocol, Path(options.root), options.out, options.image_lists)
+    views = prepare_views(protocol, Path(options.root), options.out, layout.val_images, options.image_lists)
     ood_names = list(views["ood"])
     seeds = options.seeds or protocol.seeds
     rows: list[dict[str, Any]] = []

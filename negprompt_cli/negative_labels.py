@@ -36,9 +36,9 @@ from safetensors.torch import save_file
 
 from .atomic import publish
 from .backbone import Backbone
-from .console import progress
 from .errors import UsageError
 from .lexicon import Lexicon
+from .text_features import encode_texts
 
 POOLS = ("neglabel", "csp")
 NOUN_TEMPLATE = "the nice {}"
@@ -107,19 +107,9 @@ def text_fingerprint(backbone: Backbone) -> str:
     return h.hexdigest()[:16]
 
 
-def encode_prompts(backbone: Backbone, prompts: list[str], *, batch: int = 1024, quiet: bool = False,
+def encode_prompts(backbone: Backbone, prompts: list[str], *, quiet: bool = False,
                    description: str = "Encoding lexicon") -> torch.Tensor:
-    """Unit CPU features of plain text prompts, through the model's own ``encode_text``, in batches."""
-    model = backbone.model
-    device = model.token_embedding.weight.device
-    parts = []
-    with torch.no_grad(), progress(quiet) as bar:
-        task = bar.add_task(description, total=len(prompts), status="")
-        for start in range(0, len(prompts), batch):
-            tokens = backbone.tokenizer(prompts[start:start + batch]).to(device)
-            parts.append(model.encode_text(tokens, normalize=True).float().cpu())
-            bar.advance(task, len(parts[-1]))
-    return torch.cat(parts)
+    return encode_texts(backbone.model, backbone.tokenizer, prompts, quiet=quiet, description=description)
 
 
 def candidate_features(backbone: Backbone, found: Candidates, cache_dir: Path | None,

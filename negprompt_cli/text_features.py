@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .artifact import PromptArtifact
+from .console import progress
 from .errors import IncompatibleArtifactError
 from .text_encoder import SoftPromptTextEncoder
 
@@ -48,8 +49,19 @@ HAND_TEMPLATE = "a photo of a {}."
 def hand_template_features(encoder: SoftPromptTextEncoder, names: list[str],
                            template: str = HAND_TEMPLATE) -> torch.Tensor:
     """Zero-shot class features through the model's own ``encode_text`` (MCM's "a photo of a {}.")."""
-    model = encoder.model
+    return encode_texts(encoder.model, encoder.tokenizer, [template.format(n) for n in names])
+
+
+def encode_texts(model: torch.nn.Module, tokenizer, texts: list[str], *, batch: int = 1024,  # type: ignore[no-untyped-def]
+                 quiet: bool = True, description: str = "Encoding text") -> torch.Tensor:
+    """Unit CPU features of plain texts through the model's own ``encode_text``, in batches (lexicons run to
+    ~80k prompts)."""
     device = model.token_embedding.weight.device
-    with torch.no_grad():
-        tokens = encoder.tokenizer([template.format(n) for n in names]).to(device)
-        return model.encode_text(tokens, normalize=True).float().cpu()
+    parts = []
+    with torch.no_grad(), progress(quiet) as bar:
+        task = bar.add_task(description, total=len(texts), status="")
+        for start in range(0, len(texts), batch):
+            tokens = tokenizer(texts[start:start + batch]).to(device)
+            parts.append(model.encode_text(tokens, normalize=True).float().cpu())
+            bar.advance(task, len(parts[-1]))
+    return torch.cat(parts)
