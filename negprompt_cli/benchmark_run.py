@@ -31,6 +31,7 @@ from .benchmark_protocols import Protocol, imagenet_wnids, load_protocol
 from .checkpoint import checkpoint_path
 from .errors import IncompatibleArtifactError, NotFoundError, UsageError
 from .metrics import ood_metrics
+from .negative_labels import LabelRequest
 from .presets import NEGATIVE_OPTIM, POSITIVE_OPTIM, OptimConfig
 from .score_file import read_score_file
 from .stages.fit_neg import FitNegOptions, fit_neg
@@ -61,7 +62,7 @@ class BenchmarkOptions:
     num_workers: int | None = None
     precision: str = "fp32"
     quiet: bool = False
-    lexicon: Path | None = None  # for the negative-label scorers (default: the shipped WordNet lists)
+    lexicon: Path | None = None  # for the negative-label scorers (default: the backbone's, else WordNet)
     image_lists: dict[str, ImageList] = field(default_factory=dict)  # OOD sets given as list files
 
 
@@ -161,7 +162,8 @@ def _score(options: BenchmarkOptions, views: dict[str, Any], folder: Path, score
                                                       options.backbone.offline),
                                scorer=scorer, out=path, labeled=name == "ID", cache_dir=options.cache_dir,
                                batch_size=options.batch_size, num_workers=options.num_workers,
-                               precision=options.precision, quiet=options.quiet, lexicon=options.lexicon))
+                               precision=options.precision, quiet=options.quiet,
+                               labels=LabelRequest(lexicon=options.lexicon)))
     return files
 
 

@@ -20,6 +20,7 @@ import typer
 from . import __version__
 from .cli_options import (
     image_command_options,
+    label_request,
     negative_label_options,
     option_group,
     runtime_options,
@@ -308,8 +309,8 @@ def fit_neg_command(
     train_subset: Annotated[str | None, typer.Option("--train-subset", help="first (paper, the default) or random "
                                                      "(seeded) classes for --train-fraction.")] = None,
     temperature: Annotated[float | None, typer.Option("--temperature", help="τ of the NegPrompt score (Eq. 3, on "
-                                                      "cosines) for the stored threshold; score inherits it for "
-                                                      "the negprompt scorer. Default 1.")] = None,
+                                                      "cosines) and of the training loss; score uses it for the "
+                                                      "negprompt scorer. Default 1.")] = None,
     pos_epochs: Annotated[int | None, typer.Option("--pos-epochs", help="Positive stage epochs (without --pos). "
                                                    f"Default: {POSITIVE_OPTIM.epochs}.")] = None,
     pos_lr: Annotated[float | None, typer.Option("--pos-lr", help="Positive stage learning rate. Default: "
@@ -442,13 +443,18 @@ def score_command(
     backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Backbone for --zero-shot (default "
                                                  "ViT-B/16); with --prompts it must match the artifact.")] = None,
     pretrained: PretrainedOpt = None,
-    scorer: Annotated[str | None, typer.Option("--scorer", help="negprompt (default with negatives), mcm (default "
-                                               "without), energy, maxlogit, msp, neglabel or csp (training-free "
-                                               "negative labels mined from --lexicon), or a plugin's.")] = None,
+    scorer: Annotated[str | None, typer.Option("--scorer", help="Default: the one the prompts' threshold was "
+                                               "calibrated for, else energy (learned prompts) or csp (--zero-shot), "
+                                               "the winners on validation (docs/quality.md). Also negprompt "
+                                               "(Eq. 3), mcm, maxlogit, msp, neglabel, the hybrids "
+                                               "negprompt+neglabel / negprompt+csp, negprompt-sum, "
+                                               "negprompt-maxlogit, or a plugin's.")] = None,
     temperature: Annotated[float | None, typer.Option("--temperature", help="The scorer's temperature: τ on "
                                                       "cosines for negprompt and mcm, T on the logits s·cos for "
                                                       "energy and msp; maxlogit has none. Default: the artifact's "
-                                                      "τ for the scorer it was calibrated with, else 1.")] = None,
+                                                      "τ for the scorer it was calibrated with, the training τ for "
+                                                      "negprompt, else the scorer's own (1; 0.01 for the "
+                                                      "negative-label scorers).")] = None,
     threshold: Annotated[float | None, typer.Option("--threshold", help="ID threshold to use (score < threshold "
                                                     "-> OOD) instead of the stored one.")] = None,
     calibrate: CalibrateOpt = None,
@@ -459,6 +465,13 @@ def score_command(
     text_chunk: TextChunkOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (images scored, "
                                            "encoded vs from the cache, skipped, threshold); needs --out.")] = False,
+    adaptive: Annotated[bool, typer.Option("--adaptive", help="Test-time negatives (AdaNeg): a memory of "
+                                           "confidently ID / OOD images, updated per --batch-size batch in sorted "
+                                           "path order, sharpens the negatives. Scorers neglabel, csp, "
+                                           "negprompt+neglabel, negprompt+csp, negprompt-sum.")] = False,
+    adaptive_slots: Annotated[int, typer.Option("--adaptive-slots", help="Images remembered per label.")] = 10,
+    adaptive_weight: Annotated[float, typer.Option("--adaptive-weight", help="λ in adaptive + λ·static "
+                                                   "score.")] = 0.1,
     quiet: QuietOpt = False,
     *,
     runtime: dict[str, Any],
@@ -466,9 +479,9 @@ def score_command(
     label_opts: dict[str, Any],
 ) -> None:
     """OOD scores (higher = more in-distribution) for every image, as CSV or JSONL."""
+    from .adaptive import AdaptiveOptions
     from .backbone import DEFAULT_BACKBONE, RuntimeOptions
     from .distributed import process_group
-    from .negative_labels import MiningOptions
     from .stages.score import ScoreOptions, score
 
     if json_out and out is None:
@@ -477,6 +490,8 @@ def score_command(
         raise UsageError("--json needs --out FILE: without it stdout carries the scores themselves")
     given = images_opts
     check_at_least("--batch-size", given["batch_size"], 1)
+    memory = (AdaptiveOptions(slots=adaptive_slots, weight=adaptive_weight, batch=given["batch_size"])
+              if adaptive else None)
     with process_group(given["distributed"], runtime["device"]) as (ranks, device):
         placed = {**runtime, "device": device}
         request = None
@@ -489,9 +504,7 @@ def score_command(
             scorer=scorer, temperature=temperature, threshold=threshold, fmt=fmt, out=out, labeled=labeled,
             cache_dir=given["cache_dir"], batch_size=given["batch_size"], num_workers=given["workers"],
             strict=given["strict"], precision=runtime["precision"], quiet=quiet, calibrate=calibrate, ranks=ranks,
-            lexicon=label_opts["lexicon"], groups=label_opts["groups"],
-            mining=MiningOptions(percentile=label_opts["mine_percentile"], fraction=label_opts["mine_fraction"],
-                                 count=label_opts["negative_labels"], seed=label_opts["seed"]),
+            labels=label_request(label_opts), adaptive=memory,
         ))
     if summary is None:  # a rank other than 0 of a torchrun job: rank 0 reports and writes
         return
@@ -501,13 +514,20 @@ def score_command(
     flagged = summary["flagged_ood"]
     decision = (f"; {flagged} flagged OOD at threshold {summary['threshold']:.4f} ({summary['threshold_source']})"
                 if flagged is not None else "; no OOD decision (no threshold for this class list and scorer: "
-                "--calibrate ID_IMAGES or --threshold)")
+                + ("--threshold)" if summary["adaptive"] else "--calibrate ID_IMAGES or --threshold)"))
     labels = summary["negative_labels"]
     mined = (f"; {labels['labels']} negative labels mined from {labels['candidates']} candidates"
              + (f" ({labels['dropped_id_names']} lexicon entries equal to ID class names left out)"
                 if labels["dropped_id_names"] else "") if labels else "")
+    memory_note = ""
+    if summary["adaptive"]:
+        record = summary["adaptive"]
+        memory_note = (f"; adaptive memory: {record['id_writes']} ID and {record['ood_writes']} OOD writes over "
+                       f"{record['id_labels_with_memory']} ID and {record['negative_labels_with_memory']} negative "
+                       "labels")
     info(f"Scored {summary['images']} image(s) with {summary['scorer']} ({summary['encoded']} encoded, "
-         f"{summary['cached']} from the feature cache){mined}{decision}" + (f"; wrote {out}" if out else "") + ".")
+         f"{summary['cached']} from the feature cache){mined}{memory_note}{decision}"
+         + (f"; wrote {out}" if out else "") + ".")
     if json_out:
         emit_json(summary)
 
@@ -550,20 +570,23 @@ def print_report(report: dict[str, Any], out: Path | None) -> None:
         info(f"Report: {out / 'report.html'}")
 
 
-world_app = typer.Typer(help="The procedural offline world (shapes, colours, noise).", no_args_is_help=True)
+world_app = typer.Typer(help="The procedural offline world (54 object categories, colours, textures, noise).",
+                        no_args_is_help=True)
 app.add_typer(world_app, name="world")
 
 
 @world_app.command("export", epilog=EPILOG)
 @reports_errors
 def world_export_command(
-    out: Annotated[Path, typer.Argument(help="Directory to write train/, test/, calib/, ood_near/, ood_far/ "
-                                        "into.")],
-    id_shapes: Annotated[str | None, typer.Option("--id", help="Comma-separated ID shapes (default: 6 chosen by "
-                                                  "--seed).")] = None,
-    ood_shapes: Annotated[str | None, typer.Option("--ood", help="Comma-separated near-OOD shapes (default: the "
-                                                   "other shapes).")] = None,
-    train_classes: Annotated[int | None, typer.Option("--train-classes", help="Only the first K ID shapes get "
+    out: Annotated[Path, typer.Argument(help="Directory to write train/, test/, calib/, ood_near/, ood_unnamed/, "
+                                        "ood_far/ into.")],
+    id_shapes: Annotated[str | None, typer.Option("--id", help="Comma-separated ID categories (default: 6 named "
+                                                  "ones chosen by --seed).")] = None,
+    ood_shapes: Annotated[str | None, typer.Option("--ood", help="Comma-separated near-OOD categories (default: 6 "
+                                                   "other named ones chosen by --seed).")] = None,
+    unnamed: Annotated[bool, typer.Option("--unnamed/--no-unnamed", help="Write ood_unnamed/: the 8 categories the "
+                                          "world CLIP never saw and its lexicon does not name.")] = True,
+    train_classes: Annotated[int | None, typer.Option("--train-classes", help="Only the first K ID categories get "
                                                       "training images (open-vocabulary setups).")] = None,
     shots: Annotated[int, typer.Option("--shots", help="Training images per class.")] = 16,
     test_per_class: Annotated[int, typer.Option("--test-per-class", help="Test images per class.")] = 50,
@@ -577,26 +600,26 @@ def world_export_command(
 ) -> None:
     """Render the world as ImageFolder trees so every CLI path can run on real files."""
     from .errors import NotFoundError, UsageError
-    from .world import SHAPES, WorldSpec, default_spec, export_world, remove_export
+    from .world import CATEGORIES, UNNAMED, WorldSpec, default_spec, export_world, remove_export
 
     if not out.parent.exists():
         raise NotFoundError(f"output directory's parent does not exist: {out.parent}")
     spec = default_spec(seed)
 
-    def shapes(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    def categories(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
         if value is None:
             return default
-        chosen = tuple(v.strip() for v in value.split(",") if v.strip())
-        unknown = [v for v in chosen if v not in SHAPES]
+        chosen = tuple(" ".join(v.split()) for v in value.split(",") if v.strip())
+        unknown = [v for v in chosen if v not in CATEGORIES]
         if unknown or not chosen:
             raise UsageError(f"unknown shape {unknown[0] if unknown else value!r}",
-                             hint=f"shapes: {', '.join(SHAPES)}")
+                             hint=f"categories: {', '.join(CATEGORIES)}")
         return chosen
 
-    ids = shapes(id_shapes, spec.id_shapes)
-    oods = shapes(ood_shapes, tuple(s for s in SHAPES if s not in ids))
+    ids = categories(id_shapes, spec.id_shapes)
+    oods = categories(ood_shapes, tuple(s for s in spec.ood_shapes if s not in ids))
     if set(ids) & set(oods):
-        raise UsageError(f"shapes both ID and OOD: {', '.join(sorted(set(ids) & set(oods)))}")
+        raise UsageError(f"categories both ID and OOD: {', '.join(sorted(set(ids) & set(oods)))}")
     for flag, value, least in (("--shots", shots, 1), ("--test-per-class", test_per_class, 1), ("--far", far, 0),
                                ("--calib-per-class", calib, 0)):
         if value < least:
@@ -609,12 +632,14 @@ def world_export_command(
             raise UsageError(f"{out} is not empty: an export there would mix with what it holds",
                              hint="choose an empty or new folder, or pass --overwrite to replace an earlier export")
         remove_export(out)
-    paths = export_world(out, WorldSpec(ids, oods, ids[:k], shots, test_per_class, far, seed, calib))
+    hidden = tuple(c for c in UNNAMED if c not in ids and c not in oods) if unnamed else ()
+    paths = export_world(out, WorldSpec(ids, oods, ids[:k], shots, test_per_class, far, seed, calib, hidden))
     info(f"Wrote the world to {out}: train/ ({k} classes x {shots}), test/ ({len(ids)} x {test_per_class}), "
-         f"calib/ ({len(ids)} x {calib}), ood_near/ ({len(oods)} x {test_per_class}), ood_far/ ({far}), "
-         "id_names.txt, train_names.txt")
+         f"calib/ ({len(ids)} x {calib}), ood_near/ ({len(oods)} x {test_per_class}), "
+         + (f"ood_unnamed/ ({len(hidden)} categories), " if hidden else "")
+         + f"ood_far/ ({far}), id_names.txt, train_names.txt")
     if json_out:
-        emit_json({k: str(v) for k, v in paths.items()})
+        emit_json({k: str(v) for k, v in paths.items() if v.exists()})
 
 
 cache_app = typer.Typer(help="The image-feature cache: fill it ahead of time (also under torchrun), check it, "

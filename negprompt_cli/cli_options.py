@@ -88,7 +88,8 @@ def negative_label_options() -> list[inspect.Parameter]:
     """Settings of the negative-label scorers (neglabel, csp); defaults are NegLabel's (docs/method.md)."""
     return [
         option("lexicon", Path | None, "--lexicon", help="Words to mine negative labels from: a text file (one "
-               "per line) or a folder of noun.*.txt / adj.*.txt. Default: the shipped WordNet lists."),
+               "per line) or a folder of noun.*.txt / adj.*.txt. Default: the backbone's own (the world lexicon "
+               "for toy), else the shipped WordNet lists."),
         option("mine_percentile", float, "--mine-percentile", default=0.95, help="A candidate's closeness to the "
                "ID classes: this percentile of its similarities to them."),
         option("mine_fraction", float, "--mine-fraction", default=0.15, help="Keep this fraction of the nouns and "
@@ -99,6 +100,15 @@ def negative_label_options() -> list[inspect.Parameter]:
                "the negative labels (1 = no grouping)."),
         option("seed", int, "--seed", default=0, help="Seed of the grouping and of CSP's superclass words."),
     ]
+
+
+def label_request(given: dict[str, Any]) -> Any:
+    """The negative-label options as the library's ``LabelRequest``."""
+    from .negative_labels import LabelRequest, MiningOptions
+
+    return LabelRequest(lexicon=given["lexicon"], groups=given["groups"],
+                        mining=MiningOptions(percentile=given["mine_percentile"], fraction=given["mine_fraction"],
+                                             count=given["negative_labels"], seed=given["seed"]))
 
 
 def image_command_options() -> Callable[[F], F]:

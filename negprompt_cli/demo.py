@@ -1,8 +1,8 @@
 """``negprompt demo``: the whole pipeline offline on the procedural world, in a couple of minutes.
 
-export world → fit-pos (on 4 of 6 ID shapes) → fit-neg → transfer to all 6 ID shape names
-(2 never trained on; the threshold recalibrated on held-out ID images) → score ID / near-OOD /
-far-OOD → report.
+export world → fit-pos (on 4 of 6 ID categories) → fit-neg → transfer to all 6 ID category names
+(2 never trained on; the threshold recalibrated on held-out ID images) → score ID / near-OOD (named
+categories, and categories the CLIP never saw) / far-OOD → report.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def run_demo(workdir: Path | None = None, seed: int = 0, device: str = "auto", q
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="negprompt-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     spec = default_spec(seed, n_id=6, n_train=4, shots=16, test_per_class=50, far=300)
-    info(f"[1/6] Rendering the world into {root}: ID shapes {', '.join(spec.id_shapes)} "
+    info(f"[1/6] Rendering the world into {root}: ID categories {', '.join(spec.id_shapes)} "
          f"(training images for {', '.join(spec.train_shapes)}), near-OOD {', '.join(spec.ood_shapes)}, "
-         "far-OOD noise/textures")
+         f"near-OOD the CLIP never saw ({', '.join(spec.unnamed_shapes)}), far-OOD noise/textures")
     paths = export_world(root, spec)
     cache = root / "cache"
     backbone = BackboneRequest(DEMO_BACKBONE, device=device)
@@ -51,18 +51,20 @@ def run_demo(workdir: Path | None = None, seed: int = 0, device: str = "auto", q
     info("[3/6] fit-neg: negative prompts")
     neg = fit_neg(FitNegOptions(data=data, out=root / "negprompt.safetensors", pos=root / "pos.safetensors",
                                 runtime=RuntimeOptions(device=device), optim=_neg_optim(seed), quiet=quiet))
-    info("[4/6] transfer: re-target to all ID shape names (two never trained on), threshold recalibrated on "
+    info("[4/6] transfer: re-target to all ID category names (two never trained on), threshold recalibrated on "
          "held-out ID images")
     transfer(root / "negprompt.safetensors", paths["id_names"], root / "negprompt_all.safetensors",
              RuntimeOptions(device=device), calibrate_on=paths["calib"],
              encoding=EncodeOptions(cache_dir=cache, quiet=quiet))
-    info("[5/6] score: ID test, near-OOD shapes, far-OOD noise")
+    info("[5/6] score: ID test, near-OOD categories (named, unnamed), far-OOD noise")
     prompts = root / "negprompt_all.safetensors"
-    for split, out in (("test", "id.csv"), ("ood_near", "ood_near.csv"), ("ood_far", "ood_far.csv")):
+    for split, out in (("test", "id.csv"), ("ood_near", "ood_near.csv"), ("ood_unnamed", "ood_unnamed.csv"),
+                       ("ood_far", "ood_far.csv")):
         score(ScoreOptions(images=paths[split], prompts=prompts, out=root / out, labeled=split == "test",
                            cache_dir=cache, runtime=RuntimeOptions(device=device), quiet=quiet))
     info("[6/6] report")
-    report = build_report(ReportOptions(root / "id.csv", [("near (other shapes)", root / "ood_near.csv"),
+    report = build_report(ReportOptions(root / "id.csv", [("near (other categories)", root / "ood_near.csv"),
+                                                          ("near (never seen)", root / "ood_unnamed.csv"),
                                                           ("far (noise)", root / "ood_far.csv")], root / "report"))
     report["demo"] = {"workdir": str(root), "seconds": round(time.time() - started, 1), "fit_pos": pos,
                       "fit_neg": {k: neg[k] for k in ("learner_options", "threshold", "train_classes", "classes")}}

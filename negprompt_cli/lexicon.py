@@ -46,9 +46,14 @@ def _read_words(path: Path) -> list[str]:
     return words
 
 
-def load_lexicon(path: Path | None = None) -> Lexicon:
-    """The shipped WordNet lexicon (``path`` None) or the user's file or folder."""
-    source = "default" if path is None else str(path)
+def load_lexicon(path: Path | None = None, backbone_default: str | None = None) -> Lexicon:
+    """The user's file or folder; else the backbone's own lexicon (a backbone plugin may name one in
+    ``Backbone.extra["default_lexicon"]``: the world CLIP knows only its world's words); else WordNet."""
+    if path is None and backbone_default is not None:
+        path = Path(backbone_default)
+        source = f"backbone default {path.name}"
+    else:
+        source = "default" if path is None else str(path)
     root = DEFAULT_LEXICON if path is None else Path(path)
     if not root.exists():
         raise NotFoundError(f"lexicon not found: {root}")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from .atomic import publish
 from .backbone import Backbone
 from .errors import UsageError
-from .lexicon import Lexicon
+from .lexicon import Lexicon, load_lexicon
 from .text_features import encode_texts
 
 POOLS = ("neglabel", "csp")
@@ -150,12 +150,47 @@ class NegativeLabels:
     candidates: int
     dropped_id_names: int
     options: MiningOptions
+    lexicon: str = ""  # the lexicon's digest: the labels depend on it
 
     def record(self) -> dict[str, Any]:
         return {"pool": self.options.pool, "labels": len(self.words), "candidates": self.candidates,
                 "dropped_id_names": self.dropped_id_names, "percentile": self.options.percentile,
                 "fraction": self.options.fraction if self.options.count is None else None,
-                "count": self.options.count, "seed": self.options.seed}
+                "count": self.options.count, "seed": self.options.seed, "lexicon": self.lexicon}
+
+
+@dataclass(frozen=True)
+class LabelRequest:
+    """What a negative-label scorer needs besides the class list: the lexicon, mining and grouping settings."""
+
+    lexicon: Path | None = None  # None: the backbone's own lexicon, else the shipped WordNet lists
+    mining: MiningOptions = MiningOptions()  # its pool is the scorer's
+    groups: int = 100
+
+    def __post_init__(self) -> None:
+        if self.groups < 1:
+            raise UsageError(f"--groups must be at least 1 (got {self.groups})")
+
+
+def prepare(backbone: Backbone, scorer: Any, names: list[str], id_features: torch.Tensor, request: LabelRequest,
+            *, cache_dir: Path, quiet: bool = False) -> tuple[NegativeLabels | None, dict[str, Any] | None]:
+    """(mined labels, the scorer's extra options) for a negative-label scorer; (None, None) for any other."""
+    pool = getattr(scorer, "pool", None)
+    if pool is None:
+        return None, None
+    lexicon = load_lexicon(request.lexicon, backbone.extra.get("default_lexicon"))
+    labels = mine(backbone, lexicon, names, id_features, replace(request.mining, pool=pool), cache_dir=cache_dir,
+                  quiet=quiet)
+    return labels, {"groups": request.groups, "seed": request.mining.seed}
+
+
+def settings_fingerprint(labels: NegativeLabels | None, scorer_options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a threshold calibrated with mined labels is valid for (the labels' count follows from these)."""
+    if labels is None:
+        return None
+    record = labels.record()
+    return {k: record[k] for k in ("pool", "lexicon", "percentile", "fraction", "count", "seed")} | {
+        "groups": (scorer_options or {}).get("groups")}
 
 
 def closeness(candidate_feats: torch.Tensor, id_features: torch.Tensor, percentile: float,
@@ -202,4 +237,4 @@ def mine(backbone: Backbone, lexicon: Lexicon, id_names: list[str], id_features:
     index = torch.tensor(kept)
     return NegativeLabels([found.words[i] for i in kept], [found.prompts[i] for i in kept],
                           [found.kinds[i] for i in kept], feats[index], len(found.prompts),
-                          found.dropped_id_names, options)
+                          found.dropped_id_names, options, lexicon.digest())

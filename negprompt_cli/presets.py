@@ -45,6 +45,19 @@ NEGATIVE_OPTIM = OptimConfig(optimizer="sgd", epochs=10, batch_size=64, lr=0.1, 
                              warmup_epochs=0, warmup_lr=0.0)
 
 
+# What `score` (and `transfer`, and fit-neg's threshold) use when --scorer is not given, by what the user
+# scores with: the method with the best validation criterion (mean FPR95 over near in-lexicon, near
+# outside-lexicon and far OOD, closed set and open vocabulary) among those that setting can run, on the
+# validation partitions of the offline world (benchmarks/quality.py; evidence and test numbers in
+# docs/quality.md). Zero-shot CSP wins overall; with learned prompts the best validated score is energy on
+# the positive prompts (CoOp + energy), ahead of every NegPrompt score and hybrid.
+DEFAULT_SCORERS = {"zero-shot": "csp", "positives": "energy", "negatives": "energy"}
+
+
+def default_scorer(has_negatives: bool, *, zero_shot: bool = False) -> str:
+    return DEFAULT_SCORERS["zero-shot" if zero_shot else "negatives" if has_negatives else "positives"]
+
+
 def override(preset: T, **given: Any) -> T:
     """``preset`` with the settings the user actually gave (``None`` means "not given")."""
     names = {f.name for f in fields(preset)}  # type: ignore[arg-type]

@@ -37,11 +37,14 @@ def class_list_id(names: Sequence[str]) -> dict[str, Any]:
 def calibrate(features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Tensor | None, *, names: Sequence[str],
               scorer: str, temperature: float, logit_scale: float, source: str,
               keep: float = ID_KEPT, mined: torch.Tensor | None = None,
-              scorer_options: dict[str, Any] | None = None) -> tuple[dict[str, Any], torch.Tensor]:
+              scorer_options: dict[str, Any] | None = None,
+              settings: dict[str, Any] | None = None) -> tuple[dict[str, Any], torch.Tensor]:
     """The threshold that keeps ``keep`` of these ID images' scores, recorded with what it is valid for.
 
     Returns the record and the class predictions (callers report ID accuracy from them). ``mined`` and
-    ``scorer_options``: the negative labels and settings of a negative-label scorer (see ``score_features``).
+    ``scorer_options``: the negative labels and settings of a negative-label scorer (see ``score_features``);
+    ``settings``: their fingerprint (``negative_labels.settings_fingerprint``), recorded so that the
+    threshold is only used with the same lexicon, mining and grouping.
     """
     scores = score_features(features, text_pos, text_neg, scorer=get_host().scorer(scorer), temperature=temperature,
                             logit_scale=logit_scale, mined=mined, scorer_options=scorer_options)
@@ -51,6 +54,8 @@ def calibrate(features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Te
     record = {"value": id_threshold(scores.score.numpy(), keep), "id_kept": keep, "source": source,
               "n_images": int(len(scores.score)), "scorer": scorer, "temperature": float(temperature),
               "classes": class_list_id(names)}
+    if settings is not None:
+        record["settings"] = settings
     return record, scores.prediction
 
 
@@ -68,14 +73,18 @@ def calibrated_classes(record: dict[str, Any], artifact_names: Sequence[str]) ->
 
 
 def applicable(record: dict[str, Any] | None, artifact_names: Sequence[str], *, names: Sequence[str], scorer: str,
-               temperature: float) -> tuple[float | None, str | None]:
-    """(value, None) when ``record`` was calibrated for exactly these names, scorer and τ; else (None, why)."""
+               temperature: float, settings: dict[str, Any] | None = None) -> tuple[float | None, str | None]:
+    """(value, None) when ``record`` was calibrated for exactly these names, scorer, τ and negative-label
+    settings; else (None, why)."""
     if not record:
         return None, None
     if record.get("scorer", "negprompt") != scorer:
         return None, f"it was calibrated for the {record.get('scorer', 'negprompt')} scorer, not {scorer}"
     if float(record.get("temperature", 1.0)) != float(temperature):
         return None, f"it was calibrated at temperature {record.get('temperature', 1.0)}, not {temperature}"
+    if record.get("settings") != settings:
+        return None, ("it was calibrated with other negative-label settings (lexicon, mining or groups)"
+                      if record.get("settings") else "it was calibrated without negative labels")
     calibrated = calibrated_classes(record, artifact_names)
     if calibrated is None or calibrated != class_list_id(names):
         count = calibrated["count"] if calibrated else "another list of"
@@ -84,9 +93,26 @@ def applicable(record: dict[str, Any] | None, artifact_names: Sequence[str], *, 
 
 
 def calibrated_scorer(extra: dict[str, Any]) -> str | None:
-    """The scorer an artifact's τ (``extra.temperature``) was chosen for: its threshold's, kept across transfer."""
+    """The scorer an artifact's threshold was calibrated with, kept across transfer (its τ is the record's)."""
     record = extra.get("threshold") or extra.get("transfer", {}).get("source_threshold")
     return record.get("scorer", "negprompt") if record else None
+
+
+def calibrated_temperature(extra: dict[str, Any]) -> float:
+    """The τ that scorer ran at: the threshold record's (older artifacts: the training τ, which it equalled)."""
+    record = extra.get("threshold") or extra.get("transfer", {}).get("source_threshold") or {}
+    return float(record.get("temperature", extra.get("temperature", 1.0)))
+
+
+def scoring_temperature(scorer: str, scorer_fn: Any, extra: dict[str, Any]) -> float:
+    """The τ ``scorer`` runs at on prompts with this metadata unless ``--temperature`` says otherwise: the
+    threshold record's for the scorer it was calibrated with; the training τ for ``negprompt`` (Eq. 3 at the
+    τ the negatives were trained with); else the scorer's own default (0.01 for the negative-label scorers)."""
+    if scorer == calibrated_scorer(extra):
+        return calibrated_temperature(extra)
+    if scorer == "negprompt" and "temperature" in extra:
+        return float(extra["temperature"])
+    return float(getattr(scorer_fn, "default_temperature", 1.0))
 
 
 def warn_no_decision(reason: str) -> None:

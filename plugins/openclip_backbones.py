@@ -51,9 +51,10 @@ def register_backbones(register: Callable[..., None]) -> None:
 def load_toy(pretrained: str | None, device: torch.device, cache_dir: str | None = None,
              quick_gelu: bool | None = None) -> Backbone:
     """The offline world's CLIP, loaded through open_clip's own ``local-dir:`` path."""
-    from negprompt_cli.world import checkpoint_dir
+    from negprompt_cli.world import checkpoint_dir, lexicon_dir
 
     backbone = load_openclip("toy", f"local-dir:{checkpoint_dir()}", None, pretrained, device, cache_dir, quick_gelu)
+    backbone.extra["default_lexicon"] = str(lexicon_dir())  # WordNet words mean nothing to the world CLIP
     return backbone
 
 

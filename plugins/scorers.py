@@ -71,6 +71,8 @@ def negprompt_maxlogit_score(pos: torch.Tensor, neg: torch.Tensor | None, *, tem
 
 for _needs_negatives in (negprompt_score, negprompt_sum_score, negprompt_maxlogit_score):
     _needs_negatives.needs_negative_prompts = True  # type: ignore[attr-defined]
+# an ID probability among the negatives, in [0, 1]: what --adaptive's confidence thresholds read
+negprompt_sum_score.probability_score = True  # type: ignore[attr-defined]
 
 
 class NegativeLabelScore:
@@ -85,6 +87,7 @@ class NegativeLabelScore:
     """
 
     default_temperature = 0.01
+    probability_score = True  # an ID probability in [0, 1] (score --adaptive reads it)
 
     def __init__(self, pool: str, *, with_prompts: bool = False) -> None:
         self.pool = pool

@@ -11,6 +11,7 @@ from conftest import NEG_FAST, TEST_DEVICE, invoke, make_image_folder
 
 from negprompt_cli.artifact import load_prompts
 from negprompt_cli.cli import app
+from negprompt_cli.presets import default_scorer
 from negprompt_cli.thresholds import class_list_id
 
 POS_FAST = ["--epochs", "20", "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw", "--warmup-epochs", "0",
@@ -43,7 +44,9 @@ def test_full_pipeline(world):
     assert artifact.tensors["text_neg"].shape == (2, 2, 32)
     threshold = artifact.extra["threshold"]
     assert threshold["source"] == "training" and threshold["id_kept"] == 0.95
-    assert threshold["classes"] == class_list_id(["green bars", "red stripes"]) and threshold["scorer"] == "negprompt"
+    # calibrated for the scorer `score` uses by default on fit-neg prompts (chosen on validation)
+    assert threshold["classes"] == class_list_id(["green bars", "red stripes"])
+    assert threshold["scorer"] == default_scorer(True)
 
     # a new class list: the 2-class threshold does not carry over, and nothing is decided without one
     tr = invoke(["transfer", "--prompts", str(world / "neg.safetensors"), "--names", str(world / "new.txt"),
@@ -61,7 +64,7 @@ def test_full_pipeline(world):
     ood = invoke(["score", str(world / "ood"), "--prompts", str(world / "tr.safetensors"), "--format", "jsonl"])
     assert ood.exit_code == 0, ood.stderr
     rows = [json.loads(line) for line in ood.stdout.splitlines()]  # stdout is pure JSONL
-    assert len(rows) == 6 and all(r["scorer"] == "negprompt" for r in rows)
+    assert len(rows) == 6 and all(r["scorer"] == default_scorer(True) for r in rows)
     assert all(r["ood"] is None for r in rows) and ood.stderr.count("carry no OOD decision") == 0
     # ... while the original class list keeps its stored threshold
     same = invoke(["score", str(world / "ood"), "--prompts", str(world / "neg.safetensors"), "--format", "jsonl"])

@@ -246,3 +246,19 @@ def test_hybrid_scoring_with_a_fit_neg_artifact(scored, tiny_vit_dir):
     # the learned negatives only add to the denominator: every hybrid score is at most the plain one
     assert all(float(h["score"]) <= float(n["score"]) + 1e-12 for h, n in zip(h_rows, n_rows, strict=True))
     assert any(float(h["score"]) < float(n["score"]) for h, n in zip(h_rows, n_rows, strict=True))
+
+
+def test_a_threshold_calibrated_with_mined_labels_applies_only_to_the_same_settings():
+    from negprompt_cli.thresholds import applicable, class_list_id
+
+    names = ["cat", "dog"]
+    settings = {"pool": "neglabel", "lexicon": "abc", "percentile": 0.95, "fraction": 0.15, "count": None,
+                "seed": 0, "groups": 100}
+    record = {"value": 0.4, "scorer": "neglabel", "temperature": 0.01, "classes": class_list_id(names),
+              "settings": settings}
+    kwargs = {"names": names, "scorer": "neglabel", "temperature": 0.01}
+    assert applicable(record, names, **kwargs, settings=settings) == (0.4, None)
+    value, reason = applicable(record, names, **kwargs, settings={**settings, "groups": 10})
+    assert value is None and "other negative-label settings" in reason
+    value, reason = applicable({**record, "settings": None}, names, **kwargs, settings=settings)
+    assert value is None and "without negative labels" in reason

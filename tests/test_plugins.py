@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 import negprompt_cli
 from negprompt_cli import registry
 from negprompt_cli.cli import app
+from negprompt_cli.presets import default_scorer
 from negprompt_cli.registry import PluginHost, PluginWarning
 
 runner = CliRunner()
@@ -304,7 +305,7 @@ def test_a_third_party_negative_learner_with_its_own_options(tmp_path, monkeypat
     artifact = load_prompts(out, kind="negative")
     assert artifact.training["learner_options"] == {"n_neg": 3, "margin": 0.0}
     assert artifact.prompt["n_neg"] == 3 and artifact.tensors["text_neg"].shape == (2, 3, 32)
-    assert artifact.extra["threshold"]["scorer"] == "negprompt"
+    assert artifact.extra["threshold"]["scorer"] == default_scorer(True)  # calibrated for score's default
     scored = runner.invoke(app, ["score", str(data), "--prompts", str(out), "--format", "jsonl"])
     assert scored.exit_code == 0, scored.stderr
     assert all(json.loads(line)["ood"] is not None for line in scored.stdout.splitlines())

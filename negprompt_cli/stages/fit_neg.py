@@ -26,9 +26,11 @@ from ..data import ImageFolder, load_image_folder, read_names_file
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks
 from ..errors import IncompatibleArtifactError, UsageError
+from ..feature_cache import default_cache_dir
 from ..learners import PromptSettings, exported_tensors, learner_options, options_record
 from ..memory import AUTO, resolve_text_chunk
-from ..presets import NEGATIVE_OPTIM
+from ..negative_labels import LabelRequest, prepare, settings_fingerprint
+from ..presets import NEGATIVE_OPTIM, default_scorer
 from ..registry import get_host
 from ..text_encoder import SoftPromptTextEncoder
 from ..text_features import context_features
@@ -197,10 +199,19 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
         tensors = {"ctx_pos": positive.tensors["ctx_pos"], "ctx_neg": tensors["ctx_neg"], "text_pos": text_pos,
                    "text_neg": text_neg}
     calib_features, calib_source = (val[0], "validation") if val is not None else (features[:, 0], "training")
+    # the threshold is calibrated for the scorer `score` uses by default on these prompts (chosen on validation)
+    scorer = default_scorer(True)
+    scorer_fn = get_host().scorer(scorer)
+    tau = options.temperature if scorer == "negprompt" else float(getattr(scorer_fn, "default_temperature", 1.0))
+    mined_labels, scorer_options = prepare(backbone, scorer_fn, list(folder.class_names), tensors["text_pos"],
+                                           LabelRequest(), cache_dir=options.data.cache_dir or default_cache_dir(),
+                                           quiet=options.quiet)
     threshold, predictions = calibrate(calib_features, tensors["text_pos"], tensors["text_neg"],
-                                       names=folder.class_names, scorer="negprompt",
-                                       temperature=options.temperature, logit_scale=backbone.logit_scale,
-                                       source=calib_source)
+                                       names=folder.class_names, scorer=scorer, temperature=tau,
+                                       logit_scale=backbone.logit_scale, source=calib_source,
+                                       mined=mined_labels.features if mined_labels is not None else None,
+                                       scorer_options=scorer_options,
+                                       settings=settings_fingerprint(mined_labels, scorer_options))
     id_accuracy = float((predictions == (val[1] if val is not None else labels)).float().mean())
     summary.update({
         "out": str(options.out),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..adaptive import AdaptiveOptions, adaptive_scores
 from ..artifact import PromptArtifact, load_prompts
 from ..atomic import check_output_path, write_text_atomic
 from ..backbone import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
@@ -18,14 +20,21 @@ from ..distributed import SINGLE, Ranks, check_enough_items
 from ..errors import IncompatibleArtifactError, NegPromptError, NotFoundError, UsageError
 from ..feature_cache import default_cache_dir
 from ..image_features import EncodeOptions, encode_folder, encode_images_across
-from ..lexicon import load_lexicon
-from ..negative_labels import MiningOptions, mine
+from ..negative_labels import LabelRequest, prepare, settings_fingerprint
 from ..ood_scores import score_features
+from ..presets import default_scorer
 from ..registry import get_host
 from ..score_file import FORMATS, render_rows
 from ..text_encoder import SoftPromptTextEncoder
 from ..text_features import hand_template_features, text_features_for
-from ..thresholds import applicable, calibrate, calibrated_scorer, warn_no_decision
+from ..thresholds import (
+    ThresholdWarning,
+    applicable,
+    calibrate,
+    calibrated_scorer,
+    scoring_temperature,
+    warn_no_decision,
+)
 
 
 @dataclass
@@ -50,9 +59,8 @@ class ScoreOptions:
     quiet: bool = False
     calibrate: Path | None = None  # ID images to calibrate the threshold on, for exactly this scoring setup
     ranks: Ranks = SINGLE  # a torchrun job: every rank encodes its share, rank 0 scores and writes
-    lexicon: Path | None = None  # negative-label scorers: the lexicon to mine from (None: the shipped WordNet)
-    mining: MiningOptions = MiningOptions()  # its pool is the scorer's
-    groups: int = 100  # negative-label scorers: random groups of the negatives averaged over
+    labels: LabelRequest = LabelRequest()  # negative-label scorers: lexicon, mining, groups
+    adaptive: AdaptiveOptions | None = None  # test-time negatives (AdaNeg-style memory), in sorted-path order
 
 
 def score(options: ScoreOptions) -> dict[str, Any] | None:
@@ -82,7 +90,7 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
         encoder = SoftPromptTextEncoder(backbone)
         text_pos, text_neg = hand_template_features(encoder, names), None
         prompts_id = f"zero-shot:{backbone.name}:{backbone.pretrained}"
-        stored, stored_temperature, class_dirs, artifact_names, tau_scorer = None, 1.0, {}, names, None
+        stored, extra, class_dirs, artifact_names, tau_scorer = None, {}, {}, names, None
     else:
         assert options.prompts is not None
         artifact = load_prompts(options.prompts)
@@ -95,36 +103,37 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
                                                options.runtime.text_chunk)
         prompts_id = hashlib.sha256(options.prompts.read_bytes()).hexdigest()[:16]
         stored = artifact.extra.get("threshold")
-        stored_temperature = float(artifact.extra.get("temperature", 1.0))
+        extra = artifact.extra
         tau_scorer = calibrated_scorer(artifact.extra)
         class_dirs = training_folders(artifact, names)
         artifact_names = list(artifact.class_names)
-    scorer = options.scorer or ("negprompt" if text_neg is not None else "mcm")
+    # what the prompts recommend (the scorer their threshold was calibrated for), else the default
+    scorer = options.scorer or tau_scorer or default_scorer(text_neg is not None, zero_shot=options.zero_shot)
     scorer_fn = get_host().scorer(scorer)  # unknown names fail before any image is encoded
     if getattr(scorer_fn, "needs_negative_prompts", False) and text_neg is None:
         raise IncompatibleArtifactError(
             f"the {scorer} scorer needs negative prompts, and these prompts have none (a fit-pos artifact or "
             "--zero-shot)", hint="pass a fit-neg artifact, or use --scorer mcm (or neglabel / csp)")
     # The artifact's τ is the one its threshold was calibrated with: only that scorer inherits it.
-    if options.temperature is not None:
-        temperature = options.temperature
-    elif scorer == tau_scorer:
-        temperature = stored_temperature
-    else:
-        temperature = float(getattr(scorer_fn, "default_temperature", 1.0))
+    temperature = (options.temperature if options.temperature is not None
+                   else scoring_temperature(scorer, scorer_fn, extra))
+    if options.adaptive is not None:
+        _check_adaptive(scorer, scorer_fn, options)
     labels, scorer_options = None, None
-    pool = getattr(scorer_fn, "pool", None)
-    if pool is not None and options.groups < 1:
-        raise UsageError(f"--groups must be at least 1 (got {options.groups})")
-    if pool is not None and ranks.is_main:  # a negative-label scorer: mine its labels (only rank 0 scores)
-        labels = mine(backbone, load_lexicon(options.lexicon), names, text_pos, replace(options.mining, pool=pool),
-                      cache_dir=options.cache_dir or default_cache_dir(), quiet=options.quiet)
-        scorer_options = {"groups": options.groups, "seed": options.mining.seed}
+    if ranks.is_main:  # a negative-label scorer mines its labels (only rank 0 scores)
+        labels, scorer_options = prepare(backbone, scorer_fn, names, text_pos, options.labels,
+                                         cache_dir=options.cache_dir or default_cache_dir(), quiet=options.quiet)
+    settings = settings_fingerprint(labels, scorer_options)
     mined = labels.features if labels is not None else None
     precision = check_precision(backbone.device, options.precision)
     calibration, threshold, threshold_source = None, None, None
     if options.threshold is not None:
         threshold, threshold_source = options.threshold, "--threshold"
+    elif options.adaptive is not None:
+        if ranks.is_main:
+            warnings.warn("adaptive scores depend on the test stream: no stored or calibrated threshold applies, so "
+                          "scores carry no OOD decision; give --threshold VALUE for one", ThresholdWarning,
+                          stacklevel=2)
     elif options.calibrate is not None:
         encoding = EncodeOptions(options.cache_dir, options.batch_size, options.num_workers, precision,
                                  options.strict, options.quiet)
@@ -134,10 +143,11 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
             calibration, _ = calibrate(encoded_calibration[1], text_pos, text_neg, names=names, scorer=scorer,
                                        temperature=temperature, logit_scale=backbone.logit_scale,
                                        source=f"calibration images {options.calibrate}", mined=mined,
-                                       scorer_options=scorer_options)
+                                       scorer_options=scorer_options, settings=settings)
             threshold, threshold_source = calibration["value"], "--calibrate"
     else:
-        threshold, reason = applicable(stored, artifact_names, names=names, scorer=scorer, temperature=temperature)
+        threshold, reason = applicable(stored, artifact_names, names=names, scorer=scorer, temperature=temperature,
+                                       settings=settings)
         threshold_source = "stored" if threshold is not None else None
         if reason is not None and ranks.is_main:
             warn_no_decision(reason)
@@ -154,6 +164,11 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
     kept_paths = [paths[i] for i in keep]
     result = score_features(feats, text_pos, text_neg, scorer=scorer_fn, temperature=temperature,
                             logit_scale=backbone.logit_scale, mined=mined, scorer_options=scorer_options)
+    adaptive_record = None
+    if options.adaptive is not None:  # same predictions and cosines; the score comes from the memory
+        result.score, adaptive_record = adaptive_scores(
+            feats, text_pos, text_neg, mined, scorer=scorer_fn, temperature=temperature,
+            logit_scale=backbone.logit_scale, options=options.adaptive, scorer_options=scorer_options)
     broken = [str(kept_paths[i]) for i in torch.nonzero(~torch.isfinite(result.score)).flatten().tolist()]
     if broken:  # NaN is never an in-distribution score: damaged prompts or features, not an image verdict
         raise NegPromptError(f"non-finite scores for {len(broken)} image(s), e.g. {', '.join(broken[:3])}",
@@ -186,10 +201,23 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
                "scorer": scorer, "temperature": temperature, "threshold": threshold,
                "threshold_source": threshold_source, "calibration": calibration,
                "flagged_ood": flagged if threshold is not None else None, "out": str(options.out or "-"),
-               "negative_labels": labels.record() if labels is not None else None}
+               "negative_labels": labels.record() if labels is not None else None, "adaptive": adaptive_record}
     if options.out is None:
         summary["rendered"] = text  # the caller decides where it goes (the CLI: stdout)
     return summary
+
+
+ADAPTIVE_SCORERS = "neglabel, csp, negprompt+neglabel, negprompt+csp, negprompt-sum"
+
+
+def _check_adaptive(scorer: str, scorer_fn: Any, options: ScoreOptions) -> None:
+    """Bad --adaptive requests fail before any image is encoded."""
+    if not getattr(scorer_fn, "probability_score", False):
+        raise UsageError(f"--adaptive needs a scorer whose score is an ID probability among negatives; {scorer} is "
+                         "not one", hint=f"use --scorer with one of: {ADAPTIVE_SCORERS}")
+    if options.calibrate is not None:
+        raise UsageError("--adaptive cannot be combined with --calibrate: adaptive scores depend on the test stream",
+                         hint="give --threshold, or leave the decision to `negprompt report`")
 
 
 def training_folders(artifact: PromptArtifact, names: list[str]) -> dict[str, int]:
