@@ -46,8 +46,10 @@ def job(tmp_path, tiny_vit_dir):
     for extra in range(5):
         make_image_folder(tmp_path / "images" / f"more{extra}", classes=("blue_dots",), per_class=1, seed=extra)
     (tmp_path / "names.txt").write_text(NAMES)
+    # mcm: these tests are about splitting the work, not the scorer (the zero-shot default, csp, would mine the
+    # 70k-word WordNet lexicon with every fresh cache)
     common = ["--zero-shot", "--names", str(tmp_path / "names.txt"), "--backbone", f"local-dir:{tiny_vit_dir}",
-              "--batch-size", "4", "--quiet"]
+              "--batch-size", "4", "--scorer", "mcm", "--quiet"]
     return tmp_path, common
 
 
