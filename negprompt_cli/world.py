@@ -317,12 +317,9 @@ def caption(item: Item, rng: np.random.Generator, filler_probability: float = 0.
 
 
 def sample_items(n: int, rng: np.random.Generator, *, categories: Iterable[str] | None = None,
-                 colours: Iterable[str] | None = None, plain: bool = False) -> list[Item]:
-    """Random items of ``categories`` (default: the named ones, what pre-training sees).
-
-    ``plain`` draws every item solid on the dark background (world v1's look); otherwise textures
-    and backgrounds vary (40 % solid, 50 % dark).
-    """
+                 colours: Iterable[str] | None = None) -> list[Item]:
+    """Random items of ``categories`` (default: the named ones, what pre-training sees); textures and
+    backgrounds vary (40 % solid, 50 % on the dark background)."""
     allowed = list(categories) if categories is not None else list(NAMED)
     colour_list = list(colours) if colours is not None else list(COLOUR_NAMES)
     picks = rng.integers(len(allowed), size=n)
@@ -330,8 +327,7 @@ def sample_items(n: int, rng: np.random.Generator, *, categories: Iterable[str] 
     sizes = rng.integers(2, size=n)
     textures = rng.choice(len(TEXTURES), size=n, p=(0.4, 0.2, 0.2, 0.2))
     backgrounds = rng.choice(len(BACKGROUNDS), size=n, p=(0.5, 0.2, 0.15, 0.15))
-    return [Item(allowed[p], colour_list[c], SIZES[z], "solid" if plain else TEXTURES[t],
-                 "dark" if plain else BACKGROUNDS[b])
+    return [Item(allowed[p], colour_list[c], SIZES[z], TEXTURES[t], BACKGROUNDS[b])
             for p, c, z, t, b in zip(picks, colour_picks, sizes, textures, backgrounds, strict=True)]
 
 

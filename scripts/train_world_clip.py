@@ -15,7 +15,7 @@ unnamed ones never appear. Zero-shot accuracy is evaluated every 1000 steps and 
 category, colour, texture) and recorded in TRAINING.json with the run's settings and time.
 
 Usage: python scripts/train_world_clip.py [--steps 4500] [--batch 128] [--out DIR]
-(the shipped weights: ~45 min on 2 CPU cores)
+(the shipped weights: 67 min on 2 CPU cores, about 15 of them shared with other jobs; ~45 min alone)
 """
 
 from __future__ import annotations
