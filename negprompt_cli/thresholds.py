@@ -92,16 +92,20 @@ def applicable(record: dict[str, Any] | None, artifact_names: Sequence[str], *, 
     return float(record["value"]), None
 
 
+def _threshold_record(extra: dict[str, Any]) -> dict[str, Any]:
+    """An artifact's threshold record, or the one it was transferred from (kept across transfer)."""
+    return extra.get("threshold") or extra.get("transfer", {}).get("source_threshold") or {}
+
+
 def calibrated_scorer(extra: dict[str, Any]) -> str | None:
-    """The scorer an artifact's threshold was calibrated with, kept across transfer (its τ is the record's)."""
-    record = extra.get("threshold") or extra.get("transfer", {}).get("source_threshold")
+    """The scorer an artifact's threshold was calibrated with (its τ is the record's)."""
+    record = _threshold_record(extra)
     return record.get("scorer", "negprompt") if record else None
 
 
 def calibrated_temperature(extra: dict[str, Any]) -> float:
     """The τ that scorer ran at: the threshold record's (older artifacts: the training τ, which it equalled)."""
-    record = extra.get("threshold") or extra.get("transfer", {}).get("source_threshold") or {}
-    return float(record.get("temperature", extra.get("temperature", 1.0)))
+    return float(_threshold_record(extra).get("temperature", extra.get("temperature", 1.0)))
 
 
 def scoring_temperature(scorer: str, scorer_fn: Any, extra: dict[str, Any]) -> float:

@@ -34,7 +34,7 @@ from ..presets import NEGATIVE_OPTIM, default_scorer
 from ..registry import get_host
 from ..text_encoder import SoftPromptTextEncoder
 from ..text_features import context_features
-from ..thresholds import calibrate
+from ..thresholds import calibrate, scoring_temperature
 from ..training import OptimConfig, Selection, accuracy, train
 from ..training_data import DataOptions, labelled_features, run_fingerprint
 
@@ -202,7 +202,7 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
     # the threshold is calibrated for the scorer `score` uses by default on these prompts (chosen on validation)
     scorer = default_scorer(True)
     scorer_fn = get_host().scorer(scorer)
-    tau = options.temperature if scorer == "negprompt" else float(getattr(scorer_fn, "default_temperature", 1.0))
+    tau = scoring_temperature(scorer, scorer_fn, {"temperature": options.temperature})
     mined_labels, scorer_options = prepare(backbone, scorer_fn, list(folder.class_names), tensors["text_pos"],
                                            LabelRequest(), cache_dir=options.data.cache_dir or default_cache_dir(),
                                            quiet=options.quiet)
