@@ -70,6 +70,8 @@ if [ "$smoke" = 1 ]; then
 fi
 step neglabel neg score "$work/w/ood_near" --prompts "$work/fp32/all.safetensors" --scorer neglabel \
   --device "$device" --out "$work/neglabel.csv" --quiet "${lexicon[@]}"
+step adaptive neg score "$work/w/ood_near" --prompts "$work/fp32/all.safetensors" --scorer negprompt+neglabel \
+  --adaptive --device "$device" --out "$work/adaptive.csv" --quiet "${lexicon[@]}"
 # torchrun over two GPUs (nccl): the same bytes as one process (only on a machine with 2+ GPUs)
 gpus=$("$py" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)")
 if [ "$gpus" -ge 2 ]; then
