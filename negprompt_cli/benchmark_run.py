@@ -30,6 +30,7 @@ from .benchmark_layout import ImageList, check_layout
 from .benchmark_protocols import Protocol, imagenet_wnids, load_protocol
 from .checkpoint import checkpoint_path
 from .errors import IncompatibleArtifactError, NotFoundError, UsageError
+from .learners import PromptSettings
 from .metrics import ood_metrics
 from .negative_labels import LabelRequest
 from .presets import NEGATIVE_OPTIM, POSITIVE_OPTIM, OptimConfig
@@ -57,6 +58,7 @@ class BenchmarkOptions:
     zero_shot_scorers: tuple[str, ...] = ZERO_SHOT_SCORERS
     pos_optim: OptimConfig = POSITIVE_OPTIM
     neg_optim: OptimConfig = NEGATIVE_OPTIM
+    prompt: PromptSettings = field(default_factory=PromptSettings)  # the positive stage's context layout
     cache_dir: Path | None = None
     batch_size: int = 64
     num_workers: int | None = None
@@ -129,7 +131,7 @@ def _train(options: BenchmarkOptions, protocol: Protocol, views: dict[str, Any],
     pos, neg = folder / "pos.safetensors", folder / "neg.safetensors"
     folder.mkdir(parents=True, exist_ok=True)
     if not pos.exists():
-        fit_pos(FitPosOptions(backbone=options.backbone, data=data, out=pos,
+        fit_pos(FitPosOptions(backbone=options.backbone, data=data, out=pos, prompt=options.prompt,
                               optim=replace(options.pos_optim, seed=seed, precision=options.precision),
                               quiet=options.quiet, resume=checkpoint_path(pos).exists()))
     if not neg.exists():
@@ -203,12 +205,14 @@ def _claim_run_folder(options: BenchmarkOptions, protocol: Protocol) -> None:
     would report numbers that belong to something else."""
     setup = {"protocol": protocol.name, "weights": _weights_record(options.backbone),
              "shots": options.shots or protocol.shots, "open_vocabulary": protocol.open_vocabulary,
-             "positive": options.pos_optim.as_dict(), "negative": options.neg_optim.as_dict()}
+             "positive": options.pos_optim.as_dict(), "negative": options.neg_optim.as_dict(),
+             "prompt": options.prompt.as_dict()}
     setup["positive"].pop("seed", None)
     setup["negative"].pop("seed", None)
     marker = options.out / "run.json"
     if marker.exists():
         held = json.loads(marker.read_text())
+        held.setdefault("prompt", PromptSettings().as_dict())  # run folders from before the prompt was recorded
         different = sorted(k for k in setup if held.get(k) != json.loads(json.dumps(setup[k])))
         if different:
             raise IncompatibleArtifactError(
@@ -270,6 +274,7 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
                                   "fpr95_ood_positive": "OOD positive (OpenOOD v1.5): ID rejected at 95 % OOD "
                                                         "caught"},
               "optim": {"positive": options.pos_optim.as_dict(), "negative": options.neg_optim.as_dict()},
+              "prompt": options.prompt.as_dict(),
               "versions": package_versions(), "rows": rows}
     write_text_atomic(options.out / "report.json", json.dumps(report, indent=2) + "\n")
     write_text_atomic(options.out / "report.md", markdown(report))

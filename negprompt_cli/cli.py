@@ -800,6 +800,12 @@ def benchmark_run_command(
     imglist_root: ImgListRootOpt = None,
     pos_epochs: Annotated[int | None, typer.Option("--pos-epochs", help=f"Default: {POSITIVE_OPTIM.epochs}.")] = None,
     neg_epochs: Annotated[int | None, typer.Option("--neg-epochs", help=f"Default: {NEGATIVE_OPTIM.epochs}.")] = None,
+    n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Positive stage context tokens (default 16, the "
+                                              "paper's; the released code: 4).")] = None,
+    ctx_init: Annotated[str | None, typer.Option("--ctx-init", help="Positive stage context initialisation (the "
+                                                 "released code: 'a photo of a').")] = None,
+    suffix: Annotated[str | None, typer.Option("--suffix", help="Text after the class name (default '.'; the "
+                                               "released code: '').")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")] = 64,
     cache_dir: CacheOpt = None,
     workers: WorkersOpt = None,
@@ -811,6 +817,7 @@ def benchmark_run_command(
     """Run PROTOCOL end to end (train per seed, score every set, report with the published numbers)."""
     from .benchmark_run import BenchmarkOptions, run_benchmark, table
     from .errors import UsageError
+    from .learners import PromptSettings
     from .stages.benchmark import image_lists
 
     try:
@@ -823,7 +830,8 @@ def benchmark_run_command(
         seeds=seed_list, shots=shots, learned_scorers=tuple(s for s in scorers.split(",") if s),
         zero_shot_scorers=tuple(s for s in zero_shot_scorers.split(",") if s),
         pos_optim=override(POSITIVE_OPTIM, epochs=pos_epochs), neg_optim=override(NEGATIVE_OPTIM, epochs=neg_epochs),
-        cache_dir=cache_dir, batch_size=batch_size, num_workers=workers, precision=runtime["precision"],
+        prompt=override(PromptSettings(), n_ctx=n_ctx, ctx_init=ctx_init, suffix=suffix), cache_dir=cache_dir,
+        batch_size=batch_size, num_workers=workers, precision=runtime["precision"],
         quiet=quiet or json_out, lexicon=lexicon, image_lists=image_lists(imglist or [], imglist_root, root)))
     for line in table(report):
         info(" | ".join(line))

@@ -105,7 +105,7 @@ def default_names(class_dirs: list[str]) -> list[str]:
 
 
 def read_names_file(path: Path) -> list[str]:
-    """A plain list of class names, one per line; blank lines and duplicates are errors."""
+    """A plain list of class names, one per line; blank lines are errors, duplicates a warning."""
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"class-names file not found: {path}")
@@ -145,11 +145,23 @@ def read_class_names(path: Path, class_dirs: list[str]) -> list[str]:
 
 
 def _check_duplicates(path: Path, names: list[str]) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise UsageError(f"{path}: duplicate class name {name!r}")
-        seen.add(name)
+    """Warn about names given to more than one class.
+
+    Not an error: the standard ImageNet-1k list every CLIP paper uses (OpenAI's, open_clip's
+    IMAGENET_CLASSNAMES) names two classes "missile" and two "sunglasses", and a reproduction has to
+    keep it. Classes stay distinct by position; two classes with one name get identical prompts, so
+    the model cannot tell them apart, which is worth knowing.
+    """
+    lines: dict[str, list[int]] = {}
+    for number, name in enumerate(names, 1):
+        lines.setdefault(name, []).append(number)
+    repeated = [(name, at) for name, at in lines.items() if len(at) > 1]
+    if repeated:
+        shown = "; ".join(f"{name!r} (classes {', '.join(map(str, at))})" for name, at in repeated[:3])
+        more = f" and {len(repeated) - 3} more" if len(repeated) > 3 else ""
+        warnings.warn(f"{path}: {len(repeated)} class name(s) given to more than one class: {shown}{more}; "
+                      "those classes get identical prompts and cannot be told apart", NegPromptWarning,
+                      stacklevel=3)
 
 
 @dataclass

@@ -202,6 +202,10 @@ def test_run_a_miniature_protocol_end_to_end_and_rerun_for_free(tmp_path, tiny_v
     # ... but not with other weights or training settings in the same folder
     other = invoke([*args[:-1], "--neg-epochs", "3"])
     assert other.exit_code == 5 and f"Error: {out} holds a run with other negative" in other.stderr
+    assert report["prompt"] == {"n_ctx": 16, "ctx_init": None, "csc": False, "suffix": ".",
+                                "class_token_position": "end"}
+    other = invoke([*args[:-1], "--n-ctx", "4"])
+    assert other.exit_code == 5 and f"Error: {out} holds a run with other prompt" in other.stderr
 
 
 def test_run_refuses_a_broken_layout_and_trains_open_vocabulary_negatives_on_the_fraction(tmp_path, tiny_vit_dir):
@@ -212,7 +216,7 @@ def test_run_refuses_a_broken_layout_and_trains_open_vocabulary_negatives_on_the
     backbone = f"local-dir:{tiny_vit_dir}"
     args = ["benchmark", "run", str(protocol_file), "--root", str(root), "--out", str(tmp_path / "run"),
             "--backbone", backbone, "--seeds", "1", "--shots", "2", "--pos-epochs", "1", "--neg-epochs", "1",
-            "--zero-shot-scorers", "", "--scorers", "negprompt"]
+            "--zero-shot-scorers", "", "--scorers", "negprompt", "--ctx-init", "a photo of a", "--suffix", ""]
     broken = invoke(args)
     assert broken.exit_code == 2 and "1 problem(s) in the layout" in broken.stderr
     assert not (tmp_path / "run").exists()
@@ -224,6 +228,10 @@ def test_run_refuses_a_broken_layout_and_trains_open_vocabulary_negatives_on_the
     assert result.exit_code == 0, result.stderr
     artifact = load_prompts(tmp_path / "run" / "seed-1" / "neg.safetensors")
     assert len(artifact.training["train_classes"]) == 1 and len(artifact.class_names) == 3
+    # the released code's prompt layout (--ctx-init 'a photo of a' --suffix ''): 4 context tokens, no full stop
+    positive = load_prompts(tmp_path / "run" / "seed-1" / "pos.safetensors")
+    assert (positive.prompt["n_ctx"], positive.prompt["ctx_init"], positive.prompt["suffix"]) == (4, "a photo of a", "")
+    assert positive.tensors["ctx_pos"].shape[0] == 4
 
 
 def shrink(name: str, tmp_path):

@@ -35,7 +35,6 @@ def test_class_names_file_plain_and_tab(image_folder, tmp_path):
     ("content", "message"),
     [
         ("a\nb\n", "has 2 class names but the data has 3"),
-        ("a\na\nb\n", "duplicate class name 'a'"),
         ("a\n\nb\n", "blank line"),
         ("", "is empty"),
         ("red_stripes\tx\nblue_dots\ty\n", "names no class for folder 'green_bars'"),

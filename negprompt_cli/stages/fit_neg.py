@@ -68,8 +68,8 @@ def select_train_classes(class_dirs: list[str], names: list[str], options: FitNe
         wanted = read_names_file(options.train_classes)
         chosen = []
         for item in wanted:
-            if item in names:
-                chosen.append(names.index(item))
+            if item in names:  # every class of that name (ImageNet's list names two classes "missile")
+                chosen.extend(i for i, name in enumerate(names) if name == item)
             elif item in class_dirs:
                 chosen.append(class_dirs.index(item))
             else:

@@ -226,7 +226,13 @@ def training_folders(artifact: PromptArtifact, names: list[str]) -> dict[str, in
     trained_names = artifact.extra.get("transfer", {}).get("source_classes", artifact.class_names)
     if len(dirs) != len(trained_names):
         return {}
-    return {d: names.index(n) for d, n in zip(dirs, trained_names, strict=True) if n in names}
+    if list(names) == list(trained_names):  # by position: right even where two classes share a name
+        return {d: i for i, d in enumerate(dirs)}
+    where: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        where.setdefault(name, []).append(i)
+    # a name given to several classes of the new list says nothing about which one the folder is
+    return {d: where[n][0] for d, n in zip(dirs, trained_names, strict=True) if len(where.get(n, ())) == 1}
 
 
 def _label_lookup(names: list[str], folders: dict[str, int]) -> dict[str, int]:
