@@ -112,12 +112,18 @@ def cache_rows(cache: Path) -> int:
     return rows
 
 
+def _obey_ctrl_c() -> None:
+    """A benchmark started in the background (`cmd &`) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt: the CLI must get the default disposition to be interrupted like a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_phase(name: str, command: list[str], env: dict[str, str], cache: Path,
               interrupt_when: Path | None = None, interrupt_delay: float = 0.0) -> dict[str, Any]:
     """One CLI call in its own process group; its wall time, exit code, peak RSS and the cache rows after it."""
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=_obey_ctrl_c)
     interrupted_at = None
     if interrupt_when is not None:
         while process.poll() is None and not interrupt_when.exists():
@@ -125,14 +131,21 @@ def run_phase(name: str, command: list[str], env: dict[str, str], cache: Path,
         time.sleep(interrupt_delay)
         if process.poll() is None:
             interrupted_at = time.perf_counter() - start
+            if shutil.which("py-spy"):  # where the process was when Ctrl-C came (a dev tool, optional)
+                dump = subprocess.run(["py-spy", "dump", "--pid", str(process.pid)], capture_output=True, text=True)
+                (cache.parent / "interrupted-at.txt").write_text(dump.stdout + dump.stderr)
             os.killpg(process.pid, signal.SIGINT)
     stdout, stderr = process.communicate()
+    slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
+    (cache.parent / f"{slug}.stderr").write_text(stderr)
     seconds = time.perf_counter() - start
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # the largest child so far
     result = {"phase": name, "seconds": round(seconds, 1), "exit_code": process.returncode,
               "cache_rows": cache_rows(cache), "peak_rss_gb_so_far": round(peak_gb, 2)}
     if interrupted_at is not None:
         result["interrupted_after_s"] = round(interrupted_at, 1)
+        if process.returncode != 130:
+            print(f"{name}: Ctrl-C was not obeyed (exit {process.returncode})", file=sys.stderr)
     tail = stderr.strip().splitlines()[-3:]
     result["stderr_tail"] = tail
     print(f"{name}: {result['seconds']} s, exit {process.returncode}, {result['cache_rows']} cached rows; "

@@ -231,6 +231,8 @@ def published_for(protocol: Protocol, request: BackboneRequest, mode: str, score
 
 def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
     protocol = load_protocol(options.protocol)
+    if options.shots:  # the layout needs as many training images as the run will take, not the protocol's
+        protocol = replace(protocol, shots=options.shots)
     if not Path(options.root).is_dir():
         raise NotFoundError(f"benchmark root not found: {options.root}")
     # the first run opens every image; a continued one (its run folder exists) only counts them again

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from .errors import UsageError
 
@@ -24,6 +23,8 @@ def _fpr_at_tpr(positive_scores: np.ndarray, negative_scores: np.ndarray, tpr_le
     """FPR at the first threshold whose TPR reaches ``tpr_level`` (positives score higher)."""
     labels = np.concatenate([np.ones(len(positive_scores)), np.zeros(len(negative_scores))])
     scores = np.concatenate([positive_scores, negative_scores])
+    from sklearn.metrics import roc_curve  # noqa: PLC0415 (sklearn costs every command ~1.5 s to import)
+
     fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
     index = int(np.searchsorted(tpr, tpr_level, side="left"))
     return float(fpr[index]), float(thresholds[index])
@@ -37,6 +38,8 @@ def ood_metrics(id_scores, ood_scores, *, tpr_level: float = 0.95, fpr_conventio
         raise UsageError("OOD metrics need both ID and OOD scores")
     if fpr_convention not in CONVENTIONS:
         raise UsageError(f"unknown FPR convention {fpr_convention!r}", hint=f"choose one of {', '.join(CONVENTIONS)}")
+    from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: PLC0415 (see _fpr_at_tpr)
+
     labels = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
     scores = np.concatenate([id_scores, ood_scores])
     if fpr_convention == "id-positive":

@@ -313,3 +313,18 @@ def test_ood_sets_from_an_image_list_are_checked_and_scored_as_listed(tmp_path, 
     assert len(scores.read_text().splitlines()) == 1 + 3  # exactly the listed images
     wrong = invoke(["benchmark", "check", str(protocol_file), "--root", str(root), "--imglist", f"SSB={listing}"])
     assert wrong.exit_code == 2 and "Error: --imglist names 'SSB', which is not an OOD set of" in wrong.stderr
+
+
+def test_run_checks_the_train_folders_against_its_own_shots(tmp_path, tiny_vit_dir):
+    protocol_file, root = miniature(tmp_path)  # the protocol takes 2 shots; every train folder holds 3 images
+    args = ["benchmark", "run", str(protocol_file), "--root", str(root), "--out", str(tmp_path / "run"),
+            "--backbone", f"local-dir:{tiny_vit_dir}", "--seeds", "1", "--pos-epochs", "1", "--neg-epochs", "1",
+            "--zero-shot-scorers", "", "--scorers", "mcm"]
+    more = invoke([*args, "--shots", "4"])
+    assert more.exit_code == 2 and "1 problem(s) in the layout" in more.stderr
+    assert not (tmp_path / "run").exists()
+    for image in sorted((root / "imagenet" / "train" / KNOWN[0]).iterdir())[1:]:
+        image.unlink()  # 1 image: too few for the protocol's 2 shots, enough for --shots 1
+    fewer = invoke([*args, "--shots", "1"])
+    assert fewer.exit_code == 0, fewer.stderr
+    assert invoke(args).exit_code == 2  # the protocol's 2 shots
