@@ -200,9 +200,15 @@ def _aggregate(per_seed: list[dict[str, Any]], ood_names: list[str]) -> dict[str
             "id_accuracy": _mean_std([s["id_accuracy"] for s in per_seed])}
 
 
+def _holds_results(out: Path) -> bool:
+    """Whether a run folder has anything a setup produced: prompts, checkpoints or score files."""
+    return any(p.is_file() for pattern in ("seed-*/**/*", "zero-shot/**/*") for p in out.glob(pattern))
+
+
 def _claim_run_folder(options: BenchmarkOptions, protocol: Protocol) -> None:
     """A run folder holds one setup: reusing its artifacts for other weights, protocol or training settings
-    would report numbers that belong to something else."""
+    would report numbers that belong to something else. A folder whose run stopped before producing anything
+    (a bad --n-ctx, a name too long for the text tower) takes the corrected settings of the same protocol."""
     setup = {"protocol": protocol.name, "weights": _weights_record(options.backbone),
              "shots": options.shots or protocol.shots, "open_vocabulary": protocol.open_vocabulary,
              "positive": options.pos_optim.as_dict(), "negative": options.neg_optim.as_dict(),
@@ -214,6 +220,9 @@ def _claim_run_folder(options: BenchmarkOptions, protocol: Protocol) -> None:
         held = json.loads(marker.read_text())
         held.setdefault("prompt", PromptSettings().as_dict())  # run folders from before the prompt was recorded
         different = sorted(k for k in setup if held.get(k) != json.loads(json.dumps(setup[k])))
+        if different and "protocol" not in different and not _holds_results(options.out):
+            different = []
+            write_text_atomic(marker, json.dumps(setup, indent=2) + "\n")
         if different:
             raise IncompatibleArtifactError(
                 f"{options.out} holds a run with other {', '.join(different)} (see {marker})",

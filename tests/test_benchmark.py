@@ -221,6 +221,10 @@ def test_run_refuses_a_broken_layout_and_trains_open_vocabulary_negatives_on_the
     assert broken.exit_code == 2 and "1 problem(s) in the layout" in broken.stderr
     assert not (tmp_path / "run").exists()
     (tmp_path / "elsewhere").rename(root / "dtd")
+    # a run that stops before producing anything leaves a folder that takes corrected settings
+    bad = invoke([*args, "--ctx-init", "", "--n-ctx", "0"])
+    assert bad.exit_code == 2 and "--n-ctx must be at least 1" in bad.stderr
+    assert (tmp_path / "run" / "run.json").exists() and not list((tmp_path / "run").glob("seed-*/*"))
     spec = json.loads(protocol_file.read_text())
     spec["open_vocabulary"] = {"train_fraction": 0.34}
     protocol_file.write_text(json.dumps(spec))
