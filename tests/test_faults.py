@@ -278,3 +278,18 @@ def test_world_export_refuses_to_mix_with_an_earlier_export(tmp_path):
     assert sorted(p.name for p in (out / "test").iterdir()) == ["heart", "ring"]
     assert not {"ring", "heart"} & {p.name for p in (out / "ood_near").iterdir()}
     assert (out / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("verb", ["verify", "gc"])
+def test_cache_commands_on_a_missing_folder_say_so(tmp_path, verb):
+    # a mistyped --cache-dir must not read as "0 rows, all verified"
+    missing = tmp_path / "no-such-cache"
+    result = invoke(["cache", verb, "--cache-dir", str(missing)])
+    assert result.exit_code == 3
+    assert f"feature cache folder not found: {missing}" in result.stderr
+    assert "Traceback" not in result.stderr and not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ok = invoke(["cache", verb, "--cache-dir", str(empty), "--json"])
+    assert ok.exit_code == 0, ok.stderr
+    assert json.loads(ok.stdout)["rows"] == 0

@@ -16,7 +16,7 @@ from ..backbone import BackboneRequest, load_backbone
 from ..data import find_images
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, check_enough_items
-from ..errors import NegPromptError, UsageError
+from ..errors import NegPromptError, NotFoundError, UsageError
 from ..feature_cache import compact, default_cache_dir, verify
 from ..image_features import EncodeStats, View, encode_images_across
 
@@ -86,9 +86,19 @@ def build(options: CacheBuildOptions) -> dict[str, Any] | None:
             "cache_dir": str(root), "backbone": backbone.identity(), "processes": options.ranks.world_size}
 
 
+def existing_cache(cache_dir: Path | None) -> Path:
+    """The cache root to check or compact. A folder named on the command line that does not exist is most
+    likely a typo, so it is an error rather than an empty cache; the default root may not exist yet."""
+    root = cache_root(cache_dir)
+    if cache_dir is not None and not root.is_dir():
+        raise NotFoundError(f"feature cache folder not found: {root}",
+                            hint="--cache-dir names the folder that fit-*/score/cache build wrote to")
+    return root
+
+
 def verify_cache(cache_dir: Path | None) -> dict[str, Any]:
     """Every key's shards read and checked; ``damaged`` counts shards that fail."""
-    root = cache_root(cache_dir)
+    root = existing_cache(cache_dir)
     keys = [k.as_dict() for k in verify(root)]
     return {"cache_dir": str(root), "keys": keys, "shards": sum(k["shards"] for k in keys),
             "rows": sum(k["unique_rows"] for k in keys), "damaged": sum(len(k["damaged"]) for k in keys),
@@ -97,7 +107,7 @@ def verify_cache(cache_dir: Path | None) -> dict[str, Any]:
 
 def gc_cache(cache_dir: Path | None) -> dict[str, Any]:
     """Compact every key: merge shards, drop duplicates, damaged shards and abandoned temporary files."""
-    root = cache_root(cache_dir)
+    root = existing_cache(cache_dir)
     if not root.is_dir():
         return {"cache_dir": str(root), "keys": [], "shards": 0, "rows": 0, "removed": 0}
     keys = [k.as_dict() for k in compact(root)]
