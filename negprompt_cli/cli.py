@@ -599,8 +599,9 @@ def world_export_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Render the world as ImageFolder trees so every CLI path can run on real files."""
+    from .atomic import check_writable
     from .errors import NotFoundError, UsageError
-    from .world import CATEGORIES, UNNAMED, WorldSpec, default_spec, export_world, remove_export
+    from .world import CATEGORIES, UNNAMED, WorldSpec, default_spec, export_world_into
 
     if not out.parent.exists():
         raise NotFoundError(f"output directory's parent does not exist: {out.parent}")
@@ -627,13 +628,16 @@ def world_export_command(
     k = train_classes if train_classes is not None else len(ids)
     if not 1 <= k <= len(ids):
         raise UsageError(f"--train-classes must be between 1 and {len(ids)} (got {k})")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UsageError(f"{out} is not empty: an export there would mix with what it holds",
-                             hint="choose an empty or new folder, or pass --overwrite to replace an earlier export")
-        remove_export(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file; the world is written into a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"{out} is not empty: an export there would mix with what it holds",
+                         hint="choose an empty or new folder, or pass --overwrite to replace an earlier export")
+    check_writable(out.parent)  # the export is rendered beside OUT, then moved in
+    if out.exists():
+        check_writable(out)
     hidden = tuple(c for c in UNNAMED if c not in ids and c not in oods) if unnamed else ()
-    paths = export_world(out, WorldSpec(ids, oods, ids[:k], shots, test_per_class, far, seed, calib, hidden))
+    paths = export_world_into(out, WorldSpec(ids, oods, ids[:k], shots, test_per_class, far, seed, calib, hidden))
     info(f"Wrote the world to {out}: train/ ({k} classes x {shots}), test/ ({len(ids)} x {test_per_class}), "
          f"calib/ ({len(ids)} x {calib}), ood_near/ ({len(oods)} x {test_per_class}), "
          + (f"ood_unnamed/ ({len(hidden)} categories), " if hidden else "")

@@ -415,6 +415,26 @@ def check_categories(names: Iterable[str]) -> None:
             raise ValueError(f"unknown shape {name!r}; categories: {', '.join(CATEGORIES)}")
 
 
+def export_world_into(out: Path, spec: WorldSpec) -> dict[str, Path]:
+    """``export_world`` rendered in a hidden sibling folder and moved into ``out`` only once complete, so an
+    interrupted or failed export leaves no partial tree there (the demanding case: Ctrl-C during ood_far/).
+    An earlier export in ``out`` is replaced; anything else there is left alone."""
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        written = export_world(staging, spec)
+        out.mkdir(exist_ok=True)
+        remove_export(out)
+        for entry in sorted(staging.iterdir()):
+            shutil.move(entry, out / entry.name)  # a rename, unless OUT is a mount point
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {name: out / path.relative_to(staging) for name, path in written.items()}
+
+
 def export_world(root: Path, spec: WorldSpec) -> dict[str, Path]:
     """Write the ImageFolder trees and name lists; each split has its own seeded random stream."""
     check_categories((*spec.id_shapes, *spec.ood_shapes, *spec.unnamed_shapes))

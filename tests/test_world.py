@@ -110,3 +110,27 @@ def test_world_export_cli(tmp_path):
 def test_every_category_renders_visibly(shape):
     img = world.render([world.Item(shape, "white", "small")], np.random.default_rng(3))[0]
     assert (img.min(axis=-1) > 150).sum() >= 20
+
+
+def test_world_export_is_all_or_nothing(tmp_path, monkeypatch):
+    runner = CliRunner()
+    target = tmp_path / "w"
+    args = ["world", "export", str(target), "--id", "circle,heart", "--shots", "1", "--test-per-class", "1",
+            "--far", "2", "--no-unnamed"]
+    # a failure while rendering the far-OOD set (after train/, test/, ood_near/ are written) leaves no trace
+    real = world.export_images
+    monkeypatch.setattr(world, "export_images", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    interrupted = runner.invoke(app, args)
+    assert interrupted.exit_code == 130
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(world, "export_images", real)
+    assert runner.invoke(app, args).exit_code == 0
+    (target / "notes.txt").write_text("mine")
+    again = runner.invoke(app, [*args, "--overwrite", "--id", "star,heart"])
+    assert again.exit_code == 0, again.stderr
+    assert sorted(p.name for p in (target / "test").iterdir()) == ["heart", "star"]
+    assert (target / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # no staging folder left beside it
+    (tmp_path / "file").write_text("x")
+    bad = runner.invoke(app, ["world", "export", str(tmp_path / "file")])
+    assert bad.exit_code == 2 and "is a file" in bad.stderr and "Traceback" not in bad.stderr
