@@ -225,6 +225,12 @@ def test_bad_inputs(world, tmp_path, tiny_rn_dir):
     (tmp_path / "junk.csv").write_text("a,b\n1,2\n")
     error(["report", "--id", str(tmp_path / "id.csv"), "--ood", f"j={tmp_path / 'junk.csv'}"], 2,
           "not a negprompt score file")
+    # the ID file given as an OOD set: the numbers are computed, with a warning naming the overlap
+    same = invoke(["report", "--id", str(tmp_path / "id.csv"), "--ood", f"same={tmp_path / 'id.csv'}", "--json"])
+    assert same.exit_code == 0, same.stderr
+    n = json.loads(same.stdout)["id"]["n"]
+    assert f"OOD set 'same' shares {n} of its {n} image(s) with the ID set" in same.stderr
+    assert json.loads(same.stdout)["ood"]["same"]["auroc"] == pytest.approx(0.5)
     # nothing half-written anywhere
     assert not (tmp_path / "t.safetensors").exists() and not (tmp_path / "x.safetensors").exists()
 

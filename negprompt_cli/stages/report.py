@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_folder, check_writable
-from ..errors import NotFoundError, UsageError
+from ..errors import NegPromptWarning, NotFoundError, UsageError
 from ..metrics import AUPR_ESTIMATOR, ood_metrics
 from ..report_table import TABLE_HEADER, markdown_table, table_rows
 from ..score_file import read_score_file
@@ -58,6 +59,7 @@ def build_report(options: ReportOptions) -> dict[str, Any]:
     id_rows = read_score_file(options.id_file)
     ood_rows = {name: read_score_file(path) for name, path in options.ood}
     _check_compatible(options.id_file, id_rows, {name: path for name, path in options.ood}, ood_rows)
+    _warn_shared_images(id_rows, ood_rows)
     id_scores = np.array([r["score"] for r in id_rows])
     results: dict[str, Any] = {}
     for name, rows in ood_rows.items():
@@ -96,6 +98,17 @@ def _check_compatible(id_file: Path, id_rows, ood_files, ood_rows) -> None:  # t
         if other != ref:
             raise UsageError(f"score files disagree: {id_file} has scorer/prompts {ref}, {ood_files[name]} has {other}",
                              hint="score every set with the same --prompts and --scorer")
+
+
+def _warn_shared_images(id_rows, ood_rows) -> None:  # type: ignore[no-untyped-def]
+    """An OOD set that holds ID images (a wrong --ood file, the ID file given twice) still gives plausible
+    numbers, so say so; the metrics are computed as asked."""
+    id_paths = {r["path"] for r in id_rows}
+    for name, rows in ood_rows.items():
+        shared = sum(r["path"] in id_paths for r in rows)
+        if shared:
+            warnings.warn(f"OOD set {name!r} shares {shared} of its {len(rows)} image(s) with the ID set (same "
+                          "paths); its metrics count those images as both ID and OOD", NegPromptWarning, stacklevel=2)
 
 
 def id_accuracy(rows: list[dict[str, Any]]) -> float | None:
