@@ -508,6 +508,7 @@ def score_command(
         ))
     if summary is None:  # a rank other than 0 of a torchrun job: rank 0 reports and writes
         return
+    del summary["rows"]  # the rows go to --out or stdout; --json is the summary only
     if out is None:
         sys.stdout.write(summary.pop("rendered"))
         sys.stdout.flush()

@@ -64,8 +64,9 @@ class ScoreOptions:
 
 
 def score(options: ScoreOptions) -> dict[str, Any] | None:
-    """Score every image; returns the summary. With ``out`` the rows are written there (atomically), otherwise
-    the summary carries them as ``rendered`` text for the caller to print.
+    """Score every image; returns the summary, with the rows themselves under ``rows`` (one dict per image, the
+    columns of the score file) for Python callers. With ``out`` the rows are also written there (atomically),
+    otherwise the summary carries them as ``rendered`` text for the caller to print.
 
     In a torchrun job only rank 0 returns a summary (and writes); the other ranks return None once their
     share of the images is encoded and handed over."""
@@ -204,6 +205,7 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
                "negative_labels": labels.record() if labels is not None else None, "adaptive": adaptive_record}
     if options.out is None:
         summary["rendered"] = text  # the caller decides where it goes (the CLI: stdout)
+    summary["rows"] = rows
     return summary
 
 
