@@ -92,7 +92,8 @@ def existing_cache(cache_dir: Path | None) -> Path:
     root = cache_root(cache_dir)
     if cache_dir is not None and not root.is_dir():
         raise NotFoundError(f"feature cache folder not found: {root}",
-                            hint="--cache-dir names the folder that fit-*/score/cache build wrote to")
+                            hint="--cache-dir (or NEGPROMPT_CACHE) names the folder that fit-*, score and "
+                                 "cache build wrote to")
     return root
 
 
