@@ -233,6 +233,7 @@ def test_a_damaged_cache_shard_is_re_encoded(setup):
     again = invoke([*cmd, str(root / "b.csv"), "--json"])
     assert again.exit_code == 0, again.stderr
     assert "damaged feature-cache shard" in again.stderr and json.loads(again.stdout)["encoded"] == 8
+    assert "rows" not in json.loads(again.stdout)  # --json is the summary; the rows are in --out
     assert (root / "a.csv").read_text() == (root / "b.csv").read_text()
 
 
