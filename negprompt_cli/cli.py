@@ -640,7 +640,8 @@ def world_export_command(
     hidden = tuple(c for c in UNNAMED if c not in ids and c not in oods) if unnamed else ()
     paths = export_world_into(out, WorldSpec(ids, oods, ids[:k], shots, test_per_class, far, seed, calib, hidden))
     info(f"Wrote the world to {out}: train/ ({k} classes x {shots}), test/ ({len(ids)} x {test_per_class}), "
-         f"calib/ ({len(ids)} x {calib}), ood_near/ ({len(oods)} x {test_per_class}), "
+         + (f"calib/ ({len(ids)} x {calib}), " if calib else "")
+         + f"ood_near/ ({len(oods)} x {test_per_class}), "
          + (f"ood_unnamed/ ({len(hidden)} categories), " if hidden else "")
          + f"ood_far/ ({far}), id_names.txt, train_names.txt")
     if json_out:

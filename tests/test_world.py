@@ -134,3 +134,11 @@ def test_world_export_is_all_or_nothing(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
     bad = runner.invoke(app, ["world", "export", str(tmp_path / "file")])
     assert bad.exit_code == 2 and "is a file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_world_export_without_calibration_images_names_no_calib_folder(tmp_path):
+    result = CliRunner().invoke(app, ["world", "export", str(tmp_path / "w"), "--shots", "1", "--test-per-class",
+                                      "1", "--far", "1", "--calib-per-class", "0", "--no-unnamed"])
+    assert result.exit_code == 0, result.stderr
+    assert "calib/" not in result.stderr and not (tmp_path / "w" / "calib").exists()
+    assert "train/ (6 classes x 1)" in result.stderr
