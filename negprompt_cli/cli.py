@@ -949,6 +949,33 @@ def plugins_command(json_out: JsonOpt = False) -> None:
     err.print(table)
 
 
+@app.command("env", epilog=EPILOG)
+@reports_errors
+def env_command(json_out: JsonOpt = False) -> None:
+    """Versions, CUDA devices, cache locations and settings from the environment: paste it into a bug report."""
+    from .environment import describe_environment
+
+    facts = describe_environment()
+    if json_out:
+        emit_json(facts)
+        return
+    gpu = facts["torch"]
+    info(f"negprompt {facts['negprompt']}, python {facts['python']} ({facts['executable']}), {facts['platform']}")
+    info("packages: " + ", ".join(f"{k} {v or 'missing'}" for k, v in facts["packages"].items()))
+    info(f"torch {gpu['version']}: " + (f"CUDA {gpu['cuda_build']} build" if gpu["cuda_build"] else "CPU-only build")
+         + f", CUDA available: {'yes' if gpu['cuda_available'] else 'no'}, {gpu['cpu_threads']} CPU threads")
+    for device in gpu["devices"]:
+        info(f"  cuda:{device['index']}: {device['name']}, compute {device['capability']}, "
+             f"{device['memory_gib']} GiB, bf16 {'yes' if device['bf16'] else 'no'}")
+    cache = facts["feature_cache"]
+    info(f"feature cache: {cache['path']}" + ("" if cache["exists"] else " (not created yet)"))
+    info(f"Hugging Face cache: {facts['hub']['cache']}, offline: {'yes' if facts['hub']['offline'] else 'no'}")
+    info("plugins: " + ", ".join(f"{p['name']} {p['version'] or ''}".strip()
+                                 + (f" (failed: {p['error']})" if p["error"] else "") for p in facts["plugins"]))
+    if facts["environment"]:
+        info("environment: " + ", ".join(f"{name}={value}" for name, value in facts["environment"].items()))
+
+
 @app.command("inspect", epilog=EPILOG)
 @reports_errors
 def inspect_command(

@@ -27,6 +27,7 @@ smoke=${SMOKE:-0}
 echo "gpu-check: device $device, smoke $smoke, output $out" >&2
 neg() { "$py" -m negprompt_cli "$@"; }
 started=$(date +%s)
+neg env --json >"$out/env.json" 2>>"$out/pipeline.log"  # versions, devices, settings of this run
 
 # 1. the test suite on this device
 # (tests/test_scale.py is left out: its torchrun ranks run on the CPU by design, so a GPU adds nothing there)
