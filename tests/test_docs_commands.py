@@ -17,13 +17,13 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def invocations(text: str) -> list[str]:
-    """What follows `negprompt` in shell code blocks (continuations joined, comments dropped) and in inline
-    code spans."""
+    """What follows `negprompt` (or `python -m negprompt_cli`, `torchrun ... -m negprompt_cli`) in shell code
+    blocks (continuations joined, comments dropped) and in inline code spans."""
     found = []
     for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, re.S):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
             for part in re.split(r"&&|\|\||;|\|", line.split(" #")[0]):
-                match = re.search(r"(?:^|\s)negprompt\s+(.*)", part.strip())
+                match = re.search(r"(?:^|\s)(?:negprompt|-m negprompt_cli)\s+(.*)", part.strip())
                 if match:
                     found.append(match.group(1))
     found += [span[len("negprompt "):] for span in re.findall(r"`(negprompt [^`]+)`", text)]
@@ -48,10 +48,12 @@ def problems_in(line: str) -> list[str]:
 
 
 def test_the_checker_finds_a_wrong_option_and_a_wrong_command():
-    text = "```bash\nnegprompt score imgs/ --prompts p \\\n   --no-such-flag  # a comment --ignored\n```\n" \
+    text = "```bash\nnegprompt score imgs/ --prompts p \\\n   --no-such-flag  # a comment --ignored\n" \
+           "torchrun --nproc-per-node 2 -m negprompt_cli cache build x --bakcbone y\n```\n" \
            "and `negprompt cache purge`"
     assert [p for line in invocations(text) for p in problems_in(line)] == [
-        "negprompt score has no option --no-such-flag", "unknown command 'purge' after negprompt cache"]
+        "negprompt score has no option --no-such-flag", "negprompt cache build has no option --bakcbone",
+        "unknown command 'purge' after negprompt cache"]
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
