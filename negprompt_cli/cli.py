@@ -434,7 +434,8 @@ def transfer_command(
 @option_group("label_opts", negative_label_options())
 @image_command_options()
 def score_command(
-    images: Annotated[Path, typer.Argument(help="An image or a folder (searched recursively).")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="Images and/or folders (searched "
+                                                 "recursively), scored in the order given.")],
     prompts: Annotated[str | None, typer.Option("--prompts", "-p", help="Prompts artifact to score with, or "
                                                 "hf://ORG/NAME[@REVISION].")] = None,
     names: Annotated[Path | None, typer.Option("--names", help="Class names (required with --zero-shot; with "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,32 @@ def find_images(root: Path) -> list[Path]:
                       f"(e.g. {ignored[0].name}); image types: {', '.join(sorted(IMAGE_EXTENSIONS))}",
                       NegPromptWarning, stacklevel=2)
     return images
+
+
+def find_images_in(inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """The images of several inputs (files or folders), in the order given, each folder's sorted; with the input
+    folder each image was found under (a file's own folder), which ``--labeled`` reads class names below. An
+    image reached twice (a file and its folder, one folder named twice) is kept once, where it first appears."""
+    paths: list[Path] = []
+    roots: list[Path] = []
+    seen: set[str] = set()
+    repeated = 0
+    for given in inputs:
+        root = Path(given)
+        found = find_images(root)
+        folder = root if root.is_dir() else root.parent
+        for path in found:
+            key = os.path.realpath(path)
+            if key in seen:
+                repeated += 1
+                continue
+            seen.add(key)
+            paths.append(path)
+            roots.append(folder)
+    if repeated:
+        warnings.warn(f"{repeated} image(s) were given more than once; each is scored once", NegPromptWarning,
+                      stacklevel=2)
+    return paths, roots
 
 
 def walk_images(root: Path) -> tuple[list[Path], list[Path]]:

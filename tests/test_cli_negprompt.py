@@ -11,6 +11,7 @@ from conftest import NEG_FAST, TEST_DEVICE, invoke, make_image_folder
 
 from negprompt_cli.artifact import load_prompts
 from negprompt_cli.cli import app
+from negprompt_cli.errors import UsageError
 from negprompt_cli.presets import default_scorer
 from negprompt_cli.thresholds import class_list_id
 
@@ -307,3 +308,47 @@ def test_fit_neg_help_quotes_the_learner_and_preset_defaults():
     fit_pos = {p.name: p.help or "" for p in typer.main.get_command(app).commands["fit-pos"].params}
     assert fit_pos["epochs"] == f"Default: {POSITIVE_OPTIM.epochs}."
     assert fit_pos["lr"] == f"Default: {POSITIVE_OPTIM.lr}."
+
+
+def test_score_takes_several_images_and_folders_in_order(world):
+    pos = str(world / "pos.safetensors")
+
+    def rows(*inputs, extra=()):
+        result = invoke(["score", *map(str, inputs), "--prompts", pos, "--format", "jsonl", *extra])
+        assert result.exit_code == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()], result.stderr
+
+    test, _ = rows(world / "test", extra=["--labeled"])
+    ood, _ = rows(world / "ood")
+    one_file = sorted((world / "ood" / "blue_dots").iterdir())[0]
+    both, stderr = rows(world / "test", world / "ood", one_file, extra=["--labeled"])
+    assert "1 image(s) were given more than once" in stderr
+    assert [r["path"] for r in both] == [r["path"] for r in test + ood]  # the file is already in ood/: once
+    # float32 matmuls over a different number of rows: equal to rounding
+    assert [r["score"] for r in both] == pytest.approx([r["score"] for r in test + ood], rel=1e-5)
+    # --labeled: the class is the first folder below the input each image came from
+    assert [r["label"] for r in both[:len(test)]] == [r["label"] for r in test]
+    assert {r["label"] for r in both[len(test):]} == {"blue_dots"}
+    assert {r["label_index"] for r in both[len(test):]} == {-1}  # not a trained class
+    # a file first: its position is kept
+    first, _ = rows(one_file, world / "test")
+    assert first[0]["path"] == str(one_file) and len(first) == 1 + len(test)
+    # one missing input fails before any work, naming it
+    missing = invoke(["score", str(world / "test"), str(world / "nope"), "--prompts", pos,
+                      "--out", str(world / "x.csv")])
+    assert missing.exit_code == 3 and f"not found: {world / 'nope'}" in missing.stderr
+    assert not (world / "x.csv").exists()
+
+
+def test_score_api_takes_a_list_of_inputs(world):
+    from negprompt_cli.stages.score import ScoreOptions, score
+
+    one = score(ScoreOptions(images=world / "test", prompts=world / "pos.safetensors", quiet=True))
+    many = score(ScoreOptions(images=[world / "test", world / "ood"], prompts=world / "pos.safetensors",
+                              quiet=True))
+    assert many["images"] == one["images"] + 6
+    head = many["rows"][: one["images"]]
+    assert [r["path"] for r in head] == [r["path"] for r in one["rows"]]
+    assert [r["score"] for r in head] == pytest.approx([r["score"] for r in one["rows"]], rel=1e-5)
+    with pytest.raises(UsageError, match="no images given"):
+        score(ScoreOptions(images=[], prompts=world / "pos.safetensors", quiet=True))

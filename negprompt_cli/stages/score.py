@@ -1,9 +1,10 @@
-"""``negprompt score``: OOD scores for every image under a folder, as CSV or JSONL rows."""
+"""``negprompt score``: OOD scores for every image given (files, folders), as CSV or JSONL rows."""
 
 from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from ..adaptive import AdaptiveOptions, adaptive_scores
 from ..artifact import PromptArtifact, load_prompts
 from ..atomic import check_output_path, write_text_atomic
 from ..backbone import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
-from ..data import find_images, read_names_file
+from ..data import find_images_in, read_names_file
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, check_enough_items
 from ..errors import IncompatibleArtifactError, NegPromptError, NotFoundError, UsageError
@@ -39,7 +40,7 @@ from ..thresholds import (
 
 @dataclass
 class ScoreOptions:
-    images: Path
+    images: Path | Sequence[Path]  # image files and/or folders (searched recursively), in this order
     prompts: Path | None = None
     names: Path | None = None
     zero_shot: bool = False
@@ -60,7 +61,7 @@ class ScoreOptions:
     calibrate: Path | None = None  # ID images to calibrate the threshold on, for exactly this scoring setup
     ranks: Ranks = SINGLE  # a torchrun job: every rank encodes its share, rank 0 scores and writes
     labels: LabelRequest = LabelRequest()  # negative-label scorers: lexicon, mining, groups
-    adaptive: AdaptiveOptions | None = None  # test-time negatives (AdaNeg-style memory), in sorted-path order
+    adaptive: AdaptiveOptions | None = None  # test-time negatives (AdaNeg-style memory), in scoring order
 
 
 def score(options: ScoreOptions) -> dict[str, Any] | None:
@@ -77,9 +78,13 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
         check_output_path(options.out)
     if options.zero_shot == (options.prompts is not None):
         raise UsageError("give --prompts P, or --zero-shot with --names FILE")
-    paths = find_images(options.images)
+    inputs = [Path(options.images)] if isinstance(options.images, (str, Path)) else [Path(p) for p in options.images]
+    if not inputs:
+        raise UsageError("no images given: name an image file or a folder")
+    where = ", ".join(str(p) for p in inputs)
+    paths, roots = find_images_in(inputs)
     if not paths:
-        raise UsageError(f"no images found under {options.images}")
+        raise UsageError(f"no images found under {where}")
     check_enough_items(len(paths), ranks)
     if options.calibrate is not None and not options.calibrate.exists():
         raise NotFoundError(f"calibration images not found: {options.calibrate}")
@@ -160,9 +165,10 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
         return None
     feats, keep, stats = encoded
     if not keep:
-        raise UsageError(f"none of the {len(paths)} image(s) under {options.images} could be read",
+        raise UsageError(f"none of the {len(paths)} image(s) under {where} could be read",
                          hint="see the warning above for the files and why")
     kept_paths = [paths[i] for i in keep]
+    kept_roots = [roots[i] for i in keep]  # --labeled: the class is the first folder below the input's folder
     result = score_features(feats, text_pos, text_neg, scorer=scorer_fn, temperature=temperature,
                             logit_scale=backbone.logit_scale, mined=mined, scorer_options=scorer_options)
     adaptive_record = None
@@ -176,7 +182,6 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
                              hint="the prompts file or the feature cache may be damaged: rerun with a fresh "
                                   "--cache-dir, or re-download / retrain the prompts")
     rows = []
-    root = options.images if options.images.is_dir() else options.images.parent
     lookup = _label_lookup(names, class_dirs) if options.labeled else {}
     for i, path in enumerate(kept_paths):
         value = float(result.score[i])
@@ -189,7 +194,7 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
             "label": None, "label_index": None, "scorer": scorer, "prompts_id": prompts_id,
         }
         if options.labeled:
-            relative = path.relative_to(root).parts
+            relative = path.relative_to(kept_roots[i]).parts
             folder = relative[0] if len(relative) > 1 else ""
             row["label"] = folder
             row["label_index"] = lookup.get(folder, -1)
