@@ -173,6 +173,8 @@ PretrainedOpt = Annotated[str | None, typer.Option(
 DeviceOpt = Annotated[str, typer.Option("--device", envvar="NEGPROMPT_DEVICE",
                                         help="auto (CUDA when present), cpu, cuda, cuda:N.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast; CUDA only).")]
+ImagesArg = Annotated[list[Path], typer.Argument(metavar="IMAGES", help="Images and/or folders (searched "
+                                                "recursively), taken in the order given.")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", envvar="NEGPROMPT_CACHE",
                                                help="Image-feature cache (default ~/.cache/negprompt).")]
 WeightsCacheOpt = Annotated[str | None, typer.Option("--weights-cache", help="Where open_clip caches downloaded "
@@ -434,8 +436,7 @@ def transfer_command(
 @option_group("label_opts", negative_label_options())
 @image_command_options()
 def score_command(
-    images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="Images and/or folders (searched "
-                                                 "recursively), scored in the order given.")],
+    images: ImagesArg,
     prompts: Annotated[str | None, typer.Option("--prompts", "-p", help="Prompts artifact to score with, or "
                                                 "hf://ORG/NAME[@REVISION].")] = None,
     names: Annotated[Path | None, typer.Option("--names", help="Class names (required with --zero-shot; with "
@@ -658,7 +659,7 @@ app.add_typer(cache_app, name="cache")
 @reports_errors
 @image_command_options()
 def cache_build_command(
-    images: Annotated[Path, typer.Argument(help="An image or a folder (searched recursively).")],
+    images: ImagesArg,
     backbone: BackboneOpt = DEFAULT_BACKBONE,
     pretrained: PretrainedOpt = None,
     aug_views: AugViewsOpt = 0,

@@ -43,6 +43,14 @@ def find_images(root: Path) -> list[Path]:
     return images
 
 
+def image_inputs(images: str | Path | Sequence[str | Path]) -> list[Path]:
+    """What a command was asked to read images from: one path, or several (the Python API takes both)."""
+    inputs = [Path(images)] if isinstance(images, (str, Path)) else [Path(p) for p in images]
+    if not inputs:
+        raise UsageError("no images given: name an image file or a folder")
+    return inputs
+
+
 def find_images_in(inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     """The images of several inputs (files or folders), in the order given, each folder's sorted; with the input
     folder each image was found under (a file's own folder), which ``--labeled`` reads class names below. An

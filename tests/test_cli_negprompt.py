@@ -352,3 +352,16 @@ def test_score_api_takes_a_list_of_inputs(world):
     assert [r["score"] for r in head] == pytest.approx([r["score"] for r in one["rows"]], rel=1e-5)
     with pytest.raises(UsageError, match="no images given"):
         score(ScoreOptions(images=[], prompts=world / "pos.safetensors", quiet=True))
+
+
+def test_cache_build_takes_several_inputs_and_score_then_encodes_nothing(world, tiny_vit_dir):
+    cache = world / "fresh-cache"
+    built = invoke(["cache", "build", str(world / "test"), str(world / "ood"), "--backbone",
+                    f"local-dir:{tiny_vit_dir}", "--cache-dir", str(cache), "--json"])
+    assert built.exit_code == 0, built.stderr
+    assert json.loads(built.stdout)["images"] == 12 + 6
+    scored = invoke(["score", str(world / "test"), str(world / "ood"), "--prompts", str(world / "pos.safetensors"),
+                     "--cache-dir", str(cache), "--out", str(world / "all.csv"), "--json"])
+    assert scored.exit_code == 0, scored.stderr
+    summary = json.loads(scored.stdout)
+    assert summary["images"] == 18 and summary["encoded"] == 0 and summary["cached"] == 18

@@ -7,13 +7,14 @@ only read the cache. Under torchrun every rank encodes its share (see ``distribu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..atomic import check_writable
 from ..backbone import BackboneRequest, load_backbone
-from ..data import find_images
+from ..data import find_images_in, image_inputs
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, check_enough_items
 from ..errors import NegPromptError, NotFoundError, UsageError
@@ -23,7 +24,7 @@ from ..image_features import EncodeStats, View, encode_images_across
 
 @dataclass(frozen=True)
 class CacheBuildOptions:
-    images: Path
+    images: Path | Sequence[Path]  # image files and/or folders
     backbone: BackboneRequest = BackboneRequest()
     cache_dir: Path | None = None
     aug_views: int = 0  # also cache views 0..K-1 of the seeded augmentation (as fit-* --aug-views K --seed S)
@@ -58,9 +59,10 @@ def writable_cache(root: Path) -> Path:
 def build(options: CacheBuildOptions) -> dict[str, Any] | None:
     """Encode every image under ``images`` into the cache; the summary on rank 0, None on the other ranks."""
     root = writable_cache(cache_root(options.cache_dir))
-    paths = find_images(options.images)
+    inputs = image_inputs(options.images)
+    paths, _ = find_images_in(inputs)
     if not paths:
-        raise UsageError(f"no images found under {options.images}")
+        raise UsageError(f"no images found under {', '.join(str(p) for p in inputs)}")
     check_enough_items(len(paths), options.ranks)
     backbone = load_backbone(options.backbone)
     precision = check_precision(backbone.device, options.precision)

@@ -15,7 +15,7 @@ from ..adaptive import AdaptiveOptions, adaptive_scores
 from ..artifact import PromptArtifact, load_prompts
 from ..atomic import check_output_path, write_text_atomic
 from ..backbone import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
-from ..data import find_images_in, read_names_file
+from ..data import find_images_in, image_inputs, read_names_file
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, check_enough_items
 from ..errors import IncompatibleArtifactError, NegPromptError, NotFoundError, UsageError
@@ -78,9 +78,7 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
         check_output_path(options.out)
     if options.zero_shot == (options.prompts is not None):
         raise UsageError("give --prompts P, or --zero-shot with --names FILE")
-    inputs = [Path(options.images)] if isinstance(options.images, (str, Path)) else [Path(p) for p in options.images]
-    if not inputs:
-        raise UsageError("no images given: name an image file or a folder")
+    inputs = image_inputs(options.images)
     where = ", ".join(str(p) for p in inputs)
     paths, roots = find_images_in(inputs)
     if not paths:
