@@ -72,7 +72,7 @@ def find_images_in(inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
             paths.append(path)
             roots.append(folder)
     if repeated:
-        warnings.warn(f"{repeated} image(s) were given more than once; each is scored once", NegPromptWarning,
+        warnings.warn(f"{repeated} image(s) were given more than once; each is read once", NegPromptWarning,
                       stacklevel=2)
     return paths, roots
 

@@ -322,7 +322,7 @@ def test_score_takes_several_images_and_folders_in_order(world):
     ood, _ = rows(world / "ood")
     one_file = sorted((world / "ood" / "blue_dots").iterdir())[0]
     both, stderr = rows(world / "test", world / "ood", one_file, extra=["--labeled"])
-    assert "1 image(s) were given more than once" in stderr
+    assert "1 image(s) were given more than once; each is read once" in stderr
     assert [r["path"] for r in both] == [r["path"] for r in test + ood]  # the file is already in ood/: once
     # float32 matmuls over a different number of rows: equal to rounding
     assert [r["score"] for r in both] == pytest.approx([r["score"] for r in test + ood], rel=1e-5)
