@@ -945,6 +945,8 @@ def plugins_command(json_out: JsonOpt = False) -> None:
         emit_json(rows)
         return
     table = Table("plugin", "version", "hooks", "registers", "error")
+    for column in table.columns:  # a narrow terminal wraps names instead of cutting them short
+        column.overflow = "fold"
     for row in rows:
         registers = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items())
         table.add_row(row["name"], row["version"] or "", ", ".join(row["hooks"]), registers, row["error"] or "")
