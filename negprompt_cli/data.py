@@ -51,19 +51,19 @@ def image_inputs(images: str | Path | Sequence[str | Path]) -> list[Path]:
     return inputs
 
 
-def find_images_in(inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
-    """The images of several inputs (files or folders), in the order given, each folder's sorted; with the input
-    folder each image was found under (a file's own folder), which ``--labeled`` reads class names below. An
-    image reached twice (a file and its folder, one folder named twice) is kept once, where it first appears."""
+def find_images_in(images: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """The images of one or several inputs (files or folders), in the order given, each folder's sorted; with
+    the input folder each image was found under (a file's own folder), which ``--labeled`` reads class names
+    below. An image reached twice (a file and its folder, one folder named twice) is kept once, where it first
+    appears. No image at all is an error naming the inputs."""
+    inputs = image_inputs(images)
     paths: list[Path] = []
     roots: list[Path] = []
     seen: set[str] = set()
     repeated = 0
-    for given in inputs:
-        root = Path(given)
-        found = find_images(root)
+    for root in inputs:
         folder = root if root.is_dir() else root.parent
-        for path in found:
+        for path in find_images(root):
             key = os.path.realpath(path)
             if key in seen:
                 repeated += 1
@@ -71,6 +71,8 @@ def find_images_in(inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
             seen.add(key)
             paths.append(path)
             roots.append(folder)
+    if not paths:
+        raise UsageError(f"no images found under {', '.join(str(p) for p in inputs)}")
     if repeated:
         warnings.warn(f"{repeated} image(s) were given more than once; each is read once", NegPromptWarning,
                       stacklevel=2)

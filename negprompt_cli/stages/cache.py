@@ -14,7 +14,7 @@ from typing import Any
 
 from ..atomic import check_writable
 from ..backbone import BackboneRequest, load_backbone
-from ..data import find_images_in, image_inputs
+from ..data import find_images_in
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, check_enough_items
 from ..errors import NegPromptError, NotFoundError, UsageError
@@ -59,10 +59,7 @@ def writable_cache(root: Path) -> Path:
 def build(options: CacheBuildOptions) -> dict[str, Any] | None:
     """Encode every image under ``images`` into the cache; the summary on rank 0, None on the other ranks."""
     root = writable_cache(cache_root(options.cache_dir))
-    inputs = image_inputs(options.images)
-    paths, _ = find_images_in(inputs)
-    if not paths:
-        raise UsageError(f"no images found under {', '.join(str(p) for p in inputs)}")
+    paths, _ = find_images_in(options.images)
     check_enough_items(len(paths), options.ranks)
     backbone = load_backbone(options.backbone)
     precision = check_precision(backbone.device, options.precision)

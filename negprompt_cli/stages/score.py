@@ -78,11 +78,7 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
         check_output_path(options.out)
     if options.zero_shot == (options.prompts is not None):
         raise UsageError("give --prompts P, or --zero-shot with --names FILE")
-    inputs = image_inputs(options.images)
-    where = ", ".join(str(p) for p in inputs)
-    paths, roots = find_images_in(inputs)
-    if not paths:
-        raise UsageError(f"no images found under {where}")
+    paths, roots = find_images_in(options.images)
     check_enough_items(len(paths), ranks)
     if options.calibrate is not None and not options.calibrate.exists():
         raise NotFoundError(f"calibration images not found: {options.calibrate}")
@@ -163,6 +159,7 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
         return None
     feats, keep, stats = encoded
     if not keep:
+        where = ", ".join(str(p) for p in image_inputs(options.images))
         raise UsageError(f"none of the {len(paths)} image(s) under {where} could be read",
                          hint="see the warning above for the files and why")
     kept_paths = [paths[i] for i in keep]
