@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +26,24 @@ def check_output_path(path: Path) -> Path:
                             hint=f"create it first: mkdir -p {path.parent}")
     check_writable(path.parent)
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_not_input(out: Path | None, inputs: Iterable[tuple[str, Path | None]]) -> None:
+    """Refuse an output path that is one of the command's inputs (``(what, path)`` pairs, e.g. ("--prompts",
+    P)): writing it would replace the very file the command reads, with nothing said (exit 2, before any work)."""
+    if out is None:
+        return
+    for what, path in inputs:
+        if path is not None and _same_file(Path(out), Path(path)):
+            raise UsageError(f"--out {out} is also an input ({what} {path}): writing it would replace it",
+                             hint="choose another --out")
 
 
 def check_writable(folder: Path) -> None:
@@ -78,6 +96,24 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def files_into_folder(path: Path, owned: Iterable[str]) -> Iterator[Path]:
+    """Yield a temporary folder; on success move its files into the existing folder ``path`` (each by rename,
+    so each file is whole) and remove the files named in ``owned`` that this run did not write. Every other
+    file in ``path`` (a user's own) is left as it is. For a new or empty ``path``, :func:`atomic_folder`."""
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path))
+    try:
+        yield tmp
+        written = sorted(tmp.iterdir(), key=lambda p: p.name.endswith(".json"))  # the JSON record last
+        for item in written:
+            publish(item, path / item.name)
+        for name in set(owned) - {item.name for item in written}:
+            (path / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_atomic(path: Path, writer: Callable[[Path], None]) -> None:

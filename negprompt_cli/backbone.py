@@ -8,15 +8,19 @@ so any plugin that produces an ``open_clip.model.CLIP``-shaped model works.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .devices import resolve_device
+from .errors import IncompatibleArtifactError
 from .presets import DEFAULT_BACKBONE
 from .registry import get_host
 
@@ -104,10 +108,40 @@ class RuntimeOptions:
     weights_cache: str | None = None
     offline: bool = False
     text_chunk: int | None = None
+    trust_backbone: bool = False  # the user accepts a remote backbone the artifact names (--trust-backbone)
 
 
-def artifact_backbone(artifact: PromptArtifact, runtime: RuntimeOptions) -> BackboneRequest:
-    return BackboneRequest(name=artifact.backbone["backbone"], pretrained=artifact.backbone.get("pretrained"),
+# Backbone names that fetch weights from a repository named in the string itself (open_clip's hf-hub:ORG/NAME).
+# An artifact is data, often downloaded: it may name such a backbone only when the user chose it too.
+REMOTE_SCHEMES = ("hf-hub:",)
+TRUSTED_ENV = "NEGPROMPT_TRUSTED_BACKBONES"  # comma-separated names or patterns, e.g. hf-hub:my-org/*
+
+
+def check_chosen_backbone(name: str, runtime: RuntimeOptions, where: str | Path = "the prompts") -> None:
+    """Refuse to download weights from a repository that only an artifact names (exit 5, before any fetch).
+
+    Registered names and open_clip's built-in tags resolve to the weights their publishers list; a local folder
+    or file is already on this machine. A remote name is used only when the user chose it: ``--backbone NAME``
+    on the command line, ``--trust-backbone``, or a pattern in ``NEGPROMPT_TRUSTED_BACKBONES``.
+    """
+    if not name.startswith(REMOTE_SCHEMES) or runtime.trust_backbone:
+        return
+    allowed = [p.strip() for p in os.environ.get(TRUSTED_ENV, "").split(",") if p.strip()]
+    if any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed):
+        return
+    raise IncompatibleArtifactError(
+        f"{where} names the backbone {name}, weights from a Hub repository you did not choose: nothing was "
+        "downloaded",
+        hint=f"if you trust that repository, pass --backbone {name} (or --trust-backbone), or add it to "
+             f"{TRUSTED_ENV}")
+
+
+def artifact_backbone(artifact: PromptArtifact, runtime: RuntimeOptions,
+                      where: str | Path = "the prompts") -> BackboneRequest:
+    """The backbone an artifact was trained on, to run here; a remote one only if the user chose it."""
+    name = str(artifact.backbone["backbone"])
+    check_chosen_backbone(name, runtime, where)
+    return BackboneRequest(name=name, pretrained=artifact.backbone.get("pretrained"),
                            device=runtime.device, weights_cache=runtime.weights_cache,
                            quick_gelu=artifact.backbone.get("quick_gelu"), offline=runtime.offline)
 

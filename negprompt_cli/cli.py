@@ -133,7 +133,10 @@ def _terminate_like_interrupt():  # type: ignore[no-untyped-def]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
-    err.print(f"Warning{_rank_tag()}: {message}", markup=False, soft_wrap=True)
+    from .errors import NegPromptNotice
+
+    label = "Note" if issubclass(category, NegPromptNotice) else "Warning"
+    err.print(f"{label}{_rank_tag()}: {message}", markup=False, soft_wrap=True)
 
 
 def _other_rank() -> int | None:
@@ -191,6 +194,10 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the few-shot subs
 CalibrateOpt = Annotated[Path | None, typer.Option("--calibrate", help="A folder of in-distribution images for "
                                                    "this class list: store/use the threshold that keeps 95% of "
                                                    "them (no labels needed).")]
+TrustBackboneOpt = Annotated[bool, typer.Option("--trust-backbone", help="Accept a Hub-hosted backbone "
+                                                "(hf-hub:ORG/NAME) that the prompts name although you did not (e.g. "
+                                                "prompts pulled from the Hub); only its config and safetensors "
+                                                "weights are fetched. Naming it with --backbone does the same.")]
 TextChunkOpt = Annotated[int | None, typer.Option("--text-chunk", help="Encode prompts in chunks of this many rows "
                                                   "(bounds memory at large class counts).")]
 
@@ -328,6 +335,7 @@ def fit_neg_command(
     distributed: Annotated[bool | None, typer.Option(
         "--distributed/--no-distributed", help="Under torchrun (the default there): the processes split the "
         "classes of the text graph (for very large class lists; needs --pos). See docs/scale.md.")] = None,
+    trust_backbone: TrustBackboneOpt = False,
     *,
     optim: dict[str, Any],
     data_opts: dict[str, Any],
@@ -357,7 +365,7 @@ def fit_neg_command(
         temperature=temperature, text_chunk=chunk, quiet=run["quiet"] or run["json_out"], resume=run["resume"],
         grad_checkpoint=run["grad_checkpoint"],
         runtime=RuntimeOptions(runtime["device"], runtime["weights_cache"], runtime["offline"],
-                               None if chunk == AUTO else chunk))
+                               None if chunk == AUTO else chunk, trust_backbone))
     if chunk is None:  # --text-chunk 0: never chunk (None is "not given" to override)
         options = replace(options, text_chunk=None)
     if pos is not None:
@@ -410,6 +418,7 @@ def transfer_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per encoder batch (--calibrate).")] = 64,
     workers: WorkersOpt = None,
     strict: StrictOpt = False,
+    trust_backbone: TrustBackboneOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -422,7 +431,8 @@ def transfer_command(
     from .stages.transfer import transfer
 
     summary = transfer(_prompts_path(prompts, offline), names, out,
-                       RuntimeOptions(device, weights_cache, offline, text_chunk), calibrate_on=calibrate,
+                       RuntimeOptions(device, weights_cache, offline, text_chunk, trust_backbone),
+                       calibrate_on=calibrate,
                        encoding=EncodeOptions(cache_dir, batch_size, workers, precision, strict, quiet or json_out))
     threshold = summary["threshold"]
     finish(f"Wrote {out}: {summary['classes']} classes ({summary['new_classes']} not in the training list); "
@@ -474,6 +484,7 @@ def score_command(
     adaptive_slots: Annotated[int, typer.Option("--adaptive-slots", help="Images remembered per label.")] = 10,
     adaptive_weight: Annotated[float, typer.Option("--adaptive-weight", help="λ in adaptive + λ·static "
                                                    "score.")] = 0.1,
+    trust_backbone: TrustBackboneOpt = False,
     quiet: QuietOpt = False,
     *,
     runtime: dict[str, Any],
@@ -502,7 +513,7 @@ def score_command(
         summary = score(ScoreOptions(
             images=images, prompts=_prompts_path(prompts, runtime["offline"]) if prompts else None, names=names,
             zero_shot=zero_shot, backbone=request,
-            runtime=RuntimeOptions(device, runtime["weights_cache"], runtime["offline"], text_chunk),
+            runtime=RuntimeOptions(device, runtime["weights_cache"], runtime["offline"], text_chunk, trust_backbone),
             scorer=scorer, temperature=temperature, threshold=threshold, fmt=fmt, out=out, labeled=labeled,
             cache_dir=given["cache_dir"], batch_size=given["batch_size"], num_workers=given["workers"],
             strict=given["strict"], precision=runtime["precision"], quiet=quiet, calibrate=calibrate, ranks=ranks,
@@ -545,12 +556,16 @@ def report_command(
                                              "plots.")] = None,
     fpr_convention: Annotated[str, typer.Option("--fpr-convention", help="id-positive (paper, MCM) or "
                                                 "ood-positive (OpenOOD v1.5).")] = "id-positive",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="--out may hold other files: write the report's "
+                                            "files beside them (only the report's own files are replaced; "
+                                            "without it such a folder is refused).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """AUROC, FPR@95, AUPR and ID accuracy per OOD set, as the paper's table, JSON and an HTML report."""
     from .stages.report import ReportOptions, build_report, parse_ood_args
 
-    report = build_report(ReportOptions(id_file, parse_ood_args(ood or []), out, fpr_convention))
+    report = build_report(ReportOptions(id_file, parse_ood_args(ood or []), out, fpr_convention,
+                                        overwrite=overwrite))
     print_report(report, out)
     if json_out:
         emit_json(report)

@@ -26,6 +26,11 @@ class NegPromptWarning(UserWarning):
     """Something the user should know that does not stop the run (the CLI prints it as one "Warning:" line)."""
 
 
+class NegPromptNotice(NegPromptWarning):
+    """Something the user is told before it happens, not a problem (the CLI prints it as one "Note:" line), e.g.
+    which Hub repository weights are about to be fetched from."""
+
+
 class NegPromptError(Exception):
     """Base class: a message for the user, an optional hint, and the exit code to use."""
 

@@ -19,6 +19,11 @@ NFS cache) without locks on the hot path:
   few large ones while holding an exclusive ``flock`` on ``<key>/.lock`` (so two compactions never
   interleave). It publishes the merged shards before it deletes the old ones, and a reader that finds a
   shard gone re-reads the directory, so rows are never missing at any moment.
+- **Only what it wrote.** A cache root carries a ``CACHEDIR.TAG`` (the Cache Directory Tagging
+  convention: backup tools skip it) naming negprompt, a key directory an ``info.json`` with the
+  cache's format, a shard a uuid name and that format in its header. :func:`compact` and
+  :func:`verify` touch only such files; anything else found there (a user's own ``.safetensors``, a
+  folder pointed at by mistake) is listed as ``foreign`` and left alone.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -40,7 +46,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .atomic import publish
+from .errors import UsageError
 
+FORMAT = "negprompt-feature-cache/1"  # in every info.json and shard header this cache writes
 SHARD_TENSOR = "features"
 SHARD_SUFFIX = ".safetensors"
 TEMP_SUFFIX = ".safetensors.tmp"
@@ -48,6 +56,14 @@ INFO_FILE = "info.json"
 LOCK_FILE = ".lock"
 COMPACT_ROWS = 65_536  # rows per compacted shard (32 MB at width 128, 128 MB at width 512)
 STALE_TEMP_SECONDS = 3600  # a temporary file this old is abandoned even if its writer's pid was reused
+TAG_FILE = "CACHEDIR.TAG"
+# https://bford.info/cachedir/: the first line is the convention's signature; ours names negprompt
+TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
+            "# This file is a cache directory tag created by negprompt (image-feature cache).\n"
+            "# For information about cache directory tags see https://bford.info/cachedir/\n")
+TEXT_FEATURES_DIR = "text-features"  # the mined-label candidates' text features (negative_labels)
+SHARD_NAME = re.compile(r"[0-9a-f]{32}\.safetensors")
+TEMP_NAME = re.compile(r"\.[0-9a-f]{32}-[0-9]+-.+\.safetensors\.tmp")
 
 
 def default_cache_dir() -> Path:
@@ -100,7 +116,7 @@ def _write_shard(folder: Path, ids: Sequence[str], block: torch.Tensor) -> Path:
     tmp = folder / f".{name[:-len(SHARD_SUFFIX)]}-{os.getpid()}-{socket.gethostname()}{TEMP_SUFFIX}"
     try:
         save_file({SHARD_TENSOR: block}, str(tmp), metadata={"ids": json.dumps(list(ids)),
-                                                              "sha256": rows_digest(block)})
+                                                              "sha256": rows_digest(block), "format": FORMAT})
         publish(tmp, folder / name)  # readable by whoever shares the cache, as the umask allows
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -110,14 +126,46 @@ def _write_shard(folder: Path, ids: Sequence[str], block: torch.Tensor) -> Path:
 
 def _write_info(folder: Path, info: dict) -> None:
     target = folder / INFO_FILE
-    if target.exists() or not info:
+    if target.exists():
         return
     tmp = folder / f".{INFO_FILE}.{uuid.uuid4().hex}.tmp"
     try:
-        tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
+        tmp.write_text(json.dumps({**info, "format": FORMAT}, indent=2, sort_keys=True))
         publish(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def mark_root(root: Path) -> None:
+    """Tag ``root`` as a negprompt cache (once), so that ``gc`` can tell it from a folder named by mistake."""
+    target = Path(root) / TAG_FILE
+    if target.exists():
+        return
+    tmp = Path(root) / f".{TAG_FILE}.{uuid.uuid4().hex}.tmp"
+    try:
+        tmp.write_text(TAG_TEXT)
+        publish(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _tagged(root: Path) -> bool:
+    try:
+        return "created by negprompt" in (root / TAG_FILE).read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def _owned_key(folder: Path) -> bool:
+    """Whether ``folder`` is a feature-key directory this cache wrote: its info.json names the format (or, from
+    before the format was recorded, has exactly the fields negprompt wrote)."""
+    try:
+        info = json.loads((folder / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(info, dict):
+        return False
+    return info.get("format") == FORMAT or {"backbone", "pretrained", "preprocess"} <= info.keys()
 
 
 class FeatureCache:
@@ -133,7 +181,7 @@ class FeatureCache:
     def _load_index(self, reload: bool = False) -> dict[str, tuple[Path, int]]:
         if self._index is None or reload:
             index: dict[str, tuple[Path, int]] = {}
-            for shard in sorted(self.dir.glob(f"*{SHARD_SUFFIX}")) if self.dir.is_dir() else []:
+            for shard in _own_shards(self.dir) if self.dir.is_dir() else []:
                 for row, item in enumerate(_shard_ids(shard) or []):  # an unreadable header is ignored
                     index[item] = (shard, row)
             self._index = index
@@ -178,6 +226,7 @@ class FeatureCache:
         block = features.detach().to("cpu", torch.float32).contiguous()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            mark_root(self.dir.parent)
             _write_info(self.dir, self.info)
             shard = _write_shard(self.dir, ids, block)
         except OSError as exc:  # read-only or full: go on without caching
@@ -207,17 +256,53 @@ class KeyReport:
     temp_files: list[str] = field(default_factory=list)  # writers' temporary files still present
     stale_temp_files: list[str] = field(default_factory=list)  # ... whose writer is gone
     removed: int = 0  # files compaction removed (merged shards, damaged shards, stale temp files)
+    foreign: list[str] = field(default_factory=list)  # files negprompt did not write: never read, never removed
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def cache_keys(root: Path) -> list[Path]:
-    """The feature-key directories under a cache root (directories holding shards or an info.json)."""
+    """The feature-key directories under a cache root that this cache wrote (see :func:`_owned_key`)."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                  and ((p / INFO_FILE).exists() or any(p.glob(f"*{SHARD_SUFFIX}"))))
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _owned_key(p))
+
+
+def foreign_entries(root: Path) -> list[Path]:
+    """What lies in a cache root that negprompt did not put there (left alone by gc; named in its warning)."""
+    if not root.is_dir():
+        return []
+    ours = {TAG_FILE, TEXT_FEATURES_DIR, *(p.name for p in cache_keys(root))}
+    return sorted(p for p in root.iterdir() if p.name not in ours and not TEMP_NAME.fullmatch(p.name)
+                  and not (p.name.startswith(f".{TAG_FILE}.") and p.name.endswith(".tmp")))
+
+
+def check_is_cache(root: Path) -> None:
+    """Refuse a folder that holds things but none of a negprompt cache (a --cache-dir pointed at the wrong
+    folder): nothing in it is read or removed. An empty folder is an empty cache."""
+    root = Path(root)
+    if not root.is_dir() or _tagged(root) or cache_keys(root) or not any(root.iterdir()):
+        return
+    raise UsageError(f"{root} is not a negprompt feature cache (no {TAG_FILE} from negprompt, no feature "
+                     "folders): nothing was read or removed",
+                     hint="--cache-dir (or NEGPROMPT_CACHE) names the folder that fit-*, score and cache build "
+                          "wrote to")
+
+
+def _own_shards(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob(f"*{SHARD_SUFFIX}") if SHARD_NAME.fullmatch(p.name))
+
+
+def _own_temps(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob(f".*{TEMP_SUFFIX}") if TEMP_NAME.fullmatch(p.name))
+
+
+def _foreign_in_key(folder: Path) -> list[str]:
+    ours = {INFO_FILE, LOCK_FILE}
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name not in ours and not SHARD_NAME.fullmatch(p.name) and not TEMP_NAME.fullmatch(p.name)
+                  and not (p.name.startswith(f".{INFO_FILE}.") and p.name.endswith(".tmp")))
 
 
 def _writer_gone(temp: Path, now: float) -> bool:
@@ -247,10 +332,10 @@ def inspect_key(folder: Path) -> KeyReport:
         info = json.loads((folder / INFO_FILE).read_text())
     except (OSError, ValueError):
         pass
-    report = KeyReport(folder.name, info.get("backbone"), info.get("pretrained"))
+    report = KeyReport(folder.name, info.get("backbone"), info.get("pretrained"), foreign=_foreign_in_key(folder))
     seen: set[str] = set()
     now = time.time()
-    for shard in sorted(folder.glob(f"*{SHARD_SUFFIX}")):
+    for shard in _own_shards(folder):
         try:
             rows = _read_rows(shard)
             size = shard.stat().st_size
@@ -264,7 +349,7 @@ def inspect_key(folder: Path) -> KeyReport:
         report.rows += len(rows[0])
         seen.update(rows[0])
     report.unique_rows = len(seen)
-    for temp in sorted(folder.glob(f".*{TEMP_SUFFIX}")):
+    for temp in _own_temps(folder):
         report.temp_files.append(temp.name)
         if _writer_gone(temp, now):
             report.stale_temp_files.append(temp.name)
@@ -272,6 +357,7 @@ def inspect_key(folder: Path) -> KeyReport:
 
 
 def verify(root: Path) -> list[KeyReport]:
+    check_is_cache(Path(root))
     return [inspect_key(folder) for folder in cache_keys(Path(root))]
 
 
@@ -292,7 +378,7 @@ def compact_key(folder: Path, max_rows: int = COMPACT_ROWS) -> KeyReport:
     removed = 0
     with _exclusive(folder):
         now = time.time()
-        shards = sorted(folder.glob(f"*{SHARD_SUFFIX}"))
+        shards = _own_shards(folder)
         readable = [s for s in shards if _shard_ids(s) is not None]
         full = [s for s in readable if _row_count(s) >= max_rows]
         merge = len(readable) > 1 and len(readable) > len(full) + 1
@@ -327,7 +413,7 @@ def compact_key(folder: Path, max_rows: int = COMPACT_ROWS) -> KeyReport:
             for shard in merged_from:  # only after every merged shard is in place
                 shard.unlink(missing_ok=True)
                 removed += 1
-        for temp in folder.glob(f".*{TEMP_SUFFIX}"):
+        for temp in _own_temps(folder):
             if _writer_gone(temp, now):
                 temp.unlink(missing_ok=True)
                 removed += 1
@@ -341,4 +427,8 @@ def _row_count(shard: Path) -> int:
 
 
 def compact(root: Path, max_rows: int = COMPACT_ROWS) -> list[KeyReport]:
-    return [compact_key(folder, max_rows) for folder in cache_keys(Path(root))]
+    check_is_cache(Path(root))
+    keys = cache_keys(Path(root))
+    if keys:
+        mark_root(Path(root))  # a cache from before the tag: tag it now
+    return [compact_key(folder, max_rows) for folder in keys]

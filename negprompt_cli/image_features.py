@@ -10,6 +10,7 @@ image tower on what the cache does not already hold.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -56,11 +57,16 @@ _apply_pixel_limit()
 
 
 def file_digest(path: Path) -> str:
+    """The cache key of an image file's content (the same as :func:`bytes_digest` of its bytes)."""
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def bytes_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def describe_skipped(skipped: Sequence[Path]) -> str:
@@ -133,42 +139,46 @@ class View:
 
 
 class _ImageDataset(torch.utils.data.Dataset):
-    """Item i: PIL-preprocessed pixels, the raw bytes of a JPEG (``raw_jpeg``: decoded later on the device),
-    or None for an unreadable file."""
+    """Item i: (i, digest, pixels): PIL-preprocessed pixels, or the raw bytes of a JPEG (``raw_jpeg``: decoded
+    later on the device), or None for an unreadable file.
 
-    def __init__(self, paths: Sequence[Path], digests: Sequence[str], view: View,
-                 preprocess: Callable, image_size: int, raw_jpeg: bool = False) -> None:
-        self.paths, self.digests, self.view = list(paths), list(digests), view
+    The file is read once and ``digest`` is the hash of exactly those bytes, which are the ones decoded: a file
+    rewritten while a run reads it can never be cached under one version's key with the other's features."""
+
+    def __init__(self, paths: Sequence[Path], view: View, preprocess: Callable, image_size: int,
+                 raw_jpeg: bool = False) -> None:
+        self.paths, self.view = list(paths), view
         self.preprocess, self.image_size, self.raw_jpeg = preprocess, image_size, raw_jpeg
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
-        if self.raw_jpeg:
-            try:
-                data = Path(self.paths[i]).read_bytes()
-            except OSError:
-                return i, None
-            if is_jpeg(data):
-                return i, RawJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        return i, self.pil_pixels(i)
-
-    def pil_pixels(self, i: int) -> torch.Tensor | None:
         try:
-            with Image.open(self.paths[i]) as img:
+            data = Path(self.paths[i]).read_bytes()
+        except OSError:
+            return i, None, None
+        digest = bytes_digest(data)
+        if self.raw_jpeg and is_jpeg(data):
+            return i, digest, RawJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), digest)
+        return i, digest, self.pil_pixels(data, digest)
+
+    def pil_pixels(self, data: bytes, digest: str) -> torch.Tensor | None:
+        try:
+            with Image.open(io.BytesIO(data)) as img:
                 img.load()
                 image = img.convert("RGB")
         except Exception:
             return None
         if self.view.index is not None:
-            image = _augment(image, self.digests[i], self.view, self.image_size)
+            image = _augment(image, digest, self.view, self.image_size)
         return self.preprocess(image)
 
 
 @dataclass(frozen=True)
 class RawJpeg:
     data: torch.Tensor  # uint8 [n_bytes]
+    digest: str  # of these bytes
 
 
 def _augment(image: Image.Image, digest: str, view: View, size: int) -> Image.Image:
@@ -198,12 +208,14 @@ def worker_context(device: torch.device, num_workers: int) -> str | None:
 
 
 def _collate(batch):  # type: ignore[no-untyped-def]
-    """(indices and stacked pixels of PIL items, indices and bytes of raw JPEGs, indices of unreadable files)."""
-    pil = [(i, x) for i, x in batch if isinstance(x, torch.Tensor)]
-    jpeg = [(i, x.data) for i, x in batch if isinstance(x, RawJpeg)]
-    bad = [i for i, x in batch if x is None]
+    """(indices and stacked pixels of PIL items, indices and raw JPEGs, indices of unreadable files, and the
+    digest of the bytes each readable item was decoded from)."""
+    pil = [(i, x) for i, _, x in batch if isinstance(x, torch.Tensor)]
+    jpeg = [(i, x) for i, _, x in batch if isinstance(x, RawJpeg)]
+    bad = [i for i, _, x in batch if x is None]
+    digests = {i: d for i, d, x in batch if x is not None}
     pixels = torch.stack([x for _, x in pil]) if pil else None
-    return [i for i, _ in pil], pixels, [i for i, _ in jpeg], [x for _, x in jpeg], bad
+    return [i for i, _ in pil], pixels, [i for i, _ in jpeg], [x for _, x in jpeg], bad, digests
 
 
 def _device_pixels(dataset: _ImageDataset, device: torch.device, tensor_path: TensorPreprocess | None,  # type: ignore[no-untyped-def]
@@ -215,14 +227,14 @@ def _device_pixels(dataset: _ImageDataset, device: torch.device, tensor_path: Te
     parts = [pil_pixels.to(device, non_blocking=True)] if pil_pixels is not None else []
     if jpeg_idx:
         assert tensor_path is not None
-        decoded = decode_jpegs(jpeg_data, device)
+        decoded = decode_jpegs([raw.data for raw in jpeg_data], device)
         good = [(i, image) for i, image in zip(jpeg_idx, decoded, strict=True) if image is not None]
         if good:
             order.extend(i for i, _ in good)
             parts.append(tensor_path([image for _, image in good]))
-        for i, image in zip(jpeg_idx, decoded, strict=True):
-            if image is None:
-                fallback = dataset.pil_pixels(i)
+        for i, raw, image in zip(jpeg_idx, jpeg_data, decoded, strict=True):
+            if image is None:  # PIL decodes the very same bytes
+                fallback = dataset.pil_pixels(raw.data.numpy().tobytes(), raw.digest)
                 if fallback is None:
                     refused.append(i)
                 else:
@@ -288,8 +300,8 @@ def encode_images(
         if num_workers is None:
             num_workers = min(4, os.cpu_count() or 1) if len(todo) >= 64 else 0
         device = backbone.device
-        dataset = _ImageDataset([paths[i] for i in todo], [digests[i] for i in todo], view, backbone.preprocess,
-                                backbone.image_size, raw_jpeg=tensor_path is not None)
+        dataset = _ImageDataset([paths[i] for i in todo], view, backbone.preprocess, backbone.image_size,
+                                raw_jpeg=tensor_path is not None)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                              collate_fn=_collate, pin_memory=device.type == "cuda",
                                              multiprocessing_context=worker_context(device, num_workers))
@@ -298,7 +310,7 @@ def encode_images(
         with progress(quiet) as bar, ThreadPoolExecutor(max_workers=1) as writer:
             pending = []
             task = bar.add_task(description, total=len(todo), status="")
-            for pil_idx, pil_pixels, jpeg_idx, jpeg_data, bad in loader:
+            for pil_idx, pil_pixels, jpeg_idx, jpeg_data, bad, decoded_digests in loader:
                 local_idx, pixels, refused = _device_pixels(dataset, device, tensor_path, pil_idx, pil_pixels,
                                                             jpeg_idx, jpeg_data)
                 bad_local.extend(bad + refused)
@@ -308,8 +320,9 @@ def encode_images(
                     feats = F.normalize(feats.float(), dim=-1).cpu()
                     stats.encoder_calls += 1
                     stats.encoded += len(local_idx)
-                    if cache is not None:
-                        pending.append(writer.submit(cache.add, [row_ids[todo[j]] for j in local_idx], feats))
+                    if cache is not None:  # keyed by the bytes that were decoded, not by the earlier hash
+                        keys = [f"{decoded_digests[j]}:{view.tag()}" for j in local_idx]
+                        pending.append(writer.submit(cache.add, keys, feats))
                     for j, f in zip(local_idx, feats, strict=True):
                         new_features[todo[j]] = f
                 bar.advance(task, len(pil_idx) + len(jpeg_idx) + len(bad))

@@ -58,7 +58,8 @@ def labelled_features(backbone, data: DataOptions, seed: int, precision: str, qu
         assert encoded is not None  # gather="all": every rank gets the result
         feats, kept, st = encoded
         stats.append(st)
-        keep = kept if keep is None else [k for k in keep if k in set(kept)]
+        kept_here = set(kept)  # linear in the images: a view's skipped files leave every view
+        keep = kept if keep is None else [k for k in keep if k in kept_here]
         per_view.append((feats, kept))
     assert keep is not None
     if not keep:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -25,7 +26,7 @@ import torch
 
 import negprompt_cli
 from negprompt_cli.backbone import Backbone
-from negprompt_cli.errors import HubError, NotFoundError, UsageError
+from negprompt_cli.errors import HubError, NegPromptNotice, NotFoundError, UsageError
 
 # name -> (open_clip architecture, default pretrained tag)
 KNOWN = {
@@ -36,6 +37,12 @@ KNOWN = {
 }
 RANDOM = ("none", "random")
 SCHEMES = ("hf-hub:", "local-dir:")
+# What an hf-hub: backbone fetches: open_clip's config and safetensors weights, in the names open_clip looks for.
+HUB_CONFIG = "open_clip_config.json"
+HUB_SAFETENSORS = ["open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "model.safetensors"]
+HUB_PICKLES = ["open_clip_pytorch_model.bin", "pytorch_model.bin", "open_clip_pytorch_model.pth", "pytorch_model.pth",
+               "model.pth"]
+ALLOW_PICKLE_ENV = "NEGPROMPT_ALLOW_PICKLE_WEIGHTS"  # =1: also pickle checkpoints (torch.load, weights_only)
 
 
 @negprompt_cli.hookimpl
@@ -72,11 +79,14 @@ def load_openclip(name: str, arch: str, default_tag: str | None, pretrained: str
                   device: torch.device, cache_dir: str | None = None,
                   quick_gelu: bool | None = None) -> Backbone:
     """Build a frozen open_clip model; every failure becomes a one-line negprompt error."""
+    source = arch  # what open_clip builds from: an hf-hub: model is fetched first, then read as a local-dir:
     if arch.startswith(SCHEMES):
         if pretrained not in (None, ""):
             raise UsageError(f"{arch} carries its own weights; drop --pretrained {pretrained}")
         if arch.startswith("local-dir:") and not Path(arch[len("local-dir:"):]).is_dir():
             raise NotFoundError(f"backbone directory not found: {arch[len('local-dir:'):]}")
+        if arch.startswith("hf-hub:"):
+            source = f"local-dir:{fetch_hub_backbone(arch[len('hf-hub:'):], cache_dir)}"
         kwargs: dict = {}
         tag = None
     else:
@@ -90,7 +100,7 @@ def load_openclip(name: str, arch: str, default_tag: str | None, pretrained: str
         kwargs["force_quick_gelu"] = bool(quick_gelu)
     try:
         with _quiet_open_clip_logging():
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, device=device, cache_dir=cache_dir,
+            model, _, preprocess = open_clip.create_model_and_transforms(source, device=device, cache_dir=cache_dir,
                                                                          **kwargs)
     except (RuntimeError, OSError, FileNotFoundError, ValueError) as exc:
         raise _load_error(arch, tag, exc) from exc
@@ -110,11 +120,64 @@ def load_openclip(name: str, arch: str, default_tag: str | None, pretrained: str
         pretrained=None if arch.startswith(SCHEMES) else tag,
         model=model,
         preprocess=preprocess,
-        tokenizer=open_clip.get_tokenizer(arch),
+        tokenizer=open_clip.get_tokenizer(source),
         image_size=int(size),
         quick_gelu=bool(quick_gelu),
         base_model=base_model,
     )
+
+
+def fetch_hub_backbone(repo_id: str, cache_dir: str | None) -> Path:
+    """The folder of an hf-hub: model in the Hugging Face cache, holding only open_clip's config and safetensors
+    weights (pickle checkpoints too only with NEGPROMPT_ALLOW_PICKLE_WEIGHTS=1). Which repository is fetched is
+    said before anything is fetched."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise UsageError(f"malformed Hub repo id in hf-hub:{repo_id}: {exc}") from None
+    pickles = os.environ.get(ALLOW_PICKLE_ENV, "") not in ("", "0")
+    allowed = [HUB_CONFIG, *HUB_SAFETENSORS, *(HUB_PICKLES if pickles else [])]
+    warnings.warn(f"backbone hf-hub:{repo_id}: {HUB_CONFIG} and "
+                  + ("weights (safetensors or pickle)" if pickles else "safetensors weights only")
+                  + f" from the Hub repository {repo_id} at revision main (or from the Hugging Face cache)",
+                  NegPromptNotice, stacklevel=2)
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=allowed, cache_dir=cache_dir or _hub_cache(),
+                                        endpoint=os.environ.get("HF_ENDPOINT") or None, library_name="negprompt",
+                                        library_version=negprompt_cli.__version__))
+    except Exception as exc:
+        raise _hub_fetch_error(repo_id, exc) from exc
+    if not (folder / HUB_CONFIG).is_file():
+        raise UsageError(f"hf-hub:{repo_id} has no {HUB_CONFIG}: not an open_clip model repository")
+    weights = HUB_SAFETENSORS + (HUB_PICKLES if pickles else [])
+    if not any((folder / name).is_file() for name in weights):
+        raise UsageError(f"hf-hub:{repo_id} has no safetensors weights ({', '.join(HUB_SAFETENSORS)}); pickle "
+                         "checkpoints from the Hub are not loaded unless you opt in",
+                         hint=f"set {ALLOW_PICKLE_ENV}=1 if you trust the repository's .bin / .pth files")
+    return folder
+
+
+def _hub_cache() -> str | None:
+    """The Hugging Face cache as the environment says now (huggingface_hub read it once, at import)."""
+    home = os.environ.get("HF_HOME")
+    return os.environ.get("HF_HUB_CACHE") or (str(Path(home) / "hub") if home else None)
+
+
+def _hub_fetch_error(repo_id: str, exc: Exception) -> Exception:
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    if isinstance(exc, RepositoryNotFoundError):
+        return HubError(f"Hub repository {repo_id} (backbone hf-hub:{repo_id}) not found (or you lack access)",
+                        hint="check the name, or set HF_TOKEN for a private repository")
+    if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        return HubError(f"could not fetch hf-hub:{repo_id}: not in the local cache and the Hub cannot be reached",
+                        hint="connect once so the weights land in the cache, or use a local-dir: backbone")
+    detail = str(exc).splitlines()[0] if str(exc) else ""
+    return HubError(f"could not fetch hf-hub:{repo_id}: {type(exc).__name__}: {detail}",
+                    hint="check the network or HF_ENDPOINT; --offline works from the cache")
 
 
 @contextmanager

@@ -138,3 +138,20 @@ def mount(tmp_path):
     yield make
     for point in mounted:
         subprocess.run(["umount", str(point)], capture_output=True)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A fresh loopback Hub (tests/hub_server.py), the client pointed at it, online (only towards 127.0.0.1)."""
+    import huggingface_hub.constants as constants
+    from hub_server import HubServer
+
+    server = HubServer().start()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_TOKEN", "hf_dummy")
+    yield server
+    server.stop()

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_image_folder
-from hub_server import HubServer
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -20,22 +19,6 @@ from negprompt_cli.artifact import PromptArtifact, load_prompts, save_prompts
 from negprompt_cli.cli import app
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A fresh loopback Hub, the client pointed at it, online (only towards 127.0.0.1)."""
-    import huggingface_hub.constants as constants
-
-    server = HubServer().start()
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setenv("HF_TOKEN", "hf_dummy")
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -200,7 +200,8 @@ def test_concurrent_writers_and_a_kill_9_leave_a_whole_cache(job):
     # what a writer killed mid-write leaves on a file system without atomic rename: a torn shard, a temp file
     key_dir = cache_keys(shared)[0]
     whole = next(key_dir.glob("*.safetensors")).read_bytes()
-    (key_dir / "torn0000000000000000000000000000.safetensors").write_bytes(whole[: len(whole) // 2])
+    torn = "7a" * 16 + ".safetensors"  # named as every shard is: uuid hex
+    (key_dir / torn).write_bytes(whole[: len(whole) // 2])
     (key_dir / f".{'0' * 32}-999999-{socket.gethostname()}.safetensors.tmp").write_bytes(whole[:100])
 
     # the clean run: finish the killed job, then score everything from the cache alone
@@ -218,7 +219,7 @@ def test_concurrent_writers_and_a_kill_9_leave_a_whole_cache(job):
 
     rows_before = _all_rows(shared)
     report = verify(shared)[0]
-    assert report.damaged == ["torn0000000000000000000000000000.safetensors"]
+    assert report.damaged == [torn]
     assert len(report.stale_temp_files) == 1
     assert invoke(["cache", "verify", "--cache-dir", str(shared)]).exit_code == 1
     gc = invoke(["cache", "gc", "--cache-dir", str(shared), "--json"])

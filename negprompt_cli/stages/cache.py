@@ -7,6 +7,7 @@ only read the cache. Under torchrun every rank encodes its share (see ``distribu
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,8 @@ from ..backbone import BackboneRequest, load_backbone
 from ..data import find_images_in
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, check_enough_items
-from ..errors import NegPromptError, NotFoundError, UsageError
-from ..feature_cache import compact, default_cache_dir, verify
+from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
+from ..feature_cache import compact, default_cache_dir, foreign_entries, verify
 from ..image_features import EncodeStats, View, encode_images_across
 
 
@@ -97,19 +98,33 @@ def existing_cache(cache_dir: Path | None) -> Path:
 
 
 def verify_cache(cache_dir: Path | None) -> dict[str, Any]:
-    """Every key's shards read and checked; ``damaged`` counts shards that fail."""
+    """Every key's shards read and checked; ``damaged`` counts shards that fail. A folder that is not a
+    negprompt cache is refused (exit 2); files the cache did not write are listed, never read."""
     root = existing_cache(cache_dir)
     keys = [k.as_dict() for k in verify(root)]
     return {"cache_dir": str(root), "keys": keys, "shards": sum(k["shards"] for k in keys),
             "rows": sum(k["unique_rows"] for k in keys), "damaged": sum(len(k["damaged"]) for k in keys),
-            "stale_temp_files": sum(len(k["stale_temp_files"]) for k in keys)}
+            "stale_temp_files": sum(len(k["stale_temp_files"]) for k in keys), "foreign": _foreign(root, keys)}
 
 
 def gc_cache(cache_dir: Path | None) -> dict[str, Any]:
-    """Compact every key: merge shards, drop duplicates, damaged shards and abandoned temporary files."""
+    """Compact every key: merge shards, drop duplicates, damaged shards and abandoned temporary files. Only
+    files the cache wrote are touched: a folder that is not a negprompt cache is refused (exit 2), and anything
+    else found in one is left where it is and named in one warning."""
     root = existing_cache(cache_dir)
     if not root.is_dir():
-        return {"cache_dir": str(root), "keys": [], "shards": 0, "rows": 0, "removed": 0}
+        return {"cache_dir": str(root), "keys": [], "shards": 0, "rows": 0, "removed": 0, "foreign": []}
     keys = [k.as_dict() for k in compact(root)]
     return {"cache_dir": str(root), "keys": keys, "shards": sum(k["shards"] for k in keys),
-            "rows": sum(k["unique_rows"] for k in keys), "removed": sum(k["removed"] for k in keys)}
+            "rows": sum(k["unique_rows"] for k in keys), "removed": sum(k["removed"] for k in keys),
+            "foreign": _foreign(root, keys)}
+
+
+def _foreign(root: Path, keys: list[dict[str, Any]]) -> list[str]:
+    """Paths in the cache that negprompt did not write, with one warning naming them (they are left alone)."""
+    found = [str(p) for p in foreign_entries(root)]
+    found += [str(root / k["key"] / name) for k in keys for name in k["foreign"]]
+    if found:
+        warnings.warn(f"left alone {len(found)} file(s) or folder(s) in the cache that negprompt did not write: "
+                      + ", ".join(found[:3]) + (" ..." if len(found) > 3 else ""), NegPromptWarning, stacklevel=2)
+    return found

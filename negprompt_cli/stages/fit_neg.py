@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..artifact import PromptArtifact, load_prompts, package_versions, save_prompts
-from ..atomic import check_output_path
+from ..atomic import check_not_input, check_output_path
 from ..backbone import (
     Backbone,
     BackboneRequest,
@@ -103,6 +103,8 @@ class NegativePlan:
 def plan_fit_neg(options: FitNegOptions) -> NegativePlan:
     """Every check that needs no backbone: output path, options, learner, data folder and class subset."""
     check_output_path(options.out)
+    check_not_input(options.out, [("--pos", options.pos), ("--classes", options.data.classes_file),
+                                  ("--train-classes", options.train_classes)])
     builder = get_host().learner(options.learner)
     if getattr(builder, "kind", None) != "negative":
         raise UsageError(f"learner {options.learner!r} does not learn negative prompts")
@@ -129,7 +131,7 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
     pos_path = options.pos
     positive = load_prompts(pos_path, kind="positive")
     if backbone is None:
-        backbone = load_backbone(options.backbone or artifact_backbone(positive, options.runtime))
+        backbone = load_backbone(options.backbone or artifact_backbone(positive, options.runtime, pos_path))
     set_text_checkpointing(backbone, options.grad_checkpoint)
     positive.check_backbone(backbone.identity(), pos_path)
     encoder = SoftPromptTextEncoder(backbone)

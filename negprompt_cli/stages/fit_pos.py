@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..artifact import PromptArtifact, package_versions, save_prompts
-from ..atomic import check_output_path
+from ..atomic import check_not_input, check_output_path
 from ..backbone import Backbone, BackboneRequest, load_backbone, set_text_checkpointing
 from ..checkpoint import Checkpointing, checkpoint_path
 from ..devices import check_precision
@@ -46,6 +46,7 @@ def zero_shot_accuracy(encoder: SoftPromptTextEncoder, names: list[str], feature
 def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict[str, Any]:
     """Train positive prompts; ``backbone`` reuses an already loaded ``options.backbone``."""
     check_output_path(options.out)
+    check_not_input(options.out, [("--classes", options.data.classes_file)])
     builder = get_host().learner(options.learner)
     if getattr(builder, "kind", "positive") != "positive":
         raise UsageError(f"learner {options.learner!r} learns {builder.kind} prompts; fit-pos needs a positive learner")

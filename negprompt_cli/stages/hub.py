@@ -64,7 +64,26 @@ def parse_repo_ref(value: str) -> tuple[str, str | None]:
                          hint="use ORG/NAME, optionally @REVISION (a branch, tag or commit)") from exc
     if "@" in revision or (ref.endswith("@") and not revision):
         raise UsageError(f"malformed revision in {value!r}")
+    if revision:
+        check_revision(revision)
     return repo_id, revision or None
+
+
+_REF_FORBIDDEN = set(" ~^:?*[\\") | {chr(c) for c in range(32)} | {"\x7f"}
+
+
+def check_revision(revision: str) -> str:
+    """A branch, tag or commit id by git's ref-name rules (``git check-ref-format``), before any path is built
+    from it: huggingface_hub stores a branch's commit under ``refs/<revision>`` in its cache, so a revision like
+    ``../../x`` would write outside it."""
+    parts = revision.split("/")
+    bad = (len(revision) > 255 or any(c in _REF_FORBIDDEN for c in revision) or ".." in revision
+           or "@{" in revision or revision == "@" or revision.endswith(".")
+           or any(not part or part.startswith(".") or part.endswith(".lock") for part in parts))
+    if bad:
+        raise UsageError(f"malformed revision {revision!r}: not a branch, tag or commit name",
+                         hint="a revision is a branch (main), a tag (v1.0), a commit id, or refs/pr/N")
+    return revision
 
 
 def _offline(options: HubOptions) -> bool:
@@ -281,6 +300,9 @@ def push(path: Path, repo_id: str, options: HubOptions = HubOptions(), *, privat
     repo_id, revision = parse_repo_ref(repo_id)
     if revision:
         raise UsageError("name the branch with --branch, not @REVISION, when pushing")
+    for given in (branch, tag):
+        if given is not None:
+            check_revision(given)
     if _offline(options):
         raise HubError("cannot push while offline", hint="drop --offline / unset HF_HUB_OFFLINE")
     api = HfApi(endpoint=options.endpoint, token=options.token)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_folder, check_writable
+from ..atomic import atomic_folder, check_writable, files_into_folder
 from ..errors import NegPromptWarning, NotFoundError, UsageError
 from ..metrics import AUPR_ESTIMATOR, ood_metrics
 from ..report_table import TABLE_HEADER, markdown_table, table_rows
@@ -27,6 +27,11 @@ class ReportOptions:
     out_dir: Path | None = None
     fpr_convention: str = "id-positive"
     tpr_level: float = 0.95
+    overwrite: bool = False  # --out holds other files: write the report's files beside them (never delete them)
+
+
+# Every file a report folder can hold; only these are ever replaced or removed in an existing --out folder.
+REPORT_FILES = ("report.html", "report.md", "report.json", "roc.png", "histogram.png", "similarity.png")
 
 
 def parse_ood_args(values: list[str]) -> list[tuple[str, Path]]:
@@ -52,10 +57,8 @@ def build_report(options: ReportOptions) -> dict[str, Any]:
     if not options.ood:
         raise UsageError("report needs at least one OOD score file (--ood NAME=FILE): metrics are undefined "
                          "without OOD scores")
-    if options.out_dir is not None and not options.out_dir.parent.exists():
-        raise NotFoundError(f"output directory's parent does not exist: {options.out_dir.parent}")
     if options.out_dir is not None:
-        check_writable(options.out_dir.parent)
+        check_report_folder(options.out_dir, options.overwrite)
     id_rows = read_score_file(options.id_file)
     ood_rows = {name: read_score_file(path) for name, path in options.ood}
     _check_compatible(options.id_file, id_rows, {name: path for name, path in options.ood}, ood_rows)
@@ -84,10 +87,31 @@ def build_report(options: ReportOptions) -> dict[str, Any]:
     }
     if options.out_dir is not None:
         ood_scores = {n: np.array([r["score"] for r in rows]) for n, rows in ood_rows.items()}
-        with atomic_folder(options.out_dir) as staging:  # all files or none: never a folder with only roc.png
+        existing = options.out_dir.is_dir() and any(options.out_dir.iterdir())
+        # a new folder: all files or none (never a folder with only roc.png); an existing one: only the report's
+        # own files are replaced, each whole, and whatever else the folder holds stays
+        staging_area = files_into_folder(options.out_dir, REPORT_FILES) if existing else atomic_folder(options.out_dir)
+        with staging_area as staging:
             write_report_files(report, id_scores, ood_scores, staging)
         report["files"] = {kind: str(options.out_dir / f"report.{kind}") for kind in ("html", "md", "json")}
     return report
+
+
+def check_report_folder(out: Path, overwrite: bool) -> None:
+    """Before any work: --out may be new, empty or a previous report; a folder with other files in it is refused
+    unless --overwrite (and even then only the report's own files are replaced)."""
+    if not out.parent.exists():
+        raise NotFoundError(f"output directory's parent does not exist: {out.parent}")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder", hint="name a folder for the report")
+    check_writable(out if out.is_dir() else out.parent)
+    if out.is_dir() and not overwrite:
+        others = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES and not p.name.startswith("."))
+        if others:
+            raise UsageError(f"--out {out} holds files a report does not write ({', '.join(others[:3])}"
+                             + (" ..." if len(others) > 3 else "") + ")",
+                             hint="name a new or empty folder, or pass --overwrite to replace only the report's "
+                                  "own files (yours are kept)")
 
 
 def _check_compatible(id_file: Path, id_rows, ood_files, ood_rows) -> None:  # type: ignore[no-untyped-def]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import torch
 
 from ..adaptive import AdaptiveOptions, adaptive_scores
 from ..artifact import PromptArtifact, load_prompts
-from ..atomic import check_output_path, write_text_atomic
+from ..atomic import check_not_input, check_output_path, write_text_atomic
 from ..backbone import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from ..data import find_images_in, image_inputs, read_names_file
 from ..devices import check_precision
@@ -79,6 +79,9 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
     if options.zero_shot == (options.prompts is not None):
         raise UsageError("give --prompts P, or --zero-shot with --names FILE")
     paths, roots = find_images_in(options.images)
+    if ranks.is_main:
+        check_not_input(options.out, [("--prompts", options.prompts), ("--names", options.names),
+                                      ("--lexicon", options.labels.lexicon), *(("image", p) for p in paths)])
     check_enough_items(len(paths), ranks)
     if options.calibrate is not None and not options.calibrate.exists():
         raise NotFoundError(f"calibration images not found: {options.calibrate}")
@@ -94,10 +97,12 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
     else:
         assert options.prompts is not None
         artifact = load_prompts(options.prompts)
-        if options.backbone is not None:
+        runtime = options.runtime
+        if options.backbone is not None:  # named on the command line: the user chose it
             artifact.check_backbone({"backbone": options.backbone.name, "pretrained": options.backbone.pretrained},
                                     options.prompts)
-        backbone = load_backbone(artifact_backbone(artifact, options.runtime))
+            runtime = replace(runtime, trust_backbone=True)
+        backbone = load_backbone(artifact_backbone(artifact, runtime, options.prompts))
         names = names or list(artifact.class_names)
         text_pos, text_neg = text_features_for(SoftPromptTextEncoder(backbone), artifact, names,
                                                options.runtime.text_chunk)

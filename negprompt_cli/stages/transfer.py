@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact import PromptArtifact, load_prompts, package_versions, save_prompts
-from ..atomic import check_output_path
+from ..atomic import check_not_input, check_output_path
 from ..backbone import RuntimeOptions, artifact_backbone, load_backbone
 from ..data import read_names_file
 from ..devices import check_precision
@@ -31,11 +31,12 @@ from ..thresholds import ThresholdWarning, applicable, calibrate, calibrated_sco
 def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions = RuntimeOptions(), *,
              calibrate_on: Path | None = None, encoding: EncodeOptions = EncodeOptions()) -> dict[str, Any]:
     check_output_path(out)
+    check_not_input(out, [("--prompts", prompts), ("--names", names_file)])
     if calibrate_on is not None and not calibrate_on.exists():
         raise NotFoundError(f"calibration images not found: {calibrate_on}")
     source = load_prompts(prompts)
     names = read_names_file(names_file)
-    backbone = load_backbone(artifact_backbone(source, runtime))
+    backbone = load_backbone(artifact_backbone(source, runtime, prompts))
     source.check_backbone(backbone.identity(), prompts)
     encoder = SoftPromptTextEncoder(backbone)
     text_pos, text_neg = text_features_for(encoder, source, names, runtime.text_chunk)
