@@ -35,7 +35,7 @@ from .errors import (
     NegPromptError,
     Terminated,
 )
-from .presets import DEFAULT_BACKBONE, NEGATIVE_OPTIM, POSITIVE_OPTIM, override
+from .presets import DEFAULT_BACKBONE, NEGATIVE_OPTIM, POSITIVE_OPTIM, negatives_note, override
 
 EPILOG = ("Exit codes: 0 ok, 1 runtime error, 2 usage or invalid input, 3 not found, "
           "4 hub/network, 5 incompatible artifact, 130 interrupted, 141 stdout closed, 143 terminated. "
@@ -388,10 +388,12 @@ def fit_neg_command(
             pos_stage_options(options, request, override(PromptSettings(), n_ctx=n_ctx, ctx_init=ctx_init),
                               positive_optim), options)
     settings = ", ".join(f"{k} {v}" for k, v in summary["learner_options"].items())
-    finish(f"Wrote {out}: {summary['classes']} classes ({summary['train_classes']} trained on), learner "
-           f"{summary['learner']} ({settings}); ID threshold "
-           f"{summary['threshold']['value']:.4f} keeps 95% of {summary['threshold']['source']} images.",
-           summary, run["json_out"])
+    message = (f"Wrote {out}: {summary['classes']} classes ({summary['train_classes']} trained on), learner "
+               f"{summary['learner']} ({settings}); ID threshold {summary['threshold']['value']:.4f} "
+               f"({summary['threshold']['scorer']}) keeps 95% of {summary['threshold']['source']} images.")
+    if not summary["scorer_uses_negative_prompts"]:
+        message += " Note: " + negatives_note(summary["threshold"]["scorer"], by_default=True) + "."
+    finish(message, summary, run["json_out"])
 
 
 def _prompts_path(value: str, offline: bool = False) -> Path:
@@ -542,6 +544,9 @@ def score_command(
     info(f"Scored {summary['images']} image(s) with {summary['scorer']} ({summary['encoded']} encoded, "
          f"{summary['cached']} from the feature cache){mined}{memory_note}{decision}"
          + (f"; wrote {out}" if out else "") + ".")
+    negatives = summary["negative_prompts"]
+    if negatives is not None and not negatives["used"]:
+        info("Note: " + negatives_note(summary["scorer"], by_default=summary["scorer_source"] != "--scorer") + ".")
     if json_out:
         emit_json(summary)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,12 +142,35 @@ def default_names(class_dirs: list[str]) -> list[str]:
     return [d.replace("_", " ") for d in class_dirs]
 
 
+def read_text_lines(path: Path, what: str = "class-names file") -> list[str]:
+    """The lines of a UTF-8 text file (a leading BOM dropped). Only ``\n`` and ``\r\n`` end a line: the other
+    characters Python's ``splitlines`` breaks at (U+2028, U+0085, form feed ...) would split one name in two.
+    Control characters (a tab excepted) are refused: they are never part of a class name and would reach
+    terminals and plots raw."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"{what} not found: {path}")
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r})",
+                         hint=f"save the {what} as UTF-8") from None
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    for number, line in enumerate(lines, 1):
+        bad = next((c for c in line if c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+        if bad is not None:
+            raise UsageError(f"{path}:{number}: control character U+{ord(bad):04X} in the {what}",
+                             hint="one name per line, separated by newlines only")
+    return lines
+
+
 def read_names_file(path: Path) -> list[str]:
     """A plain list of class names, one per line; blank lines are errors, duplicates a warning."""
     path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"class-names file not found: {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text_lines(path)
     while lines and not lines[-1].strip():
         lines.pop()  # a trailing newline is not a blank class
     if not lines:
@@ -178,7 +202,25 @@ def read_class_names(path: Path, class_dirs: list[str]) -> list[str]:
     if len(lines) != len(class_dirs):
         raise UsageError(f"{path} has {len(lines)} class names but the data has {len(class_dirs)} class folders",
                          hint="one name per class folder, in sorted folder order, or folder<TAB>name lines")
+    _check_order(path, lines, class_dirs)
     return lines
+
+
+def _folder_key(name: str) -> str:
+    return " ".join(name.replace("_", " ").replace("-", " ").casefold().split())
+
+
+def _check_order(path: Path, names: list[str], class_dirs: list[str]) -> None:
+    """A names file whose line names another class folder is in the wrong order (it would train every class
+    on another's name, to near-zero accuracy, with nothing said): refuse it, naming the first such line."""
+    folders = {_folder_key(d): d for d in class_dirs}
+    for number, (name, folder) in enumerate(zip(names, class_dirs, strict=True), 1):
+        other = folders.get(_folder_key(name))
+        if other is not None and other != folder:
+            raise UsageError(f"{path}:{number}: {name!r} is the name of folder {other!r}, but line {number} names "
+                             f"folder {folder!r} (sorted-folder order)",
+                             hint="list the names in the order of the sorted folder names, or write "
+                                  "folder<TAB>name lines")
 
 
 def _check_duplicates(path: Path, names: list[str]) -> None:

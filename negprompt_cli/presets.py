@@ -58,6 +58,26 @@ def default_scorer(has_negatives: bool, *, zero_shot: bool = False) -> str:
     return DEFAULT_SCORERS["zero-shot" if zero_shot else "negatives" if has_negatives else "positives"]
 
 
+# Why the default for prompts *with* negatives does not use them: on validation (benchmarks/results/quality.json,
+# mean FPR95 of each method at its best settings, released-code loss) energy on the positive prompts beat every
+# scorer that uses the learned negative prompts. tests/test_presets.py checks these numbers against the file.
+NEGATIVES_EVIDENCE = {"default": ("energy", 61.2), "best_using_negatives": ("negprompt+csp", 63.4),
+                      "paper": ("negprompt", 87.0)}
+
+
+def negatives_note(scorer: str, *, by_default: bool) -> str:
+    """One sentence for a user who trained negative prompts and scores with a scorer that ignores them."""
+    if not by_default:
+        return (f"the {scorer} scorer does not use the negative prompts; --scorer negprompt (Eq. 3) or "
+                "negprompt+csp uses them")
+    (default, fpr), (best, best_fpr), (paper, paper_fpr) = (NEGATIVES_EVIDENCE[k] for k in
+                                                           ("default", "best_using_negatives", "paper"))
+    return (f"{scorer}, the default scorer for these prompts, does not use the negative prompts: on validation "
+            f"{default} on the positive prompts (mean FPR95 {fpr}) beat every scorer that uses them (best {best} "
+            f"{best_fpr}, the paper's {paper} {paper_fpr}; docs/quality.md); --scorer {best} or --scorer {paper} "
+            "uses them")
+
+
 def override(preset: T, **given: Any) -> T:
     """``preset`` with the settings the user actually gave (``None`` means "not given")."""
     names = {f.name for f in fields(preset)}  # type: ignore[arg-type]

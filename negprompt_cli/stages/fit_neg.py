@@ -98,10 +98,11 @@ class NegativePlan:
     learner_options: Any  # the learner's Options, filled
     folder: ImageFolder
     chosen: list[int]  # indices of the classes the negatives train on
+    positive: PromptArtifact | None = None  # --pos, loaded (None in the one-command pipeline: not trained yet)
 
 
 def plan_fit_neg(options: FitNegOptions) -> NegativePlan:
-    """Every check that needs no backbone: output path, options, learner, data folder and class subset."""
+    """Every check that needs no backbone: output path, options, learner, data folder, class names and subset."""
     check_output_path(options.out)
     check_not_input(options.out, [("--pos", options.pos), ("--classes", options.data.classes_file),
                                   ("--train-classes", options.train_classes)])
@@ -110,8 +111,46 @@ def plan_fit_neg(options: FitNegOptions) -> NegativePlan:
         raise UsageError(f"learner {options.learner!r} does not learn negative prompts")
     settings = learner_options(options.learner, builder, options.learner_options)
     folder = load_image_folder(options.data.root, options.data.classes_file)
+    positive = None
+    if options.pos is not None:
+        positive = load_prompts(options.pos, kind="positive")
+        folder = names_from_positive(folder, positive, options.pos, options.data.classes_file)
     chosen = select_train_classes(folder.class_dirs, folder.class_names, options, options.optim.seed)
-    return NegativePlan(builder, settings, folder, chosen)
+    return NegativePlan(builder, settings, folder, chosen, positive)
+
+
+def names_from_positive(folder: ImageFolder, positive: PromptArtifact, pos_path: Path,
+                        classes_file: Path | None) -> ImageFolder:
+    """The class names the negatives train with: those the positive prompts were trained with, mapped to DATA's
+    folders through the folders the positives recorded. A ``--classes`` file that names a class otherwise is
+    refused (training on other names than the positives' silently changes the prompts and the threshold)."""
+    recorded = positive.training.get("data", {}).get("class_dirs") if isinstance(positive.training, dict) else None
+    names = list(positive.class_names)
+    if isinstance(recorded, list) and len(recorded) == len(names) and "transfer" not in positive.extra:
+        by_folder = dict(zip(recorded, names, strict=True))
+        unknown = [d for d in folder.class_dirs if d not in by_folder]
+        if unknown:
+            if classes_file is not None:  # classes the positives never saw, named by the user: shared contexts
+                return folder
+            raise UsageError(f"{folder.root} has class folder(s) the positive prompts {pos_path} were not trained "
+                             f"on: {', '.join(unknown[:3])}" + (" ..." if len(unknown) > 3 else ""),
+                             hint="name the classes with --classes FILE, or train the positives on this data")
+        wanted = [by_folder[d] for d in folder.class_dirs]
+    elif len(names) == len(folder.class_dirs):
+        if classes_file is not None:  # no folder record to check the file against (a transferred artifact)
+            return folder
+        wanted = names  # in sorted-folder order, as fit-pos takes them
+    else:
+        if classes_file is not None:
+            return folder
+        raise UsageError(f"the positive prompts {pos_path} hold {len(names)} class names but {folder.root} has "
+                         f"{len(folder.class_dirs)} class folders", hint="name the classes with --classes FILE")
+    if classes_file is not None and list(folder.class_names) != wanted:
+        at = next(i for i, (a, b) in enumerate(zip(folder.class_names, wanted, strict=True)) if a != b)
+        raise UsageError(f"--classes {classes_file} names folder {folder.class_dirs[at]!r} "
+                         f"{folder.class_names[at]!r}, but the positive prompts {pos_path} were trained with "
+                         f"{wanted[at]!r}", hint="drop --classes: fit-neg takes the class names stored in --pos")
+    return replace(folder, class_names=wanted)
 
 
 def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
@@ -129,7 +168,10 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
         raise UsageError("fit-neg needs positive prompts (--pos), or the one-command pipeline to train them first")
     summary: dict[str, Any] = {}
     pos_path = options.pos
-    positive = load_prompts(pos_path, kind="positive")
+    positive = plan.positive
+    if positive is None:  # the pipeline planned before its positive stage ran: same data and names
+        positive = load_prompts(pos_path, kind="positive")
+        preview = names_from_positive(preview, positive, pos_path, options.data.classes_file)
     if backbone is None:
         backbone = load_backbone(options.backbone or artifact_backbone(positive, options.runtime, pos_path))
     set_text_checkpointing(backbone, options.grad_checkpoint)
@@ -231,6 +273,7 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
         "initial_loss": initial_terms,
         "final_loss": final_terms,
         "threshold": threshold,
+        "scorer_uses_negative_prompts": bool(getattr(scorer_fn, "needs_negative_prompts", False)),
         f"{calib_source}_accuracy": id_accuracy,
         "train_accuracy": accuracy(module, train_features[:, 0], train_labels),
     })

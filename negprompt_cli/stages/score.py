@@ -114,6 +114,7 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
         artifact_names = list(artifact.class_names)
     # what the prompts recommend (the scorer their threshold was calibrated for), else the default
     scorer = options.scorer or tau_scorer or default_scorer(text_neg is not None, zero_shot=options.zero_shot)
+    scorer_source = "--scorer" if options.scorer else "stored threshold" if tau_scorer else "default"
     scorer_fn = get_host().scorer(scorer)  # unknown names fail before any image is encoded
     if getattr(scorer_fn, "needs_negative_prompts", False) and text_neg is None:
         raise IncompatibleArtifactError(
@@ -207,7 +208,12 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
                "scorer": scorer, "temperature": temperature, "threshold": threshold,
                "threshold_source": threshold_source, "calibration": calibration,
                "flagged_ood": flagged if threshold is not None else None, "out": str(options.out or "-"),
-               "negative_labels": labels.record() if labels is not None else None, "adaptive": adaptive_record}
+               "negative_labels": labels.record() if labels is not None else None, "adaptive": adaptive_record,
+               "scorer_source": scorer_source,
+               # learned negative prompts: how many per class, and whether this scorer reads them
+               "negative_prompts": None if text_neg is None else {
+                   "per_class": int(text_neg.shape[1]),
+                   "used": bool(getattr(scorer_fn, "needs_negative_prompts", False))}}
     if options.out is None:
         summary["rendered"] = text  # the caller decides where it goes (the CLI: stdout)
     summary["rows"] = rows

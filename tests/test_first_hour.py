@@ -1,0 +1,181 @@
+"""A new user's first hour (issue #22): fit-neg keeps the class names of its positive prompts, names files are
+checked, and the scorer that runs says whether it uses the negative prompts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import NEG_FAST, invoke, make_image_folder
+
+from negprompt_cli.artifact import load_prompts
+from negprompt_cli.data import load_image_folder, read_names_file
+from negprompt_cli.errors import UsageError
+
+POS_FAST = ["--epochs", "2", "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw", "--warmup-epochs", "0",
+            "--n-ctx", "4"]
+CLASSES = ("red_stripes", "green_bars", "blue_dots")
+
+
+def error_line(result) -> str:  # type: ignore[no-untyped-def]
+    return next(line for line in result.stderr.splitlines() if line.startswith("Error:"))
+
+
+@pytest.fixture
+def wnid_data(tmp_path, tiny_vit_dir):
+    """ImageNet-style folders (wnids) named by a names file, and fit-pos prompts trained with those names."""
+    root = make_image_folder(tmp_path / "src", classes=CLASSES, per_class=4)
+    data = tmp_path / "train"
+    data.mkdir()
+    for i, cls in enumerate(sorted(CLASSES)):  # n00000000 ... in the sorted order of the names below
+        (root / cls).rename(data / f"n{i:08d}")
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"{c.replace('_', ' ')}\n" for c in sorted(CLASSES)))
+    backbone = ["--backbone", f"local-dir:{tiny_vit_dir}"]
+    pos = invoke(["fit-pos", "--data", str(data), "--classes", str(names), "--out", str(tmp_path / "pos.safetensors"),
+                  *backbone, *POS_FAST])
+    assert pos.exit_code == 0, pos.stderr
+    return tmp_path, data, names
+
+
+def test_fit_neg_takes_the_class_names_stored_in_its_positive_prompts(wnid_data):
+    root, data, names = wnid_data
+    pos = root / "pos.safetensors"
+    without = invoke(["fit-neg", "--data", str(data), "--pos", str(pos), "--out", str(root / "a.safetensors"),
+                      *NEG_FAST, "--json"])
+    assert without.exit_code == 0, without.stderr
+    given = invoke(["fit-neg", "--data", str(data), "--pos", str(pos), "--classes", str(names), "--out",
+                    str(root / "b.safetensors"), *NEG_FAST, "--json"])
+    assert given.exit_code == 0, given.stderr
+    a, b = load_prompts(root / "a.safetensors"), load_prompts(root / "b.safetensors")
+    assert a.class_names == b.class_names == load_prompts(pos).class_names == ["blue dots", "green bars",
+                                                                               "red stripes"]
+    assert json.loads(without.stdout)["threshold"]["value"] == json.loads(given.stdout)["threshold"]["value"]
+
+
+def test_fit_neg_refuses_a_classes_file_that_contradicts_its_positive_prompts(wnid_data):
+    root, data, _ = wnid_data
+    other = root / "other.txt"
+    other.write_text("blue dots\ngreen bars\nred squares\n")
+    result = invoke(["fit-neg", "--data", str(data), "--pos", str(root / "pos.safetensors"), "--classes", str(other),
+                     "--out", str(root / "c.safetensors"), *NEG_FAST])
+    assert result.exit_code == 2
+    assert error_line(result) == (f"Error: --classes {other} names folder 'n00000002' 'red squares', but the positive "
+                                  f"prompts {root / 'pos.safetensors'} were trained with 'red stripes'")
+    assert "drop --classes" in result.stderr and not (root / "c.safetensors").exists()
+
+
+def test_fit_neg_refuses_data_folders_its_positives_never_saw_unless_they_are_named(wnid_data):
+    root, data, _ = wnid_data
+    (data / "n00000009").mkdir()
+    (data / "n00000000" / "000.png").rename(data / "n00000009" / "000.png")
+    result = invoke(["fit-neg", "--data", str(data), "--pos", str(root / "pos.safetensors"), "--out",
+                     str(root / "d.safetensors"), *NEG_FAST])
+    assert result.exit_code == 2
+    assert "has class folder(s) the positive prompts" in error_line(result) and "n00000009" in error_line(result)
+
+
+# -- names files ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def folders(tmp_path) -> Path:
+    for name in ("cat", "dog", "red_fox"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "x.png").write_bytes(b"")
+    return tmp_path / "data"
+
+
+def names(tmp_path, content: bytes, name: str = "names.txt") -> Path:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+def test_a_names_file_in_another_order_than_the_folders_is_refused(tmp_path, folders):
+    path = names(tmp_path, b"dog\ncat\nred fox\n")
+    with pytest.raises(UsageError) as caught:
+        load_image_folder(folders, path)
+    assert str(caught.value) == f"{path}:1: 'dog' is the name of folder 'dog', but line 1 names folder 'cat' " \
+                                "(sorted-folder order)"
+    shuffled = names(tmp_path, b"Cat\nRed-Fox\ndog\n")  # case and separators do not hide it
+    with pytest.raises(UsageError, match="'Red-Fox' is the name of folder 'red_fox'"):
+        load_image_folder(folders, shuffled)
+    fine = names(tmp_path, b"cat\ndog\nfox\n")  # own names for the folders are fine
+    assert load_image_folder(folders, fine).class_names == ["cat", "dog", "fox"]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_name(tmp_path, folders):
+    path = names(tmp_path, "\ufeffcat\r\ndog\r\nred fox\r\n".encode())
+    assert read_names_file(path) == ["cat", "dog", "red fox"]
+    assert load_image_folder(folders, path).class_names == ["cat", "dog", "red fox"]
+
+
+def test_names_files_that_are_not_utf8_or_hold_control_characters_are_one_line_errors(tmp_path):
+    latin1 = names(tmp_path, "café\nthé\n".encode("latin-1"), "latin1.txt")
+    with pytest.raises(UsageError) as caught:
+        read_names_file(latin1)
+    assert str(caught.value) == f"{latin1} is not UTF-8 text (byte 3: b'\\xe9')"
+    for bad, code in (("a\x1b[31mb\nc\n", "001B"), ("a\x00\nb\n", "0000"), ("one\u2028two\n", "2028")):
+        path = names(tmp_path, bad.encode())
+        with pytest.raises(UsageError, match=f"{path}:1: control character U\\+{code}"):
+            read_names_file(path)
+    images = make_image_folder(tmp_path / "images", classes=("red_stripes",), per_class=1)
+    result = invoke(["score", str(images), "--zero-shot", "--names", str(latin1), "--backbone", "toy"])
+    assert result.exit_code == 2 and error_line(result) == f"Error: {latin1} is not UTF-8 text (byte 3: b'\\xe9')"
+
+
+def test_only_newlines_separate_names(tmp_path):
+    # U+0085, form feed and the like are split points of str.splitlines, not of a names file: refused, not split
+    path = names(tmp_path, b"one\x0ctwo\nthree\n")
+    with pytest.raises(UsageError, match="control character U\\+000C"):
+        read_names_file(path)
+    plain = names(tmp_path, "São Paulo\nZürich\n".encode())
+    assert read_names_file(plain) == ["São Paulo", "Zürich"]
+
+
+# -- which scorer runs, and whether it reads the negative prompts ---------------------------------------------
+def test_fit_neg_and_score_say_that_the_default_scorer_does_not_use_the_negative_prompts(wnid_data):
+    root, data, _ = wnid_data
+    neg = root / "neg.safetensors"
+    fit = invoke(["fit-neg", "--data", str(data), "--pos", str(root / "pos.safetensors"), "--out", str(neg),
+                  *NEG_FAST, "--json"])
+    assert fit.exit_code == 0, fit.stderr
+    assert json.loads(fit.stdout)["scorer_uses_negative_prompts"] is False
+    note = "Note: energy, the default scorer for these prompts, does not use the negative prompts: on validation " \
+           "energy on the positive prompts (mean FPR95 61.2) beat every scorer that uses them"
+    assert note in " ".join(fit.stderr.split())
+    scored = {}
+    for scorer in (None, "negprompt", "mcm"):
+        out = root / f"{scorer}.csv"
+        result = invoke(["score", str(data), "--prompts", str(neg), "--out", str(out), "--json",
+                         *(["--scorer", scorer] if scorer else [])])
+        assert result.exit_code == 0, result.stderr
+        scored[scorer] = (json.loads(result.stdout), " ".join(result.stderr.split()))
+    summary, stderr = scored[None]
+    assert summary["scorer"] == "energy" and summary["scorer_source"] == "stored threshold"
+    assert summary["negative_prompts"] == {"per_class": 2, "used": False}
+    assert note in stderr and "--scorer negprompt+csp or --scorer negprompt uses them" in stderr
+    summary, stderr = scored["negprompt"]
+    assert summary["negative_prompts"]["used"] is True and "Note:" not in stderr
+    summary, stderr = scored["mcm"]
+    assert summary["scorer_source"] == "--scorer" and summary["negative_prompts"]["used"] is False
+    assert "Note: the mcm scorer does not use the negative prompts" in stderr
+    positive_only = invoke(["score", str(data), "--prompts", str(root / "pos.safetensors"), "--out",
+                            str(root / "p.csv"), "--json"])
+    assert json.loads(positive_only.stdout)["negative_prompts"] is None and "Note:" not in positive_only.stderr
+
+
+def test_the_stated_evidence_is_the_stored_validation_result():
+    from negprompt_cli.presets import DEFAULT_SCORERS, NEGATIVES_EVIDENCE
+
+    quality = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "quality.json").read_text())
+    best = {method: min(r["criterion"] for r in rows) for method, rows in quality["validation"].items()}
+    official = {m: best[m] for m, spec in quality["methods"].items()
+                if spec["positives"] == "negprompt-official" and not spec["adaptive"]}
+    winner = min(official, key=official.get)
+    assert quality["methods"][winner]["scorer"] == NEGATIVES_EVIDENCE["best_using_negatives"][0]
+    assert round(100 * official[winner], 1) == NEGATIVES_EVIDENCE["best_using_negatives"][1]
+    assert round(100 * best["CoOp + energy"], 1) == NEGATIVES_EVIDENCE["default"][1]
+    assert round(100 * best["NegPrompt (official)"], 1) == NEGATIVES_EVIDENCE["paper"][1]
+    assert DEFAULT_SCORERS["negatives"] == NEGATIVES_EVIDENCE["default"][0]
+    assert NEGATIVES_EVIDENCE["default"][1] < NEGATIVES_EVIDENCE["best_using_negatives"][1]  # still the better one
