@@ -116,10 +116,18 @@ def load_prompts(path: str | Path, *, kind: str | None = None) -> PromptArtifact
     if METADATA_KEY not in header:
         raise IncompatibleArtifactError(f"{path} is a safetensors file but not a negprompt artifact "
                                         "(no negprompt metadata)")
+    if len(header[METADATA_KEY]) > MAX_METADATA_CHARS:
+        raise IncompatibleArtifactError(f"{path}: negprompt metadata of {len(header[METADATA_KEY]):,} characters "
+                                        f"(more than {MAX_METADATA_CHARS:,}): not an artifact negprompt wrote")
     try:
         meta = json.loads(header[METADATA_KEY])
     except json.JSONDecodeError as exc:
         raise IncompatibleArtifactError(f"{path} has corrupt negprompt metadata: {exc}") from exc
+    except RecursionError:
+        raise IncompatibleArtifactError(f"{path}: negprompt metadata nested too deeply to be an artifact "
+                                        "negprompt wrote") from None
+    if not isinstance(meta, dict):
+        raise IncompatibleArtifactError(f"{path}: negprompt metadata is a JSON {type(meta).__name__}, not an object")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise IncompatibleArtifactError(
@@ -134,6 +142,7 @@ def load_prompts(path: str | Path, *, kind: str | None = None) -> PromptArtifact
     missing = [k for k in ("kind", "backbone", "prompt", "class_names") if k not in meta]
     if missing:
         raise IncompatibleArtifactError(f"{path} metadata lacks {', '.join(missing)}")
+    check_schema(meta, tensors, path)
     artifact = PromptArtifact(
         kind=meta["kind"], tensors=tensors, backbone=meta["backbone"], prompt=meta["prompt"],
         class_names=list(meta["class_names"]), training=meta.get("training", {}),
@@ -144,6 +153,107 @@ def load_prompts(path: str | Path, *, kind: str | None = None) -> PromptArtifact
         raise IncompatibleArtifactError(f"{path} is a {artifact.kind} prompts artifact; expected {expected} "
                                         "artifact")
     return artifact
+
+
+MAX_METADATA_CHARS = 64 * 1024 * 1024  # far above any real artifact (class names and history of a large run)
+MAX_CONTEXT_TOKENS = 1024  # far above any CLIP text tower's context; the backbone's own length is checked on use
+_OPTIONAL_DICTS = ("training", "extra", "versions")
+
+
+def _field_error(path: Path, name: str, problem: str) -> IncompatibleArtifactError:
+    return IncompatibleArtifactError(f"{path}: metadata field {name} {problem}",
+                                     hint="the file is damaged or was not written by negprompt: re-download or "
+                                          "retrain it")
+
+
+def check_schema(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """The metadata's types and the tensors' shapes, consistent with each other, before any model or image work
+    (an artifact from the Hub is untrusted input): exit 5 naming the field."""
+    if meta["kind"] not in KINDS:
+        raise _field_error(path, "kind", f"is {meta['kind']!r}, not one of {', '.join(KINDS)}")
+    backbone = meta["backbone"]
+    if not isinstance(backbone, dict):
+        raise _field_error(path, "backbone", "is not an object")
+    if not isinstance(backbone.get("backbone"), str) or not backbone["backbone"].strip():
+        raise _field_error(path, "backbone.backbone", "is missing or not a name")
+    if backbone.get("pretrained") is not None and not isinstance(backbone["pretrained"], str):
+        raise _field_error(path, "backbone.pretrained", "is not a string")
+    if backbone.get("quick_gelu") is not None and not isinstance(backbone["quick_gelu"], bool):
+        raise _field_error(path, "backbone.quick_gelu", "is not true or false")
+    prompt = meta["prompt"]
+    if not isinstance(prompt, dict):
+        raise _field_error(path, "prompt", "is not an object")
+    n_ctx = prompt.get("n_ctx")
+    if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or not 1 <= n_ctx <= MAX_CONTEXT_TOKENS:
+        raise _field_error(path, "prompt.n_ctx", f"is {n_ctx!r}, not a context length from 1 to "
+                                                 f"{MAX_CONTEXT_TOKENS}")
+    for key in ("suffix", "ctx_init", "class_token_position"):
+        if prompt.get(key) is not None and not isinstance(prompt[key], str):
+            raise _field_error(path, f"prompt.{key}", "is not a string")
+    names = meta["class_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise _field_error(path, "class_names", "is not a non-empty list of strings")
+    for key in _OPTIONAL_DICTS:
+        if key in meta and not isinstance(meta[key], dict):
+            raise _field_error(path, key, "is not an object")
+    _check_tensors(tensors, meta["kind"], n_ctx, len(names), path)
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], kind: str, n_ctx: int, classes: int, path: Path) -> None:
+    """Shapes the metadata implies: contexts [n_ctx, D] or [C, n_ctx, D] (negatives [P, n_ctx, D] or
+    [C, P, n_ctx, D]), text features [C, E] and [C, P, E], every size at least 1."""
+    def bad(name: str, problem: str) -> IncompatibleArtifactError:
+        shape = list(tensors[name].shape) if name in tensors else None
+        return IncompatibleArtifactError(f"{path}: tensor {name} {problem} (shape {shape}, {classes} class "
+                                         f"name(s), n_ctx {n_ctx})",
+                                         hint="the file is damaged or was not written by negprompt: re-download "
+                                              "or retrain it")
+
+    required = ["ctx_pos"] + (["ctx_neg"] if kind == "negative" else [])
+    for name in required:
+        if name not in tensors:
+            raise bad(name, "is missing")
+    for name, tensor in tensors.items():
+        if tensor.numel() == 0 or not tensor.is_floating_point():
+            raise bad(name, "is empty or not floating point")
+    ctx_pos = tensors["ctx_pos"]
+    if ctx_pos.dim() not in (2, 3) or ctx_pos.shape[-2] != n_ctx or (ctx_pos.dim() == 3
+                                                                      and ctx_pos.shape[0] != classes):
+        raise bad("ctx_pos", "does not hold n_ctx context vectors (per class with --csc)")
+    width = ctx_pos.shape[-1]
+    neg = tensors.get("ctx_neg")
+    if neg is not None and (neg.dim() not in (3, 4) or neg.shape[-2] != n_ctx or neg.shape[-1] != width
+                            or (neg.dim() == 4 and neg.shape[0] != classes)):
+        raise bad("ctx_neg", "does not hold negative contexts of the positive contexts' size")
+    text_pos = tensors.get("text_pos")
+    if text_pos is not None and (text_pos.dim() != 2 or text_pos.shape[0] != classes):
+        raise bad("text_pos", "does not hold one feature per class name")
+    text_neg = tensors.get("text_neg")
+    if text_neg is not None:
+        per_class = neg.shape[-3] if neg is not None else None
+        if (text_neg.dim() != 3 or text_neg.shape[0] != classes or per_class != text_neg.shape[1]
+                or (text_pos is not None and text_neg.shape[2] != text_pos.shape[1])):
+            raise bad("text_neg", "does not hold the negative prompts' features for every class name")
+
+
+def check_fits_backbone(artifact: PromptArtifact, width: int, context_length: int, embed_dim: int | None,
+                        path: str | Path) -> None:
+    """Context vectors as wide as the backbone's token embeddings, stored features as wide as its embedding, and
+    fewer context tokens than its context length (a declared size far beyond the model fails here, not after
+    minutes of work or out of memory)."""
+    ctx_width = int(artifact.tensors["ctx_pos"].shape[-1])
+    if ctx_width != width:
+        raise IncompatibleArtifactError(f"{path}: context vectors are {ctx_width} wide, the backbone's token "
+                                        f"embeddings {width}", hint="use the backbone the prompts were trained on")
+    text_pos = artifact.tensors.get("text_pos")
+    if embed_dim is not None and text_pos is not None and int(text_pos.shape[-1]) != embed_dim:
+        raise IncompatibleArtifactError(f"{path}: stored text features are {int(text_pos.shape[-1])} wide, the "
+                                        f"backbone's embedding {embed_dim}",
+                                        hint="use the backbone the prompts were trained on")
+    n_ctx = int(artifact.prompt["n_ctx"])
+    if n_ctx >= context_length - 2:  # start and end tokens need their places too
+        raise IncompatibleArtifactError(f"{path}: {n_ctx} context tokens do not fit the backbone's "
+                                        f"{context_length}-token text tower")
 
 
 def _norm(name: Any) -> str:

@@ -17,8 +17,11 @@ os.umask(_UMASK)
 
 
 def check_output_path(path: Path) -> Path:
-    """Fail before any work is done if the output could not be written (probed with a real file)."""
+    """Fail before any work is done if the output could not be written (probed with a real file, and its full
+    name checked against the file system's limits)."""
     path = Path(path)
+    if path.parent.exists():
+        check_name_fits(path)
     if path.exists() and path.is_dir():
         raise UsageError(f"output path is a directory: {path}", hint="name a file, e.g. prompts.safetensors")
     if not path.parent.exists():
@@ -26,6 +29,30 @@ def check_output_path(path: Path) -> Path:
                             hint=f"create it first: mkdir -p {path.parent}")
     check_writable(path.parent)
     return path
+
+
+def check_name_fits(path: Path) -> None:
+    """A name longer than the file system takes (NAME_MAX, usually 255 bytes; PATH_MAX for the whole path)
+    fails at the final rename, after all the work: say so first."""
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+        path_max = os.pathconf(folder, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return
+    name = len(os.fsencode(path.name))
+    if name > name_max:
+        raise UsageError(f"--out file name is {name} bytes long; this file system takes at most {name_max}: "
+                         f"{path.name[:40]}...", hint="choose a shorter name")
+    full = len(os.fsencode(os.path.abspath(path)))
+    if full >= path_max:
+        raise UsageError(f"--out path is {full} bytes long; this system takes at most {path_max - 1}",
+                         hint="choose a shorter path")
+
+
+def _temp_prefix(path: Path) -> str:
+    """A temporary file's prefix that keeps its name under NAME_MAX whatever the target's length."""
+    return f".{path.name[:60]}."
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -66,7 +93,7 @@ def publish(tmp: Path, path: Path) -> None:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only on success."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -82,13 +109,13 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"output path is a file, not a folder: {path}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".old", dir=path.parent))
             os.replace(path, old / "previous")
         os.replace(tmp, path)
         if old is not None:
@@ -104,7 +131,7 @@ def files_into_folder(path: Path, owned: Iterable[str]) -> Iterator[Path]:
     so each file is whole) and remove the files named in ``owned`` that this run did not write. Every other
     file in ``path`` (a user's own) is left as it is. For a new or empty ``path``, :func:`atomic_folder`."""
     path = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path))
     try:
         yield tmp
         written = sorted(tmp.iterdir(), key=lambda p: p.name.endswith(".json"))  # the JSON record last
@@ -122,4 +149,6 @@ def write_atomic(path: Path, writer: Callable[[Path], None]) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    """UTF-8; a file name that is not valid UTF-8 (possible on Linux) keeps its exact bytes (surrogateescape),
+    so the path written is the path that opens the file."""
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8", errors="surrogateescape"))

@@ -55,6 +55,14 @@ class Backbone:
         return int(self.model.positional_embedding.shape[0])
 
     @property
+    def embed_dim(self) -> int | None:
+        """Width of the joint image-text embedding (None where the text tower does not say)."""
+        projection = getattr(self.model, "text_projection", None)
+        if isinstance(projection, torch.Tensor):
+            return int(projection.shape[-1])
+        return getattr(projection, "out_features", None)
+
+    @property
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.exp().item())
 

@@ -89,6 +89,8 @@ def load_protocol(name_or_path: str) -> Protocol:
                                      "or give a protocol .json file")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise TypeError(f"the file holds a JSON {type(raw).__name__}, not an object")
         if raw.get("schema") != SCHEMA:
             raise UsageError(f"{path}: protocol schema {raw.get('schema')!r}, this version reads {SCHEMA}")
         ood = tuple(OodSet(name=o["name"], group=o.get("group", "far"), source=o.get("source", ""),
@@ -102,6 +104,8 @@ def load_protocol(name_or_path: str) -> Protocol:
             shots=int(raw["train"].get("shots", 16)), train_source=raw["train"].get("source", ""), ood=ood,
             seeds=tuple(raw.get("seeds", [1, 2, 3])), open_vocabulary=raw.get("open_vocabulary"),
             published=tuple(raw.get("published", [])), file=path)
-    except (KeyError, TypeError, ValueError) as exc:
+    except UsageError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:  # UnicodeDecodeError: a ValueError
         raise UsageError(f"{path} is not a valid benchmark protocol ({type(exc).__name__}: {exc})",
                          hint="see the schema in docs/benchmarks.md") from None

@@ -26,7 +26,7 @@ from .cli_options import (
     runtime_options,
     training_options,
 )
-from .console import emit_json, err, info, show_progress
+from .console import cell, emit_json, err, info, out_console, say, show_progress, write_data
 from .errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -80,13 +80,13 @@ def reports_errors(func: F) -> F:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 time.sleep(RANK_EXIT_GRACE_SECONDS)
                 raise typer.Exit(exc.exit_code) from None
-            err.print(f"Error{_rank_tag()}: {exc.message}", markup=False, soft_wrap=True)
+            info(f"Error{_rank_tag()}: {exc.message}")
             if exc.hint:
-                err.print(f"Hint: {exc.hint}", markup=False, soft_wrap=True)
+                info(f"Hint: {exc.hint}")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             for note in getattr(exc, "__notes__", []):  # e.g. where the checkpoint was saved
-                err.print(note, markup=False, soft_wrap=True)
+                info(note)
             terminated = isinstance(exc, Terminated)
             err.print("Terminated." if terminated else "Interrupted.", markup=False)
             raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
@@ -99,7 +99,7 @@ def reports_errors(func: F) -> F:
             if debug:
                 traceback.print_exc()
             where = f" ({exc.filename})" if exc.filename else ""
-            err.print(f"Error: {exc.strerror or exc}{where}", markup=False, soft_wrap=True)
+            info(f"Error: {exc.strerror or exc}{where}")
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 err.print("Hint: free some space (or point --out / --cache-dir elsewhere); nothing half-written "
                           "was left behind", markup=False, soft_wrap=True)
@@ -111,7 +111,7 @@ def reports_errors(func: F) -> F:
                 err.print("Error: out of memory", markup=False)
                 err.print("Hint: use a smaller --batch-size (or --text-chunk)", markup=False)
                 raise typer.Exit(EXIT_RUNTIME) from None
-            err.print(f"Error: unexpected {type(exc).__name__}: {exc}", markup=False, soft_wrap=True)
+            info(f"Error: unexpected {type(exc).__name__}: {exc}")
             err.print("Hint: set NEGPROMPT_DEBUG=1 for the traceback and report it", markup=False)
             raise typer.Exit(EXIT_RUNTIME) from None
         finally:
@@ -136,7 +136,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
     from .errors import NegPromptNotice
 
     label = "Note" if issubclass(category, NegPromptNotice) else "Warning"
-    err.print(f"{label}{_rank_tag()}: {message}", markup=False, soft_wrap=True)
+    info(f"{label}{_rank_tag()}: {message}")
 
 
 def _other_rank() -> int | None:
@@ -487,6 +487,10 @@ def score_command(
     adaptive_weight: Annotated[float, typer.Option("--adaptive-weight", help="λ in adaptive + λ·static "
                                                    "score.")] = 0.1,
     trust_backbone: TrustBackboneOpt = False,
+    excel_safe: Annotated[bool, typer.Option("--excel-safe", help="CSV for spreadsheets: a path or name cell "
+                                             "starting with = + - @ gets a leading ' so it is not run as a "
+                                             "formula (the cell is then not the exact name; JSONL keeps names "
+                                             "exact).")] = False,
     quiet: QuietOpt = False,
     *,
     runtime: dict[str, Any],
@@ -519,14 +523,13 @@ def score_command(
             scorer=scorer, temperature=temperature, threshold=threshold, fmt=fmt, out=out, labeled=labeled,
             cache_dir=given["cache_dir"], batch_size=given["batch_size"], num_workers=given["workers"],
             strict=given["strict"], precision=runtime["precision"], quiet=quiet, calibrate=calibrate, ranks=ranks,
-            labels=label_request(label_opts), adaptive=memory,
+            labels=label_request(label_opts), adaptive=memory, excel_safe=excel_safe,
         ))
     if summary is None:  # a rank other than 0 of a torchrun job: rank 0 reports and writes
         return
     del summary["rows"]  # the rows go to --out or stdout; --json is the summary only
     if out is None:
-        sys.stdout.write(summary.pop("rendered"))
-        sys.stdout.flush()
+        write_data(summary.pop("rendered"))
     flagged = summary["flagged_ood"]
     decision = (f"; {flagged} flagged OOD at threshold {summary['threshold']:.4f} ({summary['threshold_source']})"
                 if flagged is not None else "; no OOD decision (no threshold for this class list and scorer: "
@@ -582,10 +585,10 @@ def print_report(report: dict[str, Any], out: Path | None) -> None:
 
     from .report_table import TABLE_HEADER, table_rows
 
-    table = Table(*TABLE_HEADER, title=f"negprompt OOD report ({report['scorer']})",
-                  caption=f"FPR convention: {report['fpr_convention']} — {report['fpr_definition']}")
+    table = Table(*TABLE_HEADER, title=cell(f"negprompt OOD report ({report['scorer']})"),
+                  caption=cell(f"FPR convention: {report['fpr_convention']} — {report['fpr_definition']}"))
     for row in table_rows(report):
-        table.add_row(*row)
+        table.add_row(*(cell(value) for value in row))
     err.print(table)
     if report["id"]["accuracy"] is not None:
         info(f"ID accuracy: {100 * report['id']['accuracy']:.2f}% on {report['id']['n']} images")
@@ -767,9 +770,9 @@ def benchmark_list_command(json_out: JsonOpt = False) -> None:
         emit_json(rows)
         return
     for row in rows:
-        info(f"{row['name']}: {row['title']}")
-        info(f"    {row['id_classes']} ID classes; OOD: {', '.join(row['ood_sets'])}; seeds {row['seeds']}"
-             + (f"; published: {'; '.join(row['published'])}" if row["published"] else ""))
+        say(f"{row['name']}: {row['title']}")
+        say(f"    {row['id_classes']} ID classes; OOD: {', '.join(row['ood_sets'])}; seeds {row['seeds']}"
+            + (f"; published: {'; '.join(row['published'])}" if row["published"] else ""))
 
 
 @benchmark_app.command("check", epilog=EPILOG)
@@ -969,8 +972,9 @@ def plugins_command(json_out: JsonOpt = False) -> None:
         column.overflow = "fold"
     for row in rows:
         registers = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items())
-        table.add_row(row["name"], row["version"] or "", ", ".join(row["hooks"]), registers, row["error"] or "")
-    err.print(table)
+        table.add_row(*(cell(v) for v in (row["name"], row["version"], ", ".join(row["hooks"]), registers,
+                                           row["error"])))
+    out_console.print(table)
 
 
 @app.command("env", epilog=EPILOG)
@@ -984,20 +988,20 @@ def env_command(json_out: JsonOpt = False) -> None:
         emit_json(facts)
         return
     gpu = facts["torch"]
-    info(f"negprompt {facts['negprompt']}, python {facts['python']} ({facts['executable']}), {facts['platform']}")
-    info("packages: " + ", ".join(f"{k} {v or 'missing'}" for k, v in facts["packages"].items()))
-    info(f"torch {gpu['version']}: " + (f"CUDA {gpu['cuda_build']} build" if gpu["cuda_build"] else "CPU-only build")
+    say(f"negprompt {facts['negprompt']}, python {facts['python']} ({facts['executable']}), {facts['platform']}")
+    say("packages: " + ", ".join(f"{k} {v or 'missing'}" for k, v in facts["packages"].items()))
+    say(f"torch {gpu['version']}: " + (f"CUDA {gpu['cuda_build']} build" if gpu["cuda_build"] else "CPU-only build")
          + f", CUDA available: {'yes' if gpu['cuda_available'] else 'no'}, {gpu['cpu_threads']} CPU threads")
     for device in gpu["devices"]:
-        info(f"  cuda:{device['index']}: {device['name']}, compute {device['capability']}, "
+        say(f"  cuda:{device['index']}: {device['name']}, compute {device['capability']}, "
              f"{device['memory_gib']} GiB, bf16 {'yes' if device['bf16'] else 'no'}")
     cache = facts["feature_cache"]
-    info(f"feature cache: {cache['path']}" + ("" if cache["exists"] else " (not created yet)"))
-    info(f"Hugging Face cache: {facts['hub']['cache']}, offline: {'yes' if facts['hub']['offline'] else 'no'}")
-    info("plugins: " + ", ".join(f"{p['name']} {p['version'] or ''}".strip()
+    say(f"feature cache: {cache['path']}" + ("" if cache["exists"] else " (not created yet)"))
+    say(f"Hugging Face cache: {facts['hub']['cache']}, offline: {'yes' if facts['hub']['offline'] else 'no'}")
+    say("plugins: " + ", ".join(f"{p['name']} {p['version'] or ''}".strip()
                                  + (f" (failed: {p['error']})" if p["error"] else "") for p in facts["plugins"]))
     if facts["environment"]:
-        info("environment: " + ", ".join(f"{name}={value}" for name, value in facts["environment"].items()))
+        say("environment: " + ", ".join(f"{name}={value}" for name, value in facts["environment"].items()))
 
 
 @app.command("inspect", epilog=EPILOG)
@@ -1015,15 +1019,54 @@ def inspect_command(
     if json_out:
         emit_json(meta)
         return
+    for line in describe_artifact(prompts, artifact):
+        say(line)
+
+
+def describe_artifact(path: Path, artifact: Any) -> list[str]:
+    """``inspect``'s human-readable lines: what a user asks of a prompts file, with no Python reprs."""
+    backbone = artifact.backbone
+    prompt, training, extra = artifact.prompt, artifact.training, artifact.extra
     names = artifact.class_names
-    info(f"{prompts}: {artifact.kind} prompts, schema {artifact.schema_version}")
-    info(f"  backbone: {meta['backbone']}")
-    info(f"  prompt:   {meta['prompt']}")
-    info(f"  tensors:  {meta['tensors']}")
-    info(f"  classes:  {len(names)} ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''})")
-    optim = artifact.training.get("optim", {})
+    learner = training.get("learner") or prompt.get("learner") or "?"
+    weights = backbone.get("pretrained") or "weights bundled with the backbone"
+    lines = [f"{path}: {artifact.kind} prompts ({training.get('stage', '?')}, learner {learner}), "
+             f"schema {artifact.schema_version}",
+             f"  backbone:  {backbone.get('backbone')} ({weights})"
+             + (", QuickGELU" if backbone.get("quick_gelu") else "")]
+    layout = [f"{prompt.get('n_ctx')} context tokens", "class-specific" if prompt.get("csc") else "shared",
+              f"suffix {prompt.get('suffix', '.')!r}"]
+    if prompt.get("ctx_init"):
+        layout.append(f"initialised from {prompt['ctx_init']!r}")
+    if artifact.kind == "negative":
+        layout.append(f"{prompt.get('n_neg', '?')} negative prompt(s) per class"
+                      + (" (class-specific)" if prompt.get("neg_csc") else ""))
+    lines.append("  prompt:    " + ", ".join(layout))
+    lines.append("  tensors:   " + ", ".join(f"{k} {'x'.join(map(str, v.shape))}"
+                                             for k, v in sorted(artifact.tensors.items())))
+    lines.append(f"  classes:   {len(names)} ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''})")
+    optim = training.get("optim", {})
     if optim:
-        info(f"  training: {optim}")
+        lines.append(f"  training:  {optim.get('epochs')} epochs, {optim.get('optimizer')} lr {optim.get('lr')}, "
+                     f"batch {optim.get('batch_size')}, seed {optim.get('seed')}"
+                     + (f", {len(training['train_classes'])} class(es) trained on"
+                        if isinstance(training.get("train_classes"), list) else ""))
+    accuracies = {k: v for k, v in extra.items() if k.endswith("accuracy") and isinstance(v, (int, float))}
+    if accuracies:
+        lines.append("  accuracy:  " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in accuracies.items()))
+    threshold = extra.get("threshold")
+    if isinstance(threshold, dict) and "value" in threshold:
+        lines.append(f"  threshold: {threshold['value']:.6g} for the {threshold.get('scorer', 'negprompt')} scorer "
+                     f"(keeps {threshold.get('id_kept', 0.95):.0%} of {threshold.get('n_images', '?')} "
+                     f"{threshold.get('source', '?')} image(s); valid for these {len(names)} class names)")
+    else:
+        lines.append("  threshold: none stored (score gives no OOD decision without --calibrate or --threshold)")
+    transfer = extra.get("transfer")
+    if isinstance(transfer, dict):
+        source = transfer.get("source_classes")
+        lines.append(f"  transfer:  re-targeted from {len(source) if isinstance(source, list) else '?'} trained "
+                     "class(es)")
+    return lines
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from rich.progress import (
 
 # Console(stderr=True) resolves sys.stderr lazily, so test runners that swap stderr still capture it.
 err = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)  # an information command's human-readable result (tables): stdout is its data
 
 # Library code reports progress through progress(); it is only drawn once a front end (the CLI) asks for it,
 # so the Python API stays silent.
@@ -35,8 +36,44 @@ def show_progress(enabled: bool = True) -> None:
     _display["progress"] = enabled
 
 
+def printable(text: object) -> str:
+    """``text`` safe for a terminal: control and format characters (an escape sequence in a class or file name
+    could rewrite the screen, a bidi override reorder it) and undecodable file-name bytes shown as escapes,
+    e.g. ``\x1b``, ``\u202e``, ``\udcff``. Newlines and tabs stay."""
+    value = str(text)
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() or c in "\n\t" else ascii(c)[1:-1] for c in value)
+
+
 def info(message: str) -> None:
-    err.print(message, markup=False, soft_wrap=True)
+    """One human-readable message on stderr, printed as plain text (no rich markup), names escaped."""
+    err.print(printable(message), markup=False, soft_wrap=True)
+
+
+def say(message: str) -> None:
+    """A human-readable result line on stdout (``inspect``, ``env``, ``plugins``, ``benchmark list``): what an
+    information command prints is its data, so ``negprompt env > env.txt`` keeps it. Names escaped."""
+    write_data(printable(message) + "\n")
+
+
+def cell(value: object):  # type: ignore[no-untyped-def]
+    """A rich table cell that is plain text: no markup read from names, control characters escaped."""
+    from rich.text import Text
+
+    return Text(printable("" if value is None else value))
+
+
+def write_data(text: str) -> None:
+    """Rows on stdout as UTF-8 whatever the locale (a C/POSIX locale's ASCII stdout would fail on the first
+    non-ASCII class or file name), file-name bytes that are not UTF-8 written as they are (surrogateescape)."""
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a text-only stream (embedding): it takes str
+        sys.stdout.write(text)
+    else:
+        buffer.write(text.encode("utf-8", "surrogateescape"))
+        buffer.flush()
 
 
 def emit_json(obj: Any) -> None:

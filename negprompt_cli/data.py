@@ -8,6 +8,7 @@ the same images for the same seed.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import unicodedata
@@ -27,8 +28,9 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def find_images(root: Path) -> list[Path]:
-    """Every image file below ``root`` (or ``root`` itself), sorted; other files are ignored (and counted)."""
+def find_images(root: Path, *, strict: bool = False) -> list[Path]:
+    """Every image file below ``root`` (or ``root`` itself), sorted; other files are ignored (and counted), and
+    folders that cannot be listed are skipped with one warning (``strict``: an error), as unreadable images are."""
     root = Path(root)
     if not root.exists():
         raise NotFoundError(f"not found: {root}")
@@ -36,12 +38,27 @@ def find_images(root: Path) -> list[Path]:
         if not is_image_file(root):
             raise UsageError(f"{root} is not an image file")
         return [root]
-    images, ignored = walk_images(root)
+    unreadable: list[tuple[Path, str]] = []
+    images, ignored = walk_images(root, unreadable)
+    report_unreadable_folders(unreadable, strict)
     if ignored:
         warnings.warn(f"ignored {len(ignored)} file(s) under {root} that are not images by extension "
                       f"(e.g. {ignored[0].name}); image types: {', '.join(sorted(IMAGE_EXTENSIONS))}",
                       NegPromptWarning, stacklevel=2)
     return images
+
+
+def report_unreadable_folders(unreadable: list[tuple[Path, str]], strict: bool) -> None:
+    """Folders a walk could not list (no read permission, a path longer than the system allows): the images
+    below them are left out, which is said, never silent."""
+    if not unreadable:
+        return
+    shown = ", ".join(f"{path} ({reason})" for path, reason in unreadable[:3]) + (" ..." if len(unreadable) > 3
+                                                                                 else "")
+    message = f"{len(unreadable)} folder(s) could not be read, so their images are left out: {shown}"
+    if strict:
+        raise UsageError(message, hint="fix the permissions or shorten the paths, or drop --strict to skip them")
+    warnings.warn(f"skipped {message}", NegPromptWarning, stacklevel=3)
 
 
 def image_inputs(images: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -52,7 +69,8 @@ def image_inputs(images: str | Path | Sequence[str | Path]) -> list[Path]:
     return inputs
 
 
-def find_images_in(images: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+def find_images_in(images: str | Path | Sequence[str | Path], *,
+                   strict: bool = False) -> tuple[list[Path], list[Path]]:
     """The images of one or several inputs (files or folders), in the order given, each folder's sorted; with
     the input folder each image was found under (a file's own folder), which ``--labeled`` reads class names
     below. An image reached twice (a file and its folder, one folder named twice) is kept once, where it first
@@ -64,7 +82,7 @@ def find_images_in(images: str | Path | Sequence[str | Path]) -> tuple[list[Path
     repeated = 0
     for root in inputs:
         folder = root if root.is_dir() else root.parent
-        for path in find_images(root):
+        for path in find_images(root, strict=strict):
             key = os.path.realpath(path)
             if key in seen:
                 repeated += 1
@@ -80,17 +98,28 @@ def find_images_in(images: str | Path | Sequence[str | Path]) -> tuple[list[Path
     return paths, roots
 
 
-def walk_images(root: Path) -> tuple[list[Path], list[Path]]:
+def walk_images(root: Path, unreadable: list[tuple[Path, str]] | None = None) -> tuple[list[Path], list[Path]]:
     """(image files, other visible files) below ``root``, sorted, following symlinked folders.
 
     Every command discovers images this way, so a class folder that is a symlink counts everywhere;
-    a folder reached twice (a symlink loop, or two links to one folder) is walked once.
+    a folder reached twice (a symlink loop, or two links to one folder) is walked once. Folders that cannot
+    be listed are appended to ``unreadable`` as (path, reason).
     """
     images: list[Path] = []
     ignored: list[Path] = []
     seen: set[tuple[int, int]] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        stat = os.stat(folder)
+
+    def failed(error: OSError) -> None:
+        if unreadable is not None:
+            unreadable.append((Path(error.filename or root), error.strerror or str(error)))
+
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=failed):
+        try:
+            stat = os.stat(folder)
+        except OSError as error:
+            failed(error)
+            dirs[:] = []
+            continue
         if (stat.st_dev, stat.st_ino) in seen:
             dirs[:] = []
             continue
@@ -118,7 +147,7 @@ class ImageFolder:
         return len(self.class_dirs)
 
 
-def load_image_folder(root: Path, classes_file: Path | None = None) -> ImageFolder:
+def load_image_folder(root: Path, classes_file: Path | None = None, *, strict: bool = False) -> ImageFolder:
     root = Path(root)
     if not root.exists():
         raise NotFoundError(f"data directory not found: {root}")
@@ -128,7 +157,9 @@ def load_image_folder(root: Path, classes_file: Path | None = None) -> ImageFold
     if not class_dirs:
         raise UsageError(f"data directory {root} has no class folders",
                          hint="expected an ImageFolder layout: root/<class>/<image>")
-    files = [walk_images(root / d)[0] for d in class_dirs]
+    unreadable: list[tuple[Path, str]] = []
+    files = [walk_images(root / d, unreadable)[0] for d in class_dirs]
+    report_unreadable_folders(unreadable, strict)
     empty = [d for d, fs in zip(class_dirs, files, strict=True) if not fs]
     if empty:
         raise UsageError(f"class folder {root / empty[0]} has no images"
@@ -136,6 +167,22 @@ def load_image_folder(root: Path, classes_file: Path | None = None) -> ImageFold
                          hint="remove the folder or add images to it")
     names = read_class_names(classes_file, class_dirs) if classes_file else default_names(class_dirs)
     return ImageFolder(root, class_dirs, names, files)
+
+
+def folder_fingerprint(folder: ImageFolder) -> str:
+    """Which images a training folder holds: each image's path below the root and size, in class order. A
+    finished stage is reused only for the same fingerprint (a class or an image added, removed or rewritten to
+    another size is another run)."""
+    h = hashlib.sha256()
+    for class_dir, files in zip(folder.class_dirs, folder.files, strict=True):
+        h.update(os.fsencode(class_dir) + b"\0")
+        for path in files:
+            try:
+                size = path.stat().st_size
+            except OSError:
+                size = -1
+            h.update(os.fsencode(path.relative_to(folder.root)) + f"\0{size}\n".encode())
+    return h.hexdigest()
 
 
 def default_names(class_dirs: list[str]) -> list[str]:

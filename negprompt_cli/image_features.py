@@ -93,12 +93,20 @@ def describe_skipped(skipped: Sequence[Path]) -> str:
     return "; ".join(parts)
 
 
-def file_digests(paths: Sequence[Path]) -> list[str]:
-    """Content hashes of many files; threads overlap the reads (hashlib releases the GIL on large buffers)."""
+def _digest_or_none(path: Path) -> str | None:
+    try:
+        return file_digest(path)
+    except OSError:  # no read permission, vanished, a path the system refuses: skipped like a corrupt image
+        return None
+
+
+def file_digests(paths: Sequence[Path]) -> list[str | None]:
+    """Content hashes of many files (None for a file that cannot be read); threads overlap the reads (hashlib
+    releases the GIL on large buffers)."""
     if len(paths) < 64:
-        return [file_digest(Path(p)) for p in paths]
+        return [_digest_or_none(Path(p)) for p in paths]
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
-        return list(pool.map(lambda p: file_digest(Path(p)), paths))
+        return list(pool.map(lambda p: _digest_or_none(Path(p)), paths))
 
 
 @dataclass
@@ -286,13 +294,13 @@ def encode_images(
     """
     stats = EncodeStats(requested=len(paths))
     digests = file_digests(paths)
-    row_ids = [f"{d}:{view.tag()}" for d in digests]
+    row_ids = [f"{d}:{view.tag()}" if d is not None else "" for d in digests]  # "": unreadable, never cached
     tensor_path = tensor_decoding(backbone, view, decode)
     preprocess_id = tensor_path.tag() if tensor_path is not None else repr(backbone.preprocess)
     key = backbone.feature_key(preprocess_id)
     cache = FeatureCache(cache_dir or default_cache_dir(), key,
                          info={**backbone.identity(), "preprocess": preprocess_id}) if use_cache else None
-    cached_rows = cache.lookup(row_ids) if cache is not None else {}
+    cached_rows = cache.lookup([r for r in row_ids if r]) if cache is not None else {}
     todo = [i for i, rid in enumerate(row_ids) if rid not in cached_rows]
     stats.cached = len(paths) - len(todo)
     new_features: dict[int, torch.Tensor] = {}
@@ -364,7 +372,7 @@ def encode_images_across(ranks: Ranks, backbone: Backbone, paths: Sequence[Path]
     if not ranks.distributed:
         return encode_images(backbone, paths, batch_size=batch_size, **options)
     agree({**backbone.identity(), "weights": backbone.weights_fingerprint()}, ranks, "the backbone")
-    listing = hashlib.sha256("\n".join(str(p) for p in paths).encode()).hexdigest()[:12]
+    listing = hashlib.sha256(b"\n".join(os.fsencode(p) for p in paths)).hexdigest()[:12]
     agree(f"{len(paths)} image(s), list sha256 {listing}", ranks, "the image list")
     share = batch_shard(len(paths), batch_size, ranks)
     try:
@@ -400,7 +408,7 @@ def encode_folder(backbone: Backbone, root: Path, options: EncodeOptions, descri
                   ranks: Ranks = SINGLE) -> tuple[list[Path], torch.Tensor, EncodeStats] | None:
     """Every readable image under ``root``: (their paths, their features, stats); none readable is an error.
     In a torchrun job every rank encodes its share and rank 0 gets the result (the others None)."""
-    paths = find_images(root)
+    paths = find_images(root, strict=options.strict)
     if not paths:
         raise UsageError(f"no images found under {root}")
     encoded = encode_images_across(ranks, backbone, paths, cache_dir=options.cache_dir,

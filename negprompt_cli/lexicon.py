@@ -10,12 +10,17 @@ comment line; repeated words count once (nouns first).
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import NotFoundError, UsageError
 
 DEFAULT_LEXICON = Path(__file__).resolve().parent / "assets" / "lexicon" / "wordnet"
+# Far above WordNet's ~70k words: a lexicon this large is almost certainly the wrong file (each entry is a
+# text-tower pass, ~hours on a CPU for a million). NEGPROMPT_MAX_LEXICON raises it.
+MAX_LEXICON_ENV = "NEGPROMPT_MAX_LEXICON"
+MAX_LEXICON = 500_000
 
 
 @dataclass(frozen=True)
@@ -75,4 +80,19 @@ def load_lexicon(path: Path | None = None, backbone_default: str | None = None) 
     unique_adjectives = [w for w in adjectives if not (w.lower() in seen or seen.add(w.lower()))]  # type: ignore[func-returns-value]
     if not unique_nouns and not unique_adjectives:
         raise UsageError(f"lexicon {root} has no words", hint="one word or phrase per line, UTF-8")
+    limit = max_lexicon()
+    if len(unique_nouns) + len(unique_adjectives) > limit:
+        raise UsageError(f"lexicon {root} has {len(unique_nouns) + len(unique_adjectives):,} entries, more than "
+                         f"{limit:,} (each is one text-tower pass; WordNet has about 70,000)",
+                         hint=f"give a smaller --lexicon, or raise the limit with {MAX_LEXICON_ENV}=N")
     return Lexicon(tuple(unique_nouns), tuple(unique_adjectives), source)
+
+
+def max_lexicon() -> int:
+    value = os.environ.get(MAX_LEXICON_ENV)
+    if not value:
+        return MAX_LEXICON
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{MAX_LEXICON_ENV} must be a whole number (got {value!r})") from None

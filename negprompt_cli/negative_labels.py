@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from safetensors.torch import save_file
 
 from .atomic import publish
 from .backbone import Backbone
-from .errors import UsageError
+from .errors import NegPromptNotice, UsageError
 from .lexicon import Lexicon, load_lexicon
 from .text_features import encode_texts
 
@@ -127,6 +128,8 @@ def candidate_features(backbone: Backbone, found: Candidates, cache_dir: Path | 
                 return features
         except Exception:  # a damaged cache file is encoded again
             pass
+    warnings.warn(f"encoding {len(found.prompts):,} lexicon prompts with the text tower (once per backbone and "
+                  "lexicon; kept in the feature cache)", NegPromptNotice, stacklevel=3)
     features = encode_prompts(backbone, found.prompts, quiet=quiet)
     if path is not None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -13,6 +13,7 @@ from typing import Any
 from .artifact import load_prompts
 from .backbone import BackboneRequest, load_backbone
 from .checkpoint import checkpoint_path
+from .data import ImageFolder, folder_fingerprint
 from .errors import NegPromptError, NegPromptWarning
 from .learners import PromptSettings
 from .memory import AUTO
@@ -30,7 +31,7 @@ def fit_pos_then_neg(pos_stage: FitPosOptions, negative: FitNegOptions) -> dict[
     """
     plan = plan_fit_neg(negative)
     backbone = load_backbone(pos_stage.backbone)
-    if pos_stage.resume and finished_positive_stage(pos_stage):
+    if pos_stage.resume and finished_positive_stage(pos_stage, plan.folder):
         warnings.warn(f"reusing the positive prompts {pos_stage.out} that the interrupted run finished",
                       NegPromptWarning, stacklevel=2)
         positive_summary: dict[str, Any] = {"out": str(pos_stage.out), "reused": True}
@@ -40,8 +41,9 @@ def fit_pos_then_neg(pos_stage: FitPosOptions, negative: FitNegOptions) -> dict[
             **fit_neg(replace(negative, pos=pos_stage.out), backbone=backbone, plan=plan)}
 
 
-def finished_positive_stage(pos_stage: FitPosOptions) -> bool:
-    """The positive artifact exists, has no pending checkpoint, and was trained with these settings."""
+def finished_positive_stage(pos_stage: FitPosOptions, folder: ImageFolder) -> bool:
+    """The positive artifact exists, has no pending checkpoint, and was trained with these settings on exactly
+    these classes (names and folders) and images (``folder``, as the negative stage reads it)."""
     if not pos_stage.out.is_file() or checkpoint_path(pos_stage.out).exists():
         return False
     try:
@@ -56,8 +58,11 @@ def finished_positive_stage(pos_stage: FitPosOptions) -> bool:
     prompt = pos_stage.prompt
     same_context = (artifact.prompt.get("ctx_init") == prompt.ctx_init
                     and (prompt.ctx_init is not None or artifact.prompt.get("n_ctx") == prompt.n_ctx))
+    same_data = (data.get("class_dirs") == folder.class_dirs and artifact.class_names == folder.class_names
+                 and data.get("listing_sha256") == folder_fingerprint(folder))
     return (optim(artifact.training.get("optim", {})) == optim(pos_stage.optim.as_dict()) and same_context
-            and data.get("root") == str(pos_stage.data.root) and data.get("shots") == pos_stage.data.shots)
+            and data.get("root") == str(pos_stage.data.root) and data.get("shots") == pos_stage.data.shots
+            and same_data)
 
 
 def default_pos_out(out: Path) -> Path:

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
+
+def markdown_text(value: object) -> str:
+    """A value from a user or an artifact as inert Markdown text: HTML escaped (no tags, no script), Markdown
+    punctuation backslash-escaped (no links, no javascript: URLs, no table breaks), one line."""
+    text = " ".join(str(value).splitlines())
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=True))
 
 
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -21,5 +32,5 @@ TABLE_HEADER = ["OOD set", "AUROC %", "FPR@95 %", "AUPR-In %", "AUPR-Out %", "n"
 
 def markdown_table(report: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
+    lines += ["| " + " | ".join(markdown_text(c) for c in r) + " |" for r in table_rows(report)]
     return "\n".join(lines)

@@ -16,14 +16,32 @@ COLUMNS = ["path", "score", "prediction", "prediction_index", "ood", "max_pos_co
            "label_index", "scorer", "prompts_id"]
 
 
-def render_rows(rows: list[dict[str, Any]], fmt: str) -> str:
+TEXT_COLUMNS = ("path", "prediction", "label", "scorer", "prompts_id")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula
+
+
+def excel_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """``--excel-safe``: a text cell that a spreadsheet would run as a formula (a file or class named
+    ``=HYPERLINK(...)``) gets a leading ``'``, which spreadsheets show as text. Opt-in: the cell is then no
+    longer the exact path or name (JSONL is the format that keeps untrusted names exact and inert)."""
+    return {k: ("'" + v if k in TEXT_COLUMNS and isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v)
+            for k, v in row.items()}
+
+
+def render_rows(rows: list[dict[str, Any]], fmt: str, *, spreadsheet_safe: bool = False) -> str:
+    """Rows as JSONL or CSV text. CSV quotes a field as the csv module does (delimiter, quote, newline), and a
+    row with a carriage return in a field (a legal Linux file name) has all its fields quoted, which the csv
+    module's minimal quoting does not do. File names that are not valid UTF-8 stay as surrogate escapes here;
+    writers encode with ``surrogateescape`` so the bytes are the file's own."""
     if fmt == "jsonl":
         return "".join(json.dumps(r) + "\n" for r in rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    quoted = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
+        row = {k: ("" if v is None else v) for k, v in (excel_safe(r) if spreadsheet_safe else r).items()}
+        (quoted if any(isinstance(v, str) and "\r" in v for v in row.values()) else writer).writerow(row)
     return buffer.getvalue()
 
 
@@ -31,12 +49,13 @@ def read_score_file(path: Path) -> list[dict[str, Any]]:
     """Rows of a ``negprompt score`` output (CSV or JSONL, by content), with typed values."""
     if not path.is_file():
         raise NotFoundError(f"score file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:  # \r inside a quoted
+        text = handle.read()  # field is part of a file name, not a line end
     if not text.strip():
         raise UsageError(f"score file {path} is empty")
     try:
         if text.lstrip().startswith("{"):
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            rows = [json.loads(line) for line in text.split("\n") if line.strip()]
         else:
             rows = [{k: _parse(k, v) for k, v in r.items()} for r in csv.DictReader(io.StringIO(text))]
     except (json.JSONDecodeError, ValueError) as exc:

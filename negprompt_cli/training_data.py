@@ -38,11 +38,21 @@ def run_fingerprint(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def kept_in_every_view(kept_per_view: list[list[int]]) -> list[int]:
+    """The images every view could read, in the first view's order; linear in the number of images (an image
+    skipped in one view leaves them all)."""
+    keep = list(kept_per_view[0]) if kept_per_view else []
+    for kept in kept_per_view[1:]:
+        present = set(kept)
+        keep = [k for k in keep if k in present]
+    return keep
+
+
 def labelled_features(backbone, data: DataOptions, seed: int, precision: str, quiet: bool,  # type: ignore[no-untyped-def]
                       folder: ImageFolder | None = None, ranks: Ranks = SINGLE):
     """Few-shot training features ([N, V, E]) and labels, plus validation features, all from the cache.
     In a torchrun job the ranks encode shares and every rank gets all features."""
-    folder = folder or load_image_folder(data.root, data.classes_file)
+    folder = folder or load_image_folder(data.root, data.classes_file, strict=data.strict)
     split = few_shot_split(folder, data.shots, seed, data.val_fraction)
     common = dict(cache_dir=data.cache_dir, batch_size=data.batch_size, num_workers=data.num_workers,
                   precision=precision, strict=data.strict, quiet=quiet, gather="all")
@@ -50,7 +60,6 @@ def labelled_features(backbone, data: DataOptions, seed: int, precision: str, qu
     train_labels = torch.tensor([split.labels[i] for i in split.train])
     views = [View()] if data.aug_views <= 0 else [View(index=k, seed=seed) for k in range(data.aug_views)]
     per_view = []
-    keep: list[int] | None = None
     stats = []
     for view in views:
         encoded = encode_images_across(ranks, backbone, train_paths, view=view,
@@ -58,10 +67,8 @@ def labelled_features(backbone, data: DataOptions, seed: int, precision: str, qu
         assert encoded is not None  # gather="all": every rank gets the result
         feats, kept, st = encoded
         stats.append(st)
-        kept_here = set(kept)  # linear in the images: a view's skipped files leave every view
-        keep = kept if keep is None else [k for k in keep if k in kept_here]
         per_view.append((feats, kept))
-    assert keep is not None
+    keep = kept_in_every_view([kept for _, kept in per_view])
     if not keep:
         raise UsageError("no readable training images")
     stacked = []

@@ -33,9 +33,10 @@ def test_env_json_matches_its_sources(monkeypatch, tmp_path):
         assert devices and all(d["memory_gib"] > 0 for d in devices)
 
 
-def test_env_text_goes_to_stderr(monkeypatch):
+def test_env_text_is_its_result_on_stdout(monkeypatch):
+    # `negprompt env > env.txt` for a bug report: the human-readable facts are the command's data
     monkeypatch.setenv("HF_TOKEN", "hf_do_not_print_me")
     result = invoke(["env"])
-    assert result.exit_code == 0 and result.stdout == ""
-    assert f"torch {torch.__version__}" in result.stderr
-    assert "HF_TOKEN=(set)" in result.stderr and "hf_do_not_print_me" not in result.stderr
+    assert result.exit_code == 0 and result.stderr == ""
+    assert f"torch {torch.__version__}" in result.stdout
+    assert "HF_TOKEN=(set)" in result.stdout and "hf_do_not_print_me" not in result.stdout

@@ -179,3 +179,27 @@ def test_the_stated_evidence_is_the_stored_validation_result():
     assert round(100 * best["NegPrompt (official)"], 1) == NEGATIVES_EVIDENCE["paper"][1]
     assert DEFAULT_SCORERS["negatives"] == NEGATIVES_EVIDENCE["default"][0]
     assert NEGATIVES_EVIDENCE["default"][1] < NEGATIVES_EVIDENCE["best_using_negatives"][1]  # still the better one
+
+
+# -- information commands print their results on stdout -------------------------------------------------------
+def test_information_commands_write_their_human_readable_result_to_stdout(wnid_data):
+    root, _, _ = wnid_data
+    for args, expected in ((["env"], "packages: "), (["plugins"], "openclip"), (["benchmark", "list"],
+                                                                              "imagenet1k-mcm: "),
+                           (["inspect", str(root / "pos.safetensors")], "positive prompts (fit-pos, learner coop)")):
+        result = invoke(args)
+        assert result.exit_code == 0, (args, result.stderr)
+        assert expected in result.stdout and result.stderr == "", args
+
+
+def test_inspect_says_what_a_user_asks_of_a_prompts_file(wnid_data):
+    root, data, _ = wnid_data
+    neg = root / "neg.safetensors"
+    assert invoke(["fit-neg", "--data", str(data), "--pos", str(root / "pos.safetensors"), "--out", str(neg),
+                   *NEG_FAST]).exit_code == 0
+    text = invoke(["inspect", str(neg)]).stdout
+    assert f"{neg}: negative prompts (fit-neg, learner negprompt), schema 1" in text
+    assert "4 context tokens, shared, suffix '.', 2 negative prompt(s) per class" in text
+    assert "classes:   3 (blue dots, green bars, red stripes)" in text
+    assert "threshold: " in text and "for the energy scorer (keeps 95% of" in text
+    assert "None" not in text and "{" not in text  # no Python reprs

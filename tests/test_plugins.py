@@ -80,9 +80,9 @@ def test_plugins_command_json(fake_site):
     rows = json.loads(result.stdout)
     fake = next(r for r in rows if r["name"] == "negprompt_fake")
     assert fake["hooks"] == ["register_backbones", "register_scorers"]
-    table = runner.invoke(app, ["plugins"])  # the table on stderr, at the 80 columns of a non-terminal
-    assert table.exit_code == 0 and table.stdout == ""
-    assert "negprompt_fake" in table.stderr and "…" not in table.stderr  # wrapped, never cut short
+    table = runner.invoke(app, ["plugins"])  # the table on stdout (its data), at the 80 columns of a non-terminal
+    assert table.exit_code == 0 and table.stderr == ""
+    assert "negprompt_fake" in table.stdout and "…" not in table.stdout  # wrapped, never cut short
 
 
 def test_allow_list_limits_loading(fake_site, monkeypatch):

@@ -60,7 +60,7 @@ def writable_cache(root: Path) -> Path:
 def build(options: CacheBuildOptions) -> dict[str, Any] | None:
     """Encode every image under ``images`` into the cache; the summary on rank 0, None on the other ranks."""
     root = writable_cache(cache_root(options.cache_dir))
-    paths, _ = find_images_in(options.images)
+    paths, _ = find_images_in(options.images, strict=options.strict)
     check_enough_items(len(paths), options.ranks)
     backbone = load_backbone(options.backbone)
     precision = check_precision(backbone.device, options.precision)

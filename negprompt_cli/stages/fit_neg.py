@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifact import PromptArtifact, load_prompts, package_versions, save_prompts
+from ..artifact import PromptArtifact, check_fits_backbone, load_prompts, package_versions, save_prompts
 from ..atomic import check_not_input, check_output_path
 from ..backbone import (
     Backbone,
@@ -110,7 +110,7 @@ def plan_fit_neg(options: FitNegOptions) -> NegativePlan:
     if getattr(builder, "kind", None) != "negative":
         raise UsageError(f"learner {options.learner!r} does not learn negative prompts")
     settings = learner_options(options.learner, builder, options.learner_options)
-    folder = load_image_folder(options.data.root, options.data.classes_file)
+    folder = load_image_folder(options.data.root, options.data.classes_file, strict=options.data.strict)
     positive = None
     if options.pos is not None:
         positive = load_prompts(options.pos, kind="positive")
@@ -176,6 +176,7 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
         backbone = load_backbone(options.backbone or artifact_backbone(positive, options.runtime, pos_path))
     set_text_checkpointing(backbone, options.grad_checkpoint)
     positive.check_backbone(backbone.identity(), pos_path)
+    check_fits_backbone(positive, backbone.text_width, backbone.context_length, backbone.embed_dim, pos_path)
     encoder = SoftPromptTextEncoder(backbone)
     optim = replace(options.optim, precision=check_precision(backbone.device, options.optim.precision))
     folder, features, labels, val, stats = labelled_features(backbone, options.data, optim.seed, optim.precision,

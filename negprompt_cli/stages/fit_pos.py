@@ -12,6 +12,7 @@ from ..artifact import PromptArtifact, package_versions, save_prompts
 from ..atomic import check_not_input, check_output_path
 from ..backbone import Backbone, BackboneRequest, load_backbone, set_text_checkpointing
 from ..checkpoint import Checkpointing, checkpoint_path
+from ..data import folder_fingerprint
 from ..devices import check_precision
 from ..errors import UsageError
 from ..learners import PromptSettings, exported_tensors
@@ -106,7 +107,7 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
             "optim": optim.as_dict(),
             "data": {"root": str(options.data.root), "class_dirs": folder.class_dirs, "shots": options.data.shots,
                      "val_fraction": options.data.val_fraction, "aug_views": options.data.aug_views,
-                     "train_images": int(len(labels))},
+                     "train_images": int(len(labels)), "listing_sha256": folder_fingerprint(folder)},
             "history": result.history,
             "selected_epoch": result.selected_epoch,
             "selection": result.selection,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -215,21 +216,30 @@ def resolve_prompts(value: str | Path, options: HubOptions = HubOptions()) -> Pa
 
 # -- pushing ------------------------------------------------------------------------------------------------
 def model_card(artifact: PromptArtifact, repo_id: str) -> str:
+    """The repo's README.md. Every value from the artifact is untrusted text: escaped for Markdown and HTML
+    (``markdown_text``), so a class or backbone name cannot put a tag, a script or a link in the card."""
     from huggingface_hub import ModelCard, ModelCardData
+
+    from ..report_table import markdown_text as md
 
     backbone = artifact.backbone
     arch = str(backbone.get("backbone"))
     base_model = _base_model(arch, backbone.get("pretrained"))
-    tags = ["out-of-distribution-detection", "clip", "prompt-learning", "negprompt", f"open_clip:{arch}"]
+    tags = ["out-of-distribution-detection", "clip", "prompt-learning", "negprompt"]
+    if re.fullmatch(r"[A-Za-z0-9/_.:@-]{1,96}", arch):  # a tag only from a plain name
+        tags.append(f"open_clip:{arch}")
     data = ModelCardData(library_name="negprompt", tags=tags, base_model=base_model,
                          pipeline_tag="zero-shot-image-classification")
     training = artifact.training
     threshold = artifact.extra.get("threshold")
+    learner_options = training.get("learner_options", training)
+    optim = training.get("optim", {}) if isinstance(training.get("optim"), dict) else {}
+    loss_variant = learner_options.get("loss_variant", "-") if isinstance(learner_options, dict) else "-"
     lines = [
-        f"# {repo_id}", "",
+        f"# {md(repo_id)}", "",
         f"{'NegPrompt negative' if artifact.kind == 'negative' else 'CoOp positive'} prompts for "
-        f"`{arch}` ({backbone.get('pretrained') or 'weights bundled with the backbone'}), trained with "
-        "[negprompt](https://github.com/) on "
+        f"`{md(arch).replace('`', '')}` ({md(backbone.get('pretrained') or 'weights bundled with the backbone')}), "
+        "trained with [negprompt](https://github.com/) on "
         f"{len(artifact.class_names)} classes.", "",
         "## Use with your own class names", "",
         "```bash",
@@ -238,15 +248,17 @@ def model_card(artifact: PromptArtifact, repo_id: str) -> str:
         "```", "",
         "## Training", "",
         "| setting | value |", "|---|---|",
-        f"| stage | {training.get('stage')} |",
-        f"| loss variant | {training.get('learner_options', training).get('loss_variant', '-')} |",
-        f"| context tokens | {artifact.prompt.get('n_ctx')} |",
-        f"| negative prompts per class | {artifact.prompt.get('n_neg', '-')} |",
-        f"| epochs | {training.get('optim', {}).get('epochs')} |",
-        f"| seed | {training.get('optim', {}).get('seed')} |",
+        f"| stage | {md(training.get('stage'))} |",
+        f"| loss variant | {md(loss_variant)} |",
+        f"| context tokens | {md(artifact.prompt.get('n_ctx'))} |",
+        f"| negative prompts per class | {md(artifact.prompt.get('n_neg', '-'))} |",
+        f"| epochs | {md(optim.get('epochs'))} |",
+        f"| seed | {md(optim.get('seed'))} |",
     ]
-    if threshold:
-        lines.append(f"| ID threshold (keeps {threshold['id_kept']:.0%} of {threshold['source']} ID images) | "
+    if isinstance(threshold, dict) and isinstance(threshold.get("value"), (int, float)):
+        kept = threshold.get("id_kept")
+        kept_text = f"{kept:.0%}" if isinstance(kept, (int, float)) else "?"
+        lines.append(f"| ID threshold (keeps {kept_text} of {md(threshold.get('source'))} ID images) | "
                      f"{threshold['value']:.6g} |")
     report = artifact.extra.get("report")
     if report:
@@ -259,7 +271,12 @@ def _base_model(arch: str, pretrained: str | None) -> str | None:
     import open_clip
 
     if arch.startswith("hf-hub:"):
-        return arch[len("hf-hub:"):]
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            return validate_repo_id(arch[len("hf-hub:"):]) or arch[len("hf-hub:"):]
+        except HFValidationError:
+            return None
     if not pretrained:
         return None
     try:
@@ -272,6 +289,7 @@ def _base_model(arch: str, pretrained: str | None) -> str | None:
 def report_markdown(path: Path) -> str:
     """The paper-style table of a ``negprompt report --json`` output, for the model card."""
     from ..report_table import markdown_table
+    from ..report_table import markdown_text as md
 
     file = path / "report.json" if path.is_dir() else path
     if not file.is_file():
@@ -281,8 +299,8 @@ def report_markdown(path: Path) -> str:
         table = markdown_table(report)
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UsageError(f"{file} is not a negprompt report JSON ({exc})") from exc
-    return (f"Scorer `{report.get('scorer')}`; FPR convention: {report.get('fpr_convention')} — "
-            f"{report.get('fpr_definition')}.\n\n{table}")
+    return (f"Scorer {md(report.get('scorer'))}; FPR convention: {md(report.get('fpr_convention'))} — "
+            f"{md(report.get('fpr_definition'))}.\n\n{table}")
 
 
 def push(path: Path, repo_id: str, options: HubOptions = HubOptions(), *, private: bool = False,
@@ -311,7 +329,7 @@ def push(path: Path, repo_id: str, options: HubOptions = HubOptions(), *, privat
         shutil.copyfile(path, folder / PROMPTS_FILE)
         (folder / CONFIG_FILE).write_text(json.dumps(artifact.metadata(), indent=2, sort_keys=True) + "\n")
         (folder / CLASSNAMES_FILE).write_text(json.dumps(artifact.class_names, indent=2) + "\n")
-        (folder / CARD_FILE).write_text(model_card(artifact, repo_id))
+        (folder / CARD_FILE).write_text(model_card(artifact, repo_id), encoding="utf-8")
         with hub_errors("push to", repo_id, branch):
             api.create_repo(repo_id, private=private, exist_ok=True)
             if branch:

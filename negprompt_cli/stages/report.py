@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_folder, check_writable, files_into_folder
+from ..atomic import atomic_folder, check_name_fits, check_writable, files_into_folder
 from ..errors import NegPromptWarning, NotFoundError, UsageError
 from ..metrics import AUPR_ESTIMATOR, ood_metrics
 from ..report_table import TABLE_HEADER, markdown_table, table_rows
@@ -41,6 +42,7 @@ def parse_ood_args(values: list[str]) -> list[tuple[str, Path]]:
         name, sep, path = value.partition("=")
         if not sep:
             name, path = Path(value).stem, value
+        name = text_from_argv(name)
         if not name or not path:
             raise UsageError(f"--ood {value!r}: expected NAME=FILE")
         pairs.append((name, Path(path)))
@@ -49,6 +51,15 @@ def parse_ood_args(values: list[str]) -> list[tuple[str, Path]]:
     if duplicate:
         raise UsageError(f"--ood name {duplicate!r} given twice")
     return pairs
+
+
+def text_from_argv(value: str) -> str:
+    """A name typed on the command line as text: in a C/POSIX locale Python hands non-ASCII arguments over as
+    escaped bytes (``B\\udcc3\\udca4ume``); they are the UTF-8 the user typed (undecodable bytes: U+FFFD)."""
+    try:
+        return os.fsencode(value).decode("utf-8", errors="replace")
+    except UnicodeError:
+        return value
 
 
 def build_report(options: ReportOptions) -> dict[str, Any]:
@@ -104,6 +115,7 @@ def check_report_folder(out: Path, overwrite: bool) -> None:
         raise NotFoundError(f"output directory's parent does not exist: {out.parent}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder", hint="name a folder for the report")
+    check_name_fits(out / "report.html")
     check_writable(out if out.is_dir() else out.parent)
     if out.is_dir() and not overwrite:
         others = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES and not p.name.startswith("."))
@@ -165,7 +177,7 @@ def write_report_files(report: dict[str, Any], id_scores: np.ndarray, ood_scores
                + f". FPR convention: **{conv}** — {report['fpr_definition']}. AUPR: {report['aupr_estimator']}.")
     md = ["# negprompt OOD report", "", summary, "", markdown_table(report), ""]
     md += [f"![{name}]({name}.png)" for name in figures]
-    (out_dir / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    (out_dir / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8", errors="surrogateescape")
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table_rows(report))
     head = "".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEADER)
     images = "".join(f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" '
@@ -175,7 +187,7 @@ def write_report_files(report: dict[str, Any], id_scores: np.ndarray, ood_scores
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}</style></head><body>"
             f"<h1>negprompt OOD report</h1><p>{html.escape(summary).replace('**', '')}</p>"
             f"<table><tr>{head}</tr>{rows}</table>{images}</body></html>")
-    (out_dir / "report.html").write_text(page, encoding="utf-8")
+    (out_dir / "report.html").write_text(page, encoding="utf-8", errors="surrogateescape")
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
@@ -183,6 +195,12 @@ def make_figures(report: dict[str, Any], id_scores: np.ndarray, ood_scores: dict
     import matplotlib
 
     matplotlib.use("Agg")
+    # names come from users: plain text in plots, never mathtext (an OOD set named `$\foo$` would not parse)
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        return _figures(report, id_scores, ood_scores)
+
+
+def _figures(report: dict[str, Any], id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 

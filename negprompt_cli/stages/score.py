@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..adaptive import AdaptiveOptions, adaptive_scores
-from ..artifact import PromptArtifact, load_prompts
+from ..artifact import PromptArtifact, check_fits_backbone, load_prompts
 from ..atomic import check_not_input, check_output_path, write_text_atomic
 from ..backbone import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from ..data import find_images_in, image_inputs, read_names_file
@@ -62,6 +62,7 @@ class ScoreOptions:
     ranks: Ranks = SINGLE  # a torchrun job: every rank encodes its share, rank 0 scores and writes
     labels: LabelRequest = LabelRequest()  # negative-label scorers: lexicon, mining, groups
     adaptive: AdaptiveOptions | None = None  # test-time negatives (AdaNeg-style memory), in scoring order
+    excel_safe: bool = False  # CSV: quote text cells a spreadsheet would run as formulas (score_file.excel_safe)
 
 
 def score(options: ScoreOptions) -> dict[str, Any] | None:
@@ -74,11 +75,13 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
     ranks = options.ranks
     if options.fmt not in FORMATS:
         raise UsageError(f"unknown format {options.fmt!r}", hint="choose csv or jsonl")
+    if options.excel_safe and options.fmt != "csv":
+        raise UsageError("--excel-safe is for CSV output; JSONL keeps names exact and is never run as formulas")
     if options.out is not None and ranks.is_main:
         check_output_path(options.out)
     if options.zero_shot == (options.prompts is not None):
         raise UsageError("give --prompts P, or --zero-shot with --names FILE")
-    paths, roots = find_images_in(options.images)
+    paths, roots = find_images_in(options.images, strict=options.strict)
     if ranks.is_main:
         check_not_input(options.out, [("--prompts", options.prompts), ("--names", options.names),
                                       ("--lexicon", options.labels.lexicon), *(("image", p) for p in paths)])
@@ -103,6 +106,8 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
                                     options.prompts)
             runtime = replace(runtime, trust_backbone=True)
         backbone = load_backbone(artifact_backbone(artifact, runtime, options.prompts))
+        check_fits_backbone(artifact, backbone.text_width, backbone.context_length, backbone.embed_dim,
+                            options.prompts)
         names = names or list(artifact.class_names)
         text_pos, text_neg = text_features_for(SoftPromptTextEncoder(backbone), artifact, names,
                                                options.runtime.text_chunk)
@@ -200,7 +205,7 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
             row["label"] = folder
             row["label_index"] = lookup.get(folder, -1)
         rows.append(row)
-    text = render_rows(rows, options.fmt)
+    text = render_rows(rows, options.fmt, spreadsheet_safe=options.excel_safe)
     if options.out is not None:
         write_text_atomic(options.out, text)
     flagged = sum(1 for r in rows if r["ood"])

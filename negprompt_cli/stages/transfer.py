@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..artifact import PromptArtifact, load_prompts, package_versions, save_prompts
+from ..artifact import PromptArtifact, check_fits_backbone, load_prompts, package_versions, save_prompts
 from ..atomic import check_not_input, check_output_path
 from ..backbone import RuntimeOptions, artifact_backbone, load_backbone
 from ..data import read_names_file
@@ -38,6 +38,7 @@ def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions
     names = read_names_file(names_file)
     backbone = load_backbone(artifact_backbone(source, runtime, prompts))
     source.check_backbone(backbone.identity(), prompts)
+    check_fits_backbone(source, backbone.text_width, backbone.context_length, backbone.embed_dim, prompts)
     encoder = SoftPromptTextEncoder(backbone)
     text_pos, text_neg = text_features_for(encoder, source, names, runtime.text_chunk)
     tensors = {k: v for k, v in source.tensors.items() if k.startswith("ctx_")}
