@@ -19,6 +19,7 @@ import typer
 
 from . import __version__
 from .cli_options import (
+    WORKERS_HELP,
     image_command_options,
     label_request,
     negative_label_options,
@@ -26,7 +27,7 @@ from .cli_options import (
     runtime_options,
     training_options,
 )
-from .console import cell, emit_json, err, info, out_console, say, show_progress, write_data
+from .console import cell, emit_json, err, info, say, show_progress, write_data
 from .errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -41,6 +42,7 @@ EPILOG = ("Exit codes: 0 ok, 1 runtime error, 2 usage or invalid input, 3 not fo
           "4 hub/network, 5 incompatible artifact, 130 interrupted, 141 stdout closed, 143 terminated. "
           "Set NEGPROMPT_DEBUG=1 for tracebacks.")
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     name="negprompt",
     help="Learn negative prompts so CLIP flags out-of-distribution images (NegPrompt, CVPR 2024).",
@@ -49,6 +51,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
+    context_settings=HELP_OPTIONS,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -141,6 +144,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
 
 def _other_rank() -> int | None:
     """This process's rank in a torchrun job of several processes, when it is not rank 0."""
+    if "RANK" not in os.environ:  # not torchrun: answer without importing torch (errors print at once)
+        return None
     from .distributed import launched_by_torchrun
 
     if not launched_by_torchrun() or os.environ.get("WORLD_SIZE") == "1" or os.environ.get("RANK") == "0":
@@ -169,28 +174,33 @@ def root(
 
 # Shared option types ---------------------------------------------------------------------
 BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="ViT-B/16 (default), ViT-B/32, RN50, RN101, "
-                                          "any open_clip model, hf-hub:org/repo or local-dir:PATH.")]
+                                          "toy (the offline world's CLIP, ships with negprompt), any open_clip "
+                                          "model, hf-hub:org/repo or local-dir:PATH.")]
 PretrainedOpt = Annotated[str | None, typer.Option(
     "--pretrained", help="open_clip pretrained tag, local checkpoint file, or 'none' (random). "
     "Default: the backbone's paper weights (ViT-B/16: laion2b_s34b_b88k).")]
 DeviceOpt = Annotated[str, typer.Option("--device", envvar="NEGPROMPT_DEVICE",
                                         help="auto (CUDA when present), cpu, cuda, cuda:N.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast; CUDA only).")]
-ImagesArg = Annotated[list[Path], typer.Argument(metavar="IMAGES", help="Images and/or folders (searched "
-                                                "recursively), taken in the order given.")]
+ImagesArg = Annotated[list[Path], typer.Argument(metavar="IMAGES", show_default=False, help="Image files and/or "
+                                                "folders (searched recursively), taken in the order given.")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", envvar="NEGPROMPT_CACHE",
                                                help="Image-feature cache (default ~/.cache/negprompt).")]
 WeightsCacheOpt = Annotated[str | None, typer.Option("--weights-cache", help="Where open_clip caches downloaded "
                                                       "weights (default: the Hugging Face cache).")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network; use cached weights only.")]
+PullOfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network: the prompts repo from the "
+                                              "Hugging Face cache only.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder root: DATA/<class>/<image>.")]
 AugViewsOpt = Annotated[int, typer.Option("--aug-views", help="Cache K augmented views per image (random crop "
                                           "+ flip); 0 = no augmentation.")]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Image-decoding workers.")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help=WORKERS_HELP)]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable images are an error, not skipped.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the few-shot subset, initialisation and shuffling.")]
+WorldSeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the rendered world: which images, colours and "
+                                           "sizes are drawn (the same seed renders the same files).")]
 CalibrateOpt = Annotated[Path | None, typer.Option("--calibrate", help="A folder of in-distribution images for "
                                                    "this class list: store/use the threshold that keeps 95% of "
                                                    "them (no labels needed).")]
@@ -202,7 +212,7 @@ TextChunkOpt = Annotated[int | None, typer.Option("--text-chunk", help="Encode p
                                                   "(bounds memory at large class counts).")]
 
 
-@app.command("fit-pos", epilog=EPILOG)
+@app.command("fit-pos", epilog=EPILOG, short_help="Learn CoOp positive prompts.")
 @reports_errors
 @training_options(POSITIVE_OPTIM)
 def fit_pos_command(
@@ -225,6 +235,7 @@ def fit_pos_command(
     run: dict[str, Any],
 ) -> None:
     """Learn CoOp positive prompts (the first NegPrompt stage)."""
+    check_paths(("--data", data), ("--classes", data_opts["classes"]))
     from .learners import PromptSettings
     from .stages.fit_pos import FitPosOptions, fit_pos
 
@@ -244,6 +255,23 @@ def fit_pos_command(
     finish(f"Wrote {out}: {summary['classes']} classes, {summary['train_images']} images; train accuracy "
            f"{summary['initial_train_accuracy']:.3f} -> {summary['final_train_accuracy']:.3f} "
            f"(zero-shot {summary['zero_shot_accuracy']:.3f}).", summary, run["json_out"])
+
+
+MISSING = {"--data": "data directory not found", "--pos": "prompts file not found",
+           "--prompts": "prompts file not found", "--classes": "class-names file not found",
+           "--names": "class-names file not found", "--train-classes": "class-names file not found",
+           "--calibrate": "calibration images not found", "IMAGES": "not found", "--lexicon": "lexicon not found"}
+
+
+def check_paths(*given: tuple[str, Any]) -> None:
+    """A mistyped path fails here, in a fraction of a second, before the stage (and torch) is imported."""
+    from .errors import NotFoundError
+
+    for flag, value in given:
+        if value is None or str(value).startswith("hf://"):
+            continue
+        if not Path(value).exists():
+            raise NotFoundError(f"{MISSING[flag]}: {value}")
 
 
 def finish(message: str, summary: dict[str, Any], as_json: bool) -> None:
@@ -287,7 +315,7 @@ def check_at_least(flag: str, value: int, least: int) -> None:
         raise UsageError(f"{flag} must be at least {least} (got {value})")
 
 
-@app.command("fit-neg", epilog=EPILOG)
+@app.command("fit-neg", epilog=EPILOG, short_help="Learn NegPrompt negative prompts.")
 @reports_errors
 @training_options(NEGATIVE_OPTIM, warmup_lr=False)
 def fit_neg_command(
@@ -343,6 +371,8 @@ def fit_neg_command(
     run: dict[str, Any],
 ) -> None:
     """Learn NegPrompt negative prompts (runs fit-pos first when --pos is not given)."""
+    check_paths(("--data", data), ("--pos", pos), ("--classes", data_opts["classes"]),
+                ("--train-classes", train_classes))
     from .backbone import RuntimeOptions
     from .distributed import launched_by_torchrun, process_group
     from .learners import PromptSettings
@@ -403,7 +433,7 @@ def _prompts_path(value: str, offline: bool = False) -> Path:
     return resolve_prompts(value, hub_options(offline))
 
 
-@app.command("transfer", epilog=EPILOG)
+@app.command("transfer", epilog=EPILOG, short_help="Re-target prompts to new class names.")
 @reports_errors
 def transfer_command(
     prompts: Annotated[str, typer.Option("--prompts", "-p", help="Learned prompts (fit-pos or fit-neg artifact), "
@@ -428,6 +458,7 @@ def transfer_command(
 
     The stored ID threshold belongs to the old class list: it is kept only for the same list,
     recalibrated with --calibrate, and otherwise dropped (score then makes no OOD decision)."""
+    check_paths(("--prompts", prompts), ("--names", names), ("--calibrate", calibrate))
     from .backbone import RuntimeOptions
     from .image_features import EncodeOptions
     from .stages.transfer import transfer
@@ -443,7 +474,7 @@ def transfer_command(
            summary, json_out)
 
 
-@app.command("score", epilog=EPILOG)
+@app.command("score", epilog=EPILOG, short_help="OOD scores for images, as CSV or JSONL.")
 @reports_errors
 @option_group("label_opts", negative_label_options())
 @image_command_options()
@@ -480,8 +511,9 @@ def score_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (images scored, "
                                            "encoded vs from the cache, skipped, threshold); needs --out.")] = False,
     adaptive: Annotated[bool, typer.Option("--adaptive", help="Test-time negatives (AdaNeg): a memory of "
-                                           "confidently ID / OOD images, updated per --batch-size batch in sorted "
-                                           "path order, sharpens the negatives. Scorers neglabel, csp, "
+                                           "confidently ID / OOD images, updated per --batch-size batch in the "
+                                           "order images are given (each folder sorted), sharpens the negatives. "
+                                           "Scorers neglabel, csp, "
                                            "negprompt+neglabel, negprompt+csp, negprompt-sum.")] = False,
     adaptive_slots: Annotated[int, typer.Option("--adaptive-slots", help="Images remembered per label.")] = 10,
     adaptive_weight: Annotated[float, typer.Option("--adaptive-weight", help="λ in adaptive + λ·static "
@@ -498,6 +530,8 @@ def score_command(
     label_opts: dict[str, Any],
 ) -> None:
     """OOD scores (higher = more in-distribution) for every image, as CSV or JSONL."""
+    check_paths(*(("IMAGES", image) for image in images), ("--prompts", prompts), ("--names", names),
+                ("--calibrate", calibrate), ("--lexicon", label_opts["lexicon"]))
     from .adaptive import AdaptiveOptions
     from .backbone import DEFAULT_BACKBONE, RuntimeOptions
     from .distributed import process_group
@@ -554,11 +588,11 @@ def score_command(
         emit_json(summary)
 
 
-@app.command("report", epilog=EPILOG)
+@app.command("report", epilog=EPILOG, short_help="Metrics table, JSON and an HTML report.")
 @reports_errors
 def report_command(
     id_file: Annotated[Path | None, typer.Option("--id", help="Score file of the ID test images.")] = None,
-    ood: Annotated[list[str] | None, typer.Option("--ood", help="NAME=FILE score file of an OOD set "
+    ood: Annotated[list[str] | None, typer.Option("--ood", metavar="NAME=FILE", help="Score file of an OOD set "
                                                   "(repeatable).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for report.html / .md / .json and "
                                              "plots.")] = None,
@@ -597,8 +631,8 @@ def print_report(report: dict[str, Any], out: Path | None) -> None:
 
 
 world_app = typer.Typer(help="The procedural offline world (54 object categories, colours, textures, noise).",
-                        no_args_is_help=True)
-app.add_typer(world_app, name="world")
+                        no_args_is_help=True, context_settings=HELP_OPTIONS)
+app.add_typer(world_app, name="world", short_help="The procedural offline world.")
 
 
 @world_app.command("export", epilog=EPILOG)
@@ -619,7 +653,7 @@ def world_export_command(
     far: Annotated[int, typer.Option("--far", help="Far-OOD images (noise, stripes, checkerboards).")] = 300,
     calib: Annotated[int, typer.Option("--calib-per-class", help="Held-out ID images per class in calib/ (for "
                                        "--calibrate); 0 = none.")] = 20,
-    seed: SeedOpt = 0,
+    seed: WorldSeedOpt = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier export in OUT (its split "
                                             "folders and name files; nothing else).")] = False,
     json_out: JsonOpt = False,
@@ -674,8 +708,9 @@ def world_export_command(
 
 
 cache_app = typer.Typer(help="The image-feature cache: fill it ahead of time (also under torchrun), check it, "
-                        "compact it. Many processes may share one cache; see docs/scale.md.", no_args_is_help=True)
-app.add_typer(cache_app, name="cache")
+                        "compact it. Many processes may share one cache; see docs/scale.md.", no_args_is_help=True,
+                        context_settings=HELP_OPTIONS)
+app.add_typer(cache_app, name="cache", short_help="Fill, check and compact the feature cache.")
 
 
 @cache_app.command("build", epilog=EPILOG)
@@ -686,8 +721,8 @@ def cache_build_command(
     backbone: BackboneOpt = DEFAULT_BACKBONE,
     pretrained: PretrainedOpt = None,
     aug_views: AugViewsOpt = 0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the augmented views (the fit-* --seed that will "
-                                      "read them).")] = 0,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the augmented views: the fit-* --seed that "
+                                             f"will read them. Default: {POSITIVE_OPTIM.seed}, as fit-*.")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     *,
@@ -704,7 +739,8 @@ def cache_build_command(
     with process_group(given["distributed"], runtime["device"]) as (ranks, device):
         summary = build(CacheBuildOptions(
             images=images, backbone=backbone_request(backbone, pretrained, {**runtime, "device": device}),
-            cache_dir=given["cache_dir"], aug_views=aug_views, seed=seed, batch_size=given["batch_size"],
+            cache_dir=given["cache_dir"], aug_views=aug_views,
+            seed=POSITIVE_OPTIM.seed if seed is None else seed, batch_size=given["batch_size"],
             num_workers=given["workers"], precision=runtime["precision"], strict=given["strict"],
             quiet=quiet or json_out, ranks=ranks))
     if summary is None:
@@ -749,14 +785,15 @@ def cache_gc_command(cache_dir: CacheOpt = None, json_out: JsonOpt = False) -> N
            f"{report['removed']} file(s) removed.", report, json_out)
 
 
-ImgListOpt = Annotated[list[str] | None, typer.Option("--imglist", help="NAME=FILE: take OOD set NAME from an "
-                                                      "image list (e.g. OpenOOD's benchmark_imglist/imagenet/"
+ImgListOpt = Annotated[list[str] | None, typer.Option("--imglist", metavar="NAME=FILE", help="Take OOD set NAME from "
+                                                      "an image list (e.g. OpenOOD's benchmark_imglist/imagenet/"
                                                       "test_ssb_hard.txt) instead of its folder; repeatable.")]
 ImgListRootOpt = Annotated[Path | None, typer.Option("--imglist-root", help="What the listed paths are relative to "
                                                      "(OpenOOD: its images_largescale/; default: --root).")]
 benchmark_app = typer.Typer(help="Published benchmark protocols on your own copies of the datasets "
-                            "(docs/benchmarks.md). We never download data.", no_args_is_help=True)
-app.add_typer(benchmark_app, name="benchmark")
+                            "(docs/benchmarks.md). We never download data.", no_args_is_help=True,
+                            context_settings=HELP_OPTIONS)
+app.add_typer(benchmark_app, name="benchmark", short_help="Published protocols on your data.")
 
 
 @benchmark_app.command("list", epilog=EPILOG)
@@ -869,7 +906,7 @@ def benchmark_run_command(
     finish(f"Wrote {out / 'report.html'}, report.md and report.json ({len(report['rows'])} rows).", report, json_out)
 
 
-@app.command("demo", epilog=EPILOG)
+@app.command("demo", epilog=EPILOG, short_help="The whole method offline on the built-in world.")
 @reports_errors
 def demo_command(
     workdir: Annotated[Path | None, typer.Option("--workdir", help="Where to put data, prompts and the report "
@@ -895,7 +932,7 @@ def demo_command(
 TokenOpt = Annotated[str | None, typer.Option("--token", help="Hub token (default: HF_TOKEN or the saved login).")]
 
 
-@app.command("push", epilog=EPILOG)
+@app.command("push", epilog=EPILOG, short_help="Publish prompts to the Hugging Face Hub.")
 @reports_errors
 def push_command(
     artifact: Annotated[Path, typer.Argument(help="A prompts .safetensors artifact.")],
@@ -923,13 +960,13 @@ def push_command(
         sys.stdout.write(result["commit"] + "\n")
 
 
-@app.command("pull", epilog=EPILOG)
+@app.command("pull", epilog=EPILOG, short_help="Download prompts from the Hugging Face Hub.")
 @reports_errors
 def pull_command(
     ref: Annotated[str, typer.Argument(help="ORG/NAME[@REVISION] (a branch, tag or commit id).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Copy the files here (default: only the "
                                              "Hugging Face cache).")] = None,
-    offline: OfflineOpt = False,
+    offline: PullOfflineOpt = False,
     backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Refuse the prompts unless they were "
                                                  "trained on this backbone.")] = None,
     pretrained: PretrainedOpt = None,
@@ -959,25 +996,20 @@ def pull_command(
 @reports_errors
 def plugins_command(json_out: JsonOpt = False) -> None:
     """List loaded plugins and what each registers."""
-    from rich.table import Table
-
     from .registry import get_host
 
     rows = get_host().describe()
     if json_out:
         emit_json(rows)
         return
-    table = Table("plugin", "version", "hooks", "registers", "error")
-    for column in table.columns:  # a narrow terminal wraps names instead of cutting them short
-        column.overflow = "fold"
-    for row in rows:
-        registers = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items())
-        table.add_row(*(cell(v) for v in (row["name"], row["version"], ", ".join(row["hooks"]), registers,
-                                           row["error"])))
-    out_console.print(table)
+    for row in rows:  # a block per plugin: names are never cut or split, whatever the terminal's width
+        say(f"{row['name']} {row['version'] or ''}".rstrip() + (f"  FAILED: {row['error']}" if row["error"] else ""))
+        for kind, names in row["registers"].items():
+            say(f"  {kind}: {', '.join(names)}")
+        say(f"  hooks: {', '.join(row['hooks'])}")
 
 
-@app.command("env", epilog=EPILOG)
+@app.command("env", epilog=EPILOG, short_help="Versions, devices and caches, for a bug report.")
 @reports_errors
 def env_command(json_out: JsonOpt = False) -> None:
     """Versions, CUDA devices, cache locations and settings from the environment: paste it into a bug report."""
@@ -1004,7 +1036,7 @@ def env_command(json_out: JsonOpt = False) -> None:
         say("environment: " + ", ".join(f"{name}={value}" for name, value in facts["environment"].items()))
 
 
-@app.command("inspect", epilog=EPILOG)
+@app.command("inspect", epilog=EPILOG, short_help="What a prompts file holds.")
 @reports_errors
 def inspect_command(
     prompts: Annotated[Path, typer.Argument(help="A prompts .safetensors file.")],

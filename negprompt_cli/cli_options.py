@@ -21,6 +21,8 @@ from .presets import OptimConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+WORKERS_HELP = "Image-decoding workers (default: up to 4 when 64 or more images are encoded, else 0)."
+
 
 def option(name: str, kind: Any, *flags: str, help: str, default: Any = None, **extra: Any) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
@@ -77,7 +79,7 @@ def image_options() -> list[inspect.Parameter]:
         option("batch_size", int, "--batch-size", default=64, help="Images per encoder batch."),
         option("cache_dir", Path | None, "--cache-dir", envvar="NEGPROMPT_CACHE",
                help="Image-feature cache (default ~/.cache/negprompt)."),
-        option("workers", int | None, "--workers", help="Image-decoding workers."),
+        option("workers", int | None, "--workers", help=WORKERS_HELP),
         option("strict", bool, "--strict", default=False, help="Unreadable images are an error, not skipped."),
         option("distributed", bool | None, "--distributed/--no-distributed", help="Split the work over the "
                "processes of a torchrun job (default: on when launched by torchrun). See docs/scale.md."),
@@ -135,7 +137,7 @@ def data_options() -> list[inspect.Parameter]:
                "flip); 0 = no augmentation (default)."),
         option("cache_dir", Path | None, "--cache-dir", envvar="NEGPROMPT_CACHE",
                help="Image-feature cache (default ~/.cache/negprompt)."),
-        option("workers", int | None, "--workers", help="Image-decoding workers."),
+        option("workers", int | None, "--workers", help=WORKERS_HELP),
         option("strict", bool, "--strict", default=False, help="Unreadable images are an error, not skipped."),
     ]
 

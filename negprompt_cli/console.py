@@ -6,7 +6,9 @@ stdout is reserved for data (JSON, CSV, JSONL) so that ``negprompt ... --json | 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,7 +26,6 @@ from rich.progress import (
 
 # Console(stderr=True) resolves sys.stderr lazily, so test runners that swap stderr still capture it.
 err = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False)  # an information command's human-readable result (tables): stdout is its data
 
 # Library code reports progress through progress(); it is only drawn once a front end (the CLI) asks for it,
 # so the Python API stays silent.
@@ -82,9 +83,91 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+PROGRESS_SECONDS_ENV = "NEGPROMPT_PROGRESS_SECONDS"
+PROGRESS_SECONDS = 30.0  # how often a log (no terminal) gets a progress line
+
+
+class PlainProgress:
+    """Progress for a log file (nohup, SLURM, CI, ``2> log``): where no bar can be drawn, one plain line per task
+    every ``every`` seconds -- done/total, the task's status (epoch, loss), elapsed time and ETA -- and a last
+    line when a task that printed one ends. Same calls as the rich display (add_task, advance, update)."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.tasks: dict[int, dict[str, Any]] = {}
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            for task in self.tasks.values():
+                if task["printed"] and task["completed"] != task["shown"]:
+                    self._line(task, time.monotonic())
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, status: str = "",
+                 **_: Any) -> int:
+        now = time.monotonic()
+        key = len(self.tasks)
+        self.tasks[key] = {"description": description, "total": total, "completed": completed, "status": status,
+                           "start": now, "start_completed": completed, "last": now, "printed": False, "shown": None}
+        return key
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        self.update(task_id, advance=advance)
+
+    def update(self, task_id: int, *, advance: float | None = None, completed: float | None = None,
+               status: str | None = None, **_: Any) -> None:
+        task = self.tasks[task_id]
+        if completed is not None:
+            task["completed"] = completed
+        if advance is not None:
+            task["completed"] += advance
+        if status is not None:
+            task["status"] = status
+        now = time.monotonic()
+        if now - task["last"] >= self.every:
+            self._line(task, now)
+
+    def _line(self, task: dict[str, Any], now: float) -> None:
+        task["last"], task["printed"], task["shown"] = now, True, task["completed"]
+        done, total = task["completed"], task["total"]
+        elapsed = now - task["start"]
+        parts = [f"{task['description']}: {done:g}/{total:g}" + (f" ({100 * done / total:.0f}%)" if total else "")
+                 if total else f"{task['description']}: {done:g}"]
+        if task["status"]:
+            parts.append(str(task["status"]))
+        parts.append(f"{_duration(elapsed)} elapsed")
+        rate = (done - task["start_completed"]) / elapsed if elapsed > 0 else 0
+        if total and rate > 0 and done < total:
+            parts.append(f"ETA {_duration((total - done) / rate)}")
+        info(", ".join(parts))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def progress_seconds() -> float:
+    value = os.environ.get(PROGRESS_SECONDS_ENV)
+    try:
+        return float(value) if value else PROGRESS_SECONDS
+    except ValueError:
+        return PROGRESS_SECONDS
+
+
 @contextmanager
-def progress(quiet: bool = False) -> Iterator[Progress]:
-    """A rich progress display on stderr that never captures stdout; silent unless show_progress() was called."""
+def progress(quiet: bool = False) -> Iterator[Progress | PlainProgress]:
+    """A rich progress display on stderr that never captures stdout, or plain lines every
+    ``NEGPROMPT_PROGRESS_SECONDS`` (30) when stderr is not a terminal; silent unless show_progress() was called
+    (the CLI does; the Python API stays quiet) or with ``quiet``."""
+    if not quiet and _display["progress"] and not err.is_terminal:
+        with PlainProgress(progress_seconds()) as plain:
+            yield plain
+        return
     bar = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),

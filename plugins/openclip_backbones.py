@@ -15,11 +15,13 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import socket
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlparse
 
 import open_clip
 import torch
@@ -95,6 +97,8 @@ def load_openclip(name: str, arch: str, default_tag: str | None, pretrained: str
             raise UsageError(f"backbone {arch!r} has no default weights; name them with --pretrained",
                              hint=_tag_hint(arch))
         kwargs = {"pretrained": None if tag.lower() in RANDOM else _check_tag(arch, tag)}
+        if tag.lower() not in RANDOM and not os.path.exists(tag):
+            _fail_fast_without_network(arch, tag, cache_dir)
         if quick_gelu is None:
             quick_gelu = _tag_quick_gelu(arch, tag)
         kwargs["force_quick_gelu"] = bool(quick_gelu)
@@ -174,7 +178,7 @@ def _hub_fetch_error(repo_id: str, exc: Exception) -> Exception:
                         hint="check the name, or set HF_TOKEN for a private repository")
     if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
         return HubError(f"could not fetch hf-hub:{repo_id}: not in the local cache and the Hub cannot be reached",
-                        hint="connect once so the weights land in the cache, or use a local-dir: backbone")
+                        hint=OFFLINE_HINT)
     detail = str(exc).splitlines()[0] if str(exc) else ""
     return HubError(f"could not fetch hf-hub:{repo_id}: {type(exc).__name__}: {detail}",
                     hint="check the network or HF_ENDPOINT; --offline works from the cache")
@@ -226,15 +230,58 @@ def _uses_quick_gelu(model: torch.nn.Module) -> bool:
     return any(type(m).__name__ == "QuickGELU" for m in model.modules())
 
 
+OFFLINE_HINT = ("with no network: --offline uses weights already in the cache; --pretrained FILE a local "
+                "checkpoint; --backbone local-dir:PATH an open_clip folder; --backbone toy the offline world's CLIP")
+
+
+def _weights_cached(arch: str, tag: str, cache_dir: str | None) -> bool:
+    """Whether open_clip would find the tag's weights in the Hugging Face cache without asking the Hub."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hub = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub") or ""
+    repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    return bool(repo) and any(isinstance(try_to_load_from_cache(repo, name, cache_dir=cache_dir or _hub_cache()), str)
+                              for name in names)
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """Why the Hub cannot be reached at all (its host name does not resolve), found in a fraction of a second;
+    None when it may be reachable (a proxy is set, or the name resolves)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return None
+    host = urlparse(endpoint).hostname
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, 443)
+    except socket.gaierror as exc:
+        return f"{host} cannot be resolved ({exc.strerror or exc})"
+    except OSError:
+        return None
+    return None
+
+
+def _fail_fast_without_network(arch: str, tag: str, cache_dir: str | None) -> None:
+    """Weights that are not cached, with no network: one line now, not after a minute of retries."""
+    import huggingface_hub.constants as hub_constants
+
+    if hub_constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return  # open_clip fails at once from the cache; _load_error says so
+    if _weights_cached(arch, tag, cache_dir):
+        return
+    reason = _unreachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    if reason is not None:
+        raise HubError(f"could not fetch {arch} weights {tag!r}: not in the local cache, and {reason}",
+                       hint=OFFLINE_HINT)
+
+
 def _load_error(arch: str, tag: str | None, exc: Exception) -> Exception:
     text = str(exc)
     if "Failed to download" in text or "HF Hub" in text or "offline" in text.lower():
         what = f"{arch} weights {tag!r}" if tag else arch
-        return HubError(
-            f"could not fetch {what}: not in the local cache and the Hub cannot be reached",
-            hint="pass --pretrained FILE (a local checkpoint), use a local-dir: backbone, "
-                 "or connect once so the weights land in the cache",
-        )
+        return HubError(f"could not fetch {what}: not in the local cache and the Hub cannot be reached",
+                        hint=OFFLINE_HINT)
     if isinstance(exc, FileNotFoundError):
         return NotFoundError(f"could not load backbone {arch}: {text}")
     return UsageError(f"could not load backbone {arch}: {text}")

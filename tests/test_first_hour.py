@@ -203,3 +203,106 @@ def test_inspect_says_what_a_user_asks_of_a_prompts_file(wnid_data):
     assert "classes:   3 (blue dots, green bars, red stripes)" in text
     assert "threshold: " in text and "for the energy scorer (keeps 95% of" in text
     assert "None" not in text and "{" not in text  # no Python reprs
+
+
+# -- progress in a log file -----------------------------------------------------------------------------------
+def test_without_a_terminal_progress_is_plain_lines_every_n_seconds(tmp_path, tiny_vit_dir, monkeypatch):
+    data = make_image_folder(tmp_path / "train", classes=CLASSES[:2], per_class=4)
+    args = ["fit-pos", "--data", str(data), "--out", str(tmp_path / "p.safetensors"), "--backbone",
+            f"local-dir:{tiny_vit_dir}", *POS_FAST]
+    monkeypatch.setenv("NEGPROMPT_PROGRESS_SECONDS", "0")
+    logged = invoke(args)
+    assert logged.exit_code == 0, logged.stderr
+    lines = [line for line in logged.stderr.splitlines() if line.startswith("Training positive prompts: ")]
+    assert lines, logged.stderr
+    assert lines[0].startswith("Training positive prompts: 1/2 (50%), epoch 1/2 loss ")
+    assert "elapsed, ETA " in lines[0] and lines[-1].startswith("Training positive prompts: 2/2 (100%)")
+    assert any(line.startswith("Encoding training images: ") for line in logged.stderr.splitlines())
+    monkeypatch.setenv("NEGPROMPT_PROGRESS_SECONDS", "3600")  # a short run in a log: no progress lines at all
+    quiet = invoke([*args[:4], str(tmp_path / "q.safetensors"), *args[5:]])
+    assert quiet.exit_code == 0 and "Training positive prompts:" not in quiet.stderr
+    monkeypatch.setenv("NEGPROMPT_PROGRESS_SECONDS", "0")
+    hushed = invoke([*args[:4], str(tmp_path / "r.safetensors"), *args[5:], "--quiet"])
+    assert hushed.exit_code == 0 and "Training positive prompts:" not in hushed.stderr
+
+
+def test_augmented_views_cached_ahead_are_the_ones_fit_reads_by_default(tmp_path, tiny_vit_dir):
+    data = make_image_folder(tmp_path / "train", classes=CLASSES[:2], per_class=3)
+    backbone = ["--backbone", f"local-dir:{tiny_vit_dir}"]
+    built = invoke(["cache", "build", str(data), *backbone, "--aug-views", "2", "--json"])
+    assert built.exit_code == 0, built.stderr
+    assert json.loads(built.stdout)["views"] == ["eval", "aug0-s1-p4", "aug1-s1-p4"]
+    fit = invoke(["fit-pos", "--data", str(data), "--out", str(tmp_path / "p.safetensors"), *backbone, *POS_FAST,
+                  "--aug-views", "2", "--json"])
+    assert fit.exit_code == 0, fit.stderr
+    assert json.loads(fit.stdout)["images_encoded"] == 0  # every view came from the cache
+
+
+# -- offline: fast, with hints that name what works -----------------------------------------------------------
+def test_uncached_weights_without_network_fail_at_once_with_the_remedies(tmp_path, monkeypatch):
+    import socket
+
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    asked = []
+
+    def no_dns(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        asked.append(host)
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    data = make_image_folder(tmp_path / "train", classes=CLASSES[:2], per_class=2)
+    result = invoke(["fit-neg", "--data", str(data), "--out", str(tmp_path / "n.safetensors")])
+    assert result.exit_code == 4, result.stderr
+    assert error_line(result) == ("Error: could not fetch ViT-B-16 weights 'laion2b_s34b_b88k': not in the local "
+                                  "cache, and huggingface.co cannot be resolved (Temporary failure in name "
+                                  "resolution)")
+    assert "--offline" in result.stderr and "--backbone toy" in result.stderr and asked == ["huggingface.co"]
+
+
+def test_a_mistyped_path_fails_before_anything_heavy_is_imported(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from negprompt_cli.cli import app\n"
+            "try:\n    app(['fit-pos', '--data', sys.argv[1], '--out', sys.argv[2]])\n"
+            "except SystemExit as e:\n    print('torch' in sys.modules, e.code)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "no-such-data"), str(tmp_path / "p.st")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False 3", done.stderr
+    assert f"Error: data directory not found: {tmp_path / 'no-such-data'}" in done.stderr
+
+
+def test_labeled_scoring_names_the_folders_that_are_no_class(wnid_data):
+    root, data, _ = wnid_data
+    (root / "mixed").mkdir()
+    make_image_folder(root / "mixed", classes=("red_stripes", "not_a_class"), per_class=2)
+    result = invoke(["score", str(root / "mixed"), "--prompts", str(root / "pos.safetensors"), "--labeled",
+                     "--out", str(root / "m.csv")])
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "--labeled: 2 image(s) are in folders that name no class ('not_a_class')" in said
+    clean = invoke(["score", str(data), "--prompts", str(root / "pos.safetensors"), "--labeled", "--out",
+                    str(root / "c.csv")])
+    assert clean.exit_code == 0 and "--labeled:" not in clean.stderr  # the training folders (wnids) are known
+
+
+def test_help_texts_say_what_a_newcomer_needs():
+    top = invoke(["-h"])
+    assert top.exit_code == 0 and "Commands:" in top.stdout
+    summaries = [line for line in top.stdout.splitlines() if line.startswith("  ") and not line.startswith("   ")]
+    assert summaries and not [line for line in summaries if line.rstrip().endswith("...")]
+    assert "toy (the offline world's CLIP" in " ".join(invoke(["fit-pos", "-h"]).stdout.split())
+    assert "--ood NAME=FILE" in invoke(["report", "--help"]).stdout
+    score = " ".join(invoke(["score", "-h"]).stdout.split())
+    assert "in the order images are given" in score and "sorted path order" not in score
+    assert "default: up to 4 when 64 or more images are encoded" in score
+    assert "cached weights" not in " ".join(invoke(["pull", "-h"]).stdout.split())
+    assert "few-shot" not in " ".join(invoke(["world", "export", "-h"]).stdout.split())
+    for group in (["cache", "-h"], ["benchmark", "-h"], ["world", "-h"]):
+        assert invoke(group).exit_code == 0, group

@@ -80,9 +80,11 @@ def test_plugins_command_json(fake_site):
     rows = json.loads(result.stdout)
     fake = next(r for r in rows if r["name"] == "negprompt_fake")
     assert fake["hooks"] == ["register_backbones", "register_scorers"]
-    table = runner.invoke(app, ["plugins"])  # the table on stdout (its data), at the 80 columns of a non-terminal
-    assert table.exit_code == 0 and table.stderr == ""
-    assert "negprompt_fake" in table.stdout and "…" not in table.stdout  # wrapped, never cut short
+    listing = runner.invoke(app, ["plugins"])  # on stdout (its data); names whole at any width
+    assert listing.exit_code == 0 and listing.stderr == ""
+    assert "negprompt_fake" in listing.stdout and "…" not in listing.stdout
+    assert "  scorer: negprompt, mcm, energy, maxlogit, msp, neglabel, csp, negprompt-sum, negprompt-maxlogit" in \
+        listing.stdout
 
 
 def test_allow_list_limits_loading(fake_site, monkeypatch):

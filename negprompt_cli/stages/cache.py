@@ -21,6 +21,7 @@ from ..distributed import SINGLE, Ranks, check_enough_items
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..feature_cache import compact, default_cache_dir, foreign_entries, verify
 from ..image_features import EncodeStats, View, encode_images_across
+from ..presets import POSITIVE_OPTIM
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class CacheBuildOptions:
     backbone: BackboneRequest = BackboneRequest()
     cache_dir: Path | None = None
     aug_views: int = 0  # also cache views 0..K-1 of the seeded augmentation (as fit-* --aug-views K --seed S)
-    seed: int = 0
+    seed: int = POSITIVE_OPTIM.seed  # the views fit-pos and fit-neg read by default (one default, presets)
     batch_size: int = 64
     num_workers: int | None = None
     precision: str = "fp32"

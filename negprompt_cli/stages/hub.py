@@ -122,7 +122,10 @@ def _translate(exc: Exception, action: str, repo_id: str, revision: str | None) 
         return HubError(f"Hub repository {repo_id} not found (or you lack access)",
                         hint="check the name, or pass --token / set HF_TOKEN for a private repo")
     if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
-        return HubError(f"{where} is not in the local cache and the Hub cannot be reached (offline)",
+        offline = isinstance(exc, OfflineModeIsEnabled) or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        return HubError(f"{where} is not in the local cache and "
+                        + ("negprompt is offline (--offline or HF_HUB_OFFLINE)" if offline
+                           else "the Hub cannot be reached"),
                         hint=f"run 'negprompt pull {where}' once while online")
     if isinstance(exc, EntryNotFoundError):
         return IncompatibleArtifactError(f"{where} has no {PROMPTS_FILE}: not a negprompt prompts repo")
@@ -134,7 +137,8 @@ def _translate(exc: Exception, action: str, repo_id: str, revision: str | None) 
         return HubError(f"Hub error while trying to {action} {where}: {str(exc).splitlines()[0]}")
     if isinstance(exc, (OSError, ConnectionError)) or type(exc).__module__.startswith(("httpx", "httpcore")):
         return HubError(f"could not reach the Hub to {action} {where}: {type(exc).__name__}",
-                        hint="check the network or HF_ENDPOINT; use --offline to work from the cache")
+                        hint="check the network or HF_ENDPOINT" + ("" if action.startswith("push") else
+                                                                   "; use --offline to work from the cache"))
     return None
 
 

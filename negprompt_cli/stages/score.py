@@ -18,7 +18,7 @@ from ..backbone import BackboneRequest, RuntimeOptions, artifact_backbone, load_
 from ..data import find_images_in, image_inputs, read_names_file
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, check_enough_items
-from ..errors import IncompatibleArtifactError, NegPromptError, NotFoundError, UsageError
+from ..errors import IncompatibleArtifactError, NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..feature_cache import default_cache_dir
 from ..image_features import EncodeOptions, encode_folder, encode_images_across
 from ..negative_labels import LabelRequest, prepare, settings_fingerprint
@@ -205,6 +205,8 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
             row["label"] = folder
             row["label_index"] = lookup.get(folder, -1)
         rows.append(row)
+    if options.labeled:
+        _warn_unknown_labels(rows, names)
     text = render_rows(rows, options.fmt, spreadsheet_safe=options.excel_safe)
     if options.out is not None:
         write_text_atomic(options.out, text)
@@ -236,6 +238,23 @@ def _check_adaptive(scorer: str, scorer_fn: Any, options: ScoreOptions) -> None:
     if options.calibrate is not None:
         raise UsageError("--adaptive cannot be combined with --calibrate: adaptive scores depend on the test stream",
                          hint="give --threshold, or leave the decision to `negprompt report`")
+
+
+def _warn_unknown_labels(rows: list[dict[str, Any]], names: list[str]) -> None:
+    """--labeled reads the class from the first folder below each input; a folder that names no class gets
+    label -1, which report leaves out of the ID accuracy: say which folders, not nothing."""
+    unknown: dict[str, int] = {}
+    for row in rows:
+        if row["label_index"] == -1:
+            unknown[row["label"]] = unknown.get(row["label"], 0) + 1
+    if not unknown:
+        return
+    shown = ", ".join(repr(f) if f else "(images directly in an input folder)" for f in list(unknown)[:5])
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    warnings.warn(f"--labeled: {sum(unknown.values())} image(s) are in folders that name no class ({shown}{more}), "
+                  f"so their label is -1 and report leaves them out of the ID accuracy; class folders are the "
+                  f"class names (spaces or _) or the training folders, e.g. {names[0]!r}", NegPromptWarning,
+                  stacklevel=3)
 
 
 def training_folders(artifact: PromptArtifact, names: list[str]) -> dict[str, int]:
