@@ -36,7 +36,8 @@ from .errors import (
     NegPromptError,
     Terminated,
 )
-from .presets import DEFAULT_BACKBONE, NEGATIVE_OPTIM, POSITIVE_OPTIM, negatives_note, override
+from .presets import DEFAULT_BACKBONE, EXPLAIN_TOP, NEGATIVE_OPTIM, POSITIVE_OPTIM, negatives_note, override
+from .report_images import DEFAULT_PER_GALLERY
 
 EPILOG = ("Exit codes: 0 ok, 1 runtime error, 2 usage or invalid input, 3 not found, "
           "4 hub/network, 5 incompatible artifact, 130 interrupted, 141 stdout closed, 143 terminated. "
@@ -519,6 +520,12 @@ def score_command(
     adaptive_weight: Annotated[float, typer.Option("--adaptive-weight", help="λ in adaptive + λ·static "
                                                    "score.")] = 0.1,
     trust_backbone: TrustBackboneOpt = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Add, per image, the closest classes and (for scorers "
+                                          "that read negative prompts or mined labels) the closest negatives, "
+                                          "with cosines: JSONL lists, CSV a JSON array of [name, cos] "
+                                          "pairs.")] = False,
+    explain_top: Annotated[int, typer.Option("--explain-top", help="How many classes and negatives --explain "
+                                             "lists.")] = EXPLAIN_TOP,
     excel_safe: Annotated[bool, typer.Option("--excel-safe", help="CSV for spreadsheets: a path or name cell "
                                              "starting with = + - @ gets a leading ' so it is not run as a "
                                              "formula (the cell is then not the exact name; JSONL keeps names "
@@ -543,6 +550,7 @@ def score_command(
         raise UsageError("--json needs --out FILE: without it stdout carries the scores themselves")
     given = images_opts
     check_at_least("--batch-size", given["batch_size"], 1)
+    check_at_least("--explain-top", explain_top, 1)
     memory = (AdaptiveOptions(slots=adaptive_slots, weight=adaptive_weight, batch=given["batch_size"])
               if adaptive else None)
     with process_group(given["distributed"], runtime["device"]) as (ranks, device):
@@ -558,6 +566,7 @@ def score_command(
             cache_dir=given["cache_dir"], batch_size=given["batch_size"], num_workers=given["workers"],
             strict=given["strict"], precision=runtime["precision"], quiet=quiet, calibrate=calibrate, ranks=ranks,
             labels=label_request(label_opts), adaptive=memory, excel_safe=excel_safe,
+            explain=explain_top if explain else 0,
         ))
     if summary is None:  # a rank other than 0 of a torchrun job: rank 0 reports and writes
         return
@@ -593,7 +602,10 @@ def score_command(
 def report_command(
     id_file: Annotated[Path | None, typer.Option("--id", help="Score file of the ID test images.")] = None,
     ood: Annotated[list[str] | None, typer.Option("--ood", metavar="NAME=FILE", help="Score file of an OOD set "
-                                                  "(repeatable).")] = None,
+                                                  "(repeatable; far-OOD unless given with --near).")] = None,
+    near: Annotated[list[str] | None, typer.Option("--near", metavar="NAME=FILE", help="Score file of a near-OOD "
+                                                   "set (repeatable): near and far sets are also averaged apart, "
+                                                   "as OpenOOD reports them.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for report.html / .md / .json and "
                                              "plots.")] = None,
     fpr_convention: Annotated[str, typer.Option("--fpr-convention", help="id-positive (paper, MCM) or "
@@ -601,13 +613,30 @@ def report_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="--out may hold other files: write the report's "
                                             "files beside them (only the report's own files are replaced; "
                                             "without it such a folder is refused).")] = False,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="The decision threshold to draw and "
+                                                    "judge (default: the one the score files were written "
+                                                    "with).")] = None,
+    images: Annotated[int, typer.Option("--images", help="Thumbnails per gallery in report.html (misses, false "
+                                        "alarms, clearly OOD).")] = DEFAULT_PER_GALLERY,
+    no_images: Annotated[bool, typer.Option("--no-images", help="No images in the report (for reports that must "
+                                            "not contain the data).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """AUROC, FPR@95, AUPR and ID accuracy per OOD set, as the paper's table, JSON and an HTML report."""
+    """AUROC, FPR@95, AUPR and ID accuracy per OOD set, as the paper's table, JSON and an HTML report with the
+    decision threshold, the classes it hurts and the images behind the numbers."""
+    import shlex
+
     from .stages.report import ReportOptions, build_report, parse_ood_args
 
-    report = build_report(ReportOptions(id_file, parse_ood_args(ood or []), out, fpr_convention,
-                                        overwrite=overwrite))
+    check_at_least("--images", images, 0)
+    near_sets = parse_ood_args(near or [], "--near")
+    sets = near_sets + parse_ood_args(ood or [])
+    command = ["negprompt", "report", "--id", str(id_file)] + [f"--near={n}={f}" for n, f in near_sets] \
+        + [f"--ood={n}={f}" for n, f in sets[len(near_sets):]] + (["--out", str(out)] if out else [])
+    report = build_report(ReportOptions(id_file, sets, out, fpr_convention, overwrite=overwrite,
+                                        near=tuple(n for n, _ in near_sets), threshold=threshold,
+                                        images=0 if no_images else images,
+                                        command=shlex.join(command)))
     print_report(report, out)
     if json_out:
         emit_json(report)
@@ -626,6 +655,9 @@ def print_report(report: dict[str, Any], out: Path | None) -> None:
     err.print(table)
     if report["id"]["accuracy"] is not None:
         info(f"ID accuracy: {100 * report['id']['accuracy']:.2f}% on {report['id']['n']} images")
+    from .report_page import threshold_sentence
+
+    info(threshold_sentence(report))
     if out is not None:
         info(f"Report: {out / 'report.html'}")
 

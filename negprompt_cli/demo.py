@@ -65,7 +65,8 @@ def run_demo(workdir: Path | None = None, seed: int = 0, device: str = "auto", q
     info("[6/6] report")
     report = build_report(ReportOptions(root / "id.csv", [("near (other categories)", root / "ood_near.csv"),
                                                           ("near (never seen)", root / "ood_unnamed.csv"),
-                                                          ("far (noise)", root / "ood_far.csv")], root / "report"))
+                                                          ("far (noise)", root / "ood_far.csv")], root / "report",
+                                        near=("near (other categories)", "near (never seen)")))
     report["demo"] = {"workdir": str(root), "seconds": round(time.time() - started, 1), "fit_pos": pos,
                       "fit_neg": {k: neg[k] for k in ("learner_options", "threshold", "train_classes", "classes")}}
     return report

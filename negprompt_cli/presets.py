@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 DEFAULT_BACKBONE = "ViT-B/16"  # OpenCLIP ViT-B/16, LAION-2B (laion2b_s34b_b88k): the paper's backbone
+EXPLAIN_TOP = 3  # score --explain: closest classes and negatives listed per image
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,18 @@ def markdown_text(value: object) -> str:
 
 
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row per OOD set, then the averages: near- and far-OOD apart where the report has both groups (as
+    OpenOOD reports them), and over every set."""
     rows = []
     for name, m in report["ood"].items():
         rows.append([name, f"{100 * m['auroc']:.2f}", f"{100 * m['fpr']:.2f}", f"{100 * m['aupr_in']:.2f}",
                      f"{100 * m['aupr_out']:.2f}", str(m["n_ood"])])
-    a = report["average"]
-    rows.append(["average", f"{100 * a['auroc']:.2f}", f"{100 * a['fpr']:.2f}", f"{100 * a['aupr_in']:.2f}",
-                 f"{100 * a['aupr_out']:.2f}", ""])
+    averages = [("near-OOD average", report.get("average_near")), ("far-OOD average", report.get("average_far")),
+                ("average", report["average"])]
+    for label, a in averages:
+        if a:
+            rows.append([label, f"{100 * a['auroc']:.2f}", f"{100 * a['fpr']:.2f}", f"{100 * a['aupr_in']:.2f}",
+                         f"{100 * a['aupr_out']:.2f}", ""])
     return rows
 
 

@@ -13,9 +13,10 @@ from .errors import NotFoundError, UsageError
 
 FORMATS = ("csv", "jsonl")
 COLUMNS = ["path", "score", "prediction", "prediction_index", "ood", "max_pos_cos", "max_neg_cos", "label",
-           "label_index", "scorer", "prompts_id"]
+           "label_index", "scorer", "prompts_id", "threshold", "threshold_source"]
 
 
+EXPLAIN_COLUMNS = ["top_classes", "nearest_negatives"]  # score --explain: [{"name", "cos"}, ...] per image
 TEXT_COLUMNS = ("path", "prediction", "label", "scorer", "prompts_id")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula
 
@@ -36,11 +37,13 @@ def render_rows(rows: list[dict[str, Any]], fmt: str, *, spreadsheet_safe: bool 
     if fmt == "jsonl":
         return "".join(json.dumps(r) + "\n" for r in rows)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    quoted = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    columns = COLUMNS + [c for c in EXPLAIN_COLUMNS if rows and c in rows[0]]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    quoted = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writeheader()
     for r in rows:
-        row = {k: ("" if v is None else v) for k, v in (excel_safe(r) if spreadsheet_safe else r).items()}
+        row = {k: ("" if v is None else _explain_cell(v) if k in EXPLAIN_COLUMNS else v)
+               for k, v in (excel_safe(r) if spreadsheet_safe else r).items()}
         (quoted if any(isinstance(v, str) and "\r" in v for v in row.values()) else writer).writerow(row)
     return buffer.getvalue()
 
@@ -68,10 +71,17 @@ def read_score_file(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _explain_cell(entries: list[dict[str, Any]]) -> str:
+    """CSV's compact form of an --explain list: a JSON array of [name, cosine] pairs."""
+    return json.dumps([[e["name"], e["cos"]] for e in entries], ensure_ascii=False, separators=(",", ":"))
+
+
 def _parse(column: str, value: str | None) -> Any:
     if value is None or value == "":
         return None
-    if column in ("score", "max_pos_cos", "max_neg_cos"):
+    if column in EXPLAIN_COLUMNS:
+        return [{"name": name, "cos": cos} for name, cos in json.loads(value)]
+    if column in ("score", "max_pos_cos", "max_neg_cos", "threshold"):
         return float(value)
     if column in ("prediction_index", "label_index"):
         return int(value)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import json
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import __version__
 from ..atomic import atomic_folder, check_name_fits, check_writable, files_into_folder
 from ..errors import NegPromptWarning, NotFoundError, UsageError
 from ..metrics import AUPR_ESTIMATOR, ood_metrics
-from ..report_table import TABLE_HEADER, markdown_table, table_rows
+from ..report_images import DEFAULT_PER_GALLERY, THUMBNAIL_PIXELS, examples, per_class_kept, thumbnail
+from ..report_page import render_html, render_markdown
 from ..score_file import read_score_file
 
 
@@ -29,13 +30,17 @@ class ReportOptions:
     fpr_convention: str = "id-positive"
     tpr_level: float = 0.95
     overwrite: bool = False  # --out holds other files: write the report's files beside them (never delete them)
+    near: tuple[str, ...] = ()  # names of the OOD sets that are near-OOD (averaged apart from the far ones)
+    threshold: float | None = None  # the decision threshold to show (default: the one the score files carry)
+    images: int = DEFAULT_PER_GALLERY  # thumbnails per gallery in report.html; 0: no images at all
+    command: str | None = None  # the command line that made the report (provenance; the CLI passes it)
 
 
 # Every file a report folder can hold; only these are ever replaced or removed in an existing --out folder.
 REPORT_FILES = ("report.html", "report.md", "report.json", "roc.png", "histogram.png", "similarity.png")
 
 
-def parse_ood_args(values: list[str]) -> list[tuple[str, Path]]:
+def parse_ood_args(values: list[str], flag: str = "--ood") -> list[tuple[str, Path]]:
     """``NAME=FILE`` pairs (a bare FILE is named by its stem)."""
     pairs = []
     for value in values:
@@ -44,12 +49,12 @@ def parse_ood_args(values: list[str]) -> list[tuple[str, Path]]:
             name, path = Path(value).stem, value
         name = text_from_argv(name)
         if not name or not path:
-            raise UsageError(f"--ood {value!r}: expected NAME=FILE")
+            raise UsageError(f"{flag} {value!r}: expected NAME=FILE")
         pairs.append((name, Path(path)))
     names = [n for n, _ in pairs]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
-        raise UsageError(f"--ood name {duplicate!r} given twice")
+        raise UsageError(f"OOD set name {duplicate!r} given twice")
     return pairs
 
 
@@ -79,8 +84,12 @@ def build_report(options: ReportOptions) -> dict[str, Any]:
     for name, rows in ood_rows.items():
         results[name] = ood_metrics(id_scores, [r["score"] for r in rows], tpr_level=options.tpr_level,
                                     fpr_convention=options.fpr_convention)
-    keys = ("auroc", "fpr", "aupr_in", "aupr_out")
-    average = {k: float(np.mean([m[k] for m in results.values()])) for k in keys}
+    unknown_near = sorted(set(options.near) - set(results))
+    if unknown_near:
+        raise UsageError(f"--near names no OOD set: {', '.join(unknown_near)}")
+    near = [n for n in results if n in options.near]
+    far = [n for n in results if n not in options.near]
+    threshold = decision_threshold(options, id_rows, ood_rows)
     report: dict[str, Any] = {
         "fpr_convention": options.fpr_convention,
         "fpr_definition": ("fraction of OOD images accepted as ID at the threshold keeping "
@@ -92,10 +101,28 @@ def build_report(options: ReportOptions) -> dict[str, Any]:
         "scorer": id_rows[0].get("scorer"),
         "prompts_id": id_rows[0].get("prompts_id"),
         "id": {"file": str(options.id_file), "n": len(id_rows), "accuracy": id_accuracy(id_rows)},
-        "ood": {name: {"file": str(path), **results[name]} for name, path in options.ood},
-        "average": average,
+        "ood": {name: {"file": str(path), "group": "near" if name in options.near else "far", **results[name]}
+                for name, path in options.ood},
+        "average": _average(results.values()),
+        "average_near": _average([results[n] for n in near]) if near and far else None,
+        "average_far": _average([results[n] for n in far]) if near and far else None,
         "similarity": similarity_view(id_rows, ood_rows),
+        "threshold": threshold,
+        "decision": _decision(threshold, id_scores, ood_rows) if threshold else None,
+        "per_class": per_class_kept(id_rows, threshold["value"]) if threshold else None,
+        "provenance": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "negprompt": __version__,
+                       "command": options.command},
+        "examples": None,
+        "images_note": None,
     }
+    if options.images > 0:
+        report["examples"] = examples(id_rows, ood_rows, threshold["value"] if threshold else None, options.images)
+        report["images_note"] = (f"Up to {options.images} thumbnails per gallery ({THUMBNAIL_PIXELS} px JPEG, "
+                                 "embedded in report.html), chosen from the score files; an image that moved "
+                                 "since scoring shows as a note. report --images N changes the count, "
+                                 "--no-images leaves images out.")
+    else:
+        report["images_note"] = "No images (report --no-images)."
     if options.out_dir is not None:
         ood_scores = {n: np.array([r["score"] for r in rows]) for n, rows in ood_rows.items()}
         existing = options.out_dir.is_dir() and any(options.out_dir.iterdir())
@@ -106,6 +133,39 @@ def build_report(options: ReportOptions) -> dict[str, Any]:
             write_report_files(report, id_scores, ood_scores, staging)
         report["files"] = {kind: str(options.out_dir / f"report.{kind}") for kind in ("html", "md", "json")}
     return report
+
+
+def _average(metrics: Any) -> dict[str, float]:
+    chosen = list(metrics)
+    return {k: float(np.mean([m[k] for m in chosen])) for k in ("auroc", "fpr", "aupr_in", "aupr_out")}
+
+
+def decision_threshold(options: ReportOptions, id_rows: list[dict[str, Any]],
+                       ood_rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """The threshold the report draws: --threshold, else the one the ID score file was written with (stored
+    with the prompts, calibrated, or given to score); None when the files carry none."""
+    if options.threshold is not None:
+        return {"value": float(options.threshold), "source": "given to report (--threshold)"}
+    values = {r.get("threshold") for r in id_rows}
+    if len(values) != 1 or None in values:
+        return None
+    value = values.pop()
+    sources = {"stored": "stored with the prompts", "--calibrate": "calibrated on ID images (score --calibrate)",
+               "--threshold": "given to score (--threshold)"}
+    for name, rows in ood_rows.items():
+        if {r.get("threshold") for r in rows} != {value}:
+            warnings.warn(f"OOD set {name!r} was scored with another threshold than the ID set; the report uses the "
+                          f"ID set's ({value:.6g})", NegPromptWarning, stacklevel=3)
+    source = id_rows[0].get("threshold_source")
+    return {"value": float(value), "source": sources.get(source, str(source))}
+
+
+def _decision(threshold: dict[str, Any], id_scores: np.ndarray,
+              ood_rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    value = threshold["value"]
+    return {"id_kept": float(np.mean(id_scores >= value)),
+            "ood": {name: {"ood_accepted": float(np.mean([r["score"] >= value for r in rows]))}
+                    for name, rows in ood_rows.items()}}
 
 
 def check_report_folder(out: Path, overwrite: bool) -> None:
@@ -170,24 +230,17 @@ def write_report_files(report: dict[str, Any], id_scores: np.ndarray, ood_scores
     figures = make_figures(report, id_scores, ood_scores)
     for name, png in figures.items():
         (out_dir / f"{name}.png").write_bytes(png)
-    conv = report["fpr_convention"]
-    accuracy = report["id"]["accuracy"]
-    summary = (f"Scorer: `{report['scorer']}`. ID images: {report['id']['n']}"
-               + (f", ID accuracy {100 * accuracy:.2f} %" if accuracy is not None else "")
-               + f". FPR convention: **{conv}** — {report['fpr_definition']}. AUPR: {report['aupr_estimator']}.")
-    md = ["# negprompt OOD report", "", summary, "", markdown_table(report), ""]
-    md += [f"![{name}]({name}.png)" for name in figures]
-    (out_dir / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8", errors="surrogateescape")
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table_rows(report))
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEADER)
-    images = "".join(f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" '
-                     f'src="data:image/png;base64,{base64.b64encode(png).decode()}">' for name, png in figures.items())
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>negprompt OOD report</title>"
-            "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}</style></head><body>"
-            f"<h1>negprompt OOD report</h1><p>{html.escape(summary).replace('**', '')}</p>"
-            f"<table><tr>{head}</tr>{rows}</table>{images}</body></html>")
-    (out_dir / "report.html").write_text(page, encoding="utf-8", errors="surrogateescape")
+    thumbs = {}
+    if report.get("examples"):
+        found = report["examples"]
+        paths = [e["path"] for e in found["false_alarms"]]
+        for name in report["ood"]:
+            paths += [e["path"] for e in found["misses"][name] + found["clearly_ood"][name]]
+        thumbs = {path: thumbnail(path) for path in dict.fromkeys(paths)}
+    (out_dir / "report.md").write_text(render_markdown(report, list(figures)), encoding="utf-8",
+                                       errors="surrogateescape")
+    (out_dir / "report.html").write_text(render_html(report, figures, thumbs), encoding="utf-8",
+                                         errors="surrogateescape")
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
@@ -228,8 +281,12 @@ def _figures(report: dict[str, Any], id_scores: np.ndarray, ood_scores: dict[str
     ax.hist(id_scores, bins=bins, alpha=0.6, density=True, label="ID")
     for name, scores in ood_scores.items():
         ax.hist(scores, bins=bins, alpha=0.5, density=True, label=name)
+    threshold = report.get("threshold")
+    if threshold:
+        ax.axvline(threshold["value"], color="black", linestyle="--", linewidth=1.2,
+                   label=f"threshold {threshold['value']:.4g} ({threshold['source']})")
     ax.set(xlabel="score (higher = more in-distribution)", ylabel="density", title="Score distributions")
-    ax.legend()
+    ax.legend(fontsize="small")
     figures["histogram"] = save(fig)
 
     view = report["similarity"]
@@ -239,7 +296,7 @@ def _figures(report: dict[str, Any], id_scores: np.ndarray, ood_scores: dict[str
         x = np.arange(len(sets))
         ax.bar(x - 0.2, [view[s]["max_pos_cos"] for s in sets], 0.4, label="max cos to positive prompts")
         ax.bar(x + 0.2, [view[s]["max_neg_cos"] for s in sets], 0.4, label="max cos to negative prompts")
-        ax.set_xticks(x, sets)
+        ax.set_xticks(x, sets, rotation=20, ha="right")
         ax.set(ylabel="mean over images", title="Similarity to positive vs negative prompts (paper Fig. 3)")
         ax.legend()
         figures["similarity"] = save(fig)

@@ -19,6 +19,7 @@ from ..data import find_images_in, image_inputs, read_names_file
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, check_enough_items
 from ..errors import IncompatibleArtifactError, NegPromptError, NegPromptWarning, NotFoundError, UsageError
+from ..explain import explain
 from ..feature_cache import default_cache_dir
 from ..image_features import EncodeOptions, encode_folder, encode_images_across
 from ..negative_labels import LabelRequest, prepare, settings_fingerprint
@@ -63,6 +64,7 @@ class ScoreOptions:
     labels: LabelRequest = LabelRequest()  # negative-label scorers: lexicon, mining, groups
     adaptive: AdaptiveOptions | None = None  # test-time negatives (AdaNeg-style memory), in scoring order
     excel_safe: bool = False  # CSV: quote text cells a spreadsheet would run as formulas (score_file.excel_safe)
+    explain: int = 0  # --explain: per image the N closest classes and negatives with their cosines (0: off)
 
 
 def score(options: ScoreOptions) -> dict[str, Any] | None:
@@ -182,6 +184,12 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
         result.score, adaptive_record = adaptive_scores(
             feats, text_pos, text_neg, mined, scorer=scorer_fn, temperature=temperature,
             logit_scale=backbone.logit_scale, options=options.adaptive, scorer_options=scorer_options)
+    explanations = None
+    if options.explain > 0:  # the negatives this scorer reads: its negative prompts and/or its mined labels
+        reads_prompts = bool(getattr(scorer_fn, "needs_negative_prompts", False))
+        explanations = explain(feats, text_pos, names, text_neg=text_neg if reads_prompts else None, mined=mined,
+                               mined_names=list(labels.words) if labels is not None else None,
+                               top=options.explain)
     broken = [str(kept_paths[i]) for i in torch.nonzero(~torch.isfinite(result.score)).flatten().tolist()]
     if broken:  # NaN is never an in-distribution score: damaged prompts or features, not an image verdict
         raise NegPromptError(f"non-finite scores for {len(broken)} image(s), e.g. {', '.join(broken[:3])}",
@@ -198,12 +206,15 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
             "max_pos_cos": float(result.max_pos_cos[i]),
             "max_neg_cos": float(result.max_neg_cos[i]) if result.max_neg_cos is not None else None,
             "label": None, "label_index": None, "scorer": scorer, "prompts_id": prompts_id,
+            "threshold": threshold, "threshold_source": threshold_source,  # the decision's rule, for report
         }
         if options.labeled:
             relative = path.relative_to(kept_roots[i]).parts
             folder = relative[0] if len(relative) > 1 else ""
             row["label"] = folder
             row["label_index"] = lookup.get(folder, -1)
+        if explanations is not None:
+            row.update(explanations[i])
         rows.append(row)
     if options.labeled:
         _warn_unknown_labels(rows, names)

@@ -1,0 +1,79 @@
+"""The images behind a report's numbers: which rows to show, and small embedded thumbnails of them.
+
+Researchers tune a detector by looking at what it gets wrong; practitioners decide whether to trust a
+threshold by looking at what it rejects. So a report shows, per OOD set, the OOD images most confidently
+accepted as in-distribution (the misses at the threshold) and the most clearly OOD ones, and for the ID set
+the images rejected as OOD (false alarms). Everything comes from the score files alone (their rows hold the
+paths); an image that moved since scoring becomes a placeholder with a note, never a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+DEFAULT_PER_GALLERY = 12  # thumbnails per gallery: a report with 3 OOD sets stays well under 1 MB
+THUMBNAIL_PIXELS = 112  # longest side
+JPEG_QUALITY = 70
+
+
+def examples(id_rows: list[dict[str, Any]], ood_rows: dict[str, list[dict[str, Any]]], threshold: float | None,
+             per_gallery: int) -> dict[str, Any]:
+    """The rows each gallery shows (no pixels yet): ``false_alarms`` (ID rows below the threshold, lowest
+    first; without a threshold the least ID-like ID images) and per OOD set ``misses`` (OOD rows at or above
+    the threshold, highest first; without one the most ID-like) and ``clearly_ood`` (lowest scores)."""
+    def pick(rows: list[dict[str, Any]], keep, highest: bool) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+        chosen = [r for r in rows if keep(r)]
+        chosen.sort(key=lambda r: r["score"], reverse=highest)
+        return [_summary(r) for r in chosen[:per_gallery]]
+
+    if threshold is None:
+        id_false = pick(id_rows, lambda r: True, highest=False)
+        misses = {name: pick(rows, lambda r: True, highest=True) for name, rows in ood_rows.items()}
+    else:
+        id_false = pick(id_rows, lambda r: r["score"] < threshold, highest=False)
+        misses = {name: pick(rows, lambda r: r["score"] >= threshold, highest=True)
+                  for name, rows in ood_rows.items()}
+    clearly = {name: pick(rows, lambda r: True, highest=False) for name, rows in ood_rows.items()}
+    return {"false_alarms": id_false, "misses": misses, "clearly_ood": clearly}
+
+
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
+    return {"path": row["path"], "score": row["score"], "prediction": row.get("prediction"),
+            "label": row.get("label")}
+
+
+def thumbnail(path: str, pixels: int = THUMBNAIL_PIXELS) -> tuple[str | None, str | None]:
+    """(a ``data:image/jpeg`` URI, None), or (None, why not) for an image that moved, is not an image or cannot
+    be read; never raises."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (pixels * 2, pixels * 2))  # JPEGs decode at a fraction of their size: fast
+            small = image.convert("RGB")
+            small.thumbnail((pixels, pixels))
+    except FileNotFoundError:
+        return None, "not found: moved or deleted since scoring"
+    except UnidentifiedImageError:
+        return None, "not an image"
+    except Exception as exc:  # permissions, decompression-bomb limit, a truncated file ...
+        return None, f"cannot be read ({type(exc).__name__})"
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(), None
+
+
+def per_class_kept(id_rows: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
+    """Per ID class (the true label where the rows have one, else the predicted class), how many images and
+    the share kept as in-distribution at ``threshold``, the classes the detector hurts most first."""
+    counts: dict[str, list[int]] = {}
+    for row in id_rows:
+        labelled = isinstance(row.get("label_index"), int) and row["label_index"] >= 0
+        name = str(row["label"] if labelled else row.get("prediction"))
+        seen = counts.setdefault(name, [0, 0])
+        seen[0] += 1
+        seen[1] += row["score"] >= threshold
+    table = [{"class": name, "images": n, "kept": kept / n} for name, (n, kept) in counts.items()]
+    return sorted(table, key=lambda r: (r["kept"], r["class"]))
