@@ -67,6 +67,8 @@ def reports_errors(func: F) -> F:
         debug = os.environ.get("NEGPROMPT_DEBUG", "") not in ("", "0")
         show_progress(True)  # the front end draws the library's progress (--quiet still hides it)
         previous = _terminate_like_interrupt()
+        _signals["sigint"] = False
+        previous_int = _note_ctrl_c()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("default")
@@ -121,8 +123,32 @@ def reports_errors(func: F) -> F:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if previous_int is not None:
+                signal.signal(signal.SIGINT, previous_int)
 
     return wrapper  # type: ignore[return-value]
+
+
+# Whether the last command was stopped by a real Ctrl-C (SIGINT), not by code raising KeyboardInterrupt. The command
+# ends in exit 130 either way (Typer turns KeyboardInterrupt into it); a program that runs commands in-process (the
+# test suite's CliRunner, see tests/conftest.py) reads this to let the user's Ctrl-C stop it too.
+_signals = {"sigint": False}
+
+
+def interrupted_by_user() -> bool:
+    return _signals["sigint"]
+
+
+def _note_ctrl_c():  # type: ignore[no-untyped-def]
+    """Ctrl-C raises KeyboardInterrupt as always, and is noted as a real signal."""
+    def handler(signum, frame):  # type: ignore[no-untyped-def]
+        _signals["sigint"] = True
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
 
 
 def _terminate_like_interrupt():  # type: ignore[no-untyped-def]
@@ -183,7 +209,7 @@ PretrainedOpt = Annotated[str | None, typer.Option(
 DeviceOpt = Annotated[str, typer.Option("--device", envvar="NEGPROMPT_DEVICE",
                                         help="auto (CUDA when present), cpu, cuda, cuda:N.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast; CUDA only).")]
-ImagesArg = Annotated[list[Path], typer.Argument(metavar="IMAGES", show_default=False, help="Image files and/or "
+ImagesArg = Annotated[list[Path] | None, typer.Argument(metavar="IMAGES", show_default=False, help="Image files and/or "
                                                 "folders (searched recursively), taken in the order given.")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", envvar="NEGPROMPT_CACHE",
                                                help="Image-feature cache (default ~/.cache/negprompt).")]
@@ -480,7 +506,7 @@ def transfer_command(
 @option_group("label_opts", negative_label_options())
 @image_command_options()
 def score_command(
-    images: ImagesArg,
+    images: ImagesArg = None,
     prompts: Annotated[str | None, typer.Option("--prompts", "-p", help="Prompts artifact to score with, or "
                                                 "hf://ORG/NAME[@REVISION].")] = None,
     names: Annotated[Path | None, typer.Option("--names", help="Class names (required with --zero-shot; with "
@@ -537,6 +563,7 @@ def score_command(
     label_opts: dict[str, Any],
 ) -> None:
     """OOD scores (higher = more in-distribution) for every image, as CSV or JSONL."""
+    images = images or []  # none: the stage says "no images given" (exit 2)
     check_paths(*(("IMAGES", image) for image in images), ("--prompts", prompts), ("--names", names),
                 ("--calibrate", calibrate), ("--lexicon", label_opts["lexicon"]))
     from .adaptive import AdaptiveOptions
@@ -749,7 +776,7 @@ app.add_typer(cache_app, name="cache", short_help="Fill, check and compact the f
 @reports_errors
 @image_command_options()
 def cache_build_command(
-    images: ImagesArg,
+    images: ImagesArg = None,
     backbone: BackboneOpt = DEFAULT_BACKBONE,
     pretrained: PretrainedOpt = None,
     aug_views: AugViewsOpt = 0,
@@ -762,6 +789,7 @@ def cache_build_command(
     images_opts: dict[str, Any],
 ) -> None:
     """Encode every image into the feature cache, so later fit-*/score runs only read it."""
+    images = images or []  # none: the stage says "no images given" (exit 2)
     from .distributed import process_group
     from .stages.cache import CacheBuildOptions, build
 

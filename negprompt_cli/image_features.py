@@ -172,15 +172,22 @@ class _ImageDataset(torch.utils.data.Dataset):
         return i, digest, self.pil_pixels(data, digest)
 
     def pil_pixels(self, data: bytes, digest: str) -> torch.Tensor | None:
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                image = img.convert("RGB")
-        except Exception:
+        image = decode_rgb(data)
+        if image is None:
             return None
         if self.view.index is not None:
             image = _augment(image, digest, self.view, self.image_size)
         return self.preprocess(image)
+
+
+def decode_rgb(data: bytes) -> Image.Image | None:
+    """An image file's bytes as an RGB PIL image, as every stage decodes them; None when PIL cannot."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.convert("RGB")
+    except Exception:
+        return None
 
 
 @dataclass(frozen=True)
@@ -203,6 +210,14 @@ def _augment(image: Image.Image, digest: str, view: View, size: int) -> Image.Im
     if rng.random() < 0.5:
         image = ImageOps.mirror(image)
     return image
+
+
+def encode_pixels(backbone: Backbone, pixels: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """Unit CPU features of one batch of preprocessed pixels on the backbone's device (every image path through
+    negprompt, cached or in memory, ends here, so the same pixels in the same batch give the same features)."""
+    with torch.no_grad(), autocast(backbone.device, precision):
+        feats = backbone.model.encode_image(pixels.to(backbone.device))
+    return F.normalize(feats.float(), dim=-1).cpu()
 
 
 def worker_context(device: torch.device, num_workers: int) -> str | None:
@@ -323,9 +338,7 @@ def encode_images(
                                                             jpeg_idx, jpeg_data)
                 bad_local.extend(bad + refused)
                 if local_idx:
-                    with torch.no_grad(), autocast(device, precision):
-                        feats = backbone.model.encode_image(pixels)
-                    feats = F.normalize(feats.float(), dim=-1).cpu()
+                    feats = encode_pixels(backbone, pixels, precision)
                     stats.encoder_calls += 1
                     stats.encoded += len(local_idx)
                     if cache is not None:  # keyed by the bytes that were decoded, not by the earlier hash

@@ -109,6 +109,25 @@ def invoke(args):
 
 
 @pytest.fixture(autouse=True)
+def ctrl_c_stops_the_suite(monkeypatch):
+    """A Ctrl-C while a test runs a command in-process must stop pytest, not be swallowed as the command's exit
+    130: re-raise it once the command has saved its checkpoint and returned."""
+    from typer.testing import CliRunner
+
+    from negprompt_cli import cli
+
+    original = CliRunner.invoke
+
+    def invoke_then_pass_ctrl_c_on(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = original(self, *args, **kwargs)
+        if cli.interrupted_by_user():
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(CliRunner, "invoke", invoke_then_pass_ctrl_c_on)
+
+
+@pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own feature cache and a fresh plugin host."""
     from negprompt_cli import registry

@@ -300,9 +300,46 @@ def test_help_texts_say_what_a_newcomer_needs():
     assert "toy (the offline world's CLIP" in " ".join(invoke(["fit-pos", "-h"]).stdout.split())
     assert "--ood NAME=FILE" in invoke(["report", "--help"]).stdout
     score = " ".join(invoke(["score", "-h"]).stdout.split())
+    assert "Usage: negprompt score [OPTIONS] [IMAGES]..." in score and "{IMAGES}" not in score
     assert "in the order images are given" in score and "sorted path order" not in score
     assert "default: up to 4 when 64 or more images are encoded" in score
     assert "cached weights" not in " ".join(invoke(["pull", "-h"]).stdout.split())
     assert "few-shot" not in " ".join(invoke(["world", "export", "-h"]).stdout.split())
     for group in (["cache", "-h"], ["benchmark", "-h"], ["world", "-h"]):
         assert invoke(group).exit_code == 0, group
+    readme = str(Path(__file__).parents[1] / "README.md")  # exists: the missing images are found first
+    for command in (["score", "--prompts", readme], ["cache", "build"]):  # no IMAGES: one line, exit 2
+        none = invoke(command)
+        assert none.exit_code == 2 and "Error: no images given: name an image file or a folder" in none.stderr
+
+
+def test_a_real_ctrl_c_during_an_in_process_run_stops_the_test_suite(tmp_path, tiny_vit_dir, monkeypatch):
+    """The command saves its checkpoint and exits 130 as always; the test harness (conftest) passes a real
+    Ctrl-C on, so pytest stops instead of going on to the next test. Code that raises KeyboardInterrupt itself
+    (as test_faults does) still just gets exit 130."""
+    import os
+    import signal
+
+    import negprompt_cli.training as training
+    from negprompt_cli import cli
+
+    data = make_image_folder(tmp_path / "train", classes=CLASSES[:2], per_class=2)
+    args = ["fit-pos", "--data", str(data), "--out", str(tmp_path / "p.safetensors"), "--backbone",
+            f"local-dir:{tiny_vit_dir}", *POS_FAST]
+    original = training.cosine_with_warmup
+
+    def ctrl_c(epoch, **kwargs):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGINT)  # what the terminal sends
+        return original(epoch, **kwargs)
+
+    monkeypatch.setattr(training, "cosine_with_warmup", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        invoke(args)
+    assert (tmp_path / "p.safetensors.ckpt").exists()  # the checkpoint was saved on the way out
+    assert cli.interrupted_by_user()
+
+    def raise_it(epoch, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "cosine_with_warmup", raise_it)
+    assert invoke([*args, "--resume"]).exit_code == 130 and not cli.interrupted_by_user()

@@ -51,3 +51,15 @@ def test_the_readme_python_api_runs_and_returns_what_it_wrote(tmp_path, monkeypa
     assert report["ood"]["near"]["auroc"] > 0.8  # the toy CLIP with learned prompts separates its world
     artifact = namespace["artifact"]
     assert artifact.tensors["text_neg"].shape[0] == len(artifact.class_names) == 6  # per class: its negatives
+
+
+def test_the_readme_detector_gives_the_score_rows_own_scores(tmp_path, monkeypatch):
+    """The in-memory Detector in the README example scores its PIL images exactly as `score` scored the files."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in python_blocks():
+        exec(compile(block, str(README), "exec"), namespace)
+    near = namespace["scored"]["ood_near"][:8]
+    # other batches than score's: equal up to float rounding (tests/test_detector.py checks bit-equality)
+    assert [v["score"] for v in namespace["verdicts"]] == pytest.approx([r["score"] for r in near], rel=1e-5)
+    assert [v["prediction"] for v in namespace["verdicts"]] == [r["prediction"] for r in near]

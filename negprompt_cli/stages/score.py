@@ -2,39 +2,31 @@
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..adaptive import AdaptiveOptions, adaptive_scores
-from ..artifact import PromptArtifact, check_fits_backbone, load_prompts
+from ..artifact import PromptArtifact
 from ..atomic import check_not_input, check_output_path, write_text_atomic
-from ..backbone import BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
+from ..backbone import BackboneRequest, RuntimeOptions
 from ..data import find_images_in, image_inputs, read_names_file
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, check_enough_items
-from ..errors import IncompatibleArtifactError, NegPromptError, NegPromptWarning, NotFoundError, UsageError
+from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..explain import explain
-from ..feature_cache import default_cache_dir
 from ..image_features import EncodeOptions, encode_folder, encode_images_across
-from ..negative_labels import LabelRequest, prepare, settings_fingerprint
+from ..negative_labels import LabelRequest
 from ..ood_scores import score_features
-from ..presets import default_scorer
-from ..registry import get_host
 from ..score_file import FORMATS, render_rows
-from ..text_encoder import SoftPromptTextEncoder
-from ..text_features import hand_template_features, text_features_for
+from ..scoring import ScoringRequest, mine_labels, setup_scoring
 from ..thresholds import (
     ThresholdWarning,
-    applicable,
     calibrate,
-    calibrated_scorer,
-    scoring_temperature,
     warn_no_decision,
 )
 
@@ -81,8 +73,11 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
         raise UsageError("--excel-safe is for CSV output; JSONL keeps names exact and is never run as formulas")
     if options.out is not None and ranks.is_main:
         check_output_path(options.out)
-    if options.zero_shot == (options.prompts is not None):
-        raise UsageError("give --prompts P, or --zero-shot with --names FILE")
+    names_given = read_names_file(options.names) if options.names else None
+    request = ScoringRequest(prompts=options.prompts, names=names_given,
+                             zero_shot=options.zero_shot, backbone=options.backbone, runtime=options.runtime,
+                             scorer=options.scorer, temperature=options.temperature, labels=options.labels,
+                             cache_dir=options.cache_dir, quiet=options.quiet)
     paths, roots = find_images_in(options.images, strict=options.strict)
     if ranks.is_main:
         check_not_input(options.out, [("--prompts", options.prompts), ("--names", options.names),
@@ -90,54 +85,15 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
     check_enough_items(len(paths), ranks)
     if options.calibrate is not None and not options.calibrate.exists():
         raise NotFoundError(f"calibration images not found: {options.calibrate}")
-    names = read_names_file(options.names) if options.names else None
-    if options.zero_shot:
-        if names is None:
-            raise UsageError("--zero-shot needs --names FILE (the class names)")
-        backbone = load_backbone(options.backbone or BackboneRequest())
-        encoder = SoftPromptTextEncoder(backbone)
-        text_pos, text_neg = hand_template_features(encoder, names), None
-        prompts_id = f"zero-shot:{backbone.name}:{backbone.pretrained}"
-        stored, extra, class_dirs, artifact_names, tau_scorer = None, {}, {}, names, None
-    else:
-        assert options.prompts is not None
-        artifact = load_prompts(options.prompts)
-        runtime = options.runtime
-        if options.backbone is not None:  # named on the command line: the user chose it
-            artifact.check_backbone({"backbone": options.backbone.name, "pretrained": options.backbone.pretrained},
-                                    options.prompts)
-            runtime = replace(runtime, trust_backbone=True)
-        backbone = load_backbone(artifact_backbone(artifact, runtime, options.prompts))
-        check_fits_backbone(artifact, backbone.text_width, backbone.context_length, backbone.embed_dim,
-                            options.prompts)
-        names = names or list(artifact.class_names)
-        text_pos, text_neg = text_features_for(SoftPromptTextEncoder(backbone), artifact, names,
-                                               options.runtime.text_chunk)
-        prompts_id = hashlib.sha256(options.prompts.read_bytes()).hexdigest()[:16]
-        stored = artifact.extra.get("threshold")
-        extra = artifact.extra
-        tau_scorer = calibrated_scorer(artifact.extra)
-        class_dirs = training_folders(artifact, names)
-        artifact_names = list(artifact.class_names)
-    # what the prompts recommend (the scorer their threshold was calibrated for), else the default
-    scorer = options.scorer or tau_scorer or default_scorer(text_neg is not None, zero_shot=options.zero_shot)
-    scorer_source = "--scorer" if options.scorer else "stored threshold" if tau_scorer else "default"
-    scorer_fn = get_host().scorer(scorer)  # unknown names fail before any image is encoded
-    if getattr(scorer_fn, "needs_negative_prompts", False) and text_neg is None:
-        raise IncompatibleArtifactError(
-            f"the {scorer} scorer needs negative prompts, and these prompts have none (a fit-pos artifact or "
-            "--zero-shot)", hint="pass a fit-neg artifact, or use --scorer mcm (or neglabel / csp)")
-    # The artifact's τ is the one its threshold was calibrated with: only that scorer inherits it.
-    temperature = (options.temperature if options.temperature is not None
-                   else scoring_temperature(scorer, scorer_fn, extra))
+    setup = setup_scoring(request)
     if options.adaptive is not None:
-        _check_adaptive(scorer, scorer_fn, options)
-    labels, scorer_options = None, None
+        _check_adaptive(setup.scorer, setup.scorer_fn, options)
     if ranks.is_main:  # a negative-label scorer mines its labels (only rank 0 scores)
-        labels, scorer_options = prepare(backbone, scorer_fn, names, text_pos, options.labels,
-                                         cache_dir=options.cache_dir or default_cache_dir(), quiet=options.quiet)
-    settings = settings_fingerprint(labels, scorer_options)
-    mined = labels.features if labels is not None else None
+        mine_labels(setup, request)
+    backbone, names, text_pos, text_neg = setup.backbone, setup.names, setup.text_pos, setup.text_neg
+    scorer, scorer_fn, temperature = setup.scorer, setup.scorer_fn, setup.temperature
+    labels, scorer_options, settings, mined = setup.labels, setup.scorer_options, setup.settings, setup.mined
+    class_dirs = training_folders(setup.artifact, names) if setup.artifact is not None else {}
     precision = check_precision(backbone.device, options.precision)
     calibration, threshold, threshold_source = None, None, None
     if options.threshold is not None:
@@ -159,8 +115,7 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
                                        scorer_options=scorer_options, settings=settings)
             threshold, threshold_source = calibration["value"], "--calibrate"
     else:
-        threshold, reason = applicable(stored, artifact_names, names=names, scorer=scorer, temperature=temperature,
-                                       settings=settings)
+        threshold, reason = setup.stored()
         threshold_source = "stored" if threshold is not None else None
         if reason is not None and ranks.is_main:
             warn_no_decision(reason)
@@ -186,8 +141,8 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
             logit_scale=backbone.logit_scale, options=options.adaptive, scorer_options=scorer_options)
     explanations = None
     if options.explain > 0:  # the negatives this scorer reads: its negative prompts and/or its mined labels
-        reads_prompts = bool(getattr(scorer_fn, "needs_negative_prompts", False))
-        explanations = explain(feats, text_pos, names, text_neg=text_neg if reads_prompts else None, mined=mined,
+        explanations = explain(feats, text_pos, names, text_neg=text_neg if setup.reads_negative_prompts else None,
+                               mined=mined,
                                mined_names=list(labels.words) if labels is not None else None,
                                top=options.explain)
     broken = [str(kept_paths[i]) for i in torch.nonzero(~torch.isfinite(result.score)).flatten().tolist()]
@@ -205,7 +160,7 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
             "ood": (value < threshold) if threshold is not None else None,
             "max_pos_cos": float(result.max_pos_cos[i]),
             "max_neg_cos": float(result.max_neg_cos[i]) if result.max_neg_cos is not None else None,
-            "label": None, "label_index": None, "scorer": scorer, "prompts_id": prompts_id,
+            "label": None, "label_index": None, "scorer": scorer, "prompts_id": setup.prompts_id,
             "threshold": threshold, "threshold_source": threshold_source,  # the decision's rule, for report
         }
         if options.labeled:
@@ -227,11 +182,11 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
                "threshold_source": threshold_source, "calibration": calibration,
                "flagged_ood": flagged if threshold is not None else None, "out": str(options.out or "-"),
                "negative_labels": labels.record() if labels is not None else None, "adaptive": adaptive_record,
-               "scorer_source": scorer_source,
+               "scorer_source": setup.scorer_source,
                # learned negative prompts: how many per class, and whether this scorer reads them
                "negative_prompts": None if text_neg is None else {
                    "per_class": int(text_neg.shape[1]),
-                   "used": bool(getattr(scorer_fn, "needs_negative_prompts", False))}}
+                   "used": setup.reads_negative_prompts}}
     if options.out is None:
         summary["rendered"] = text  # the caller decides where it goes (the CLI: stdout)
     summary["rows"] = rows

@@ -1,0 +1,167 @@
+"""Score images held in memory: the object a service, a notebook or an OpenOOD evaluator keeps.
+
+``Detector`` loads prompts (or zero-shot class names) once, then scores PIL images, arrays, preprocessed
+tensors or image files in batches, with the threshold decision. It is set up by the same code as
+``negprompt score`` (``scoring.setup_scoring``) and encodes through the same function, so the same image in the
+same batch gets the same score as a ``score`` run.
+
+    detector = Detector.from_prompts("neg.safetensors")
+    rows = detector.score([pil_image, "photo.jpg"])  # [{"score", "prediction", "ood", ...}, ...]
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .backbone import BackboneRequest, RuntimeOptions
+from .devices import check_precision
+from .errors import UsageError
+from .image_features import decode_rgb, encode_pixels
+from .negative_labels import LabelRequest
+from .ood_scores import score_features
+from .presets import DEFAULT_BACKBONE
+from .scoring import ScoringRequest, ScoringSetup, mine_labels, setup_scoring
+from .thresholds import calibrate
+
+ImageLike = Image.Image | np.ndarray | torch.Tensor | str | Path
+
+
+class Detector:
+    """An OOD detector ready to score: prompts or class names, backbone, scorer and threshold, loaded once."""
+
+    def __init__(self, setup: ScoringSetup, *, batch_size: int = 64, precision: str = "fp32",
+                 threshold: float | None = None) -> None:
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be at least 1 (got {batch_size})")
+        self.setup = setup
+        self.batch_size = batch_size
+        self.precision = check_precision(setup.backbone.device, precision)
+        if threshold is not None:
+            self.threshold, self.threshold_source = float(threshold), "given"
+        else:
+            stored, self.why_no_threshold = setup.stored()
+            self.threshold, self.threshold_source = stored, "stored" if stored is not None else None
+
+    @classmethod
+    def from_prompts(cls, prompts: str | Path, *, names: Sequence[str] | None = None, scorer: str | None = None,
+                     temperature: float | None = None, device: str = "auto", lexicon: Path | None = None,
+                     cache_dir: Path | None = None, batch_size: int = 64, precision: str = "fp32",
+                     threshold: float | None = None, trust_backbone: bool = False, offline: bool = False
+                     ) -> Detector:
+        """Learned prompts (a fit-pos, fit-neg or transfer artifact), optionally re-targeted to ``names``."""
+        runtime = RuntimeOptions(device=device, offline=offline, trust_backbone=trust_backbone)
+        request = ScoringRequest(prompts=Path(prompts), names=list(names) if names is not None else None,
+                                 runtime=runtime, scorer=scorer, temperature=temperature,
+                                 labels=LabelRequest(lexicon=lexicon), cache_dir=cache_dir, quiet=True)
+        return cls(mine_labels(setup_scoring(request), request), batch_size=batch_size, precision=precision,
+                   threshold=threshold)
+
+    @classmethod
+    def zero_shot(cls, names: Sequence[str], *, backbone: str = DEFAULT_BACKBONE, pretrained: str | None = None,
+                  scorer: str | None = None, temperature: float | None = None, device: str = "auto",
+                  lexicon: Path | None = None, cache_dir: Path | None = None, batch_size: int = 64,
+                  precision: str = "fp32", threshold: float | None = None, offline: bool = False) -> Detector:
+        """No learned prompts: the hand template "a photo of a {}." for ``names`` (csp by default)."""
+        request = ScoringRequest(names=list(names), zero_shot=True,
+                                 backbone=BackboneRequest(backbone, pretrained, device, offline=offline),
+                                 scorer=scorer, temperature=temperature, labels=LabelRequest(lexicon=lexicon),
+                                 cache_dir=cache_dir, quiet=True)
+        return cls(mine_labels(setup_scoring(request), request), batch_size=batch_size, precision=precision,
+                   threshold=threshold)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.setup.names)
+
+    @property
+    def scorer(self) -> str:
+        return self.setup.scorer
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """The backbone's eval preprocessing (what a tensor passed to :meth:`score` must already have had)."""
+        return self.setup.backbone.preprocess(image.convert("RGB"))
+
+    def _pixels(self, image: ImageLike) -> torch.Tensor:
+        if isinstance(image, torch.Tensor):
+            if image.dim() != 3:
+                raise UsageError(f"a tensor image must be one preprocessed [3, H, W] image (got {list(image.shape)})",
+                                 hint="pass a batch as a list, or preprocess PIL images with detector.preprocess")
+            return image
+        if isinstance(image, np.ndarray):
+            return self.preprocess(Image.fromarray(image))
+        if isinstance(image, (str, Path)):
+            try:
+                data = Path(image).read_bytes()
+            except OSError as exc:
+                raise UsageError(f"cannot read {image}: {exc.strerror or exc}") from None
+            decoded = decode_rgb(data)
+            if decoded is None:
+                raise UsageError(f"{image} is not an image PIL can read")
+            return self.setup.backbone.preprocess(decoded)
+        if isinstance(image, Image.Image):
+            return self.preprocess(image)
+        raise UsageError(f"cannot score a {type(image).__name__}",
+                         hint="pass PIL images, HxWx3 uint8 arrays, preprocessed [3, H, W] tensors or file paths")
+
+    def features(self, images: Iterable[ImageLike]) -> torch.Tensor:
+        """Unit image features [N, E], encoded in batches of ``batch_size`` (no cache: images in memory have no
+        file to key it by)."""
+        batch: list[torch.Tensor] = []
+        parts: list[torch.Tensor] = []
+        for image in images:
+            batch.append(self._pixels(image))
+            if len(batch) == self.batch_size:
+                parts.append(encode_pixels(self.setup.backbone, torch.stack(batch), self.precision))
+                batch = []
+        if batch:
+            parts.append(encode_pixels(self.setup.backbone, torch.stack(batch), self.precision))
+        if not parts:
+            raise UsageError("no images given")
+        return torch.cat(parts)
+
+    def score_features(self, features: torch.Tensor) -> list[dict[str, Any]]:
+        setup = self.setup
+        result = score_features(features, setup.text_pos, setup.text_neg, scorer=setup.scorer_fn,
+                                temperature=setup.temperature, logit_scale=setup.backbone.logit_scale,
+                                mined=setup.mined, scorer_options=setup.scorer_options)
+        rows = []
+        for i in range(len(result.score)):
+            value, pred = float(result.score[i]), int(result.prediction[i])
+            rows.append({"score": value, "prediction": setup.names[pred], "prediction_index": pred,
+                         "ood": (value < self.threshold) if self.threshold is not None else None,
+                         "max_pos_cos": float(result.max_pos_cos[i]),
+                         "max_neg_cos": float(result.max_neg_cos[i]) if result.max_neg_cos is not None else None})
+        return rows
+
+    def score(self, images: Iterable[ImageLike]) -> list[dict[str, Any]]:
+        """One dict per image, in order: ``score`` (higher = more in-distribution), ``prediction`` (class name)
+        and its index, ``ood`` (score below the threshold; None without one), the max cosines to the class
+        prompts and to the negatives."""
+        return self.score_features(self.features(images))
+
+    __call__ = score
+
+    def calibrate(self, id_images: Iterable[ImageLike], keep: float = 0.95) -> float:
+        """Set (and return) the threshold that keeps ``keep`` of these in-distribution images, for exactly this
+        class list and scorer (as ``score --calibrate``)."""
+        setup = self.setup
+        record, _ = calibrate(self.features(id_images), setup.text_pos, setup.text_neg, names=setup.names,
+                              scorer=setup.scorer, temperature=setup.temperature,
+                              logit_scale=setup.backbone.logit_scale, source="Detector.calibrate", mined=setup.mined,
+                              scorer_options=setup.scorer_options, settings=setup.settings, keep=keep)
+        self.threshold, self.threshold_source = float(record["value"]), "calibrated"
+        return self.threshold
+
+    def with_threshold(self, threshold: float | None) -> Detector:
+        """A copy deciding at another threshold (None: scores only); the loaded model is shared."""
+        other = copy.copy(self)
+        other.threshold = float(threshold) if threshold is not None else None
+        other.threshold_source = "given" if threshold is not None else None
+        return other

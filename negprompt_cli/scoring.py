@@ -1,0 +1,139 @@
+"""Everything a score needs besides the images, set up once: the backbone, the class names and their text
+features, the scorer and its τ, mined negative labels, and the stored threshold's verdict.
+
+``score`` (the stage) and :class:`~negprompt_cli.detector.Detector` (the Python object) both start here, so an
+image scores the same through either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifact import PromptArtifact, check_fits_backbone, load_prompts
+from .backbone import Backbone, BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
+from .errors import IncompatibleArtifactError, UsageError
+from .feature_cache import default_cache_dir
+from .negative_labels import LabelRequest, NegativeLabels, prepare, settings_fingerprint
+from .presets import default_scorer
+from .registry import get_host
+from .text_encoder import SoftPromptTextEncoder
+from .text_features import hand_template_features, text_features_for
+from .thresholds import applicable, calibrated_scorer, scoring_temperature
+
+
+@dataclass(frozen=True)
+class ScoringRequest:
+    """What to score with: learned prompts (``prompts``) or ``zero_shot`` class names, and how."""
+
+    prompts: Path | None = None
+    names: list[str] | None = None  # re-target the prompts to these names (required with zero_shot)
+    zero_shot: bool = False
+    backbone: BackboneRequest | None = None  # zero-shot: which backbone; with prompts: must match theirs
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    scorer: str | None = None  # None: what the prompts' threshold was calibrated for, else the default
+    temperature: float | None = None
+    labels: LabelRequest = field(default_factory=LabelRequest)
+    cache_dir: Path | None = None
+    quiet: bool = False
+
+    def __post_init__(self) -> None:  # the cheap checks, at once
+        if self.zero_shot == (self.prompts is not None):
+            raise UsageError("give --prompts P, or --zero-shot with --names FILE")
+        if self.zero_shot and self.names is None:
+            raise UsageError("--zero-shot needs --names FILE (the class names)")
+
+
+@dataclass
+class ScoringSetup:
+    backbone: Backbone
+    names: list[str]
+    text_pos: torch.Tensor  # [C, E]
+    text_neg: torch.Tensor | None  # [C, P, E]
+    scorer: str
+    scorer_fn: Any
+    scorer_source: str  # "--scorer", "stored threshold" or "default"
+    temperature: float
+    prompts_id: str
+    labels: NegativeLabels | None = None
+    scorer_options: dict[str, Any] | None = None
+    stored_threshold: dict[str, Any] | None = None
+    artifact_names: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    artifact: PromptArtifact | None = None
+
+    @property
+    def mined(self) -> torch.Tensor | None:
+        return self.labels.features if self.labels is not None else None
+
+    @property
+    def settings(self) -> dict[str, Any] | None:
+        return settings_fingerprint(self.labels, self.scorer_options)
+
+    @property
+    def reads_negative_prompts(self) -> bool:
+        return bool(getattr(self.scorer_fn, "needs_negative_prompts", False))
+
+    def stored(self) -> tuple[float | None, str | None]:
+        """(the stored threshold, None) when it was calibrated for exactly these names, scorer, τ and label
+        settings; (None, why not) otherwise; (None, None) when the prompts carry none."""
+        return applicable(self.stored_threshold, self.artifact_names, names=self.names, scorer=self.scorer,
+                          temperature=self.temperature, settings=self.settings)
+
+
+def setup_scoring(request: ScoringRequest) -> ScoringSetup:
+    """Load and check everything but the mined labels (:func:`mine_labels`), before any image is encoded."""
+    names = list(request.names) if request.names is not None else None
+    artifact = None
+    if request.zero_shot:
+        assert names is not None
+        backbone = load_backbone(request.backbone or BackboneRequest())
+        text_pos, text_neg = hand_template_features(SoftPromptTextEncoder(backbone), names), None
+        prompts_id = f"zero-shot:{backbone.name}:{backbone.pretrained}"
+        stored, extra, artifact_names, tau_scorer = None, {}, names, None
+    else:
+        assert request.prompts is not None
+        artifact = load_prompts(request.prompts)
+        runtime = request.runtime
+        if request.backbone is not None:  # named on the command line: the user chose it
+            artifact.check_backbone({"backbone": request.backbone.name, "pretrained": request.backbone.pretrained},
+                                    request.prompts)
+            runtime = replace(runtime, trust_backbone=True)
+        backbone = load_backbone(artifact_backbone(artifact, runtime, request.prompts))
+        check_fits_backbone(artifact, backbone.text_width, backbone.context_length, backbone.embed_dim,
+                            request.prompts)
+        names = names or list(artifact.class_names)
+        text_pos, text_neg = text_features_for(SoftPromptTextEncoder(backbone), artifact, names,
+                                               request.runtime.text_chunk)
+        prompts_id = hashlib.sha256(Path(request.prompts).read_bytes()).hexdigest()[:16]
+        stored, extra = artifact.extra.get("threshold"), artifact.extra
+        tau_scorer = calibrated_scorer(artifact.extra)
+        artifact_names = list(artifact.class_names)
+    # what the prompts recommend (the scorer their threshold was calibrated for), else the default
+    scorer = request.scorer or tau_scorer or default_scorer(text_neg is not None, zero_shot=request.zero_shot)
+    scorer_source = "--scorer" if request.scorer else "stored threshold" if tau_scorer else "default"
+    scorer_fn = get_host().scorer(scorer)  # unknown names fail before any image is encoded
+    if getattr(scorer_fn, "needs_negative_prompts", False) and text_neg is None:
+        raise IncompatibleArtifactError(
+            f"the {scorer} scorer needs negative prompts, and these prompts have none (a fit-pos artifact or "
+            "--zero-shot)", hint="pass a fit-neg artifact, or use --scorer mcm (or neglabel / csp)")
+    # The artifact's τ is the one its threshold was calibrated with: only that scorer inherits it.
+    temperature = (request.temperature if request.temperature is not None
+                   else scoring_temperature(scorer, scorer_fn, extra))
+    return ScoringSetup(backbone=backbone, names=names, text_pos=text_pos, text_neg=text_neg, scorer=scorer,
+                        scorer_fn=scorer_fn, scorer_source=scorer_source, temperature=temperature,
+                        prompts_id=prompts_id, stored_threshold=stored, artifact_names=artifact_names, extra=extra,
+                        artifact=artifact)
+
+
+def mine_labels(setup: ScoringSetup, request: ScoringRequest) -> ScoringSetup:
+    """A negative-label scorer's labels for these class names (the slow part the first time: the lexicon is
+    encoded once per backbone and cached); nothing for any other scorer. Only the process that scores mines."""
+    setup.labels, setup.scorer_options = prepare(setup.backbone, setup.scorer_fn, setup.names, setup.text_pos,
+                                                 request.labels, cache_dir=request.cache_dir or default_cache_dir(),
+                                                 quiet=request.quiet)
+    return setup
