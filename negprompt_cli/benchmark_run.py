@@ -137,12 +137,17 @@ def _train(options: BenchmarkOptions, protocol: Protocol, views: dict[str, Any],
     if not neg.exists():
         fraction = (protocol.open_vocabulary or {}).get("train_fraction")
         fit_neg(FitNegOptions(data=data, out=neg, pos=pos, backbone=options.backbone,
-                              runtime=RuntimeOptions(options.backbone.device, options.backbone.weights_cache,
-                                                     options.backbone.offline),
-                              train_fraction=fraction, optim=replace(options.neg_optim, seed=seed,
-                                                                     precision=options.precision),
+                              runtime=_runtime(options), train_fraction=fraction,
+                              optim=replace(options.neg_optim, seed=seed, precision=options.precision),
                               quiet=options.quiet, resume=checkpoint_path(neg).exists()))
     return neg
+
+
+def _runtime(options: BenchmarkOptions) -> RuntimeOptions:
+    """How the run's own artifacts are used: on the backbone the user named for the run (so a Hub-hosted one is
+    trusted: the user chose it, the artifacts only repeat it)."""
+    return RuntimeOptions(options.backbone.device, options.backbone.weights_cache, options.backbone.offline,
+                          trust_backbone=True)
 
 
 def _score(options: BenchmarkOptions, views: dict[str, Any], folder: Path, scorer: str,
@@ -160,9 +165,8 @@ def _score(options: BenchmarkOptions, views: dict[str, Any], folder: Path, score
             score(ScoreOptions(images=images, prompts=prompts, zero_shot=prompts is None,
                                names=views["names"] if prompts is None else None,
                                backbone=options.backbone if prompts is None else None,
-                               runtime=RuntimeOptions(options.backbone.device, options.backbone.weights_cache,
-                                                      options.backbone.offline),
-                               scorer=scorer, out=path, labeled=name == "ID", cache_dir=options.cache_dir,
+                               runtime=_runtime(options), scorer=scorer, out=path, labeled=name == "ID",
+                               cache_dir=options.cache_dir,
                                batch_size=options.batch_size, num_workers=options.num_workers,
                                precision=options.precision, quiet=options.quiet,
                                labels=LabelRequest(lexicon=options.lexicon)))

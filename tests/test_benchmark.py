@@ -332,3 +332,18 @@ def test_run_checks_the_train_folders_against_its_own_shots(tmp_path, tiny_vit_d
     fewer = invoke([*args, "--shots", "1"])
     assert fewer.exit_code == 0, fewer.stderr
     assert invoke(args).exit_code == 2  # the protocol's 2 shots
+
+
+def test_a_run_on_a_hub_hosted_backbone_uses_its_own_artifacts_without_asking_again(tmp_path, tiny_vit_dir, hub):
+    """The user named hf-hub:lab/clip for the run: its fit and score stages trust it (artifacts from elsewhere that
+    name a Hub backbone are refused, tests/test_untrusted_input.py)."""
+    hub.store.create("lab/clip", {name: (tiny_vit_dir / name).read_bytes()
+                                  for name in ("open_clip_config.json", "open_clip_model.safetensors")})
+    protocol_file, root = miniature(tmp_path)
+    for wnid in KNOWN:
+        _jpegs(root / "imagenet" / "train" / wnid, 3, start=10)
+    result = invoke(["benchmark", "run", str(protocol_file), "--root", str(root), "--out", str(tmp_path / "run"),
+                     "--backbone", "hf-hub:lab/clip", "--seeds", "1", "--shots", "2", "--pos-epochs", "1",
+                     "--neg-epochs", "1", "--scorers", "energy", "--zero-shot-scorers", "mcm", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert [r["row"] for r in json.loads(result.stdout)["rows"]] == ["negprompt/energy", "zero-shot/mcm"]
