@@ -57,6 +57,9 @@ def main() -> None:
         if ranks.is_main:
             with open(out, "w") as handle:
                 json.dump({"world_size": ranks.world_size, "ranks": gathered}, handle)
+        # leave together: a rank that tears its gloo pairs down while the other still completes the last
+        # collective can abort it ("terminate called without an active exception", seen once in CI)
+        dist.barrier()
 
 
 if __name__ == "__main__":
