@@ -411,9 +411,18 @@ def write_docs(results: dict[str, Any]) -> None:
 GPU_RESULTS = ROOT / "benchmarks" / "results" / "gpu.json"
 
 
+LEXICON_RESULTS = ROOT / "benchmarks" / "results" / "lexicon.json"
+
+
 def extra_sections() -> list[str]:
-    """The --text-chunk auto rule and the GPU results (from benchmarks/gpu.py), or say they are pending."""
-    lines = [
+    """Lexicon encoding (benchmarks/lexicon.py), the --text-chunk auto rule and the GPU results (from
+    benchmarks/gpu.py), or say they are pending."""
+    lines = []
+    if LEXICON_RESULTS.exists():
+        from lexicon import markdown as lexicon_markdown  # noqa: PLC0415  (benchmarks/ is run as scripts)
+
+        lines.append(lexicon_markdown(json.loads(LEXICON_RESULTS.read_text())))
+    lines += [
         "## `--text-chunk auto` (the fit-neg default)",
         "",
         "Gradient caching bounds memory at any class count but costs one extra no-grad pass over the text "

@@ -466,13 +466,16 @@ def write_docs(payload: dict[str, Any], docs: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json")
+    parser.add_argument("--out", type=Path, default=None, help="results file (default: benchmarks/results/"
+                        "quality.json; with --quick quality-quick.json, so a quick run never replaces the stored one)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--backbone", default="toy", help="the world CLIP (default: the shipped one)")
     parser.add_argument("--docs-only", action="store_true", help="re-render docs/quality.md from --out, no runs")
     parser.add_argument("--quick", action="store_true",
                         help="one validation and one test partition per setup; writes results, not the docs")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = ROOT / "benchmarks" / "results" / ("quality-quick.json" if args.quick else "quality.json")
     if args.docs_only:
         write_docs(json.loads(args.out.read_text()), args.docs)
         return

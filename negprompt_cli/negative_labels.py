@@ -15,7 +15,7 @@ WordNet lists) that is farthest from the ID set. ID names themselves never becom
 (case-insensitive; how many were dropped is recorded). docs/method.md compares every setting with
 the papers.
 
-The candidate features (the expensive part: ~80k prompts through the text tower) are cached per
+The candidate features (the expensive part: ~70k prompts through the text tower) are cached per
 (backbone, pool, lexicon) under ``<cache>/text-features/``; mining against a class list reruns
 in about a second.
 """
@@ -39,6 +39,7 @@ from .atomic import publish
 from .backbone import Backbone
 from .errors import NegPromptNotice, UsageError
 from .lexicon import Lexicon, load_lexicon
+from .text_encoder import SoftPromptTextEncoder
 from .text_features import encode_texts
 
 POOLS = ("neglabel", "csp")
@@ -110,7 +111,7 @@ def text_fingerprint(backbone: Backbone) -> str:
 
 def encode_prompts(backbone: Backbone, prompts: list[str], *, quiet: bool = False,
                    description: str = "Encoding lexicon") -> torch.Tensor:
-    return encode_texts(backbone.model, backbone.tokenizer, prompts, quiet=quiet, description=description)
+    return encode_texts(SoftPromptTextEncoder(backbone), prompts, quiet=quiet, description=description)
 
 
 def candidate_features(backbone: Backbone, found: Candidates, cache_dir: Path | None,

@@ -77,7 +77,7 @@ class SoftPromptTextEncoder:
         if tokens.shape[1] != self.context_length:
             raise UsageError(f"tokenizer context {tokens.shape[1]} differs from the text tower's "
                              f"{self.context_length}")
-        eot = self._eot_positions(tokens)
+        eot = self.eot_positions(tokens)
         # open_clip truncates silently and forces EOT into the last slot: detect that.
         full = self.context_length - 1
         overflow = [names[i] for i in torch.nonzero(eot == full).flatten().tolist()
@@ -94,7 +94,7 @@ class SoftPromptTextEncoder:
         encode = getattr(self.tokenizer, "encode", None)
         return encode(text) if encode is not None else []
 
-    def _eot_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+    def eot_positions(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.pool_type == "eos" and self.eos_id is not None:
             return (tokens == self.eos_id).int().argmax(dim=-1)
         return tokens.argmax(dim=-1)
@@ -102,7 +102,7 @@ class SoftPromptTextEncoder:
     def word_embeddings(self, text: str) -> torch.Tensor:
         """Embeddings of the tokens of ``text`` (no SOS/EOT): how ``--ctx-init`` starts the context."""
         tokens = self.tokenizer([text])[0]
-        eot = int(self._eot_positions(tokens[None])[0])
+        eot = int(self.eot_positions(tokens[None])[0])
         ids = tokens[1:eot].to(self.model.token_embedding.weight.device)
         with torch.no_grad():
             return self.model.token_embedding(ids).float().clone()
@@ -134,6 +134,15 @@ class SoftPromptTextEncoder:
                                              truncate))
         features = torch.cat(outputs)
         return features[torch.argsort(order)]
+
+    def encode_tokens(self, tokens: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
+        """Features of plain token rows (no context vectors), cut at their longest end-of-text token: the same
+        numbers as ``CLIP.encode_text`` without running the padding (a 4-word lexicon prompt is ~8 of 77
+        tokens). Callers bucket rows by length so each batch is cut as short as it can be."""
+        device = self.model.token_embedding.weight.device
+        tokens = tokens.to(device)
+        empty = torch.zeros(tokens.shape[0], 0, self.model.token_embedding.weight.shape[1], device=device)
+        return self._encode_rows(empty, tokens, self.eot_positions(tokens), normalize, truncate=True)
 
     def encode_shared(self, ctx: torch.Tensor, prompts: TokenizedPrompts, *, normalize: bool = True,
                       chunk_size: int | None = None) -> torch.Tensor:

@@ -48,20 +48,24 @@ HAND_TEMPLATE = "a photo of a {}."
 
 def hand_template_features(encoder: SoftPromptTextEncoder, names: list[str],
                            template: str = HAND_TEMPLATE) -> torch.Tensor:
-    """Zero-shot class features through the model's own ``encode_text`` (MCM's "a photo of a {}.")."""
-    return encode_texts(encoder.model, encoder.tokenizer, [template.format(n) for n in names])
+    """Zero-shot class features of the hand template (MCM's "a photo of a {}."), as ``encode_text`` gives them."""
+    return encode_texts(encoder, [template.format(n) for n in names])
 
 
-def encode_texts(model: torch.nn.Module, tokenizer, texts: list[str], *, batch: int = 1024,  # type: ignore[no-untyped-def]
-                 quiet: bool = True, description: str = "Encoding text") -> torch.Tensor:
-    """Unit CPU features of plain texts through the model's own ``encode_text``, in batches (lexicons run to
-    ~80k prompts)."""
-    device = model.token_embedding.weight.device
+def encode_texts(encoder: SoftPromptTextEncoder, texts: list[str], *, batch: int = 1024, quiet: bool = True,
+                 description: str = "Encoding text") -> torch.Tensor:
+    """Unit CPU features of plain texts, equal to the model's own ``encode_text`` (to float rounding), for lists
+    as long as a lexicon (~70k prompts): texts are sorted by token length and each batch runs only up to its
+    longest end-of-text token, which is exact for CLIP's causal text tower and skips most of the padding."""
+    tokens = encoder.tokenizer(texts)
+    order = torch.argsort(encoder.eot_positions(tokens), stable=True)
     parts = []
     with torch.no_grad(), progress(quiet) as bar:
         task = bar.add_task(description, total=len(texts), status="")
         for start in range(0, len(texts), batch):
-            tokens = tokenizer(texts[start:start + batch]).to(device)
-            parts.append(model.encode_text(tokens, normalize=True).float().cpu())
-            bar.advance(task, len(parts[-1]))
-    return torch.cat(parts)
+            rows = order[start:start + batch]
+            parts.append(encoder.encode_tokens(tokens[rows]).float().cpu())
+            bar.advance(task, len(rows))
+    if not parts:
+        return torch.empty(0, 0)
+    return torch.cat(parts)[torch.argsort(order)]

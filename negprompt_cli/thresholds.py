@@ -87,9 +87,31 @@ def applicable(record: dict[str, Any] | None, artifact_names: Sequence[str], *, 
                       if record.get("settings") else "it was calibrated without negative labels")
     calibrated = calibrated_classes(record, artifact_names)
     if calibrated is None or calibrated != class_list_id(names):
-        count = calibrated["count"] if calibrated else "another list of"
-        return None, f"it was calibrated for {count} classes, not these {len(names)}"
+        return None, _other_list(calibrated, artifact_names, names)
     return float(record["value"]), None
+
+
+def _other_list(calibrated: dict[str, Any] | None, artifact_names: Sequence[str], names: Sequence[str]) -> str:
+    """Why a class list is not the calibrated one, in the words a user can act on."""
+    if calibrated is None:
+        return f"it was calibrated for another class list, not these {len(names)} classes"
+    known = calibrated == class_list_id(artifact_names)  # then the calibrated names are the artifact's own
+    if known and sorted(artifact_names) == sorted(names):
+        return (f"it was calibrated for the same {len(names)} classes in another order (predictions and the "
+                "threshold's class list are by position)")
+    if calibrated["count"] == len(names):
+        differing = sum(a != b for a, b in zip(artifact_names, names, strict=False)) if known else None
+        return (f"it was calibrated for another list of {len(names)} classes"
+                + (f" ({differing} of the names differ)" if differing else ""))
+    return f"it was calibrated for {calibrated['count']} classes, not these {len(names)}"
+
+
+def warn_no_threshold(zero_shot: bool) -> None:
+    """Scores without a decision because there is no threshold at all (not one that does not apply)."""
+    what = "zero-shot scoring has no stored ID threshold" if zero_shot else "these prompts carry no ID threshold " \
+        "(fit-pos prompts, or a transfer without --calibrate)"
+    warnings.warn(f"{what}, so scores carry no OOD decision; get one with --calibrate ID_IMAGES (a folder of "
+                  "in-distribution images) or --threshold VALUE", ThresholdWarning, stacklevel=2)
 
 
 def _threshold_record(extra: dict[str, Any]) -> dict[str, Any]:

@@ -343,3 +343,53 @@ def test_a_real_ctrl_c_during_an_in_process_run_stops_the_test_suite(tmp_path, t
 
     monkeypatch.setattr(training, "cosine_with_warmup", raise_it)
     assert invoke([*args, "--resume"]).exit_code == 130 and not cli.interrupted_by_user()
+
+
+# -- the two threshold messages (#21 item 4) -------------------------------------------------------------------
+def test_scores_without_any_threshold_say_so(wnid_data):
+    root, data, _ = wnid_data
+    positive = invoke(["score", str(data), "--prompts", str(root / "pos.safetensors"), "--out",
+                       str(root / "p.csv")])
+    assert positive.exit_code == 0
+    said = " ".join(positive.stderr.split())
+    assert "Warning: these prompts carry no ID threshold (fit-pos prompts, or a transfer without --calibrate), " \
+           "so scores carry no OOD decision" in said
+    names = root / "zs.txt"
+    names.write_text("square\nhouse\n")
+    zero = invoke(["score", str(data), "--zero-shot", "--names", str(names), "--backbone", "toy", "--scorer", "mcm",
+                   "--out", str(root / "z.csv")])
+    assert zero.exit_code == 0 and "zero-shot scoring has no stored ID threshold" in " ".join(zero.stderr.split())
+
+
+def test_a_reordered_class_list_is_named_as_such(wnid_data):
+    root, data, _ = wnid_data
+    neg = root / "neg.safetensors"
+    assert invoke(["fit-neg", "--data", str(data), "--pos", str(root / "pos.safetensors"), "--out", str(neg),
+                   *NEG_FAST]).exit_code == 0
+    reordered = root / "reordered.txt"
+    reordered.write_text("red stripes\nblue dots\ngreen bars\n")
+    result = invoke(["score", str(data), "--prompts", str(neg), "--names", str(reordered), "--out",
+                     str(root / "r.csv")])
+    assert result.exit_code == 0
+    assert "it was calibrated for the same 3 classes in another order" in " ".join(result.stderr.split())
+    other = root / "other.txt"
+    other.write_text("blue dots\ngreen bars\nyellow stars\n")
+    result = invoke(["score", str(data), "--prompts", str(neg), "--names", str(other), "--out", str(root / "o.csv")])
+    assert "it was calibrated for another list of 3 classes (1 of the names differ)" in " ".join(result.stderr.split())
+
+
+def test_a_quick_quality_run_never_replaces_the_stored_results(tmp_path, monkeypatch):
+    import sys
+
+    bench = Path(__file__).parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    import quality
+
+    payload = {"test": {}, "default": "x", "seconds": 0}
+    monkeypatch.setattr(quality, "ROOT", tmp_path)
+    monkeypatch.setattr(quality, "run", lambda args: payload)
+    monkeypatch.setattr(quality, "write_docs", lambda *a: pytest.fail("a quick run must not rewrite the docs"))
+    monkeypatch.setattr(sys, "argv", ["quality.py", "--quick"])
+    quality.main()
+    assert json.loads((tmp_path / "benchmarks" / "results" / "quality-quick.json").read_text()) == payload
+    assert not (tmp_path / "benchmarks" / "results" / "quality.json").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from negprompt_cli.text_encoder import SoftPromptTextEncoder
@@ -132,3 +133,27 @@ def test_mixed_precision_paths_agree(tiny_backbone):
     with torch.no_grad():
         reference = encoder.encode(ctx[1], prompts)
     torch.testing.assert_close(plain.float(), reference, atol=3e-2, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["tiny", "toy", "ViT-B/16"])
+def test_lexicon_prompts_cut_at_their_end_equal_the_models_own_encode_text(which, tiny_vit_dir):
+    """encode_texts runs each length bucket only up to its longest end-of-text token (exact for the causal text
+    tower): the features must equal CLIP.encode_text at the full context, here on the tiny test CLIP, the
+    shipped toy CLIP and a randomly initialised ViT-B/16 text tower."""
+    from negprompt_cli.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.text_encoder import SoftPromptTextEncoder
+    from negprompt_cli.text_features import encode_texts
+
+    request = {"tiny": BackboneRequest(f"local-dir:{tiny_vit_dir}", device="cpu"),
+               "toy": BackboneRequest("toy", device="cpu"),
+               "ViT-B/16": BackboneRequest("ViT-B/16", pretrained="none", device="cpu")}[which]
+    torch.manual_seed(0)
+    backbone = load_backbone(request)
+    words = ["cat", "school bus", "the nice red fox", "a", "hippopotamus", "very small striped wooden toy car",
+             "Zürich", "x" * 30]
+    texts = [f"a photo of a {w}." for w in words] + [f"This is a {w} photo" for w in words]
+    ours = encode_texts(SoftPromptTextEncoder(backbone), texts, batch=5)  # several buckets of several lengths
+    with torch.no_grad():
+        reference = backbone.model.encode_text(backbone.tokenizer(texts), normalize=True).float()
+    assert ours.shape == reference.shape
+    assert (ours - reference).abs().max() < 1e-5

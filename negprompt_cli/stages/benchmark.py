@@ -1,6 +1,6 @@
 """``negprompt benchmark list | check``: the shipped protocols, and whether a data root holds what one needs.
 
-(``benchmark run`` is not built yet; see docs/benchmarks.md.)
+(``benchmark run`` is ``benchmark_run``, a composer; see docs/benchmarks.md.)
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from ..thresholds import (
     ThresholdWarning,
     calibrate,
     warn_no_decision,
+    warn_no_threshold,
 )
 
 
@@ -117,8 +118,10 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
     else:
         threshold, reason = setup.stored()
         threshold_source = "stored" if threshold is not None else None
-        if reason is not None and ranks.is_main:
+        if ranks.is_main and reason is not None:
             warn_no_decision(reason)
+        elif ranks.is_main and threshold is None:
+            warn_no_threshold(options.zero_shot)
     encoded = encode_images_across(ranks, backbone, paths, cache_dir=options.cache_dir,
                                    batch_size=options.batch_size, num_workers=options.num_workers,
                                    precision=precision, strict=options.strict, quiet=options.quiet,

@@ -1,0 +1,73 @@
+"""Numbers in the README that come from a results file are checked against it, so a sentence cannot drift from
+its data (docs/quality.md is rendered from the same file by benchmarks/quality.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+QUALITY = json.loads((ROOT / "benchmarks" / "results" / "quality.json").read_text())
+ROWS = {"zero-shot CSP": "zero-shot CSP", "zero-shot NegLabel": "zero-shot NegLabel", "CoOp + energy": "CoOp + energy",
+        "NegPrompt (`fit-neg` defaults, Eq. 3)": "NegPrompt (official)",
+        "NegPrompt + CSP (hybrid)": "NegPrompt + CSP (official)", "zero-shot MCM": "zero-shot MCM"}
+SETS = ("near_lexicon", "near_unnamed", "far")
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def test_the_readme_quality_table_is_the_stored_closed_set_test_result():
+    table = QUALITY["test"]["closed"]
+    found = 0
+    for line in README.splitlines():
+        cells = [c.strip().replace("*", "") for c in line.strip("|").split("|")]
+        label = re.sub(r" \(winner on validation\)$", "", cells[0]) if cells else ""
+        if label not in ROWS or len(cells) != 5:
+            continue
+        found += 1
+        metrics = table[ROWS[label]]
+        expected = [f"{pct(metrics[f'{s}_fpr95'][0])} ± {pct(metrics[f'{s}_fpr95'][1])}" for s in SETS]
+        assert cells[1:4] == expected, label
+        assert cells[4] == pct(metrics["id_accuracy"][0]), label
+    assert found == len(ROWS)
+
+
+def test_the_readme_open_vocabulary_sentence_is_the_stored_result():
+    table = QUALITY["test"]["open"]
+    for label, method in (("zero-shot CSP", "zero-shot CSP"), ("CoOp + energy", "CoOp + energy"),
+                          ("NegPrompt", "NegPrompt (official)")):
+        numbers = " / ".join(pct(table[method][f"{s}_fpr95"][0]) for s in SETS)
+        assert f"{label} {numbers}" in " ".join(README.split()), label
+
+
+def test_the_readme_claims_about_the_adaptive_mode_and_lexicon_coverage_hold():
+    pairs = {f"adaptive {m}": m for m in ("zero-shot NegLabel", "zero-shot CSP", "CoOp + NegLabel",
+                                          "NegPrompt + NegLabel (official)", "NegPrompt + NegLabel (paper)")}
+    diffs = [100 * (table[a][f"{s}_fpr95"][0] - table[b][f"{s}_fpr95"][0])
+             for table in QUALITY["test"].values() for a, b in pairs.items() for s in SETS]
+    text = " ".join(README.split())
+    assert len(diffs) == 30 and all(d > 0 for d in diffs)
+    assert f"worse than its static base in all 30 test cells (5 methods × 2 setups × 3 OOD sets, FPR95), by " \
+           f"{min(diffs):.1f} to {max(diffs):.1f} points" in text
+    covered = QUALITY["test"]["closed"]["zero-shot NegLabel"]["near_lexicon_fpr95"][0]
+    uncovered = QUALITY["coverage"]["closed"]["zero-shot NegLabel"]["near_lexicon_fpr95"][0]
+    csp = QUALITY["test"]["closed"]["zero-shot CSP"]["near_lexicon_fpr95"][0]
+    csp_uncovered = QUALITY["coverage"]["closed"]["zero-shot CSP"]["near_lexicon_fpr95"][0]
+    assert (f"near-OOD FPR95 from {pct(covered)} to {100 * uncovered:.2f} (CSP: {pct(csp)} to "
+            f"{pct(csp_uncovered)})") in text
+
+
+def test_the_lexicon_encoding_numbers_are_the_stored_measurement(monkeypatch):
+    lexicon = json.loads((ROOT / "benchmarks" / "results" / "lexicon.json").read_text())
+    encode, first = lexicon["encode"], lexicon["first_zero_shot_score"]
+    text = " ".join(README.split())
+    assert f"{first['seconds']:.0f} s on 2 CPU cores for ViT-B/16" in text
+    assert f"{encode['speedup']:.1f}× faster than `encode_text` at the full context" in text
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from lexicon import markdown
+
+    assert markdown(lexicon) in (ROOT / "docs" / "performance.md").read_text()  # the section perf.py renders
