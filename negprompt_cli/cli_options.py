@@ -87,19 +87,21 @@ def image_options() -> list[inspect.Parameter]:
 
 
 def negative_label_options() -> list[inspect.Parameter]:
-    """Settings of the negative-label scorers (neglabel, csp); defaults are NegLabel's (docs/method.md)."""
+    """Settings of the negative-label scorers (neglabel, csp); defaults belong to the lexicon (its manifest.json;
+    NegLabel's for WordNet and for a lexicon without one; docs/method.md)."""
     return [
         option("lexicon", Path | None, "--lexicon", help="Words to mine negative labels from: a text file (one "
                "per line) or a folder of noun.*.txt / adj.*.txt. Default: the backbone's own (the world lexicon "
                "for toy), else the shipped WordNet lists."),
-        option("mine_percentile", float, "--mine-percentile", default=0.95, help="A candidate's closeness to the "
-               "ID classes: this percentile of its similarities to them."),
-        option("mine_fraction", float, "--mine-fraction", default=0.15, help="Keep this fraction of the nouns and "
-               "of the adjectives, the farthest from the ID classes."),
+        option("mine_percentile", float | None, "--mine-percentile", help="A candidate's closeness to the ID "
+               "classes: this percentile of its similarities to them. Default: the lexicon's (0.95)."),
+        option("mine_fraction", float | None, "--mine-fraction", help="Keep this fraction of the nouns and of the "
+               "adjectives, the farthest from the ID classes. Default: the lexicon's (WordNet: 0.15, NegLabel's; "
+               "the world lexicon: 0.5, chosen on validation; a lexicon without a manifest.json: 0.15)."),
         option("negative_labels", int | None, "--negative-labels", help="Keep this many negative labels instead "
                "of --mine-fraction."),
-        option("groups", int, "--groups", default=100, help="Average the score over this many random groups of "
-               "the negative labels (1 = no grouping)."),
+        option("groups", int | None, "--groups", help="Average the score over this many random groups of the "
+               "negative labels (1 = no grouping). Default: the lexicon's (WordNet: 100; the world lexicon: 1)."),
         option("seed", int, "--seed", default=0, help="Seed of the grouping and of CSP's superclass words."),
     ]
 

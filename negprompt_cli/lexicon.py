@@ -10,8 +10,9 @@ comment line; repeated words count once (nouns first).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import NotFoundError, UsageError
@@ -23,11 +24,18 @@ MAX_LEXICON_ENV = "NEGPROMPT_MAX_LEXICON"
 MAX_LEXICON = 500_000
 
 
+MANIFEST = "manifest.json"
+# How negative labels are mined from a lexicon that does not say (a plain --lexicon FILE, a folder without a
+# manifest): NegLabel's released configuration, made for WordNet-sized lexicons.
+PAPER_MINING = {"fraction": 0.15, "groups": 100, "percentile": 0.95}
+
+
 @dataclass(frozen=True)
 class Lexicon:
     nouns: tuple[str, ...]
     adjectives: tuple[str, ...]
     source: str  # where it was read from ("default" for the shipped WordNet lists)
+    mining: dict = field(default_factory=lambda: dict(PAPER_MINING))  # its defaults: fraction, groups, percentile
 
     def digest(self) -> str:
         payload = "\n".join(self.nouns) + "\0" + "\n".join(self.adjectives)
@@ -80,12 +88,37 @@ def load_lexicon(path: Path | None = None, backbone_default: str | None = None) 
     unique_adjectives = [w for w in adjectives if not (w.lower() in seen or seen.add(w.lower()))]  # type: ignore[func-returns-value]
     if not unique_nouns and not unique_adjectives:
         raise UsageError(f"lexicon {root} has no words", hint="one word or phrase per line, UTF-8")
+    mining = read_manifest(root / MANIFEST) if root.is_dir() and (root / MANIFEST).is_file() else dict(PAPER_MINING)
     limit = max_lexicon()
     if len(unique_nouns) + len(unique_adjectives) > limit:
         raise UsageError(f"lexicon {root} has {len(unique_nouns) + len(unique_adjectives):,} entries, more than "
                          f"{limit:,} (each is one text-tower pass; WordNet has about 70,000)",
                          hint=f"give a smaller --lexicon, or raise the limit with {MAX_LEXICON_ENV}=N")
-    return Lexicon(tuple(unique_nouns), tuple(unique_adjectives), source)
+    return Lexicon(tuple(unique_nouns), tuple(unique_adjectives), source, mining)
+
+
+def read_manifest(path: Path) -> dict:
+    """A lexicon folder's ``manifest.json``: the mining settings validated for it (``{"mining": {"fraction",
+    "groups", "percentile"}}``, each optional: the paper's where left out). A bad value is one line, exit 2."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UsageError(f"{path} is not a lexicon manifest ({type(exc).__name__}: {exc})") from None
+    mining = manifest.get("mining", {}) if isinstance(manifest, dict) else None
+    if not isinstance(mining, dict):
+        raise UsageError(f"{path}: \"mining\" must be an object of fraction, groups, percentile")
+    unknown = sorted(set(mining) - set(PAPER_MINING))
+    if unknown:
+        raise UsageError(f"{path}: unknown mining setting(s) {', '.join(unknown)}",
+                         hint="a manifest sets fraction, groups and percentile")
+    checks = {"fraction": lambda v: isinstance(v, (int, float)) and 0 < v <= 1,
+              "groups": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+              "percentile": lambda v: isinstance(v, (int, float)) and 0 <= v <= 1}
+    for key, value in mining.items():
+        if isinstance(value, bool) or not checks[key](value):
+            rule = {"fraction": "in (0, 1]", "groups": "a whole number >= 1", "percentile": "in [0, 1]"}[key]
+            raise UsageError(f"{path}: mining.{key} must be {rule} (got {value!r})")
+    return {**PAPER_MINING, **mining}
 
 
 def max_lexicon() -> int:

@@ -52,18 +52,20 @@ CSP_SUPERCLASSES = ("environment", "space", "object", "scene", "place", "item", 
 
 @dataclass(frozen=True)
 class MiningOptions:
+    """How labels are mined; None: the lexicon's own default (its manifest, else NegLabel's 0.95 and 0.15)."""
+
     pool: str = "neglabel"
-    percentile: float = 0.95  # NegLabel's released config ("pencentile=0.95")
-    fraction: float = 0.15  # of each part (nouns, adjectives) kept; NegLabel's neg_topk
+    percentile: float | None = None  # closeness to the ID set: this percentile of the similarities
+    fraction: float | None = None  # of each part (nouns, adjectives) kept; NegLabel's neg_topk
     count: int | None = None  # a total number of negative labels instead of ``fraction``
     seed: int = 0  # CSP: which superclass word each adjective is joined to
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
             raise UsageError(f"unknown negative-label pool {self.pool!r}", hint=f"choose one of {', '.join(POOLS)}")
-        if not 0.0 <= self.percentile <= 1.0:
+        if self.percentile is not None and not 0.0 <= self.percentile <= 1.0:
             raise UsageError(f"the mining percentile must be in [0, 1] (got {self.percentile})")
-        if not 0.0 < self.fraction <= 1.0:
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
             raise UsageError(f"the mined fraction must be in (0, 1] (got {self.fraction})")
         if self.count is not None and self.count < 1:
             raise UsageError(f"the number of negative labels must be at least 1 (got {self.count})")
@@ -169,10 +171,10 @@ class LabelRequest:
 
     lexicon: Path | None = None  # None: the backbone's own lexicon, else the shipped WordNet lists
     mining: MiningOptions = MiningOptions()  # its pool is the scorer's
-    groups: int = 100
+    groups: int | None = None  # None: the lexicon's default (its manifest, else NegLabel's 100)
 
     def __post_init__(self) -> None:
-        if self.groups < 1:
+        if self.groups is not None and self.groups < 1:
             raise UsageError(f"--groups must be at least 1 (got {self.groups})")
 
 
@@ -185,7 +187,16 @@ def prepare(backbone: Backbone, scorer: Any, names: list[str], id_features: torc
     lexicon = load_lexicon(request.lexicon, backbone.extra.get("default_lexicon"))
     labels = mine(backbone, lexicon, names, id_features, replace(request.mining, pool=pool), cache_dir=cache_dir,
                   quiet=quiet)
-    return labels, {"groups": request.groups, "seed": request.mining.seed}
+    groups = request.groups if request.groups is not None else int(lexicon.mining["groups"])
+    return labels, {"groups": groups, "seed": request.mining.seed}
+
+
+def resolve_mining(options: MiningOptions, lexicon: Lexicon) -> MiningOptions:
+    """``options`` with every unset setting taken from the lexicon's defaults (mining belongs to the lexicon)."""
+    return replace(options,
+                   fraction=options.fraction if options.fraction is not None else float(lexicon.mining["fraction"]),
+                   percentile=(options.percentile if options.percentile is not None
+                               else float(lexicon.mining["percentile"])))
 
 
 def settings_fingerprint(labels: NegativeLabels | None, scorer_options: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -232,6 +243,7 @@ def select(kinds: list[str], close: torch.Tensor, options: MiningOptions) -> lis
 def mine(backbone: Backbone, lexicon: Lexicon, id_names: list[str], id_features: torch.Tensor,
          options: MiningOptions = MiningOptions(), *, cache_dir: Path | None = None,
          quiet: bool = False) -> NegativeLabels:
+    options = resolve_mining(options, lexicon)
     found = candidates(lexicon, id_names, options.pool, options.seed)
     feats = candidate_features(backbone, found, cache_dir, quiet)
     kept = select(found.kinds, closeness(feats, id_features, options.percentile), options)

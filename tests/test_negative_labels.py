@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -262,3 +263,59 @@ def test_a_threshold_calibrated_with_mined_labels_applies_only_to_the_same_setti
     assert value is None and "other negative-label settings" in reason
     value, reason = applicable({**record, "settings": None}, names, **kwargs, settings=settings)
     assert value is None and "without negative labels" in reason
+
+
+# -- mining settings belong to the lexicon (#21) ----------------------------------------------------------------
+def test_each_shipped_lexicon_carries_its_validated_mining_settings():
+    from negprompt_cli.lexicon import PAPER_MINING, load_lexicon
+    from negprompt_cli.world import lexicon_dir
+
+    assert load_lexicon(None).mining == {"fraction": 0.15, "groups": 100, "percentile": 0.95} == PAPER_MINING
+    quality = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "quality.json").read_text())
+    chosen = min(quality["validation"]["zero-shot CSP"], key=lambda r: r["criterion"])["setting"]
+    world = load_lexicon(lexicon_dir()).mining
+    assert (world["fraction"], world["groups"]) == (chosen["fraction"], chosen["groups"])
+    assert chosen["temperature"] == 0.01  # the negative-label scorers' own default τ: nothing to carry
+
+
+def test_score_with_no_flags_mines_with_the_lexicons_settings_and_flags_override_them(tmp_path):
+    images = make_image_folder(tmp_path / "img", classes=("red_stripes",), per_class=2)
+    names = tmp_path / "names.txt"
+    names.write_text("square\nhouse\n")
+    base = ["score", str(images), "--zero-shot", "--names", str(names), "--backbone", "toy", "--scorer", "csp",
+            "--out", str(tmp_path / "s.csv"), "--json"]
+
+    def record(*extra):  # type: ignore[no-untyped-def]
+        result = invoke([*base, *extra])
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)["negative_labels"]
+
+    shipped = record()  # the toy backbone's lexicon: the world lexicon and its manifest
+    assert (shipped["fraction"], shipped["groups"], shipped["percentile"]) == (0.5, 1, 0.95)
+    assert (lambda r: (r["fraction"], r["groups"]))(record("--mine-fraction", "0.3", "--groups", "4")) == (0.3, 4)
+    plain = tmp_path / "words.txt"
+    plain.write_text("".join(f"thing{k}\n" for k in range(40)))
+    assert (lambda r: (r["fraction"], r["groups"]))(record("--lexicon", str(plain))) == (0.15, 100)
+
+
+@pytest.mark.parametrize(("manifest", "message"), [
+    ('{"mining": {"fraction": 2}}', "mining.fraction must be in (0, 1] (got 2)"),
+    ('{"mining": {"groups": 0}}', "mining.groups must be a whole number >= 1 (got 0)"),
+    ('{"mining": {"groups": true}}', "mining.groups must be a whole number >= 1 (got True)"),
+    ('{"mining": {"tau": 0.1}}', "unknown mining setting(s) tau"),
+    ('{"mining": []}', '"mining" must be an object'),
+    ("[1]", '"mining" must be an object'),
+    ("not json", "is not a lexicon manifest"),
+])
+def test_a_bad_lexicon_manifest_is_one_line(tmp_path, manifest, message):
+    folder = tmp_path / "lex"
+    folder.mkdir()
+    (folder / "noun.mine.txt").write_text("thing\nstuff\n")
+    (folder / "manifest.json").write_text(manifest)
+    images = make_image_folder(tmp_path / "img", classes=("red_stripes",), per_class=1)
+    names = tmp_path / "names.txt"
+    names.write_text("square\n")
+    result = invoke(["score", str(images), "--zero-shot", "--names", str(names), "--backbone", "toy", "--scorer",
+                     "neglabel", "--lexicon", str(folder)])
+    assert result.exit_code == 2, result.stderr
+    assert message in result.stderr

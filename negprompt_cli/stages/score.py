@@ -184,7 +184,9 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
                "scorer": scorer, "temperature": temperature, "threshold": threshold,
                "threshold_source": threshold_source, "calibration": calibration,
                "flagged_ood": flagged if threshold is not None else None, "out": str(options.out or "-"),
-               "negative_labels": labels.record() if labels is not None else None, "adaptive": adaptive_record,
+               "negative_labels": ({**labels.record(), "groups": scorer_options["groups"]}
+                                   if labels is not None and scorer_options is not None else None),
+               "adaptive": adaptive_record,
                "scorer_source": setup.scorer_source,
                # learned negative prompts: how many per class, and whether this scorer reads them
                "negative_prompts": None if text_neg is None else {
