@@ -250,6 +250,9 @@ def without_categories(lexicon: Lexicon, categories: list[str]) -> Lexicon:
 # -- the run ----------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
+    # One intra-op thread: with several, PyTorch's CPU kernels can differ in the last bits from one process to
+    # the next, and 20 training epochs grow that into ~1 FPR point; with one, a rerun gives the same file.
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     backbone = load_backbone(BackboneRequest(args.backbone, device="cpu"))
     lexicon = load_lexicon(lexicon_dir())
