@@ -27,7 +27,7 @@ from .image_features import decode_rgb, encode_pixels
 from .negative_labels import LabelRequest
 from .ood_scores import score_features
 from .presets import DEFAULT_BACKBONE
-from .scoring import ScoringRequest, ScoringSetup, mine_labels, setup_scoring
+from .scoring import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
 from .thresholds import calibrate
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor | str | Path
@@ -131,14 +131,7 @@ class Detector:
         result = score_features(features, setup.text_pos, setup.text_neg, scorer=setup.scorer_fn,
                                 temperature=setup.temperature, logit_scale=setup.backbone.logit_scale,
                                 mined=setup.mined, scorer_options=setup.scorer_options)
-        rows = []
-        for i in range(len(result.score)):
-            value, pred = float(result.score[i]), int(result.prediction[i])
-            rows.append({"score": value, "prediction": setup.names[pred], "prediction_index": pred,
-                         "ood": (value < self.threshold) if self.threshold is not None else None,
-                         "max_pos_cos": float(result.max_pos_cos[i]),
-                         "max_neg_cos": float(result.max_neg_cos[i]) if result.max_neg_cos is not None else None})
-        return rows
+        return decision_rows(result, setup.names, self.threshold)
 
     def score(self, images: Iterable[ImageLike]) -> list[dict[str, Any]]:
         """One dict per image, in order: ``score`` (higher = more in-distribution), ``prediction`` (class name)

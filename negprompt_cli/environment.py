@@ -23,6 +23,13 @@ ENV_PREFIXES = ("NEGPROMPT_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_OFFLINE", "CU
 SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
 
 
+def hub_cache_from_environment() -> str | None:
+    """The Hugging Face cache as the environment says *now* (huggingface_hub reads it once, at import); None for
+    huggingface_hub's own default."""
+    home = os.environ.get("HF_HOME")
+    return os.environ.get("HF_HUB_CACHE") or (os.path.join(home, "hub") if home else None)
+
+
 def package_version(name: str) -> str | None:
     try:
         return metadata.version(name)

@@ -19,6 +19,7 @@ from .backbone import Backbone, BackboneRequest, RuntimeOptions, artifact_backbo
 from .errors import IncompatibleArtifactError, UsageError
 from .feature_cache import default_cache_dir
 from .negative_labels import LabelRequest, NegativeLabels, prepare, settings_fingerprint
+from .ood_scores import Scores
 from .presets import default_scorer
 from .registry import get_host
 from .text_encoder import SoftPromptTextEncoder
@@ -137,3 +138,16 @@ def mine_labels(setup: ScoringSetup, request: ScoringRequest) -> ScoringSetup:
                                                  request.labels, cache_dir=request.cache_dir or default_cache_dir(),
                                                  quiet=request.quiet)
     return setup
+
+
+def decision_rows(result: Scores, names: list[str], threshold: float | None) -> list[dict[str, Any]]:
+    """Per image: score, predicted class and index, the OOD decision (None without a threshold) and the max
+    cosines to the class prompts and the negatives: what ``score`` writes and the ``Detector`` returns."""
+    rows = []
+    for i in range(len(result.score)):
+        value, pred = float(result.score[i]), int(result.prediction[i])
+        rows.append({"score": value, "prediction": names[pred], "prediction_index": pred,
+                     "ood": (value < threshold) if threshold is not None else None,
+                     "max_pos_cos": float(result.max_pos_cos[i]),
+                     "max_neg_cos": float(result.max_neg_cos[i]) if result.max_neg_cos is not None else None})
+    return rows

@@ -28,6 +28,7 @@ import torch
 
 import negprompt_cli
 from negprompt_cli.backbone import Backbone
+from negprompt_cli.environment import hub_cache_from_environment
 from negprompt_cli.errors import HubError, NegPromptNotice, NotFoundError, UsageError
 
 # name -> (open_clip architecture, default pretrained tag)
@@ -149,7 +150,8 @@ def fetch_hub_backbone(repo_id: str, cache_dir: str | None) -> Path:
                   + f" from the Hub repository {repo_id} at revision main (or from the Hugging Face cache)",
                   NegPromptNotice, stacklevel=2)
     try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=allowed, cache_dir=cache_dir or _hub_cache(),
+        folder = Path(snapshot_download(repo_id, allow_patterns=allowed,
+                                        cache_dir=cache_dir or hub_cache_from_environment(),
                                         endpoint=os.environ.get("HF_ENDPOINT") or None, library_name="negprompt",
                                         library_version=negprompt_cli.__version__))
     except Exception as exc:
@@ -162,12 +164,6 @@ def fetch_hub_backbone(repo_id: str, cache_dir: str | None) -> Path:
                          "checkpoints from the Hub are not loaded unless you opt in",
                          hint=f"set {ALLOW_PICKLE_ENV}=1 if you trust the repository's .bin / .pth files")
     return folder
-
-
-def _hub_cache() -> str | None:
-    """The Hugging Face cache as the environment says now (huggingface_hub read it once, at import)."""
-    home = os.environ.get("HF_HOME")
-    return os.environ.get("HF_HUB_CACHE") or (str(Path(home) / "hub") if home else None)
 
 
 def _hub_fetch_error(repo_id: str, exc: Exception) -> Exception:
@@ -239,10 +235,10 @@ def _weights_cached(arch: str, tag: str, cache_dir: str | None) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     hub = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub") or ""
-    repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    repo, filename = os.path.split(hub)  # "org/name/" or "org/name/file", as open_clip splits it
     names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-    return bool(repo) and any(isinstance(try_to_load_from_cache(repo, name, cache_dir=cache_dir or _hub_cache()), str)
-                              for name in names)
+    cache = cache_dir or hub_cache_from_environment()
+    return bool(repo) and any(isinstance(try_to_load_from_cache(repo, name, cache_dir=cache), str) for name in names)
 
 
 def _unreachable(endpoint: str) -> str | None:

@@ -94,6 +94,11 @@ def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "train")
 
 
+def error_line(result) -> str:  # type: ignore[no-untyped-def]
+    """The one "Error:" line a failing command prints."""
+    return next(line for line in result.stderr.splitlines() if line.startswith("Error:"))
+
+
 NEG_FAST = ["--epochs", "4", "--batch-size", "16", "--lr", "0.05"]  # fit-neg settings that train in a second
 
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-from conftest import NEG_FAST, invoke, make_image_folder
+from conftest import NEG_FAST, error_line, invoke, make_image_folder
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -23,10 +23,6 @@ from negprompt_cli.errors import NegPromptWarning
 
 POS_FAST = ["--epochs", "6", "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw", "--warmup-epochs", "0",
             "--n-ctx", "4"]
-
-
-def error_line(result) -> str:  # type: ignore[no-untyped-def]
-    return next(line for line in result.stderr.splitlines() if line.startswith("Error:"))
 
 
 @pytest.fixture

@@ -6,14 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import invoke, make_image_folder
+from conftest import NEG_FAST, error_line, invoke, make_image_folder
 
 POS_FAST = ["--epochs", "2", "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw", "--warmup-epochs", "0",
             "--n-ctx", "4"]
-
-
-def error_line(result) -> str:  # type: ignore[no-untyped-def]
-    return next(line for line in result.stderr.splitlines() if line.startswith("Error:"))
 
 
 @pytest.fixture
@@ -309,9 +305,7 @@ def odd_named_images(folder):
     import os
     import shutil
 
-    from conftest import make_image_folder as make
-
-    source = make(folder.parent / "src", classes=("red_stripes",), per_class=4)
+    source = make_image_folder(folder.parent / "src", classes=("red_stripes",), per_class=4)
     files = sorted((source / "red_stripes").iterdir())
     folder.mkdir()
     names = [b"latin1-caf\xe9.png", b"cr\rname.png", b"line\nbreak.png", "café-ü.png".encode()]
@@ -429,8 +423,6 @@ def test_unreadable_files_and_folders_follow_the_corrupt_image_rule(trained, mon
 
 
 def test_resume_never_reuses_positives_trained_on_another_class_list(trained, tiny_vit_dir, monkeypatch):
-    from conftest import NEG_FAST
-
     import negprompt_cli.training as training
     from negprompt_cli.artifact import load_prompts
     from negprompt_cli.checkpoint import checkpoint_path

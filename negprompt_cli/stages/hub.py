@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact import SCHEMA_VERSION, PromptArtifact, load_prompts
+from ..environment import hub_cache_from_environment
 from ..errors import HubError, IncompatibleArtifactError, NotFoundError, UsageError
 
 HF_SCHEME = "hf://"
@@ -42,10 +43,8 @@ class HubOptions:
 
 def hub_options(offline: bool = False, token: str | None = None) -> HubOptions:
     """Options from the environment *now* (huggingface_hub itself reads most of it once, at import)."""
-    home = os.environ.get("HF_HOME")
-    cache = os.environ.get("HF_HUB_CACHE") or (str(Path(home) / "hub") if home else None)
     return HubOptions(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token or os.environ.get("HF_TOKEN"),
-                      hub_cache=cache, offline=offline)
+                      hub_cache=hub_cache_from_environment(), offline=offline)
 
 
 def is_hub_ref(value: str | Path) -> bool:

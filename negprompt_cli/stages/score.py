@@ -23,7 +23,7 @@ from ..image_features import EncodeOptions, encode_folder, encode_images_across
 from ..negative_labels import LabelRequest
 from ..ood_scores import score_features
 from ..score_file import FORMATS, render_rows
-from ..scoring import ScoringRequest, mine_labels, setup_scoring
+from ..scoring import ScoringRequest, decision_rows, mine_labels, setup_scoring
 from ..thresholds import (
     ThresholdWarning,
     calibrate,
@@ -155,14 +155,9 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
                                   "--cache-dir, or re-download / retrain the prompts")
     rows = []
     lookup = _label_lookup(names, class_dirs) if options.labeled else {}
-    for i, path in enumerate(kept_paths):
-        value = float(result.score[i])
-        pred = int(result.prediction[i])
+    for i, (path, decided) in enumerate(zip(kept_paths, decision_rows(result, names, threshold), strict=True)):
         row: dict[str, Any] = {
-            "path": str(path), "score": value, "prediction": names[pred], "prediction_index": pred,
-            "ood": (value < threshold) if threshold is not None else None,
-            "max_pos_cos": float(result.max_pos_cos[i]),
-            "max_neg_cos": float(result.max_neg_cos[i]) if result.max_neg_cos is not None else None,
+            "path": str(path), **decided,
             "label": None, "label_index": None, "scorer": scorer, "prompts_id": setup.prompts_id,
             "threshold": threshold, "threshold_source": threshold_source,  # the decision's rule, for report
         }
