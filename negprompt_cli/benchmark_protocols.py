@@ -97,15 +97,38 @@ def load_protocol(name_or_path: str) -> Protocol:
                            path=o.get("path"), images=o.get("images"),
                            classes=resolve_classes(o["classes"]) if "classes" in o else (),
                            images_per_class=o.get("images_per_class")) for o in raw["ood"])
+        published = tuple(raw.get("published", []))
+        _check_published(published, [o.name for o in ood])
         return Protocol(
             name=raw["name"], title=raw.get("title", raw["name"]), wnids=resolve_classes(raw["classes"]),
             id_path=raw["id"]["path"], id_images_per_class=raw["id"].get("images_per_class"),
             id_source=raw["id"].get("source", ""), train_path=raw["train"]["path"],
             shots=int(raw["train"].get("shots", 16)), train_source=raw["train"].get("source", ""), ood=ood,
             seeds=tuple(raw.get("seeds", [1, 2, 3])), open_vocabulary=raw.get("open_vocabulary"),
-            published=tuple(raw.get("published", [])), file=path)
-    except UsageError:
-        raise
+            published=published, file=path)
+    except UsageError as exc:
+        if str(path) in exc.message:
+            raise
+        raise UsageError(f"{path}: {exc.message}", hint=exc.hint) from None
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:  # UnicodeDecodeError: a ValueError
         raise UsageError(f"{path} is not a valid benchmark protocol ({type(exc).__name__}: {exc})",
                          hint="see the schema in docs/benchmarks.md") from None
+
+
+def _check_published(rows: tuple[dict[str, Any], ...], ood_names: list[str]) -> None:
+    """A published number for a set the protocol does not have would be printed beside nothing, or beside
+    the wrong set: refuse the file instead."""
+    for row in rows:
+        method = row.get("method", "?")
+        for metric in ("fpr95", "auroc"):
+            values = row.get(metric, {})
+            if not isinstance(values, dict):
+                raise UsageError(f"published row {method!r}: {metric} is not an object of set -> number")
+            for name, value in values.items():
+                if name != "average" and name not in ood_names:
+                    raise UsageError(f"published row {method!r} names OOD set {name!r}, which the protocol does "
+                                     f"not have (its sets: {', '.join(ood_names)})",
+                                     hint="a published row's keys are the protocol's OOD set names or \"average\"")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+                    raise UsageError(f"published row {method!r}: {metric} of {name!r} is {value!r}, not a "
+                                     "percentage")

@@ -236,10 +236,14 @@ def _claim_run_folder(options: BenchmarkOptions, protocol: Protocol) -> None:
 
 
 def published_for(protocol: Protocol, request: BackboneRequest, mode: str, scorer: str) -> list[dict[str, Any]]:
-    """Published numbers for this protocol whose method (scorer, zero-shot or not) and weights match the run."""
+    """Published numbers for this protocol whose method (scorer, zero-shot or not) and weights match the run.
+
+    A row whose paper does not state the weights (``"pretrained_stated": false``) matches the backbone
+    with any weights; the report says so beside it."""
     return [p for p in protocol.published
             if p.get("scorer") == scorer and (p.get("training") == "zero-shot") == (mode == "zero-shot")
-            and p.get("backbone") == request.name and p.get("pretrained") == request.pretrained]
+            and p.get("backbone") == request.name
+            and (p.get("pretrained") == request.pretrained or p.get("pretrained_stated") is False)]
 
 
 def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
@@ -290,7 +294,7 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
                                                         "caught"},
               "optim": {"positive": options.pos_optim.as_dict(), "negative": options.neg_optim.as_dict()},
               "prompt": options.prompt.as_dict(),
-              "versions": package_versions(), "rows": rows}
+              "versions": package_versions(), "rows": rows, "published": list(protocol.published)}
     write_text_atomic(options.out / "report.json", json.dumps(report, indent=2) + "\n")
     write_text_atomic(options.out / "report.md", markdown(report))
     write_text_atomic(options.out / "report.html", to_html(report))
@@ -304,17 +308,48 @@ def _pct(stat: dict[str, float | None]) -> str:
     return f"{100 * stat['mean']:.2f} ± {100 * std:.2f}"
 
 
-def _published_cell(published: list[dict[str, Any]], name: str) -> str:
-    if not published:
-        return ""
-    p = published[0]
-    fpr, auroc = p.get("fpr95", {}).get(name), p.get("auroc", {}).get(name)
+def _published_cell(published: dict[str, Any], name: str) -> str:
+    fpr, auroc = published.get("fpr95", {}).get(name), published.get("auroc", {}).get(name)
     if fpr is None and auroc is None:
         return ""
     return f"{'' if fpr is None else f'{fpr:.2f}'} / {'' if auroc is None else f'{auroc:.2f}'}"
 
 
+def stated_average_slips(published: dict[str, Any], ood_sets: list[str]) -> dict[str, float]:
+    """Metric -> the mean of the per-set numbers, where a paper's stated average is not that mean (beyond
+    rounding): the paper's slip is shown beside its number, never corrected silently."""
+    slips = {}
+    for metric in ("fpr95", "auroc"):
+        values = published.get(metric, {})
+        sets = [values[n] for n in ood_sets if n in values]
+        if "average" in values and len(sets) == len(ood_sets) > 1:
+            mean = sum(sets) / len(sets)
+            if abs(mean - values["average"]) > 0.015:
+                slips[metric] = mean
+    return slips
+
+
+def _weights(published: dict[str, Any]) -> str:
+    if published.get("pretrained_stated") is False:
+        return f"{published['backbone']}, weights not stated"
+    return f"{published['backbone']}, {published.get('pretrained')}"
+
+
+def _published_line(published: dict[str, Any], ood_sets: list[str]) -> list[str]:
+    """A paper's row in the run table's columns: per set and average FPR95 / AUROC, then where it is from."""
+    cells = [f"↳ published: {published['method']}"]
+    cells += [_published_cell(published, n) for n in ood_sets]
+    average = _published_cell(published, "average")
+    slips = stated_average_slips(published, ood_sets)
+    if slips:
+        average += " (mean of the sets: " + " / ".join(
+            f"{slips[m]:.2f}" if m in slips else "=" for m in ("fpr95", "auroc")) + ")"
+    source = published["source"] + (f", taken from {published['taken_from']}" if published.get("taken_from") else "")
+    return [*cells, average, "", "", f"{_weights(published)}; {source}"]
+
+
 def table(report: dict[str, Any]) -> list[list[str]]:
+    """The run's rows, each followed by the published rows with the same protocol, method and weights."""
     header = ["row", *(f"{n} FPR95 / AUROC" for n in report["ood_sets"]), "average FPR95 / AUROC",
               "average FPR95 (OOD+)", "ID acc", "published avg FPR95 / AUROC"]
     lines = [header]
@@ -325,30 +360,60 @@ def table(report: dict[str, Any]) -> list[list[str]]:
         cells.append(f"{_pct(row['average']['fpr95'])} / {_pct(row['average']['auroc'])}")
         cells.append(_pct(row["average"]["fpr95_ood_positive"]))
         cells.append(_pct(row["id_accuracy"]))
-        source = row["published"][0]["source"] if row["published"] else ""
-        cell = _published_cell(row["published"], "average")
-        cells.append(f"{cell} ({source})" if cell else "")
+        first = row["published"][0] if row["published"] else {}
+        cell = _published_cell(first, "average")
+        cells.append(f"{cell} ({first['source']})" if cell else "")
         lines.append(cells)
+        lines += [_published_line(p, report["ood_sets"]) for p in row["published"]]
     return lines
 
 
+def published_table(report: dict[str, Any]) -> list[list[str]]:
+    """Every number the protocol's papers published, whether or not this run has a matching row."""
+    sets = report["ood_sets"]
+    header = ["method", "setting", *(f"{n} FPR95 / AUROC" for n in sets), "average FPR95 / AUROC", "weights",
+              "source", "note"]
+    lines = [header]
+    for p in report.get("published", []):
+        line = _published_line(p, sets)
+        average = line[1 + len(sets)]
+        source = p["source"] + (f", taken from {p['taken_from']}" if p.get("taken_from") else "")
+        lines.append([p["method"], p.get("setting", p.get("training", "")), *line[1:1 + len(sets)], average,
+                      _weights(p), source, p.get("note", "")])
+    return lines
+
+
+def _markdown_table(rows: list[list[str]]) -> list[str]:
+    cell = lambda c: c.replace("|", "\\|")  # noqa: E731
+    return ["| " + " | ".join(map(cell, rows[0])) + " |", "|" + "---|" * len(rows[0]),
+            *("| " + " | ".join(map(cell, r)) + " |" for r in rows[1:])]
+
+
 def markdown(report: dict[str, Any]) -> str:
-    rows = table(report)
     text = [f"# {report['protocol']}: {report['title']}", "",
             f"Weights: {report['weights']}; seeds {report['seeds']}; {report['shots']} shots; mean ± std over "
             "seeds (zero-shot rows: one run). Percentages. FPR95 with ID as the positive class unless marked "
             "OOD+ (OpenOOD v1.5). Published numbers appear only beside rows with the same protocol, method and "
-            "weights.", "",
-            "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    text += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+            "weights (↳ lines).", "", *_markdown_table(table(report))]
+    published = published_table(report)
+    if len(published) > 1:
+        text += ["", "## Published for this protocol", "",
+                 "As the papers printed them: rows copied from other papers say so, and an average that is not "
+                 "the mean of its sets is shown with that mean.", "", *_markdown_table(published)]
     return "\n".join(text) + "\n"
 
 
-def to_html(report: dict[str, Any]) -> str:
-    rows = table(report)
+def _html_table(rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f"<table border='1' cellpadding='4'><tr>{head}</tr>{body}</table>"
+
+
+def to_html(report: dict[str, Any]) -> str:
+    published = published_table(report)
     return (f"<!doctype html><meta charset='utf-8'><title>{html.escape(report['protocol'])}</title>"
             f"<h1>{html.escape(report['protocol'])}</h1><p>{html.escape(report['title'])}</p>"
             f"<p>Weights: {html.escape(json.dumps(report['weights']))}; seeds {report['seeds']}.</p>"
-            f"<table border='1' cellpadding='4'><tr>{head}</tr>{body}</table>\n")
+            + _html_table(table(report))
+            + (f"<h2>Published for this protocol</h2>{_html_table(published)}" if len(published) > 1 else "")
+            + "\n")

@@ -17,22 +17,24 @@ KNOWN, UNKNOWN = WNIDS[:3], WNIDS[500:502]
 
 
 def test_the_shipped_protocols_load_with_their_class_lists():
-    assert protocol_names() == ["imagenet1k-hard-split1", "imagenet1k-hard-split2", "imagenet1k-hard-split3",
-                                "imagenet1k-hard-split4", "imagenet1k-mcm", "imagenet1k-mcm-open-vocabulary",
-                                "imagenet1k-openood-v1.5"]
+    splits = [f"imagenet1k-hard-split{n}{suffix}" for n in range(1, 5) for suffix in ("", "-open-vocabulary")]
+    assert protocol_names() == [*splits, "imagenet1k-mcm", "imagenet1k-mcm-open-vocabulary", "imagenet1k-openood-v1.5"]
     assert len(WNIDS) == 1000 and WNIDS == sorted(WNIDS) and WNIDS[0] == "n01440764"
     sizes = {1: (116, 166), 2: (30, 55), 3: (151, 164), 4: (100, 900)}  # NegPrompt Table 7
     for split, (known, unknown) in sizes.items():
         protocol = load_protocol(f"imagenet1k-hard-split{split}")
         assert (len(protocol.wnids), len(protocol.ood[0].classes)) == (known, unknown)
         assert not set(protocol.wnids) & set(protocol.ood[0].classes)
+        open_vocabulary = load_protocol(f"imagenet1k-hard-split{split}-open-vocabulary")
+        assert (open_vocabulary.wnids, open_vocabulary.ood) == (protocol.wnids, protocol.ood)
+        assert open_vocabulary.open_vocabulary == {"train_fraction": 0.1} and protocol.open_vocabulary is None
     assert load_protocol("imagenet1k-hard-split4").wnids == tuple(WNIDS[:100])
     mcm = load_protocol("imagenet1k-mcm")
     assert [o.name for o in mcm.ood] == ["iNaturalist", "SUN", "Places", "Textures"] and mcm.seeds == (1, 2, 3)
     assert load_protocol("imagenet1k-mcm-open-vocabulary").open_vocabulary == {"train_fraction": 0.1}
     assert {o.group for o in load_protocol("imagenet1k-openood-v1.5").ood} == {"near", "far"}
     listed = invoke(["benchmark", "list", "--json"])
-    assert listed.exit_code == 0 and len(json.loads(listed.stdout)) == 7
+    assert listed.exit_code == 0 and len(json.loads(listed.stdout)) == 11
 
 
 def _jpegs(folder, n, start=0, names=None):

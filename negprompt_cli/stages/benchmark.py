@@ -20,7 +20,9 @@ def list_protocols() -> list[dict[str, Any]]:
         rows.append({"name": name, "title": protocol.title, "id_classes": len(protocol.wnids),
                      "ood_sets": [o.name for o in protocol.ood], "seeds": list(protocol.seeds),
                      "open_vocabulary": protocol.open_vocabulary,
-                     "published": [f"{p['method']} ({p['backbone']}, {p['pretrained']})" for p in protocol.published]})
+                     "published": [f"{p['method']} ({p['backbone']}, "
+                                   f"{p['pretrained'] if p.get('pretrained_stated', True) else 'weights not stated'})"
+                                   for p in protocol.published]})
     return rows
 
 
