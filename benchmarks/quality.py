@@ -49,6 +49,7 @@ from negprompt_cli.negative_labels import MiningOptions, mine
 from negprompt_cli.ood_scores import score_features
 from negprompt_cli.presets import NEGATIVE_OPTIM
 from negprompt_cli.registry import get_host
+from negprompt_cli.scoring import zero_shot_features
 from negprompt_cli.stages.fit_neg import FitNegOptions, fit_neg
 from negprompt_cli.stages.fit_pos import FitPosOptions, fit_pos
 from negprompt_cli.text_encoder import SoftPromptTextEncoder
@@ -95,6 +96,11 @@ class Method:
     def mined(self) -> str | None:
         """The negative-label pool this method mines from, if any."""
         return "csp" if "csp" in self.scorer else "neglabel" if "neglabel" in self.scorer else None
+
+    @property
+    def text_key(self) -> str:
+        """The ID features it scores with: a zero-shot negative-label scorer uses its paper's own ID prompts."""
+        return f"zero-shot:{self.mined}" if self.positives == "zero-shot" and self.mined else self.positives
 
 
 def methods() -> list[Method]:
@@ -165,6 +171,9 @@ class Partition:
                               optim=POSITIVE_OPTIM_WORLD(seed), quiet=True))
         self.text: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {
             "zero-shot": (hand_template_features(encoder, self.id_names), None),
+            # a negative-label scorer's own ID prompts, as score --zero-shot uses them (NegLabel's, CSP's ensemble)
+            **{f"zero-shot:{pool}": (zero_shot_features(backbone, self.id_names, pool), None)
+               for pool in ("neglabel", "csp")},
             "coop": text_features_for(encoder, load_prompts(work / "pos.safetensors"), self.id_names)}
         for variant in VARIANTS:
             out = work / f"neg-{variant}.safetensors"
@@ -186,10 +195,11 @@ class Partition:
 
     def evaluate(self, method: Method, setting: dict[str, Any], lexicon: Lexicon | None = None,
                  stream_seed: int | None = None) -> dict[str, float]:
-        pos, neg = self.text[method.positives]
+        positives = method.text_key
+        pos, neg = self.text[positives]
         scorer = get_host().scorer(method.scorer)
         temperature = setting.get("temperature", 1.0)
-        mined = self.mined(method.positives, method.mined, setting["fraction"], lexicon) if method.mined else None
+        mined = self.mined(positives, method.mined, setting["fraction"], lexicon) if method.mined else None
         options = {"groups": setting["groups"], "seed": 0} if method.mined else None
         scale = self.backbone.logit_scale
 
@@ -330,8 +340,8 @@ def adaptive_sensitivity(parts: dict[str, list[Partition]], method: Method, sett
     for label, fraction in (("1:1", 1.0), ("4:1", 0.25), ("20:1", 0.05)):
         rows = []
         for p in setup_parts:
-            pos, neg = p.text[method.positives]
-            mined = p.mined(method.positives, method.mined, setting["fraction"])
+            pos, neg = p.text[method.text_key]
+            mined = p.mined(method.text_key, method.mined, setting["fraction"])
             id_s, ood_s = p.stream(pos, neg, mined, get_host().scorer(method.scorer), setting["temperature"],
                                    {"groups": setting["groups"], "seed": 0}, "near_lexicon", p.seed, fraction)
             m = ood_metrics(id_s.numpy(), ood_s.numpy())
@@ -342,8 +352,8 @@ def adaptive_sensitivity(parts: dict[str, list[Partition]], method: Method, sett
     # in the 1:1 stream, and how the ID scores rank against that stream's OOD scores
     all_id = []
     for p in setup_parts:
-        pos, neg = p.text[method.positives]
-        mined = p.mined(method.positives, method.mined, setting["fraction"])
+        pos, neg = p.text[method.text_key]
+        mined = p.mined(method.text_key, method.mined, setting["fraction"])
         scorer, options = get_host().scorer(method.scorer), {"groups": setting["groups"], "seed": 0}
         id_mixed, ood_mixed = p.stream(pos, neg, mined, scorer, setting["temperature"], options, "near_lexicon",
                                        p.seed, 1.0)
@@ -379,6 +389,11 @@ def test_table(table: dict[str, dict[str, list[float]]], default: str) -> list[s
 
 
 def write_docs(payload: dict[str, Any], docs: Path) -> None:
+    (docs / "quality.md").write_text(render_docs(payload))
+
+
+def render_docs(payload: dict[str, Any]) -> str:
+    """docs/quality.md from the results file alone (tests/test_docs_numbers.py re-renders and compares)."""
     default, test = payload["default"], payload["test"]
     sens = payload["adaptive_sensitivity"]
     text = [
@@ -464,7 +479,7 @@ def write_docs(payload: dict[str, Any], docs: Path) -> None:
     text += ["", f"All-ID stream (no OOD at all): {fmt(a['id_kept_at_mixed_threshold'])} % of ID images stay above "
              "the threshold that kept 95 % of ID in the 1:1 stream; against the 1:1 stream's OOD scores these ID "
              f"scores give AUROC {fmt(a['auroc_vs_mixed_ood'])} %, FPR95 {fmt(a['fpr95_vs_mixed_ood'])} %.", ""]
-    (docs / "quality.md").write_text("\n".join(text))
+    return "\n".join(text)
 
 
 def main() -> None:

@@ -542,7 +542,8 @@ def score_command(
                                            "order images are given (each folder sorted), sharpens the negatives. "
                                            "Scorers neglabel, csp, "
                                            "negprompt+neglabel, negprompt+csp, negprompt-sum.")] = False,
-    adaptive_slots: Annotated[int, typer.Option("--adaptive-slots", help="Images remembered per label.")] = 10,
+    adaptive_slots: Annotated[int, typer.Option("--adaptive-slots", help="Images remembered per label (AdaNeg's released "
+                                                          "ImageNet script holds 9: --adaptive-slots 9).")] = 10,
     adaptive_weight: Annotated[float, typer.Option("--adaptive-weight", help="λ in adaptive + λ·static "
                                                    "score.")] = 0.1,
     trust_backbone: TrustBackboneOpt = False,
@@ -606,8 +607,10 @@ def score_command(
                 + ("--threshold)" if summary["adaptive"] else "--calibrate ID_IMAGES or --threshold)"))
     labels = summary["negative_labels"]
     mined = (f"; {labels['labels']} negative labels mined from {labels['candidates']} candidates"
-             + (f" ({labels['dropped_id_names']} lexicon entries equal to ID class names left out)"
-                if labels["dropped_id_names"] else "") if labels else "")
+             + (f" ({labels['dropped_id_names']} lexicon entries equal to ID class names never kept)"
+                if labels["dropped_id_names"] else "")
+             + (f" ({labels['near_duplicates']} closer than cosine 0.95 to an ID class never kept)"
+                if labels.get("near_duplicates") else "") if labels else "")
     memory_note = ""
     if summary["adaptive"]:
         record = summary["adaptive"]

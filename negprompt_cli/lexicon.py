@@ -36,6 +36,18 @@ class Lexicon:
     adjectives: tuple[str, ...]
     source: str  # where it was read from ("default" for the shipped WordNet lists)
     mining: dict = field(default_factory=lambda: dict(PAPER_MINING))  # its defaults: fraction, groups, percentile
+    # (file name, "noun" | "adjective", its words) before de-duplication: a pool may leave files out
+    files: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+
+    def without_files(self, names: tuple[str, ...]) -> Lexicon:
+        """The lexicon as if ``names`` were not in its folder (CSP's release leaves four WordNet files out);
+        a word also in a kept file stays. Itself when it has none of them."""
+        if not any(name in names for name, _, _ in self.files):
+            return self
+        kept = [f for f in self.files if f[0] not in names]
+        nouns, adjectives = _deduplicate([w for _, kind, words in kept if kind == "noun" for w in words],
+                                         [w for _, kind, words in kept if kind == "adjective" for w in words])
+        return Lexicon(tuple(nouns), tuple(adjectives), self.source, self.mining, tuple(kept))
 
     def digest(self) -> str:
         payload = "\n".join(self.nouns) + "\0" + "\n".join(self.adjectives)
@@ -70,22 +82,19 @@ def load_lexicon(path: Path | None = None, backbone_default: str | None = None) 
     root = DEFAULT_LEXICON if path is None else Path(path)
     if not root.exists():
         raise NotFoundError(f"lexicon not found: {root}")
-    nouns: list[str] = []
-    adjectives: list[str] = []
+    files: list[tuple[str, str, tuple[str, ...]]] = []
     if root.is_dir():
         noun_files = sorted(root.glob("noun.*.txt"))
         adj_files = sorted(root.glob("adj.*.txt"))
         if not noun_files and not adj_files:
             noun_files = sorted(root.glob("*.txt"))
-        for file in noun_files:
-            nouns += _read_words(file)
-        for file in adj_files:
-            adjectives += _read_words(file)
+        files += [(file.name, "noun", tuple(_read_words(file))) for file in noun_files]
+        files += [(file.name, "adjective", tuple(_read_words(file))) for file in adj_files]
     else:
-        nouns = _read_words(root)
-    seen: set[str] = set()
-    unique_nouns = [w for w in nouns if not (w.lower() in seen or seen.add(w.lower()))]  # type: ignore[func-returns-value]
-    unique_adjectives = [w for w in adjectives if not (w.lower() in seen or seen.add(w.lower()))]  # type: ignore[func-returns-value]
+        files.append((root.name, "noun", tuple(_read_words(root))))
+    unique_nouns, unique_adjectives = _deduplicate([w for _, kind, words in files if kind == "noun" for w in words],
+                                                   [w for _, kind, words in files if kind == "adjective"
+                                                    for w in words])
     if not unique_nouns and not unique_adjectives:
         raise UsageError(f"lexicon {root} has no words", hint="one word or phrase per line, UTF-8")
     mining = read_manifest(root / MANIFEST) if root.is_dir() and (root / MANIFEST).is_file() else dict(PAPER_MINING)
@@ -94,7 +103,15 @@ def load_lexicon(path: Path | None = None, backbone_default: str | None = None) 
         raise UsageError(f"lexicon {root} has {len(unique_nouns) + len(unique_adjectives):,} entries, more than "
                          f"{limit:,} (each is one text-tower pass; WordNet has about 70,000)",
                          hint=f"give a smaller --lexicon, or raise the limit with {MAX_LEXICON_ENV}=N")
-    return Lexicon(tuple(unique_nouns), tuple(unique_adjectives), source, mining)
+    return Lexicon(tuple(unique_nouns), tuple(unique_adjectives), source, mining, tuple(files))
+
+
+def _deduplicate(nouns: list[str], adjectives: list[str]) -> tuple[list[str], list[str]]:
+    """Each word once (case-insensitive), the first time it appears; a word that is both counts as a noun."""
+    seen: set[str] = set()
+    unique_nouns = [w for w in nouns if not (w.lower() in seen or seen.add(w.lower()))]  # type: ignore[func-returns-value]
+    unique_adjectives = [w for w in adjectives if not (w.lower() in seen or seen.add(w.lower()))]  # type: ignore[func-returns-value]
+    return unique_nouns, unique_adjectives
 
 
 def read_manifest(path: Path) -> dict:

@@ -1,21 +1,25 @@
-"""Training-free negative labels mined from a lexicon: NegLabel (ICLR 2024) and CSP (NeurIPS 2024).
+"""Training-free negative labels mined from a lexicon: NegLabel (ICLR 2024) and CSP (NeurIPS 2024), each
+built as its authors' released code builds it (docs/method.md has the setting-by-setting table).
 
-Candidate pools (one text prompt per candidate, through the model's own ``encode_text``):
+Candidate pools (``POOLS``; every candidate's feature is the normalised mean of its templates' raw
+``encode_text`` outputs):
 
-- ``neglabel``: every lexicon noun as "the nice {noun}" (NegLabel's prompt 85, also its positive
-  template) and every adjective as "This is a {adj} photo" (NegLabel's adjective template);
-- ``csp``: the same nouns, and instead of bare adjectives the *conjugated semantic pool*: each
-  adjective joined to one of CSP's 14 superclass words ("environment", "space", "object", ...),
-  chosen per adjective with a seeded generator, as "a nice photo of {adj} {superclass}".
+- ``neglabel`` (XueJiang16/NegLabel): every lexicon noun as "the nice {noun}" (prompt 85, also its
+  ID prompt) and every adjective as "This is a {adj} photo";
+- ``csp`` (MengyuanChen21/NeurIPS2024-CSP, ``clip-ViT-B16.py``): the lexicon without noun.person,
+  noun.quantity, noun.group and adj.pert; each noun under 8 templates ("a close-up photo of the
+  nice {}.", ..., "the nice {}"), the same 8 for the zero-shot ID names; each adjective joined to
+  one of 14 superclass words ("{} environment", "{} space", ...) by a seeded ``random.choice``,
+  the phrase under 4 templates; a candidate closer than cosine 0.95 to any ID class is never kept.
 
 Mining (NegLabel's NegMining): every candidate's cosine similarity to each ID class feature; its
 closeness to the ID set is the ``percentile`` (default 0.95) of those similarities; within the
-noun part and the adjective part separately, keep the ``fraction`` (default 0.15, about 10k of the
-WordNet lists) that is farthest from the ID set. ID names themselves never become candidates
-(case-insensitive; how many were dropped is recorded). docs/method.md compares every setting with
-the papers.
+noun part and the adjective part separately, keep the ``fraction`` (default 0.15) that is farthest
+from the ID set. Lexicon entries equal to an ID class name (case-insensitive) count in the pool, as in
+the releases, but are never kept (how many is recorded): the releases rely on the zero-shot ID prompt
+making them exact duplicates; with learned ID prompts they are not, and could be mined.
 
-The candidate features (the expensive part: ~70k prompts through the text tower) are cached per
+The candidate features (the expensive part: ~70k candidates, CSP's ~420k prompts) are cached per
 (backbone, pool, lexicon) under ``<cache>/text-features/``; mining against a class list reruns
 in about a second.
 """
@@ -25,12 +29,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -40,14 +44,46 @@ from .backbone import Backbone
 from .errors import NegPromptNotice, UsageError
 from .lexicon import Lexicon, load_lexicon
 from .text_encoder import SoftPromptTextEncoder
-from .text_features import encode_texts
+from .text_features import template_features
 
-POOLS = ("neglabel", "csp")
-NOUN_TEMPLATE = "the nice {}"
-ADJECTIVE_TEMPLATE = "This is a {} photo"
-CSP_TEMPLATE = "a nice photo of {}"
-CSP_SUPERCLASSES = ("environment", "space", "object", "scene", "place", "item", "area", "view", "thing", "pattern",
-                    "structure", "landscape", "vista", "creature")
+CSP_NOUN_TEMPLATES = ("a close-up photo of the nice {}.", "a photo with the nice {}.", "a good photo with the nice {}.",
+                      "a photo of the nice {}.", "{}", "the {}", "the good {}", "the nice {}")
+CSP_PHRASES = ("{} environment", "{} space", "{} object", "{} scene", "{} place", "{} item", "{} area", "{} view",
+               "{} thing", "{} pattern", "{} structure", "{} landscape", "{} vista", "{} creature")
+CSP_ADJECTIVE_TEMPLATES = ("{}", "a nice photo of {}", "a good photo of {}", "a close-up photo of {}")
+
+
+@dataclass(frozen=True)
+class Pool:
+    """How one method's released code turns a lexicon into candidates, and which ID prompts it scores with."""
+
+    name: str
+    noun_templates: tuple[str, ...]
+    adjective_templates: tuple[str, ...]
+    id_templates: tuple[str, ...]  # the zero-shot ID class prompts (averaged as the candidates' are)
+    phrases: tuple[str, ...] = ()  # each adjective becomes one of these, by a seeded random.choice (CSP)
+    excluded_files: tuple[str, ...] = ()  # lexicon files the release leaves out (when the lexicon has them)
+    near_duplicate: float | None = None  # never keep a candidate with a cosine above this to an ID class
+
+    def digest(self) -> str:
+        """Changes whenever the pool would give other candidates: a threshold follows it."""
+        return hashlib.sha256(json.dumps([self.noun_templates, self.adjective_templates, self.id_templates,
+                                          self.phrases, self.excluded_files, self.near_duplicate]).encode()
+                              ).hexdigest()[:12]
+
+
+POOLS = {
+    "neglabel": Pool("neglabel", ("the nice {}",), ("This is a {} photo",), ("the nice {}",)),
+    "csp": Pool("csp", CSP_NOUN_TEMPLATES, CSP_ADJECTIVE_TEMPLATES, CSP_NOUN_TEMPLATES, phrases=CSP_PHRASES,
+                excluded_files=("noun.person.txt", "noun.quantity.txt", "noun.group.txt", "adj.pert.txt"),
+                near_duplicate=0.95),
+}
+
+
+def zero_shot_templates(scorer: Any) -> tuple[str, ...] | None:
+    """The ID class prompts a negative-label scorer's paper scores with (None: the scorer has no pool)."""
+    pool = getattr(scorer, "pool", None)
+    return POOLS[pool].id_templates if pool in POOLS else None
 
 
 @dataclass(frozen=True)
@@ -73,33 +109,39 @@ class MiningOptions:
 
 @dataclass(frozen=True)
 class Candidates:
-    prompts: list[str]  # what is encoded
-    words: list[str]  # the lexicon entry (or "adj superclass" phrase) each prompt names
+    words: list[str]  # the lexicon entry (or CSP's "adj superclass" phrase) each candidate names
     kinds: list[str]  # "noun" or "adjective"
-    dropped_id_names: int  # lexicon entries equal to an ID class name, never candidates
+    pool: Pool
+    id_name: list[bool]  # the entry is an ID class name: counted in the pool (as the releases do), never kept
+    excluded: int  # entries only in the pool's excluded lexicon files
+
+    @property
+    def dropped_id_names(self) -> int:
+        return sum(self.id_name)
+
+    def templates(self, kind: str) -> tuple[str, ...]:
+        return self.pool.noun_templates if kind == "noun" else self.pool.adjective_templates
+
+    @property
+    def prompts(self) -> list[str]:
+        """Each candidate in its first template (how it reads; its feature averages all of them)."""
+        return [self.templates(k)[0].format(w) for w, k in zip(self.words, self.kinds, strict=True)]
 
 
 def candidates(lexicon: Lexicon, id_names: list[str], pool: str, seed: int = 0) -> Candidates:
+    spec = POOLS[pool]
+    kept = lexicon.without_files(spec.excluded_files)
     banned = {" ".join(n.replace("_", " ").split()).lower() for n in id_names}
-    nouns = [w for w in lexicon.nouns if w.lower() not in banned]
-    adjectives = [w for w in lexicon.adjectives if w.lower() not in banned]
-    dropped = len(lexicon) - len(nouns) - len(adjectives)
-    prompts = [NOUN_TEMPLATE.format(w) for w in nouns]
-    words, kinds = list(nouns), ["noun"] * len(nouns)
-    if pool == "csp":
-        rng = np.random.default_rng(seed)
-        choice = rng.integers(0, len(CSP_SUPERCLASSES), size=len(adjectives))
-        phrases = [f"{adj} {CSP_SUPERCLASSES[int(k)]}" for adj, k in zip(adjectives, choice, strict=True)]
-        prompts += [CSP_TEMPLATE.format(p) for p in phrases]
-        words += phrases
-    else:
-        prompts += [ADJECTIVE_TEMPLATE.format(w) for w in adjectives]
-        words += adjectives
-    kinds += ["adjective"] * len(adjectives)
-    if not prompts:
+    nouns, adjectives = list(kept.nouns), list(kept.adjectives)
+    id_name = [w.lower() in banned for w in nouns + adjectives]
+    if spec.phrases:  # CSP: Python's random.choice per adjective, in lexicon order, as the release draws it
+        draw = random.Random(seed)
+        adjectives = [draw.choice(spec.phrases).format(adj) for adj in adjectives]
+    if all(id_name):
         raise UsageError(f"every word of the lexicon ({lexicon.source}) is an ID class name: nothing to mine",
                          hint="use a larger lexicon (--lexicon)")
-    return Candidates(prompts, words, kinds, dropped)
+    return Candidates(nouns + adjectives, ["noun"] * len(nouns) + ["adjective"] * len(adjectives), spec, id_name,
+                      len(lexicon) - len(kept))
 
 
 def text_fingerprint(backbone: Backbone) -> str:
@@ -111,29 +153,30 @@ def text_fingerprint(backbone: Backbone) -> str:
     return h.hexdigest()[:16]
 
 
-def encode_prompts(backbone: Backbone, prompts: list[str], *, quiet: bool = False,
-                   description: str = "Encoding lexicon") -> torch.Tensor:
-    return encode_texts(SoftPromptTextEncoder(backbone), prompts, quiet=quiet, description=description)
-
-
 def candidate_features(backbone: Backbone, found: Candidates, cache_dir: Path | None,
                        quiet: bool = False) -> torch.Tensor:
     """The candidates' features, from ``<cache>/text-features/`` when this backbone encoded them before."""
-    key = hashlib.sha256(json.dumps({**backbone.identity(), "text": text_fingerprint(backbone),
-                                     "prompts": hashlib.sha256("\n".join(found.prompts).encode()).hexdigest()},
+    payload = {kind: [found.templates(kind), [w for w, k in zip(found.words, found.kinds, strict=True) if k == kind]]
+               for kind in ("noun", "adjective")}
+    key = hashlib.sha256(json.dumps({**backbone.identity(), "text": text_fingerprint(backbone), "ensemble": 1,
+                                     "prompts": hashlib.sha256(json.dumps(payload).encode()).hexdigest()},
                                     sort_keys=True).encode()).hexdigest()[:24]
     path = Path(cache_dir) / "text-features" / f"{key}.safetensors" if cache_dir is not None else None
     if path is not None and path.exists():
         try:
             with safe_open(str(path), framework="pt") as handle:
                 features = handle.get_tensor("features")
-            if features.shape[0] == len(found.prompts):
+            if features.shape[0] == len(found.words):
                 return features
         except Exception:  # a damaged cache file is encoded again
             pass
-    warnings.warn(f"encoding {len(found.prompts):,} lexicon prompts with the text tower (once per backbone and "
-                  "lexicon; kept in the feature cache)", NegPromptNotice, stacklevel=3)
-    features = encode_prompts(backbone, found.prompts, quiet=quiet)
+    prompts = sum(len(words) * len(templates) for templates, words in payload.values())
+    warnings.warn(f"encoding {len(found.words):,} lexicon candidates ({prompts:,} prompts) with the text tower "
+                  "(once per backbone and lexicon; kept in the feature cache)", NegPromptNotice, stacklevel=3)
+    encoder = SoftPromptTextEncoder(backbone)
+    features = torch.cat([template_features(encoder, words, templates, quiet=quiet,
+                                            description=f"Encoding lexicon {kind}s")
+                          for kind, (templates, words) in payload.items() if words])
     if path is not None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
@@ -157,10 +200,15 @@ class NegativeLabels:
     dropped_id_names: int
     options: MiningOptions
     lexicon: str = ""  # the lexicon's digest: the labels depend on it
+    excluded: int = 0  # lexicon entries only in the pool's excluded files
+    near_duplicates: int = 0  # candidates above the pool's near-duplicate cosine, never kept
 
     def record(self) -> dict[str, Any]:
-        return {"pool": self.options.pool, "labels": len(self.words), "candidates": self.candidates,
-                "dropped_id_names": self.dropped_id_names, "percentile": self.options.percentile,
+        pool = POOLS[self.options.pool]
+        return {"pool": self.options.pool, "pool_digest": pool.digest(), "labels": len(self.words),
+                "candidates": self.candidates, "dropped_id_names": self.dropped_id_names,
+                "excluded_files": list(pool.excluded_files), "excluded_entries": self.excluded,
+                "near_duplicates": self.near_duplicates, "percentile": self.options.percentile,
                 "fraction": self.options.fraction if self.options.count is None else None,
                 "count": self.options.count, "seed": self.options.seed, "lexicon": self.lexicon}
 
@@ -204,33 +252,41 @@ def settings_fingerprint(labels: NegativeLabels | None, scorer_options: dict[str
     if labels is None:
         return None
     record = labels.record()
-    return {k: record[k] for k in ("pool", "lexicon", "percentile", "fraction", "count", "seed")} | {
+    return {k: record[k] for k in ("pool", "pool_digest", "lexicon", "percentile", "fraction", "count", "seed")} | {
         "groups": (scorer_options or {}).get("groups")}
 
 
 def closeness(candidate_feats: torch.Tensor, id_features: torch.Tensor, percentile: float,
-              batch: int = 4096) -> torch.Tensor:
-    """Each candidate's ``percentile`` similarity to the ID classes (higher = closer to the ID set)."""
+              batch: int = 4096, near_duplicate: float | None = None) -> torch.Tensor:
+    """Each candidate's ``percentile`` similarity to the ID classes (higher = closer to the ID set); with
+    ``near_duplicate``, a candidate whose largest similarity exceeds it gets 1.0, the closest there is (CSP's
+    release: ``sim[maximum > 0.95] = 1.0``), so it is never kept."""
     id_features = id_features.float()
     out = []
     for start in range(0, len(candidate_feats), batch):
         sims = candidate_feats[start:start + batch].float() @ id_features.t()
-        out.append(torch.quantile(sims, q=percentile, dim=1))
+        close = torch.quantile(sims, q=percentile, dim=1)
+        if near_duplicate is not None:
+            close[sims.max(dim=1).values > near_duplicate] = 1.0
+        out.append(close)
     return torch.cat(out)
 
 
 def select(kinds: list[str], close: torch.Tensor, options: MiningOptions) -> list[int]:
-    """Indices kept: per kind, the least close ones (stable order for ties), nouns first."""
+    """Indices kept: per kind, the least close ones (stable order for ties), nouns first. The fraction is of
+    every candidate of the kind, as in the released code; a candidate that is never kept (closeness +inf: an
+    ID class name) counts there but is not taken."""
     parts = {kind: [i for i, k in enumerate(kinds) if k == kind] for kind in ("noun", "adjective")}
-    total = len(kinds)
+    keepable = {kind: [i for i in members if not torch.isinf(close[i])] for kind, members in parts.items()}
+    total = sum(len(m) for m in keepable.values())
     if options.count is not None and options.count > total:
         raise UsageError(f"{options.count} negative labels requested, but the lexicon has only {total} candidates "
                          "(after removing ID names)", hint=f"ask for at most {total}, or use a larger --lexicon")
     kept: list[int] = []
     noun_share = 0
-    for kind, members in parts.items():
+    for kind, members in keepable.items():
         if options.count is None:
-            take = int(len(members) * options.fraction)
+            take = int(len(parts[kind]) * options.fraction)
         elif kind == "noun":
             take = noun_share = round(options.count * len(members) / total)
         else:
@@ -246,11 +302,16 @@ def mine(backbone: Backbone, lexicon: Lexicon, id_names: list[str], id_features:
     options = resolve_mining(options, lexicon)
     found = candidates(lexicon, id_names, options.pool, options.seed)
     feats = candidate_features(backbone, found, cache_dir, quiet)
-    kept = select(found.kinds, closeness(feats, id_features, options.percentile), options)
+    near = found.pool.near_duplicate
+    close = closeness(feats, id_features, options.percentile, near_duplicate=near)
+    near_count = 0 if near is None else int((close == 1.0).sum())
+    close[torch.tensor(found.id_name, dtype=torch.bool)] = float("inf")
+    kept = select(found.kinds, close, options)
     if not kept:
-        raise UsageError(f"mining kept no negative labels ({len(found.prompts)} candidates x fraction "
+        raise UsageError(f"mining kept no negative labels ({len(found.words)} candidates x fraction "
                          f"{options.fraction})", hint="raise the fraction or give a count")
     index = torch.tensor(kept)
-    return NegativeLabels([found.words[i] for i in kept], [found.prompts[i] for i in kept],
-                          [found.kinds[i] for i in kept], feats[index], len(found.prompts),
-                          found.dropped_id_names, options, lexicon.digest())
+    prompts = found.prompts
+    return NegativeLabels([found.words[i] for i in kept], [prompts[i] for i in kept],
+                          [found.kinds[i] for i in kept], feats[index], len(found.words),
+                          found.dropped_id_names, options, lexicon.digest(), found.excluded, near_count)

@@ -18,12 +18,12 @@ from .artifact import PromptArtifact, check_fits_backbone, load_prompts
 from .backbone import Backbone, BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from .errors import IncompatibleArtifactError, UsageError
 from .feature_cache import default_cache_dir
-from .negative_labels import LabelRequest, NegativeLabels, prepare, settings_fingerprint
+from .negative_labels import LabelRequest, NegativeLabels, prepare, settings_fingerprint, zero_shot_templates
 from .ood_scores import Scores
 from .presets import default_scorer
 from .registry import get_host
 from .text_encoder import SoftPromptTextEncoder
-from .text_features import hand_template_features, text_features_for
+from .text_features import hand_template_features, template_features, text_features_for
 from .thresholds import applicable, calibrated_scorer, scoring_temperature
 
 
@@ -86,6 +86,15 @@ class ScoringSetup:
                           temperature=self.temperature, settings=self.settings)
 
 
+def zero_shot_features(backbone: Backbone, names: list[str], scorer: str) -> torch.Tensor:
+    """The ID class features a zero-shot scorer's paper used: a negative-label scorer's own prompts (NegLabel's
+    "the nice {}", CSP's 8-template ensemble), else MCM's hand template "a photo of a {}."."""
+    encoder = SoftPromptTextEncoder(backbone)
+    templates = zero_shot_templates(get_host().scorer(scorer))
+    return hand_template_features(encoder, names) if templates is None else template_features(encoder, names,
+                                                                                              templates)
+
+
 def setup_scoring(request: ScoringRequest) -> ScoringSetup:
     """Load and check everything but the mined labels (:func:`mine_labels`), before any image is encoded."""
     names = list(request.names) if request.names is not None else None
@@ -93,7 +102,8 @@ def setup_scoring(request: ScoringRequest) -> ScoringSetup:
     if request.zero_shot:
         assert names is not None
         backbone = load_backbone(request.backbone or BackboneRequest())
-        text_pos, text_neg = hand_template_features(SoftPromptTextEncoder(backbone), names), None
+        scorer_named = request.scorer or default_scorer(False, zero_shot=True)
+        text_pos, text_neg = zero_shot_features(backbone, names, scorer_named), None
         prompts_id = f"zero-shot:{backbone.name}:{backbone.pretrained}"
         stored, extra, artifact_names, tau_scorer = None, {}, names, None
     else:

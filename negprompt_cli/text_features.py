@@ -69,3 +69,42 @@ def encode_texts(encoder: SoftPromptTextEncoder, texts: list[str], *, batch: int
     if not parts:
         return torch.empty(0, 0)
     return torch.cat(parts)[torch.argsort(order)]
+
+
+def template_features(encoder: SoftPromptTextEncoder, words: list[str], templates: tuple[str, ...], *,
+                      batch: int = 1024, quiet: bool = True, description: str = "Encoding text") -> torch.Tensor:
+    """Unit CPU features of ``words`` under a template ensemble, as CLIP-OOD code builds them (CSP, NegLabel):
+    the raw ``encode_text`` outputs of every template are averaged, then normalised once.
+
+    A template with words before the ``{}`` ("a photo of the nice {}.") shares that prefix across all words:
+    its hidden states run once (``encode_shared``, exact under the causal mask), and each word runs only its
+    own tokens; a template that starts with the word ("{}", "{} environment") takes the plain path.
+    """
+    total = None
+    with torch.no_grad(), progress(quiet) as bar:
+        task = bar.add_task(description, total=len(words) * len(templates), status="")
+        for template in templates:
+            raw = _one_template(encoder, words, template, batch)
+            total = raw if total is None else total + raw
+            bar.advance(task, len(words))
+    if total is None or not words:
+        return torch.empty(0, 0)
+    return torch.nn.functional.normalize(total / len(templates), dim=-1)
+
+
+def _one_template(encoder: SoftPromptTextEncoder, words: list[str], template: str, batch: int) -> torch.Tensor:
+    """Raw (unnormalised) float32 CPU features of one template over every word."""
+    from . import shared_prefix  # noqa: PLC0415
+
+    head, _, tail = template.partition("{}")
+    prefix = head.strip()
+    if prefix and head.endswith(" ") and shared_prefix.supported(encoder.model):
+        ctx = encoder.word_embeddings(prefix)
+        prompts = encoder.tokenize(words, int(ctx.shape[0]), tail)
+        device = encoder.model.token_embedding.weight.device
+        return encoder.encode_shared(ctx.to(device), prompts, normalize=False, chunk_size=batch)[0].float().cpu()
+    tokens = encoder.tokenizer([template.format(w) for w in words])
+    order = torch.argsort(encoder.eot_positions(tokens), stable=True)
+    parts = [encoder.encode_tokens(tokens[order[s:s + batch]], normalize=False).float().cpu()
+             for s in range(0, len(words), batch)]
+    return torch.cat(parts)[torch.argsort(order)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from conftest import invoke, make_image_folder
 
 from negprompt_cli.errors import UsageError
 from negprompt_cli.lexicon import Lexicon, load_lexicon
-from negprompt_cli.negative_labels import CSP_SUPERCLASSES, MiningOptions, candidates, closeness, select
+from negprompt_cli.negative_labels import CSP_PHRASES, POOLS, MiningOptions, candidates, closeness, select
 from negprompt_cli.registry import get_host
 
 NAMES = ["red stripes", "green bars", "blue dots"]
@@ -45,20 +46,58 @@ def test_lexicon_files_and_folders(tmp_path):
         load_lexicon(tmp_path / "empty.txt")
 
 
-def test_candidates_leave_out_id_names_and_csp_joins_superclass_words():
+def test_candidates_count_id_names_and_csp_joins_superclass_words_as_released():
     lexicon = Lexicon(("Red Stripes", "zebra", "kite"), ("shiny", "dull"), "test")
     found = candidates(lexicon, NAMES, "neglabel")
-    assert found.dropped_id_names == 1
-    assert found.prompts == ["the nice zebra", "the nice kite", "This is a shiny photo", "This is a dull photo"]
-    assert found.kinds == ["noun", "noun", "adjective", "adjective"]
+    assert found.dropped_id_names == 1 and found.id_name == [True, False, False, False, False]
+    assert found.prompts == ["the nice Red Stripes", "the nice zebra", "the nice kite", "This is a shiny photo",
+                             "This is a dull photo"]
+    assert found.kinds == ["noun", "noun", "noun", "adjective", "adjective"]
     csp = candidates(lexicon, NAMES, "csp", seed=3)
-    phrases = csp.words[2:]
-    assert [p.split()[0] for p in phrases] == ["shiny", "dull"]
-    assert all(p.split()[1] in CSP_SUPERCLASSES for p in phrases)
-    assert csp.prompts[2] == f"a nice photo of {phrases[0]}"
+    draw = random.Random(3)  # the release: random.seed(seed); random.choice(csp_templates) per adjective
+    assert csp.words[3:] == [draw.choice(CSP_PHRASES).format(a) for a in ("shiny", "dull")]
+    assert csp.templates("noun") == POOLS["csp"].id_templates and len(csp.templates("noun")) == 8
+    assert csp.templates("adjective") == ("{}", "a nice photo of {}", "a good photo of {}", "a close-up photo of {}")
     assert candidates(lexicon, NAMES, "csp", seed=3).words == csp.words  # seeded
     with pytest.raises(UsageError, match="every word of the lexicon"):
         candidates(Lexicon(("blue dots",), (), "test"), NAMES, "neglabel")
+
+
+def test_csp_leaves_out_the_four_files_its_release_excludes(tmp_path):
+    folder = tmp_path / "wn"
+    folder.mkdir()
+    (folder / "noun.artifact.txt").write_text("kite\nteapot\n")
+    (folder / "noun.person.txt").write_text("baker\nkite\n")  # kite is also an artifact: it stays
+    (folder / "noun.group.txt").write_text("crowd\n")
+    (folder / "adj.all.txt").write_text("shiny\n")
+    (folder / "adj.pert.txt").write_text("solar\n")
+    lexicon = load_lexicon(folder)
+    assert lexicon.nouns == ("kite", "teapot", "crowd", "baker") and lexicon.adjectives == ("shiny", "solar")
+    csp = candidates(lexicon, [], "csp")
+    assert csp.words[:2] == ["kite", "teapot"] and len(csp.words) == 3 and csp.excluded == 3
+    assert candidates(lexicon, [], "neglabel").words[:4] == ["kite", "teapot", "crowd", "baker"]
+
+
+def test_the_shipped_wordnet_gives_the_releases_pool_sizes_for_imagenet():
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    lexicon = load_lexicon()
+    for pool, pool_size, kept in (("neglabel", 70_000, 10_499), ("csp", 56_620, 8_492)):  # as the papers report
+        found = candidates(lexicon, list(IMAGENET_CLASSNAMES), pool)
+        assert len(found.words) == pool_size
+        close = torch.linspace(0, 1, len(found.words))
+        close[torch.tensor(found.id_name)] = float("inf")  # as mine() does: counted, never kept
+        chosen = select(found.kinds, close, MiningOptions(fraction=0.15))
+        assert len(chosen) == kept and not any(found.id_name[i] for i in chosen)
+
+
+def test_csp_never_keeps_a_near_duplicate_of_an_id_class():
+    id_feats = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), dim=-1)
+    cand = F.normalize(torch.tensor([[1.0, 0.2, 0.0], [0.3, 0.3, 1.0], [1.0, 0.5, 0.0]]), dim=-1)
+    plain = closeness(cand, id_feats, 0.5)
+    marked = closeness(cand, id_feats, 0.5, near_duplicate=0.95)
+    assert float((cand[0] @ id_feats.t()).max()) > 0.95 and marked[0] == 1.0 and plain[0] < 1.0
+    assert torch.equal(marked[1:], plain[1:])
 
 
 def test_mining_keeps_the_candidates_farthest_from_the_id_classes_per_kind():
@@ -129,9 +168,8 @@ def test_score_with_mined_labels_end_to_end(scored, tiny_vit_dir):
     from negprompt_cli.backbone import BackboneRequest, load_backbone
     from negprompt_cli.data import find_images
     from negprompt_cli.image_features import encode_images
-    from negprompt_cli.negative_labels import encode_prompts
     from negprompt_cli.text_encoder import SoftPromptTextEncoder
-    from negprompt_cli.text_features import hand_template_features
+    from negprompt_cli.text_features import encode_texts, hand_template_features
 
     root, common = scored
     result = invoke([*common, "--scorer", "neglabel", "--mine-fraction", "0.5", "--groups", "2", "--out",
@@ -139,20 +177,22 @@ def test_score_with_mined_labels_end_to_end(scored, tiny_vit_dir):
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["temperature"] == 0.01  # NegLabel's τ unless --temperature says otherwise
-    assert summary["negative_labels"]["candidates"] == 8 and summary["negative_labels"]["labels"] == 4
+    # the 2 ID names count in the pool (10 * 0.5 = 5 labels, as the release counts) but are never kept
+    assert summary["negative_labels"]["candidates"] == 10 and summary["negative_labels"]["labels"] == 5
     assert summary["negative_labels"]["dropped_id_names"] == 2
-    assert "(2 lexicon entries equal to ID class names left out)" in result.stderr
+    assert "(2 lexicon entries equal to ID class names never kept)" in result.stderr
     assert len(list((root / "cache" / "text-features").glob("*.safetensors"))) == 1
     rows = list(csv.DictReader((root / "s.csv").open()))
 
     # the same numbers from the pieces, mining by hand
     backbone = load_backbone(BackboneRequest(name=f"local-dir:{tiny_vit_dir}", device="cpu"))
     feats, _, _ = encode_images(backbone, find_images(root / "images"), use_cache=False, quiet=True)
-    id_feats = hand_template_features(SoftPromptTextEncoder(backbone), NAMES)
+    encoder = SoftPromptTextEncoder(backbone)
+    id_feats = hand_template_features(encoder, NAMES, "the nice {}")  # NegLabel's ID prompt, its nouns' too
     words = ["zebra", "kite", "violin", "meadow", "rocket", "teapot", "harbor", "cloud"]
-    cand = encode_prompts(backbone, [f"the nice {w}" for w in words], quiet=True)
+    cand = encode_texts(encoder, [f"the nice {w}" for w in words])
     close = torch.quantile(cand @ id_feats.t(), 0.95, dim=1)
-    mined = cand[torch.argsort(close, stable=True)[:4]]
+    mined = cand[torch.argsort(close, stable=True)[:5]]
     expected = _neglabel_by_hand((feats @ id_feats.t()).double(), (feats @ mined.t()).double(), 0.01, 2, 0)
     ours = torch.tensor([float(r["score"]) for r in rows], dtype=torch.float64)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6)

@@ -136,7 +136,7 @@ def test_mixed_precision_paths_agree(tiny_backbone):
 
 
 @pytest.mark.parametrize("which", ["tiny", "toy", "ViT-B/16"])
-def test_lexicon_prompts_cut_at_their_end_equal_the_models_own_encode_text(which, tiny_vit_dir):
+def test_lexicon_prompts_cut_at_their_end_and_ensembles_equal_the_models_own_encode_text(which, tiny_vit_dir):
     """encode_texts runs each length bucket only up to its longest end-of-text token (exact for the causal text
     tower): the features must equal CLIP.encode_text at the full context, here on the tiny test CLIP, the
     shipped toy CLIP and a randomly initialised ViT-B/16 text tower."""
@@ -157,3 +157,15 @@ def test_lexicon_prompts_cut_at_their_end_equal_the_models_own_encode_text(which
         reference = backbone.model.encode_text(backbone.tokenizer(texts), normalize=True).float()
     assert ours.shape == reference.shape
     assert (ours - reference).abs().max() < 1e-5
+
+    # template ensembles (CSP's 8 noun templates, NegLabel's adjective one): prefixes shared, raw outputs averaged
+    from negprompt_cli.negative_labels import CSP_NOUN_TEMPLATES
+    from negprompt_cli.text_features import template_features
+
+    for templates in (CSP_NOUN_TEMPLATES, ("This is a {} photo",)):
+        ours = template_features(SoftPromptTextEncoder(backbone), words, templates, batch=3)
+        with torch.no_grad():
+            raw = torch.stack([backbone.model.encode_text(backbone.tokenizer([t.format(w) for w in words])).float()
+                               for t in templates])
+        reference = torch.nn.functional.normalize(raw.mean(dim=0), dim=-1)
+        assert (ours - reference).abs().max() < 1e-5
