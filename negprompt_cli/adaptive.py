@@ -15,7 +15,7 @@ memory of up to ``slots`` test image features. Per batch, in stream order:
 
 The memory is written before the batch is scored, so a batch's confident images already help it, as in
 the released code. Everything is deterministic for a given image order and batch size. Any scorer whose
-score is an ID probability in [0, 1] can run adaptively (``probability_score``): neglabel, csp, the
+score is an ID probability in [0, 1] can run adaptively (registered with ``probability=True``): neglabel, csp, the
 hybrids and negprompt-sum; for the hybrids the learned negative prompts get memory slots like the
 mined labels. The memory starts empty for every ``score`` run.
 """

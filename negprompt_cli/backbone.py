@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -26,6 +26,14 @@ from .registry import get_host
 
 if TYPE_CHECKING:
     from .artifact import PromptArtifact
+
+
+class BackboneFactory(Protocol):
+    """What a plugin registers with ``register_backbones`` (or returns from ``resolve_backbone``). The core calls
+    it with these four keywords only; ``quick_gelu`` None means "whatever the weights were trained with"."""
+
+    def __call__(self, *, pretrained: str | None, device: torch.device, cache_dir: str | None,
+                 quick_gelu: bool | None) -> Backbone: ...
 
 
 @dataclass

@@ -200,6 +200,9 @@ def root(
 
 
 # Shared option types ---------------------------------------------------------------------
+LearnerOptionOpt = Annotated[list[str] | None, typer.Option(
+    "--learner-option", metavar="KEY=VALUE", help="One of the learner's own options (repeatable), checked against "
+    "its Options: e.g. --learner-option n_neg=4. `negprompt plugins` names each learner; a misspelt key is exit 2.")]
 BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="ViT-B/16 (default), ViT-B/32, RN50, RN101, "
                                           "toy (the offline world's CLIP, ships with negprompt), any open_clip "
                                           "model, hf-hub:org/repo or local-dir:PATH.")]
@@ -255,6 +258,7 @@ def fit_pos_command(
     suffix: Annotated[str | None, typer.Option("--suffix", help="Text after the class name (CoOp: '.', the "
                                                "default; released NegPrompt code: '').")] = None,
     text_chunk: TextChunkOpt = None,
+    learner_option: LearnerOptionOpt = None,
     *,
     optim: dict[str, Any],
     data_opts: dict[str, Any],
@@ -263,7 +267,7 @@ def fit_pos_command(
 ) -> None:
     """Learn CoOp positive prompts (the first NegPrompt stage)."""
     check_paths(("--data", data), ("--classes", data_opts["classes"]))
-    from .learners import PromptSettings
+    from .learners import PromptSettings, parse_option_pairs
     from .stages.fit_pos import FitPosOptions, fit_pos
 
     options = FitPosOptions(
@@ -273,6 +277,7 @@ def fit_pos_command(
         prompt=override(PromptSettings(), n_ctx=n_ctx, ctx_init=ctx_init, csc=csc, suffix=suffix),
         optim=optim_config(POSITIVE_OPTIM, optim, runtime),
         learner=learner,
+        learner_options=parse_option_pairs(learner_option or []),
         text_chunk=text_chunk,
         quiet=run["quiet"] or run["json_out"],
         resume=run["resume"],
@@ -366,6 +371,7 @@ def fit_neg_command(
     init_noise: Annotated[float | None, typer.Option("--init-noise", help="Uniform symmetry-breaking noise added "
                                                      "to the positive context to start each negative (fp32; "
                                                      "default 1e-3).")] = None,
+    learner_option: LearnerOptionOpt = None,
     train_classes: Annotated[Path | None, typer.Option("--train-classes", help="Train the negatives on these "
                                                        "classes only (names or folders, one per line).")] = None,
     train_fraction: Annotated[float | None, typer.Option("--train-fraction", help="Train the negatives on this "
@@ -402,7 +408,8 @@ def fit_neg_command(
                 ("--train-classes", train_classes))
     from .backbone import RuntimeOptions
     from .distributed import launched_by_torchrun, process_group
-    from .learners import PromptSettings
+    from .errors import UsageError
+    from .learners import PromptSettings, parse_option_pairs
     from .memory import AUTO, parse_text_chunk
     from .pipeline import fit_pos_then_neg, pos_stage_options
     from .stages.fit_neg import FitNegOptions, fit_neg
@@ -413,11 +420,16 @@ def fit_neg_command(
     if backbone is not None or pretrained is not None or pos is None:
         request = backbone_request(backbone or DEFAULT_BACKBONE, pretrained, runtime)
     given = {"n_neg": n_neg, "neg_csc": neg_csc or None, "loss_variant": loss_variant, "beta": beta, "gamma": gamma,
-             "init_noise": init_noise}  # the negprompt learner's options; only those given reach the learner
+             "init_noise": init_noise}  # the negprompt learner's own flags: shortcuts for --learner-option
+    pairs = parse_option_pairs(learner_option or [])
+    both = sorted(k for k in pairs if given.get(k) is not None)
+    if both:
+        raise UsageError(f"--{both[0].replace('_', '-')} and --learner-option {both[0]}=... are both given",
+                         hint="give one of them")
     options = override(
         FitNegOptions(data=training_data(data, data_opts), out=out, optim=optim_settings),
         pos=_prompts_path(pos, runtime["offline"]) if pos else None, backbone=request, learner=learner,
-        learner_options={k: v for k, v in given.items() if v is not None},
+        learner_options={**{k: v for k, v in given.items() if v is not None}, **pairs},
         train_classes=train_classes, train_fraction=train_fraction, train_subset=train_subset,
         temperature=temperature, text_chunk=chunk, quiet=run["quiet"] or run["json_out"], resume=run["resume"],
         grad_checkpoint=run["grad_checkpoint"],
@@ -434,8 +446,6 @@ def fit_neg_command(
             return
     else:
         if distributed or (distributed is None and launched_by_torchrun() and os.environ.get("WORLD_SIZE") != "1"):
-            from .errors import UsageError
-
             raise UsageError("fit-neg under torchrun needs --pos (the positive stage runs in one process)",
                              hint="run fit-pos first, then torchrun ... fit-neg --pos POS.safetensors")
         assert request is not None
@@ -542,8 +552,8 @@ def score_command(
                                            "order images are given (each folder sorted), sharpens the negatives. "
                                            "Scorers neglabel, csp, "
                                            "negprompt+neglabel, negprompt+csp, negprompt-sum.")] = False,
-    adaptive_slots: Annotated[int, typer.Option("--adaptive-slots", help="Images remembered per label (AdaNeg's released "
-                                                          "ImageNet script holds 9: --adaptive-slots 9).")] = 10,
+    adaptive_slots: Annotated[int, typer.Option("--adaptive-slots", help="Images remembered per label (AdaNeg's "
+                                                "released ImageNet script holds 9: --adaptive-slots 9).")] = 10,
     adaptive_weight: Annotated[float, typer.Option("--adaptive-weight", help="λ in adaptive + λ·static "
                                                    "score.")] = 0.1,
     trust_backbone: TrustBackboneOpt = False,

@@ -17,15 +17,16 @@ hookimpl = pluggy.HookimplMarker("negprompt")
 def register_backbones(register):  # type: ignore[no-untyped-def]
     """Register CLIP backbones.
 
-    ``register(name, factory, *, aliases=(), description="", replace=False)`` where
-    ``factory(pretrained: str | None, device: torch.device, cache_dir: str | None) -> Backbone``, where
-    ``cache_dir`` is where downloaded weights go (the user's ``--weights-cache``).
+    ``register(name, factory, *, aliases=(), description="", replace=False)`` where ``factory`` is a
+    ``negprompt_cli.backbone.BackboneFactory``: called with the keywords ``pretrained`` (str | None),
+    ``device`` (torch.device), ``cache_dir`` (where downloaded weights go: the user's ``--weights-cache``)
+    and ``quick_gelu`` (bool | None: None for what the weights were trained with); returns a ``Backbone``.
     """
 
 
 @hookspec(firstresult=True)
 def resolve_backbone(name):  # type: ignore[no-untyped-def]
-    """Return a factory for a backbone name nobody registered explicitly, or None.
+    """Return a ``BackboneFactory`` for a backbone name nobody registered explicitly, or None.
 
     Lets a plugin accept open-ended names (any open_clip architecture, ``hf-hub:org/repo``,
     ``local-dir:/path``) without enumerating them. The first non-None answer wins.
@@ -34,12 +35,21 @@ def resolve_backbone(name):  # type: ignore[no-untyped-def]
 
 @hookspec
 def register_prompt_learners(register):  # type: ignore[no-untyped-def]
-    """Register prompt learners: ``register(name, learner, *, description="", replace=False)``."""
+    """Register prompt learners: ``register(name, learner, *, description="", replace=False)``.
+
+    ``learner`` is a ``negprompt_cli.learners.LearnerBuilder``: ``kind`` ("positive" or "negative"), ``Options``
+    (a dataclass of its own settings, set from the command line with ``--learner-option KEY=VALUE``, or None)
+    and a call that builds the ``PromptModule``.
+    """
 
 
 @hookspec
 def register_scorers(register):  # type: ignore[no-untyped-def]
-    """Register OOD scorers: ``register(name, scorer, *, description="", replace=False)``.
+    """Register OOD scorers: ``register(name, scorer, *, description="", replace=False, **properties)``.
 
-    A scorer maps cosine similarities to an ID score where higher means more in-distribution.
+    A scorer maps cosine similarities to an ID score where higher means more in-distribution. Its
+    properties are stated as keywords (``negprompt_cli.registry.ScorerSpec``): ``default_temperature``,
+    ``probability`` (an ID probability in [0, 1]: ``score --adaptive`` can run it), ``needs_negative_prompts``,
+    ``pool`` ("neglabel" or "csp": the core mines negative labels and passes ``mined``, ``groups``, ``seed``)
+    and ``trained_temperature`` (runs at the τ the negatives were trained with).
     """

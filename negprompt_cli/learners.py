@@ -9,6 +9,8 @@ NegPrompt and any third-party learner are interchangeable behind ``--learner NAM
 
 from __future__ import annotations
 
+import difflib
+import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
@@ -102,7 +104,9 @@ class LearnerBuilder(Protocol):
 
 
 def learner_options(name: str, learner: Any, given: dict[str, Any]) -> Any:
-    """The learner's Options filled with ``given``; unknown names and bad values are usage errors."""
+    """The learner's Options filled with ``given``; unknown names and bad values are usage errors. A value given
+    as text (``--learner-option KEY=VALUE``) is converted to the field's declared type (int, float, bool, str, or
+    any of them ``| None``)."""
     options_type = getattr(learner, "Options", None)
     if options_type is None:
         if given:
@@ -111,9 +115,51 @@ def learner_options(name: str, learner: Any, given: dict[str, Any]) -> Any:
     known = {f.name for f in fields(options_type)}
     unknown = sorted(set(given) - known)
     if unknown:
-        raise UsageError(f"learner {name!r} has no option {unknown[0]!r}",
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        raise UsageError(f"learner {name!r} has no option {unknown[0]!r}"
+                         + (f" (did you mean {close[0]!r}?)" if close else ""),
                          hint=f"its options: {', '.join(sorted(known))}")
-    return options_type(**given)
+    hints = typing.get_type_hints(options_type)
+    values = {k: _from_text(name, k, v, hints.get(k)) if isinstance(v, str) else v for k, v in given.items()}
+    try:
+        return options_type(**values)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"learner {name!r}: {exc}") from None
+
+
+def parse_option_pairs(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` texts (``--learner-option``, repeatable) -> {KEY: VALUE}; the learner converts the values."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise UsageError(f"--learner-option takes KEY=VALUE (got {pair!r})",
+                             hint="e.g. --learner-option n_neg=4; negprompt plugins lists each learner's options")
+        if key in options:
+            raise UsageError(f"--learner-option {key} is given twice")
+        options[key] = value
+    return options
+
+
+def _from_text(name: str, key: str, text: str, hint: Any) -> Any:
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] if typing.get_args(hint) else [hint]
+    optional = type(None) in typing.get_args(hint)
+    if optional and text.strip().lower() in ("none", "null", ""):
+        return None
+    kind = kinds[0] if len(kinds) == 1 else str
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise ValueError(text)
+            return lowered in ("true", "1", "yes", "on")
+        if kind in (int, float, str):
+            return kind(text)
+    except ValueError:
+        raise UsageError(f"learner {name!r} option {key} takes {getattr(kind, '__name__', kind)} (got {text!r})")\
+            from None
+    return text  # a type the command line cannot spell: the learner checks it
 
 
 def options_record(options: Any) -> dict[str, Any]:

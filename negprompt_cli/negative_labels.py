@@ -80,9 +80,8 @@ POOLS = {
 }
 
 
-def zero_shot_templates(scorer: Any) -> tuple[str, ...] | None:
-    """The ID class prompts a negative-label scorer's paper scores with (None: the scorer has no pool)."""
-    pool = getattr(scorer, "pool", None)
+def zero_shot_templates(pool: str | None) -> tuple[str, ...] | None:
+    """The ID class prompts a negative-label scorer's paper scores with (None: the scorer mines no labels)."""
     return POOLS[pool].id_templates if pool in POOLS else None
 
 
@@ -226,10 +225,9 @@ class LabelRequest:
             raise UsageError(f"--groups must be at least 1 (got {self.groups})")
 
 
-def prepare(backbone: Backbone, scorer: Any, names: list[str], id_features: torch.Tensor, request: LabelRequest,
+def prepare(backbone: Backbone, pool: str | None, names: list[str], id_features: torch.Tensor, request: LabelRequest,
             *, cache_dir: Path, quiet: bool = False) -> tuple[NegativeLabels | None, dict[str, Any] | None]:
-    """(mined labels, the scorer's extra options) for a negative-label scorer; (None, None) for any other."""
-    pool = getattr(scorer, "pool", None)
+    """(mined labels, the scorer's extra options) for a scorer that mines from ``pool``; (None, None) without."""
     if pool is None:
         return None, None
     lexicon = load_lexicon(request.lexicon, backbone.extra.get("default_lexicon"))

@@ -1,8 +1,9 @@
 """Plugin manager: discovers plugins through the ``negprompt`` entry-point group.
 
 Built-in plugins (``plugins/``, installed as ``negprompt_plugins``) are declared as entry points
-of this very package, so they load through exactly the path a third-party plugin takes; a source
-checkout that is not installed loads them from ``plugins/`` directly. Core code never imports them.
+of this very package, so they load through exactly the path a third-party plugin takes (a source
+checkout must be installed, ``pip install -e .``; without its entry points a warning says so). Core
+code never imports them.
 
 Rules:
 
@@ -32,11 +33,6 @@ from .errors import NegPromptWarning, UsageError
 
 ENTRY_POINT_GROUP = "negprompt"
 BUILTIN_DIST = "negprompt"
-# The built-ins' entry points (pyproject.toml), for a source checkout whose distribution is not installed:
-# like llm's default_plugins, they are then loaded straight from plugins/ (a test keeps the two lists equal).
-BUILTIN_PACKAGE = "negprompt_plugins"
-BUILTIN_PLUGINS = {"openclip": "openclip_backbones", "coop": "coop_learner", "negprompt_learner": "negprompt_learner",
-                   "scorers": "scorers"}
 
 
 class PluginWarning(NegPromptWarning):
@@ -50,6 +46,27 @@ class PluginRecord:
     version: str | None = None
     error: str | None = None
     registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """A scorer and what the core needs to know about it, stated by its plugin when it registers it
+    (``register(name, fn, probability=True, pool="csp", ...)``), so no core module inspects the function."""
+
+    name: str
+    fn: Callable[..., Any]
+    description: str = ""
+    default_temperature: float = 1.0  # the τ (or T) it runs at unless the user or a stored threshold says
+    probability: bool = False  # an ID probability in [0, 1]: it can run ``score --adaptive``
+    needs_negative_prompts: bool = False  # needs a fit-neg artifact's negative prompts
+    pool: str | None = None  # mines negative labels from this candidate pool (``negative_labels.POOLS``)
+    trained_temperature: bool = False  # runs at the τ the artifact's negatives were trained with (Eq. 3)
+
+
+SCORER_PROPERTIES = ("default_temperature", "probability", "needs_negative_prompts", "pool",
+                     "trained_temperature")
+# plugins written against the first contract set these as attributes of the function instead
+_LEGACY_ATTRIBUTES = {"probability": "probability_score"}
 
 
 @dataclass
@@ -126,11 +143,11 @@ class PluginHost:
             return dist is None or dist.metadata["Name"] != BUILTIN_DIST
 
         entry_points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=builtin_first)
-        if not any(getattr(ep, "dist", None) is not None and ep.dist.metadata["Name"] == BUILTIN_DIST
-                   for ep in entry_points):
-            for name, module in BUILTIN_PLUGINS.items():
-                if allow is None or name in allow:
-                    self._load(name, BUILTIN_DIST, None, lambda module=module: _import_builtin(module))
+        if allow is None and not any(getattr(ep, "dist", None) is not None
+                                     and ep.dist.metadata["Name"] == BUILTIN_DIST for ep in entry_points):
+            warnings.warn("negprompt's built-in plugins (backbones, learners, scorers) are not installed: no "
+                          f"{ENTRY_POINT_GROUP!r} entry points of the {BUILTIN_DIST!r} distribution were found "
+                          "(in a source checkout, run: pip install -e .)", PluginWarning, stacklevel=2)
         for ep in entry_points:
             if (allow is not None and ep.name not in allow) or ep.name in self.records:
                 continue
@@ -181,7 +198,12 @@ class PluginHost:
         self._filled = True
 
     def _registrar(self, plugin_name: str, registry: Registry) -> Callable[..., None]:
-        def register(name: str, obj: Any, *, aliases=(), description: str = "", replace: bool = False) -> None:
+        def register(name: str, obj: Any, *, aliases=(), description: str = "", replace: bool = False,
+                     **properties: Any) -> None:
+            if registry is self.scorers:
+                obj = _scorer_spec(plugin_name, name, obj, description, properties)
+            elif properties:
+                raise TypeError(f"register() got unexpected keyword argument(s) {', '.join(sorted(properties))}")
             if registry.add(plugin_name, name, obj, aliases=tuple(aliases), description=description,
                             replace=replace):
                 record = self.records.setdefault(plugin_name, PluginRecord(plugin_name))
@@ -191,6 +213,8 @@ class PluginHost:
 
     # -- lookups ---------------------------------------------------------------------------
     def backbone_factory(self, name: str) -> Callable[..., Any]:
+        """The ``BackboneFactory`` for ``name``: a registered name (or alias) first, else the first plugin whose
+        ``resolve_backbone`` answers."""
         self.fill()
         entry = self.backbones.get(name)
         if entry is not None:
@@ -203,8 +227,18 @@ class PluginHost:
     def learner(self, name: str) -> Any:
         return self._lookup("learners", name)
 
-    def scorer(self, name: str) -> Any:
-        return self._lookup("scorers", name)
+    def scorer(self, name: str) -> Callable[..., Any]:
+        """The scoring function registered as ``name``."""
+        return self.scorer_spec(name).fn
+
+    def scorer_spec(self, name: str) -> ScorerSpec:
+        """The scorer registered as ``name`` with its properties (:class:`ScorerSpec`)."""
+        spec: ScorerSpec = self._lookup("scorers", name)
+        return spec
+
+    def scorer_specs(self) -> list[ScorerSpec]:
+        self.fill()
+        return [self.scorers.get(n).obj for n in self.scorers.names()]  # type: ignore[union-attr]
 
     def _lookup(self, attribute: str, name: str) -> Any:
         self.fill()  # fill() builds fresh registries, so look the attribute up after it
@@ -233,25 +267,20 @@ class PluginHost:
         return out
 
 
-def _import_builtin(module: str) -> Any:
-    """A built-in plugin module: installed as ``negprompt_plugins``, else from the checkout's plugins/ folder."""
-    import importlib
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    qualified = f"{BUILTIN_PACKAGE}.{module}"
-    try:
-        return importlib.import_module(qualified)
-    except ModuleNotFoundError:
-        folder = Path(__file__).resolve().parent.parent / "plugins"
-        if BUILTIN_PACKAGE not in sys.modules:
-            package = importlib.util.spec_from_file_location(BUILTIN_PACKAGE, folder / "__init__.py",
-                                                             submodule_search_locations=[str(folder)])
-            assert package is not None and package.loader is not None
-            sys.modules[BUILTIN_PACKAGE] = importlib.util.module_from_spec(package)
-            package.loader.exec_module(sys.modules[BUILTIN_PACKAGE])
-        return importlib.import_module(qualified)
+def _scorer_spec(plugin: str, name: str, fn: Any, description: str, properties: dict[str, Any]) -> ScorerSpec:
+    unknown = sorted(set(properties) - set(SCORER_PROPERTIES))
+    if unknown:
+        raise TypeError(f"plugin {plugin!r} registers scorer {name!r} with unknown properties {', '.join(unknown)} "
+                        f"(a scorer takes {', '.join(SCORER_PROPERTIES)})")
+    if isinstance(fn, ScorerSpec):
+        return fn
+    stated = {}
+    for key in SCORER_PROPERTIES:
+        if properties.get(key) is not None:
+            stated[key] = properties[key]
+        elif hasattr(fn, _LEGACY_ATTRIBUTES.get(key, key)):  # the first contract: attributes on the function
+            stated[key] = getattr(fn, _LEGACY_ATTRIBUTES.get(key, key))
+    return ScorerSpec(name=name, fn=fn, description=description, **stated)
 
 
 def _normalise_backbone(name: str) -> str:

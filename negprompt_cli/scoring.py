@@ -21,7 +21,7 @@ from .feature_cache import default_cache_dir
 from .negative_labels import LabelRequest, NegativeLabels, prepare, settings_fingerprint, zero_shot_templates
 from .ood_scores import Scores
 from .presets import default_scorer
-from .registry import get_host
+from .registry import ScorerSpec, get_host
 from .text_encoder import SoftPromptTextEncoder
 from .text_features import hand_template_features, template_features, text_features_for
 from .thresholds import applicable, calibrated_scorer, scoring_temperature
@@ -56,7 +56,7 @@ class ScoringSetup:
     text_pos: torch.Tensor  # [C, E]
     text_neg: torch.Tensor | None  # [C, P, E]
     scorer: str
-    scorer_fn: Any
+    spec: ScorerSpec  # the scorer as registered: its function and properties
     scorer_source: str  # "--scorer", "stored threshold" or "default"
     temperature: float
     prompts_id: str
@@ -68,6 +68,10 @@ class ScoringSetup:
     artifact: PromptArtifact | None = None
 
     @property
+    def scorer_fn(self) -> Any:
+        return self.spec.fn
+
+    @property
     def mined(self) -> torch.Tensor | None:
         return self.labels.features if self.labels is not None else None
 
@@ -77,7 +81,7 @@ class ScoringSetup:
 
     @property
     def reads_negative_prompts(self) -> bool:
-        return bool(getattr(self.scorer_fn, "needs_negative_prompts", False))
+        return self.spec.needs_negative_prompts
 
     def stored(self) -> tuple[float | None, str | None]:
         """(the stored threshold, None) when it was calibrated for exactly these names, scorer, τ and label
@@ -90,7 +94,7 @@ def zero_shot_features(backbone: Backbone, names: list[str], scorer: str) -> tor
     """The ID class features a zero-shot scorer's paper used: a negative-label scorer's own prompts (NegLabel's
     "the nice {}", CSP's 8-template ensemble), else MCM's hand template "a photo of a {}."."""
     encoder = SoftPromptTextEncoder(backbone)
-    templates = zero_shot_templates(get_host().scorer(scorer))
+    templates = zero_shot_templates(get_host().scorer_spec(scorer).pool)
     return hand_template_features(encoder, names) if templates is None else template_features(encoder, names,
                                                                                               templates)
 
@@ -127,16 +131,16 @@ def setup_scoring(request: ScoringRequest) -> ScoringSetup:
     # what the prompts recommend (the scorer their threshold was calibrated for), else the default
     scorer = request.scorer or tau_scorer or default_scorer(text_neg is not None, zero_shot=request.zero_shot)
     scorer_source = "--scorer" if request.scorer else "stored threshold" if tau_scorer else "default"
-    scorer_fn = get_host().scorer(scorer)  # unknown names fail before any image is encoded
-    if getattr(scorer_fn, "needs_negative_prompts", False) and text_neg is None:
+    spec = get_host().scorer_spec(scorer)  # unknown names fail before any image is encoded
+    if spec.needs_negative_prompts and text_neg is None:
         raise IncompatibleArtifactError(
             f"the {scorer} scorer needs negative prompts, and these prompts have none (a fit-pos artifact or "
             "--zero-shot)", hint="pass a fit-neg artifact, or use --scorer mcm (or neglabel / csp)")
     # The artifact's τ is the one its threshold was calibrated with: only that scorer inherits it.
     temperature = (request.temperature if request.temperature is not None
-                   else scoring_temperature(scorer, scorer_fn, extra))
+                   else scoring_temperature(spec, extra))
     return ScoringSetup(backbone=backbone, names=names, text_pos=text_pos, text_neg=text_neg, scorer=scorer,
-                        scorer_fn=scorer_fn, scorer_source=scorer_source, temperature=temperature,
+                        spec=spec, scorer_source=scorer_source, temperature=temperature,
                         prompts_id=prompts_id, stored_threshold=stored, artifact_names=artifact_names, extra=extra,
                         artifact=artifact)
 
@@ -144,7 +148,7 @@ def setup_scoring(request: ScoringRequest) -> ScoringSetup:
 def mine_labels(setup: ScoringSetup, request: ScoringRequest) -> ScoringSetup:
     """A negative-label scorer's labels for these class names (the slow part the first time: the lexicon is
     encoded once per backbone and cached); nothing for any other scorer. Only the process that scores mines."""
-    setup.labels, setup.scorer_options = prepare(setup.backbone, setup.scorer_fn, setup.names, setup.text_pos,
+    setup.labels, setup.scorer_options = prepare(setup.backbone, setup.spec.pool, setup.names, setup.text_pos,
                                                  request.labels, cache_dir=request.cache_dir or default_cache_dir(),
                                                  quiet=request.quiet)
     return setup

@@ -72,7 +72,8 @@ def encode_texts(encoder: SoftPromptTextEncoder, texts: list[str], *, batch: int
 
 
 def template_features(encoder: SoftPromptTextEncoder, words: list[str], templates: tuple[str, ...], *,
-                      batch: int = 1024, quiet: bool = True, description: str = "Encoding text") -> torch.Tensor:
+                      batch: int = 1024, quiet: bool = True, description: str = "Encoding text",
+                      share_prefix: bool = True) -> torch.Tensor:
     """Unit CPU features of ``words`` under a template ensemble, as CLIP-OOD code builds them (CSP, NegLabel):
     the raw ``encode_text`` outputs of every template are averaged, then normalised once.
 
@@ -84,7 +85,7 @@ def template_features(encoder: SoftPromptTextEncoder, words: list[str], template
     with torch.no_grad(), progress(quiet) as bar:
         task = bar.add_task(description, total=len(words) * len(templates), status="")
         for template in templates:
-            raw = _one_template(encoder, words, template, batch)
+            raw = _one_template(encoder, words, template, batch, share_prefix)
             total = raw if total is None else total + raw
             bar.advance(task, len(words))
     if total is None or not words:
@@ -92,13 +93,14 @@ def template_features(encoder: SoftPromptTextEncoder, words: list[str], template
     return torch.nn.functional.normalize(total / len(templates), dim=-1)
 
 
-def _one_template(encoder: SoftPromptTextEncoder, words: list[str], template: str, batch: int) -> torch.Tensor:
+def _one_template(encoder: SoftPromptTextEncoder, words: list[str], template: str, batch: int,
+                  share_prefix: bool = True) -> torch.Tensor:
     """Raw (unnormalised) float32 CPU features of one template over every word."""
     from . import shared_prefix  # noqa: PLC0415
 
     head, _, tail = template.partition("{}")
     prefix = head.strip()
-    if prefix and head.endswith(" ") and shared_prefix.supported(encoder.model):
+    if share_prefix and prefix and head.endswith(" ") and shared_prefix.supported(encoder.model):
         ctx = encoder.word_embeddings(prefix)
         prompts = encoder.tokenize(words, int(ctx.shape[0]), tail)
         device = encoder.model.token_embedding.weight.device

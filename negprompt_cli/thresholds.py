@@ -19,7 +19,7 @@ import torch
 from .errors import NegPromptError, NegPromptWarning
 from .metrics import id_threshold
 from .ood_scores import score_features
-from .registry import get_host
+from .registry import ScorerSpec, get_host
 
 ID_KEPT = 0.95
 
@@ -130,15 +130,16 @@ def calibrated_temperature(extra: dict[str, Any]) -> float:
     return float(_threshold_record(extra).get("temperature", extra.get("temperature", 1.0)))
 
 
-def scoring_temperature(scorer: str, scorer_fn: Any, extra: dict[str, Any]) -> float:
-    """The τ ``scorer`` runs at on prompts with this metadata unless ``--temperature`` says otherwise: the
-    threshold record's for the scorer it was calibrated with; the training τ for ``negprompt`` (Eq. 3 at the
-    τ the negatives were trained with); else the scorer's own default (0.01 for the negative-label scorers)."""
-    if scorer == calibrated_scorer(extra):
+def scoring_temperature(spec: ScorerSpec, extra: dict[str, Any]) -> float:
+    """The τ the scorer runs at on prompts with this metadata unless ``--temperature`` says otherwise: the
+    threshold record's for the scorer it was calibrated with; the training τ for a scorer registered with
+    ``trained_temperature`` (Eq. 3 at the τ the negatives were trained with); else the scorer's own default
+    (0.01 for the negative-label scorers)."""
+    if spec.name == calibrated_scorer(extra):
         return calibrated_temperature(extra)
-    if scorer == "negprompt" and "temperature" in extra:
+    if spec.trained_temperature and "temperature" in extra:
         return float(extra["temperature"])
-    return float(getattr(scorer_fn, "default_temperature", 1.0))
+    return float(spec.default_temperature)
 
 
 def warn_no_decision(reason: str) -> None:

@@ -1,6 +1,6 @@
 """negprompt's built-in plugins (installed as the package ``negprompt_plugins``).
 
 They are registered through this distribution's own ``negprompt`` entry points (see
-pyproject.toml), exactly as a third-party plugin would be; an uninstalled source checkout loads
-them from this folder instead. The core never imports them.
+pyproject.toml), exactly as a third-party plugin would be (a source checkout is installed with
+``pip install -e .``). The core never imports them.
 """

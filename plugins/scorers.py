@@ -69,12 +69,6 @@ def negprompt_maxlogit_score(pos: torch.Tensor, neg: torch.Tensor | None, *, tem
     return logit_scale * (pos.max(dim=1).values - neg.flatten(1).max(dim=1).values)
 
 
-for _needs_negatives in (negprompt_score, negprompt_sum_score, negprompt_maxlogit_score):
-    _needs_negatives.needs_negative_prompts = True  # type: ignore[attr-defined]
-# an ID probability among the negatives, in [0, 1]: what --adaptive's confidence thresholds read
-negprompt_sum_score.probability_score = True  # type: ignore[attr-defined]
-
-
 class NegativeLabelScore:
     """NegLabel's score (Jiang et al., ICLR 2024) over mined negative labels: the total softmax probability of
     the ID classes among ID + negative labels, at τ on cosines (default 0.01, the paper's), averaged over
@@ -82,17 +76,12 @@ class NegativeLabelScore:
 
     Per group g the ID probability is σ(logsumexp(pos/τ) − logsumexp(neg_g/τ)): the same number as the
     softmax sum, computed stably. As in the released code the last M mod G negatives are left out and the
-    rest are permuted once (seed 0) before being split. ``pool`` names the candidate pool the core mines
-    the labels from (``negprompt_cli.negative_labels``): NegLabel's own, or CSP's conjugated semantic pool.
+    rest are permuted once (seed 0) before being split. Which candidate pool the core mines the labels from
+    (``negprompt_cli.negative_labels.POOLS``: NegLabel's own, or CSP's) is stated when it is registered.
     """
 
-    default_temperature = 0.01
-    probability_score = True  # an ID probability in [0, 1] (score --adaptive reads it)
-
-    def __init__(self, pool: str, *, with_prompts: bool = False) -> None:
-        self.pool = pool
-        # hybrid: learned negative prompts and mined labels in one softmax denominator
-        self.with_prompts = self.needs_negative_prompts = with_prompts
+    def __init__(self, *, with_prompts: bool = False) -> None:
+        self.with_prompts = with_prompts  # hybrid: learned negative prompts and mined labels in one softmax
 
     def __call__(self, pos: torch.Tensor, neg: torch.Tensor | None = None, *, temperature: float = 0.01,
                  logit_scale: float = 100.0, mined: torch.Tensor | None = None, groups: int = 100,
@@ -116,20 +105,27 @@ class NegativeLabelScore:
 
 @negprompt_cli.hookimpl
 def register_scorers(register: Callable[..., None]) -> None:
-    register("negprompt", negprompt_score, description="NegPrompt Eq. 3 (MCM with negative prompts)")
+    # What the core needs to know about each scorer is stated here (negprompt_cli.registry.ScorerSpec):
+    # probability: an ID probability in [0, 1], so --adaptive can run it; pool: mines negative labels from it;
+    # needs_negative_prompts: a fit-neg artifact's negatives; trained_temperature: Eq. 3 at the training τ.
+    labels = {"default_temperature": 0.01, "probability": True}
+    register("negprompt", negprompt_score, description="NegPrompt Eq. 3 (MCM with negative prompts)",
+             needs_negative_prompts=True, trained_temperature=True)
     register("mcm", mcm_score, description="Maximum concept matching: softmax over class prompts, τ")
     register("energy", energy_score, description="Energy score on classifier logits")
     register("maxlogit", maxlogit_score, description="Largest classifier logit")
     register("msp", msp_score, description="Maximum softmax probability of the classifier")
-    register("neglabel", NegativeLabelScore("neglabel"), description="NegLabel: ID probability among negative "
-             "labels mined from a lexicon (training-free)")
-    register("csp", NegativeLabelScore("csp"), description="CSP: NegLabel's score over the conjugated semantic "
-             "pool (adjective + superclass phrases)")
+    register("neglabel", NegativeLabelScore(), description="NegLabel: ID probability among negative labels mined "
+             "from a lexicon (training-free)", pool="neglabel", **labels)
+    register("csp", NegativeLabelScore(), description="CSP: NegLabel's score over the conjugated semantic pool "
+             "(adjective + superclass phrases, template ensembles, as released)", pool="csp", **labels)
     register("negprompt-sum", negprompt_sum_score, description="ID probability mass among class and negative "
-             "prompts (energy-style NegPrompt)")
+             "prompts (energy-style NegPrompt)", needs_negative_prompts=True, probability=True)
     register("negprompt-maxlogit", negprompt_maxlogit_score, description="Largest class logit minus largest "
-             "negative-prompt logit")
-    register("negprompt+neglabel", NegativeLabelScore("neglabel", with_prompts=True), description="Hybrid: "
-             "learned negative prompts and NegLabel's mined labels in one softmax (grouped)")
-    register("negprompt+csp", NegativeLabelScore("csp", with_prompts=True), description="Hybrid: learned "
-             "negative prompts and CSP's mined labels in one softmax (grouped)")
+             "negative-prompt logit", needs_negative_prompts=True)
+    register("negprompt+neglabel", NegativeLabelScore(with_prompts=True), description="Hybrid: learned negative "
+             "prompts and NegLabel's mined labels in one softmax (grouped)", pool="neglabel",
+             needs_negative_prompts=True, **labels)
+    register("negprompt+csp", NegativeLabelScore(with_prompts=True), description="Hybrid: learned negative "
+             "prompts and CSP's mined labels in one softmax (grouped)", pool="csp", needs_negative_prompts=True,
+             **labels)

@@ -107,6 +107,8 @@ def test_bad_inputs(tiny_vit_dir, train_dir, tmp_path):
     assert code == 2 and "unknown pretrained tag 'laion5b'" in lines[0]
     code, lines = run_bad(["--data", str(train_dir), "--out", str(out), "--learner", "coopp", *backbone])
     assert code == 2 and "unknown prompt learner 'coopp'" in lines[0]
+    code, lines = run_bad(["--data", str(train_dir), "--out", str(out), "--learner-option", "n_ctx=4", *backbone])
+    assert code == 2 and lines[0] == "Error: learner 'coop' takes no options (got n_ctx)"  # its layout: --n-ctx
     code, lines = run_bad(["--data", str(train_dir), "--out", str(out), "--epochs", "0"])
     assert code == 2
     assert not out.exists()

@@ -88,3 +88,39 @@ def test_the_readme_says_which_rows_run_the_shipped_defaults():
     hybrid = {tuple(r["setting"].values()): r["criterion"] for r in QUALITY["validation"]["NegPrompt + CSP (official)"]}
     gap = 100 * (hybrid[(0.5, 0.01, 1)] - hybrid[(0.5, 0.05, 1)])
     assert f"at the default τ 0.01 it validates {gap:.1f} points worse" in " ".join(README.split())
+
+
+def _benchmark(name: str, monkeypatch):  # noqa: ANN202
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import importlib
+
+    return importlib.import_module(name)
+
+
+def _results(name: str) -> dict:
+    return json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+
+
+def test_every_rendered_doc_is_its_results_file_rendered_again(monkeypatch):
+    """docs/performance.md and docs/quality.md are rendered whole, docs/scale.md and docs/benchmarks.md hold a
+    rendered section: each must be what its benchmark's renderer makes of the stored results, today."""
+    perf, quality = _benchmark("perf", monkeypatch), _benchmark("quality", monkeypatch)
+    assert (ROOT / "docs" / "performance.md").read_text() == perf.render_docs(_results("perf"))
+    assert (ROOT / "docs" / "quality.md").read_text() == quality.render_docs(_results("quality"))
+    scale, shape = _benchmark("scale", monkeypatch), _benchmark("imagenet_shape", monkeypatch)
+    assert scale.markdown(_results("scale")) in (ROOT / "docs" / "scale.md").read_text()
+    assert shape.render(_results("imagenet_shape")) in (ROOT / "docs" / "benchmarks.md").read_text()
+
+
+def test_the_readme_performance_numbers_are_the_stored_measurement():
+    rows = {r["classes"]: r for r in _results("perf")["fit_neg"]}
+    c200, c1000 = rows[200], rows[1000]["ours"]
+    text = " ".join(README.split())
+    assert (f"({c200['ours']['seconds_per_step']:.1f} s vs {c200['reference']['seconds_per_step']:.1f} s per step, "
+            f"{c200['ours']['peak_rss_gb']:.1f} GB vs {c200['reference']['peak_rss_gb']:.1f} GB peak") in text
+    assert f"about {c200['speedup']:.0f}× faster than the released code's approach at C = 200 classes" in text
+    assert f"runs at C = 1000 in {c1000['peak_rss_gb']:.1f} GB" in text
+    assert f"gradients within {c200['max_abs_delta_grad']:.0e}".replace("e-07", "e-7") in text
+    score = {r["arch"]: r["ratio_excluding_load"] for r in _results("perf")["score"]}
+    assert (f"({score['ViT-B-32']:.2f}× bare `encode_image` for ViT-B/32, {score['ViT-B-16']:.2f}× for "
+            "ViT-B/16") in text

@@ -174,54 +174,32 @@ def test_docs_plugin_example_works(tmp_path, monkeypatch):
         sys.modules.pop("negprompt_margin", None)
 
 
-def test_builtins_install_under_their_own_name_and_match_the_entry_points():
-    """The built-ins are `negprompt_plugins.*` (not a generic top-level `plugins`), and the fallback list the
-    registry uses for an uninstalled checkout is exactly the entry points pyproject.toml declares."""
+def test_builtins_install_under_their_own_name_as_entry_points():
+    """The built-ins are `negprompt_plugins.*` (not a generic top-level `plugins`), loaded through the entry points
+    pyproject.toml declares, as a third-party plugin is."""
     import importlib.metadata
     import tomllib
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     declared = pyproject["project"]["entry-points"]["negprompt"]
-    assert declared == {name: f"{registry.BUILTIN_PACKAGE}.{module}"
-                        for name, module in registry.BUILTIN_PLUGINS.items()}
+    assert declared == {"openclip": "negprompt_plugins.openclip_backbones", "coop": "negprompt_plugins.coop_learner",
+                        "negprompt_learner": "negprompt_plugins.negprompt_learner",
+                        "scorers": "negprompt_plugins.scorers"}
     installed = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="negprompt")
                  if ep.dist is not None and ep.dist.metadata["Name"] == "negprompt"}
     assert installed == declared
 
 
-def test_an_uninstalled_checkout_still_finds_the_builtins(monkeypatch):
-    """No entry points at all and no importable `negprompt_plugins`: the built-ins load from plugins/."""
-    import importlib.abc
+def test_an_uninstalled_checkout_says_the_builtins_are_missing(monkeypatch):
+    """No entry points at all (a source checkout nobody installed): one warning naming the fix, not a silent
+    "unknown backbone" later."""
     import importlib.metadata
 
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [])
-    for name in [m for m in sys.modules if m == "negprompt_plugins" or m.startswith("negprompt_plugins.")]:
-        monkeypatch.delitem(sys.modules, name)
-
-    class NotInstalled(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):  # type: ignore[no-untyped-def]
-            if name == "negprompt_plugins":
-                raise ModuleNotFoundError(name)
-            return None
-
-    monkeypatch.setattr(sys, "meta_path", [NotInstalled(), *sys.meta_path])
-    import importlib.util
-
-    located = []
-    original = importlib.util.spec_from_file_location
-    monkeypatch.setattr(importlib.util, "spec_from_file_location",
-                        lambda name, *a, **k: located.append(name) or original(name, *a, **k))
     host = PluginHost()
-    host.load_entry_points(None)
-    assert set(host.records) == set(registry.BUILTIN_PLUGINS)
-    assert all(r.error is None and r.dist == "negprompt" for r in host.records.values())
-    assert host.scorer("mcm") is not None and host.learner("negprompt") is not None
-    assert host.backbone_factory("toy") is not None
-    limited = PluginHost()
-    limited.load_entry_points({"scorers"})
-    assert set(limited.records) == {"scorers"}
-    assert located == ["negprompt_plugins"]  # loaded from the folder, once
-    assert sys.modules["negprompt_plugins"].__file__.endswith("plugins/__init__.py")
+    with pytest.warns(registry.PluginWarning, match=r"built-in plugins .* are not installed.*pip install -e \."):
+        host.load_entry_points(None)
+    assert host.records == {}
 
 
 THIRD_PARTY_LEARNER = """
@@ -303,12 +281,12 @@ def test_a_third_party_negative_learner_with_its_own_options(tmp_path, monkeypat
     assert runner.invoke(app, ["fit-pos", *common, "--out", str(pos), "--epochs", "2", "--n-ctx", "4"]).exit_code == 0
     out = tmp_path / "away.safetensors"
     result = runner.invoke(app, ["fit-neg", "--data", str(data), "--pos", str(pos), "--out", str(out), "--learner",
-                                 "away", "--n-neg", "3", "--epochs", "2", "--json"])
+                                 "away", "--n-neg", "3", "--learner-option", "margin=0.25", "--epochs", "2", "--json"])
     assert result.exit_code == 0, result.stderr
-    summary = json.loads(result.stdout)
-    assert summary["learner"] == "away" and summary["learner_options"] == {"n_neg": 3, "margin": 0.0}
+    summary = json.loads(result.stdout)  # its own option, set from the command line, typed by its Options
+    assert summary["learner"] == "away" and summary["learner_options"] == {"n_neg": 3, "margin": 0.25}
     artifact = load_prompts(out, kind="negative")
-    assert artifact.training["learner_options"] == {"n_neg": 3, "margin": 0.0}
+    assert artifact.training["learner_options"] == {"n_neg": 3, "margin": 0.25}
     assert artifact.prompt["n_neg"] == 3 and artifact.tensors["text_neg"].shape == (2, 3, 32)
     assert artifact.extra["threshold"]["scorer"] == default_scorer(True)  # calibrated for score's default
     scored = runner.invoke(app, ["score", str(data), "--prompts", str(out), "--format", "jsonl"])
@@ -319,3 +297,56 @@ def test_a_third_party_negative_learner_with_its_own_options(tmp_path, monkeypat
                                 "--learner", "away", "--beta", "0.3"])
     assert wrong.exit_code == 2 and "learner 'away' has no option 'beta'" in wrong.stderr
     assert "its options: margin, n_neg" in wrong.stderr
+    # --learner-option is checked against the learner's Options before any work: one line, exit 2, no file
+    base = ["fit-neg", "--data", str(data), "--pos", str(pos), "--out", str(tmp_path / "x.st"), "--learner", "away"]
+    for args, message in (
+            (["--learner-option", "margn=1"], "Error: learner 'away' has no option 'margn' (did you mean 'margin'?)"),
+            (["--learner-option", "margin=wide"], "Error: learner 'away' option margin takes float (got 'wide')"),
+            (["--learner-option", "n_neg"], "Error: --learner-option takes KEY=VALUE (got 'n_neg')"),
+            (["--learner-option", "n_neg=2", "--learner-option", "n-neg=3"], "Error: --learner-option n_neg is "
+                                                                              "given twice"),
+            (["--n-neg", "2", "--learner-option", "n_neg=3"], "Error: --n-neg and --learner-option n_neg=... are "
+                                                              "both given")):
+        bad = runner.invoke(app, [*base, *args])
+        assert bad.exit_code == 2 and bad.stderr.splitlines()[0] == message, (args, bad.stderr)
+    assert not (tmp_path / "x.st").exists()
+
+
+def test_the_documented_backbone_plugin_scores_and_trains(tmp_path, monkeypatch):
+    """docs/plugins.md's backbone example, installed as a real plugin: zero-shot score and fit-pos run on it, and
+    both precedence rules hold (registered names first; a later plugin's resolver is asked before the built-in)."""
+    from conftest import make_image_folder
+
+    import negprompt_cli
+
+    doc = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
+    source = re.search(r"```python\n# negprompt_tiny\.py\n(.*?)```", doc, re.S).group(1)
+    install_fake_plugin(tmp_path / "site", "negprompt_tiny", source, ep_name="tiny", dist="negprompt-tiny")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    registry.reset_host()
+    try:
+        images = make_image_folder(tmp_path / "images", classes=("red_stripes", "green_bars"), per_class=3)
+        (tmp_path / "names.txt").write_text("red stripes\ngreen bars\n")
+        scored = runner.invoke(app, ["score", str(images), "--zero-shot", "--names", str(tmp_path / "names.txt"),
+                                     "--backbone", "tiny-random", "--scorer", "mcm", "--format", "jsonl"])
+        assert scored.exit_code == 0, scored.stderr
+        rows = [json.loads(line) for line in scored.stdout.splitlines()]
+        assert len(rows) == 6 and all(0.0 <= r["score"] <= 1.0 for r in rows)
+        out = tmp_path / "pos.safetensors"
+        trained = runner.invoke(app, ["fit-pos", "--data", str(images), "--backbone", "tiny-random", "--out",
+                                      str(out), "--epochs", "1", "--n-ctx", "2", "--json"])
+        assert trained.exit_code == 0, trained.stderr
+        assert json.loads(trained.stdout)["backbone"]["backbone"] == "tiny-random"
+
+        class Resolver:  # loaded after the built-ins: asked first for names nobody registered
+            @negprompt_cli.hookimpl
+            def resolve_backbone(self, name):
+                return (lambda **kwargs: "resolved") if name in ("RN50x4", "tiny-random") else None
+
+        host = registry.get_host()
+        host.register_object(Resolver(), "resolver")
+        assert host.backbone_factory("RN50x4")() == "resolved"  # before the built-in open_clip resolver
+        assert host.backbone_factory("tiny-random").__name__ == "tiny_factory"  # a registered name wins
+    finally:
+        sys.modules.pop("negprompt_tiny", None)
+        registry.reset_host()

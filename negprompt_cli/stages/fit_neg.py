@@ -246,9 +246,9 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
     calib_features, calib_source = (val[0], "validation") if val is not None else (features[:, 0], "training")
     # the threshold is calibrated for the scorer `score` uses by default on these prompts (chosen on validation)
     scorer = default_scorer(True)
-    scorer_fn = get_host().scorer(scorer)
-    tau = scoring_temperature(scorer, scorer_fn, {"temperature": options.temperature})
-    mined_labels, scorer_options = prepare(backbone, scorer_fn, list(folder.class_names), tensors["text_pos"],
+    spec = get_host().scorer_spec(scorer)
+    tau = scoring_temperature(spec, {"temperature": options.temperature})
+    mined_labels, scorer_options = prepare(backbone, spec.pool, list(folder.class_names), tensors["text_pos"],
                                            LabelRequest(), cache_dir=options.data.cache_dir or default_cache_dir(),
                                            quiet=options.quiet)
     threshold, predictions = calibrate(calib_features, tensors["text_pos"], tensors["text_neg"],
@@ -274,7 +274,7 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
         "initial_loss": initial_terms,
         "final_loss": final_terms,
         "threshold": threshold,
-        "scorer_uses_negative_prompts": bool(getattr(scorer_fn, "needs_negative_prompts", False)),
+        "scorer_uses_negative_prompts": spec.needs_negative_prompts,
         f"{calib_source}_accuracy": id_accuracy,
         "train_accuracy": accuracy(module, train_features[:, 0], train_labels),
     })

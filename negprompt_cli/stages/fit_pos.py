@@ -15,7 +15,7 @@ from ..checkpoint import Checkpointing, checkpoint_path
 from ..data import folder_fingerprint
 from ..devices import check_precision
 from ..errors import UsageError
-from ..learners import PromptSettings, exported_tensors
+from ..learners import PromptSettings, exported_tensors, learner_options, options_record
 from ..registry import get_host
 from ..text_encoder import SoftPromptTextEncoder
 from ..text_features import hand_template_features
@@ -31,6 +31,7 @@ class FitPosOptions:
     prompt: PromptSettings = field(default_factory=PromptSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
     learner: str = "coop"
+    learner_options: dict[str, Any] = field(default_factory=dict)  # the learner's own Options (--learner-option)
     text_chunk: int | None = None
     quiet: bool = False
     resume: bool = False
@@ -51,6 +52,9 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
     builder = get_host().learner(options.learner)
     if getattr(builder, "kind", "positive") != "positive":
         raise UsageError(f"learner {options.learner!r} learns {builder.kind} prompts; fit-pos needs a positive learner")
+    own = learner_options(options.learner, builder, options.learner_options)  # checked before any work
+    extra = {"options": own} if own is not None else {}  # a learner without Options need not take the keyword
+    own_record = {"learner_options": options_record(own)} if own is not None else {}
     backbone = backbone or load_backbone(options.backbone)
     set_text_checkpointing(backbone, options.grad_checkpoint)
     encoder = SoftPromptTextEncoder(backbone)
@@ -66,13 +70,13 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
                                                             options.quiet)
     prompts = encoder.tokenize(folder.class_names, settings.n_ctx, settings.suffix)
     generator = torch.Generator().manual_seed(optim.seed)
-    module = builder(encoder, prompts, settings, generator, text_chunk=options.text_chunk)
+    module = builder(encoder, prompts, settings, generator, text_chunk=options.text_chunk, **extra)
     clean = features[:, 0]
     zero_shot = zero_shot_accuracy(encoder, folder.class_names, clean, labels)
     initial = accuracy(module, clean, labels)
     fingerprint = run_fingerprint(stage="fit-pos", optim=optim.as_dict(), prompt=settings.as_dict(),
                                   learner=options.learner, names=folder.class_names, labels=labels.tolist(),
-                                  features=float(features.sum()), backbone=backbone.identity())
+                                  features=float(features.sum()), backbone=backbone.identity(), **own_record)
     selection = Selection("val_accuracy", lambda m: accuracy(m, *val)) if val is not None else None
     result = train(module, features, labels, optim, selection=selection, quiet=options.quiet,
                    checkpointing=Checkpointing(checkpoint_path(options.out), fingerprint, options.resume),
@@ -112,6 +116,7 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
             "selected_epoch": result.selected_epoch,
             "selection": result.selection,
             "logit_scale": backbone.logit_scale,
+            **own_record,
         },
         extra={k: summary[k] for k in ("zero_shot_accuracy", "initial_train_accuracy", "final_train_accuracy")},
         versions=package_versions(),

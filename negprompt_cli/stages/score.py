@@ -22,6 +22,7 @@ from ..explain import explain
 from ..image_features import EncodeOptions, encode_folder, encode_images_across
 from ..negative_labels import LabelRequest
 from ..ood_scores import score_features
+from ..registry import ScorerSpec, get_host
 from ..score_file import FORMATS, render_rows
 from ..scoring import ScoringRequest, decision_rows, mine_labels, setup_scoring
 from ..thresholds import (
@@ -88,7 +89,7 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
         raise NotFoundError(f"calibration images not found: {options.calibrate}")
     setup = setup_scoring(request)
     if options.adaptive is not None:
-        _check_adaptive(setup.scorer, setup.scorer_fn, options)
+        _check_adaptive(setup.spec, options)
     if ranks.is_main:  # a negative-label scorer mines its labels (only rank 0 scores)
         mine_labels(setup, request)
     backbone, names, text_pos, text_neg = setup.backbone, setup.names, setup.text_pos, setup.text_neg
@@ -193,14 +194,12 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
     return summary
 
 
-ADAPTIVE_SCORERS = "neglabel, csp, negprompt+neglabel, negprompt+csp, negprompt-sum"
-
-
-def _check_adaptive(scorer: str, scorer_fn: Any, options: ScoreOptions) -> None:
+def _check_adaptive(spec: ScorerSpec, options: ScoreOptions) -> None:
     """Bad --adaptive requests fail before any image is encoded."""
-    if not getattr(scorer_fn, "probability_score", False):
-        raise UsageError(f"--adaptive needs a scorer whose score is an ID probability among negatives; {scorer} is "
-                         "not one", hint=f"use --scorer with one of: {ADAPTIVE_SCORERS}")
+    if not spec.probability:
+        eligible = ", ".join(s.name for s in get_host().scorer_specs() if s.probability)
+        raise UsageError(f"--adaptive needs a scorer whose score is an ID probability among negatives; {spec.name} "
+                         "is not one", hint=f"use --scorer with one of: {eligible}")
     if options.calibrate is not None:
         raise UsageError("--adaptive cannot be combined with --calibrate: adaptive scores depend on the test stream",
                          hint="give --threshold, or leave the decision to `negprompt report`")

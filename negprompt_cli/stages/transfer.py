@@ -49,12 +49,12 @@ def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions
     scorer = calibrated_scorer(extra) or default_scorer(text_neg is not None)
     stored = extra.pop("threshold", None)
     lineage = stored or extra.get("transfer", {}).get("source_threshold")
-    scorer_fn = get_host().scorer(scorer)
-    temperature = scoring_temperature(scorer, scorer_fn, source.extra)
+    spec = get_host().scorer_spec(scorer)
+    temperature = scoring_temperature(spec, source.extra)
     calibration: dict[str, Any] | None = None
     labels, scorer_options = None, None
     if calibrate_on is not None or stored:  # a negative-label scorer's threshold needs its labels for these names
-        labels, scorer_options = prepare(backbone, scorer_fn, names, text_pos, LabelRequest(),
+        labels, scorer_options = prepare(backbone, spec.pool, names, text_pos, LabelRequest(),
                                          cache_dir=encoding.cache_dir or default_cache_dir(), quiet=encoding.quiet)
     settings = settings_fingerprint(labels, scorer_options)
     if calibrate_on is not None:
