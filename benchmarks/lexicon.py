@@ -123,8 +123,9 @@ def markdown(result: dict) -> str:
     return "\n".join([
         "## Lexicon encoding (the first zero-shot run with mined labels)",
         "",
-        "`neglabel` and `csp` mine negative labels from every lexicon prompt's text feature; the first run per",
-        "backbone and lexicon encodes them all (WordNet: about 70,000 prompts) and caches them.",
+        "`neglabel` and `csp` mine negative labels from every lexicon candidate's text feature; the first run per",
+        "backbone and lexicon encodes them all (WordNet: NegLabel's 70,000 prompts, one per candidate; CSP's",
+        "56,620 candidates under template ensembles, about 416,000 prompts) and caches them.",
         "`encode_texts` sorts the prompts by token length and runs each batch only up to its longest",
         f"end-of-text token: exact for CLIP's causal text tower (max |Δ| {encode['max_abs_diff']:.1e} against "
         "`encode_text` here,",

@@ -17,9 +17,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from . import __version__
+from . import __version__, cli_options
 from .cli_options import (
-    WORKERS_HELP,
     image_command_options,
     label_request,
     negative_label_options,
@@ -209,25 +208,19 @@ BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="ViT-B/16 (de
 PretrainedOpt = Annotated[str | None, typer.Option(
     "--pretrained", help="open_clip pretrained tag, local checkpoint file, or 'none' (random). "
     "Default: the backbone's paper weights (ViT-B/16: laion2b_s34b_b88k).")]
-DeviceOpt = Annotated[str, typer.Option("--device", envvar="NEGPROMPT_DEVICE",
-                                        help="auto (CUDA when present), cpu, cuda, cuda:N.")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast; CUDA only).")]
+DeviceOpt = cli_options.DEVICE.annotation
+PrecisionOpt = cli_options.PRECISION.annotation
 ImagesArg = Annotated[list[Path] | None, typer.Argument(metavar="IMAGES", show_default=False, help="Image files and/or "
                                                 "folders (searched recursively), taken in the order given.")]
-CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", envvar="NEGPROMPT_CACHE",
-                                               help="Image-feature cache (default ~/.cache/negprompt).")]
-WeightsCacheOpt = Annotated[str | None, typer.Option("--weights-cache", help="Where open_clip caches downloaded "
-                                                      "weights (default: the Hugging Face cache).")]
-OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network; use cached weights only.")]
-PullOfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network: the prompts repo from the "
-                                              "Hugging Face cache only.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+CacheOpt = cli_options.CACHE_DIR.annotation
+WeightsCacheOpt = cli_options.WEIGHTS_CACHE.annotation
+OfflineOpt = cli_options.OFFLINE.annotation
+JsonOpt = cli_options.JSON.annotation
+QuietOpt = cli_options.QUIET.annotation
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder root: DATA/<class>/<image>.")]
-AugViewsOpt = Annotated[int, typer.Option("--aug-views", help="Cache K augmented views per image (random crop "
-                                          "+ flip); 0 = no augmentation.")]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", help=WORKERS_HELP)]
-StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable images are an error, not skipped.")]
+AugViewsOpt = cli_options.AUG_VIEWS.annotation
+WorkersOpt = cli_options.WORKERS.annotation
+StrictOpt = cli_options.STRICT.annotation
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the few-shot subset, initialisation and shuffling.")]
 WorldSeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the rendered world: which images, colours and "
                                            "sizes are drawn (the same seed renders the same files).")]
@@ -238,8 +231,7 @@ TrustBackboneOpt = Annotated[bool, typer.Option("--trust-backbone", help="Accept
                                                 "(hf-hub:ORG/NAME) that the prompts name although you did not (e.g. "
                                                 "prompts pulled from the Hub); only its config and safetensors "
                                                 "weights are fetched. Naming it with --backbone does the same.")]
-TextChunkOpt = Annotated[int | None, typer.Option("--text-chunk", help="Encode prompts in chunks of this many rows "
-                                                  "(bounds memory at large class counts).")]
+TextChunkOpt = cli_options.TEXT_CHUNK.annotation
 
 
 @app.command("fit-pos", epilog=EPILOG, short_help="Learn CoOp positive prompts.")
@@ -257,7 +249,7 @@ def fit_pos_command(
     csc: Annotated[bool, typer.Option("--csc", help="Class-specific contexts instead of one shared.")] = False,
     suffix: Annotated[str | None, typer.Option("--suffix", help="Text after the class name (CoOp: '.', the "
                                                "default; released NegPrompt code: '').")] = None,
-    text_chunk: TextChunkOpt = None,
+    text_chunk: TextChunkOpt = "auto",
     learner_option: LearnerOptionOpt = None,
     *,
     optim: dict[str, Any],
@@ -268,6 +260,7 @@ def fit_pos_command(
     """Learn CoOp positive prompts (the first NegPrompt stage)."""
     check_paths(("--data", data), ("--classes", data_opts["classes"]))
     from .learners import PromptSettings, parse_option_pairs
+    from .memory import parse_text_chunk
     from .stages.fit_pos import FitPosOptions, fit_pos
 
     options = FitPosOptions(
@@ -278,7 +271,7 @@ def fit_pos_command(
         optim=optim_config(POSITIVE_OPTIM, optim, runtime),
         learner=learner,
         learner_options=parse_option_pairs(learner_option or []),
-        text_chunk=text_chunk,
+        text_chunk=parse_text_chunk(text_chunk),
         quiet=run["quiet"] or run["json_out"],
         resume=run["resume"],
         grad_checkpoint=run["grad_checkpoint"],
@@ -389,10 +382,7 @@ def fit_neg_command(
                                                       f"{POSITIVE_OPTIM.optimizer}.")] = None,
     n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Positive stage context tokens (default 16).")] = None,
     ctx_init: Annotated[str | None, typer.Option("--ctx-init", help="Positive stage context initialisation.")] = None,
-    text_chunk: Annotated[str, typer.Option("--text-chunk", help="Classes per text-encoder chunk; above it, "
-                                            "gradient caching keeps memory bounded at one extra no-grad pass. "
-                                            "auto: chunk only when the whole graph would not fit (80% of free GPU "
-                                            "memory, 3 GiB on CPU; docs/performance.md). 0 = never chunk.")] = "auto",
+    text_chunk: TextChunkOpt = "auto",
     distributed: Annotated[bool | None, typer.Option(
         "--distributed/--no-distributed", help="Under torchrun (the default there): the processes split the "
         "classes of the text graph (for very large class lists; needs --pos). See docs/scale.md.")] = None,
@@ -482,7 +472,7 @@ def transfer_command(
     precision: PrecisionOpt = "fp32",
     weights_cache: WeightsCacheOpt = None,
     offline: OfflineOpt = False,
-    text_chunk: TextChunkOpt = None,
+    text_chunk: TextChunkOpt = "auto",
     cache_dir: CacheOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per encoder batch (--calibrate).")] = 64,
     workers: WorkersOpt = None,
@@ -498,10 +488,11 @@ def transfer_command(
     check_paths(("--prompts", prompts), ("--names", names), ("--calibrate", calibrate))
     from .backbone import RuntimeOptions
     from .image_features import EncodeOptions
+    from .memory import no_grad_text_chunk
     from .stages.transfer import transfer
 
     summary = transfer(_prompts_path(prompts, offline), names, out,
-                       RuntimeOptions(device, weights_cache, offline, text_chunk, trust_backbone),
+                       RuntimeOptions(device, weights_cache, offline, no_grad_text_chunk(text_chunk), trust_backbone),
                        calibrate_on=calibrate,
                        encoding=EncodeOptions(cache_dir, batch_size, workers, precision, strict, quiet or json_out))
     threshold = summary["threshold"]
@@ -544,7 +535,7 @@ def score_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
     labeled: Annotated[bool, typer.Option("--labeled", help="Images are IMAGES/<class>/...: record true labels "
                                           "(for report's ID accuracy).")] = False,
-    text_chunk: TextChunkOpt = None,
+    text_chunk: TextChunkOpt = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (images scored, "
                                            "encoded vs from the cache, skipped, threshold); needs --out.")] = False,
     adaptive: Annotated[bool, typer.Option("--adaptive", help="Test-time negatives (AdaNeg): a memory of "
@@ -580,6 +571,7 @@ def score_command(
     from .adaptive import AdaptiveOptions
     from .backbone import DEFAULT_BACKBONE, RuntimeOptions
     from .distributed import process_group
+    from .memory import no_grad_text_chunk
     from .stages.score import ScoreOptions, score
 
     if json_out and out is None:
@@ -599,7 +591,8 @@ def score_command(
         summary = score(ScoreOptions(
             images=images, prompts=_prompts_path(prompts, runtime["offline"]) if prompts else None, names=names,
             zero_shot=zero_shot, backbone=request,
-            runtime=RuntimeOptions(device, runtime["weights_cache"], runtime["offline"], text_chunk, trust_backbone),
+            runtime=RuntimeOptions(device, runtime["weights_cache"], runtime["offline"], no_grad_text_chunk(text_chunk),
+                                   trust_backbone),
             scorer=scorer, temperature=temperature, threshold=threshold, fmt=fmt, out=out, labeled=labeled,
             cache_dir=given["cache_dir"], batch_size=given["batch_size"], num_workers=given["workers"],
             strict=given["strict"], precision=runtime["precision"], quiet=quiet, calibrate=calibrate, ranks=ranks,
@@ -1039,7 +1032,7 @@ def pull_command(
     ref: Annotated[str, typer.Argument(help="ORG/NAME[@REVISION] (a branch, tag or commit id).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Copy the files here (default: only the "
                                              "Hugging Face cache).")] = None,
-    offline: PullOfflineOpt = False,
+    offline: OfflineOpt = False,
     backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Refuse the prompts unless they were "
                                                  "trained on this backbone.")] = None,
     pretrained: PretrainedOpt = None,

@@ -59,28 +59,41 @@ def training_options(preset: OptimConfig, *, warmup_lr: bool = True) -> Callable
     return decorate
 
 
+# Every flag several commands share, declared once: a group below lists it, and cli.py's ``...Opt`` aliases
+# are these parameters' annotations (a command's own default is its signature's, as Typer reads it).
+DEVICE = option("device", str, "--device", default="auto", envvar="NEGPROMPT_DEVICE",
+                help="auto (CUDA when present), cpu, cuda, cuda:N.")
+PRECISION = option("precision", str, "--precision", default="fp32", help="fp32, bf16 or fp16 (autocast; CUDA only).")
+WEIGHTS_CACHE = option("weights_cache", str | None, "--weights-cache", help="Where open_clip caches downloaded "
+                       "weights (default: the Hugging Face cache).")
+OFFLINE = option("offline", bool, "--offline", default=False, help="Never touch the network: use only what is "
+                 "already cached (model weights, files pulled from the Hub).")
+QUICK_GELU = option("quick_gelu", bool | None, "--quick-gelu/--no-quick-gelu", help="Override QuickGELU (default: "
+                    "from the pretrained tag).")
+CACHE_DIR = option("cache_dir", Path | None, "--cache-dir", envvar="NEGPROMPT_CACHE",
+                   help="Image-feature cache (default ~/.cache/negprompt).")
+WORKERS = option("workers", int | None, "--workers", help=WORKERS_HELP)
+STRICT = option("strict", bool, "--strict", default=False, help="Unreadable images are an error, not skipped.")
+QUIET = option("quiet", bool, "--quiet", "-q", default=False, help="No progress display.")
+JSON = option("json_out", bool, "--json", default=False, help="Print a JSON summary on stdout.")
+AUG_VIEWS = option("aug_views", int | None, "--aug-views", help="Cache K augmented views per image (random crop + "
+                   "flip); 0 = no augmentation (default).")
+TEXT_CHUNK = option("text_chunk", str, "--text-chunk", default="auto", help="Classes per text-encoder chunk: N, 0 "
+                    "(never chunk) or auto. Training (fit-pos, fit-neg): above the chunk, gradient caching keeps "
+                    "memory bounded at one extra no-grad pass; auto chunks only when the whole graph would not fit "
+                    "(80% of free GPU memory, 3 GiB on CPU; docs/performance.md). score and transfer keep no graph: "
+                    "auto encodes in one pass.")
+
+
 def runtime_options() -> list[inspect.Parameter]:
-    return [
-        option("device", str, "--device", default="auto", envvar="NEGPROMPT_DEVICE",
-               help="auto (CUDA when present), cpu, cuda, cuda:N."),
-        option("precision", str, "--precision", default="fp32", help="fp32, bf16 or fp16 (autocast; CUDA only)."),
-        option("weights_cache", str | None, "--weights-cache", help="Where open_clip caches downloaded weights "
-               "(default: the Hugging Face cache)."),
-        option("offline", bool, "--offline", default=False, help="Never touch the network; use cached weights "
-               "only."),
-        option("quick_gelu", bool | None, "--quick-gelu/--no-quick-gelu", help="Override QuickGELU (default: "
-               "from the pretrained tag)."),
-    ]
+    return [DEVICE, PRECISION, WEIGHTS_CACHE, OFFLINE, QUICK_GELU]
 
 
 def image_options() -> list[inspect.Parameter]:
     """How the commands that read image folders (score, cache build) encode them."""
     return [
         option("batch_size", int, "--batch-size", default=64, help="Images per encoder batch."),
-        option("cache_dir", Path | None, "--cache-dir", envvar="NEGPROMPT_CACHE",
-               help="Image-feature cache (default ~/.cache/negprompt)."),
-        option("workers", int | None, "--workers", help=WORKERS_HELP),
-        option("strict", bool, "--strict", default=False, help="Unreadable images are an error, not skipped."),
+        CACHE_DIR, WORKERS, STRICT,
         option("distributed", bool | None, "--distributed/--no-distributed", help="Split the work over the "
                "processes of a torchrun job (default: on when launched by torchrun). See docs/scale.md."),
     ]
@@ -135,12 +148,7 @@ def data_options() -> list[inspect.Parameter]:
         option("all_images", bool, "--all-images", default=False, help="Use every image (ignore --shots)."),
         option("val_fraction", float | None, "--val-fraction", help="Hold out this fraction of each class's images "
                "(outside the shots) for model selection / calibration. Default: 0."),
-        option("aug_views", int | None, "--aug-views", help="Cache K augmented views per image (random crop + "
-               "flip); 0 = no augmentation (default)."),
-        option("cache_dir", Path | None, "--cache-dir", envvar="NEGPROMPT_CACHE",
-               help="Image-feature cache (default ~/.cache/negprompt)."),
-        option("workers", int | None, "--workers", help=WORKERS_HELP),
-        option("strict", bool, "--strict", default=False, help="Unreadable images are an error, not skipped."),
+        AUG_VIEWS, CACHE_DIR, WORKERS, STRICT,
     ]
 
 
@@ -168,6 +176,5 @@ def run_options() -> list[inspect.Parameter]:
                "interruption left (without one: start fresh, with a notice)."),
         option("grad_checkpoint", bool, "--grad-checkpoint", default=False, help="Recompute text-tower "
                "activations in backward: less memory, more compute."),
-        option("json_out", bool, "--json", default=False, help="Print a JSON summary on stdout."),
-        option("quiet", bool, "--quiet", "-q", default=False, help="No progress display."),
+        JSON, QUIET,
     ]

@@ -45,6 +45,12 @@ def parse_text_chunk(value: str | int | None) -> int | str | None:
     return number or None
 
 
+def no_grad_text_chunk(value: str | int | None) -> int | None:
+    """``--text-chunk`` for a pass that keeps no graph (score, transfer): auto is one pass, as is 0."""
+    chunk = parse_text_chunk(value)
+    return None if chunk == AUTO else chunk  # type: ignore[return-value]
+
+
 def graph_bytes(*, rows: int, layers: int, width: int, suffix_tokens: int, prefix_tokens: int, shared: bool,
                 precision: str = "fp32") -> float:
     """Estimated autograd memory of encoding ``rows`` prompts with gradients (see the module docstring)."""

@@ -16,7 +16,6 @@ from .checkpoint import checkpoint_path
 from .data import ImageFolder, folder_fingerprint
 from .errors import NegPromptError, NegPromptWarning
 from .learners import PromptSettings
-from .memory import AUTO
 from .stages.fit_neg import FitNegOptions, fit_neg, plan_fit_neg
 from .stages.fit_pos import FitPosOptions, fit_pos
 from .training import OptimConfig
@@ -75,6 +74,6 @@ def pos_stage_options(options: FitNegOptions, backbone: BackboneRequest, prompt:
     optim = replace(optim, seed=options.optim.seed, precision=options.optim.precision)
     return FitPosOptions(backbone=backbone, data=options.data, out=out or default_pos_out(options.out),
                          prompt=prompt, optim=optim,
-                         text_chunk=None if options.text_chunk == AUTO else options.text_chunk,
+                         text_chunk=options.text_chunk,
                          quiet=options.quiet, resume=options.resume,
                          grad_checkpoint=options.grad_checkpoint)

@@ -24,7 +24,7 @@ from .presets import default_scorer
 from .registry import ScorerSpec, get_host
 from .text_encoder import SoftPromptTextEncoder
 from .text_features import hand_template_features, template_features, text_features_for
-from .thresholds import applicable, calibrated_scorer, scoring_temperature
+from .thresholds import applicable, calibrate, calibrated_scorer, scoring_temperature
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,25 @@ class ScoringSetup:
     def reads_negative_prompts(self) -> bool:
         return self.spec.needs_negative_prompts
 
+    def mine(self, request: LabelRequest, *, cache_dir: Path | None = None, quiet: bool = False) -> ScoringSetup:
+        """A negative-label scorer's labels for these class names (the slow part the first time: the lexicon is
+        encoded once per backbone and cached); nothing for any other scorer."""
+        self.labels, self.scorer_options = prepare(self.backbone, self.spec.pool, self.names, self.text_pos, request,
+                                                   cache_dir=cache_dir or default_cache_dir(), quiet=quiet)
+        return self
+
+    def calibrate(self, features: torch.Tensor, *, source: str) -> tuple[dict[str, Any], torch.Tensor]:
+        """(the threshold record that keeps 95 % of these ID ``features``, their predicted classes), for exactly
+        this scorer, τ, class list and label settings."""
+        return calibrate(features, self.text_pos, self.text_neg, names=self.names, scorer=self.scorer,
+                         temperature=self.temperature, logit_scale=self.backbone.logit_scale, source=source,
+                         mined=self.mined, scorer_options=self.scorer_options, settings=self.settings)
+
     def stored(self) -> tuple[float | None, str | None]:
         """(the stored threshold, None) when it was calibrated for exactly these names, scorer, τ and label
         settings; (None, why not) otherwise; (None, None) when the prompts carry none."""
         return applicable(self.stored_threshold, self.artifact_names, names=self.names, scorer=self.scorer,
-                          temperature=self.temperature, settings=self.settings)
+                          temperature=self.temperature, settings=self.settings, extra=self.extra)
 
 
 def zero_shot_features(backbone: Backbone, names: list[str], scorer: str) -> torch.Tensor:
@@ -146,12 +160,21 @@ def setup_scoring(request: ScoringRequest) -> ScoringSetup:
 
 
 def mine_labels(setup: ScoringSetup, request: ScoringRequest) -> ScoringSetup:
-    """A negative-label scorer's labels for these class names (the slow part the first time: the lexicon is
-    encoded once per backbone and cached); nothing for any other scorer. Only the process that scores mines."""
-    setup.labels, setup.scorer_options = prepare(setup.backbone, setup.spec.pool, setup.names, setup.text_pos,
-                                                 request.labels, cache_dir=request.cache_dir or default_cache_dir(),
-                                                 quiet=request.quiet)
-    return setup
+    """:meth:`ScoringSetup.mine` with the request's label settings. Only the process that scores mines."""
+    return setup.mine(request.labels, cache_dir=request.cache_dir, quiet=request.quiet)
+
+
+def setup_for_features(backbone: Backbone, names: list[str], text_pos: torch.Tensor, text_neg: torch.Tensor | None,
+                       scorer: str, extra: dict[str, Any], *, stored: dict[str, Any] | None = None,
+                       artifact_names: list[str] | None = None) -> ScoringSetup:
+    """The scoring setup for text features a stage already holds (fit-neg's new prompts, transfer's re-targeted
+    ones): the same scorer, τ and threshold rules as ``score``, resolved in one place. ``extra`` is the
+    artifact metadata τ comes from; ``stored`` a threshold record to judge with :meth:`ScoringSetup.stored`."""
+    spec = get_host().scorer_spec(scorer)
+    return ScoringSetup(backbone=backbone, names=list(names), text_pos=text_pos, text_neg=text_neg, scorer=scorer,
+                        spec=spec, scorer_source="stage", temperature=scoring_temperature(spec, extra),
+                        prompts_id="", stored_threshold=stored, artifact_names=list(artifact_names or names),
+                        extra=extra)
 
 
 def decision_rows(result: Scores, names: list[str], threshold: float | None) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +23,26 @@ from .ood_scores import score_features
 from .registry import ScorerSpec, get_host
 
 ID_KEPT = 0.95
+# Artifacts written before thresholds recorded their scorer were calibrated with Eq. 3, at the training τ.
+OLD_FORMAT_SCORER = "negprompt"
+
+
+@dataclass(frozen=True)
+class ThresholdRecord:
+    """A stored threshold and what it is valid for, read in one place: records written before a field existed
+    get what it meant then (scorer: Eq. 3; τ: the training τ, ``extra["temperature"]``, else 1; no labels)."""
+
+    value: float
+    scorer: str
+    temperature: float
+    settings: dict[str, Any] | None
+
+    @classmethod
+    def read(cls, record: dict[str, Any], extra: dict[str, Any] | None = None) -> ThresholdRecord:
+        extra = extra or {}
+        return cls(value=float(record["value"]), scorer=str(record.get("scorer", OLD_FORMAT_SCORER)),
+                   temperature=float(record.get("temperature", extra.get("temperature", 1.0))),
+                   settings=record.get("settings"))
 
 
 class ThresholdWarning(NegPromptWarning):
@@ -73,22 +94,24 @@ def calibrated_classes(record: dict[str, Any], artifact_names: Sequence[str]) ->
 
 
 def applicable(record: dict[str, Any] | None, artifact_names: Sequence[str], *, names: Sequence[str], scorer: str,
-               temperature: float, settings: dict[str, Any] | None = None) -> tuple[float | None, str | None]:
+               temperature: float, settings: dict[str, Any] | None = None,
+               extra: dict[str, Any] | None = None) -> tuple[float | None, str | None]:
     """(value, None) when ``record`` was calibrated for exactly these names, scorer, τ and negative-label
-    settings; else (None, why)."""
+    settings; else (None, why). ``extra``: the artifact's metadata (an old record's τ is its training τ)."""
     if not record:
         return None, None
-    if record.get("scorer", "negprompt") != scorer:
-        return None, f"it was calibrated for the {record.get('scorer', 'negprompt')} scorer, not {scorer}"
-    if float(record.get("temperature", 1.0)) != float(temperature):
-        return None, f"it was calibrated at temperature {record.get('temperature', 1.0)}, not {temperature}"
-    if record.get("settings") != settings:
+    stored = ThresholdRecord.read(record, extra)
+    if stored.scorer != scorer:
+        return None, f"it was calibrated for the {stored.scorer} scorer, not {scorer}"
+    if stored.temperature != float(temperature):
+        return None, f"it was calibrated at temperature {stored.temperature}, not {temperature}"
+    if stored.settings != settings:
         return None, ("it was calibrated with other negative-label settings (lexicon, mining or groups)"
-                      if record.get("settings") else "it was calibrated without negative labels")
+                      if stored.settings else "it was calibrated without negative labels")
     calibrated = calibrated_classes(record, artifact_names)
     if calibrated is None or calibrated != class_list_id(names):
         return None, _other_list(calibrated, artifact_names, names)
-    return float(record["value"]), None
+    return stored.value, None
 
 
 def _other_list(calibrated: dict[str, Any] | None, artifact_names: Sequence[str], names: Sequence[str]) -> str:
@@ -122,12 +145,13 @@ def _threshold_record(extra: dict[str, Any]) -> dict[str, Any]:
 def calibrated_scorer(extra: dict[str, Any]) -> str | None:
     """The scorer an artifact's threshold was calibrated with (its τ is the record's)."""
     record = _threshold_record(extra)
-    return record.get("scorer", "negprompt") if record else None
+    return ThresholdRecord.read(record, extra).scorer if record else None
 
 
 def calibrated_temperature(extra: dict[str, Any]) -> float:
     """The τ that scorer ran at: the threshold record's (older artifacts: the training τ, which it equalled)."""
-    return float(_threshold_record(extra).get("temperature", extra.get("temperature", 1.0)))
+    record = _threshold_record(extra)
+    return ThresholdRecord.read(record, extra).temperature if record else float(extra.get("temperature", 1.0))
 
 
 def scoring_temperature(spec: ScorerSpec, extra: dict[str, Any]) -> float:

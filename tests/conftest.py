@@ -102,14 +102,23 @@ def error_line(result) -> str:  # type: ignore[no-untyped-def]
 NEG_FAST = ["--epochs", "4", "--batch-size", "16", "--lr", "0.05"]  # fit-neg settings that train in a second
 
 
-def invoke(args):
-    """Run the CLI in-process; whatever the outcome, never a traceback on stderr."""
+def pos_fast(epochs: int = 2) -> list[str]:
+    """fit-pos settings that train the tiny test models in about a second (AdamW, no warm-up, 4 context tokens);
+    the number of epochs is each test's own."""
+    return ["--epochs", str(epochs), "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw",
+            "--warmup-epochs", "0", "--n-ctx", "4"]
+
+
+def invoke(args, **kwargs):  # type: ignore[no-untyped-def]
+    """Run the CLI in-process (the one way the tests call it; ``kwargs`` go to ``CliRunner.invoke``: ``env``,
+    ``input``); whatever the outcome, never a traceback on stderr unless NEGPROMPT_DEBUG=1 asks for one."""
     from typer.testing import CliRunner
 
     from negprompt_cli.cli import app
 
-    result = CliRunner().invoke(app, args)
-    assert "Traceback" not in result.stderr
+    result = CliRunner().invoke(app, args, **kwargs)
+    if (kwargs.get("env") or {}).get("NEGPROMPT_DEBUG") != "1":
+        assert "Traceback" not in result.stderr
     return result
 
 

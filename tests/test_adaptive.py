@@ -7,10 +7,9 @@ import math
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import invoke
 
 from negprompt_cli.adaptive import AdaptiveOptions, LabelMemory, adaptive_scores
-from negprompt_cli.cli import app
 from negprompt_cli.errors import UsageError
 from negprompt_cli.registry import get_host
 
@@ -165,12 +164,11 @@ def world_images(tmp_path):
 
 def test_score_adaptive_cli(world_images, tmp_path):
     """End to end on the world: zero-shot NegLabel with and without --adaptive; bad requests exit 2."""
-    runner = CliRunner()
     base = ["score", str(world_images["test"]), "--zero-shot", "--names", str(world_images["names"]), "-b", "toy",
             "--cache-dir", str(tmp_path / "cache"), "--scorer", "neglabel", "--groups", "1"]
-    static = runner.invoke(app, [*base, "--out", str(tmp_path / "s.csv"), "--json"])
+    static = invoke([*base, "--out", str(tmp_path / "s.csv"), "--json"])
     assert static.exit_code == 0, static.stderr
-    adaptive = runner.invoke(app, [*base, "--adaptive", "--batch-size", "8", "--out", str(tmp_path / "a.csv"),
+    adaptive = invoke([*base, "--adaptive", "--batch-size", "8", "--out", str(tmp_path / "a.csv"),
                                    "--json"])
     assert adaptive.exit_code == 0, adaptive.stderr
     summary = json.loads(adaptive.stdout)
@@ -180,7 +178,7 @@ def test_score_adaptive_cli(world_images, tmp_path):
     for extra, message in ((["--batch-size", "1"], "batch of at least 2"),
                            (["--scorer", "mcm"], "ID probability"),
                            (["--calibrate", str(world_images["test"])], "cannot be combined with --calibrate")):
-        bad = runner.invoke(app, [*base, "--adaptive", *extra, "--out", str(tmp_path / "bad.csv")])
+        bad = invoke([*base, "--adaptive", *extra, "--out", str(tmp_path / "bad.csv")])
         assert bad.exit_code == 2, (extra, bad.stderr)
         assert message in bad.stderr and "Traceback" not in bad.stderr
         assert not (tmp_path / "bad.csv").exists()

@@ -10,19 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder
-from typer.testing import CliRunner
+from conftest import invoke, make_image_folder, pos_fast
 
 from negprompt_cli.artifact import load_prompts
-from negprompt_cli.cli import app
 
-runner = CliRunner()
-FAST = ["--epochs", "30", "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw", "--warmup-epochs", "0",
-        "--n-ctx", "4", "--json"]
+FAST = [*pos_fast(30), "--json"]
 
 
 def fit_pos(args: list[str]):
-    return runner.invoke(app, ["fit-pos", *args])
+    return invoke(["fit-pos", *args])
 
 
 @pytest.fixture
@@ -81,7 +77,7 @@ def test_class_specific_contexts_and_aug_views(tiny_rn_dir, train_dir, tmp_path)
 
 
 def run_bad(args: list[str]):
-    result = runner.invoke(app, ["fit-pos", *args])
+    result = invoke(["fit-pos", *args])
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr
     return result.exit_code, lines
@@ -136,11 +132,11 @@ def test_unexpected_errors_are_one_line_unless_debug(tiny_vit_dir, train_dir, tm
     monkeypatch.setattr(fit_pos_module, "train", boom)
     args = ["fit-pos", "--data", str(train_dir), "--out", str(tmp_path / "p.safetensors"), "--backbone",
             f"local-dir:{tiny_vit_dir}"]
-    result = runner.invoke(app, args)
+    result = invoke(args)
     assert result.exit_code == 1
     assert result.stderr.splitlines()[0] == "Error: unexpected ZeroDivisionError: boom"
     assert "Traceback" not in result.stderr
-    result = runner.invoke(app, args, env={"NEGPROMPT_DEBUG": "1"})
+    result = invoke(args, env={"NEGPROMPT_DEBUG": "1"})
     assert result.exit_code == 1 and "Traceback" in result.stderr
 
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import NEG_FAST, TEST_DEVICE, invoke, make_image_folder
+from conftest import NEG_FAST, TEST_DEVICE, invoke, make_image_folder, pos_fast
 
 from negprompt_cli.artifact import load_prompts
 from negprompt_cli.cli import app
@@ -15,8 +15,7 @@ from negprompt_cli.errors import UsageError
 from negprompt_cli.presets import default_scorer
 from negprompt_cli.thresholds import class_list_id
 
-POS_FAST = ["--epochs", "20", "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw", "--warmup-epochs", "0",
-            "--n-ctx", "4"]
+POS_FAST = pos_fast(20)
 
 
 @pytest.fixture

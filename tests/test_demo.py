@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
-
-from negprompt_cli.cli import app
+from conftest import invoke
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     work = tmp_path_factory.mktemp("demo") / "run"
-    result = CliRunner().invoke(app, ["demo", "--workdir", str(work), "--json"])
+    result = invoke(["demo", "--workdir", str(work), "--json"])
     assert result.exit_code == 0, result.stderr
     return work, json.loads(result.stdout), result.stderr
 

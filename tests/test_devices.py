@@ -9,13 +9,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import TEST_DEVICE, VIT_CFG, make_image_folder, write_local_dir
+from conftest import TEST_DEVICE, VIT_CFG, invoke, make_image_folder, write_local_dir
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-from typer.testing import CliRunner
 
 from negprompt_cli import image_features as features_module
 from negprompt_cli.backbone import BackboneRequest, load_backbone
-from negprompt_cli.cli import app
 from negprompt_cli.data import find_images
 from negprompt_cli.devices import PrecisionWarning, check_precision, resolve_device
 from negprompt_cli.errors import UsageError
@@ -40,7 +38,7 @@ def test_device_names_that_cannot_run_here_are_usage_errors():
 def test_cli_device_errors_are_one_line_exit_2(tmp_path):
     make_image_folder(tmp_path / "train", per_class=2)
     bad = "cuda:7" if torch.cuda.device_count() < 8 else "cuda:99"
-    result = CliRunner().invoke(app, ["fit-pos", "--data", str(tmp_path / "train"), "--out",
+    result = invoke(["fit-pos", "--data", str(tmp_path / "train"), "--out",
                                       str(tmp_path / "p.safetensors"), "--backbone", "toy", "--device", bad])
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: --device") and "Traceback" not in result.stderr
@@ -58,7 +56,7 @@ def test_low_precision_on_cpu_runs_fp32_and_says_so_once(tmp_path):
         check_precision(torch.device("cpu"), "fp8")
     make_image_folder(tmp_path / "train", per_class=4)
     out = tmp_path / "neg.safetensors"
-    result = CliRunner().invoke(app, ["fit-neg", "--data", str(tmp_path / "train"), "--out", str(out), "--backbone",
+    result = invoke(["fit-neg", "--data", str(tmp_path / "train"), "--out", str(out), "--backbone",
                                       "toy", "--precision", "fp16", "--pos-epochs", "1", "--epochs", "1",
                                       "--n-ctx", "2", "--json"])
     assert result.exit_code == 0, result.stderr

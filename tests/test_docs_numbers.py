@@ -65,7 +65,8 @@ def test_the_lexicon_encoding_numbers_are_the_stored_measurement(monkeypatch):
     lexicon = json.loads((ROOT / "benchmarks" / "results" / "lexicon.json").read_text())
     encode, first = lexicon["encode"], lexicon["first_zero_shot_score"]
     text = " ".join(README.split())
-    assert f"{first['seconds']:.0f} s on 2 CPU cores for ViT-B/16" in text
+    assert f"took {first['seconds']:.0f} s on 2 CPU cores for ViT-B/16" in text
+    assert f"is {first['candidates']:,} WordNet candidates" in text and first["scorer"] == "csp"
     assert f"{encode['speedup']:.1f}× faster than `encode_text` at the full context" in text
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from lexicon import markdown

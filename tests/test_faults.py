@@ -14,15 +14,14 @@ import time
 
 import pytest
 import torch
-from conftest import NEG_FAST, error_line, invoke, make_image_folder
+from conftest import NEG_FAST, error_line, invoke, make_image_folder, pos_fast
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from negprompt_cli.artifact import load_prompts
 from negprompt_cli.errors import NegPromptWarning
 
-POS_FAST = ["--epochs", "6", "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw", "--warmup-epochs", "0",
-            "--n-ctx", "4"]
+POS_FAST = pos_fast(6)
 
 
 @pytest.fixture

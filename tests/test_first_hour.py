@@ -7,14 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import NEG_FAST, error_line, invoke, make_image_folder
+from conftest import NEG_FAST, error_line, invoke, make_image_folder, pos_fast
 
 from negprompt_cli.artifact import load_prompts
 from negprompt_cli.data import load_image_folder, read_names_file
 from negprompt_cli.errors import UsageError
 
-POS_FAST = ["--epochs", "2", "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw", "--warmup-epochs", "0",
-            "--n-ctx", "4"]
+POS_FAST = pos_fast(2)
 CLASSES = ("red_stripes", "green_bars", "blue_dots")
 
 

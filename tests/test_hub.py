@@ -11,14 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import invoke, make_image_folder
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
 from negprompt_cli.artifact import PromptArtifact, load_prompts, save_prompts
-from negprompt_cli.cli import app
-
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -26,14 +22,14 @@ def artifact_file(tmp_path, tiny_vit_dir) -> Path:
     """A real fit-neg artifact from the tiny backbone (two classes)."""
     train = make_image_folder(tmp_path / "train", classes=("red_stripes", "green_bars"), per_class=4)
     out = tmp_path / "neg.safetensors"
-    result = runner.invoke(app, ["fit-neg", "--data", str(train), "--out", str(out), "--backbone",
+    result = invoke(["fit-neg", "--data", str(train), "--out", str(out), "--backbone",
                                  f"local-dir:{tiny_vit_dir}", "--pos-epochs", "2", "--epochs", "2", "--n-ctx", "4"])
     assert result.exit_code == 0, result.stderr
     return out
 
 
 def cli(args, **kwargs):
-    result = runner.invoke(app, args, **kwargs)
+    result = invoke(args, **kwargs)
     assert "Traceback" not in result.stderr
     return result
 

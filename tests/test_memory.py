@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import invoke, make_image_folder
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-from typer.testing import CliRunner
 
-from negprompt_cli.cli import app
 from negprompt_cli.errors import UsageError
 from negprompt_cli.learners import PromptSettings
 from negprompt_cli.memory import CPU_BUDGET_BYTES, auto_text_chunk, graph_bytes, parse_text_chunk, resolve_text_chunk
@@ -69,6 +67,6 @@ def test_estimate_bounds_the_real_graph(tiny_backbone):
 
 def test_cli_text_chunk_values(tmp_path, tiny_vit_dir):
     make_image_folder(tmp_path / "train", per_class=3)
-    bad = CliRunner().invoke(app, ["fit-neg", "--data", str(tmp_path / "train"), "--out", str(tmp_path / "n.st"),
+    bad = invoke(["fit-neg", "--data", str(tmp_path / "train"), "--out", str(tmp_path / "n.st"),
                                    "--backbone", f"local-dir:{tiny_vit_dir}", "--text-chunk", "lots"])
     assert bad.exit_code == 2 and "--text-chunk must be auto or a whole number" in bad.stderr

@@ -11,15 +11,12 @@ from pathlib import Path
 
 import pluggy
 import pytest
-from typer.testing import CliRunner
+from conftest import invoke
 
 import negprompt_cli
 from negprompt_cli import registry
-from negprompt_cli.cli import app
 from negprompt_cli.presets import default_scorer
 from negprompt_cli.registry import PluginHost, PluginWarning
-
-runner = CliRunner()
 
 
 def install_fake_plugin(site: Path, module: str, source: str, ep_name: str | None = None,
@@ -75,12 +72,12 @@ def test_third_party_plugin_is_discovered(fake_site):
 
 
 def test_plugins_command_json(fake_site):
-    result = runner.invoke(app, ["plugins", "--json"])
+    result = invoke(["plugins", "--json"])
     assert result.exit_code == 0, result.stderr
     rows = json.loads(result.stdout)
     fake = next(r for r in rows if r["name"] == "negprompt_fake")
     assert fake["hooks"] == ["register_backbones", "register_scorers"]
-    listing = runner.invoke(app, ["plugins"])  # on stdout (its data); names whole at any width
+    listing = invoke(["plugins"])  # on stdout (its data); names whole at any width
     assert listing.exit_code == 0 and listing.stderr == ""
     assert "negprompt_fake" in listing.stdout and "…" not in listing.stdout
     assert "  scorer: negprompt, mcm, energy, maxlogit, msp, neglabel, csp, negprompt-sum, negprompt-maxlogit" in \
@@ -106,7 +103,7 @@ def test_broken_plugin_warns_and_cli_still_works(tmp_path, monkeypatch):
     broken = next(r for r in host.describe() if r["name"] == "negprompt_broken")
     assert "missing dependency xyz" in broken["error"]
     assert "coop" in host.learners.names()
-    result = runner.invoke(app, ["plugins", "--json"])
+    result = invoke(["plugins", "--json"])
     assert result.exit_code == 0
 
 
@@ -278,9 +275,9 @@ def test_a_third_party_negative_learner_with_its_own_options(tmp_path, monkeypat
     data = make_image_folder(tmp_path / "train", classes=("red_stripes", "green_bars"), per_class=6)
     pos = tmp_path / "pos.safetensors"
     common = ["--data", str(data), "--backbone", f"local-dir:{tiny_vit_dir}"]
-    assert runner.invoke(app, ["fit-pos", *common, "--out", str(pos), "--epochs", "2", "--n-ctx", "4"]).exit_code == 0
+    assert invoke(["fit-pos", *common, "--out", str(pos), "--epochs", "2", "--n-ctx", "4"]).exit_code == 0
     out = tmp_path / "away.safetensors"
-    result = runner.invoke(app, ["fit-neg", "--data", str(data), "--pos", str(pos), "--out", str(out), "--learner",
+    result = invoke(["fit-neg", "--data", str(data), "--pos", str(pos), "--out", str(out), "--learner",
                                  "away", "--n-neg", "3", "--learner-option", "margin=0.25", "--epochs", "2", "--json"])
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)  # its own option, set from the command line, typed by its Options
@@ -289,11 +286,11 @@ def test_a_third_party_negative_learner_with_its_own_options(tmp_path, monkeypat
     assert artifact.training["learner_options"] == {"n_neg": 3, "margin": 0.25}
     assert artifact.prompt["n_neg"] == 3 and artifact.tensors["text_neg"].shape == (2, 3, 32)
     assert artifact.extra["threshold"]["scorer"] == default_scorer(True)  # calibrated for score's default
-    scored = runner.invoke(app, ["score", str(data), "--prompts", str(out), "--format", "jsonl"])
+    scored = invoke(["score", str(data), "--prompts", str(out), "--format", "jsonl"])
     assert scored.exit_code == 0, scored.stderr
     assert all(json.loads(line)["ood"] is not None for line in scored.stdout.splitlines())
     # NegPrompt's own options are not this learner's: one line, exit 2, before any training
-    wrong = runner.invoke(app, ["fit-neg", "--data", str(data), "--pos", str(pos), "--out", str(tmp_path / "x.st"),
+    wrong = invoke(["fit-neg", "--data", str(data), "--pos", str(pos), "--out", str(tmp_path / "x.st"),
                                 "--learner", "away", "--beta", "0.3"])
     assert wrong.exit_code == 2 and "learner 'away' has no option 'beta'" in wrong.stderr
     assert "its options: margin, n_neg" in wrong.stderr
@@ -307,7 +304,7 @@ def test_a_third_party_negative_learner_with_its_own_options(tmp_path, monkeypat
                                                                               "given twice"),
             (["--n-neg", "2", "--learner-option", "n_neg=3"], "Error: --n-neg and --learner-option n_neg=... are "
                                                               "both given")):
-        bad = runner.invoke(app, [*base, *args])
+        bad = invoke([*base, *args])
         assert bad.exit_code == 2 and bad.stderr.splitlines()[0] == message, (args, bad.stderr)
     assert not (tmp_path / "x.st").exists()
 
@@ -327,13 +324,13 @@ def test_the_documented_backbone_plugin_scores_and_trains(tmp_path, monkeypatch)
     try:
         images = make_image_folder(tmp_path / "images", classes=("red_stripes", "green_bars"), per_class=3)
         (tmp_path / "names.txt").write_text("red stripes\ngreen bars\n")
-        scored = runner.invoke(app, ["score", str(images), "--zero-shot", "--names", str(tmp_path / "names.txt"),
+        scored = invoke(["score", str(images), "--zero-shot", "--names", str(tmp_path / "names.txt"),
                                      "--backbone", "tiny-random", "--scorer", "mcm", "--format", "jsonl"])
         assert scored.exit_code == 0, scored.stderr
         rows = [json.loads(line) for line in scored.stdout.splitlines()]
         assert len(rows) == 6 and all(0.0 <= r["score"] <= 1.0 for r in rows)
         out = tmp_path / "pos.safetensors"
-        trained = runner.invoke(app, ["fit-pos", "--data", str(images), "--backbone", "tiny-random", "--out",
+        trained = invoke(["fit-pos", "--data", str(images), "--backbone", "tiny-random", "--out",
                                       str(out), "--epochs", "1", "--n-ctx", "2", "--json"])
         assert trained.exit_code == 0, trained.stderr
         assert json.loads(trained.stdout)["backbone"]["backbone"] == "tiny-random"

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import invoke, make_image_folder
+from conftest import invoke, make_image_folder, pos_fast
 from PIL import Image
 
-POS_FAST = ["--epochs", "2", "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw", "--warmup-epochs", "0",
-            "--n-ctx", "4"]
+POS_FAST = pos_fast(2)
 
 
 class Page(HTMLParser):

@@ -120,3 +120,18 @@ def test_applicable_checks_names_scorer_and_temperature():
     assert applicable(legacy, names, names=names, scorer="negprompt", temperature=1.0) == (0.4, None)
     legacy_transferred = {**legacy, "transferred": True}
     assert applicable(legacy_transferred, names, names=names, scorer="negprompt", temperature=1.0)[0] is None
+
+
+def test_an_old_threshold_record_reads_as_what_it_meant():
+    """Records written before the scorer and τ were stored: Eq. 3 at the training τ (one reader, ThresholdRecord)."""
+    from negprompt_cli.thresholds import ThresholdRecord, applicable
+
+    names = ["a", "b"]
+    old = {"value": 0.4}
+    assert ThresholdRecord.read(old) == ThresholdRecord(0.4, "negprompt", 1.0, None)
+    assert ThresholdRecord.read(old, {"temperature": 0.5}).temperature == 0.5
+    # an artifact trained at τ 0.5 whose threshold predates the τ field applies at τ 0.5, not at 1
+    assert applicable(old, names, names=names, scorer="negprompt", temperature=0.5,
+                      extra={"temperature": 0.5}) == (0.4, None)
+    assert applicable(old, names, names=names, scorer="negprompt", temperature=1.0,
+                      extra={"temperature": 0.5})[1] == "it was calibrated at temperature 0.5, not 1.0"

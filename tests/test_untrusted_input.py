@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import NEG_FAST, error_line, invoke, make_image_folder
+from conftest import NEG_FAST, error_line, invoke, make_image_folder, pos_fast
 
-POS_FAST = ["--epochs", "2", "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw", "--warmup-epochs", "0",
-            "--n-ctx", "4"]
+POS_FAST = pos_fast(2)
 
 
 @pytest.fixture

@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from conftest import invoke
 
 from negprompt_cli import world
-from negprompt_cli.cli import app
 
 
 def test_render_is_seeded_and_categories_differ():
@@ -85,24 +84,23 @@ def test_export_world(tmp_path):
 
 
 def test_world_export_cli(tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(app, ["world", "export", str(tmp_path / "w"), "--id", "circle,heart", "--shots", "2",
+    result = invoke(["world", "export", str(tmp_path / "w"), "--id", "circle,heart", "--shots", "2",
                                  "--test-per-class", "1", "--far", "3", "--train-classes", "1", "--json"])
     assert result.exit_code == 0, result.stderr
     assert set(json.loads(result.stdout)) >= {"train", "test", "ood_near", "ood_far", "id_names"}
     assert len(list((tmp_path / "w" / "ood_near").iterdir())) == 6
     assert len(list((tmp_path / "w" / "ood_unnamed").iterdir())) == 8
-    named = runner.invoke(app, ["world", "export", str(tmp_path / "v"), "--id", "letter e, house", "--ood", "fish",
+    named = invoke(["world", "export", str(tmp_path / "v"), "--id", "letter e, house", "--ood", "fish",
                                 "--no-unnamed", "--shots", "1", "--test-per-class", "1", "--far", "0", "--json"])
     assert named.exit_code == 0, named.stderr
     assert sorted(p.name for p in (tmp_path / "v" / "test").iterdir()) == ["house", "letter_e"]
     assert not (tmp_path / "v" / "ood_unnamed").exists()
     assert (tmp_path / "v" / "id_names.txt").read_text() == "house\nletter e\n"
-    bad = runner.invoke(app, ["world", "export", str(tmp_path / "x"), "--id", "circle,blob"])
+    bad = invoke(["world", "export", str(tmp_path / "x"), "--id", "circle,blob"])
     assert bad.exit_code == 2 and "unknown shape 'blob'" in bad.stderr
-    bad = runner.invoke(app, ["world", "export", str(tmp_path / "x"), "--id", "circle", "--ood", "circle"])
+    bad = invoke(["world", "export", str(tmp_path / "x"), "--id", "circle", "--ood", "circle"])
     assert bad.exit_code == 2 and "both ID and OOD" in bad.stderr
-    bad = runner.invoke(app, ["world", "export", str(tmp_path / "nope" / "x")])
+    bad = invoke(["world", "export", str(tmp_path / "nope" / "x")])
     assert bad.exit_code == 3
 
 
@@ -113,31 +111,30 @@ def test_every_category_renders_visibly(shape):
 
 
 def test_world_export_is_all_or_nothing(tmp_path, monkeypatch):
-    runner = CliRunner()
     target = tmp_path / "w"
     args = ["world", "export", str(target), "--id", "circle,heart", "--shots", "1", "--test-per-class", "1",
             "--far", "2", "--no-unnamed"]
     # a failure while rendering the far-OOD set (after train/, test/, ood_near/ are written) leaves no trace
     real = world.export_images
     monkeypatch.setattr(world, "export_images", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
-    interrupted = runner.invoke(app, args)
+    interrupted = invoke(args)
     assert interrupted.exit_code == 130
     assert not target.exists() and list(tmp_path.iterdir()) == []
     monkeypatch.setattr(world, "export_images", real)
-    assert runner.invoke(app, args).exit_code == 0
+    assert invoke(args).exit_code == 0
     (target / "notes.txt").write_text("mine")
-    again = runner.invoke(app, [*args, "--overwrite", "--id", "star,heart"])
+    again = invoke([*args, "--overwrite", "--id", "star,heart"])
     assert again.exit_code == 0, again.stderr
     assert sorted(p.name for p in (target / "test").iterdir()) == ["heart", "star"]
     assert (target / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # no staging folder left beside it
     (tmp_path / "file").write_text("x")
-    bad = runner.invoke(app, ["world", "export", str(tmp_path / "file")])
+    bad = invoke(["world", "export", str(tmp_path / "file")])
     assert bad.exit_code == 2 and "is a file" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_world_export_without_calibration_images_names_no_calib_folder(tmp_path):
-    result = CliRunner().invoke(app, ["world", "export", str(tmp_path / "w"), "--shots", "1", "--test-per-class",
+    result = invoke(["world", "export", str(tmp_path / "w"), "--shots", "1", "--test-per-class",
                                       "1", "--far", "1", "--calib-per-class", "0", "--no-unnamed"])
     assert result.exit_code == 0, result.stderr
     assert "calib/" not in result.stderr and not (tmp_path / "w" / "calib").exists()

@@ -26,15 +26,14 @@ from ..data import ImageFolder, load_image_folder, read_names_file
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks
 from ..errors import IncompatibleArtifactError, UsageError
-from ..feature_cache import default_cache_dir
 from ..learners import PromptSettings, exported_tensors, learner_options, options_record
 from ..memory import AUTO, resolve_text_chunk
-from ..negative_labels import LabelRequest, prepare, settings_fingerprint
+from ..negative_labels import LabelRequest
 from ..presets import NEGATIVE_OPTIM, default_scorer
 from ..registry import get_host
+from ..scoring import setup_for_features
 from ..text_encoder import SoftPromptTextEncoder
 from ..text_features import context_features
-from ..thresholds import calibrate, scoring_temperature
 from ..training import OptimConfig, Selection, accuracy, train
 from ..training_data import DataOptions, labelled_features, run_fingerprint
 
@@ -245,18 +244,10 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
                    "text_neg": text_neg}
     calib_features, calib_source = (val[0], "validation") if val is not None else (features[:, 0], "training")
     # the threshold is calibrated for the scorer `score` uses by default on these prompts (chosen on validation)
-    scorer = default_scorer(True)
-    spec = get_host().scorer_spec(scorer)
-    tau = scoring_temperature(spec, {"temperature": options.temperature})
-    mined_labels, scorer_options = prepare(backbone, spec.pool, list(folder.class_names), tensors["text_pos"],
-                                           LabelRequest(), cache_dir=options.data.cache_dir or default_cache_dir(),
-                                           quiet=options.quiet)
-    threshold, predictions = calibrate(calib_features, tensors["text_pos"], tensors["text_neg"],
-                                       names=folder.class_names, scorer=scorer, temperature=tau,
-                                       logit_scale=backbone.logit_scale, source=calib_source,
-                                       mined=mined_labels.features if mined_labels is not None else None,
-                                       scorer_options=scorer_options,
-                                       settings=settings_fingerprint(mined_labels, scorer_options))
+    setup = setup_for_features(backbone, list(folder.class_names), tensors["text_pos"], tensors["text_neg"],
+                               default_scorer(True), {"temperature": options.temperature})
+    setup.mine(LabelRequest(), cache_dir=options.data.cache_dir, quiet=options.quiet)
+    threshold, predictions = setup.calibrate(calib_features, source=calib_source)
     id_accuracy = float((predictions == (val[1] if val is not None else labels)).float().mean())
     summary.update({
         "out": str(options.out),
@@ -274,7 +265,7 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
         "initial_loss": initial_terms,
         "final_loss": final_terms,
         "threshold": threshold,
-        "scorer_uses_negative_prompts": spec.needs_negative_prompts,
+        "scorer_uses_negative_prompts": setup.reads_negative_prompts,
         f"{calib_source}_accuracy": id_accuracy,
         "train_accuracy": accuracy(module, train_features[:, 0], train_labels),
     })

@@ -16,6 +16,7 @@ from ..data import folder_fingerprint
 from ..devices import check_precision
 from ..errors import UsageError
 from ..learners import PromptSettings, exported_tensors, learner_options, options_record
+from ..memory import AUTO, resolve_text_chunk
 from ..registry import get_host
 from ..text_encoder import SoftPromptTextEncoder
 from ..text_features import hand_template_features
@@ -32,7 +33,7 @@ class FitPosOptions:
     optim: OptimConfig = field(default_factory=OptimConfig)
     learner: str = "coop"
     learner_options: dict[str, Any] = field(default_factory=dict)  # the learner's own Options (--learner-option)
-    text_chunk: int | None = None
+    text_chunk: int | str | None = AUTO  # classes per chunk above which gradient caching bounds memory
     quiet: bool = False
     resume: bool = False
     grad_checkpoint: bool = False
@@ -70,7 +71,9 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
                                                             options.quiet)
     prompts = encoder.tokenize(folder.class_names, settings.n_ctx, settings.suffix)
     generator = torch.Generator().manual_seed(optim.seed)
-    module = builder(encoder, prompts, settings, generator, text_chunk=options.text_chunk, **extra)
+    text_chunk = resolve_text_chunk(options.text_chunk, backbone=backbone, prompts=prompts, prompts_per_class=1,
+                                    class_specific=settings.csc, precision=optim.precision)
+    module = builder(encoder, prompts, settings, generator, text_chunk=text_chunk, **extra)
     clean = features[:, 0]
     zero_shot = zero_shot_accuracy(encoder, folder.class_names, clean, labels)
     initial = accuracy(module, clean, labels)

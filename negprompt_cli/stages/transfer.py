@@ -18,14 +18,13 @@ from ..backbone import RuntimeOptions, artifact_backbone, load_backbone
 from ..data import read_names_file
 from ..devices import check_precision
 from ..errors import NotFoundError
-from ..feature_cache import default_cache_dir
 from ..image_features import EncodeOptions, encode_folder
-from ..negative_labels import LabelRequest, prepare, settings_fingerprint
+from ..negative_labels import LabelRequest
 from ..presets import default_scorer
-from ..registry import get_host
+from ..scoring import setup_for_features
 from ..text_encoder import SoftPromptTextEncoder
 from ..text_features import text_features_for
-from ..thresholds import ThresholdWarning, applicable, calibrate, calibrated_scorer, scoring_temperature
+from ..thresholds import ThresholdWarning, calibrated_scorer
 
 
 def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions = RuntimeOptions(), *,
@@ -49,28 +48,21 @@ def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions
     scorer = calibrated_scorer(extra) or default_scorer(text_neg is not None)
     stored = extra.pop("threshold", None)
     lineage = stored or extra.get("transfer", {}).get("source_threshold")
-    spec = get_host().scorer_spec(scorer)
-    temperature = scoring_temperature(spec, source.extra)
+    setup = setup_for_features(backbone, names, text_pos, text_neg, scorer, source.extra, stored=stored,
+                               artifact_names=list(source.class_names))
     calibration: dict[str, Any] | None = None
-    labels, scorer_options = None, None
     if calibrate_on is not None or stored:  # a negative-label scorer's threshold needs its labels for these names
-        labels, scorer_options = prepare(backbone, spec.pool, names, text_pos, LabelRequest(),
-                                         cache_dir=encoding.cache_dir or default_cache_dir(), quiet=encoding.quiet)
-    settings = settings_fingerprint(labels, scorer_options)
+        setup.mine(LabelRequest(), cache_dir=encoding.cache_dir, quiet=encoding.quiet)
     if calibrate_on is not None:
         encoding = replace(encoding, precision=check_precision(backbone.device, encoding.precision))
         encoded = encode_folder(backbone, calibrate_on, encoding, "Encoding calibration images")
         assert encoded is not None  # one process: always the result
         _, features, stats = encoded
-        record, _ = calibrate(features, text_pos, text_neg, names=names, scorer=scorer, temperature=temperature,
-                              logit_scale=backbone.logit_scale, source=f"calibration images {calibrate_on}",
-                              mined=labels.features if labels is not None else None,
-                              scorer_options=scorer_options, settings=settings)
+        record, _ = setup.calibrate(features, source=f"calibration images {calibrate_on}")
         extra["threshold"] = record
         calibration = {"images": record["n_images"], "encoded": stats.encoded, "cached": stats.cached}
     elif stored:
-        value, reason = applicable(stored, source.class_names, names=names, scorer=scorer, temperature=temperature,
-                                   settings=settings)
+        value, reason = setup.stored()
         if value is not None:
             extra["threshold"] = stored
         else:
