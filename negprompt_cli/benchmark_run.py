@@ -35,6 +35,7 @@ from .metrics import ood_metrics
 from .negative_labels import LabelRequest
 from .presets import NEGATIVE_OPTIM, POSITIVE_OPTIM, OptimConfig
 from .score_file import read_score_file
+from .scoring import zero_shot_prompts
 from .stages.fit_neg import FitNegOptions, fit_neg
 from .stages.fit_pos import FitPosOptions, fit_pos
 from .stages.score import ScoreOptions, score
@@ -288,7 +289,8 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
               "weights": _weights_record(weights), "seeds": list(seeds),
               "shots": options.shots or protocol.shots, "open_vocabulary": protocol.open_vocabulary,
               "class_names": "open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES (standard sorted-wnid order)",
-              "zero_shot_template": "a photo of a {}.", "ood_sets": ood_names,
+              "zero_shot_templates": {s: list(zero_shot_prompts(s)) for s in options.zero_shot_scorers},
+              "ood_sets": ood_names,
               "fpr_conventions": {"fpr95": "ID positive (the paper, MCM): OOD accepted at 95 % ID kept",
                                   "fpr95_ood_positive": "OOD positive (OpenOOD v1.5): ID rejected at 95 % OOD "
                                                         "caught"},

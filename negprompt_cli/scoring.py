@@ -23,7 +23,7 @@ from .ood_scores import Scores
 from .presets import default_scorer
 from .registry import ScorerSpec, get_host
 from .text_encoder import SoftPromptTextEncoder
-from .text_features import hand_template_features, template_features, text_features_for
+from .text_features import HAND_TEMPLATE, hand_template_features, template_features, text_features_for
 from .thresholds import applicable, calibrate, calibrated_scorer, scoring_temperature
 
 
@@ -104,13 +104,19 @@ class ScoringSetup:
                           temperature=self.temperature, settings=self.settings, extra=self.extra)
 
 
+def zero_shot_prompts(scorer: str) -> tuple[str, ...]:
+    """The ID class prompts zero-shot ``scorer`` uses, as its paper did: a negative-label scorer's own
+    (NegLabel's "the nice {}", CSP's 8-template ensemble), else MCM's hand template "a photo of a {}."."""
+    return zero_shot_templates(get_host().scorer_spec(scorer).pool) or (HAND_TEMPLATE,)
+
+
 def zero_shot_features(backbone: Backbone, names: list[str], scorer: str) -> torch.Tensor:
-    """The ID class features a zero-shot scorer's paper used: a negative-label scorer's own prompts (NegLabel's
-    "the nice {}", CSP's 8-template ensemble), else MCM's hand template "a photo of a {}."."""
+    """Unit ID class features of :func:`zero_shot_prompts` (an ensemble averages its raw outputs)."""
     encoder = SoftPromptTextEncoder(backbone)
-    templates = zero_shot_templates(get_host().scorer_spec(scorer).pool)
-    return hand_template_features(encoder, names) if templates is None else template_features(encoder, names,
-                                                                                              templates)
+    templates = zero_shot_prompts(scorer)
+    if templates == (HAND_TEMPLATE,):
+        return hand_template_features(encoder, names)
+    return template_features(encoder, names, templates)
 
 
 def setup_scoring(request: ScoringRequest) -> ScoringSetup:

@@ -72,6 +72,7 @@ def test_uncached_weights_offline_is_a_hub_error(tmp_path):
     assert "--pretrained FILE" in info.value.hint and "local-dir:" in info.value.hint
 
 
+@pytest.mark.slow
 def test_uncached_weights_cli_exit_code_4(tmp_path):
     env = {"PATH": "", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "NEGPROMPT_CACHE": str(tmp_path)}
     import os

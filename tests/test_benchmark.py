@@ -176,6 +176,8 @@ def test_run_a_miniature_protocol_end_to_end_and_rerun_for_free(tmp_path, tiny_v
     assert [r["row"] for r in report["rows"]] == ["negprompt/negprompt", "negprompt/mcm", "negprompt/energy",
                                                   "zero-shot/mcm", "zero-shot/neglabel"]
     assert report["ood_sets"] == ["unknown", "Textures"] and report["seeds"] == [1, 2]
+    # each zero-shot row ran with its paper's ID prompts, and the report says which
+    assert report["zero_shot_templates"] == {"mcm": ["a photo of a {}."], "neglabel": ["the nice {}"]}
     assert {f.name for f in out.iterdir()} >= {"report.json", "report.md", "report.html", "seed-1", "seed-2"}
 
     # every number from the score files, recomputed independently

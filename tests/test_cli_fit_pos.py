@@ -140,6 +140,7 @@ def test_unexpected_errors_are_one_line_unless_debug(tiny_vit_dir, train_dir, tm
     assert result.exit_code == 1 and "Traceback" in result.stderr
 
 
+@pytest.mark.slow
 def test_installed_command_and_module_entry_points(tmp_path):
     env = {**os.environ, "NEGPROMPT_CACHE": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-m", "negprompt_cli", "--version"], capture_output=True, text=True,

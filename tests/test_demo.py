@@ -17,6 +17,7 @@ def demo(tmp_path_factory):
     return work, json.loads(result.stdout), result.stderr
 
 
+@pytest.mark.slow
 def test_demo_writes_every_stage(demo):
     work, report, stderr = demo
     for name in ("pos.safetensors", "negprompt.safetensors", "negprompt_all.safetensors", "id.csv", "ood_near.csv",

@@ -74,6 +74,7 @@ def test_stage_outputs_are_cpu_fp32(tiny_backbone):
         assert tensor.device.type == "cpu" and tensor.dtype == torch.float32 and not tensor.requires_grad, name
 
 
+@pytest.mark.slow
 def test_decoding_workers_from_a_forkserver_give_the_same_features(tiny_backbone, tmp_path, monkeypatch):
     """On CUDA the DataLoader starts its workers from a forkserver; the features must not change."""
     assert features_module.worker_context(torch.device("cuda"), 2) == "forkserver"
@@ -94,6 +95,7 @@ def wide_text_dir(tmp_path_factory):
     return write_local_dir(tmp_path_factory.mktemp("wide") / "clip", cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [None, 256])
 def test_bf16_gradient_at_1000_classes_within_2_percent(wide_text_dir, chunk):
     """fit-neg's gradient under bf16 autocast vs the float64 gradient, C = 1000, P = 2.

@@ -94,6 +94,7 @@ def test_outputs_honour_the_umask(setup):
 
 
 # -- signals, pipes, kill -9 ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_score_into_a_closed_pipe_exits_quietly(setup):
     root, _ = setup
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -173,6 +174,7 @@ def test_one_command_fit_neg_resumes_in_the_stage_it_was_interrupted(setup, monk
             torch.testing.assert_close(ours.tensors[name], tensor, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_kill_9_while_caching_then_rerun_is_clean(setup):
     root, _ = setup
     images = make_image_folder(root / "many", classes=("red_stripes", "green_bars", "blue_dots"), per_class=60)

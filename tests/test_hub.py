@@ -94,6 +94,7 @@ def test_push_pull_pin_offline_transfer_score(hub, artifact_file, tmp_path, tiny
     assert len(scored.stdout.splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_installed_command_against_the_server(hub, artifact_file, tmp_path):
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "sub-hf"), "HF_TOKEN": "hf_dummy",
            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}

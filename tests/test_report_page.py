@@ -166,6 +166,7 @@ def test_a_report_without_a_threshold_says_so_and_given_one_draws_it(scored):
     assert given["threshold"] == {"value": 0.5, "source": "given to report (--threshold)"}
 
 
+@pytest.mark.slow
 def test_a_100k_row_report_stays_small(tmp_path):
     rng = np.random.default_rng(0)
     for name, shift in (("id", 1.0), ("ood", 0.0)):

@@ -63,6 +63,7 @@ def test_batch_shards_cover_every_item_once_in_whole_batches():
             assert max(sizes) - min(sizes) <= 4  # balanced to within one batch
 
 
+@pytest.mark.slow
 def test_torchrun_score_and_cache_build_give_the_one_process_bytes(job):
     root, common = job
     single = invoke(["score", str(root / "images"), *common, "--calibrate", str(root / "calib"), "--cache-dir",
@@ -94,6 +95,7 @@ def test_torchrun_score_and_cache_build_give_the_one_process_bytes(job):
     assert (root / "three.csv").read_bytes() == (root / "four.csv").read_bytes()
 
 
+@pytest.mark.slow
 def test_more_processes_than_images_is_one_error(job):
     root, common = job
     make_image_folder(root / "one", classes=("red_stripes",), per_class=1)
@@ -103,6 +105,7 @@ def test_more_processes_than_images_is_one_error(job):
     assert not (root / "x.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_rank_that_fails_mid_run_stops_the_job_without_output_and_keeps_finished_shards(job):
     root, common = job
     images = sorted((root / "images").rglob("*.png"))
@@ -126,6 +129,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ranks_with_different_backbones_refuse_to_run(job, tmp_path):
     root, common = job
     other = write_local_dir(tmp_path / "other-vit", VIT_CFG, seed=1)
@@ -172,6 +176,7 @@ def _all_rows(cache_root: Path) -> dict[str, torch.Tensor]:
     return rows
 
 
+@pytest.mark.slow
 def test_concurrent_writers_and_a_kill_9_leave_a_whole_cache(job):
     root, common = job
     backbone = common[common.index("--backbone"):common.index("--backbone") + 2]
@@ -253,6 +258,7 @@ def test_a_reader_that_indexed_shards_before_compaction_still_finds_every_row(tm
     assert torch.equal(torch.stack([found[i] for i in ids]), rows)
 
 
+@pytest.mark.slow
 def test_class_parallel_gradient_equals_the_one_process_gradient(tiny_vit_dir, tmp_path):
     worker = Path(__file__).with_name("class_parallel_worker.py")
     out = tmp_path / "grads.json"
@@ -269,6 +275,7 @@ def test_class_parallel_gradient_equals_the_one_process_gradient(tiny_vit_dir, t
             assert diff["grad"] <= 1e-6 and diff["loss"] <= 1e-9 and diff["text_neg"] <= 1e-9, (case, diff)
 
 
+@pytest.mark.slow
 def test_torchrun_fit_neg_trains_the_one_process_prompts(tmp_path, tiny_vit_dir):
     from negprompt_cli.artifact import load_prompts
 

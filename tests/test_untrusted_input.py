@@ -313,6 +313,7 @@ def odd_named_images(folder):
     return names
 
 
+@pytest.mark.slow
 def test_file_names_that_are_not_utf8_round_trip_through_csv_and_jsonl_in_a_posix_locale(trained):
     import csv
     import os
@@ -517,6 +518,7 @@ def test_intersecting_the_views_of_100k_images_is_linear():
     assert kept_in_every_view([[3, 1, 2]]) == [3, 1, 2] and kept_in_every_view([]) == []
 
 
+@pytest.mark.slow
 def test_every_command_a_user_reads_names_with_works_in_a_posix_locale(trained):
     import os
     import subprocess
