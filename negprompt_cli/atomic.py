@@ -143,7 +143,7 @@ def files_into_folder(path: Path, owned: Iterable[str]) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_atomic(path: Path, writer: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, writer: Callable[[Path], object]) -> None:
     with atomic_path(path) as tmp:
         writer(tmp)
 

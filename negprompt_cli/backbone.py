@@ -42,7 +42,7 @@ class Backbone:
 
     name: str  # canonical name the user can pass back (e.g. "ViT-B/16", "local-dir:/x")
     pretrained: str | None  # tag, file path, or None for the weights that come with the name
-    model: torch.nn.Module
+    model: Any  # an open_clip CLIP (or one shaped like it: token_embedding, transformer, encode_image, ...)
     preprocess: Callable[[Any], torch.Tensor]  # PIL image -> normalised tensor (eval)
     tokenizer: Callable[..., torch.Tensor]
     image_size: int

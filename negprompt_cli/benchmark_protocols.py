@@ -100,7 +100,7 @@ def load_protocol(name_or_path: str) -> Protocol:
         published = tuple(raw.get("published", []))
         _check_published(published, [o.name for o in ood])
         return Protocol(
-            name=raw["name"], title=raw.get("title", raw["name"]), wnids=resolve_classes(raw["classes"]),
+            name=raw["name"], title=str(raw.get("title", raw["name"])), wnids=resolve_classes(raw["classes"]),
             id_path=raw["id"]["path"], id_images_per_class=raw["id"].get("images_per_class"),
             id_source=raw["id"].get("source", ""), train_path=raw["train"]["path"],
             shots=int(raw["train"].get("shots", 16)), train_source=raw["train"].get("source", ""), ood=ood,

@@ -214,7 +214,7 @@ def _claim_run_folder(options: BenchmarkOptions, protocol: Protocol) -> None:
     """A run folder holds one setup: reusing its artifacts for other weights, protocol or training settings
     would report numbers that belong to something else. A folder whose run stopped before producing anything
     (a bad --n-ctx, a name too long for the text tower) takes the corrected settings of the same protocol."""
-    setup = {"protocol": protocol.name, "weights": _weights_record(options.backbone),
+    setup: dict[str, Any] = {"protocol": protocol.name, "weights": _weights_record(options.backbone),
              "shots": options.shots or protocol.shots, "open_vocabulary": protocol.open_vocabulary,
              "positive": options.pos_optim.as_dict(), "negative": options.neg_optim.as_dict(),
              "prompt": options.prompt.as_dict()}

@@ -21,6 +21,7 @@ the same sum over ranks completes the gradient.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
@@ -34,14 +35,14 @@ class _GatherShares(torch.autograd.Function):
     """all_gather of equally sized (padded) shares; backward keeps this rank's slice of the gradient."""
 
     @staticmethod
-    def forward(ctx, local: torch.Tensor, ranks: Ranks) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, local: torch.Tensor, ranks: Ranks) -> torch.Tensor:
         ctx.rank, ctx.rows = ranks.rank, local.shape[0]
         parts = [torch.empty_like(local) for _ in range(ranks.world_size)]
         _collective(ranks, "gathering text features", lambda: dist.all_gather(parts, local.contiguous()))
         return torch.cat(parts)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[no-untyped-def, override]
+    def backward(ctx, grad: torch.Tensor):
         start = ctx.rank * ctx.rows
         return grad[start:start + ctx.rows], None
 
@@ -74,4 +75,4 @@ class ClassParallel:
         """Sum the parameters' gradients over the ranks (each holds its share's contribution)."""
         for param in params:
             if param.grad is not None:
-                _collective(self.ranks, "summing gradients", lambda p=param: dist.all_reduce(p.grad))
+                _collective(self.ranks, "summing gradients", functools.partial(dist.all_reduce, param.grad))

@@ -17,8 +17,19 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from . import __version__, cli_options
+from . import __version__
 from .cli_options import (
+    AugViewsOpt,
+    CacheOpt,
+    DeviceOpt,
+    JsonOpt,
+    OfflineOpt,
+    PrecisionOpt,
+    QuietOpt,
+    StrictOpt,
+    TextChunkOpt,
+    WeightsCacheOpt,
+    WorkersOpt,
     image_command_options,
     label_request,
     negative_label_options,
@@ -138,9 +149,9 @@ def interrupted_by_user() -> bool:
     return _signals["sigint"]
 
 
-def _note_ctrl_c():  # type: ignore[no-untyped-def]
+def _note_ctrl_c():
     """Ctrl-C raises KeyboardInterrupt as always, and is noted as a real signal."""
-    def handler(signum, frame):  # type: ignore[no-untyped-def]
+    def handler(signum, frame):
         _signals["sigint"] = True
         raise KeyboardInterrupt
 
@@ -150,9 +161,9 @@ def _note_ctrl_c():  # type: ignore[no-untyped-def]
         return None
 
 
-def _terminate_like_interrupt():  # type: ignore[no-untyped-def]
+def _terminate_like_interrupt():
     """SIGTERM raises Terminated (a KeyboardInterrupt), so checkpoints are saved as on Ctrl-C."""
-    def handler(signum, frame):  # type: ignore[no-untyped-def]
+    def handler(signum, frame):
         raise Terminated()
 
     try:
@@ -161,7 +172,7 @@ def _terminate_like_interrupt():  # type: ignore[no-untyped-def]
         return None
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+def _show_warning(message, category, filename, lineno, file=None, line=None):
     from .errors import NegPromptNotice
 
     label = "Note" if issubclass(category, NegPromptNotice) else "Warning"
@@ -208,19 +219,9 @@ BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="ViT-B/16 (de
 PretrainedOpt = Annotated[str | None, typer.Option(
     "--pretrained", help="open_clip pretrained tag, local checkpoint file, or 'none' (random). "
     "Default: the backbone's paper weights (ViT-B/16: laion2b_s34b_b88k).")]
-DeviceOpt = cli_options.DEVICE.annotation
-PrecisionOpt = cli_options.PRECISION.annotation
 ImagesArg = Annotated[list[Path] | None, typer.Argument(metavar="IMAGES", show_default=False, help="Image files and/or "
                                                 "folders (searched recursively), taken in the order given.")]
-CacheOpt = cli_options.CACHE_DIR.annotation
-WeightsCacheOpt = cli_options.WEIGHTS_CACHE.annotation
-OfflineOpt = cli_options.OFFLINE.annotation
-JsonOpt = cli_options.JSON.annotation
-QuietOpt = cli_options.QUIET.annotation
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder root: DATA/<class>/<image>.")]
-AugViewsOpt = cli_options.AUG_VIEWS.annotation
-WorkersOpt = cli_options.WORKERS.annotation
-StrictOpt = cli_options.STRICT.annotation
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the few-shot subset, initialisation and shuffling.")]
 WorldSeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the rendered world: which images, colours and "
                                            "sizes are drawn (the same seed renders the same files).")]
@@ -231,7 +232,6 @@ TrustBackboneOpt = Annotated[bool, typer.Option("--trust-backbone", help="Accept
                                                 "(hf-hub:ORG/NAME) that the prompts name although you did not (e.g. "
                                                 "prompts pulled from the Hub); only its config and safetensors "
                                                 "weights are fetched. Naming it with --backbone does the same.")]
-TextChunkOpt = cli_options.TEXT_CHUNK.annotation
 
 
 @app.command("fit-pos", epilog=EPILOG, short_help="Learn CoOp positive prompts.")
@@ -306,14 +306,14 @@ def finish(message: str, summary: dict[str, Any], as_json: bool) -> None:
         emit_json(summary)
 
 
-def backbone_request(name: str, pretrained: str | None, runtime: dict[str, Any]):  # type: ignore[no-untyped-def]
+def backbone_request(name: str, pretrained: str | None, runtime: dict[str, Any]):
     from .backbone import BackboneRequest
 
     return BackboneRequest(name, pretrained, runtime["device"], runtime["weights_cache"], runtime["quick_gelu"],
                            runtime["offline"])
 
 
-def training_data(root: Path, given: dict[str, Any]):  # type: ignore[no-untyped-def]
+def training_data(root: Path, given: dict[str, Any]):
     """DataOptions from the data option group; --all-images means no shot limit."""
     from .training_data import DataOptions
 
@@ -326,7 +326,7 @@ def training_data(root: Path, given: dict[str, Any]):  # type: ignore[no-untyped
     return data
 
 
-def optim_config(preset, given: dict[str, Any], runtime: dict[str, Any]):  # type: ignore[no-untyped-def]
+def optim_config(preset, given: dict[str, Any], runtime: dict[str, Any]):
     config = override(preset, **given, precision=runtime["precision"])
     check_at_least("--epochs", config.epochs, 1)
     check_at_least("--batch-size", config.batch_size, 1)
@@ -400,7 +400,7 @@ def fit_neg_command(
     from .distributed import launched_by_torchrun, process_group
     from .errors import UsageError
     from .learners import PromptSettings, parse_option_pairs
-    from .memory import AUTO, parse_text_chunk
+    from .memory import no_grad_text_chunk, parse_text_chunk
     from .pipeline import fit_pos_then_neg, pos_stage_options
     from .stages.fit_neg import FitNegOptions, fit_neg
 
@@ -424,7 +424,7 @@ def fit_neg_command(
         temperature=temperature, text_chunk=chunk, quiet=run["quiet"] or run["json_out"], resume=run["resume"],
         grad_checkpoint=run["grad_checkpoint"],
         runtime=RuntimeOptions(runtime["device"], runtime["weights_cache"], runtime["offline"],
-                               None if chunk == AUTO else chunk, trust_backbone))
+                               no_grad_text_chunk(text_chunk), trust_backbone))
     if chunk is None:  # --text-chunk 0: never chunk (None is "not given" to override)
         options = replace(options, text_chunk=None)
     if pos is not None:
@@ -801,6 +801,7 @@ def cache_build_command(
 
     given = images_opts
     check_at_least("--batch-size", given["batch_size"], 1)
+    aug_views = aug_views or 0
     check_at_least("--aug-views", aug_views, 0)
     with process_group(given["distributed"], runtime["device"]) as (ranks, device):
         summary = build(CacheBuildOptions(

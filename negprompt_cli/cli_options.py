@@ -59,30 +59,50 @@ def training_options(preset: OptimConfig, *, warmup_lr: bool = True) -> Callable
     return decorate
 
 
-# Every flag several commands share, declared once: a group below lists it, and cli.py's ``...Opt`` aliases
-# are these parameters' annotations (a command's own default is its signature's, as Typer reads it).
-DEVICE = option("device", str, "--device", default="auto", envvar="NEGPROMPT_DEVICE",
-                help="auto (CUDA when present), cpu, cuda, cuda:N.")
-PRECISION = option("precision", str, "--precision", default="fp32", help="fp32, bf16 or fp16 (autocast; CUDA only).")
-WEIGHTS_CACHE = option("weights_cache", str | None, "--weights-cache", help="Where open_clip caches downloaded "
-                       "weights (default: the Hugging Face cache).")
-OFFLINE = option("offline", bool, "--offline", default=False, help="Never touch the network: use only what is "
-                 "already cached (model weights, files pulled from the Hub).")
-QUICK_GELU = option("quick_gelu", bool | None, "--quick-gelu/--no-quick-gelu", help="Override QuickGELU (default: "
-                    "from the pretrained tag).")
-CACHE_DIR = option("cache_dir", Path | None, "--cache-dir", envvar="NEGPROMPT_CACHE",
-                   help="Image-feature cache (default ~/.cache/negprompt).")
-WORKERS = option("workers", int | None, "--workers", help=WORKERS_HELP)
-STRICT = option("strict", bool, "--strict", default=False, help="Unreadable images are an error, not skipped.")
-QUIET = option("quiet", bool, "--quiet", "-q", default=False, help="No progress display.")
-JSON = option("json_out", bool, "--json", default=False, help="Print a JSON summary on stdout.")
-AUG_VIEWS = option("aug_views", int | None, "--aug-views", help="Cache K augmented views per image (random crop + "
-                   "flip); 0 = no augmentation (default).")
-TEXT_CHUNK = option("text_chunk", str, "--text-chunk", default="auto", help="Classes per text-encoder chunk: N, 0 "
-                    "(never chunk) or auto. Training (fit-pos, fit-neg): above the chunk, gradient caching keeps "
-                    "memory bounded at one extra no-grad pass; auto chunks only when the whole graph would not fit "
-                    "(80% of free GPU memory, 3 GiB on CPU; docs/performance.md). score and transfer keep no graph: "
-                    "auto encodes in one pass.")
+# Every flag several commands share, declared once, as a type alias (``DeviceOpt``: what cli.py's commands
+# annotate a parameter with; a command's own default is its signature's, as Typer reads it) and as the
+# parameter of the option groups below (``DEVICE``), built from that alias.
+DeviceOpt = Annotated[str, typer.Option("--device", envvar="NEGPROMPT_DEVICE",
+                                        help="auto (CUDA when present), cpu, cuda, cuda:N.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast; CUDA only).")]
+WeightsCacheOpt = Annotated[str | None, typer.Option("--weights-cache", help="Where open_clip caches downloaded "
+                                                      "weights (default: the Hugging Face cache).")]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network: use only what is already "
+                                          "cached (model weights, files pulled from the Hub).")]
+QuickGeluOpt = Annotated[bool | None, typer.Option("--quick-gelu/--no-quick-gelu", help="Override QuickGELU "
+                                                   "(default: from the pretrained tag).")]
+CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", envvar="NEGPROMPT_CACHE",
+                                               help="Image-feature cache (default ~/.cache/negprompt).")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help=WORKERS_HELP)]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable images are an error, not skipped.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+AugViewsOpt = Annotated[int | None, typer.Option("--aug-views", help="Cache K augmented views per image (random "
+                                                 "crop + flip); 0 = no augmentation (default).")]
+TextChunkOpt = Annotated[str, typer.Option("--text-chunk", help="Classes per text-encoder chunk: N, 0 (never "
+                                           "chunk) or auto. Training (fit-pos, fit-neg): above the chunk, gradient "
+                                           "caching keeps memory bounded at one extra no-grad pass; auto chunks only "
+                                           "when the whole graph would not fit (80% of free GPU memory, 3 GiB on "
+                                           "CPU; docs/performance.md). score and transfer keep no graph: auto "
+                                           "encodes in one pass.")]
+
+
+def shared(name: str, alias: Any, default: Any = None) -> inspect.Parameter:
+    """An option group's parameter for a flag declared once as ``alias``."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=alias)
+
+
+DEVICE = shared("device", DeviceOpt, "auto")
+PRECISION = shared("precision", PrecisionOpt, "fp32")
+WEIGHTS_CACHE = shared("weights_cache", WeightsCacheOpt)
+OFFLINE = shared("offline", OfflineOpt, False)
+QUICK_GELU = shared("quick_gelu", QuickGeluOpt)
+CACHE_DIR = shared("cache_dir", CacheOpt)
+WORKERS = shared("workers", WorkersOpt)
+STRICT = shared("strict", StrictOpt, False)
+QUIET = shared("quiet", QuietOpt, False)
+JSON = shared("json_out", JsonOpt, False)
+AUG_VIEWS = shared("aug_views", AugViewsOpt)
 
 
 def runtime_options() -> list[inspect.Parameter]:

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.progress import (
@@ -58,7 +58,7 @@ def say(message: str) -> None:
     write_data(printable(message) + "\n")
 
 
-def cell(value: object):  # type: ignore[no-untyped-def]
+def cell(value: object):
     """A rich table cell that is plain text: no markup read from names, control characters escaped."""
     from rich.text import Text
 
@@ -159,8 +159,18 @@ def progress_seconds() -> float:
         return PROGRESS_SECONDS
 
 
+class ProgressDisplay(Protocol):
+    """What long loops call on a progress display: rich's ``Progress`` or :class:`PlainProgress`."""
+
+    def add_task(self, description: str, *args: Any, **kwargs: Any) -> Any: ...
+
+    def advance(self, task_id: Any, advance: float = 1) -> None: ...
+
+    def update(self, task_id: Any, **kwargs: Any) -> None: ...
+
+
 @contextmanager
-def progress(quiet: bool = False) -> Iterator[Progress | PlainProgress]:
+def progress(quiet: bool = False) -> Iterator[ProgressDisplay]:
     """A rich progress display on stderr that never captures stdout, or plain lines every
     ``NEGPROMPT_PROGRESS_SECONDS`` (30) when stderr is not a terminal; silent unless show_progress() was called
     (the CLI does; the Python API stays quiet) or with ``quiet``."""

@@ -51,6 +51,7 @@ def run_demo(workdir: Path | None = None, seed: int = 0, device: str = "auto", q
     info("[3/6] fit-neg: negative prompts")
     neg = fit_neg(FitNegOptions(data=data, out=root / "negprompt.safetensors", pos=root / "pos.safetensors",
                                 runtime=RuntimeOptions(device=device), optim=_neg_optim(seed), quiet=quiet))
+    assert neg is not None  # one process
     info("[4/6] transfer: re-target to all ID category names (two never trained on), threshold recalibrated on "
          "held-out ID images")
     transfer(root / "negprompt.safetensors", paths["id_names"], root / "negprompt_all.safetensors",

@@ -28,7 +28,6 @@ from .negative_labels import LabelRequest
 from .ood_scores import score_features
 from .presets import DEFAULT_BACKBONE
 from .scoring import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
-from .thresholds import calibrate
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor | str | Path
 
@@ -43,6 +42,8 @@ class Detector:
         self.setup = setup
         self.batch_size = batch_size
         self.precision = check_precision(setup.backbone.device, precision)
+        self.threshold: float | None
+        self.threshold_source: str | None
         if threshold is not None:
             self.threshold, self.threshold_source = float(threshold), "given"
         else:
@@ -144,11 +145,7 @@ class Detector:
     def calibrate(self, id_images: Iterable[ImageLike], keep: float = 0.95) -> float:
         """Set (and return) the threshold that keeps ``keep`` of these in-distribution images, for exactly this
         class list and scorer (as ``score --calibrate``)."""
-        setup = self.setup
-        record, _ = calibrate(self.features(id_images), setup.text_pos, setup.text_neg, names=setup.names,
-                              scorer=setup.scorer, temperature=setup.temperature,
-                              logit_scale=setup.backbone.logit_scale, source="Detector.calibrate", mined=setup.mined,
-                              scorer_options=setup.scorer_options, settings=setup.settings, keep=keep)
+        record, _ = self.setup.calibrate(self.features(id_images), source="Detector.calibrate", keep=keep)
         self.threshold, self.threshold_source = float(record["value"]), "calibrated"
         return self.threshold
 

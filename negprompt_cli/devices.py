@@ -49,7 +49,7 @@ class PrecisionWarning(NegPromptWarning):
     """A requested precision that this device does not run."""
 
 
-def autocast(device: torch.device, precision: str):  # type: ignore[no-untyped-def]
+def autocast(device: torch.device, precision: str):
     """Mixed precision on CUDA (bf16/fp16 autocast); fp32 elsewhere. Stages call check_precision first."""
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")

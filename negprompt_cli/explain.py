@@ -50,7 +50,7 @@ def explain(features: torch.Tensor, text_pos: torch.Tensor, names: list[str], *,
                     "top_classes": [{"name": names[int(j)], "cos": round(float(v), 4)}
                                     for v, j in zip(pos_val[i], pos_idx[i], strict=True)],
                     "nearest_negatives": []}
-                if neg_val is not None:
+                if neg_val is not None and neg_idx is not None:
                     entry["nearest_negatives"] = [{"name": all_neg_names[int(j)], "cos": round(float(v), 4)}
                                                   for v, j in zip(neg_val[i], neg_idx[i], strict=True)]
                 out.append(entry)

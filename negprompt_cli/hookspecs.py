@@ -14,7 +14,7 @@ hookimpl = pluggy.HookimplMarker("negprompt")
 
 
 @hookspec
-def register_backbones(register):  # type: ignore[no-untyped-def]
+def register_backbones(register):
     """Register CLIP backbones.
 
     ``register(name, factory, *, aliases=(), description="", replace=False)`` where ``factory`` is a
@@ -25,7 +25,7 @@ def register_backbones(register):  # type: ignore[no-untyped-def]
 
 
 @hookspec(firstresult=True)
-def resolve_backbone(name):  # type: ignore[no-untyped-def]
+def resolve_backbone(name):
     """Return a ``BackboneFactory`` for a backbone name nobody registered explicitly, or None.
 
     Lets a plugin accept open-ended names (any open_clip architecture, ``hf-hub:org/repo``,
@@ -34,7 +34,7 @@ def resolve_backbone(name):  # type: ignore[no-untyped-def]
 
 
 @hookspec
-def register_prompt_learners(register):  # type: ignore[no-untyped-def]
+def register_prompt_learners(register):
     """Register prompt learners: ``register(name, learner, *, description="", replace=False)``.
 
     ``learner`` is a ``negprompt_cli.learners.LearnerBuilder``: ``kind`` ("positive" or "negative"), ``Options``
@@ -44,7 +44,7 @@ def register_prompt_learners(register):  # type: ignore[no-untyped-def]
 
 
 @hookspec
-def register_scorers(register):  # type: ignore[no-untyped-def]
+def register_scorers(register):
     """Register OOD scorers: ``register(name, scorer, *, description="", replace=False, **properties)``.
 
     A scorer maps cosine similarities to an ID score where higher means more in-distribution. Its

@@ -161,7 +161,7 @@ class _ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+    def __getitem__(self, i: int):
         try:
             data = Path(self.paths[i]).read_bytes()
         except OSError:
@@ -230,7 +230,7 @@ def worker_context(device: torch.device, num_workers: int) -> str | None:
     return None
 
 
-def _collate(batch):  # type: ignore[no-untyped-def]
+def _collate(batch):
     """(indices and stacked pixels of PIL items, indices and raw JPEGs, indices of unreadable files, and the
     digest of the bytes each readable item was decoded from)."""
     pil = [(i, x) for i, _, x in batch if isinstance(x, torch.Tensor)]
@@ -241,7 +241,7 @@ def _collate(batch):  # type: ignore[no-untyped-def]
     return [i for i, _ in pil], pixels, [i for i, _ in jpeg], [x for _, x in jpeg], bad, digests
 
 
-def _device_pixels(dataset: _ImageDataset, device: torch.device, tensor_path: TensorPreprocess | None,  # type: ignore[no-untyped-def]
+def _device_pixels(dataset: _ImageDataset, device: torch.device, tensor_path: TensorPreprocess | None,
                    pil_idx, pil_pixels, jpeg_idx, jpeg_data) -> tuple[list[int], torch.Tensor | None, list[int]]:
     """One batch's pixels on the device and the item order they are in; JPEGs the decoder refuses fall back
     to PIL, and those PIL cannot read either are returned as refused."""
@@ -338,6 +338,7 @@ def encode_images(
                                                             jpeg_idx, jpeg_data)
                 bad_local.extend(bad + refused)
                 if local_idx:
+                    assert pixels is not None  # the batch's pixels, whenever any item was decoded
                     feats = encode_pixels(backbone, pixels, precision)
                     stats.encoder_calls += 1
                     stats.encoded += len(local_idx)

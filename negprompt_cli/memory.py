@@ -76,7 +76,7 @@ def auto_text_chunk(*, classes: int, prompts_per_class: int, layers: int, width:
     return max(1, fitting - fitting % 16 if fitting >= 16 else fitting)
 
 
-def resolve_text_chunk(value: int | str | None, *, backbone, prompts, prompts_per_class: int,  # type: ignore[no-untyped-def]
+def resolve_text_chunk(value: int | str | None, *, backbone, prompts, prompts_per_class: int,
                        class_specific: bool, precision: str) -> int | None:
     """The chunk size fit-neg runs with: ``value`` itself unless it is ``auto``."""
     from . import shared_prefix

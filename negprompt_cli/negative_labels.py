@@ -155,8 +155,9 @@ def text_fingerprint(backbone: Backbone) -> str:
 def candidate_features(backbone: Backbone, found: Candidates, cache_dir: Path | None,
                        quiet: bool = False) -> torch.Tensor:
     """The candidates' features, from ``<cache>/text-features/`` when this backbone encoded them before."""
-    payload = {kind: [found.templates(kind), [w for w, k in zip(found.words, found.kinds, strict=True) if k == kind]]
-               for kind in ("noun", "adjective")}
+    payload: dict[str, tuple[tuple[str, ...], list[str]]] = {
+        kind: (found.templates(kind), [w for w, k in zip(found.words, found.kinds, strict=True) if k == kind])
+        for kind in ("noun", "adjective")}
     key = hashlib.sha256(json.dumps({**backbone.identity(), "text": text_fingerprint(backbone), "ensemble": 1,
                                      "prompts": hashlib.sha256(json.dumps(payload).encode()).hexdigest()},
                                     sort_keys=True).encode()).hexdigest()[:24]
@@ -282,9 +283,12 @@ def select(kinds: list[str], close: torch.Tensor, options: MiningOptions) -> lis
                          "(after removing ID names)", hint=f"ask for at most {total}, or use a larger --lexicon")
     kept: list[int] = []
     noun_share = 0
+    fraction = options.fraction
     for kind, members in keepable.items():
         if options.count is None:
-            take = int(len(parts[kind]) * options.fraction)
+            if fraction is None:
+                raise ValueError("select() needs a fraction or a count (resolve_mining fills the fraction)")
+            take = int(len(parts[kind]) * fraction)
         elif kind == "noun":
             take = noun_share = round(options.count * len(members) / total)
         else:
@@ -301,6 +305,7 @@ def mine(backbone: Backbone, lexicon: Lexicon, id_names: list[str], id_features:
     found = candidates(lexicon, id_names, options.pool, options.seed)
     feats = candidate_features(backbone, found, cache_dir, quiet)
     near = found.pool.near_duplicate
+    assert options.percentile is not None  # resolve_mining filled it
     close = closeness(feats, id_features, options.percentile, near_duplicate=near)
     near_count = 0 if near is None else int((close == 1.0).sum())
     close[torch.tensor(found.id_name, dtype=torch.bool)] = float("inf")

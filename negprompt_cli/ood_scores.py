@@ -45,7 +45,8 @@ def score_features(image_features: torch.Tensor, text_pos: torch.Tensor, text_ne
             if mined is not None:
                 mined_cos = f @ mined.t()
                 score = scorer(pos, neg, temperature=temperature, logit_scale=logit_scale, mined=mined_cos, **extra)
-                neg_cos = torch.cat([mined_cos, neg.flatten(1)], dim=1) if neg is not None else mined_cos
+                neg_cos: torch.Tensor | None = (torch.cat([mined_cos, neg.flatten(1)], dim=1) if neg is not None
+                                                else mined_cos)
             else:
                 score = scorer(pos, neg, temperature=temperature, logit_scale=logit_scale, **extra)
                 neg_cos = neg.flatten(1) if neg is not None else None

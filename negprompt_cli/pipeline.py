@@ -36,8 +36,9 @@ def fit_pos_then_neg(pos_stage: FitPosOptions, negative: FitNegOptions) -> dict[
         positive_summary: dict[str, Any] = {"out": str(pos_stage.out), "reused": True}
     else:
         positive_summary = fit_pos(pos_stage, backbone=backbone)
-    return {"positive_stage": positive_summary,
-            **fit_neg(replace(negative, pos=pos_stage.out), backbone=backbone, plan=plan)}
+    negative_summary = fit_neg(replace(negative, pos=pos_stage.out), backbone=backbone, plan=plan)
+    assert negative_summary is not None  # one process: the positive stage does not run under torchrun
+    return {"positive_stage": positive_summary, **negative_summary}
 
 
 def finished_positive_stage(pos_stage: FitPosOptions, folder: ImageFolder) -> bool:

@@ -138,13 +138,13 @@ class PluginHost:
 
     # -- loading ---------------------------------------------------------------------------
     def load_entry_points(self, allow: set[str] | None) -> None:
-        def builtin_first(ep: importlib.metadata.EntryPoint) -> bool:
+        def dist_name(ep: importlib.metadata.EntryPoint) -> str | None:
             dist = getattr(ep, "dist", None)
-            return dist is None or dist.metadata["Name"] != BUILTIN_DIST
+            return None if dist is None else str(dist.metadata["Name"])
 
-        entry_points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=builtin_first)
-        if allow is None and not any(getattr(ep, "dist", None) is not None
-                                     and ep.dist.metadata["Name"] == BUILTIN_DIST for ep in entry_points):
+        entry_points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
+                              key=lambda ep: dist_name(ep) != BUILTIN_DIST)  # built-ins first
+        if allow is None and not any(dist_name(ep) == BUILTIN_DIST for ep in entry_points):
             warnings.warn("negprompt's built-in plugins (backbones, learners, scorers) are not installed: no "
                           f"{ENTRY_POINT_GROUP!r} entry points of the {BUILTIN_DIST!r} distribution were found "
                           "(in a source checkout, run: pip install -e .)", PluginWarning, stacklevel=2)

@@ -23,7 +23,7 @@ def examples(id_rows: list[dict[str, Any]], ood_rows: dict[str, list[dict[str, A
     """The rows each gallery shows (no pixels yet): ``false_alarms`` (ID rows below the threshold, lowest
     first; without a threshold the least ID-like ID images) and per OOD set ``misses`` (OOD rows at or above
     the threshold, highest first; without one the most ID-like) and ``clearly_ood`` (lowest scores)."""
-    def pick(rows: list[dict[str, Any]], keep, highest: bool) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    def pick(rows: list[dict[str, Any]], keep, highest: bool) -> list[dict[str, Any]]:
         chosen = [r for r in rows if keep(r)]
         chosen.sort(key=lambda r: r["score"], reverse=highest)
         return [_summary(r) for r in chosen[:per_gallery]]

@@ -24,7 +24,7 @@ from .presets import default_scorer
 from .registry import ScorerSpec, get_host
 from .text_encoder import SoftPromptTextEncoder
 from .text_features import HAND_TEMPLATE, hand_template_features, template_features, text_features_for
-from .thresholds import applicable, calibrate, calibrated_scorer, scoring_temperature
+from .thresholds import ID_KEPT, applicable, calibrate, calibrated_scorer, scoring_temperature
 
 
 @dataclass(frozen=True)
@@ -90,12 +90,13 @@ class ScoringSetup:
                                                    cache_dir=cache_dir or default_cache_dir(), quiet=quiet)
         return self
 
-    def calibrate(self, features: torch.Tensor, *, source: str) -> tuple[dict[str, Any], torch.Tensor]:
-        """(the threshold record that keeps 95 % of these ID ``features``, their predicted classes), for exactly
-        this scorer, τ, class list and label settings."""
+    def calibrate(self, features: torch.Tensor, *, source: str,
+                  keep: float = ID_KEPT) -> tuple[dict[str, Any], torch.Tensor]:
+        """(the threshold record that keeps ``keep`` (95 %) of these ID ``features``, their predicted classes), for
+        exactly this scorer, τ, class list and label settings."""
         return calibrate(features, self.text_pos, self.text_neg, names=self.names, scorer=self.scorer,
                          temperature=self.temperature, logit_scale=self.backbone.logit_scale, source=source,
-                         mined=self.mined, scorer_options=self.scorer_options, settings=self.settings)
+                         keep=keep, mined=self.mined, scorer_options=self.scorer_options, settings=self.settings)
 
     def stored(self) -> tuple[float | None, str | None]:
         """(the stored threshold, None) when it was calibrated for exactly these names, scorer, τ and label

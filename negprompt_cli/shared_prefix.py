@@ -14,12 +14,14 @@ back to the plain path.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 
-def supported(model: torch.nn.Module) -> bool:
+def supported(model: Any) -> bool:
     if getattr(model, "attn_mask", None) is None:
         return False
     for block in model.transformer.resblocks:
@@ -31,7 +33,7 @@ def supported(model: torch.nn.Module) -> bool:
     return getattr(model.transformer, "batch_first", True)
 
 
-def _qkv(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+def _qkv(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-head q, k, v of the block's attention for hidden states x [N, L, D] -> [N, H, L, Dh]."""
     attn = block.attn
     h = block.ln_1(x)
@@ -45,7 +47,7 @@ def _qkv(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return split(q), split(k), split(v)
 
 
-def _finish(block, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _finish(block, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
     n, heads, length, head_width = attended.shape
     merged = attended.transpose(1, 2).reshape(n, length, heads * head_width)
     x = x + block.ls_1(block.attn.out_proj(merged))
@@ -64,7 +66,7 @@ def _gather(prefix: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
     return prefix.float()[owner].to(prefix.dtype)
 
 
-def _layer(block, p_x: torch.Tensor, s_x: torch.Tensor, owner: torch.Tensor, mask: torch.Tensor,  # type: ignore[no-untyped-def]
+def _layer(block, p_x: torch.Tensor, s_x: torch.Tensor, owner: torch.Tensor, mask: torch.Tensor,
            causal_prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One block: the prefix on its own, every suffix attending to its prefix's keys/values and itself."""
     pq, pk, pv = _qkv(block, p_x)
@@ -76,7 +78,7 @@ def _layer(block, p_x: torch.Tensor, s_x: torch.Tensor, owner: torch.Tensor, mas
     return _finish(block, p_x, p_att), _finish(block, s_x, s_att)
 
 
-def encode(model: torch.nn.Module, prefix: torch.Tensor, suffix: torch.Tensor, suffix_eot: torch.Tensor,
+def encode(model: Any, prefix: torch.Tensor, suffix: torch.Tensor, suffix_eot: torch.Tensor,
            owner: torch.Tensor) -> torch.Tensor:
     """Pooled (pre-projection, post-ln_final) EOT states.
 

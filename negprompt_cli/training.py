@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -41,7 +41,7 @@ class TrainResult:
 OPTIMIZERS = ("sgd", "adamw")
 
 
-def make_optimizer(params: list[torch.Tensor], config: OptimConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: Sequence[torch.Tensor], config: OptimConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
@@ -149,7 +149,7 @@ def _snapshot(module: PromptModule) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _run_epoch(module, optimizer, generator, features, labels, config, epoch, device, tick):  # type: ignore[no-untyped-def]
+def _run_epoch(module, optimizer, generator, features, labels, config, epoch, device, tick):
     lr = cosine_with_warmup(epoch, epochs=config.epochs, lr=config.lr, warmup_epochs=config.warmup_epochs,
                             warmup_lr=config.warmup_lr)
     for group in optimizer.param_groups:

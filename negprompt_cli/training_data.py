@@ -48,14 +48,14 @@ def kept_in_every_view(kept_per_view: list[list[int]]) -> list[int]:
     return keep
 
 
-def labelled_features(backbone, data: DataOptions, seed: int, precision: str, quiet: bool,  # type: ignore[no-untyped-def]
+def labelled_features(backbone, data: DataOptions, seed: int, precision: str, quiet: bool,
                       folder: ImageFolder | None = None, ranks: Ranks = SINGLE):
     """Few-shot training features ([N, V, E]) and labels, plus validation features, all from the cache.
     In a torchrun job the ranks encode shares and every rank gets all features."""
     folder = folder or load_image_folder(data.root, data.classes_file, strict=data.strict)
     split = few_shot_split(folder, data.shots, seed, data.val_fraction)
-    common = dict(cache_dir=data.cache_dir, batch_size=data.batch_size, num_workers=data.num_workers,
-                  precision=precision, strict=data.strict, quiet=quiet, gather="all")
+    common: dict[str, Any] = dict(cache_dir=data.cache_dir, batch_size=data.batch_size, num_workers=data.num_workers,
+                                  precision=precision, strict=data.strict, quiet=quiet, gather="all")
     train_paths = [split.paths[i] for i in split.train]
     train_labels = torch.tensor([split.labels[i] for i in split.train])
     views = [View()] if data.aug_views <= 0 else [View(index=k, seed=seed) for k in range(data.aug_views)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -383,7 +384,7 @@ class WorldSpec:
     unnamed_shapes: tuple[str, ...] = UNNAMED  # near-OOD categories outside the lexicon and pre-training
 
 
-def default_spec(seed: int = 0, n_id: int = 6, n_train: int | None = None, n_ood: int = 6, **counts: int) -> WorldSpec:
+def default_spec(seed: int = 0, n_id: int = 6, n_train: int | None = None, n_ood: int = 6, **counts: Any) -> WorldSpec:
     """A seeded partition of the named categories: ``n_id`` ID, the next ``n_ood`` near-OOD."""
     order = [NAMED[i] for i in np.random.default_rng(seed).permutation(len(NAMED))]
     id_shapes = tuple(order[:n_id])

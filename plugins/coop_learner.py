@@ -18,6 +18,8 @@ from negprompt_cli.text_encoder import SoftPromptTextEncoder, TokenizedPrompts
 
 
 class CoOpPrompts(PromptModule):
+    logit_scale: torch.Tensor  # a buffer
+
     def __init__(self, encoder: SoftPromptTextEncoder, prompts: TokenizedPrompts, settings: PromptSettings,
                  generator: torch.Generator, text_chunk: int | None = None) -> None:
         super().__init__()

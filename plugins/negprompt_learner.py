@@ -41,6 +41,10 @@ class NegPromptOptions:
 
 
 class NegativePrompts(PromptModule):
+    ctx_pos: torch.Tensor  # buffers
+    text_pos: torch.Tensor
+    logit_scale: torch.Tensor
+
     def __init__(self, encoder: SoftPromptTextEncoder, prompts: TokenizedPrompts, settings: PromptSettings,
                  generator: torch.Generator, *, ctx_pos: torch.Tensor, options: NegPromptOptions = NegPromptOptions(),
                  text_chunk: int | None = None) -> None:
@@ -117,6 +121,7 @@ class NegativePrompts(PromptModule):
                                self.logit_scale, self.weights)
         terms["loss"].backward()
         feature_grad = neg.grad
+        assert feature_grad is not None  # the loss reads every negative feature
         mine = parallel.share(self.n_classes) if parallel is not None else torch.arange(self.n_classes)
         for start in range(0, len(mine), self.text_chunk):
             classes = mine[start:start + self.text_chunk]

@@ -69,7 +69,7 @@ def load_toy(pretrained: str | None, device: torch.device, cache_dir: str | None
 
 
 @negprompt_cli.hookimpl
-def resolve_backbone(name: str):  # type: ignore[no-untyped-def]
+def resolve_backbone(name: str):
     if name.startswith(SCHEMES):
         return partial(load_openclip, name, name, None)
     arch = name.replace("/", "-")

@@ -96,7 +96,7 @@ class NegativeLabelScore:
         order = torch.randperm(usable, generator=torch.Generator().manual_seed(seed)).to(mined.device)
         split = mined[:, :usable][:, order].reshape(mined.shape[0], groups, -1) / temperature
         negatives = torch.logsumexp(split, dim=2)  # [B, G]
-        if self.with_prompts:  # the learned negatives join every group's denominator
+        if self.with_prompts and neg is not None:  # the learned negatives join every group's denominator
             negatives = torch.logaddexp(negatives, torch.logsumexp(neg.flatten(1) / temperature, dim=1,
                                                                    keepdim=True))
         id_part = torch.logsumexp(pos / temperature, dim=1, keepdim=True)

@@ -65,7 +65,7 @@ def select_train_classes(class_dirs: list[str], names: list[str], options: FitNe
         raise UsageError("give --train-classes or --train-fraction, not both")
     if options.train_classes is not None:
         wanted = read_names_file(options.train_classes)
-        chosen = []
+        chosen: list[int] = []
         for item in wanted:
             if item in names:  # every class of that name (ImageNet's list names two classes "missile")
                 chosen.extend(i for i, name in enumerate(names) if name == item)
@@ -221,7 +221,7 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
         val_features = val[0][val_mask].to(backbone.device)
         val_labels = remap[val[1][val_mask]].to(backbone.device)
 
-        def negative_val_loss(m) -> float:  # type: ignore[no-untyped-def]
+        def negative_val_loss(m) -> float:
             with torch.no_grad():
                 return -float(m.loss_terms(val_features, val_labels)["loss"])
 
@@ -240,6 +240,7 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
     if len(chosen) != len(folder.class_names) or tensors["text_pos"].shape[0] != len(folder.class_names):
         text_pos, text_neg = context_features(encoder, positive.tensors["ctx_pos"], tensors["ctx_neg"],
                                               positive.prompt, list(folder.class_names), text_chunk)
+        assert text_neg is not None  # negative contexts give negative features
         tensors = {"ctx_pos": positive.tensors["ctx_pos"], "ctx_neg": tensors["ctx_neg"], "text_pos": text_pos,
                    "text_neg": text_neg}
     calib_features, calib_source = (val[0], "validation") if val is not None else (features[:, 0], "training")

@@ -277,9 +277,10 @@ def _base_model(arch: str, pretrained: str | None) -> str | None:
         from huggingface_hub.utils import HFValidationError, validate_repo_id
 
         try:
-            return validate_repo_id(arch[len("hf-hub:"):]) or arch[len("hf-hub:"):]
+            validate_repo_id(arch[len("hf-hub:"):])
         except HFValidationError:
             return None
+        return arch[len("hf-hub:"):]
     if not pretrained:
         return None
     try:

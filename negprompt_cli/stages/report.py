@@ -150,6 +150,7 @@ def decision_threshold(options: ReportOptions, id_rows: list[dict[str, Any]],
     if len(values) != 1 or None in values:
         return None
     value = values.pop()
+    assert value is not None  # excluded above
     sources = {"stored": "stored with the prompts", "--calibrate": "calibrated on ID images (score --calibrate)",
                "--threshold": "given to score (--threshold)"}
     for name, rows in ood_rows.items():
@@ -157,7 +158,7 @@ def decision_threshold(options: ReportOptions, id_rows: list[dict[str, Any]],
             warnings.warn(f"OOD set {name!r} was scored with another threshold than the ID set; the report uses the "
                           f"ID set's ({value:.6g})", NegPromptWarning, stacklevel=3)
     source = id_rows[0].get("threshold_source")
-    return {"value": float(value), "source": sources.get(source, str(source))}
+    return {"value": float(value), "source": sources.get(str(source), str(source))}
 
 
 def _decision(threshold: dict[str, Any], id_scores: np.ndarray,
@@ -186,7 +187,7 @@ def check_report_folder(out: Path, overwrite: bool) -> None:
                                   "own files (yours are kept)")
 
 
-def _check_compatible(id_file: Path, id_rows, ood_files, ood_rows) -> None:  # type: ignore[no-untyped-def]
+def _check_compatible(id_file: Path, id_rows, ood_files, ood_rows) -> None:
     """Scores from different scorers or prompts are on different scales: refuse to mix them."""
     ref = (id_rows[0].get("scorer"), id_rows[0].get("prompts_id"))
     for name, rows in ood_rows.items():
@@ -196,7 +197,7 @@ def _check_compatible(id_file: Path, id_rows, ood_files, ood_rows) -> None:  # t
                              hint="score every set with the same --prompts and --scorer")
 
 
-def _warn_shared_images(id_rows, ood_rows) -> None:  # type: ignore[no-untyped-def]
+def _warn_shared_images(id_rows, ood_rows) -> None:
     """An OOD set that holds ID images (a wrong --ood file, the ID file given twice) still gives plausible
     numbers, so say so; the metrics are computed as asked."""
     id_paths = {r["path"] for r in id_rows}
@@ -214,9 +215,9 @@ def id_accuracy(rows: list[dict[str, Any]]) -> float | None:
     return float(np.mean([r["prediction_index"] == r["label_index"] for r in labelled]))
 
 
-def similarity_view(id_rows, ood_rows) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def similarity_view(id_rows, ood_rows) -> dict[str, Any]:
     """The paper's Fig. 3: mean max cosine of ID / OOD images to the positive vs the negative prompts."""
-    def means(rows):  # type: ignore[no-untyped-def]
+    def means(rows):
         pos = [r["max_pos_cos"] for r in rows if r.get("max_pos_cos") is not None]
         neg = [r["max_neg_cos"] for r in rows if r.get("max_neg_cos") is not None]
         return {"max_pos_cos": float(np.mean(pos)) if pos else None,
@@ -259,7 +260,7 @@ def _figures(report: dict[str, Any], id_scores: np.ndarray, ood_scores: dict[str
 
     figures: dict[str, bytes] = {}
 
-    def save(fig) -> bytes:  # type: ignore[no-untyped-def]
+    def save(fig) -> bytes:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
@@ -277,7 +278,7 @@ def _figures(report: dict[str, Any], id_scores: np.ndarray, ood_scores: dict[str
 
     fig, ax = plt.subplots(figsize=(6, 4))
     everything = np.concatenate([id_scores, *ood_scores.values()])
-    bins = np.linspace(everything.min(), everything.max(), 40) if np.ptp(everything) > 0 else 10
+    bins: Any = np.linspace(everything.min(), everything.max(), 40) if np.ptp(everything) > 0 else 10
     ax.hist(id_scores, bins=bins, alpha=0.6, density=True, label="ID")
     for name, scores in ood_scores.items():
         ax.hist(scores, bins=bins, alpha=0.5, density=True, label=name)
