@@ -56,7 +56,7 @@ def _jpeg_writer(seed: int):
 def build_tree(root: Path, scale: float, train_per_class: int) -> dict[str, int]:
     """The documented layout at the real protocol's counts (times --scale); returns the image counts."""
     sys.path.insert(0, str(ROOT))
-    from negprompt_cli.benchmark_protocols import imagenet_wnids
+    from negprompt_cli.benchmark.protocol import imagenet_wnids
 
     wnids = imagenet_wnids()
     per_class = max(1, round(50 * scale))
@@ -84,7 +84,7 @@ def protocol_for(scale: float, work: Path) -> str:
     if scale == 1:
         return "imagenet1k-mcm"
     sys.path.insert(0, str(ROOT))
-    from negprompt_cli.benchmark_protocols import load_protocol
+    from negprompt_cli.benchmark.protocol import load_protocol
 
     spec = json.loads(load_protocol("imagenet1k-mcm").file.read_text())
     spec["name"] = f"imagenet1k-mcm-x{scale:g}"

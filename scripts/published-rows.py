@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTOCOLS = ROOT / "negprompt_cli" / "protocols"
+PROTOCOLS = ROOT / "negprompt_cli" / "benchmark" / "protocols"
 PAPER = "NegPrompt (Li et al., CVPR 2024)"
 LAION = "laion2b_s34b_b88k"
 # the paper's method -> (our scorer, trained or zero-shot); None: a method this tool does not run

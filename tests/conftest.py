@@ -114,7 +114,7 @@ def invoke(args, **kwargs):  # type: ignore[no-untyped-def]
     ``input``); whatever the outcome, never a traceback on stderr unless NEGPROMPT_DEBUG=1 asks for one."""
     from typer.testing import CliRunner
 
-    from negprompt_cli.cli import app
+    from negprompt_cli.composers.cli import app
 
     result = CliRunner().invoke(app, args, **kwargs)
     if (kwargs.get("env") or {}).get("NEGPROMPT_DEBUG") != "1":
@@ -128,7 +128,7 @@ def ctrl_c_stops_the_suite(monkeypatch):
     130: re-raise it once the command has saved its checkpoint and returned."""
     from typer.testing import CliRunner
 
-    from negprompt_cli import cli
+    from negprompt_cli.composers import cli
 
     original = CliRunner.invoke
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import invoke
 from PIL import Image
 
-from negprompt_cli.benchmark_protocols import imagenet_wnids, load_protocol, protocol_names
+from negprompt_cli.benchmark.protocol import imagenet_wnids, load_protocol, protocol_names
 
 WNIDS = imagenet_wnids()
 KNOWN, UNKNOWN = WNIDS[:3], WNIDS[500:502]

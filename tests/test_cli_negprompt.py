@@ -10,7 +10,7 @@ import torch
 from conftest import NEG_FAST, TEST_DEVICE, invoke, make_image_folder, pos_fast
 
 from negprompt_cli.artifact import load_prompts
-from negprompt_cli.cli import app
+from negprompt_cli.composers.cli import app
 from negprompt_cli.errors import UsageError
 from negprompt_cli.presets import default_scorer
 from negprompt_cli.thresholds import class_list_id

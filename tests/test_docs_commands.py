@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from negprompt_cli.cli import app
+from negprompt_cli.composers.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -264,7 +264,7 @@ def test_a_mistyped_path_fails_before_anything_heavy_is_imported(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from negprompt_cli.cli import app\n"
+    code = ("import sys; from negprompt_cli.composers.cli import app\n"
             "try:\n    app(['fit-pos', '--data', sys.argv[1], '--out', sys.argv[2]])\n"
             "except SystemExit as e:\n    print('torch' in sys.modules, e.code)")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "no-such-data"), str(tmp_path / "p.st")],
@@ -316,7 +316,7 @@ def test_a_real_ctrl_c_during_an_in_process_run_stops_the_test_suite(tmp_path, t
     import signal
 
     import negprompt_cli.training as training
-    from negprompt_cli import cli
+    from negprompt_cli.composers import cli
 
     data = make_image_folder(tmp_path / "train", classes=CLASSES[:2], per_class=2)
     args = ["fit-pos", "--data", str(data), "--out", str(tmp_path / "p.safetensors"), "--backbone",

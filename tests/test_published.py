@@ -15,8 +15,8 @@ import pytest
 from conftest import invoke
 
 from negprompt_cli.backbone import BackboneRequest
-from negprompt_cli.benchmark_protocols import load_protocol, protocol_names
-from negprompt_cli.benchmark_run import markdown, published_for, published_table, stated_average_slips, table
+from negprompt_cli.benchmark.protocol import load_protocol, protocol_names
+from negprompt_cli.composers.benchmark_run import markdown, published_for, published_table, stated_average_slips, table
 
 DATA = Path(__file__).parent / "data" / "negprompt-published.json"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "negprompt-published.json"

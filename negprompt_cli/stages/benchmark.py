@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..benchmark_layout import ImageList, LayoutReport, check_layout
-from ..benchmark_protocols import load_protocol, protocol_names
+from ..benchmark.layout import ImageList, LayoutReport, check_layout
+from ..benchmark.protocol import load_protocol, protocol_names
 from ..errors import NotFoundError
 
 

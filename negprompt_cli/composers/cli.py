@@ -17,7 +17,18 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from . import __version__
+from .. import __version__
+from ..console import cell, emit_json, err, info, say, show_progress, write_data
+from ..errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_RUNTIME,
+    EXIT_TERMINATED,
+    NegPromptError,
+    Terminated,
+)
+from ..presets import DEFAULT_BACKBONE, EXPLAIN_TOP, NEGATIVE_OPTIM, POSITIVE_OPTIM, negatives_note, override
+from ..report_images import DEFAULT_PER_GALLERY
 from .cli_options import (
     AugViewsOpt,
     CacheOpt,
@@ -37,17 +48,6 @@ from .cli_options import (
     runtime_options,
     training_options,
 )
-from .console import cell, emit_json, err, info, say, show_progress, write_data
-from .errors import (
-    EXIT_BROKEN_PIPE,
-    EXIT_INTERRUPTED,
-    EXIT_RUNTIME,
-    EXIT_TERMINATED,
-    NegPromptError,
-    Terminated,
-)
-from .presets import DEFAULT_BACKBONE, EXPLAIN_TOP, NEGATIVE_OPTIM, POSITIVE_OPTIM, negatives_note, override
-from .report_images import DEFAULT_PER_GALLERY
 
 EPILOG = ("Exit codes: 0 ok, 1 runtime error, 2 usage or invalid input, 3 not found, "
           "4 hub/network, 5 incompatible artifact, 130 interrupted, 141 stdout closed, 143 terminated. "
@@ -173,7 +173,7 @@ def _terminate_like_interrupt():
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    from .errors import NegPromptNotice
+    from ..errors import NegPromptNotice
 
     label = "Note" if issubclass(category, NegPromptNotice) else "Warning"
     info(f"{label}{_rank_tag()}: {message}")
@@ -183,7 +183,7 @@ def _other_rank() -> int | None:
     """This process's rank in a torchrun job of several processes, when it is not rank 0."""
     if "RANK" not in os.environ:  # not torchrun: answer without importing torch (errors print at once)
         return None
-    from .distributed import launched_by_torchrun
+    from ..distributed import launched_by_torchrun
 
     if not launched_by_torchrun() or os.environ.get("WORLD_SIZE") == "1" or os.environ.get("RANK") == "0":
         return None
@@ -259,9 +259,9 @@ def fit_pos_command(
 ) -> None:
     """Learn CoOp positive prompts (the first NegPrompt stage)."""
     check_paths(("--data", data), ("--classes", data_opts["classes"]))
-    from .learners import PromptSettings, parse_option_pairs
-    from .memory import parse_text_chunk
-    from .stages.fit_pos import FitPosOptions, fit_pos
+    from ..learners import PromptSettings, parse_option_pairs
+    from ..memory import parse_text_chunk
+    from ..stages.fit_pos import FitPosOptions, fit_pos
 
     options = FitPosOptions(
         backbone=backbone_request(backbone, pretrained, runtime),
@@ -290,7 +290,7 @@ MISSING = {"--data": "data directory not found", "--pos": "prompts file not foun
 
 def check_paths(*given: tuple[str, Any]) -> None:
     """A mistyped path fails here, in a fraction of a second, before the stage (and torch) is imported."""
-    from .errors import NotFoundError
+    from ..errors import NotFoundError
 
     for flag, value in given:
         if value is None or str(value).startswith("hf://"):
@@ -307,7 +307,7 @@ def finish(message: str, summary: dict[str, Any], as_json: bool) -> None:
 
 
 def backbone_request(name: str, pretrained: str | None, runtime: dict[str, Any]):
-    from .backbone import BackboneRequest
+    from ..backbone import BackboneRequest
 
     return BackboneRequest(name, pretrained, runtime["device"], runtime["weights_cache"], runtime["quick_gelu"],
                            runtime["offline"])
@@ -315,7 +315,7 @@ def backbone_request(name: str, pretrained: str | None, runtime: dict[str, Any])
 
 def training_data(root: Path, given: dict[str, Any]):
     """DataOptions from the data option group; --all-images means no shot limit."""
-    from .training_data import DataOptions
+    from ..training_data import DataOptions
 
     data = override(DataOptions(root), classes_file=given["classes"], shots=given["shots"],
                     val_fraction=given["val_fraction"], aug_views=given["aug_views"], cache_dir=given["cache_dir"],
@@ -334,7 +334,7 @@ def optim_config(preset, given: dict[str, Any], runtime: dict[str, Any]):
 
 
 def check_at_least(flag: str, value: int, least: int) -> None:
-    from .errors import UsageError
+    from ..errors import UsageError
 
     if value < least:
         raise UsageError(f"{flag} must be at least {least} (got {value})")
@@ -396,13 +396,13 @@ def fit_neg_command(
     """Learn NegPrompt negative prompts (runs fit-pos first when --pos is not given)."""
     check_paths(("--data", data), ("--pos", pos), ("--classes", data_opts["classes"]),
                 ("--train-classes", train_classes))
-    from .backbone import RuntimeOptions
-    from .distributed import launched_by_torchrun, process_group
-    from .errors import UsageError
-    from .learners import PromptSettings, parse_option_pairs
-    from .memory import no_grad_text_chunk, parse_text_chunk
+    from ..backbone import RuntimeOptions
+    from ..distributed import launched_by_torchrun, process_group
+    from ..errors import UsageError
+    from ..learners import PromptSettings, parse_option_pairs
+    from ..memory import no_grad_text_chunk, parse_text_chunk
+    from ..stages.fit_neg import FitNegOptions, fit_neg
     from .pipeline import fit_pos_then_neg, pos_stage_options
-    from .stages.fit_neg import FitNegOptions, fit_neg
 
     chunk = parse_text_chunk(text_chunk)
     optim_settings = optim_config(NEGATIVE_OPTIM, optim, runtime)
@@ -455,7 +455,7 @@ def fit_neg_command(
 
 def _prompts_path(value: str, offline: bool = False) -> Path:
     """A prompts file, or an hf://ORG/NAME[@REVISION] reference resolved through the Hub cache."""
-    from .stages.hub import hub_options, resolve_prompts
+    from ..stages.hub import hub_options, resolve_prompts
 
     return resolve_prompts(value, hub_options(offline))
 
@@ -486,10 +486,10 @@ def transfer_command(
     The stored ID threshold belongs to the old class list: it is kept only for the same list,
     recalibrated with --calibrate, and otherwise dropped (score then makes no OOD decision)."""
     check_paths(("--prompts", prompts), ("--names", names), ("--calibrate", calibrate))
-    from .backbone import RuntimeOptions
-    from .image_features import EncodeOptions
-    from .memory import no_grad_text_chunk
-    from .stages.transfer import transfer
+    from ..backbone import RuntimeOptions
+    from ..image_features import EncodeOptions
+    from ..memory import no_grad_text_chunk
+    from ..stages.transfer import transfer
 
     summary = transfer(_prompts_path(prompts, offline), names, out,
                        RuntimeOptions(device, weights_cache, offline, no_grad_text_chunk(text_chunk), trust_backbone),
@@ -568,14 +568,14 @@ def score_command(
     images = images or []  # none: the stage says "no images given" (exit 2)
     check_paths(*(("IMAGES", image) for image in images), ("--prompts", prompts), ("--names", names),
                 ("--calibrate", calibrate), ("--lexicon", label_opts["lexicon"]))
-    from .adaptive import AdaptiveOptions
-    from .backbone import DEFAULT_BACKBONE, RuntimeOptions
-    from .distributed import process_group
-    from .memory import no_grad_text_chunk
-    from .stages.score import ScoreOptions, score
+    from ..adaptive import AdaptiveOptions
+    from ..backbone import DEFAULT_BACKBONE, RuntimeOptions
+    from ..distributed import process_group
+    from ..memory import no_grad_text_chunk
+    from ..stages.score import ScoreOptions, score
 
     if json_out and out is None:
-        from .errors import UsageError
+        from ..errors import UsageError
 
         raise UsageError("--json needs --out FILE: without it stdout carries the scores themselves")
     given = images_opts
@@ -659,7 +659,7 @@ def report_command(
     decision threshold, the classes it hurts and the images behind the numbers."""
     import shlex
 
-    from .stages.report import ReportOptions, build_report, parse_ood_args
+    from ..stages.report import ReportOptions, build_report, parse_ood_args
 
     check_at_least("--images", images, 0)
     near_sets = parse_ood_args(near or [], "--near")
@@ -679,7 +679,7 @@ def print_report(report: dict[str, Any], out: Path | None) -> None:
     """The paper-style table on stderr."""
     from rich.table import Table
 
-    from .report_table import TABLE_HEADER, table_rows
+    from ..report_table import TABLE_HEADER, table_rows
 
     table = Table(*TABLE_HEADER, title=cell(f"negprompt OOD report ({report['scorer']})"),
                   caption=cell(f"FPR convention: {report['fpr_convention']} — {report['fpr_definition']}"))
@@ -688,7 +688,7 @@ def print_report(report: dict[str, Any], out: Path | None) -> None:
     err.print(table)
     if report["id"]["accuracy"] is not None:
         info(f"ID accuracy: {100 * report['id']['accuracy']:.2f}% on {report['id']['n']} images")
-    from .report_page import threshold_sentence
+    from ..report_page import threshold_sentence
 
     info(threshold_sentence(report))
     if out is not None:
@@ -724,9 +724,9 @@ def world_export_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Render the world as ImageFolder trees so every CLI path can run on real files."""
-    from .atomic import check_writable
-    from .errors import NotFoundError, UsageError
-    from .world import CATEGORIES, UNNAMED, WorldSpec, default_spec, export_world_into
+    from ..atomic import check_writable
+    from ..errors import NotFoundError, UsageError
+    from ..world import CATEGORIES, UNNAMED, WorldSpec, default_spec, export_world_into
 
     if not out.parent.exists():
         raise NotFoundError(f"output directory's parent does not exist: {out.parent}")
@@ -796,8 +796,8 @@ def cache_build_command(
 ) -> None:
     """Encode every image into the feature cache, so later fit-*/score runs only read it."""
     images = images or []  # none: the stage says "no images given" (exit 2)
-    from .distributed import process_group
-    from .stages.cache import CacheBuildOptions, build
+    from ..distributed import process_group
+    from ..stages.cache import CacheBuildOptions, build
 
     given = images_opts
     check_at_least("--batch-size", given["batch_size"], 1)
@@ -823,8 +823,8 @@ def cache_build_command(
 @reports_errors
 def cache_verify_command(cache_dir: CacheOpt = None, json_out: JsonOpt = False) -> None:
     """Read every shard and check its checksum; exit 1 if any is damaged (`cache gc` removes them)."""
-    from .errors import NegPromptError
-    from .stages.cache import verify_cache
+    from ..errors import NegPromptError
+    from ..stages.cache import verify_cache
 
     report = verify_cache(cache_dir)
     for key in report["keys"]:
@@ -845,7 +845,7 @@ def cache_verify_command(cache_dir: CacheOpt = None, json_out: JsonOpt = False) 
 def cache_gc_command(cache_dir: CacheOpt = None, json_out: JsonOpt = False) -> None:
     """Compact the cache: merge shards, drop duplicate rows, damaged shards and abandoned temporary files.
     Safe while other processes read and write it."""
-    from .stages.cache import gc_cache
+    from ..stages.cache import gc_cache
 
     report = gc_cache(cache_dir)
     finish(f"{report['cache_dir']}: {report['rows']} row(s) in {report['shards']} shard(s) after compaction; "
@@ -867,7 +867,7 @@ app.add_typer(benchmark_app, name="benchmark", short_help="Published protocols o
 @reports_errors
 def benchmark_list_command(json_out: JsonOpt = False) -> None:
     """The shipped protocols: ID classes, OOD sets, seeds, published numbers."""
-    from .stages.benchmark import list_protocols
+    from ..stages.benchmark import list_protocols
 
     rows = list_protocols()
     if json_out:
@@ -890,8 +890,8 @@ def benchmark_check_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Check that ROOT holds every dataset PROTOCOL needs; list every problem at once (exit 2 if any)."""
-    from .errors import UsageError
-    from .stages.benchmark import check, image_lists
+    from ..errors import UsageError
+    from ..stages.benchmark import check, image_lists
 
     report = check(protocol, root, image_lists(imglist or [], imglist_root, root))
     for row in report.datasets:
@@ -950,10 +950,10 @@ def benchmark_run_command(
     runtime: dict[str, Any],
 ) -> None:
     """Run PROTOCOL end to end (train per seed, score every set, report with the published numbers)."""
+    from ..errors import UsageError
+    from ..learners import PromptSettings
+    from ..stages.benchmark import image_lists
     from .benchmark_run import BenchmarkOptions, run_benchmark, table
-    from .errors import UsageError
-    from .learners import PromptSettings
-    from .stages.benchmark import image_lists
 
     try:
         seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else None
@@ -986,7 +986,7 @@ def demo_command(
     from .demo import run_demo
 
     if workdir is not None and not workdir.parent.exists():
-        from .errors import NotFoundError
+        from ..errors import NotFoundError
 
         raise NotFoundError(f"--workdir parent does not exist: {workdir.parent}")
     report = run_demo(workdir, seed=seed, device=device, quiet=json_out)
@@ -1015,7 +1015,7 @@ def push_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Publish prompts to the Hugging Face Hub with a model card; prints the commit id."""
-    from .stages.hub import hub_options, push
+    from ..stages.hub import hub_options, push
 
     result = push(artifact, repo_id, hub_options(token=token), private=private, branch=branch, tag=tag,
                   message=message, report=report)
@@ -1041,8 +1041,8 @@ def pull_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Download prompts from the Hub into the cache (or --out), pinned to the resolved commit."""
-    from .artifact import load_prompts
-    from .stages.hub import hub_options, pull
+    from ..artifact import load_prompts
+    from ..stages.hub import hub_options, pull
 
     pulled = pull(ref, hub_options(offline, token), out)
     artifact = load_prompts(pulled.prompts)
@@ -1063,7 +1063,7 @@ def pull_command(
 @reports_errors
 def plugins_command(json_out: JsonOpt = False) -> None:
     """List loaded plugins and what each registers."""
-    from .registry import get_host
+    from ..registry import get_host
 
     rows = get_host().describe()
     if json_out:
@@ -1080,7 +1080,7 @@ def plugins_command(json_out: JsonOpt = False) -> None:
 @reports_errors
 def env_command(json_out: JsonOpt = False) -> None:
     """Versions, CUDA devices, cache locations and settings from the environment: paste it into a bug report."""
-    from .environment import describe_environment
+    from ..environment import describe_environment
 
     facts = describe_environment()
     if json_out:
@@ -1110,7 +1110,7 @@ def inspect_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Show what a prompts artifact holds: backbone, layout, classes, training settings."""
-    from .artifact import load_prompts
+    from ..artifact import load_prompts
 
     artifact = load_prompts(prompts)
     meta = artifact.metadata()

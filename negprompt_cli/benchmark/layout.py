@@ -18,8 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .benchmark_protocols import Protocol, imagenet_wnids
-from .data import is_image_file, walk_images
+from ..data import is_image_file, walk_images
+from .protocol import Protocol, imagenet_wnids
 
 WNID = re.compile(r"^n\d{8}$")
 VAL_LABEL_FILES = ("val.txt", "val_labels.txt", "LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt")
@@ -152,7 +152,7 @@ def check_layout(protocol: Protocol, root: Path, *, read_images: bool = True,
     image_lists = image_lists or {}
     unknown = sorted(set(image_lists) - {o.name for o in protocol.ood})
     if unknown:
-        from .errors import UsageError  # noqa: PLC0415
+        from ..errors import UsageError  # noqa: PLC0415
 
         raise UsageError(f"--imglist names {unknown[0]!r}, which is not an OOD set of {protocol.name}",
                          hint=f"its OOD sets: {', '.join(o.name for o in protocol.ood)}")

@@ -1,4 +1,5 @@
-"""Benchmark protocols as data: one JSON file each in ``negprompt_cli/protocols/`` (schema in docs/benchmarks.md).
+"""Benchmark protocols as data: one JSON file each in ``protocols/`` beside this module (schema in
+docs/benchmarks.md).
 
 A protocol names its ID classes (all of ImageNet-1k, or a hard-OOD split's known classes), where
 under ``--root`` the ID test images, the few-shot training images and every OOD set live, how many
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import NotFoundError, UsageError
+from ..errors import NotFoundError, UsageError
 
 PROTOCOL_DIR = Path(__file__).resolve().parent / "protocols"
 SPLITS_FILE = PROTOCOL_DIR / "hard_ood_splits.json"

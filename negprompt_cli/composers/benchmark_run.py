@@ -23,24 +23,24 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import load_prompts, package_versions
-from .atomic import write_text_atomic
-from .backbone import BackboneRequest, RuntimeOptions
-from .benchmark_layout import ImageList, check_layout
-from .benchmark_protocols import Protocol, imagenet_wnids, load_protocol
-from .checkpoint import checkpoint_path
-from .errors import IncompatibleArtifactError, NotFoundError, UsageError
-from .learners import PromptSettings
-from .metrics import ood_metrics
-from .negative_labels import LabelRequest
-from .presets import NEGATIVE_OPTIM, POSITIVE_OPTIM, OptimConfig
-from .score_file import read_score_file
-from .scoring import zero_shot_prompts
-from .stages.fit_neg import FitNegOptions, fit_neg
-from .stages.fit_pos import FitPosOptions, fit_pos
-from .stages.score import ScoreOptions, score
-from .thresholds import ThresholdWarning
-from .training_data import DataOptions
+from ..artifact import load_prompts, package_versions
+from ..atomic import write_text_atomic
+from ..backbone import BackboneRequest, RuntimeOptions
+from ..benchmark.layout import ImageList, check_layout
+from ..benchmark.protocol import Protocol, imagenet_wnids, load_protocol
+from ..checkpoint import checkpoint_path
+from ..errors import IncompatibleArtifactError, NotFoundError, UsageError
+from ..learners import PromptSettings
+from ..metrics import ood_metrics
+from ..negative_labels import LabelRequest
+from ..presets import NEGATIVE_OPTIM, POSITIVE_OPTIM, OptimConfig
+from ..score_file import read_score_file
+from ..scoring import zero_shot_prompts
+from ..stages.fit_neg import FitNegOptions, fit_neg
+from ..stages.fit_pos import FitPosOptions, fit_pos
+from ..stages.score import ScoreOptions, score
+from ..thresholds import ThresholdWarning
+from ..training_data import DataOptions
 
 LEARNED_SCORERS = ("negprompt", "mcm", "energy")  # with the fit-neg artifact (mcm/energy use its positives only)
 ZERO_SHOT_SCORERS = ("mcm", "neglabel", "csp")  # hand template, no training
