@@ -38,7 +38,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "lexicon.json"
 
 def encode_sample(sample: int, batch: int) -> dict:
     from negprompt_cli.backbone import BackboneRequest, load_backbone
-    from negprompt_cli.lexicon import load_lexicon
+    from negprompt_cli.scoring.lexicon import load_lexicon
     from negprompt_cli.text_encoder import SoftPromptTextEncoder
     from negprompt_cli.text_features import encode_texts
 
@@ -64,8 +64,8 @@ def encode_sample(sample: int, batch: int) -> dict:
 
 def ensemble_sample(nouns: int, adjectives: int, batch: int) -> dict:
     from negprompt_cli.backbone import BackboneRequest, load_backbone
-    from negprompt_cli.lexicon import load_lexicon
-    from negprompt_cli.negative_labels import POOLS
+    from negprompt_cli.scoring.lexicon import load_lexicon
+    from negprompt_cli.scoring.negative_labels import POOLS
     from negprompt_cli.text_encoder import SoftPromptTextEncoder
     from negprompt_cli.text_features import template_features
 

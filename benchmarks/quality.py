@@ -36,20 +36,20 @@ import numpy as np
 import torch
 from common import ROOT, current_commit  # noqa: E402  (benchmarks/ is run as scripts)
 
-from negprompt_cli.adaptive import AdaptiveOptions, adaptive_scores
 from negprompt_cli.artifact import load_prompts
 from negprompt_cli.backbone import BackboneRequest, RuntimeOptions, load_backbone
 from negprompt_cli.console import progress, show_progress
 from negprompt_cli.data import find_images, load_image_folder
 from negprompt_cli.image_features import encode_images
 from negprompt_cli.learners import PromptSettings
-from negprompt_cli.lexicon import Lexicon, load_lexicon
-from negprompt_cli.metrics import ood_metrics
-from negprompt_cli.negative_labels import MiningOptions, mine
-from negprompt_cli.ood_scores import score_features
 from negprompt_cli.presets import NEGATIVE_OPTIM
 from negprompt_cli.registry import get_host
-from negprompt_cli.scoring import zero_shot_features
+from negprompt_cli.scoring.adaptive import AdaptiveOptions, adaptive_scores
+from negprompt_cli.scoring.lexicon import Lexicon, load_lexicon
+from negprompt_cli.scoring.metrics import ood_metrics
+from negprompt_cli.scoring.negative_labels import MiningOptions, mine
+from negprompt_cli.scoring.scores import score_features
+from negprompt_cli.scoring.setup import zero_shot_features
 from negprompt_cli.stages.fit_neg import FitNegOptions, fit_neg
 from negprompt_cli.stages.fit_pos import FitPosOptions, fit_pos
 from negprompt_cli.text_encoder import SoftPromptTextEncoder

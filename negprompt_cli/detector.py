@@ -24,10 +24,10 @@ from .backbone import BackboneRequest, RuntimeOptions
 from .devices import check_precision
 from .errors import UsageError
 from .image_features import decode_rgb, encode_pixels
-from .negative_labels import LabelRequest
-from .ood_scores import score_features
 from .presets import DEFAULT_BACKBONE
-from .scoring import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
+from .scoring.negative_labels import LabelRequest
+from .scoring.scores import score_features
+from .scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor | str | Path
 

@@ -59,7 +59,7 @@ class ScorerSpec:
     default_temperature: float = 1.0  # the τ (or T) it runs at unless the user or a stored threshold says
     probability: bool = False  # an ID probability in [0, 1]: it can run ``score --adaptive``
     needs_negative_prompts: bool = False  # needs a fit-neg artifact's negative prompts
-    pool: str | None = None  # mines negative labels from this candidate pool (``negative_labels.POOLS``)
+    pool: str | None = None  # mines negative labels from this candidate pool (``scoring.negative_labels.POOLS``)
     trained_temperature: bool = False  # runs at the τ the artifact's negatives were trained with (Eq. 3)
 
 

@@ -77,7 +77,7 @@ class NegativeLabelScore:
     Per group g the ID probability is σ(logsumexp(pos/τ) − logsumexp(neg_g/τ)): the same number as the
     softmax sum, computed stably. As in the released code the last M mod G negatives are left out and the
     rest are permuted once (seed 0) before being split. Which candidate pool the core mines the labels from
-    (``negprompt_cli.negative_labels.POOLS``: NegLabel's own, or CSP's) is stated when it is registered.
+    (``negprompt_cli.scoring.negative_labels.POOLS``: NegLabel's own, or CSP's) is stated when it is registered.
     """
 
     def __init__(self, *, with_prompts: bool = False) -> None:

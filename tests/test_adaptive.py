@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import invoke
 
-from negprompt_cli.adaptive import AdaptiveOptions, LabelMemory, adaptive_scores
 from negprompt_cli.errors import UsageError
 from negprompt_cli.registry import get_host
+from negprompt_cli.scoring.adaptive import AdaptiveOptions, LabelMemory, adaptive_scores
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -177,8 +177,13 @@ def test_score_adaptive_cli(world_images, tmp_path):
     assert (tmp_path / "s.csv").read_text() != (tmp_path / "a.csv").read_text()
     for extra, message in ((["--batch-size", "1"], "batch of at least 2"),
                            (["--scorer", "mcm"], "ID probability"),
+                           (["--adaptive-slots", "0"], "--adaptive-slots must be at least 1 (got 0)"),
                            (["--calibrate", str(world_images["test"])], "cannot be combined with --calibrate")):
         bad = invoke([*base, "--adaptive", *extra, "--out", str(tmp_path / "bad.csv")])
         assert bad.exit_code == 2, (extra, bad.stderr)
         assert message in bad.stderr and "Traceback" not in bad.stderr
         assert not (tmp_path / "bad.csv").exists()
+    # which scorers can run adaptively comes from the registry (each registered with probability=True)
+    wrong = invoke([*base, "--adaptive", "--scorer", "energy", "--out", str(tmp_path / "bad.csv")])
+    assert ("Hint: use --scorer with one of: neglabel, csp, negprompt-sum, negprompt+neglabel, negprompt+csp"
+            in wrong.stderr)

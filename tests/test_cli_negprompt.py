@@ -13,7 +13,7 @@ from negprompt_cli.artifact import load_prompts
 from negprompt_cli.composers.cli import app
 from negprompt_cli.errors import UsageError
 from negprompt_cli.presets import default_scorer
-from negprompt_cli.thresholds import class_list_id
+from negprompt_cli.scoring.thresholds import class_list_id
 
 POS_FAST = pos_fast(20)
 
@@ -341,8 +341,8 @@ def test_score_takes_several_images_and_folders_in_order(world):
 
 
 def test_score_api_takes_a_list_of_inputs(world):
+    from negprompt_cli.scoring.thresholds import ThresholdWarning
     from negprompt_cli.stages.score import ScoreOptions, score
-    from negprompt_cli.thresholds import ThresholdWarning
 
     with pytest.warns(ThresholdWarning, match="these prompts carry no ID threshold"):  # fit-pos prompts
         one = score(ScoreOptions(images=world / "test", prompts=world / "pos.safetensors", quiet=True))

@@ -75,7 +75,7 @@ def test_the_lexicon_encoding_numbers_are_the_stored_measurement(monkeypatch):
 
 
 def test_the_readme_says_which_rows_run_the_shipped_defaults():
-    from negprompt_cli.lexicon import load_lexicon
+    from negprompt_cli.scoring.lexicon import load_lexicon
     from negprompt_cli.world import lexicon_dir
 
     world = load_lexicon(lexicon_dir()).mining

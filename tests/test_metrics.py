@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from negprompt_cli.errors import UsageError
-from negprompt_cli.metrics import id_threshold, ood_metrics
+from negprompt_cli.scoring.metrics import id_threshold, ood_metrics
 
 
 def hendrycks_fpr_at_recall(id_scores, ood_scores, recall_level=0.95):

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from conftest import invoke, make_image_folder
 
 from negprompt_cli.errors import UsageError
-from negprompt_cli.lexicon import Lexicon, load_lexicon
-from negprompt_cli.negative_labels import CSP_PHRASES, POOLS, MiningOptions, candidates, closeness, select
 from negprompt_cli.registry import get_host
+from negprompt_cli.scoring.lexicon import Lexicon, load_lexicon
+from negprompt_cli.scoring.negative_labels import CSP_PHRASES, POOLS, MiningOptions, candidates, closeness, select
 
 NAMES = ["red stripes", "green bars", "blue dots"]
 
@@ -290,7 +290,7 @@ def test_hybrid_scoring_with_a_fit_neg_artifact(scored, tiny_vit_dir):
 
 
 def test_a_threshold_calibrated_with_mined_labels_applies_only_to_the_same_settings():
-    from negprompt_cli.thresholds import applicable, class_list_id
+    from negprompt_cli.scoring.thresholds import applicable, class_list_id
 
     names = ["cat", "dog"]
     settings = {"pool": "neglabel", "lexicon": "abc", "percentile": 0.95, "fraction": 0.15, "count": None,
@@ -307,7 +307,7 @@ def test_a_threshold_calibrated_with_mined_labels_applies_only_to_the_same_setti
 
 # -- mining settings belong to the lexicon (#21) ----------------------------------------------------------------
 def test_each_shipped_lexicon_carries_its_validated_mining_settings():
-    from negprompt_cli.lexicon import PAPER_MINING, load_lexicon
+    from negprompt_cli.scoring.lexicon import PAPER_MINING, load_lexicon
     from negprompt_cli.world import lexicon_dir
 
     assert load_lexicon(None).mining == {"fraction": 0.15, "groups": 100, "percentile": 0.95} == PAPER_MINING

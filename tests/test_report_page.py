@@ -241,7 +241,7 @@ def test_explain_names_the_mined_labels_a_zero_shot_image_is_closest_to(tmp_path
     result = invoke(["score", str(images), "--zero-shot", "--names", str(names), "--backbone", "toy", "--scorer",
                      "neglabel", "--explain", "--explain-top", "5", "--format", "jsonl"])
     assert result.exit_code == 0, result.stderr
-    from negprompt_cli.lexicon import load_lexicon
+    from negprompt_cli.scoring.lexicon import load_lexicon
     from negprompt_cli.world import lexicon_dir
 
     lexicon = load_lexicon(lexicon_dir())

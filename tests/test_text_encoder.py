@@ -159,7 +159,7 @@ def test_lexicon_prompts_cut_at_their_end_and_ensembles_equal_the_models_own_enc
     assert (ours - reference).abs().max() < 1e-5
 
     # template ensembles (CSP's 8 noun templates, NegLabel's adjective one): prefixes shared, raw outputs averaged
-    from negprompt_cli.negative_labels import CSP_NOUN_TEMPLATES
+    from negprompt_cli.scoring.negative_labels import CSP_NOUN_TEMPLATES
     from negprompt_cli.text_features import template_features
 
     for templates in (CSP_NOUN_TEMPLATES, ("This is a {} photo",)):

@@ -16,7 +16,7 @@ from conftest import invoke
 from negprompt_cli import world
 from negprompt_cli.artifact import load_prompts
 from negprompt_cli.presets import default_scorer
-from negprompt_cli.thresholds import applicable, class_list_id
+from negprompt_cli.scoring.thresholds import applicable, class_list_id
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_applicable_checks_names_scorer_and_temperature():
 
 def test_an_old_threshold_record_reads_as_what_it_meant():
     """Records written before the scorer and τ were stored: Eq. 3 at the training τ (one reader, ThresholdRecord)."""
-    from negprompt_cli.thresholds import ThresholdRecord, applicable
+    from negprompt_cli.scoring.thresholds import ThresholdRecord, applicable
 
     names = ["a", "b"]
     old = {"value": 0.4}

@@ -53,7 +53,7 @@ def test_captions_state_only_true_attributes():
 
 
 def test_world_lexicon_is_shipped_and_covers_only_named_categories():
-    from negprompt_cli.lexicon import load_lexicon
+    from negprompt_cli.scoring.lexicon import load_lexicon
 
     lexicon = load_lexicon(world.lexicon_dir())
     expected = world.world_lexicon()

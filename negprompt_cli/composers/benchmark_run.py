@@ -31,15 +31,15 @@ from ..benchmark.protocol import Protocol, imagenet_wnids, load_protocol
 from ..checkpoint import checkpoint_path
 from ..errors import IncompatibleArtifactError, NotFoundError, UsageError
 from ..learners import PromptSettings
-from ..metrics import ood_metrics
-from ..negative_labels import LabelRequest
 from ..presets import NEGATIVE_OPTIM, POSITIVE_OPTIM, OptimConfig
 from ..score_file import read_score_file
-from ..scoring import zero_shot_prompts
+from ..scoring.metrics import ood_metrics
+from ..scoring.negative_labels import LabelRequest
+from ..scoring.setup import zero_shot_prompts
+from ..scoring.thresholds import ThresholdWarning
 from ..stages.fit_neg import FitNegOptions, fit_neg
 from ..stages.fit_pos import FitPosOptions, fit_pos
 from ..stages.score import ScoreOptions, score
-from ..thresholds import ThresholdWarning
 from ..training_data import DataOptions
 
 LEARNED_SCORERS = ("negprompt", "mcm", "energy")  # with the fit-neg artifact (mcm/energy use its positives only)

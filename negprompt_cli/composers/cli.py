@@ -568,10 +568,10 @@ def score_command(
     images = images or []  # none: the stage says "no images given" (exit 2)
     check_paths(*(("IMAGES", image) for image in images), ("--prompts", prompts), ("--names", names),
                 ("--calibrate", calibrate), ("--lexicon", label_opts["lexicon"]))
-    from ..adaptive import AdaptiveOptions
     from ..backbone import DEFAULT_BACKBONE, RuntimeOptions
     from ..distributed import process_group
     from ..memory import no_grad_text_chunk
+    from ..scoring.adaptive import AdaptiveOptions
     from ..stages.score import ScoreOptions, score
 
     if json_out and out is None:

@@ -141,7 +141,7 @@ def negative_label_options() -> list[inspect.Parameter]:
 
 def label_request(given: dict[str, Any]) -> Any:
     """The negative-label options as the library's ``LabelRequest``."""
-    from ..negative_labels import LabelRequest, MiningOptions
+    from ..scoring.negative_labels import LabelRequest, MiningOptions
 
     return LabelRequest(lexicon=given["lexicon"], groups=given["groups"],
                         mining=MiningOptions(percentile=given["mine_percentile"], fraction=given["mine_fraction"],

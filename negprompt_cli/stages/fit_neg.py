@@ -28,10 +28,10 @@ from ..distributed import SINGLE, Ranks
 from ..errors import IncompatibleArtifactError, UsageError
 from ..learners import PromptSettings, exported_tensors, learner_options, options_record
 from ..memory import AUTO, resolve_text_chunk
-from ..negative_labels import LabelRequest
 from ..presets import NEGATIVE_OPTIM, default_scorer
 from ..registry import get_host
-from ..scoring import setup_for_features
+from ..scoring.negative_labels import LabelRequest
+from ..scoring.setup import setup_for_features
 from ..text_encoder import SoftPromptTextEncoder
 from ..text_features import context_features
 from ..training import OptimConfig, Selection, accuracy, train

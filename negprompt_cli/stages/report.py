@@ -16,10 +16,10 @@ import numpy as np
 from .. import __version__
 from ..atomic import atomic_folder, check_name_fits, check_writable, files_into_folder
 from ..errors import NegPromptWarning, NotFoundError, UsageError
-from ..metrics import AUPR_ESTIMATOR, ood_metrics
 from ..report_images import DEFAULT_PER_GALLERY, THUMBNAIL_PIXELS, examples, per_class_kept, thumbnail
 from ..report_page import render_html, render_markdown
 from ..score_file import read_score_file
+from ..scoring.metrics import AUPR_ESTIMATOR, ood_metrics
 
 
 @dataclass

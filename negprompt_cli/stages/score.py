@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from ..adaptive import AdaptiveOptions, adaptive_scores
 from ..artifact import PromptArtifact
 from ..atomic import check_not_input, check_output_path, write_text_atomic
 from ..backbone import BackboneRequest, RuntimeOptions
@@ -20,12 +19,13 @@ from ..distributed import SINGLE, Ranks, check_enough_items
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..explain import explain
 from ..image_features import EncodeOptions, encode_folder, encode_images_across
-from ..negative_labels import LabelRequest
-from ..ood_scores import score_features
 from ..registry import ScorerSpec, get_host
 from ..score_file import FORMATS, render_rows
-from ..scoring import ScoringRequest, decision_rows, mine_labels, setup_scoring
-from ..thresholds import (
+from ..scoring.adaptive import AdaptiveOptions, adaptive_scores
+from ..scoring.negative_labels import LabelRequest
+from ..scoring.scores import score_features
+from ..scoring.setup import ScoringRequest, decision_rows, mine_labels, setup_scoring
+from ..scoring.thresholds import (
     ThresholdWarning,
     calibrate,
     warn_no_decision,

@@ -19,12 +19,12 @@ from ..data import read_names_file
 from ..devices import check_precision
 from ..errors import NotFoundError
 from ..image_features import EncodeOptions, encode_folder
-from ..negative_labels import LabelRequest
 from ..presets import default_scorer
-from ..scoring import setup_for_features
+from ..scoring.negative_labels import LabelRequest
+from ..scoring.setup import setup_for_features
+from ..scoring.thresholds import ThresholdWarning, calibrated_scorer
 from ..text_encoder import SoftPromptTextEncoder
 from ..text_features import text_features_for
-from ..thresholds import ThresholdWarning, calibrated_scorer
 
 
 def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions = RuntimeOptions(), *,

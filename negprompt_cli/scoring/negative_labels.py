@@ -39,12 +39,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .atomic import publish
-from .backbone import Backbone
-from .errors import NegPromptNotice, UsageError
+from ..atomic import publish
+from ..backbone import Backbone
+from ..errors import NegPromptNotice, UsageError
+from ..text_encoder import SoftPromptTextEncoder
+from ..text_features import template_features
 from .lexicon import Lexicon, load_lexicon
-from .text_encoder import SoftPromptTextEncoder
-from .text_features import template_features
 
 CSP_NOUN_TEMPLATES = ("a close-up photo of the nice {}.", "a photo with the nice {}.", "a good photo with the nice {}.",
                       "a photo of the nice {}.", "{}", "the {}", "the good {}", "the nice {}")

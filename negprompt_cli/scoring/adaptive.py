@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from .errors import NegPromptError, NegPromptWarning
+from ..errors import NegPromptError, NegPromptWarning
+from ..registry import ScorerSpec, get_host
 from .metrics import id_threshold
-from .ood_scores import score_features
-from .registry import ScorerSpec, get_host
+from .scores import score_features
 
 ID_KEPT = 0.95
 # Artifacts written before thresholds recorded their scorer were calibrated with Eq. 3, at the training τ.

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 CONVENTIONS = ("id-positive", "ood-positive")
 AUPR_ESTIMATOR = "average_precision (sklearn)"

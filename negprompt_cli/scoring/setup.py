@@ -14,16 +14,16 @@ from typing import Any
 
 import torch
 
-from .artifact import PromptArtifact, check_fits_backbone, load_prompts
-from .backbone import Backbone, BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
-from .errors import IncompatibleArtifactError, UsageError
-from .feature_cache import default_cache_dir
+from ..artifact import PromptArtifact, check_fits_backbone, load_prompts
+from ..backbone import Backbone, BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
+from ..errors import IncompatibleArtifactError, UsageError
+from ..feature_cache import default_cache_dir
+from ..presets import default_scorer
+from ..registry import ScorerSpec, get_host
+from ..text_encoder import SoftPromptTextEncoder
+from ..text_features import HAND_TEMPLATE, hand_template_features, template_features, text_features_for
 from .negative_labels import LabelRequest, NegativeLabels, prepare, settings_fingerprint, zero_shot_templates
-from .ood_scores import Scores
-from .presets import default_scorer
-from .registry import ScorerSpec, get_host
-from .text_encoder import SoftPromptTextEncoder
-from .text_features import HAND_TEMPLATE, hand_template_features, template_features, text_features_for
+from .scores import Scores
 from .thresholds import ID_KEPT, applicable, calibrate, calibrated_scorer, scoring_temperature
 
 

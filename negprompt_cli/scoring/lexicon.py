@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import NotFoundError, UsageError
+from ..errors import NotFoundError, UsageError
 
-DEFAULT_LEXICON = Path(__file__).resolve().parent / "assets" / "lexicon" / "wordnet"
+DEFAULT_LEXICON = Path(__file__).resolve().parent.parent / "assets" / "lexicon" / "wordnet"
 # Far above WordNet's ~70k words: a lexicon this large is almost certainly the wrong file (each entry is a
 # text-tower pass, ~hours on a CPU for a million). NEGPROMPT_MAX_LEXICON raises it.
 MAX_LEXICON_ENV = "NEGPROMPT_MAX_LEXICON"
