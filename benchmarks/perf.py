@@ -428,7 +428,7 @@ def extra_sections() -> list[str]:
 
         lines.append(lexicon_markdown(json.loads(LEXICON_RESULTS.read_text())))
     lines += [
-        "## `--text-chunk auto` (the default of fit-pos and fit-neg)",
+        "## `--text-chunk auto` (the fit-neg default)",
         "",
         "Gradient caching bounds memory at any class count but costs one extra no-grad pass over the text "
         "tower per step (about +30 %). `auto` chunks only when one unchunked step's autograd graph would not "

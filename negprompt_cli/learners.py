@@ -119,7 +119,10 @@ def learner_options(name: str, learner: Any, given: dict[str, Any]) -> Any:
         raise UsageError(f"learner {name!r} has no option {unknown[0]!r}"
                          + (f" (did you mean {close[0]!r}?)" if close else ""),
                          hint=f"its options: {', '.join(sorted(known))}")
-    hints = typing.get_type_hints(options_type)
+    try:
+        hints = typing.get_type_hints(options_type)
+    except Exception:  # annotations this module cannot resolve: the values go to the learner as text
+        hints = {}
     values = {k: _from_text(name, k, v, hints.get(k)) if isinstance(v, str) else v for k, v in given.items()}
     try:
         return options_type(**values)

@@ -80,11 +80,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on s
 AugViewsOpt = Annotated[int | None, typer.Option("--aug-views", help="Cache K augmented views per image (random "
                                                  "crop + flip); 0 = no augmentation (default).")]
 TextChunkOpt = Annotated[str, typer.Option("--text-chunk", help="Classes per text-encoder chunk: N, 0 (never "
-                                           "chunk) or auto. Training (fit-pos, fit-neg): above the chunk, gradient "
-                                           "caching keeps memory bounded at one extra no-grad pass; auto chunks only "
-                                           "when the whole graph would not fit (80% of free GPU memory, 3 GiB on "
-                                           "CPU; docs/performance.md). score and transfer keep no graph: auto "
-                                           "encodes in one pass.")]
+                                           "chunk) or auto. fit-neg: above the chunk, gradient caching keeps memory "
+                                           "bounded at one extra no-grad pass, and auto chunks only when the whole "
+                                           "graph would not fit (80% of free GPU memory, 3 GiB on CPU; "
+                                           "docs/performance.md). fit-pos, score and transfer: auto is one pass.")]
 
 
 def shared(name: str, alias: Any, default: Any = None) -> inspect.Parameter:

@@ -16,7 +16,7 @@ from ..data import folder_fingerprint
 from ..devices import check_precision
 from ..errors import UsageError
 from ..learners import PromptSettings, exported_tensors, learner_options, options_record
-from ..memory import AUTO, resolve_text_chunk
+from ..memory import AUTO
 from ..registry import get_host
 from ..text_encoder import SoftPromptTextEncoder
 from ..text_features import hand_template_features
@@ -33,7 +33,7 @@ class FitPosOptions:
     optim: OptimConfig = field(default_factory=OptimConfig)
     learner: str = "coop"
     learner_options: dict[str, Any] = field(default_factory=dict)  # the learner's own Options (--learner-option)
-    text_chunk: int | str | None = AUTO  # classes per chunk above which gradient caching bounds memory
+    text_chunk: int | str | None = AUTO  # prompts per text-encoder chunk; auto: one pass (CoOp keeps one graph)
     quiet: bool = False
     resume: bool = False
     grad_checkpoint: bool = False
@@ -71,8 +71,8 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
                                                             options.quiet)
     prompts = encoder.tokenize(folder.class_names, settings.n_ctx, settings.suffix)
     generator = torch.Generator().manual_seed(optim.seed)
-    text_chunk = resolve_text_chunk(options.text_chunk, backbone=backbone, prompts=prompts, prompts_per_class=1,
-                                    class_specific=settings.csc, precision=optim.precision)
+    # CoOp's graph spans every class whatever the chunk (no gradient caching here), so auto is one pass
+    text_chunk = None if options.text_chunk == AUTO else options.text_chunk
     module = builder(encoder, prompts, settings, generator, text_chunk=text_chunk, **extra)
     clean = features[:, 0]
     zero_shot = zero_shot_accuracy(encoder, folder.class_names, clean, labels)
