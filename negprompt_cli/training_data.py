@@ -17,7 +17,7 @@ import torch
 from .data import ImageFolder, few_shot_split, load_image_folder
 from .distributed import SINGLE, Ranks
 from .errors import UsageError
-from .image_features import View, encode_images_across
+from .image_features import EncodeStats, View, encode_images_across
 
 
 @dataclass
@@ -31,6 +31,30 @@ class DataOptions:
     strict: bool = False
     batch_size: int = 64  # image-encoding batch
     num_workers: int | None = None
+
+
+@dataclass
+class TrainingSet:
+    """What a prompt stage trains and selects on: the folder, few-shot features [N, V, E] (V augmented views)
+    with their labels, the held-out validation features and labels (or None), and what encoding them cost."""
+
+    folder: ImageFolder
+    features: torch.Tensor
+    labels: torch.Tensor
+    val: tuple[torch.Tensor, torch.Tensor] | None
+    stats: list[EncodeStats]
+
+    @property
+    def encoded(self) -> int:
+        return sum(s.encoded for s in self.stats)
+
+    @property
+    def cached(self) -> int:
+        return sum(s.cached for s in self.stats)
+
+    @property
+    def skipped(self) -> int:
+        return sum(len(s.skipped) for s in self.stats)
 
 
 def run_fingerprint(**parts: Any) -> str:
@@ -48,8 +72,8 @@ def kept_in_every_view(kept_per_view: list[list[int]]) -> list[int]:
     return keep
 
 
-def labelled_features(backbone, data: DataOptions, seed: int, precision: str, quiet: bool,
-                      folder: ImageFolder | None = None, ranks: Ranks = SINGLE):
+def labelled_features(backbone: Any, data: DataOptions, seed: int, precision: str, quiet: bool,
+                      folder: ImageFolder | None = None, ranks: Ranks = SINGLE) -> TrainingSet:
     """Few-shot training features ([N, V, E]) and labels, plus validation features, all from the cache.
     In a torchrun job the ranks encode shares and every rank gets all features."""
     folder = folder or load_image_folder(data.root, data.classes_file, strict=data.strict)
@@ -85,4 +109,4 @@ def labelled_features(backbone, data: DataOptions, seed: int, precision: str, qu
         vfeats, vkept, vst = encoded
         stats.append(vst)
         val = (vfeats, torch.tensor([split.labels[split.val[i]] for i in vkept]))
-    return folder, features, labels, val, stats
+    return TrainingSet(folder, features, labels, val, stats)

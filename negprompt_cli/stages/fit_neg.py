@@ -26,16 +26,16 @@ from ..data import ImageFolder, load_image_folder, read_names_file
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks
 from ..errors import IncompatibleArtifactError, UsageError
-from ..learners import PromptSettings, exported_tensors, learner_options, options_record
+from ..learners import PromptModule, PromptSettings, exported_tensors, learner_options, options_record
 from ..memory import AUTO, resolve_text_chunk
 from ..presets import NEGATIVE_OPTIM, default_scorer
 from ..registry import get_host
 from ..scoring.negative_labels import LabelRequest
-from ..scoring.setup import setup_for_features
+from ..scoring.setup import ScoringSetup, setup_for_features
 from ..text_encoder import SoftPromptTextEncoder
 from ..text_features import context_features
-from ..training import OptimConfig, Selection, accuracy, train
-from ..training_data import DataOptions, labelled_features, run_fingerprint
+from ..training import OptimConfig, Selection, TrainResult, accuracy, train
+from ..training_data import DataOptions, TrainingSet, labelled_features, run_fingerprint
 
 
 @dataclass
@@ -152,22 +152,35 @@ def names_from_positive(folder: ImageFolder, positive: PromptArtifact, pos_path:
     return replace(folder, class_names=wanted)
 
 
+@dataclass
+class TrainedNegatives:
+    """What training left: the module (trained on ``names``), its record and the numbers the summary reports."""
+
+    module: PromptModule
+    result: TrainResult
+    names: list[str]  # the classes the negatives were trained on
+    train_features: torch.Tensor
+    train_labels: torch.Tensor
+    initial_loss: dict[str, float]
+    final_loss: dict[str, float]
+    text_chunk: int | None
+    learner_record: dict[str, Any]
+
+
 def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
             plan: NegativePlan | None = None) -> dict[str, Any] | None:
-    """Train negative prompts on top of the fit-pos artifact ``options.pos``.
+    """Train negative prompts on top of the fit-pos artifact ``options.pos``: plan → train → export → calibrate
+    → write.
 
     ``backbone`` reuses an already loaded backbone (the one-command pipeline loads it once for both stages).
     In a torchrun job every rank trains the same prompts on its share of the classes and rank 0 alone writes
     (and returns the summary; the other ranks return None).
     """
-    ranks = options.ranks
     plan = plan or plan_fit_neg(options)
-    builder, preview, chosen = plan.builder, plan.folder, plan.chosen
     if options.pos is None:
         raise UsageError("fit-neg needs positive prompts (--pos), or the one-command pipeline to train them first")
-    summary: dict[str, Any] = {}
     pos_path = options.pos
-    positive = plan.positive
+    positive, preview = plan.positive, plan.folder
     if positive is None:  # the pipeline planned before its positive stage ran: same data and names
         positive = load_prompts(pos_path, kind="positive")
         preview = names_from_positive(preview, positive, pos_path, options.data.classes_file)
@@ -176,19 +189,52 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
     set_text_checkpointing(backbone, options.grad_checkpoint)
     positive.check_backbone(backbone.identity(), pos_path)
     check_fits_backbone(positive, backbone.text_width, backbone.context_length, backbone.embed_dim, pos_path)
-    encoder = SoftPromptTextEncoder(backbone)
     optim = replace(options.optim, precision=check_precision(backbone.device, options.optim.precision))
-    folder, features, labels, val, stats = labelled_features(backbone, options.data, optim.seed, optim.precision,
-                                                            options.quiet or not ranks.is_main, folder=preview,
-                                                            ranks=ranks)
+    data = labelled_features(backbone, options.data, optim.seed, optim.precision,
+                             options.quiet or not options.ranks.is_main, folder=preview, ranks=options.ranks)
+    encoder = SoftPromptTextEncoder(backbone)
+    trained = train_negatives(options, plan, positive, encoder, data, optim)
+    tensors = exported_tensors(trained.module)  # the last step every rank takes part in
+    if not options.ranks.is_main:
+        return None
+    tensors = for_every_class(tensors, positive, encoder, list(data.folder.class_names), trained)
+    threshold, setup, id_accuracy = calibrate_default_scorer(options, backbone, tensors, data)
+    summary = {
+        "out": str(options.out),
+        "pos": str(pos_path),
+        "backbone": backbone.identity(),
+        "classes": len(data.folder.class_names),
+        "train_classes": len(plan.chosen),
+        "train_images": int(len(trained.train_labels)),
+        "images_encoded": data.encoded,
+        "images_from_cache": data.cached,
+        "learner": options.learner,
+        "learner_options": trained.learner_record,
+        "text_chunk": trained.text_chunk,
+        "processes": options.ranks.world_size,
+        "initial_loss": trained.initial_loss,
+        "final_loss": trained.final_loss,
+        "threshold": threshold,
+        "scorer_uses_negative_prompts": setup.reads_negative_prompts,
+        f"{'validation' if data.val is not None else 'training'}_accuracy": id_accuracy,
+        "train_accuracy": accuracy(trained.module, trained.train_features[:, 0], trained.train_labels),
+    }
+    write_negatives(options, positive, backbone, data, trained, tensors, threshold, optim)
+    return summary
+
+
+def train_negatives(options: FitNegOptions, plan: NegativePlan, positive: PromptArtifact,
+                    encoder: SoftPromptTextEncoder, data: TrainingSet, optim: OptimConfig) -> TrainedNegatives:
+    """Build the learner's module on the chosen classes and train it (resumable; every rank takes part)."""
+    folder, chosen, ranks, backbone = data.folder, plan.chosen, options.ranks, encoder.backbone
     if positive.tensors["ctx_pos"].dim() == 3 and list(folder.class_names) != list(positive.class_names):
-        raise IncompatibleArtifactError(f"{pos_path} has class-specific contexts for other classes than the data")
+        raise IncompatibleArtifactError(f"{options.pos} has class-specific contexts for other classes than the data")
     if positive.tensors["ctx_pos"].dim() == 3 and len(chosen) != len(folder.class_names):
         raise UsageError("open-vocabulary training (--train-classes/--train-fraction) needs shared positive contexts")
     remap = torch.full((len(folder.class_names),), -1, dtype=torch.long)
     remap[chosen] = torch.arange(len(chosen))
-    mask = remap[labels] >= 0
-    train_features, train_labels = features[mask], remap[labels[mask]]
+    mask = remap[data.labels] >= 0
+    train_features, train_labels = data.features[mask], remap[data.labels[mask]]
     train_names = [folder.class_names[i] for i in chosen]
     settings = PromptSettings(**{k: v for k, v in positive.prompt.items() if k in PromptSettings.__dataclass_fields__})
     prompts = encoder.tokenize(train_names, settings.n_ctx, settings.suffix)
@@ -196,7 +242,7 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
     ctx_pos = positive.tensors["ctx_pos"]
     if ctx_pos.dim() == 3:
         ctx_pos = ctx_pos[chosen]
-    module = builder(encoder, prompts, settings, generator, ctx_pos=ctx_pos, options=plan.learner_options)
+    module = plan.builder(encoder, prompts, settings, generator, ctx_pos=ctx_pos, options=plan.learner_options)
     # sized from what the module says about its text graph (auto: chunk only when it would not fit)
     text_chunk = resolve_text_chunk(options.text_chunk, backbone=backbone, prompts=prompts,
                                     prompts_per_class=module.prompts_per_class,
@@ -210,18 +256,22 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
     learner_record = options_record(plan.learner_options)
     fingerprint = run_fingerprint(stage="fit-neg", optim=optim.as_dict(), names=train_names,
                                   labels=train_labels.tolist(), features=float(train_features.sum()),
-                                  learner=options.learner, learner_options=learner_record, pos=str(pos_path),
+                                  learner=options.learner, learner_options=learner_record, pos=str(options.pos),
                                   ctx=float(ctx_pos.sum()))
-    with torch.no_grad():
-        initial_terms = {k: float(v) for k, v in module.loss_terms(train_features[:, 0].to(backbone.device),
-                                                                   train_labels.to(backbone.device)).items()}
-    selection = None
-    if val is not None:
-        val_mask = remap[val[1]] >= 0
-        val_features = val[0][val_mask].to(backbone.device)
-        val_labels = remap[val[1][val_mask]].to(backbone.device)
 
-        def negative_val_loss(m) -> float:
+    def loss_terms() -> dict[str, float]:
+        with torch.no_grad():
+            return {k: float(v) for k, v in module.loss_terms(train_features[:, 0].to(backbone.device),
+                                                              train_labels.to(backbone.device)).items()}
+
+    initial_terms = loss_terms()
+    selection = None
+    if data.val is not None:
+        val_mask = remap[data.val[1]] >= 0
+        val_features = data.val[0][val_mask].to(backbone.device)
+        val_labels = remap[data.val[1][val_mask]].to(backbone.device)
+
+        def negative_val_loss(m: PromptModule) -> float:
             with torch.no_grad():
                 return -float(m.loss_terms(val_features, val_labels)["loss"])
 
@@ -231,57 +281,52 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
                    checkpointing=Checkpointing(checkpoint_path(options.out), fingerprint, options.resume,
                                                writer=ranks.is_main),
                    description="Training negative prompts")
-    with torch.no_grad():
-        final_terms = {k: float(v) for k, v in module.loss_terms(train_features[:, 0].to(backbone.device),
-                                                                 train_labels.to(backbone.device)).items()}
-    tensors = exported_tensors(module)  # the last step every rank takes part in
-    if not ranks.is_main:
-        return None
-    if len(chosen) != len(folder.class_names) or tensors["text_pos"].shape[0] != len(folder.class_names):
-        text_pos, text_neg = context_features(encoder, positive.tensors["ctx_pos"], tensors["ctx_neg"],
-                                              positive.prompt, list(folder.class_names), text_chunk)
-        assert text_neg is not None  # negative contexts give negative features
-        tensors = {"ctx_pos": positive.tensors["ctx_pos"], "ctx_neg": tensors["ctx_neg"], "text_pos": text_pos,
-                   "text_neg": text_neg}
-    calib_features, calib_source = (val[0], "validation") if val is not None else (features[:, 0], "training")
-    # the threshold is calibrated for the scorer `score` uses by default on these prompts (chosen on validation)
-    setup = setup_for_features(backbone, list(folder.class_names), tensors["text_pos"], tensors["text_neg"],
+    return TrainedNegatives(module, result, train_names, train_features, train_labels, initial_terms, loss_terms(),
+                            text_chunk, learner_record)
+
+
+def for_every_class(tensors: dict[str, torch.Tensor], positive: PromptArtifact, encoder: SoftPromptTextEncoder,
+                    names: list[str], trained: TrainedNegatives) -> dict[str, torch.Tensor]:
+    """The exported tensors with text features for every class of the data, not only those trained on (the
+    open-vocabulary setting: the contexts are class-agnostic)."""
+    if len(trained.names) == len(names) and tensors["text_pos"].shape[0] == len(names):
+        return tensors
+    text_pos, text_neg = context_features(encoder, positive.tensors["ctx_pos"], tensors["ctx_neg"],
+                                          positive.prompt, names, trained.text_chunk)
+    assert text_neg is not None  # negative contexts give negative features
+    return {"ctx_pos": positive.tensors["ctx_pos"], "ctx_neg": tensors["ctx_neg"], "text_pos": text_pos,
+            "text_neg": text_neg}
+
+
+def calibrate_default_scorer(options: FitNegOptions, backbone: Backbone, tensors: dict[str, torch.Tensor],
+                             data: TrainingSet) -> tuple[dict[str, Any], ScoringSetup, float]:
+    """(threshold record, scoring setup, ID accuracy): the threshold for the scorer ``score`` uses by default on
+    these prompts (chosen on validation), on the held-out images, else the training images."""
+    features, source = (data.val[0], "validation") if data.val is not None else (data.features[:, 0], "training")
+    labels = data.val[1] if data.val is not None else data.labels
+    setup = setup_for_features(backbone, list(data.folder.class_names), tensors["text_pos"], tensors["text_neg"],
                                default_scorer(True), {"temperature": options.temperature})
     setup.mine(LabelRequest(), cache_dir=options.data.cache_dir, quiet=options.quiet)
-    threshold, predictions = setup.calibrate(calib_features, source=calib_source)
-    id_accuracy = float((predictions == (val[1] if val is not None else labels)).float().mean())
-    summary.update({
-        "out": str(options.out),
-        "pos": str(pos_path),
-        "backbone": backbone.identity(),
-        "classes": len(folder.class_names),
-        "train_classes": len(chosen),
-        "train_images": int(len(train_labels)),
-        "images_encoded": sum(s.encoded for s in stats),
-        "images_from_cache": sum(s.cached for s in stats),
-        "learner": options.learner,
-        "learner_options": learner_record,
-        "text_chunk": text_chunk,
-        "processes": ranks.world_size,
-        "initial_loss": initial_terms,
-        "final_loss": final_terms,
-        "threshold": threshold,
-        "scorer_uses_negative_prompts": setup.reads_negative_prompts,
-        f"{calib_source}_accuracy": id_accuracy,
-        "train_accuracy": accuracy(module, train_features[:, 0], train_labels),
-    })
+    threshold, predictions = setup.calibrate(features, source=source)
+    return threshold, setup, float((predictions == labels).float().mean())
+
+
+def write_negatives(options: FitNegOptions, positive: PromptArtifact, backbone: Backbone, data: TrainingSet,
+                    trained: TrainedNegatives, tensors: dict[str, torch.Tensor], threshold: dict[str, Any],
+                    optim: OptimConfig) -> None:
+    folder, result = data.folder, trained.result
     artifact = PromptArtifact(
         kind="negative",
         tensors=tensors,
         backbone=backbone.identity(),
-        prompt={**positive.prompt, **module.artifact_prompt()},
+        prompt={**positive.prompt, **trained.module.artifact_prompt()},
         class_names=list(folder.class_names),
         training={
             "stage": "fit-neg",
             "learner": options.learner,
-            "learner_options": learner_record,
+            "learner_options": trained.learner_record,
             "optim": optim.as_dict(),
-            "train_classes": train_names,
+            "train_classes": trained.names,
             "train_subset": options.train_subset if options.train_fraction is not None else None,
             "train_fraction": options.train_fraction,
             "data": {"root": str(options.data.root), "class_dirs": folder.class_dirs, "shots": options.data.shots,
@@ -290,11 +335,10 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
             "selected_epoch": result.selected_epoch,
             "selection": result.selection,
             "logit_scale": backbone.logit_scale,
-            "positive": {"path": str(pos_path), "training": positive.training},
+            "positive": {"path": str(options.pos), "training": positive.training},
         },
-        extra={"threshold": threshold, "temperature": options.temperature, "initial_loss": initial_terms,
-               "final_loss": final_terms},
+        extra={"threshold": threshold, "temperature": options.temperature, "initial_loss": trained.initial_loss,
+               "final_loss": trained.final_loss},
         versions=package_versions(),
     )
     save_prompts(artifact, options.out)
-    return summary

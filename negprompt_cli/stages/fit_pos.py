@@ -67,8 +67,8 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
     if settings.n_ctx < 1:
         raise UsageError(f"--n-ctx must be at least 1 (got {settings.n_ctx})")
     optim = replace(options.optim, precision=check_precision(backbone.device, options.optim.precision))
-    folder, features, labels, val, stats = labelled_features(backbone, options.data, optim.seed, optim.precision,
-                                                            options.quiet)
+    data = labelled_features(backbone, options.data, optim.seed, optim.precision, options.quiet)
+    folder, features, labels, val = data.folder, data.features, data.labels, data.val
     prompts = encoder.tokenize(folder.class_names, settings.n_ctx, settings.suffix)
     generator = torch.Generator().manual_seed(optim.seed)
     # CoOp's graph spans every class whatever the chunk (no gradient caching here), so auto is one pass
@@ -91,9 +91,9 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
         "classes": len(folder.class_names),
         "train_images": int(len(labels)),
         "val_images": int(len(val[1])) if val else 0,
-        "images_encoded": sum(s.encoded for s in stats),
-        "images_from_cache": sum(s.cached for s in stats),
-        "images_skipped": sum(len(s.skipped) for s in stats),
+        "images_encoded": data.encoded,
+        "images_from_cache": data.cached,
+        "images_skipped": data.skipped,
         "zero_shot_accuracy": zero_shot,
         "initial_train_accuracy": initial,
         "final_train_accuracy": final,
