@@ -1,0 +1,301 @@
+"""The ``negprompt`` Typer app and what its commands share: one-line errors and exit codes, Ctrl-C and
+SIGTERM handling, the root options, path checks before any import of torch, and the option aliases."""
+
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import signal
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from .. import __version__
+from ..console import cell, emit_json, err, info, show_progress
+from ..errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_RUNTIME,
+    EXIT_TERMINATED,
+    NegPromptError,
+    Terminated,
+)
+from ..presets import override
+
+EPILOG = ("Exit codes: 0 ok, 1 runtime error, 2 usage or invalid input, 3 not found, "
+          "4 hub/network, 5 incompatible artifact, 130 interrupted, 141 stdout closed, 143 terminated. "
+          "Set NEGPROMPT_DEBUG=1 for tracebacks.")
+
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(
+    name="negprompt",
+    help="Learn negative prompts so CLIP flags out-of-distribution images (NegPrompt, CVPR 2024).",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings=HELP_OPTIONS,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+RANK_EXIT_GRACE_SECONDS = 3.0
+
+
+def reports_errors(func: F) -> F:
+    """Turn every failure into one line on stderr and its documented exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = os.environ.get("NEGPROMPT_DEBUG", "") not in ("", "0")
+        show_progress(True)  # the front end draws the library's progress (--quiet still hides it)
+        previous = _terminate_like_interrupt()
+        _signals["sigint"] = False
+        previous_int = _note_ctrl_c()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("default")
+                warnings.showwarning = _show_warning
+                return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except NegPromptError as exc:
+            if debug:
+                traceback.print_exc()
+            rank = _other_rank()
+            if rank is not None and not exc.rank_specific and exc.exit_code != EXIT_RUNTIME:
+                # Every rank met it alike: rank 0 says it once. Leave rank 0 time to say it before torchrun,
+                # seeing this rank exit, stops the others (a SIGTERM now just ends this process quietly).
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                time.sleep(RANK_EXIT_GRACE_SECONDS)
+                raise typer.Exit(exc.exit_code) from None
+            info(f"Error{_rank_tag()}: {exc.message}")
+            if exc.hint:
+                info(f"Hint: {exc.hint}")
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt as exc:
+            for note in getattr(exc, "__notes__", []):  # e.g. where the checkpoint was saved
+                info(note)
+            terminated = isinstance(exc, Terminated)
+            err.print("Terminated." if terminated else "Interrupted.", markup=False)
+            raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            # the reader of stdout went away (`| head`, `| true`): stop quietly, as command-line tools do
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
+        except OSError as exc:
+            if debug:
+                traceback.print_exc()
+            where = f" ({exc.filename})" if exc.filename else ""
+            info(f"Error: {exc.strerror or exc}{where}")
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                err.print("Hint: free some space (or point --out / --cache-dir elsewhere); nothing half-written "
+                          "was left behind", markup=False, soft_wrap=True)
+            raise typer.Exit(EXIT_RUNTIME) from None
+        except Exception as exc:  # unexpected: still one line unless debugging
+            if debug:
+                traceback.print_exc()
+            if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's is no MemoryError
+                err.print("Error: out of memory", markup=False)
+                err.print("Hint: use a smaller --batch-size (or --text-chunk)", markup=False)
+                raise typer.Exit(EXIT_RUNTIME) from None
+            info(f"Error: unexpected {type(exc).__name__}: {exc}")
+            err.print("Hint: set NEGPROMPT_DEBUG=1 for the traceback and report it", markup=False)
+            raise typer.Exit(EXIT_RUNTIME) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            if previous_int is not None:
+                signal.signal(signal.SIGINT, previous_int)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# Whether the last command was stopped by a real Ctrl-C (SIGINT), not by code raising KeyboardInterrupt. The command
+# ends in exit 130 either way (Typer turns KeyboardInterrupt into it); a program that runs commands in-process (the
+# test suite's CliRunner, see tests/conftest.py) reads this to let the user's Ctrl-C stop it too.
+_signals = {"sigint": False}
+
+
+def interrupted_by_user() -> bool:
+    return _signals["sigint"]
+
+
+def _note_ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt as always, and is noted as a real signal."""
+    def handler(signum, frame):
+        _signals["sigint"] = True
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
+
+
+def _terminate_like_interrupt():
+    """SIGTERM raises Terminated (a KeyboardInterrupt), so checkpoints are saved as on Ctrl-C."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. embedded): leave signals alone
+        return None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    from ..errors import NegPromptNotice
+
+    label = "Note" if issubclass(category, NegPromptNotice) else "Warning"
+    info(f"{label}{_rank_tag()}: {message}")
+
+
+def _other_rank() -> int | None:
+    """This process's rank in a torchrun job of several processes, when it is not rank 0."""
+    if "RANK" not in os.environ:  # not torchrun: answer without importing torch (errors print at once)
+        return None
+    from ..distributed import launched_by_torchrun
+
+    if not launched_by_torchrun() or os.environ.get("WORLD_SIZE") == "1" or os.environ.get("RANK") == "0":
+        return None
+    return int(os.environ["RANK"]) if os.environ["RANK"].isdigit() else None
+
+
+def _rank_tag() -> str:
+    rank = _other_rank()
+    return f" (rank {rank})" if rank is not None else ""
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"negprompt {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """negprompt command line."""
+
+
+# Shared option types ---------------------------------------------------------------------
+LearnerOptionOpt = Annotated[list[str] | None, typer.Option(
+    "--learner-option", metavar="KEY=VALUE", help="One of the learner's own options (repeatable), checked against "
+    "its Options: e.g. --learner-option n_neg=4. `negprompt plugins` names each learner; a misspelt key is exit 2.")]
+BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="ViT-B/16 (default), ViT-B/32, RN50, RN101, "
+                                          "toy (the offline world's CLIP, ships with negprompt), any open_clip "
+                                          "model, hf-hub:org/repo or local-dir:PATH.")]
+PretrainedOpt = Annotated[str | None, typer.Option(
+    "--pretrained", help="open_clip pretrained tag, local checkpoint file, or 'none' (random). "
+    "Default: the backbone's paper weights (ViT-B/16: laion2b_s34b_b88k).")]
+ImagesArg = Annotated[list[Path] | None, typer.Argument(metavar="IMAGES", show_default=False, help="Image files and/or "
+                                                "folders (searched recursively), taken in the order given.")]
+DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder root: DATA/<class>/<image>.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the few-shot subset, initialisation and shuffling.")]
+WorldSeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the rendered world: which images, colours and "
+                                           "sizes are drawn (the same seed renders the same files).")]
+CalibrateOpt = Annotated[Path | None, typer.Option("--calibrate", help="A folder of in-distribution images for "
+                                                   "this class list: store/use the threshold that keeps 95% of "
+                                                   "them (no labels needed).")]
+TrustBackboneOpt = Annotated[bool, typer.Option("--trust-backbone", help="Accept a Hub-hosted backbone "
+                                                "(hf-hub:ORG/NAME) that the prompts name although you did not (e.g. "
+                                                "prompts pulled from the Hub); only its config and safetensors "
+                                                "weights are fetched. Naming it with --backbone does the same.")]
+
+
+MISSING = {"--data": "data directory not found", "--pos": "prompts file not found",
+           "--prompts": "prompts file not found", "--classes": "class-names file not found",
+           "--names": "class-names file not found", "--train-classes": "class-names file not found",
+           "--calibrate": "calibration images not found", "IMAGES": "not found", "--lexicon": "lexicon not found"}
+
+
+def check_paths(*given: tuple[str, Any]) -> None:
+    """A mistyped path fails here, in a fraction of a second, before the stage (and torch) is imported."""
+    from ..errors import NotFoundError
+
+    for flag, value in given:
+        if value is None or str(value).startswith("hf://"):
+            continue
+        if not Path(value).exists():
+            raise NotFoundError(f"{MISSING[flag]}: {value}")
+
+
+def finish(message: str, summary: dict[str, Any], as_json: bool) -> None:
+    """A command's closing line on stderr, and its summary on stdout with --json."""
+    info(message)
+    if as_json:
+        emit_json(summary)
+
+
+def backbone_request(name: str, pretrained: str | None, runtime: dict[str, Any]):
+    from ..backbone import BackboneRequest
+
+    return BackboneRequest(name, pretrained, runtime["device"], runtime["weights_cache"], runtime["quick_gelu"],
+                           runtime["offline"])
+
+
+def training_data(root: Path, given: dict[str, Any]):
+    """DataOptions from the data option group; --all-images means no shot limit."""
+    from ..training_data import DataOptions
+
+    data = override(DataOptions(root), classes_file=given["classes"], shots=given["shots"],
+                    val_fraction=given["val_fraction"], aug_views=given["aug_views"], cache_dir=given["cache_dir"],
+                    strict=given["strict"], num_workers=given["workers"])
+    if given["all_images"]:
+        data = replace(data, shots=None)
+    check_at_least("--aug-views", data.aug_views, 0)
+    return data
+
+
+def optim_config(preset, given: dict[str, Any], runtime: dict[str, Any]):
+    config = override(preset, **given, precision=runtime["precision"])
+    check_at_least("--epochs", config.epochs, 1)
+    check_at_least("--batch-size", config.batch_size, 1)
+    return config
+
+
+def check_at_least(flag: str, value: int, least: int) -> None:
+    from ..errors import UsageError
+
+    if value < least:
+        raise UsageError(f"{flag} must be at least {least} (got {value})")
+
+
+def _prompts_path(value: str, offline: bool = False) -> Path:
+    """A prompts file, or an hf://ORG/NAME[@REVISION] reference resolved through the Hub cache."""
+    from ..stages.hub import hub_options, resolve_prompts
+
+    return resolve_prompts(value, hub_options(offline))
+
+
+def print_report(report: dict[str, Any], out: Path | None) -> None:
+    """The paper-style table on stderr."""
+    from rich.table import Table
+
+    from ..report_table import TABLE_HEADER, table_rows
+
+    table = Table(*TABLE_HEADER, title=cell(f"negprompt OOD report ({report['scorer']})"),
+                  caption=cell(f"FPR convention: {report['fpr_convention']} — {report['fpr_definition']}"))
+    for row in table_rows(report):
+        table.add_row(*(cell(value) for value in row))
+    err.print(table)
+    if report["id"]["accuracy"] is not None:
+        info(f"ID accuracy: {100 * report['id']['accuracy']:.2f}% on {report['id']['n']} images")
+    from ..report_page import threshold_sentence
+
+    info(threshold_sentence(report))
+    if out is not None:
+        info(f"Report: {out / 'report.html'}")

@@ -1,0 +1,128 @@
+"""``negprompt plugins``, ``env`` and ``inspect``: what is installed, where, and what a prompts file holds."""
+
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..console import emit_json, say
+from .app import (
+    EPILOG,
+    app,
+    reports_errors,
+)
+from .cli_options import (
+    JsonOpt,
+)
+
+
+@app.command("plugins", epilog=EPILOG)
+@reports_errors
+def plugins_command(json_out: JsonOpt = False) -> None:
+    """List loaded plugins and what each registers."""
+    from ..registry import get_host
+
+    rows = get_host().describe()
+    if json_out:
+        emit_json(rows)
+        return
+    for row in rows:  # a block per plugin: names are never cut or split, whatever the terminal's width
+        say(f"{row['name']} {row['version'] or ''}".rstrip() + (f"  FAILED: {row['error']}" if row["error"] else ""))
+        for kind, names in row["registers"].items():
+            say(f"  {kind}: {', '.join(names)}")
+        say(f"  hooks: {', '.join(row['hooks'])}")
+
+
+@app.command("env", epilog=EPILOG, short_help="Versions, devices and caches, for a bug report.")
+@reports_errors
+def env_command(json_out: JsonOpt = False) -> None:
+    """Versions, CUDA devices, cache locations and settings from the environment: paste it into a bug report."""
+    from ..environment import describe_environment
+
+    facts = describe_environment()
+    if json_out:
+        emit_json(facts)
+        return
+    gpu = facts["torch"]
+    say(f"negprompt {facts['negprompt']}, python {facts['python']} ({facts['executable']}), {facts['platform']}")
+    say("packages: " + ", ".join(f"{k} {v or 'missing'}" for k, v in facts["packages"].items()))
+    say(f"torch {gpu['version']}: " + (f"CUDA {gpu['cuda_build']} build" if gpu["cuda_build"] else "CPU-only build")
+         + f", CUDA available: {'yes' if gpu['cuda_available'] else 'no'}, {gpu['cpu_threads']} CPU threads")
+    for device in gpu["devices"]:
+        say(f"  cuda:{device['index']}: {device['name']}, compute {device['capability']}, "
+             f"{device['memory_gib']} GiB, bf16 {'yes' if device['bf16'] else 'no'}")
+    cache = facts["feature_cache"]
+    say(f"feature cache: {cache['path']}" + ("" if cache["exists"] else " (not created yet)"))
+    say(f"Hugging Face cache: {facts['hub']['cache']}, offline: {'yes' if facts['hub']['offline'] else 'no'}")
+    say("plugins: " + ", ".join(f"{p['name']} {p['version'] or ''}".strip()
+                                 + (f" (failed: {p['error']})" if p["error"] else "") for p in facts["plugins"]))
+    if facts["environment"]:
+        say("environment: " + ", ".join(f"{name}={value}" for name, value in facts["environment"].items()))
+
+
+@app.command("inspect", epilog=EPILOG, short_help="What a prompts file holds.")
+@reports_errors
+def inspect_command(
+    prompts: Annotated[Path, typer.Argument(help="A prompts .safetensors file.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Show what a prompts artifact holds: backbone, layout, classes, training settings."""
+    from ..artifact import load_prompts
+
+    artifact = load_prompts(prompts)
+    meta = artifact.metadata()
+    meta["tensors"] = {k: list(v.shape) for k, v in artifact.tensors.items()}
+    if json_out:
+        emit_json(meta)
+        return
+    for line in describe_artifact(prompts, artifact):
+        say(line)
+
+
+def describe_artifact(path: Path, artifact: Any) -> list[str]:
+    """``inspect``'s human-readable lines: what a user asks of a prompts file, with no Python reprs."""
+    backbone = artifact.backbone
+    prompt, training, extra = artifact.prompt, artifact.training, artifact.extra
+    names = artifact.class_names
+    learner = training.get("learner") or prompt.get("learner") or "?"
+    weights = backbone.get("pretrained") or "weights bundled with the backbone"
+    lines = [f"{path}: {artifact.kind} prompts ({training.get('stage', '?')}, learner {learner}), "
+             f"schema {artifact.schema_version}",
+             f"  backbone:  {backbone.get('backbone')} ({weights})"
+             + (", QuickGELU" if backbone.get("quick_gelu") else "")]
+    layout = [f"{prompt.get('n_ctx')} context tokens", "class-specific" if prompt.get("csc") else "shared",
+              f"suffix {prompt.get('suffix', '.')!r}"]
+    if prompt.get("ctx_init"):
+        layout.append(f"initialised from {prompt['ctx_init']!r}")
+    if artifact.kind == "negative":
+        layout.append(f"{prompt.get('n_neg', '?')} negative prompt(s) per class"
+                      + (" (class-specific)" if prompt.get("neg_csc") else ""))
+    lines.append("  prompt:    " + ", ".join(layout))
+    lines.append("  tensors:   " + ", ".join(f"{k} {'x'.join(map(str, v.shape))}"
+                                             for k, v in sorted(artifact.tensors.items())))
+    lines.append(f"  classes:   {len(names)} ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''})")
+    optim = training.get("optim", {})
+    if optim:
+        lines.append(f"  training:  {optim.get('epochs')} epochs, {optim.get('optimizer')} lr {optim.get('lr')}, "
+                     f"batch {optim.get('batch_size')}, seed {optim.get('seed')}"
+                     + (f", {len(training['train_classes'])} class(es) trained on"
+                        if isinstance(training.get("train_classes"), list) else ""))
+    accuracies = {k: v for k, v in extra.items() if k.endswith("accuracy") and isinstance(v, (int, float))}
+    if accuracies:
+        lines.append("  accuracy:  " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in accuracies.items()))
+    threshold = extra.get("threshold")
+    if isinstance(threshold, dict) and "value" in threshold:
+        lines.append(f"  threshold: {threshold['value']:.6g} for the {threshold.get('scorer', 'negprompt')} scorer "
+                     f"(keeps {threshold.get('id_kept', 0.95):.0%} of {threshold.get('n_images', '?')} "
+                     f"{threshold.get('source', '?')} image(s); valid for these {len(names)} class names)")
+    else:
+        lines.append("  threshold: none stored (score gives no OOD decision without --calibrate or --threshold)")
+    transfer = extra.get("transfer")
+    if isinstance(transfer, dict):
+        source = transfer.get("source_classes")
+        lines.append(f"  transfer:  re-targeted from {len(source) if isinstance(source, list) else '?'} trained "
+                     "class(es)")
+    return lines
