@@ -200,10 +200,15 @@ class PluginHost:
     def _registrar(self, plugin_name: str, registry: Registry) -> Callable[..., None]:
         def register(name: str, obj: Any, *, aliases=(), description: str = "", replace: bool = False,
                      **properties: Any) -> None:
-            if registry is self.scorers:
-                obj = _scorer_spec(plugin_name, name, obj, description, properties)
-            elif properties:
-                raise TypeError(f"register() got unexpected keyword argument(s) {', '.join(sorted(properties))}")
+            try:
+                if registry is self.scorers:
+                    obj = _scorer_spec(plugin_name, name, obj, description, properties)
+                elif properties:
+                    raise TypeError(f"plugin {plugin_name!r} registers {registry.kind} {name!r} with unknown "
+                                    f"keyword(s) {', '.join(sorted(properties))}")
+            except TypeError as exc:  # a plugin's mistake costs its registration, not the command
+                warnings.warn(f"{exc}; not registered", PluginWarning, stacklevel=2)
+                return
             if registry.add(plugin_name, name, obj, aliases=tuple(aliases), description=description,
                             replace=replace):
                 record = self.records.setdefault(plugin_name, PluginRecord(plugin_name))

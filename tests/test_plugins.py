@@ -347,3 +347,25 @@ def test_the_documented_backbone_plugin_scores_and_trains(tmp_path, monkeypatch)
     finally:
         sys.modules.pop("negprompt_tiny", None)
         registry.reset_host()
+
+
+def test_a_scorer_registered_with_an_unknown_property_is_skipped_with_a_warning():
+    """A typo in a plugin's registration costs that registration (one warning), not the command."""
+    import torch
+
+    class Typo:
+        @negprompt_cli.hookimpl
+        def register_scorers(self, register):
+            register("typo", lambda pos, neg=None, **kw: pos.max(1).values, probabilty=True)
+            register("legacy", _legacy_scorer)
+
+    def _legacy_scorer(pos, neg=None, **kw):
+        return pos.max(1).values
+
+    _legacy_scorer.probability_score = True  # the first contract: properties as attributes
+    host = PluginHost()
+    host.register_object(Typo(), "typo-plugin")
+    with pytest.warns(PluginWarning, match="unknown properties probabilty .*; not registered"):
+        host.fill()
+    assert "typo" not in host.scorers.names()
+    assert host.scorer_spec("legacy").probability and host.scorer("legacy")(torch.ones(1, 2)).item() == 1.0
