@@ -19,7 +19,7 @@ from the ID set. Lexicon entries equal to an ID class name (case-insensitive) co
 the releases, but are never kept (how many is recorded): the releases rely on the zero-shot ID prompt
 making them exact duplicates; with learned ID prompts they are not, and could be mined.
 
-The candidate features (the expensive part: ~70k candidates, CSP's ~420k prompts) are cached per
+The candidate features (the expensive part: NegLabel's 70k prompts, CSP's ~416k) are cached per
 (backbone, pool, lexicon) under ``<cache>/text-features/``; mining against a class list reruns
 in about a second.
 """
