@@ -6,6 +6,8 @@ class names only need a text-encoder pass, no images and no training.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .artifact import PromptArtifact
@@ -57,15 +59,22 @@ def encode_texts(encoder: SoftPromptTextEncoder, texts: list[str], *, batch: int
     """Unit CPU features of plain texts, equal to the model's own ``encode_text`` (to float rounding), for lists
     as long as a lexicon (~70k prompts): texts are sorted by token length and each batch runs only up to its
     longest end-of-text token, which is exact for CLIP's causal text tower and skips most of the padding."""
+    with torch.no_grad(), progress(quiet) as bar:
+        task = bar.add_task(description, total=len(texts), status="")
+        return _length_bucketed(encoder, texts, batch, normalize=True, done=lambda n: bar.advance(task, n))
+
+
+def _length_bucketed(encoder: SoftPromptTextEncoder, texts: list[str], batch: int, *, normalize: bool,
+                     done: Callable[[int], None] = lambda n: None) -> torch.Tensor:
+    """Float32 CPU features of ``texts`` in their order; computed sorted by token length, each batch cut at its
+    longest end-of-text token."""
     tokens = encoder.tokenizer(texts)
     order = torch.argsort(encoder.eot_positions(tokens), stable=True)
     parts = []
-    with torch.no_grad(), progress(quiet) as bar:
-        task = bar.add_task(description, total=len(texts), status="")
-        for start in range(0, len(texts), batch):
-            rows = order[start:start + batch]
-            parts.append(encoder.encode_tokens(tokens[rows]).float().cpu())
-            bar.advance(task, len(rows))
+    for start in range(0, len(texts), batch):
+        rows = order[start:start + batch]
+        parts.append(encoder.encode_tokens(tokens[rows], normalize=normalize).float().cpu())
+        done(len(rows))
     if not parts:
         return torch.empty(0, 0)
     return torch.cat(parts)[torch.argsort(order)]
@@ -105,8 +114,4 @@ def _one_template(encoder: SoftPromptTextEncoder, words: list[str], template: st
         prompts = encoder.tokenize(words, int(ctx.shape[0]), tail)
         device = encoder.model.token_embedding.weight.device
         return encoder.encode_shared(ctx.to(device), prompts, normalize=False, chunk_size=batch)[0].float().cpu()
-    tokens = encoder.tokenizer([template.format(w) for w in words])
-    order = torch.argsort(encoder.eot_positions(tokens), stable=True)
-    parts = [encoder.encode_tokens(tokens[order[s:s + batch]], normalize=False).float().cpu()
-             for s in range(0, len(words), batch)]
-    return torch.cat(parts)[torch.argsort(order)]
+    return _length_bucketed(encoder, [template.format(w) for w in words], batch, normalize=False)

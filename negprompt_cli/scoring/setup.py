@@ -127,8 +127,8 @@ def setup_scoring(request: ScoringRequest) -> ScoringSetup:
     if request.zero_shot:
         assert names is not None
         backbone = load_backbone(request.backbone or BackboneRequest())
-        scorer_named = request.scorer or default_scorer(False, zero_shot=True)
-        text_pos, text_neg = zero_shot_features(backbone, names, scorer_named), None
+        # the ID prompts depend on the scorer (each scorer's paper's own), so it is chosen first here
+        text_pos, text_neg = zero_shot_features(backbone, names, _chosen_scorer(request, None, False)), None
         prompts_id = f"zero-shot:{backbone.name}:{backbone.pretrained}"
         stored, extra, artifact_names, tau_scorer = None, {}, names, None
     else:
@@ -149,8 +149,7 @@ def setup_scoring(request: ScoringRequest) -> ScoringSetup:
         stored, extra = artifact.extra.get("threshold"), artifact.extra
         tau_scorer = calibrated_scorer(artifact.extra)
         artifact_names = list(artifact.class_names)
-    # what the prompts recommend (the scorer their threshold was calibrated for), else the default
-    scorer = request.scorer or tau_scorer or default_scorer(text_neg is not None, zero_shot=request.zero_shot)
+    scorer = _chosen_scorer(request, tau_scorer, text_neg is not None)
     scorer_source = "--scorer" if request.scorer else "stored threshold" if tau_scorer else "default"
     spec = get_host().scorer_spec(scorer)  # unknown names fail before any image is encoded
     if spec.needs_negative_prompts and text_neg is None:
@@ -164,6 +163,12 @@ def setup_scoring(request: ScoringRequest) -> ScoringSetup:
                         spec=spec, scorer_source=scorer_source, temperature=temperature,
                         prompts_id=prompts_id, stored_threshold=stored, artifact_names=artifact_names, extra=extra,
                         artifact=artifact)
+
+
+def _chosen_scorer(request: ScoringRequest, calibrated_for: str | None, has_negatives: bool) -> str:
+    """--scorer; else what the prompts recommend (the scorer their threshold was calibrated for); else the
+    default for what the user scores with."""
+    return request.scorer or calibrated_for or default_scorer(has_negatives, zero_shot=request.zero_shot)
 
 
 def mine_labels(setup: ScoringSetup, request: ScoringRequest) -> ScoringSetup:
