@@ -144,6 +144,8 @@ def test_the_report_prints_published_rows_per_set_beside_the_run_and_all_of_them
                                       "have (its sets: unknown)"),
     ({"auroc": {"unknown": "high"}}, "published row 'X': auroc of 'unknown' is 'high', not a percentage"),
     ({"auroc": [1, 2]}, "published row 'X': auroc is not an object of set -> number"),
+    ({"fpr95": {"unknown": 12.0}}, "published row 'X' has no 'source' (a published number says what it is, where "
+                                   "it is from and which backbone measured it)"),
 ])
 def test_a_published_row_for_a_set_the_protocol_lacks_is_one_line_exit_2(tmp_path, change, message):
     spec = {"schema": 1, "name": "x", "classes": ["n01440764"], "id": {"path": "v"}, "train": {"path": "t"},

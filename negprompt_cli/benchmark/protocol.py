@@ -133,3 +133,7 @@ def _check_published(rows: tuple[dict[str, Any], ...], ood_names: list[str]) -> 
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
                     raise UsageError(f"published row {method!r}: {metric} of {name!r} is {value!r}, not a "
                                      "percentage")
+        missing = [key for key in ("method", "source", "backbone") if not isinstance(row.get(key), str)]
+        if missing:
+            raise UsageError(f"published row {method!r} has no {missing[0]!r} (a published number says what "
+                             "it is, where it is from and which backbone measured it)")
