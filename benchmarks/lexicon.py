@@ -148,8 +148,8 @@ def markdown(result: dict) -> str:
         "",
         f"CSP's pool is {first['candidates']:,} candidates with 8 prompts per noun and 4 per adjective; the "
         f"first `csp` run takes about {first['seconds'] / 60:.0f} minutes on this machine (its candidates' own "
-        "tokens remain after the prefixes are shared: they are what a CPU spends the time on). A GPU does it in "
-        "minutes; later runs read the cached features. `--scorer neglabel` encodes one prompt per candidate.",
+        "tokens remain after the prefixes are shared: they are what a CPU spends the time on; no GPU has "
+        "measured it yet); later runs read the cached features. `--scorer neglabel` encodes one prompt per candidate.",
         ""])
 
 
