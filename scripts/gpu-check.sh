@@ -73,6 +73,13 @@ step neglabel neg score "$work/w/ood_near" --prompts "$work/fp32/all.safetensors
   --device "$device" --out "$work/neglabel.csv" --quiet "${lexicon[@]}"
 step adaptive neg score "$work/w/ood_near" --prompts "$work/fp32/all.safetensors" --scorer negprompt+neglabel \
   --adaptive --device "$device" --out "$work/adaptive.csv" --quiet "${lexicon[@]}"
+# CSP as released (template ensembles, shared prefixes) on ViT-B/16's text tower: the first zero-shot run's time
+printf 'dog\ncat\nschool bus\nred fox\n' >"$work/names.txt"
+csp_started=$(date +%s)
+step csp-zero-shot neg score "$work/w/ood_near" --zero-shot --names "$work/names.txt" --backbone ViT-B/16 \
+  --pretrained none --scorer csp --device "$device" --cache-dir "$work/csp-cache" --out "$work/csp.csv" --quiet \
+  "${lexicon[@]}"
+echo "$(( $(date +%s) - csp_started ))" >"$out/csp_first_run_seconds"
 # torchrun over two GPUs (nccl): the same bytes as one process (only on a machine with 2+ GPUs)
 gpus=$("$py" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)")
 if [ "$gpus" -ge 2 ]; then
@@ -108,10 +115,13 @@ for p in ("fp32", "bf16", "fp16"):
 harness = json.loads(read("gpu.json")) if (out / "gpu.json").exists() else None
 summary = {"seconds": seconds, "pytest": {"rc": int(read("pytest.rc") or 1), "last_line": pytest_tail[0]},
            "pipeline": pipeline, "pipeline_reports": reports, "harness_rc": int(read("harness.rc") or 1),
+           "csp_first_run_seconds": int(read("csp_first_run_seconds") or -1),
            "harness": harness}
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 lines = ["# negprompt GPU check", "", f"{seconds} s in all.", "", f"- tests on the device: `{pytest_tail[0]}` (exit {summary['pytest']['rc']})",
-         "- CLI pipeline steps (exit codes): " + ", ".join(f"{k}={v}" for k, v in pipeline.items()), ""]
+         "- CLI pipeline steps (exit codes): " + ", ".join(f"{k}={v}" for k, v in pipeline.items()),
+         f"- first `score --zero-shot --scorer csp`, ViT-B/16 (random weights), WordNet: "
+         f"{summary['csp_first_run_seconds']} s (docs/performance.md has the 2-core CPU figure)", ""]
 for p, r in reports.items():
     lines.append(f"- world pipeline {p}: " + ", ".join(f"{k} AUROC {v['auroc']:.3f} FPR95 {v['fpr']:.3f}"
                                                    for k, v in r.items() if isinstance(v, dict))
