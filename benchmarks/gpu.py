@@ -184,11 +184,10 @@ def epoch_section(classes: int, shots: int) -> list[dict[str, Any]]:
                                    class_specific=False, precision=precision)
         module = get_host().learner("negprompt")(encoder, prompts, PromptSettings(n_ctx=16), torch.Generator(),
                                                  ctx_pos=ctx_pos, n_neg=P, text_chunk=chunk)
-        config = OptimConfig(epochs=1, batch_size=64, lr=0.1, momentum=0.0, weight_decay=0.0, warmup_epochs=0,
-                             precision=precision)
+        config = OptimConfig(epochs=1, batch_size=64, lr=0.1, momentum=0.0, weight_decay=0.0, warmup_epochs=0)
         sync()
         start = time.perf_counter()
-        train(module, feats, labels, config, quiet=True)
+        train(module, feats, labels, config, precision=precision, quiet=True)
         sync()
         row = {"precision": precision, "classes": classes, "features": len(labels),
                "steps": -(-len(labels) // 64), "text_chunk": chunk, "seconds": time.perf_counter() - start}
@@ -214,6 +213,7 @@ def score_section(archs: list[str], images: Path, batch: int, with_pil: bool) ->
     from negprompt_cli.artifact import PromptArtifact, save_prompts
     from negprompt_cli.backbone import BackboneRequest, load_backbone
     from negprompt_cli.devices import autocast
+    from negprompt_cli.image_features import EncodeOptions
     from negprompt_cli.pixels import decode_jpegs, tensor_preprocess_for
     from negprompt_cli.stages.score import ScoreOptions, score
 
@@ -256,8 +256,8 @@ def score_section(archs: list[str], images: Path, batch: int, with_pil: bool) ->
                     os.environ["NEGPROMPT_DECODE"] = decoder
                     torch.manual_seed(SEED)
                     options = ScoreOptions(images=images, prompts=prompts, out=Path(tmp) / "s.csv",
-                                           cache_dir=Path(tmp) / "c", batch_size=batch, precision=precision,
-                                           quiet=True)
+                                           encode=EncodeOptions(cache_dir=Path(tmp) / "c", batch_size=batch,
+                                                                precision=precision, quiet=True))
                     start = time.perf_counter()
                     summary = score(options)
                     seconds = time.perf_counter() - start

@@ -153,6 +153,7 @@ def worker_score(arch: str, images: Path, batch: int) -> dict[str, Any]:
 
     from negprompt_cli.artifact import PromptArtifact, save_prompts
     from negprompt_cli.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.image_features import EncodeOptions
     from negprompt_cli.stages.score import ScoreOptions, score
 
     name = {"ViT-B-32": "ViT-B/32", "ViT-B-16": "ViT-B/16"}[arch]
@@ -180,8 +181,8 @@ def worker_score(arch: str, images: Path, batch: int) -> dict[str, Any]:
         save_prompts(PromptArtifact("positive", {"ctx_pos": torch.randn(16, width) * 0.02},
                                     backbone.identity(), {"n_ctx": 16, "suffix": "."},
                                     [f"class {i}" for i in range(10)]), prompts)
-        options = ScoreOptions(images=images, prompts=prompts, out=Path(tmp) / "s.csv", cache_dir=Path(tmp) / "c",
-                               batch_size=batch, quiet=True, backbone=None)
+        options = ScoreOptions(images=images, prompts=prompts, out=Path(tmp) / "s.csv", backbone=None,
+                               encode=EncodeOptions(cache_dir=Path(tmp) / "c", batch_size=batch, quiet=True))
         torch.manual_seed(SEED)  # random weights: the same seed gives the same backbone (and cache key)
         start = time.perf_counter()
         first = score(options)  # includes loading the backbone again from the artifact

@@ -40,7 +40,7 @@ from negprompt_cli.artifact import load_prompts
 from negprompt_cli.backbone import BackboneRequest, RuntimeOptions, load_backbone
 from negprompt_cli.console import progress, show_progress
 from negprompt_cli.data import find_images, load_image_folder
-from negprompt_cli.image_features import encode_images
+from negprompt_cli.image_features import EncodeOptions, encode_images
 from negprompt_cli.learners import PromptSettings
 from negprompt_cli.presets import NEGATIVE_OPTIM
 from negprompt_cli.registry import get_host
@@ -165,10 +165,11 @@ class Partition:
         for name in OOD_SETS:
             self.features[name] = encode_images(backbone, find_images(work / name), cache_dir=cache, quiet=True)[0]
         encoder = SoftPromptTextEncoder(backbone)
-        data = DataOptions(work / "train", shots=SHOTS, cache_dir=cache)
+        data = DataOptions(work / "train", shots=SHOTS)
+        encode = EncodeOptions(cache_dir=cache, quiet=True)
         fit_pos(FitPosOptions(backbone=BackboneRequest(backbone.name, device="cpu"), data=data,
                               out=work / "pos.safetensors", prompt=PromptSettings(n_ctx=16),
-                              optim=POSITIVE_OPTIM_WORLD(seed), quiet=True))
+                              encode=encode, optim=POSITIVE_OPTIM_WORLD(seed)))
         self.text: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {
             "zero-shot": (hand_template_features(encoder, self.id_names), None),
             # a negative-label scorer's own ID prompts, as score --zero-shot uses them (NegLabel's, CSP's ensemble)
@@ -180,7 +181,7 @@ class Partition:
             fit_neg(FitNegOptions(data=data, out=out, pos=work / "pos.safetensors",
                                   runtime=RuntimeOptions(device="cpu"), learner_options={"loss_variant": variant},
                                   optim=replace(NEGATIVE_OPTIM, seed=seed), train_classes=negative_classes,
-                                  quiet=True))
+                                  encode=encode))
             self.text[f"negprompt-{variant}"] = text_features_for(encoder, load_prompts(out), self.id_names)
         self._mined: dict[tuple[str, str, float, str], torch.Tensor] = {}
 

@@ -29,6 +29,8 @@ _EXPORTS = {
     "score": ("stages.score", "score"), "ScoreOptions": ("stages.score", "ScoreOptions"),
     "report": ("stages.report", "build_report"), "ReportOptions": ("stages.report", "ReportOptions"),
     "DataOptions": ("training_data", "DataOptions"), "OptimConfig": ("presets", "OptimConfig"),
+    "EncodeOptions": ("image_features", "EncodeOptions"), "CacheBuildOptions": ("stages.cache", "CacheBuildOptions"),
+    "build_cache": ("stages.cache", "build"),
     "PromptSettings": ("learners", "PromptSettings"),
     "BackboneRequest": ("backbone", "BackboneRequest"), "RuntimeOptions": ("backbone", "RuntimeOptions"),
     "load_backbone": ("backbone", "load_backbone"),

@@ -23,7 +23,7 @@ from PIL import Image
 from .backbone import BackboneRequest, RuntimeOptions
 from .devices import check_precision
 from .errors import UsageError
-from .image_features import decode_rgb, encode_pixels
+from .image_features import EncodeOptions, decode_rgb, encode_pixels
 from .presets import DEFAULT_BACKBONE
 from .scoring.negative_labels import LabelRequest
 from .scoring.scores import score_features
@@ -60,7 +60,7 @@ class Detector:
         runtime = RuntimeOptions(device=device, offline=offline, trust_backbone=trust_backbone)
         request = ScoringRequest(prompts=Path(prompts), names=list(names) if names is not None else None,
                                  runtime=runtime, scorer=scorer, temperature=temperature,
-                                 labels=LabelRequest(lexicon=lexicon), cache_dir=cache_dir, quiet=True)
+                                 labels=LabelRequest(lexicon=lexicon), encode=EncodeOptions(cache_dir, quiet=True))
         return cls(mine_labels(setup_scoring(request), request), batch_size=batch_size, precision=precision,
                    threshold=threshold)
 
@@ -73,7 +73,7 @@ class Detector:
         request = ScoringRequest(names=list(names), zero_shot=True,
                                  backbone=BackboneRequest(backbone, pretrained, device, offline=offline),
                                  scorer=scorer, temperature=temperature, labels=LabelRequest(lexicon=lexicon),
-                                 cache_dir=cache_dir, quiet=True)
+                                 encode=EncodeOptions(cache_dir, quiet=True))
         return cls(mine_labels(setup_scoring(request), request), batch_size=batch_size, precision=precision,
                    threshold=threshold)
 

@@ -376,22 +376,42 @@ def encode_images(
     return torch.stack([out[i] for i in keep]), keep, stats
 
 
-def encode_images_across(ranks: Ranks, backbone: Backbone, paths: Sequence[Path], *, gather: str = "main",
-                         batch_size: int = 64, **options: Any) -> tuple[torch.Tensor, list[int], EncodeStats] | None:
-    """:func:`encode_images` split over the ranks of a torchrun job, in whole batches (see ``distributed``).
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How a stage runs images through the backbone on this machine: the options every image-reading command
+    shares (``--cache-dir``, ``--batch-size``, ``--workers``, ``--precision``, ``--strict``, ``--quiet``), declared
+    here once and carried whole by each stage's options. ``precision`` is also the autocast the prompt stages
+    train under: a choice about this machine, recorded apart from the training recipe."""
+
+    cache_dir: Path | None = None
+    batch_size: int = 64
+    num_workers: int | None = None
+    precision: str = "fp32"
+    strict: bool = False
+    quiet: bool = False  # no progress bars (stderr)
+
+
+def encode_images_across(ranks: Ranks, backbone: Backbone, paths: Sequence[Path],
+                         encoding: EncodeOptions = EncodeOptions(), *, gather: str = "main", view: View = View(),
+                         description: str = "Encoding images") -> tuple[torch.Tensor, list[int], EncodeStats] | None:
+    """:func:`encode_images` with ``encoding``'s settings, split over the ranks of a torchrun job, in whole
+    batches (see ``distributed``).
 
     Returns what one process would return, on rank 0 (``gather="main"``) or on every rank
     (``gather="all"``); other ranks get None. Every rank writes the cache rows of its own share.
     """
+    options: dict[str, Any] = dict(cache_dir=encoding.cache_dir, view=view, batch_size=encoding.batch_size,
+                                   num_workers=encoding.num_workers, precision=encoding.precision,
+                                   strict=encoding.strict, quiet=encoding.quiet, description=description)
     if not ranks.distributed:
-        return encode_images(backbone, paths, batch_size=batch_size, **options)
+        return encode_images(backbone, paths, **options)
     agree({**backbone.identity(), "weights": backbone.weights_fingerprint()}, ranks, "the backbone")
     listing = hashlib.sha256(b"\n".join(os.fsencode(p) for p in paths)).hexdigest()[:12]
     agree(f"{len(paths)} image(s), list sha256 {listing}", ranks, "the image list")
-    share = batch_shard(len(paths), batch_size, ranks)
+    share = batch_shard(len(paths), encoding.batch_size, ranks)
     try:
-        feats, keep, stats = encode_images(backbone, [paths[i] for i in share], batch_size=batch_size,
-                                           **{**options, "quiet": options.get("quiet", False) or not ranks.is_main})
+        feats, keep, stats = encode_images(backbone, [paths[i] for i in share],
+                                           **{**options, "quiet": encoding.quiet or not ranks.is_main})
     except NegPromptError as exc:  # about this rank's share: the other ranks cannot say it
         exc.rank_specific = True
         raise
@@ -406,18 +426,6 @@ def encode_images_across(ranks: Ranks, backbone: Backbone, paths: Sequence[Path]
     return concat_rows([p[0] for p in parts]), [k for p in parts for k in p[1]], total
 
 
-@dataclass(frozen=True)
-class EncodeOptions:
-    """How a stage encodes a folder of images (the options every image-reading command shares)."""
-
-    cache_dir: Path | None = None
-    batch_size: int = 64
-    num_workers: int | None = None
-    precision: str = "fp32"
-    strict: bool = False
-    quiet: bool = False
-
-
 def encode_folder(backbone: Backbone, root: Path, options: EncodeOptions, description: str = "Encoding images",
                   ranks: Ranks = SINGLE) -> tuple[list[Path], torch.Tensor, EncodeStats] | None:
     """Every readable image under ``root``: (their paths, their features, stats); none readable is an error.
@@ -425,10 +433,7 @@ def encode_folder(backbone: Backbone, root: Path, options: EncodeOptions, descri
     paths = find_images(root, strict=options.strict)
     if not paths:
         raise UsageError(f"no images found under {root}")
-    encoded = encode_images_across(ranks, backbone, paths, cache_dir=options.cache_dir,
-                                   batch_size=options.batch_size, num_workers=options.num_workers,
-                                   precision=options.precision, strict=options.strict, quiet=options.quiet,
-                                   description=description)
+    encoded = encode_images_across(ranks, backbone, paths, options, description=description)
     if encoded is None:
         return None
     feats, keep, stats = encoded

@@ -2,8 +2,8 @@
 
 Each stage's options dataclass carries its defaults (``DataOptions``, ``PromptSettings``,
 ``FitNegOptions``, ``ScoreOptions``); the two optimisation recipes live here. The CLI declares
-its options as "unset" and overrides these presets only with what the user gave
-(``dataclasses.replace``), so a default is never restated in a second place.
+its options as "unset" and overrides these presets only with what the user gave (``from_cli``, or
+``override`` with the explicit ``UNSET``), so a default is never restated in a second place.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ class OptimConfig:
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
     seed: int = 1
-    precision: str = "fp32"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +60,7 @@ def default_scorer(has_negatives: bool, *, zero_shot: bool = False) -> str:
 
 # Why the default for prompts *with* negatives does not use them: on validation (benchmarks/results/quality.json,
 # mean FPR95 of each method at its best settings, released-code loss) energy on the positive prompts beat every
-# scorer that uses the learned negative prompts. tests/test_presets.py checks these numbers against the file.
+# scorer that uses the learned negative prompts. tests/test_first_hour.py checks these numbers against the file.
 NEGATIVES_EVIDENCE = {"default": ("energy", 60.2), "best_using_negatives": ("negprompt+csp", 62.0),
                       "paper": ("negprompt", 86.6)}
 
@@ -79,7 +78,36 @@ def negatives_note(scorer: str, *, by_default: bool) -> str:
             "uses them")
 
 
+class _Unset:
+    """The value of a setting nobody gave (``None`` is a real value: "every image", "never chunk")."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        cls._instance = cls._instance or super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET: Any = _Unset()
+
+
 def override(preset: T, **given: Any) -> T:
-    """``preset`` with the settings the user actually gave (``None`` means "not given")."""
+    """``preset`` with the settings given; ``UNSET`` leaves one as the preset has it. A name the preset does not
+    have is a ``TypeError``: a misspelt setting must fail, not vanish."""
     names = {f.name for f in fields(preset)}  # type: ignore[arg-type]
-    return replace(preset, **{k: v for k, v in given.items() if v is not None and k in names})  # type: ignore[type-var]
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise TypeError(f"{type(preset).__name__} has no setting {unknown[0]!r}")
+    return replace(preset, **{k: v for k, v in given.items() if v is not UNSET})  # type: ignore[type-var]
+
+
+def from_cli(preset: T, **values: Any) -> T:
+    """``preset`` with a command line's values, where ``None`` is an option the user did not give (Typer's
+    default for an unset option)."""
+    return override(preset, **{k: UNSET if v is None else v for k, v in values.items()})

@@ -69,6 +69,7 @@ def train(
     config: OptimConfig,
     *,
     selection: Selection | None = None,
+    precision: str = "fp32",
     quiet: bool = False,
     checkpointing: Checkpointing | None = None,
     description: str = "Training prompts",
@@ -76,7 +77,8 @@ def train(
     """SGD/AdamW over the module's trainable parameters.
 
     ``features`` is ``[N, E]`` or ``[N, V, E]`` (V cached augmented views; epoch ``e`` uses
-    view ``e % V``). Shuffling uses a generator seeded from ``config.seed``. With
+    view ``e % V``). ``precision`` is the autocast of each step (a choice about this machine, not part of the
+    recipe ``config``). Shuffling uses a generator seeded from ``config.seed``. With
     ``selection``, the epoch with the best held-out score is kept; otherwise the last epoch. With
     ``checkpointing``, Ctrl-C writes the state after the last completed epoch and re-raises;
     ``resume`` continues from it and ends exactly where an uninterrupted run would.
@@ -105,8 +107,8 @@ def train(
             task = bar.add_task(description, total=config.epochs * steps_per_epoch,
                                 completed=state.epoch * steps_per_epoch, status="")
             for epoch in range(state.epoch, config.epochs):
-                record = _run_epoch(module, optimizer, generator, features, labels, config, epoch, device,
-                                    lambda status: bar.update(task, advance=1, status=status))
+                record = _run_epoch(module, optimizer, generator, features, labels, config, precision, epoch,
+                                    device, lambda status: bar.update(task, advance=1, status=status))
                 if selection is not None:
                     record[selection.name] = selection.score(module)
                     if record[selection.name] > state.best_val:
@@ -149,7 +151,7 @@ def _snapshot(module: PromptModule) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _run_epoch(module, optimizer, generator, features, labels, config, epoch, device, tick):
+def _run_epoch(module, optimizer, generator, features, labels, config, precision, epoch, device, tick):
     lr = cosine_with_warmup(epoch, epochs=config.epochs, lr=config.lr, warmup_epochs=config.warmup_epochs,
                             warmup_lr=config.warmup_lr)
     for group in optimizer.param_groups:
@@ -163,7 +165,7 @@ def _run_epoch(module, optimizer, generator, features, labels, config, epoch, de
         batch = view[idx].to(device)
         target = labels[idx].to(device)
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device, config.precision):
+        with autocast(device, precision):
             loss, logits = module.loss_and_backward(batch, target)
         optimizer.step()
         value = float(loss.detach())

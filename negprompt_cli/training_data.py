@@ -17,20 +17,18 @@ import torch
 from .data import ImageFolder, few_shot_split, load_image_folder
 from .distributed import SINGLE, Ranks
 from .errors import UsageError
-from .image_features import EncodeStats, View, encode_images_across
+from .image_features import EncodeOptions, EncodeStats, View, encode_images_across
 
 
 @dataclass
 class DataOptions:
+    """What a prompt stage trains on; how its images are encoded here is the stage's ``EncodeOptions``."""
+
     root: Path
     classes_file: Path | None = None
-    shots: int | None = 16
+    shots: int | None = 16  # None: every image
     val_fraction: float = 0.0
     aug_views: int = 0
-    cache_dir: Path | None = None
-    strict: bool = False
-    batch_size: int = 64  # image-encoding batch
-    num_workers: int | None = None
 
 
 @dataclass
@@ -62,6 +60,12 @@ def run_fingerprint(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def recipe_run(optim: Any, precision: str) -> dict[str, Any]:
+    """The recipe with the precision it runs under, as checkpoint fingerprints have always read them (so a
+    checkpoint from before precision left the recipe still resumes, and one from another precision does not)."""
+    return {**optim.as_dict(), "precision": precision}
+
+
 def kept_in_every_view(kept_per_view: list[list[int]]) -> list[int]:
     """The images every view could read, in the first view's order; linear in the number of images (an image
     skipped in one view leaves them all)."""
@@ -72,22 +76,20 @@ def kept_in_every_view(kept_per_view: list[list[int]]) -> list[int]:
     return keep
 
 
-def labelled_features(backbone: Any, data: DataOptions, seed: int, precision: str, quiet: bool,
+def labelled_features(backbone: Any, data: DataOptions, encoding: EncodeOptions, seed: int,
                       folder: ImageFolder | None = None, ranks: Ranks = SINGLE) -> TrainingSet:
     """Few-shot training features ([N, V, E]) and labels, plus validation features, all from the cache.
     In a torchrun job the ranks encode shares and every rank gets all features."""
-    folder = folder or load_image_folder(data.root, data.classes_file, strict=data.strict)
+    folder = folder or load_image_folder(data.root, data.classes_file, strict=encoding.strict)
     split = few_shot_split(folder, data.shots, seed, data.val_fraction)
-    common: dict[str, Any] = dict(cache_dir=data.cache_dir, batch_size=data.batch_size, num_workers=data.num_workers,
-                                  precision=precision, strict=data.strict, quiet=quiet, gather="all")
     train_paths = [split.paths[i] for i in split.train]
     train_labels = torch.tensor([split.labels[i] for i in split.train])
     views = [View()] if data.aug_views <= 0 else [View(index=k, seed=seed) for k in range(data.aug_views)]
     per_view = []
     stats = []
     for view in views:
-        encoded = encode_images_across(ranks, backbone, train_paths, view=view,
-                                       description="Encoding training images", **common)
+        encoded = encode_images_across(ranks, backbone, train_paths, encoding, view=view, gather="all",
+                                       description="Encoding training images")
         assert encoded is not None  # gather="all": every rank gets the result
         feats, kept, st = encoded
         stats.append(st)
@@ -103,8 +105,8 @@ def labelled_features(backbone: Any, data: DataOptions, seed: int, precision: st
     labels = train_labels[keep]
     val = None
     if split.val:
-        encoded = encode_images_across(ranks, backbone, [split.paths[i] for i in split.val],
-                                       description="Encoding validation images", **common)
+        encoded = encode_images_across(ranks, backbone, [split.paths[i] for i in split.val], encoding,
+                                       gather="all", description="Encoding validation images")
         assert encoded is not None
         vfeats, vkept, vst = encoded
         stats.append(vst)

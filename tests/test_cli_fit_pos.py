@@ -44,6 +44,8 @@ def test_fit_pos_learns_and_writes_a_complete_artifact(tiny_vit_dir, train_dir, 
     assert artifact.class_names == ["blue dots", "green bars", "red stripes"]
     assert artifact.backbone["backbone"] == f"local-dir:{tiny_vit_dir}"
     assert artifact.training["optim"]["seed"] == 5 and artifact.training["data"]["shots"] == 12
+    # the precision run is a choice about the machine, recorded beside the recipe, not inside it
+    assert artifact.training["precision"] == "fp32" and "precision" not in artifact.training["optim"]
     assert len(artifact.training["history"]) == 30
 
     # same seed -> same few-shot subset and same prompts; the features now come from the cache

@@ -12,8 +12,11 @@ from conftest import NEG_FAST, TEST_DEVICE, invoke, make_image_folder, pos_fast
 from negprompt_cli.artifact import load_prompts
 from negprompt_cli.composers.cli import app
 from negprompt_cli.errors import UsageError
+from negprompt_cli.image_features import EncodeOptions
 from negprompt_cli.presets import default_scorer
 from negprompt_cli.scoring.thresholds import class_list_id
+
+QUIET = EncodeOptions(quiet=True)
 
 POS_FAST = pos_fast(20)
 
@@ -272,7 +275,7 @@ def test_score_output_file_is_atomic_and_reuses_cache(world):
     lines = (out_dir / "s.csv").read_text().splitlines()
     assert lines[0].startswith("path,score,prediction") and len(lines) == 13
     assert [p.name for p in out_dir.iterdir()] == ["s.csv"]  # no temporary files left behind
-    again = score(ScoreOptions(images=world / "test", prompts=neg_out, out=out_dir / "t.csv", quiet=True))
+    again = score(ScoreOptions(images=world / "test", prompts=neg_out, out=out_dir / "t.csv", encode=QUIET))
     assert again["encoded"] == 0 and again["cached"] == 12
     assert (out_dir / "t.csv").read_text() == (out_dir / "s.csv").read_text()
 
@@ -345,15 +348,15 @@ def test_score_api_takes_a_list_of_inputs(world):
     from negprompt_cli.stages.score import ScoreOptions, score
 
     with pytest.warns(ThresholdWarning, match="these prompts carry no ID threshold"):  # fit-pos prompts
-        one = score(ScoreOptions(images=world / "test", prompts=world / "pos.safetensors", quiet=True))
+        one = score(ScoreOptions(images=world / "test", prompts=world / "pos.safetensors", encode=QUIET))
         many = score(ScoreOptions(images=[world / "test", world / "ood"], prompts=world / "pos.safetensors",
-                                  quiet=True))
+                                  encode=QUIET))
     assert many["images"] == one["images"] + 6
     head = many["rows"][: one["images"]]
     assert [r["path"] for r in head] == [r["path"] for r in one["rows"]]
     assert [r["score"] for r in head] == pytest.approx([r["score"] for r in one["rows"]], rel=1e-5)
     with pytest.raises(UsageError, match="no images given"):
-        score(ScoreOptions(images=[], prompts=world / "pos.safetensors", quiet=True))
+        score(ScoreOptions(images=[], prompts=world / "pos.safetensors", encode=QUIET))
 
 
 def test_cache_build_takes_several_inputs_and_score_then_encodes_nothing(world, tiny_vit_dir):

@@ -29,7 +29,7 @@ from ..errors import (
     NegPromptError,
     Terminated,
 )
-from ..presets import override
+from ..presets import from_cli
 
 EPILOG = ("Exit codes: 0 ok, 1 runtime error, 2 usage or invalid input, 3 not found, "
           "4 hub/network, 5 incompatible artifact, 130 interrupted, 141 stdout closed, 143 terminated. "
@@ -251,17 +251,27 @@ def training_data(root: Path, given: dict[str, Any]):
     """DataOptions from the data option group; --all-images means no shot limit."""
     from ..training_data import DataOptions
 
-    data = override(DataOptions(root), classes_file=given["classes"], shots=given["shots"],
-                    val_fraction=given["val_fraction"], aug_views=given["aug_views"], cache_dir=given["cache_dir"],
-                    strict=given["strict"], num_workers=given["workers"])
+    data = from_cli(DataOptions(root), classes_file=given["classes"], shots=given["shots"],
+                    val_fraction=given["val_fraction"], aug_views=given["aug_views"])
     if given["all_images"]:
         data = replace(data, shots=None)
     check_at_least("--aug-views", data.aug_views, 0)
     return data
 
 
-def optim_config(preset, given: dict[str, Any], runtime: dict[str, Any]):
-    config = override(preset, **given, precision=runtime["precision"])
+def encode_options(runtime: dict[str, Any], quiet: bool, *, cache_dir: Path | None, workers: int | None,
+                   strict: bool = False, batch_size: int | None = None):
+    """EncodeOptions from the flags every image-reading command shares (unset ones keep its defaults)."""
+    from ..image_features import EncodeOptions
+
+    if batch_size is not None:
+        check_at_least("--batch-size", batch_size, 1)
+    return from_cli(EncodeOptions(), cache_dir=cache_dir, batch_size=batch_size, num_workers=workers,
+                    precision=runtime["precision"], strict=strict, quiet=quiet)
+
+
+def optim_config(preset, given: dict[str, Any]):
+    config = from_cli(preset, **given)
     check_at_least("--epochs", config.epochs, 1)
     check_at_least("--batch-size", config.batch_size, 1)
     return config

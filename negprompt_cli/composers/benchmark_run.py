@@ -30,6 +30,7 @@ from ..benchmark.layout import ImageList, check_layout
 from ..benchmark.protocol import Protocol, imagenet_wnids, load_protocol
 from ..checkpoint import checkpoint_path
 from ..errors import IncompatibleArtifactError, NotFoundError, UsageError
+from ..image_features import EncodeOptions
 from ..learners import PromptSettings
 from ..presets import NEGATIVE_OPTIM, POSITIVE_OPTIM, OptimConfig
 from ..score_file import read_score_file
@@ -60,11 +61,7 @@ class BenchmarkOptions:
     pos_optim: OptimConfig = POSITIVE_OPTIM
     neg_optim: OptimConfig = NEGATIVE_OPTIM
     prompt: PromptSettings = field(default_factory=PromptSettings)  # the positive stage's context layout
-    cache_dir: Path | None = None
-    batch_size: int = 64
-    num_workers: int | None = None
-    precision: str = "fp32"
-    quiet: bool = False
+    encode: EncodeOptions = EncodeOptions()  # how every stage of the run encodes images here
     lexicon: Path | None = None  # for the negative-label scorers (default: the backbone's, else WordNet)
     image_lists: dict[str, ImageList] = field(default_factory=dict)  # OOD sets given as list files
 
@@ -127,20 +124,19 @@ def _weights_record(request: BackboneRequest) -> dict[str, Any]:
 
 def _train(options: BenchmarkOptions, protocol: Protocol, views: dict[str, Any], seed: int, folder: Path) -> Path:
     """fit-pos then fit-neg for one seed, unless their artifacts exist; an interrupted stage resumes."""
-    data = DataOptions(views["train"], classes_file=views["classes"], shots=options.shots or protocol.shots,
-                       cache_dir=options.cache_dir, batch_size=options.batch_size, num_workers=options.num_workers)
+    data = DataOptions(views["train"], classes_file=views["classes"], shots=options.shots or protocol.shots)
     pos, neg = folder / "pos.safetensors", folder / "neg.safetensors"
     folder.mkdir(parents=True, exist_ok=True)
     if not pos.exists():
         fit_pos(FitPosOptions(backbone=options.backbone, data=data, out=pos, prompt=options.prompt,
-                              optim=replace(options.pos_optim, seed=seed, precision=options.precision),
-                              quiet=options.quiet, resume=checkpoint_path(pos).exists()))
+                              encode=options.encode, optim=replace(options.pos_optim, seed=seed),
+                              resume=checkpoint_path(pos).exists()))
     if not neg.exists():
         fraction = (protocol.open_vocabulary or {}).get("train_fraction")
         fit_neg(FitNegOptions(data=data, out=neg, pos=pos, backbone=options.backbone,
                               runtime=_runtime(options), train_fraction=fraction,
-                              optim=replace(options.neg_optim, seed=seed, precision=options.precision),
-                              quiet=options.quiet, resume=checkpoint_path(neg).exists()))
+                              encode=options.encode, optim=replace(options.neg_optim, seed=seed),
+                              resume=checkpoint_path(neg).exists()))
     return neg
 
 
@@ -167,10 +163,7 @@ def _score(options: BenchmarkOptions, views: dict[str, Any], folder: Path, score
                                names=views["names"] if prompts is None else None,
                                backbone=options.backbone if prompts is None else None,
                                runtime=_runtime(options), scorer=scorer, out=path, labeled=name == "ID",
-                               cache_dir=options.cache_dir,
-                               batch_size=options.batch_size, num_workers=options.num_workers,
-                               precision=options.precision, quiet=options.quiet,
-                               labels=LabelRequest(lexicon=options.lexicon)))
+                               encode=options.encode, labels=LabelRequest(lexicon=options.lexicon)))
     return files
 
 

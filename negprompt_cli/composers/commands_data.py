@@ -12,7 +12,7 @@ from ..console import emit_json, info, say
 from ..errors import (
     NegPromptError,
 )
-from ..presets import DEFAULT_BACKBONE, NEGATIVE_OPTIM, POSITIVE_OPTIM, override
+from ..presets import DEFAULT_BACKBONE, NEGATIVE_OPTIM, POSITIVE_OPTIM, from_cli
 from .app import (
     EPILOG,
     HELP_OPTIONS,
@@ -24,6 +24,7 @@ from .app import (
     app,
     backbone_request,
     check_at_least,
+    encode_options,
     finish,
     print_report,
     reports_errors,
@@ -145,16 +146,15 @@ def cache_build_command(
     from ..stages.cache import CacheBuildOptions, build
 
     given = images_opts
-    check_at_least("--batch-size", given["batch_size"], 1)
+    encoding = encode_options(runtime, quiet or json_out, cache_dir=given["cache_dir"], workers=given["workers"],
+                              strict=given["strict"], batch_size=given["batch_size"])
     aug_views = aug_views or 0
     check_at_least("--aug-views", aug_views, 0)
     with process_group(given["distributed"], runtime["device"]) as (ranks, device):
         summary = build(CacheBuildOptions(
             images=images, backbone=backbone_request(backbone, pretrained, {**runtime, "device": device}),
-            cache_dir=given["cache_dir"], aug_views=aug_views,
-            seed=POSITIVE_OPTIM.seed if seed is None else seed, batch_size=given["batch_size"],
-            num_workers=given["workers"], precision=runtime["precision"], strict=given["strict"],
-            quiet=quiet or json_out, ranks=ranks))
+            aug_views=aug_views, seed=POSITIVE_OPTIM.seed if seed is None else seed, encode=encoding,
+            ranks=ranks))
     if summary is None:
         return
     finish(f"Cached {summary['images']} image(s) x {len(summary['views'])} view(s) in {summary['cache_dir']}: "
@@ -308,10 +308,11 @@ def benchmark_run_command(
         backbone=backbone_request(backbone, pretrained, runtime),
         seeds=seed_list, shots=shots, learned_scorers=tuple(s for s in scorers.split(",") if s),
         zero_shot_scorers=tuple(s for s in zero_shot_scorers.split(",") if s),
-        pos_optim=override(POSITIVE_OPTIM, epochs=pos_epochs), neg_optim=override(NEGATIVE_OPTIM, epochs=neg_epochs),
-        prompt=override(PromptSettings(), n_ctx=n_ctx, ctx_init=ctx_init, suffix=suffix), cache_dir=cache_dir,
-        batch_size=batch_size, num_workers=workers, precision=runtime["precision"],
-        quiet=quiet or json_out, lexicon=lexicon, image_lists=image_lists(imglist or [], imglist_root, root)))
+        pos_optim=from_cli(POSITIVE_OPTIM, epochs=pos_epochs), neg_optim=from_cli(NEGATIVE_OPTIM, epochs=neg_epochs),
+        prompt=from_cli(PromptSettings(), n_ctx=n_ctx, ctx_init=ctx_init, suffix=suffix),
+        encode=encode_options(runtime, quiet or json_out, cache_dir=cache_dir, workers=workers,
+                              batch_size=batch_size),
+        lexicon=lexicon, image_lists=image_lists(imglist or [], imglist_root, root)))
     for line in table(report):
         info(" | ".join(line))
     finish(f"Wrote {out / 'report.html'}, report.md and report.json ({len(report['rows'])} rows).", report, json_out)

@@ -22,6 +22,7 @@ from .app import (
     backbone_request,
     check_at_least,
     check_paths,
+    encode_options,
     finish,
     print_report,
     reports_errors,
@@ -71,14 +72,14 @@ def transfer_command(
     recalibrated with --calibrate, and otherwise dropped (score then makes no OOD decision)."""
     check_paths(("--prompts", prompts), ("--names", names), ("--calibrate", calibrate))
     from ..backbone import RuntimeOptions
-    from ..image_features import EncodeOptions
     from ..memory import no_grad_text_chunk
     from ..stages.transfer import transfer
 
     summary = transfer(_prompts_path(prompts, offline), names, out,
                        RuntimeOptions(device, weights_cache, offline, no_grad_text_chunk(text_chunk), trust_backbone),
                        calibrate_on=calibrate,
-                       encoding=EncodeOptions(cache_dir, batch_size, workers, precision, strict, quiet or json_out))
+                       encoding=encode_options({"precision": precision}, quiet or json_out, cache_dir=cache_dir,
+                                               workers=workers, strict=strict, batch_size=batch_size))
     threshold = summary["threshold"]
     finish(f"Wrote {out}: {summary['classes']} classes ({summary['new_classes']} not in the training list); "
            "text features precomputed; "
@@ -163,7 +164,8 @@ def score_command(
 
         raise UsageError("--json needs --out FILE: without it stdout carries the scores themselves")
     given = images_opts
-    check_at_least("--batch-size", given["batch_size"], 1)
+    encoding = encode_options(runtime, quiet, cache_dir=given["cache_dir"], workers=given["workers"],
+                              strict=given["strict"], batch_size=given["batch_size"])
     check_at_least("--explain-top", explain_top, 1)
     memory = (AdaptiveOptions(slots=adaptive_slots, weight=adaptive_weight, batch=given["batch_size"])
               if adaptive else None)
@@ -178,8 +180,7 @@ def score_command(
             runtime=RuntimeOptions(device, runtime["weights_cache"], runtime["offline"], no_grad_text_chunk(text_chunk),
                                    trust_backbone),
             scorer=scorer, temperature=temperature, threshold=threshold, fmt=fmt, out=out, labeled=labeled,
-            cache_dir=given["cache_dir"], batch_size=given["batch_size"], num_workers=given["workers"],
-            strict=given["strict"], precision=runtime["precision"], quiet=quiet, calibrate=calibrate, ranks=ranks,
+            encode=encoding, calibrate=calibrate, ranks=ranks,
             labels=label_request(label_opts), adaptive=memory, excel_safe=excel_safe,
             explain=explain_top if explain else 0,
         ))

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from ..console import info
-from ..presets import DEFAULT_BACKBONE, NEGATIVE_OPTIM, POSITIVE_OPTIM, negatives_note, override
+from ..presets import DEFAULT_BACKBONE, NEGATIVE_OPTIM, POSITIVE_OPTIM, from_cli, negatives_note
 from .app import (
     EPILOG,
     BackboneOpt,
@@ -23,6 +23,7 @@ from .app import (
     app,
     backbone_request,
     check_paths,
+    encode_options,
     finish,
     optim_config,
     reports_errors,
@@ -32,6 +33,11 @@ from .cli_options import (
     TextChunkOpt,
     training_options,
 )
+
+
+def training_encoding(runtime: dict[str, Any], data_opts: dict[str, Any], run: dict[str, Any]):
+    return encode_options(runtime, run["quiet"] or run["json_out"], cache_dir=data_opts["cache_dir"],
+                          workers=data_opts["workers"], strict=data_opts["strict"])
 
 
 @app.command("fit-pos", epilog=EPILOG, short_help="Learn CoOp positive prompts.")
@@ -67,12 +73,12 @@ def fit_pos_command(
         backbone=backbone_request(backbone, pretrained, runtime),
         data=training_data(data, data_opts),
         out=out,
-        prompt=override(PromptSettings(), n_ctx=n_ctx, ctx_init=ctx_init, csc=csc, suffix=suffix),
-        optim=optim_config(POSITIVE_OPTIM, optim, runtime),
+        encode=training_encoding(runtime, data_opts, run),
+        prompt=from_cli(PromptSettings(), n_ctx=n_ctx, ctx_init=ctx_init, csc=csc, suffix=suffix),
+        optim=optim_config(POSITIVE_OPTIM, optim),
         learner=learner,
         learner_options=parse_option_pairs(learner_option or []),
         text_chunk=parse_text_chunk(text_chunk),
-        quiet=run["quiet"] or run["json_out"],
         resume=run["resume"],
         grad_checkpoint=run["grad_checkpoint"],
     )
@@ -147,7 +153,7 @@ def fit_neg_command(
     from .pipeline import fit_pos_then_neg, pos_stage_options
 
     chunk = parse_text_chunk(text_chunk)
-    optim_settings = optim_config(NEGATIVE_OPTIM, optim, runtime)
+    optim_settings = optim_config(NEGATIVE_OPTIM, optim)
     request = None
     if backbone is not None or pretrained is not None or pos is None:
         request = backbone_request(backbone or DEFAULT_BACKBONE, pretrained, runtime)
@@ -158,17 +164,16 @@ def fit_neg_command(
     if both:
         raise UsageError(f"--{both[0].replace('_', '-')} and --learner-option {both[0]}=... are both given",
                          hint="give one of them")
-    options = override(
-        FitNegOptions(data=training_data(data, data_opts), out=out, optim=optim_settings),
+    options = from_cli(
+        FitNegOptions(data=training_data(data, data_opts), out=out, optim=optim_settings, text_chunk=chunk,
+                      encode=training_encoding(runtime, data_opts, run)),
         pos=_prompts_path(pos, runtime["offline"]) if pos else None, backbone=request, learner=learner,
         learner_options={**{k: v for k, v in given.items() if v is not None}, **pairs},
         train_classes=train_classes, train_fraction=train_fraction, train_subset=train_subset,
-        temperature=temperature, text_chunk=chunk, quiet=run["quiet"] or run["json_out"], resume=run["resume"],
+        temperature=temperature, resume=run["resume"],
         grad_checkpoint=run["grad_checkpoint"],
         runtime=RuntimeOptions(runtime["device"], runtime["weights_cache"], runtime["offline"],
                                no_grad_text_chunk(text_chunk), trust_backbone))
-    if chunk is None:  # --text-chunk 0: never chunk (None is "not given" to override)
-        options = replace(options, text_chunk=None)
     if pos is not None:
         with process_group(distributed, runtime["device"]) as (ranks, device):
             ranked = replace(options, ranks=ranks, runtime=replace(options.runtime, device=device),
@@ -182,9 +187,9 @@ def fit_neg_command(
                              hint="run fit-pos first, then torchrun ... fit-neg --pos POS.safetensors")
         assert request is not None
         info("No --pos given: training the positive prompts first (fit-pos).")
-        positive_optim = override(POSITIVE_OPTIM, optimizer=pos_optimizer, epochs=pos_epochs, lr=pos_lr)
+        positive_optim = from_cli(POSITIVE_OPTIM, optimizer=pos_optimizer, epochs=pos_epochs, lr=pos_lr)
         summary = fit_pos_then_neg(
-            pos_stage_options(options, request, override(PromptSettings(), n_ctx=n_ctx, ctx_init=ctx_init),
+            pos_stage_options(options, request, from_cli(PromptSettings(), n_ctx=n_ctx, ctx_init=ctx_init),
                               positive_optim), options)
     settings = ", ".join(f"{k} {v}" for k, v in summary["learner_options"].items())
     message = (f"Wrote {out}: {summary['classes']} classes ({summary['train_classes']} trained on), learner "

@@ -41,28 +41,29 @@ def run_demo(workdir: Path | None = None, seed: int = 0, device: str = "auto", q
     paths = export_world(root, spec)
     cache = root / "cache"
     backbone = BackboneRequest(DEMO_BACKBONE, device=device)
-    data = DataOptions(paths["train"], shots=16, cache_dir=cache)
+    data = DataOptions(paths["train"], shots=16)
+    encode = EncodeOptions(cache_dir=cache, quiet=quiet)  # every stage reads the same feature cache
     info("[2/6] fit-pos: positive (CoOp) prompts")
     pos = fit_pos(FitPosOptions(backbone=backbone, data=data, out=root / "pos.safetensors",
-                                prompt=PromptSettings(n_ctx=16), optim=OptimConfig(seed=seed, epochs=50),
-                                quiet=quiet))
+                                encode=encode, prompt=PromptSettings(n_ctx=16),
+                                optim=OptimConfig(seed=seed, epochs=50)))
     info(f"      train accuracy {pos['initial_train_accuracy']:.2f} -> {pos['final_train_accuracy']:.2f} "
          f"(zero-shot {pos['zero_shot_accuracy']:.2f})")
     info("[3/6] fit-neg: negative prompts")
     neg = fit_neg(FitNegOptions(data=data, out=root / "negprompt.safetensors", pos=root / "pos.safetensors",
-                                runtime=RuntimeOptions(device=device), optim=_neg_optim(seed), quiet=quiet))
+                                runtime=RuntimeOptions(device=device), encode=encode, optim=_neg_optim(seed)))
     assert neg is not None  # one process
     info("[4/6] transfer: re-target to all ID category names (two never trained on), threshold recalibrated on "
          "held-out ID images")
     transfer(root / "negprompt.safetensors", paths["id_names"], root / "negprompt_all.safetensors",
              RuntimeOptions(device=device), calibrate_on=paths["calib"],
-             encoding=EncodeOptions(cache_dir=cache, quiet=quiet))
+             encoding=encode)
     info("[5/6] score: ID test, near-OOD categories (named, unnamed), far-OOD noise")
     prompts = root / "negprompt_all.safetensors"
     for split, out in (("test", "id.csv"), ("ood_near", "ood_near.csv"), ("ood_unnamed", "ood_unnamed.csv"),
                        ("ood_far", "ood_far.csv")):
         score(ScoreOptions(images=paths[split], prompts=prompts, out=root / out, labeled=split == "test",
-                           cache_dir=cache, runtime=RuntimeOptions(device=device), quiet=quiet))
+                           encode=encode, runtime=RuntimeOptions(device=device)))
     info("[6/6] report")
     report = build_report(ReportOptions(root / "id.csv", [("near (other categories)", root / "ood_near.csv"),
                                                           ("near (never seen)", root / "ood_unnamed.csv"),

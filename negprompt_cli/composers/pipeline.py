@@ -52,8 +52,8 @@ def finished_positive_stage(pos_stage: FitPosOptions, folder: ImageFolder) -> bo
         return False
     data = artifact.training.get("data", {})
 
-    def optim(settings: dict[str, Any]) -> dict[str, Any]:  # the precision actually run may differ (CPU: fp32)
-        return {k: v for k, v in settings.items() if k != "precision"}
+    def optim(settings: dict[str, Any]) -> dict[str, Any]:  # the recipe alone: artifacts written before
+        return {k: v for k, v in settings.items() if k != "precision"}  # 2026-11-30 recorded the precision in it
 
     prompt = pos_stage.prompt
     same_context = (artifact.prompt.get("ctx_init") == prompt.ctx_init
@@ -72,9 +72,9 @@ def default_pos_out(out: Path) -> Path:
 def pos_stage_options(options: FitNegOptions, backbone: BackboneRequest, prompt: PromptSettings, optim: OptimConfig,
                       out: Path | None = None) -> FitPosOptions:
     """fit-pos settings for the one-command path: same data, seed and backbone as the negative stage."""
-    optim = replace(optim, seed=options.optim.seed, precision=options.optim.precision)
+    optim = replace(optim, seed=options.optim.seed)
     return FitPosOptions(backbone=backbone, data=options.data, out=out or default_pos_out(options.out),
-                         prompt=prompt, optim=optim,
+                         encode=options.encode, prompt=prompt, optim=optim,
                          text_chunk=options.text_chunk,
-                         quiet=options.quiet, resume=options.resume,
+                         resume=options.resume,
                          grad_checkpoint=options.grad_checkpoint)

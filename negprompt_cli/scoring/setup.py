@@ -18,6 +18,7 @@ from ..artifact import PromptArtifact, check_fits_backbone, load_prompts
 from ..backbone import Backbone, BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from ..errors import IncompatibleArtifactError, UsageError
 from ..feature_cache import default_cache_dir
+from ..image_features import EncodeOptions
 from ..presets import default_scorer
 from ..registry import ScorerSpec, get_host
 from ..text_encoder import SoftPromptTextEncoder
@@ -39,8 +40,7 @@ class ScoringRequest:
     scorer: str | None = None  # None: what the prompts' threshold was calibrated for, else the default
     temperature: float | None = None
     labels: LabelRequest = field(default_factory=LabelRequest)
-    cache_dir: Path | None = None
-    quiet: bool = False
+    encode: EncodeOptions = EncodeOptions()  # its cache_dir holds the mined labels' features; quiet: no bars
 
     def __post_init__(self) -> None:  # the cheap checks, at once
         if self.zero_shot == (self.prompts is not None):
@@ -173,7 +173,7 @@ def _chosen_scorer(request: ScoringRequest, calibrated_for: str | None, has_nega
 
 def mine_labels(setup: ScoringSetup, request: ScoringRequest) -> ScoringSetup:
     """:meth:`ScoringSetup.mine` with the request's label settings. Only the process that scores mines."""
-    return setup.mine(request.labels, cache_dir=request.cache_dir, quiet=request.quiet)
+    return setup.mine(request.labels, cache_dir=request.encode.cache_dir, quiet=request.encode.quiet)
 
 
 def setup_for_features(backbone: Backbone, names: list[str], text_pos: torch.Tensor, text_neg: torch.Tensor | None,

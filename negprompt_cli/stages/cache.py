@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, check_enough_items
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..feature_cache import compact, default_cache_dir, foreign_entries, verify
-from ..image_features import EncodeStats, View, encode_images_across
+from ..image_features import EncodeOptions, EncodeStats, View, encode_images_across
 from ..presets import POSITIVE_OPTIM
 
 
@@ -28,14 +28,9 @@ from ..presets import POSITIVE_OPTIM
 class CacheBuildOptions:
     images: Path | Sequence[Path]  # image files and/or folders
     backbone: BackboneRequest = BackboneRequest()
-    cache_dir: Path | None = None
     aug_views: int = 0  # also cache views 0..K-1 of the seeded augmentation (as fit-* --aug-views K --seed S)
     seed: int = POSITIVE_OPTIM.seed  # the views fit-pos and fit-neg read by default (one default, presets)
-    batch_size: int = 64
-    num_workers: int | None = None
-    precision: str = "fp32"
-    strict: bool = False
-    quiet: bool = False
+    encode: EncodeOptions = EncodeOptions()  # batch, workers, precision, strictness, progress (its cache_dir too)
     ranks: Ranks = SINGLE
 
 
@@ -60,17 +55,16 @@ def writable_cache(root: Path) -> Path:
 
 def build(options: CacheBuildOptions) -> dict[str, Any] | None:
     """Encode every image under ``images`` into the cache; the summary on rank 0, None on the other ranks."""
-    root = writable_cache(cache_root(options.cache_dir))
-    paths, _ = find_images_in(options.images, strict=options.strict)
+    root = writable_cache(cache_root(options.encode.cache_dir))
+    paths, _ = find_images_in(options.images, strict=options.encode.strict)
     check_enough_items(len(paths), options.ranks)
     backbone = load_backbone(options.backbone)
-    precision = check_precision(backbone.device, options.precision)
+    encoding = replace(options.encode, cache_dir=root,
+                       precision=check_precision(backbone.device, options.encode.precision))
     views = [View()] + [View(index=k, seed=options.seed) for k in range(options.aug_views)]
     total = EncodeStats()
     for view in views:
-        encoded = encode_images_across(options.ranks, backbone, paths, view=view, cache_dir=root,
-                                       batch_size=options.batch_size, num_workers=options.num_workers,
-                                       precision=precision, strict=options.strict, quiet=options.quiet,
+        encoded = encode_images_across(options.ranks, backbone, paths, encoding, view=view,
                                        description=f"Caching {view.tag()} features")
         if encoded is None:
             continue

@@ -26,6 +26,7 @@ from ..data import ImageFolder, load_image_folder, read_names_file
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks
 from ..errors import IncompatibleArtifactError, UsageError
+from ..image_features import EncodeOptions
 from ..learners import PromptModule, PromptSettings, exported_tensors, learner_options, options_record
 from ..memory import AUTO, resolve_text_chunk
 from ..presets import NEGATIVE_OPTIM, default_scorer
@@ -35,7 +36,7 @@ from ..scoring.setup import ScoringSetup, setup_for_features
 from ..text_encoder import SoftPromptTextEncoder
 from ..text_features import context_features
 from ..training import OptimConfig, Selection, TrainResult, accuracy, train
-from ..training_data import DataOptions, TrainingSet, labelled_features, run_fingerprint
+from ..training_data import DataOptions, TrainingSet, labelled_features, recipe_run, run_fingerprint
 
 
 @dataclass
@@ -45,6 +46,7 @@ class FitNegOptions:
     pos: Path | None = None  # None only in the one-command pipeline, which trains it first
     backbone: BackboneRequest | None = None  # None: the positive artifact's backbone, run with `runtime`
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    encode: EncodeOptions = EncodeOptions()  # how images are encoded here: cache, batch, precision, quiet
     learner: str = "negprompt"
     learner_options: dict[str, Any] = field(default_factory=dict)  # overrides of the learner's own Options
     train_classes: Path | None = None
@@ -53,7 +55,6 @@ class FitNegOptions:
     optim: OptimConfig = NEGATIVE_OPTIM
     temperature: float = 1.0
     text_chunk: int | str | None = AUTO  # classes per chunk above which gradient caching bounds memory
-    quiet: bool = False
     resume: bool = False
     grad_checkpoint: bool = False
     ranks: Ranks = SINGLE  # a torchrun job: the ranks share the classes of the text graph (class_parallel)
@@ -109,7 +110,7 @@ def plan_fit_neg(options: FitNegOptions) -> NegativePlan:
     if getattr(builder, "kind", None) != "negative":
         raise UsageError(f"learner {options.learner!r} does not learn negative prompts")
     settings = learner_options(options.learner, builder, options.learner_options)
-    folder = load_image_folder(options.data.root, options.data.classes_file, strict=options.data.strict)
+    folder = load_image_folder(options.data.root, options.data.classes_file, strict=options.encode.strict)
     positive = None
     if options.pos is not None:
         positive = load_prompts(options.pos, kind="positive")
@@ -189,11 +190,11 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
     set_text_checkpointing(backbone, options.grad_checkpoint)
     positive.check_backbone(backbone.identity(), pos_path)
     check_fits_backbone(positive, backbone.text_width, backbone.context_length, backbone.embed_dim, pos_path)
-    optim = replace(options.optim, precision=check_precision(backbone.device, options.optim.precision))
-    data = labelled_features(backbone, options.data, optim.seed, optim.precision,
-                             options.quiet or not options.ranks.is_main, folder=preview, ranks=options.ranks)
+    encoding = replace(options.encode, precision=check_precision(backbone.device, options.encode.precision))
+    data = labelled_features(backbone, options.data, encoding, options.optim.seed, folder=preview,
+                             ranks=options.ranks)
     encoder = SoftPromptTextEncoder(backbone)
-    trained = train_negatives(options, plan, positive, encoder, data, optim)
+    trained = train_negatives(options, plan, positive, encoder, data, encoding)
     tensors = exported_tensors(trained.module)  # the last step every rank takes part in
     if not options.ranks.is_main:
         return None
@@ -219,14 +220,14 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
         f"{'validation' if data.val is not None else 'training'}_accuracy": id_accuracy,
         "train_accuracy": accuracy(trained.module, trained.train_features[:, 0], trained.train_labels),
     }
-    write_negatives(options, positive, backbone, data, trained, tensors, threshold, optim)
+    write_negatives(options, positive, backbone, data, trained, tensors, threshold, encoding)
     return summary
 
 
 def train_negatives(options: FitNegOptions, plan: NegativePlan, positive: PromptArtifact,
-                    encoder: SoftPromptTextEncoder, data: TrainingSet, optim: OptimConfig) -> TrainedNegatives:
+                    encoder: SoftPromptTextEncoder, data: TrainingSet, encoding: EncodeOptions) -> TrainedNegatives:
     """Build the learner's module on the chosen classes and train it (resumable; every rank takes part)."""
-    folder, chosen, ranks, backbone = data.folder, plan.chosen, options.ranks, encoder.backbone
+    folder, chosen, ranks, backbone, optim = data.folder, plan.chosen, options.ranks, encoder.backbone, options.optim
     if positive.tensors["ctx_pos"].dim() == 3 and list(folder.class_names) != list(positive.class_names):
         raise IncompatibleArtifactError(f"{options.pos} has class-specific contexts for other classes than the data")
     if positive.tensors["ctx_pos"].dim() == 3 and len(chosen) != len(folder.class_names):
@@ -246,7 +247,7 @@ def train_negatives(options: FitNegOptions, plan: NegativePlan, positive: Prompt
     # sized from what the module says about its text graph (auto: chunk only when it would not fit)
     text_chunk = resolve_text_chunk(options.text_chunk, backbone=backbone, prompts=prompts,
                                     prompts_per_class=module.prompts_per_class,
-                                    class_specific=module.class_specific, precision=optim.precision)
+                                    class_specific=module.class_specific, precision=encoding.precision)
     module.text_chunk = text_chunk
     if ranks.distributed:
         if not module.supports_class_parallel:
@@ -254,7 +255,7 @@ def train_negatives(options: FitNegOptions, plan: NegativePlan, positive: Prompt
                              hint="run it in one process")
         module.class_parallel = ClassParallel(ranks)
     learner_record = options_record(plan.learner_options)
-    fingerprint = run_fingerprint(stage="fit-neg", optim=optim.as_dict(), names=train_names,
+    fingerprint = run_fingerprint(stage="fit-neg", optim=recipe_run(optim, encoding.precision), names=train_names,
                                   labels=train_labels.tolist(), features=float(train_features.sum()),
                                   learner=options.learner, learner_options=learner_record, pos=str(options.pos),
                                   ctx=float(ctx_pos.sum()))
@@ -276,8 +277,8 @@ def train_negatives(options: FitNegOptions, plan: NegativePlan, positive: Prompt
                 return -float(m.loss_terms(val_features, val_labels)["loss"])
 
         selection = Selection("val_neg_loss", negative_val_loss)
-    result = train(module, train_features, train_labels, optim, selection=selection,
-                   quiet=options.quiet or not ranks.is_main,
+    result = train(module, train_features, train_labels, optim, selection=selection, precision=encoding.precision,
+                   quiet=encoding.quiet or not ranks.is_main,
                    checkpointing=Checkpointing(checkpoint_path(options.out), fingerprint, options.resume,
                                                writer=ranks.is_main),
                    description="Training negative prompts")
@@ -306,14 +307,14 @@ def calibrate_default_scorer(options: FitNegOptions, backbone: Backbone, tensors
     labels = data.val[1] if data.val is not None else data.labels
     setup = setup_for_features(backbone, list(data.folder.class_names), tensors["text_pos"], tensors["text_neg"],
                                default_scorer(True), {"temperature": options.temperature})
-    setup.mine(LabelRequest(), cache_dir=options.data.cache_dir, quiet=options.quiet)
+    setup.mine(LabelRequest(), cache_dir=options.encode.cache_dir, quiet=options.encode.quiet)
     threshold, predictions = setup.calibrate(features, source=source)
     return threshold, setup, float((predictions == labels).float().mean())
 
 
 def write_negatives(options: FitNegOptions, positive: PromptArtifact, backbone: Backbone, data: TrainingSet,
                     trained: TrainedNegatives, tensors: dict[str, torch.Tensor], threshold: dict[str, Any],
-                    optim: OptimConfig) -> None:
+                    encoding: EncodeOptions) -> None:
     folder, result = data.folder, trained.result
     artifact = PromptArtifact(
         kind="negative",
@@ -325,7 +326,8 @@ def write_negatives(options: FitNegOptions, positive: PromptArtifact, backbone: 
             "stage": "fit-neg",
             "learner": options.learner,
             "learner_options": trained.learner_record,
-            "optim": optim.as_dict(),
+            "optim": options.optim.as_dict(),
+            "precision": encoding.precision,
             "train_classes": trained.names,
             "train_subset": options.train_subset if options.train_fraction is not None else None,
             "train_fraction": options.train_fraction,

@@ -15,13 +15,14 @@ from ..checkpoint import Checkpointing, checkpoint_path
 from ..data import folder_fingerprint
 from ..devices import check_precision
 from ..errors import UsageError
+from ..image_features import EncodeOptions
 from ..learners import PromptSettings, exported_tensors, learner_options, options_record
 from ..memory import AUTO
 from ..registry import get_host
 from ..text_encoder import SoftPromptTextEncoder
 from ..text_features import hand_template_features
 from ..training import OptimConfig, Selection, accuracy, train
-from ..training_data import DataOptions, labelled_features, run_fingerprint
+from ..training_data import DataOptions, labelled_features, recipe_run, run_fingerprint
 
 
 @dataclass
@@ -29,12 +30,12 @@ class FitPosOptions:
     backbone: BackboneRequest
     data: DataOptions
     out: Path
+    encode: EncodeOptions = EncodeOptions()  # how images are encoded here: cache, batch, precision, quiet
     prompt: PromptSettings = field(default_factory=PromptSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
     learner: str = "coop"
     learner_options: dict[str, Any] = field(default_factory=dict)  # the learner's own Options (--learner-option)
     text_chunk: int | str | None = AUTO  # prompts per text-encoder chunk; auto: one pass (CoOp keeps one graph)
-    quiet: bool = False
     resume: bool = False
     grad_checkpoint: bool = False
 
@@ -66,8 +67,9 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
                                   settings.class_token_position)
     if settings.n_ctx < 1:
         raise UsageError(f"--n-ctx must be at least 1 (got {settings.n_ctx})")
-    optim = replace(options.optim, precision=check_precision(backbone.device, options.optim.precision))
-    data = labelled_features(backbone, options.data, optim.seed, optim.precision, options.quiet)
+    optim = options.optim
+    encoding = replace(options.encode, precision=check_precision(backbone.device, options.encode.precision))
+    data = labelled_features(backbone, options.data, encoding, optim.seed)
     folder, features, labels, val = data.folder, data.features, data.labels, data.val
     prompts = encoder.tokenize(folder.class_names, settings.n_ctx, settings.suffix)
     generator = torch.Generator().manual_seed(optim.seed)
@@ -77,11 +79,13 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
     clean = features[:, 0]
     zero_shot = zero_shot_accuracy(encoder, folder.class_names, clean, labels)
     initial = accuracy(module, clean, labels)
-    fingerprint = run_fingerprint(stage="fit-pos", optim=optim.as_dict(), prompt=settings.as_dict(),
-                                  learner=options.learner, names=folder.class_names, labels=labels.tolist(),
+    fingerprint = run_fingerprint(stage="fit-pos", optim=recipe_run(optim, encoding.precision),
+                                  prompt=settings.as_dict(), learner=options.learner, names=folder.class_names,
+                                  labels=labels.tolist(),
                                   features=float(features.sum()), backbone=backbone.identity(), **own_record)
     selection = Selection("val_accuracy", lambda m: accuracy(m, *val)) if val is not None else None
-    result = train(module, features, labels, optim, selection=selection, quiet=options.quiet,
+    result = train(module, features, labels, optim, selection=selection, precision=encoding.precision,
+                   quiet=encoding.quiet,
                    checkpointing=Checkpointing(checkpoint_path(options.out), fingerprint, options.resume),
                    description="Training positive prompts")
     final = accuracy(module, clean, labels)
@@ -112,6 +116,7 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
         training={
             "stage": "fit-pos",
             "optim": optim.as_dict(),
+            "precision": encoding.precision,
             "data": {"root": str(options.data.root), "class_dirs": folder.class_dirs, "shots": options.data.shots,
                      "val_fraction": options.data.val_fraction, "aug_views": options.data.aug_views,
                      "train_images": int(len(labels)), "listing_sha256": folder_fingerprint(folder)},

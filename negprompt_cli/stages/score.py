@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,7 @@ class ScoreOptions:
     fmt: str = "csv"
     out: Path | None = None
     labeled: bool = False
-    cache_dir: Path | None = None
-    batch_size: int = 64
-    num_workers: int | None = None
-    strict: bool = False
-    precision: str = "fp32"
-    quiet: bool = False
+    encode: EncodeOptions = EncodeOptions()  # how images are encoded here: cache, batch, precision, quiet
     calibrate: Path | None = None  # ID images to calibrate the threshold on, for exactly this scoring setup
     ranks: Ranks = SINGLE  # a torchrun job: every rank encodes its share, rank 0 scores and writes
     labels: LabelRequest = LabelRequest()  # negative-label scorers: lexicon, mining, groups
@@ -79,8 +74,8 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
     request = ScoringRequest(prompts=options.prompts, names=names_given,
                              zero_shot=options.zero_shot, backbone=options.backbone, runtime=options.runtime,
                              scorer=options.scorer, temperature=options.temperature, labels=options.labels,
-                             cache_dir=options.cache_dir, quiet=options.quiet)
-    paths, roots = find_images_in(options.images, strict=options.strict)
+                             encode=options.encode)
+    paths, roots = find_images_in(options.images, strict=options.encode.strict)
     if ranks.is_main:
         check_not_input(options.out, [("--prompts", options.prompts), ("--names", options.names),
                                       ("--lexicon", options.labels.lexicon), *(("image", p) for p in paths)])
@@ -96,7 +91,7 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
     scorer, scorer_fn, temperature = setup.scorer, setup.scorer_fn, setup.temperature
     labels, scorer_options, settings, mined = setup.labels, setup.scorer_options, setup.settings, setup.mined
     class_dirs = training_folders(setup.artifact, names) if setup.artifact is not None else {}
-    precision = check_precision(backbone.device, options.precision)
+    encoding = replace(options.encode, precision=check_precision(backbone.device, options.encode.precision))
     calibration, threshold, threshold_source = None, None, None
     if options.threshold is not None:
         threshold, threshold_source = options.threshold, "--threshold"
@@ -106,8 +101,6 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
                           "scores carry no OOD decision; give --threshold VALUE for one", ThresholdWarning,
                           stacklevel=2)
     elif options.calibrate is not None:
-        encoding = EncodeOptions(options.cache_dir, options.batch_size, options.num_workers, precision,
-                                 options.strict, options.quiet)
         encoded_calibration = encode_folder(backbone, options.calibrate, encoding, "Encoding calibration images",
                                             ranks)
         if encoded_calibration is not None:
@@ -123,10 +116,7 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
             warn_no_decision(reason)
         elif ranks.is_main and threshold is None:
             warn_no_threshold(options.zero_shot)
-    encoded = encode_images_across(ranks, backbone, paths, cache_dir=options.cache_dir,
-                                   batch_size=options.batch_size, num_workers=options.num_workers,
-                                   precision=precision, strict=options.strict, quiet=options.quiet,
-                                   description="Scoring images")
+    encoded = encode_images_across(ranks, backbone, paths, encoding, description="Scoring images")
     if encoded is None:  # another rank than 0: its share is encoded and handed over
         return None
     feats, keep, stats = encoded

@@ -1,0 +1,57 @@
+"""Defaults are overridden only by what was given: ``UNSET`` is "not given", ``None`` a real value, and a
+misspelt setting fails instead of vanishing."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from negprompt_cli.image_features import EncodeOptions
+from negprompt_cli.presets import NEGATIVE_OPTIM, POSITIVE_OPTIM, UNSET, OptimConfig, from_cli, override
+from negprompt_cli.training_data import DataOptions, recipe_run
+
+
+def test_override_keeps_unset_settings_and_sets_none_as_a_value(tmp_path):
+    data = DataOptions(tmp_path, shots=16)
+    assert override(data, shots=UNSET) == data
+    assert override(data, shots=None).shots is None  # None is "every image", not "not given"
+    assert override(POSITIVE_OPTIM, epochs=3, lr=UNSET) == OptimConfig(epochs=3)
+    assert repr(UNSET) == "UNSET" and not UNSET
+
+
+def test_override_refuses_a_setting_the_record_lacks(tmp_path):
+    with pytest.raises(TypeError, match="OptimConfig has no setting 'precision'"):
+        override(NEGATIVE_OPTIM, precision="bf16")  # a runtime choice: EncodeOptions, not the recipe
+    with pytest.raises(TypeError, match="'cache_dr'"):
+        override(EncodeOptions(), cache_dr=tmp_path)
+
+
+def test_from_cli_reads_none_as_an_option_not_given(tmp_path):
+    assert from_cli(NEGATIVE_OPTIM, epochs=None, lr=0.5) == OptimConfig(**{**NEGATIVE_OPTIM.as_dict(), "lr": 0.5})
+    assert from_cli(EncodeOptions(), cache_dir=tmp_path, batch_size=None).batch_size == 64
+
+
+def test_each_shared_setting_is_declared_once():
+    """The encoding settings live in EncodeOptions alone; the stage options carry it whole (OptimConfig's
+    batch_size is the training batch, another setting)."""
+    from negprompt_cli.composers.benchmark_run import BenchmarkOptions
+    from negprompt_cli.stages.cache import CacheBuildOptions
+    from negprompt_cli.stages.fit_neg import FitNegOptions
+    from negprompt_cli.stages.fit_pos import FitPosOptions
+    from negprompt_cli.stages.score import ScoreOptions
+
+    shared = {f.name for f in fields(EncodeOptions)}
+    for record in (DataOptions, OptimConfig, FitPosOptions, FitNegOptions, ScoreOptions, CacheBuildOptions,
+                   BenchmarkOptions):
+        names = {f.name for f in fields(record)} - ({"batch_size"} if record is OptimConfig else set())
+        assert not names & shared, (record.__name__, names & shared)
+        if record not in (DataOptions, OptimConfig):
+            assert "encode" in names, record.__name__
+
+
+def test_checkpoint_fingerprints_read_the_recipe_as_before():
+    """A checkpoint written when precision sat in the recipe still resumes: the fingerprint reads the same dict."""
+    before = {"optimizer": "sgd", "epochs": 10, "batch_size": 64, "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0,
+              "warmup_epochs": 0, "warmup_lr": 0.0, "seed": 1, "precision": "fp32"}
+    assert recipe_run(NEGATIVE_OPTIM, "fp32") == before
