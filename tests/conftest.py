@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import json  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -107,6 +108,12 @@ def pos_fast(epochs: int = 2) -> list[str]:
     the number of epochs is each test's own."""
     return ["--epochs", str(epochs), "--batch-size", "16", "--lr", "0.01", "--optimizer", "adamw",
             "--warmup-epochs", "0", "--n-ctx", "4"]
+
+
+def copy_tree(source: Path, target: Path) -> Path:
+    """``source``'s files into ``target`` (for a test's own copy of artifacts trained once per module)."""
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    return target
 
 
 def invoke(args, **kwargs):  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-from conftest import NEG_FAST, error_line, invoke, make_image_folder, pos_fast
+from conftest import NEG_FAST, copy_tree, error_line, invoke, make_image_folder, pos_fast
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -24,15 +24,23 @@ from negprompt_cli.errors import NegPromptWarning
 POS_FAST = pos_fast(6)
 
 
-@pytest.fixture
-def setup(tmp_path, tiny_vit_dir):
-    make_image_folder(tmp_path / "train", classes=("red_stripes", "green_bars"), per_class=8, seed=0)
-    make_image_folder(tmp_path / "test", classes=("red_stripes", "green_bars"), per_class=4, seed=1)
-    backbone = ["--backbone", f"local-dir:{tiny_vit_dir}"]
-    pos = invoke(["fit-pos", "--data", str(tmp_path / "train"), "--out", str(tmp_path / "pos.safetensors"),
-                  *backbone, *POS_FAST])
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_vit_dir):
+    """The folders and their positive prompts, trained once for this module (its own feature cache)."""
+    root = tmp_path_factory.mktemp("faults")
+    make_image_folder(root / "train", classes=("red_stripes", "green_bars"), per_class=8, seed=0)
+    make_image_folder(root / "test", classes=("red_stripes", "green_bars"), per_class=4, seed=1)
+    pos = invoke(["fit-pos", "--data", str(root / "train"), "--out", str(root / "pos.safetensors"),
+                  "--backbone", f"local-dir:{tiny_vit_dir}", "--cache-dir", str(tmp_path_factory.mktemp("fc")),
+                  *POS_FAST])
     assert pos.exit_code == 0, pos.stderr
-    return tmp_path, backbone
+    return root
+
+
+@pytest.fixture
+def setup(trained, tmp_path, tiny_vit_dir):
+    """Each test's own copy of the trained folders (the test's feature cache starts empty)."""
+    return copy_tree(trained, tmp_path), ["--backbone", f"local-dir:{tiny_vit_dir}"]
 
 
 # -- failing before the work ---------------------------------------------------------------------------------

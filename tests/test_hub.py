@@ -11,21 +11,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import invoke, make_image_folder
+from conftest import copy_tree, invoke, make_image_folder
 from safetensors.torch import save_file
 
 from negprompt_cli.artifact import PromptArtifact, load_prompts, save_prompts
 
 
-@pytest.fixture
-def artifact_file(tmp_path, tiny_vit_dir) -> Path:
-    """A real fit-neg artifact from the tiny backbone (two classes)."""
-    train = make_image_folder(tmp_path / "train", classes=("red_stripes", "green_bars"), per_class=4)
-    out = tmp_path / "neg.safetensors"
-    result = invoke(["fit-neg", "--data", str(train), "--out", str(out), "--backbone",
-                                 f"local-dir:{tiny_vit_dir}", "--pos-epochs", "2", "--epochs", "2", "--n-ctx", "4"])
+@pytest.fixture(scope="module")
+def trained_artifact(tmp_path_factory, tiny_vit_dir) -> Path:
+    """A real fit-neg artifact from the tiny backbone (two classes), trained once for this module."""
+    root = tmp_path_factory.mktemp("hub-artifact")
+    train = make_image_folder(root / "train", classes=("red_stripes", "green_bars"), per_class=4)
+    result = invoke(["fit-neg", "--data", str(train), "--out", str(root / "neg.safetensors"), "--backbone",
+                     f"local-dir:{tiny_vit_dir}", "--pos-epochs", "2", "--epochs", "2", "--n-ctx", "4",
+                     "--cache-dir", str(tmp_path_factory.mktemp("hub-cache"))])
     assert result.exit_code == 0, result.stderr
-    return out
+    return root
+
+
+@pytest.fixture
+def artifact_file(trained_artifact, tmp_path) -> Path:
+    """Each test's own copy of the trained artifact and its training folder."""
+    return copy_tree(trained_artifact, tmp_path) / "neg.safetensors"
 
 
 def cli(args, **kwargs):
