@@ -159,6 +159,15 @@ def gather_to_all(value: T, ranks: Ranks, what: str) -> list[T]:
     return out
 
 
+def from_main(value: T, ranks: Ranks, what: str) -> T:
+    """Rank 0's ``value`` on every rank (the others pass anything, e.g. None)."""
+    if not ranks.distributed:
+        return value
+    box: list[Any] = [value if ranks.is_main else None]
+    _collective(ranks, what, lambda: dist.broadcast_object_list(box, src=0))
+    return box[0]
+
+
 def agree(value: Any, ranks: Ranks, what: str) -> None:
     """Every rank must hold the same ``value`` (backbone weights, image list): one error on every rank if not."""
     values = gather_to_all(value, ranks, f"comparing {what}")

@@ -175,6 +175,8 @@ class FeatureCache:
         self.dir = Path(root) / key
         self.info = info or {}
         self._index: dict[str, tuple[Path, int]] | None = None
+        self._last_read: tuple[Path, tuple[list[str], torch.Tensor] | None] | None = None  # one shard, re-read
+        # by every window of a stream that falls into it (compacted shards hold 65,536 rows)
         self.damaged: list[Path] = []
         self.write_error: OSError | None = None
 
@@ -200,7 +202,7 @@ class FeatureCache:
             vanished = False
             for shard, items in by_shard.items():
                 try:
-                    rows = _read_rows(shard)
+                    rows = self._read(shard)
                 except FileNotFoundError:
                     vanished = True
                     continue
@@ -212,6 +214,11 @@ class FeatureCache:
             if not vanished:
                 break
         return found
+
+    def _read(self, shard: Path) -> tuple[list[str], torch.Tensor] | None:
+        if self._last_read is None or self._last_read[0] != shard:
+            self._last_read = (shard, _read_rows(shard))
+        return self._last_read[1]
 
     def _drop_damaged(self, shard: Path) -> None:
         self.damaged.append(shard)
@@ -228,16 +235,14 @@ class FeatureCache:
             self.dir.mkdir(parents=True, exist_ok=True)
             mark_root(self.dir.parent)
             _write_info(self.dir, self.info)
-            shard = _write_shard(self.dir, ids, block)
+            _write_shard(self.dir, ids, block)  # not indexed here: a run does not look up its own rows again,
+            # and a stream's memory must not grow with the rows it writes
         except OSError as exc:  # read-only or full: go on without caching
             self.write_error = exc
             return
         except Exception as exc:  # safetensors reports a full disk as its own error type
             self.write_error = OSError(str(exc))
             return
-        index = self._load_index()
-        for row, item in enumerate(ids):
-            index[item] = (shard, row)
 
 
 # -- checking and compacting (negprompt cache verify | gc) -------------------------------------------------------

@@ -13,7 +13,8 @@ import hashlib
 import io
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,93 +288,176 @@ def tensor_decoding(backbone: Backbone, view: View, decode: str | None) -> Tenso
     return spec
 
 
-def encode_images(
-    backbone: Backbone,
-    paths: Sequence[Path],
-    *,
-    cache_dir: Path | None = None,
-    view: View = View(),
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    precision: str = "fp32",
-    strict: bool = False,
-    use_cache: bool = True,
-    quiet: bool = False,
-    description: str = "Encoding images",
-    decode: str | None = None,
-) -> tuple[torch.Tensor, list[int], EncodeStats]:
-    """Unit-norm features for ``paths``; returns (features of readable images, their indices, stats).
+WINDOW_BATCHES = 64  # encoder batches per window: what a streaming reader holds at once (64 x 64 images)
 
-    Unreadable images are skipped with one warning (count + first paths); ``strict`` makes
-    them an error. Cached rows are reused; only the rest goes through the image tower.
+
+@dataclass
+class Window:
+    """A run of consecutive images of a stream: ``indices`` are the positions (in the stream's ``paths``) of its
+    readable images, in order, and ``features`` their unit features [len(indices), E]."""
+
+    indices: list[int]
+    features: torch.Tensor
+
+
+@dataclass
+class _Pending:
+    """A window between its cache lookup and the last of its encoder batches."""
+
+    start: int
+    stop: int
+    cached: dict[int, torch.Tensor]
+    batches_left: int
+    new: dict[int, torch.Tensor] = field(default_factory=dict)
+    bad: list[int] = field(default_factory=list)
+
+
+class ImageStream:
+    """Unit features of ``paths`` window by window, in order, so that memory does not grow with the number of
+    images: each window (``WINDOW_BATCHES`` encoder batches) is looked up in the feature cache, the rest goes
+    through the image tower, and the window is handed on once complete. One decoding pool serves the whole
+    stream. With a fresh cache every image is encoded in the same batch as :func:`encode_images` on the whole
+    list would put it in (windows are whole batches), so the features are the same.
+
+    ``stats`` fills as the stream is read. Unreadable images are left out of the windows; once the stream is
+    exhausted they are reported in one warning, or (``strict``) raised as one error.
     """
-    stats = EncodeStats(requested=len(paths))
-    digests = file_digests(paths)
-    row_ids = [f"{d}:{view.tag()}" if d is not None else "" for d in digests]  # "": unreadable, never cached
-    tensor_path = tensor_decoding(backbone, view, decode)
-    preprocess_id = tensor_path.tag() if tensor_path is not None else repr(backbone.preprocess)
-    key = backbone.feature_key(preprocess_id)
-    cache = FeatureCache(cache_dir or default_cache_dir(), key,
-                         info={**backbone.identity(), "preprocess": preprocess_id}) if use_cache else None
-    cached_rows = cache.lookup([r for r in row_ids if r]) if cache is not None else {}
-    todo = [i for i, rid in enumerate(row_ids) if rid not in cached_rows]
-    stats.cached = len(paths) - len(todo)
-    new_features: dict[int, torch.Tensor] = {}
-    if todo:
-        if num_workers is None:
-            num_workers = min(4, os.cpu_count() or 1) if len(todo) >= 64 else 0
-        device = backbone.device
-        dataset = _ImageDataset([paths[i] for i in todo], view, backbone.preprocess, backbone.image_size,
-                                raw_jpeg=tensor_path is not None)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                                             collate_fn=_collate, pin_memory=device.type == "cuda",
-                                             multiprocessing_context=worker_context(device, num_workers))
-        bad_local: list[int] = []
+
+    def __init__(self, backbone: Backbone, paths: Sequence[Path], *, cache_dir: Path | None = None,
+                 view: View = View(), batch_size: int = 64, num_workers: int | None = None,
+                 precision: str = "fp32", strict: bool = False, use_cache: bool = True, quiet: bool = False,
+                 description: str = "Encoding images", decode: str | None = None,
+                 window_batches: int = WINDOW_BATCHES) -> None:
+        self.backbone, self.paths, self.view = backbone, paths, view
+        self.batch_size, self.num_workers, self.precision = batch_size, num_workers, precision
+        self.strict, self.quiet, self.description = strict, quiet, description
+        self.window = batch_size * max(1, window_batches)
+        self.tensor_path = tensor_decoding(backbone, view, decode)
+        preprocess_id = self.tensor_path.tag() if self.tensor_path is not None else repr(backbone.preprocess)
+        self.cache = FeatureCache(cache_dir or default_cache_dir(), backbone.feature_key(preprocess_id),
+                                  info={**backbone.identity(), "preprocess": preprocess_id}) if use_cache else None
+        self.stats = EncodeStats(requested=len(paths))
+
+    def _lookup(self, start: int) -> tuple[_Pending, list[int], dict[int, str]]:
+        """A window's cache lookup: (its pending record, the positions still to encode, their row ids)."""
+        stop = min(start + self.window, len(self.paths))
+        digests = file_digests(self.paths[start:stop])
+        row_ids = {start + k: f"{d}:{self.view.tag()}" for k, d in enumerate(digests) if d is not None}
+        found = self.cache.lookup(list(row_ids.values())) if self.cache is not None else {}
+        cached = {i: found[r] for i, r in row_ids.items() if r in found}
+        todo = [i for i in range(start, stop) if i not in cached]
+        self.stats.cached += len(cached)
+        return _Pending(start, stop, cached, -(-len(todo) // self.batch_size) or 1), todo, row_ids
+
+    def _batches(self, pending: deque[_Pending], first: tuple[_Pending, list[int]]) -> Iterator[list[int]]:
+        """The encoder batches, window after window; a window with nothing to encode sends one empty batch, so
+        the decoding pool's read-ahead (a few batches) also bounds how many windows wait in memory."""
+        for start in range(0, len(self.paths), self.window):
+            window, todo = first if start == 0 else self._lookup(start)[:2]
+            pending.append(window)
+            if not todo:
+                yield []
+            for b in range(0, len(todo), self.batch_size):
+                yield todo[b:b + self.batch_size]
+
+    def _workers(self, todo: int) -> int:
+        """Decoding workers: as asked, else up to 4 when the first window has 64 or more images to encode (a
+        warm cache needs none)."""
+        if self.num_workers is not None:
+            return self.num_workers
+        return min(4, os.cpu_count() or 1) if todo >= 64 else 0
+
+    def __iter__(self) -> Iterator[Window]:
+        device = self.backbone.device
+        dataset = _ImageDataset(self.paths, self.view, self.backbone.preprocess, self.backbone.image_size,
+                                raw_jpeg=self.tensor_path is not None)
+        pending: deque[_Pending] = deque()
+        first = self._lookup(0)[:2] if len(self.paths) else (_Pending(0, 0, {}, 0), [])
+        workers = self._workers(len(first[1]))
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=_Once(self._batches(pending, first)),
+                                             num_workers=workers, collate_fn=_collate,
+                                             pin_memory=device.type == "cuda",
+                                             multiprocessing_context=worker_context(device, workers))
+        skipped: list[int] = []
         # shards are written by one background thread while the next batch encodes
-        with progress(quiet) as bar, ThreadPoolExecutor(max_workers=1) as writer:
-            pending = []
-            task = bar.add_task(description, total=len(todo), status="")
+        with progress(self.quiet) as bar, ThreadPoolExecutor(max_workers=1) as writer:
+            writes: list[Any] = []
+            task = bar.add_task(self.description, total=len(self.paths), status="")
             for pil_idx, pil_pixels, jpeg_idx, jpeg_data, bad, decoded_digests in loader:
-                local_idx, pixels, refused = _device_pixels(dataset, device, tensor_path, pil_idx, pil_pixels,
-                                                            jpeg_idx, jpeg_data)
-                bad_local.extend(bad + refused)
-                if local_idx:
+                window = next(w for w in pending if w.batches_left > 0)
+                window.batches_left -= 1
+                order, pixels, refused = _device_pixels(dataset, device, self.tensor_path, pil_idx, pil_pixels,
+                                                        jpeg_idx, jpeg_data)
+                window.bad.extend(bad + refused)
+                if order:
                     assert pixels is not None  # the batch's pixels, whenever any item was decoded
-                    feats = encode_pixels(backbone, pixels, precision)
-                    stats.encoder_calls += 1
-                    stats.encoded += len(local_idx)
-                    if cache is not None:  # keyed by the bytes that were decoded, not by the earlier hash
-                        keys = [f"{decoded_digests[j]}:{view.tag()}" for j in local_idx]
-                        pending.append(writer.submit(cache.add, keys, feats))
-                    for j, f in zip(local_idx, feats, strict=True):
-                        new_features[todo[j]] = f
-                bar.advance(task, len(pil_idx) + len(jpeg_idx) + len(bad))
-            for future in pending:
+                    feats = encode_pixels(self.backbone, pixels, self.precision)
+                    self.stats.encoder_calls += 1
+                    self.stats.encoded += len(order)
+                    if self.cache is not None:  # keyed by the bytes that were decoded, not by the earlier hash
+                        keys = [f"{decoded_digests[i]}:{self.view.tag()}" for i in order]
+                        writes.append(writer.submit(self.cache.add, keys, feats))
+                    window.new.update(zip(order, feats, strict=True))
+                while pending and pending[0].batches_left == 0:
+                    done = pending.popleft()
+                    bar.advance(task, done.stop - done.start)
+                    skipped.extend(sorted(done.bad))
+                    yield _assemble(done)
+                for future in [w for w in writes if w.done()]:
+                    future.result()  # a failed write surfaces here, not at the end
+                writes = [w for w in writes if not w.done()]
+            for future in writes:
                 future.result()
-        stats.skipped = [Path(paths[todo[j]]) for j in sorted(bad_local)]
-    if cache is not None and cache.damaged:
-        warnings.warn(f"re-encoded the rows of {len(cache.damaged)} damaged feature-cache shard(s) "
-                      f"({cache.damaged[0].name}{' ...' if len(cache.damaged) > 1 else ''}); removed them",
-                      NegPromptWarning, stacklevel=2)
-    if cache is not None and cache.write_error is not None:
-        reason = cache.write_error.strerror or cache.write_error
-        stats.cache_write_error = str(reason)
-        warnings.warn(f"the feature cache {cache.dir} cannot be written ({reason}): continuing without caching",
-                      NegPromptWarning, stacklevel=2)
-    if stats.skipped:
-        message = describe_skipped(stats.skipped)
-        if strict:
-            raise UsageError(message, hint="fix or remove them, or drop --strict to skip them")
-        warnings.warn(f"skipped {message}", NegPromptWarning, stacklevel=2)
-    skipped = {str(p) for p in stats.skipped}
-    keep = [i for i, p in enumerate(paths) if str(p) not in skipped]
-    if not keep:
-        return torch.empty(0, 0), [], stats
-    out: dict[int, torch.Tensor] = dict(new_features)
-    for i in keep:
-        if i not in out:
-            out[i] = cached_rows[row_ids[i]]
-    return torch.stack([out[i] for i in keep]), keep, stats
+        self.stats.skipped = [Path(self.paths[i]) for i in skipped]
+        self._report()
+
+    def _report(self) -> None:
+        cache = self.cache
+        if cache is not None and cache.damaged:
+            warnings.warn(f"re-encoded the rows of {len(cache.damaged)} damaged feature-cache shard(s) "
+                          f"({cache.damaged[0].name}{' ...' if len(cache.damaged) > 1 else ''}); removed them",
+                          NegPromptWarning, stacklevel=3)
+        if cache is not None and cache.write_error is not None:
+            reason = cache.write_error.strerror or cache.write_error
+            self.stats.cache_write_error = str(reason)
+            warnings.warn(f"the feature cache {cache.dir} cannot be written ({reason}): continuing without caching",
+                          NegPromptWarning, stacklevel=3)
+        if self.stats.skipped:
+            message = describe_skipped(self.stats.skipped)
+            if self.strict:
+                raise UsageError(message, hint="fix or remove them, or drop --strict to skip them")
+            warnings.warn(f"skipped {message}", NegPromptWarning, stacklevel=3)
+
+
+class _Once:
+    """A batch sampler that is an iterator already (the DataLoader iterates it once)."""
+
+    def __init__(self, batches: Iterator[list[int]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self.batches
+
+
+def _assemble(window: _Pending) -> Window:
+    features = {**window.cached, **window.new}
+    indices = [i for i in range(window.start, window.stop) if i in features]
+    return Window(indices, torch.stack([features[i] for i in indices]) if indices else torch.empty(0, 0))
+
+
+def encode_images(backbone: Backbone, paths: Sequence[Path], **options: Any) -> tuple[torch.Tensor, list[int],
+                                                                                      EncodeStats]:
+    """Unit-norm features for ``paths``, all at once: (features of readable images, their indices, stats).
+
+    Takes :class:`ImageStream`'s options. Unreadable images are skipped with one warning (count + first
+    paths); ``strict`` makes them an error. Cached rows are reused; only the rest goes through the image
+    tower. For inputs too large to hold, read an :class:`ImageStream` instead.
+    """
+    stream = ImageStream(backbone, paths, **options)
+    windows = [w for w in stream if w.indices]
+    if not windows:
+        return torch.empty(0, 0), [], stream.stats
+    return (torch.cat([w.features for w in windows]), [i for w in windows for i in w.indices], stream.stats)
 
 
 @dataclass(frozen=True)
@@ -391,6 +475,16 @@ class EncodeOptions:
     quiet: bool = False  # no progress bars (stderr)
 
 
+def ranks_agree(ranks: Ranks, backbone: Backbone, paths: Sequence[Path]) -> None:
+    """Every rank of a torchrun job loaded the same backbone and weights and sees the same image list (one
+    error on every rank, before any image is encoded, if not)."""
+    if not ranks.distributed:
+        return
+    agree({**backbone.identity(), "weights": backbone.weights_fingerprint()}, ranks, "the backbone")
+    listing = hashlib.sha256(b"\n".join(os.fsencode(p) for p in paths)).hexdigest()[:12]
+    agree(f"{len(paths)} image(s), list sha256 {listing}", ranks, "the image list")
+
+
 def encode_images_across(ranks: Ranks, backbone: Backbone, paths: Sequence[Path],
                          encoding: EncodeOptions = EncodeOptions(), *, gather: str = "main", view: View = View(),
                          description: str = "Encoding images") -> tuple[torch.Tensor, list[int], EncodeStats] | None:
@@ -405,9 +499,7 @@ def encode_images_across(ranks: Ranks, backbone: Backbone, paths: Sequence[Path]
                                    strict=encoding.strict, quiet=encoding.quiet, description=description)
     if not ranks.distributed:
         return encode_images(backbone, paths, **options)
-    agree({**backbone.identity(), "weights": backbone.weights_fingerprint()}, ranks, "the backbone")
-    listing = hashlib.sha256(b"\n".join(os.fsencode(p) for p in paths)).hexdigest()[:12]
-    agree(f"{len(paths)} image(s), list sha256 {listing}", ranks, "the image list")
+    ranks_agree(ranks, backbone, paths)
     share = batch_shard(len(paths), encoding.batch_size, ranks)
     try:
         feats, keep, stats = encode_images(backbone, [paths[i] for i in share],

@@ -29,23 +29,32 @@ def excel_safe(row: dict[str, Any]) -> dict[str, Any]:
             for k, v in row.items()}
 
 
-def render_rows(rows: list[dict[str, Any]], fmt: str, *, spreadsheet_safe: bool = False) -> str:
-    """Rows as JSONL or CSV text. CSV quotes a field as the csv module does (delimiter, quote, newline), and a
+def render_rows(rows: list[dict[str, Any]], fmt: str, *, spreadsheet_safe: bool = False,
+                columns: list[str] | None = None, header: bool = True) -> str:
+    """Rows as JSONL or CSV text (``header``: the CSV header line first; ``columns``: CSV's columns, by default
+    those of the rows). CSV quotes a field as the csv module does (delimiter, quote, newline), and a
     row with a carriage return in a field (a legal Linux file name) has all its fields quoted, which the csv
     module's minimal quoting does not do. File names that are not valid UTF-8 stay as surrogate escapes here;
-    writers encode with ``surrogateescape`` so the bytes are the file's own."""
+    writers encode with ``surrogateescape`` so the bytes are the file's own. A file written in pieces (one
+    header, then rows) has the bytes of one written whole."""
     if fmt == "jsonl":
         return "".join(json.dumps(r) + "\n" for r in rows)
     buffer = io.StringIO()
-    columns = COLUMNS + [c for c in EXPLAIN_COLUMNS if rows and c in rows[0]]
+    columns = columns or score_columns(explain=bool(rows) and EXPLAIN_COLUMNS[0] in rows[0])
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     quoted = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     for r in rows:
         row = {k: ("" if v is None else _explain_cell(v) if k in EXPLAIN_COLUMNS else v)
                for k, v in (excel_safe(r) if spreadsheet_safe else r).items()}
         (quoted if any(isinstance(v, str) and "\r" in v for v in row.values()) else writer).writerow(row)
     return buffer.getvalue()
+
+
+def score_columns(*, explain: bool) -> list[str]:
+    """The CSV columns of a score file (``explain``: score --explain's two more)."""
+    return COLUMNS + (EXPLAIN_COLUMNS if explain else [])
 
 
 def read_score_file(path: Path) -> list[dict[str, Any]]:

@@ -182,13 +182,10 @@ def score_command(
             scorer=scorer, temperature=temperature, threshold=threshold, fmt=fmt, out=out, labeled=labeled,
             encode=encoding, calibrate=calibrate, ranks=ranks,
             labels=label_request(label_opts), adaptive=memory, excel_safe=excel_safe,
-            explain=explain_top if explain else 0,
-        ))
+            explain=explain_top if explain else 0, return_rows=False,  # memory bounded: rows go out as they come
+        ), stream=write_data)
     if summary is None:  # a rank other than 0 of a torchrun job: rank 0 reports and writes
         return
-    del summary["rows"]  # the rows go to --out or stdout; --json is the summary only
-    if out is None:
-        write_data(summary.pop("rendered"))
     flagged = summary["flagged_ood"]
     decision = (f"; {flagged} flagged OOD at threshold {summary['threshold']:.4f} ({summary['threshold_source']})"
                 if flagged is not None else "; no OOD decision (no threshold for this class list and scorer: "

@@ -95,6 +95,87 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(-1)
 
 
+class AdaptiveScorer:
+    """The memory and its scorer over one stream of image features, fed in order in pieces of any size: the
+    memory is updated per ``options.batch`` images of the stream, whatever the pieces, so feeding a stream
+    whole or window by window gives the same scores. Memory: the label memory, and less than one batch."""
+
+    def __init__(self, text_pos: torch.Tensor, text_neg: torch.Tensor | None, mined: torch.Tensor | None, *,
+                 scorer: Callable[..., torch.Tensor], temperature: float, logit_scale: float,
+                 options: AdaptiveOptions, scorer_options: dict[str, Any] | None = None,
+                 device: torch.device | None = None) -> None:
+        if text_neg is None and mined is None:
+            raise UsageError("--adaptive needs negatives to adapt: a negative-label scorer (neglabel, csp, a "
+                             "hybrid) or negative prompts")
+        device = device or text_pos.device
+        self.scorer, self.temperature, self.logit_scale = scorer, temperature, logit_scale
+        self.options, self.extra, self.device = options, scorer_options or {}, device
+        pos_text = text_pos.to(device, torch.float32)
+        self.c = pos_text.shape[0]
+        self.neg_shape = tuple(text_neg.shape) if text_neg is not None else None
+        negatives = []  # every negative label, in one list: mined labels first, then the learned prompts
+        if mined is not None:
+            negatives.append(mined.to(device, torch.float32))
+        if text_neg is not None:
+            negatives.append(text_neg.to(device, torch.float32).flatten(0, 1))
+        self.has_mined = mined is not None
+        self.n_mined = mined.shape[0] if mined is not None else 0
+        self.all_text = torch.cat([pos_text, torch.cat(negatives)])
+        self.memory = LabelMemory.empty(self.all_text.shape[0], options.slots, self.all_text.shape[1], device)
+        self.high = options.threshold + options.gap * (1 - options.threshold)
+        self.low = options.threshold - options.gap * options.threshold
+        self.waiting: list[torch.Tensor] = []  # fed features short of a whole batch
+
+    def _run(self, f: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cos = f @ labels.t()
+        pos, neg_all = cos[:, :self.c], cos[:, self.c:]
+        mined_cos = neg_all[:, :self.n_mined] if self.has_mined else None
+        prompt_cos = (neg_all[:, self.n_mined:].reshape(f.shape[0], *self.neg_shape[:2])
+                      if self.neg_shape is not None else None)
+        kwargs = dict(self.extra, mined=mined_cos) if self.has_mined else dict(self.extra)
+        return (self.scorer(pos, prompt_cos, temperature=self.temperature, logit_scale=self.logit_scale, **kwargs),
+                pos, neg_all)
+
+    def _batch(self, f: torch.Tensor) -> torch.Tensor:
+        memory, c = self.memory, self.c
+        vanilla, pos, neg_all = self._run(f, self.all_text)
+        id_entropy = _entropy(self.logit_scale * pos)
+        ood_entropy = _entropy(self.logit_scale * neg_all)
+        id_label, ood_label = pos.argmax(1), c + neg_all.argmax(1)
+        for i in range(f.shape[0]):
+            value = float(vanilla[i])
+            if value > self.high and memory.write(int(id_label[i]), f[i], float(id_entropy[i])):
+                memory.writes["id"] += 1
+            elif value < self.low and memory.write(int(ood_label[i]), f[i], float(ood_entropy[i])):
+                memory.writes["ood"] += 1
+        adapted, _, _ = self._run(f, memory.proxies(self.all_text))
+        return (adapted + self.options.weight * vanilla).cpu()
+
+    def feed(self, features: torch.Tensor) -> torch.Tensor:
+        """Scores of the images of every batch this piece completes (the rest waits for the next piece)."""
+        if features.numel():
+            self.waiting.append(features.to(self.device, torch.float32))
+        pending = torch.cat(self.waiting) if self.waiting else torch.empty(0, self.all_text.shape[1])
+        whole = pending.shape[0] - pending.shape[0] % self.options.batch
+        self.waiting = [pending[whole:]] if whole < pending.shape[0] else []
+        with torch.no_grad():
+            scores = [self._batch(pending[s:s + self.options.batch]) for s in range(0, whole, self.options.batch)]
+        return torch.cat(scores) if scores else torch.empty(0)
+
+    def finish(self) -> torch.Tensor:
+        """Scores of the last, partial batch."""
+        pending, self.waiting = self.waiting, []
+        with torch.no_grad():
+            return self._batch(torch.cat(pending)) if pending else torch.empty(0)
+
+    def record(self) -> dict[str, Any]:
+        filled = self.memory.count
+        return {**self.options.record(), "id_writes": self.memory.writes["id"],
+                "ood_writes": self.memory.writes["ood"],
+                "id_labels_with_memory": int((filled[:self.c] > 0).sum()),
+                "negative_labels_with_memory": int((filled[self.c:] > 0).sum())}
+
+
 def adaptive_scores(image_features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Tensor | None,
                     mined: torch.Tensor | None, *, scorer: Callable[..., torch.Tensor], temperature: float,
                     logit_scale: float, options: AdaptiveOptions,
@@ -102,55 +183,10 @@ def adaptive_scores(image_features: torch.Tensor, text_pos: torch.Tensor, text_n
     """Scores [N] of ``image_features`` [N, E] (in stream order) and what the memory did.
 
     ``text_pos`` [C, E], ``text_neg`` [C, P, E] (learned negatives) or None, ``mined`` [M, E] or None:
-    the same inputs ``score_features`` takes.
+    the same inputs ``score_features`` takes. A stream too large to hold: :class:`AdaptiveScorer`.
     """
-    if text_neg is None and mined is None:
-        raise UsageError("--adaptive needs negatives to adapt: a negative-label scorer (neglabel, csp, a hybrid) "
-                         "or negative prompts")
-    device = image_features.device
-    extra = scorer_options or {}
-    pos_text = text_pos.to(device, torch.float32)
-    c = pos_text.shape[0]
-    neg_shape = tuple(text_neg.shape) if text_neg is not None else None
-    negatives = []  # every negative label, in one list: mined labels first, then the learned prompts
-    if mined is not None:
-        negatives.append(mined.to(device, torch.float32))
-    if text_neg is not None:
-        negatives.append(text_neg.to(device, torch.float32).flatten(0, 1))
-    neg_text = torch.cat(negatives)
-    n_mined = mined.shape[0] if mined is not None else 0
-    all_text = torch.cat([pos_text, neg_text])
-    memory = LabelMemory.empty(all_text.shape[0], options.slots, all_text.shape[1], device)
-    high = options.threshold + options.gap * (1 - options.threshold)
-    low = options.threshold - options.gap * options.threshold
-
-    def run(f: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cos = f @ labels.t()
-        pos, neg_all = cos[:, :c], cos[:, c:]
-        mined_cos = neg_all[:, :n_mined] if mined is not None else None
-        prompt_cos = neg_all[:, n_mined:].reshape(f.shape[0], *neg_shape[:2]) if neg_shape is not None else None
-        kwargs = dict(extra, mined=mined_cos) if mined is not None else dict(extra)
-        return scorer(pos, prompt_cos, temperature=temperature, logit_scale=logit_scale, **kwargs), pos, neg_all
-
-    scores = []
-    with torch.no_grad():
-        for start in range(0, image_features.shape[0], options.batch):
-            f = image_features[start:start + options.batch].to(device, torch.float32)
-            vanilla, pos, neg_all = run(f, all_text)
-            id_entropy = _entropy(logit_scale * pos)
-            ood_entropy = _entropy(logit_scale * neg_all)
-            id_label, ood_label = pos.argmax(1), c + neg_all.argmax(1)
-            for i in range(f.shape[0]):
-                value = float(vanilla[i])
-                if value > high and memory.write(int(id_label[i]), f[i], float(id_entropy[i])):
-                    memory.writes["id"] += 1
-                elif value < low and memory.write(int(ood_label[i]), f[i], float(ood_entropy[i])):
-                    memory.writes["ood"] += 1
-            adapted, _, _ = run(f, memory.proxies(all_text))
-            scores.append(adapted + options.weight * vanilla)
-    result = torch.cat(scores) if scores else torch.empty(0)
-    filled = memory.count
-    stats = {**options.record(), "id_writes": memory.writes["id"], "ood_writes": memory.writes["ood"],
-             "id_labels_with_memory": int((filled[:c] > 0).sum()),
-             "negative_labels_with_memory": int((filled[c:] > 0).sum())}
-    return result, stats
+    adaptive = AdaptiveScorer(text_pos, text_neg, mined, scorer=scorer, temperature=temperature,
+                              logit_scale=logit_scale, options=options, scorer_options=scorer_options,
+                              device=image_features.device)
+    scores = torch.cat([adaptive.feed(image_features), adaptive.finish()])
+    return scores, adaptive.record()

@@ -69,15 +69,22 @@ def calibrate(features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Te
     """
     scores = score_features(features, text_pos, text_neg, scorer=get_host().scorer(scorer), temperature=temperature,
                             logit_scale=logit_scale, mined=mined, scorer_options=scorer_options)
-    if not torch.isfinite(scores.score).all():
+    return threshold_record(scores.score, names=names, scorer=scorer, temperature=temperature, source=source,
+                            keep=keep, settings=settings), scores.prediction
+
+
+def threshold_record(scores: torch.Tensor, *, names: Sequence[str], scorer: str, temperature: float, source: str,
+                     keep: float = ID_KEPT, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The threshold record for the ID ``scores`` (all of them: a streamed calibration keeps only these)."""
+    if not torch.isfinite(scores).all():
         raise NegPromptError(f"non-finite scores while calibrating on {source}",
                              hint="the prompts or the feature cache may be damaged")
-    record = {"value": id_threshold(scores.score.numpy(), keep), "id_kept": keep, "source": source,
-              "n_images": int(len(scores.score)), "scorer": scorer, "temperature": float(temperature),
+    record = {"value": id_threshold(scores.numpy(), keep), "id_kept": keep, "source": source,
+              "n_images": int(len(scores)), "scorer": scorer, "temperature": float(temperature),
               "classes": class_list_id(names)}
     if settings is not None:
         record["settings"] = settings
-    return record, scores.prediction
+    return record
 
 
 def calibrated_classes(record: dict[str, Any], artifact_names: Sequence[str]) -> dict[str, Any] | None:

@@ -2,35 +2,45 @@
 
 from __future__ import annotations
 
+import tempfile
+import time
+import uuid
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..artifact import PromptArtifact
-from ..atomic import check_not_input, check_output_path, write_text_atomic
+from ..atomic import check_not_input, check_output_path
 from ..backbone import BackboneRequest, RuntimeOptions
-from ..data import find_images_in, image_inputs, read_names_file
+from ..data import find_images, find_images_in, image_inputs, read_names_file
 from ..devices import check_precision
-from ..distributed import SINGLE, Ranks, check_enough_items
+from ..distributed import SINGLE, Ranks, batch_shard, check_enough_items, from_main, gather_to_all, gather_to_main
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..explain import explain
-from ..image_features import EncodeOptions, encode_folder, encode_images_across
+from ..image_features import EncodeOptions, EncodeStats, ImageStream, Window, ranks_agree
 from ..registry import ScorerSpec, get_host
-from ..score_file import FORMATS, render_rows
-from ..scoring.adaptive import AdaptiveOptions, adaptive_scores
-from ..scoring.negative_labels import LabelRequest
-from ..scoring.scores import score_features
-from ..scoring.setup import ScoringRequest, decision_rows, mine_labels, setup_scoring
-from ..scoring.thresholds import (
-    ThresholdWarning,
-    calibrate,
-    warn_no_decision,
-    warn_no_threshold,
+from ..score_file import FORMATS, render_rows, score_columns
+from ..score_output import (
+    FileOutput,
+    PartOutput,
+    RowOutput,
+    StreamOutput,
+    TextOutput,
+    join_parts,
+    part_path,
+    remove_parts,
+    stale_parts,
 )
+from ..scoring.adaptive import AdaptiveOptions, AdaptiveScorer
+from ..scoring.negative_labels import LabelRequest
+from ..scoring.scores import Scores, score_features
+from ..scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
+from ..scoring.thresholds import ThresholdWarning, threshold_record, warn_no_decision, warn_no_threshold
 
 
 @dataclass
@@ -52,24 +62,31 @@ class ScoreOptions:
     ranks: Ranks = SINGLE  # a torchrun job: every rank encodes its share, rank 0 scores and writes
     labels: LabelRequest = LabelRequest()  # negative-label scorers: lexicon, mining, groups
     adaptive: AdaptiveOptions | None = None  # test-time negatives (AdaNeg-style memory), in scoring order
+    return_rows: bool = True  # the Python API: every row as a dict in the summary (one process); False: bounded memory
     excel_safe: bool = False  # CSV: quote text cells a spreadsheet would run as formulas (score_file.excel_safe)
     explain: int = 0  # --explain: per image the N closest classes and negatives with their cosines (0: off)
 
 
-def score(options: ScoreOptions) -> dict[str, Any] | None:
-    """Score every image; returns the summary, with the rows themselves under ``rows`` (one dict per image, the
-    columns of the score file) for Python callers. With ``out`` the rows are also written there (atomically),
-    otherwise the summary carries them as ``rendered`` text for the caller to print.
+def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = None) -> dict[str, Any] | None:
+    """Score every image, window by window (``image_features.ImageStream``), so that memory does not grow with
+    the number of images beyond a float per image where a threshold is calibrated.
 
-    In a torchrun job only rank 0 returns a summary (and writes); the other ranks return None once their
-    share of the images is encoded and handed over."""
+    Rows are written as they are produced: to ``out`` (a temporary file renamed into place once complete),
+    else to ``stream`` (the CLI: stdout), else kept as ``rendered`` text in the summary. With ``return_rows``
+    (the default; one process) the summary also carries them as dicts under ``rows``, which holds every row:
+    set it False for inputs too large for that.
+
+    In a torchrun job every rank scores its own contiguous run of whole batches and writes its own part file;
+    rank 0 joins the parts in order (the bytes one process writes) and returns the summary, the others None.
+    ``--calibrate``: the ranks exchange scores, not features. ``--adaptive`` is sequential: the ranks fill the
+    feature cache with their shares, then rank 0 scores the whole stream in order."""
     ranks = options.ranks
     if options.fmt not in FORMATS:
         raise UsageError(f"unknown format {options.fmt!r}", hint="choose csv or jsonl")
     if options.excel_safe and options.fmt != "csv":
         raise UsageError("--excel-safe is for CSV output; JSONL keeps names exact and is never run as formulas")
-    if options.out is not None and ranks.is_main:
-        check_output_path(options.out)
+    if options.out is not None:
+        check_output_path(options.out)  # every rank: each writes its part next to it
     names_given = read_names_file(options.names) if options.names else None
     request = ScoringRequest(prompts=options.prompts, names=names_given,
                              zero_shot=options.zero_shot, backbone=options.backbone, runtime=options.runtime,
@@ -83,93 +100,71 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
     if options.calibrate is not None and not options.calibrate.exists():
         raise NotFoundError(f"calibration images not found: {options.calibrate}")
     setup = setup_scoring(request)
+    ranks_agree(ranks, setup.backbone, paths)
     if options.adaptive is not None:
         _check_adaptive(setup.spec, options)
-    if ranks.is_main:  # a negative-label scorer mines its labels (only rank 0 scores)
-        mine_labels(setup, request)
-    backbone, names, text_pos, text_neg = setup.backbone, setup.names, setup.text_pos, setup.text_neg
-    scorer, scorer_fn, temperature = setup.scorer, setup.scorer_fn, setup.temperature
-    labels, scorer_options, settings, mined = setup.labels, setup.scorer_options, setup.settings, setup.mined
-    class_dirs = training_folders(setup.artifact, names) if setup.artifact is not None else {}
-    encoding = replace(options.encode, precision=check_precision(backbone.device, options.encode.precision))
-    calibration, threshold, threshold_source = None, None, None
-    if options.threshold is not None:
-        threshold, threshold_source = options.threshold, "--threshold"
-    elif options.adaptive is not None:
-        if ranks.is_main:
-            warnings.warn("adaptive scores depend on the test stream: no stored or calibrated threshold applies, so "
-                          "scores carry no OOD decision; give --threshold VALUE for one", ThresholdWarning,
+    _share_labels(setup, request, ranks)
+    encoding = replace(options.encode, precision=check_precision(setup.backbone.device, options.encode.precision))
+    threshold, threshold_source, calibration = _threshold(options, setup, encoding, ranks)
+    run_id = from_main(uuid.uuid4().hex[:12], ranks, "starting the run")
+    folder, target = _part_folder(options), (options.out.name if options.out is not None else "negprompt-score")
+    if ranks.is_main and ranks.distributed:
+        left = stale_parts(folder, target, run_id)
+        if left:
+            warnings.warn(f"{len(left)} part file(s) of an earlier interrupted run lie in {folder} ({left[0].name}"
+                          f"{' ...' if len(left) > 1 else ''}); they are not used: delete them", NegPromptWarning,
                           stacklevel=2)
-    elif options.calibrate is not None:
-        encoded_calibration = encode_folder(backbone, options.calibrate, encoding, "Encoding calibration images",
-                                            ranks)
-        if encoded_calibration is not None:
-            calibration, _ = calibrate(encoded_calibration[1], text_pos, text_neg, names=names, scorer=scorer,
-                                       temperature=temperature, logit_scale=backbone.logit_scale,
-                                       source=f"calibration images {options.calibrate}", mined=mined,
-                                       scorer_options=scorer_options, settings=settings)
-            threshold, threshold_source = calibration["value"], "--calibrate"
+    writer = _RowWriter(options, setup, threshold, threshold_source, paths, roots, ranks)
+    output = _open_output(options, ranks, folder, target, run_id, stream)
+    started = time.perf_counter()
+    try:
+        if options.adaptive is not None:
+            stats, adaptive_record = _score_adaptively(options, setup, encoding, paths, ranks, writer, output)
+        else:
+            stats, adaptive_record = _score_share(setup, encoding, paths, ranks, writer, output), None
+        if ranks.distributed:  # rank 0's part starts the file even when none of its own images was readable
+            writer.header(output)
+        else:
+            _check_scored(writer.tally, options, paths)
+        output.finish()
+    except BaseException:
+        output.discard()
+        raise
+    tally = writer.tally
+    if ranks.distributed:
+        part = (output.path, output.size) if isinstance(output, PartOutput) else None
+        gathered = gather_to_main((part, tally, stats), ranks, "joining the parts of the scores")
+        if gathered is None:
+            return None
+        tally, stats = _merge_tallies([t for _, t, _ in gathered]), _merge_stats([st for _, _, st in gathered])
+        joined = time.perf_counter()
+        parts = [p for p, _, _ in gathered if p is not None]
+        if tally.broken or not tally.images:  # the error below; nothing is written
+            remove_parts([path for path, _ in parts])
+        else:
+            final = _final_output(options, stream)
+            try:
+                join_parts(parts, final)
+                final.finish()
+            except BaseException:
+                final.discard()
+                remove_parts([path for path, _ in parts])
+                raise
+            if isinstance(final, TextOutput):
+                output = final
+        part_record = {"parts": [{"rank": r, "images": g[1].images, "bytes": g[0][1] if g[0] else 0}
+                                 for r, g in enumerate(gathered)],
+                       "join_seconds": round(time.perf_counter() - joined, 3)}
     else:
-        threshold, reason = setup.stored()
-        threshold_source = "stored" if threshold is not None else None
-        if ranks.is_main and reason is not None:
-            warn_no_decision(reason)
-        elif ranks.is_main and threshold is None:
-            warn_no_threshold(options.zero_shot)
-    encoded = encode_images_across(ranks, backbone, paths, encoding, description="Scoring images")
-    if encoded is None:  # another rank than 0: its share is encoded and handed over
-        return None
-    feats, keep, stats = encoded
-    if not keep:
-        where = ", ".join(str(p) for p in image_inputs(options.images))
-        raise UsageError(f"none of the {len(paths)} image(s) under {where} could be read",
-                         hint="see the warning above for the files and why")
-    kept_paths = [paths[i] for i in keep]
-    kept_roots = [roots[i] for i in keep]  # --labeled: the class is the first folder below the input's folder
-    result = score_features(feats, text_pos, text_neg, scorer=scorer_fn, temperature=temperature,
-                            logit_scale=backbone.logit_scale, mined=mined, scorer_options=scorer_options)
-    adaptive_record = None
-    if options.adaptive is not None:  # same predictions and cosines; the score comes from the memory
-        result.score, adaptive_record = adaptive_scores(
-            feats, text_pos, text_neg, mined, scorer=scorer_fn, temperature=temperature,
-            logit_scale=backbone.logit_scale, options=options.adaptive, scorer_options=scorer_options)
-    explanations = None
-    if options.explain > 0:  # the negatives this scorer reads: its negative prompts and/or its mined labels
-        explanations = explain(feats, text_pos, names, text_neg=text_neg if setup.reads_negative_prompts else None,
-                               mined=mined,
-                               mined_names=list(labels.words) if labels is not None else None,
-                               top=options.explain)
-    broken = [str(kept_paths[i]) for i in torch.nonzero(~torch.isfinite(result.score)).flatten().tolist()]
-    if broken:  # NaN is never an in-distribution score: damaged prompts or features, not an image verdict
-        raise NegPromptError(f"non-finite scores for {len(broken)} image(s), e.g. {', '.join(broken[:3])}",
-                             hint="the prompts file or the feature cache may be damaged: rerun with a fresh "
-                                  "--cache-dir, or re-download / retrain the prompts")
-    rows = []
-    lookup = _label_lookup(names, class_dirs) if options.labeled else {}
-    for i, (path, decided) in enumerate(zip(kept_paths, decision_rows(result, names, threshold), strict=True)):
-        row: dict[str, Any] = {
-            "path": str(path), **decided,
-            "label": None, "label_index": None, "scorer": scorer, "prompts_id": setup.prompts_id,
-            "threshold": threshold, "threshold_source": threshold_source,  # the decision's rule, for report
-        }
-        if options.labeled:
-            relative = path.relative_to(kept_roots[i]).parts
-            folder = relative[0] if len(relative) > 1 else ""
-            row["label"] = folder
-            row["label_index"] = lookup.get(folder, -1)
-        if explanations is not None:
-            row.update(explanations[i])
-        rows.append(row)
+        part_record = None
+    _check_scored(tally, options, paths)
     if options.labeled:
-        _warn_unknown_labels(rows, names)
-    text = render_rows(rows, options.fmt, spreadsheet_safe=options.excel_safe)
-    if options.out is not None:
-        write_text_atomic(options.out, text)
-    flagged = sum(1 for r in rows if r["ood"])
-    summary = {"images": len(rows), "skipped": len(stats.skipped), "encoded": stats.encoded, "cached": stats.cached,
-               "scorer": scorer, "temperature": temperature, "threshold": threshold,
-               "threshold_source": threshold_source, "calibration": calibration,
-               "flagged_ood": flagged if threshold is not None else None, "out": str(options.out or "-"),
+        _warn_unknown_labels(tally.unknown_labels, setup.names)
+    labels, text_neg, scorer_options = setup.labels, setup.text_neg, setup.scorer_options
+    summary = {"images": tally.images, "skipped": len(stats.skipped), "encoded": stats.encoded,
+               "cached": stats.cached, "scorer": setup.scorer, "temperature": setup.temperature,
+               "threshold": threshold, "threshold_source": threshold_source, "calibration": calibration,
+               "flagged_ood": tally.flagged if threshold is not None else None, "out": str(options.out or "-"),
                "negative_labels": ({**labels.record(), "groups": scorer_options["groups"]}
                                    if labels is not None and scorer_options is not None else None),
                "adaptive": adaptive_record,
@@ -177,11 +172,283 @@ def score(options: ScoreOptions) -> dict[str, Any] | None:
                # learned negative prompts: how many per class, and whether this scorer reads them
                "negative_prompts": None if text_neg is None else {
                    "per_class": int(text_neg.shape[1]),
-                   "used": setup.reads_negative_prompts}}
-    if options.out is None:
-        summary["rendered"] = text  # the caller decides where it goes (the CLI: stdout)
-    summary["rows"] = rows
+                   "used": setup.reads_negative_prompts},
+               "seconds": round(time.perf_counter() - started, 3)}
+    if part_record is not None:
+        summary["processes"] = part_record
+    if isinstance(output, TextOutput):
+        summary["rendered"] = output.text  # the caller decides where it goes
+    if writer.kept is not None:
+        summary["rows"] = writer.kept
     return summary
+
+
+def _check_scored(tally: Tally, options: ScoreOptions, paths: list[Path]) -> None:
+    """No output for a run that scored no image, or gave one a non-finite score."""
+    if tally.broken:  # NaN is never an in-distribution score: damaged prompts or features, not an image verdict
+        raise NegPromptError(f"non-finite scores for {tally.broken} image(s), e.g. {', '.join(tally.broken_paths)}",
+                             hint="the prompts file or the feature cache may be damaged: rerun with a fresh "
+                                  "--cache-dir, or re-download / retrain the prompts")
+    if tally.images == 0:
+        where = ", ".join(str(p) for p in image_inputs(options.images))
+        raise UsageError(f"none of the {len(paths)} image(s) under {where} could be read",
+                         hint="see the warning above for the files and why")
+
+
+@dataclass
+class Tally:
+    """What the summary counts, instead of holding the rows."""
+
+    images: int = 0
+    flagged: int = 0
+    broken: int = 0
+    broken_paths: list[str] = field(default_factory=list)  # the first three
+    unknown_labels: dict[str, int] = field(default_factory=dict)  # --labeled folders that name no class
+
+
+def _merge_tallies(tallies: list[Tally]) -> Tally:
+    total = Tally()
+    for t in tallies:
+        total.images += t.images
+        total.flagged += t.flagged
+        total.broken += t.broken
+        total.broken_paths = (total.broken_paths + t.broken_paths)[:3]
+        for folder, count in t.unknown_labels.items():
+            total.unknown_labels[folder] = total.unknown_labels.get(folder, 0) + count
+    return total
+
+
+def _merge_stats(parts: list[EncodeStats]) -> EncodeStats:
+    total = EncodeStats()
+    for part in parts:
+        total.merge(part)
+    return total
+
+
+class _RowWriter:
+    """Turns scored batches into score-file rows, writes them, and keeps the tally (and, for the Python API on
+    small inputs, the rows)."""
+
+    def __init__(self, options: ScoreOptions, setup: ScoringSetup, threshold: float | None,
+                 threshold_source: str | None, paths: list[Path], roots: list[Path], ranks: Ranks) -> None:
+        self.options, self.setup, self.paths, self.roots = options, setup, paths, roots
+        self.threshold, self.threshold_source = threshold, threshold_source
+        self.lookup = (_label_lookup(setup.names, training_folders(setup.artifact, setup.names)
+                                     if setup.artifact is not None else {}) if options.labeled else {})
+        self.columns = score_columns(explain=options.explain > 0)
+        self.tally = Tally()
+        self.header_due = options.fmt == "csv" and ranks.is_main  # written with the first rows
+        self.kept: list[dict[str, Any]] | None = [] if options.return_rows and not ranks.distributed else None
+
+    def scores(self, feats: torch.Tensor) -> Scores:
+        setup = self.setup
+        return score_features(feats, setup.text_pos, setup.text_neg, scorer=setup.scorer_fn,
+                              temperature=setup.temperature, logit_scale=setup.backbone.logit_scale,
+                              mined=setup.mined, scorer_options=setup.scorer_options)
+
+    def header(self, output: RowOutput) -> None:
+        if self.header_due:
+            output.write(render_rows([], "csv", columns=self.columns))
+            self.header_due = False
+
+    def write(self, indices: list[int], feats: torch.Tensor, result: Scores, output: RowOutput) -> None:
+        """Rows of the images at ``indices`` (positions in the whole list) with their features and scores."""
+        setup, options = self.setup, self.options
+        explanations = None
+        if options.explain > 0:  # the negatives this scorer reads: its negative prompts and/or its mined labels
+            explanations = explain(feats, setup.text_pos, setup.names,
+                                   text_neg=setup.text_neg if setup.reads_negative_prompts else None,
+                                   mined=setup.mined,
+                                   mined_names=list(setup.labels.words) if setup.labels is not None else None,
+                                   top=options.explain)
+        finite = torch.isfinite(result.score)
+        if not bool(finite.all()):
+            bad = [str(self.paths[indices[i]]) for i in torch.nonzero(~finite).flatten().tolist()]
+            self.tally.broken += len(bad)
+            self.tally.broken_paths = (self.tally.broken_paths + bad)[:3]
+        rows = []
+        for k, decided in enumerate(decision_rows(result, setup.names, self.threshold)):
+            path = self.paths[indices[k]]
+            row: dict[str, Any] = {
+                "path": str(path), **decided,
+                "label": None, "label_index": None, "scorer": setup.scorer, "prompts_id": setup.prompts_id,
+                "threshold": self.threshold, "threshold_source": self.threshold_source,  # the rule, for report
+            }
+            if options.labeled:  # the class is the first folder below the input's folder
+                relative = path.relative_to(self.roots[indices[k]]).parts
+                folder = relative[0] if len(relative) > 1 else ""
+                row["label"] = folder
+                row["label_index"] = self.lookup.get(folder, -1)
+                if row["label_index"] == -1:
+                    self.tally.unknown_labels[folder] = self.tally.unknown_labels.get(folder, 0) + 1
+            if explanations is not None:
+                row.update(explanations[k])
+            rows.append(row)
+            self.tally.flagged += bool(row["ood"])
+        self.tally.images += len(rows)
+        if not self.tally.broken and rows:  # a run with a non-finite score writes nothing (the error says why)
+            self.header(output)
+            output.write(render_rows(rows, options.fmt, spreadsheet_safe=options.excel_safe, columns=self.columns,
+                                     header=False))
+        if self.kept is not None:
+            self.kept.extend(rows)
+
+
+def _batches_of(window: Window, offset: int, batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """A window's rows split by encoder batch (global positions, features): each batch is scored on its own, so
+    a row's score does not depend on how the list was shared out between processes."""
+    start = 0
+    while start < len(window.indices):
+        batch = (offset + window.indices[start]) // batch_size
+        stop = start
+        while stop < len(window.indices) and (offset + window.indices[stop]) // batch_size == batch:
+            stop += 1
+        yield [offset + i for i in window.indices[start:stop]], window.features[start:stop]
+        start = stop
+
+
+def _stream(setup: ScoringSetup, encoding: EncodeOptions, paths: list[Path], description: str,
+            quiet: bool) -> ImageStream:
+    return ImageStream(setup.backbone, paths, cache_dir=encoding.cache_dir, batch_size=encoding.batch_size,
+                       num_workers=encoding.num_workers, precision=encoding.precision, strict=encoding.strict,
+                       quiet=quiet, description=description)
+
+
+def _score_share(setup: ScoringSetup, encoding: EncodeOptions, paths: list[Path], ranks: Ranks,
+                 writer: _RowWriter, output: RowOutput) -> EncodeStats:
+    """This rank's contiguous run of whole batches (one process: every image), scored batch by batch."""
+    share = batch_shard(len(paths), encoding.batch_size, ranks)
+    stream = _stream(setup, encoding, paths[share.start:share.stop], "Scoring images",
+                     encoding.quiet or not ranks.is_main)
+    try:
+        for window in stream:
+            for indices, feats in _batches_of(window, share.start, encoding.batch_size):
+                writer.write(indices, feats, writer.scores(feats), output)
+    except NegPromptError as exc:  # about this rank's share: the other ranks cannot say it
+        exc.rank_specific = ranks.distributed
+        raise
+    return stream.stats
+
+
+def _score_adaptively(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptions, paths: list[Path],
+                      ranks: Ranks, writer: _RowWriter, output: RowOutput) -> tuple[EncodeStats, dict[str, Any]]:
+    """--adaptive: one memory over the whole stream, in order. In a torchrun job the ranks first encode their
+    shares into the feature cache; then rank 0 reads the stream from it and scores it alone."""
+    assert options.adaptive is not None
+    filling = None
+    if ranks.distributed:
+        share = batch_shard(len(paths), encoding.batch_size, ranks)
+        filling = _stream(setup, encoding, paths[share.start:share.stop], "Encoding images (adaptive)",
+                          encoding.quiet or not ranks.is_main)
+        for _ in filling:
+            pass
+        gather_to_main(None, ranks, "encoding the shares of an adaptive run")
+        if not ranks.is_main:
+            return filling.stats, {}
+    adaptive = AdaptiveScorer(setup.text_pos, setup.text_neg, setup.mined, scorer=setup.scorer_fn,
+                              temperature=setup.temperature, logit_scale=setup.backbone.logit_scale,
+                              options=options.adaptive, scorer_options=setup.scorer_options,
+                              device=setup.backbone.device)
+    waiting: deque[tuple[list[int], torch.Tensor, Scores]] = deque()  # scored, short of their adaptive scores
+
+    def release(adapted: torch.Tensor) -> None:
+        """Adaptive scores come per memory batch of readable images (AdaNeg's), which need not end where a
+        scored batch ends: a batch is written as far as its scores have come, the rest waits."""
+        while adapted.numel():
+            indices, feats, result = waiting.popleft()
+            n = min(len(indices), adapted.numel())
+            if n < len(indices):
+                waiting.appendleft((indices[n:], feats[n:], _slice(result, n, len(indices))))
+                indices, feats, result = indices[:n], feats[:n], _slice(result, 0, n)
+            result.score = adapted[:n]
+            writer.write(indices, feats, result, output)
+            adapted = adapted[n:]
+
+    stream = _stream(setup, encoding, paths, "Scoring images", encoding.quiet)
+    with warnings.catch_warnings():
+        if ranks.distributed:  # what the ranks' encoding found (skipped images, the cache) was said then
+            warnings.simplefilter("ignore", NegPromptWarning)
+        for window in stream:
+            for indices, feats in _batches_of(window, 0, encoding.batch_size):
+                waiting.append((indices, feats, writer.scores(feats)))  # the score itself: the memory's
+                release(adaptive.feed(feats))
+    release(adaptive.finish())
+    # a torchrun job counts what the ranks encoded (rank 0's pass read their rows back from the cache)
+    return filling.stats if filling is not None else stream.stats, adaptive.record()
+
+
+def _slice(result: Scores, start: int, stop: int) -> Scores:
+    return Scores(result.score[start:stop], result.prediction[start:stop], result.max_pos_cos[start:stop],
+                  result.max_neg_cos[start:stop] if result.max_neg_cos is not None else None)
+
+
+def _share_labels(setup: ScoringSetup, request: ScoringRequest, ranks: Ranks) -> None:
+    """A negative-label scorer's labels: rank 0 mines them (the lexicon's features are cached), the other ranks
+    receive them, so every rank scores with the very same labels."""
+    if ranks.is_main:
+        mine_labels(setup, request)
+    setup.labels, setup.scorer_options = from_main((setup.labels, setup.scorer_options), ranks,
+                                                   "sharing the negative labels")
+
+
+def _threshold(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptions,
+               ranks: Ranks) -> tuple[float | None, str | None, dict[str, Any] | None]:
+    """(threshold, where it comes from, the calibration record): --threshold, --calibrate (the ranks score their
+    shares of the calibration images and exchange the scores), or the stored one if it applies."""
+    if options.threshold is not None:
+        return options.threshold, "--threshold", None
+    if options.adaptive is not None:
+        if ranks.is_main:
+            warnings.warn("adaptive scores depend on the test stream: no stored or calibrated threshold applies, so "
+                          "scores carry no OOD decision; give --threshold VALUE for one", ThresholdWarning,
+                          stacklevel=3)
+        return None, None, None
+    if options.calibrate is not None:
+        paths = find_images(options.calibrate, strict=encoding.strict)
+        if not paths:
+            raise UsageError(f"no images found under {options.calibrate}")
+        check_enough_items(len(paths), ranks, "calibration image(s)")
+        share = batch_shard(len(paths), encoding.batch_size, ranks)
+        stream = _stream(setup, encoding, paths[share.start:share.stop], "Encoding calibration images",
+                         encoding.quiet or not ranks.is_main)
+        scores = []
+        for window in stream:
+            for _, feats in _batches_of(window, share.start, encoding.batch_size):
+                scores.append(score_features(feats, setup.text_pos, setup.text_neg, scorer=setup.scorer_fn,
+                                             temperature=setup.temperature, logit_scale=setup.backbone.logit_scale,
+                                             mined=setup.mined, scorer_options=setup.scorer_options).score)
+        mine = torch.cat(scores) if scores else torch.empty(0)
+        every = torch.cat(gather_to_all(mine, ranks, "exchanging the calibration scores"))
+        if not every.numel():
+            raise UsageError(f"no readable images under {options.calibrate}")
+        record = threshold_record(every, names=setup.names, scorer=setup.scorer, temperature=setup.temperature,
+                                  source=f"calibration images {options.calibrate}", settings=setup.settings)
+        return record["value"], "--calibrate", record
+    threshold, reason = setup.stored()
+    if ranks.is_main and reason is not None:
+        warn_no_decision(reason)
+    elif ranks.is_main and threshold is None:
+        warn_no_threshold(options.zero_shot)
+    return threshold, "stored" if threshold is not None else None, None
+
+
+def _part_folder(options: ScoreOptions) -> Path:
+    """Where a torchrun job's ranks write their parts: next to --out (stdout: the temporary folder, which only
+    ranks on rank 0's node share)."""
+    return options.out.parent if options.out is not None else Path(tempfile.gettempdir())
+
+
+def _open_output(options: ScoreOptions, ranks: Ranks, folder: Path, target: str, run_id: str,
+                 stream: Callable[[str], object] | None) -> RowOutput:
+    if ranks.distributed:
+        return PartOutput(part_path(folder, target, run_id, ranks.rank), ranks.rank)
+    return _final_output(options, stream)
+
+
+def _final_output(options: ScoreOptions, stream: Callable[[str], object] | None) -> RowOutput:
+    if options.out is not None:
+        return FileOutput(options.out)
+    return StreamOutput(stream) if stream is not None else TextOutput()
 
 
 def _check_adaptive(spec: ScorerSpec, options: ScoreOptions) -> None:
@@ -195,13 +462,9 @@ def _check_adaptive(spec: ScorerSpec, options: ScoreOptions) -> None:
                          hint="give --threshold, or leave the decision to `negprompt report`")
 
 
-def _warn_unknown_labels(rows: list[dict[str, Any]], names: list[str]) -> None:
+def _warn_unknown_labels(unknown: dict[str, int], names: list[str]) -> None:
     """--labeled reads the class from the first folder below each input; a folder that names no class gets
     label -1, which report leaves out of the ID accuracy: say which folders, not nothing."""
-    unknown: dict[str, int] = {}
-    for row in rows:
-        if row["label_index"] == -1:
-            unknown[row["label"]] = unknown.get(row["label"], 0) + 1
     if not unknown:
         return
     shown = ", ".join(repr(f) if f else "(images directly in an input folder)" for f in list(unknown)[:5])

@@ -1,0 +1,168 @@
+"""Where ``score`` rows go while they are produced, so that no process holds them all.
+
+One process writes a temporary file next to ``--out`` and renames it into place only when the run is
+complete (never a half-written output), or passes the rows on to a text stream (stdout). In a torchrun
+job every rank writes its own share to a hidden *part* file named with the job's run id, and rank 0
+joins the parts in rank order into the output: the bytes one process would have written. Parts of
+another (interrupted) run are never joined: their run id differs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .atomic import _temp_prefix, publish
+from .errors import NegPromptError, UsageError
+
+ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # a file name that is not UTF-8 keeps its bytes
+COPY_BLOCK = 1 << 20
+
+
+class RowOutput:
+    """Text written in order; ``finish`` on success, ``discard`` on failure."""
+
+    def write(self, text: str) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+
+class FileOutput(RowOutput):
+    """A temporary file next to ``path``, renamed over it by ``finish`` (``discard`` removes it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix(self.path), suffix=".tmp", dir=self.path.parent)
+        self.tmp = Path(name)
+        self.handle = os.fdopen(fd, "wb")
+
+    def write(self, text: str) -> None:
+        self.handle.write(text.encode(**ENCODING))
+
+    def write_bytes(self, data: bytes) -> None:
+        self.handle.write(data)
+
+    def finish(self) -> None:
+        self.handle.close()
+        publish(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class StreamOutput(RowOutput):
+    """Rows passed on as they come (the CLI: stdout); what was passed on cannot be taken back."""
+
+    def __init__(self, write: Callable[[str], object]) -> None:
+        self.write_text = write
+
+    def write(self, text: str) -> None:
+        if text:
+            self.write_text(text)
+
+
+class TextOutput(RowOutput):
+    """Rows kept as one text (the Python API without ``out``: small inputs)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.pieces.append(text)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+def part_prefix(target: str) -> str:
+    return f".{target[:60]}."
+
+
+def part_path(folder: Path, target: str, run_id: str, rank: int) -> Path:
+    """Rank ``rank``'s part of the output ``target`` (a file name) in ``folder``, for the run ``run_id``."""
+    return Path(folder) / f"{part_prefix(target)}{run_id}.part{rank:05d}"
+
+
+def stale_parts(folder: Path, target: str, run_id: str) -> list[Path]:
+    """Parts an earlier run left next to ``target`` (killed before it could remove them)."""
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return []
+    prefix = part_prefix(target)
+    return sorted(p for p in entries if p.name.startswith(prefix) and ".part" in p.name[len(prefix):]
+                  and not p.name.startswith(f"{prefix}{run_id}."))
+
+
+class PartOutput(RowOutput):
+    """This rank's share of the rows, in its part file (created new: a leftover is never appended to)."""
+
+    def __init__(self, path: Path, rank: int) -> None:
+        self.path, self.rank, self.size = Path(path), rank, 0
+        try:
+            self.handle = open(self.path, "xb")
+        except OSError as exc:
+            error = UsageError(f"rank {rank} cannot write its part of the scores next to the output "
+                               f"({self.path.parent}): {exc.strerror or exc}",
+                               hint="in a torchrun job every rank writes its part in --out's folder: put --out on "
+                                    "a file system every node can write (docs/scale.md)")
+            error.rank_specific = True
+            raise error from None
+
+    def write(self, text: str) -> None:
+        data = text.encode(**ENCODING)
+        try:
+            self.handle.write(data)
+        except OSError as exc:
+            self.discard()
+            error = NegPromptError(f"rank {self.rank} could not write its part of the scores {self.path}: "
+                                   f"{exc.strerror or exc}",
+                                   hint="free some space (or choose another --out); nothing was written")
+            error.rank_specific = True
+            raise error from None
+        self.size += len(data)
+
+    def finish(self) -> None:
+        self.handle.close()
+
+    def discard(self) -> None:
+        self.handle.close()
+        self.path.unlink(missing_ok=True)
+
+
+def join_parts(parts: list[tuple[Path, int]], into: RowOutput) -> None:
+    """Write the parts (path, size each rank wrote) into ``into`` in order, then remove them. A part that rank
+    0 does not see whole was written on a file system its node does not share: an error, nothing written."""
+    for rank, (path, size) in enumerate(parts):
+        try:
+            seen = path.stat().st_size
+        except OSError:
+            seen = -1
+        if seen != size:
+            raise UsageError(f"rank {rank}'s part of the scores ({path}, {size} bytes) is "
+                             + ("not visible" if seen < 0 else f"{seen} bytes") + " from rank 0's node",
+                             hint="the ranks wrote to folders that are not one shared folder: put --out on a file "
+                                  "system every node shares (docs/scale.md)")
+    for path, _ in parts:
+        with open(path, "rb") as handle:
+            if isinstance(into, FileOutput):
+                shutil.copyfileobj(handle, into.handle, COPY_BLOCK)
+            else:
+                while block := handle.read(COPY_BLOCK):
+                    into.write(block.decode(**ENCODING))
+    remove_parts([path for path, _ in parts])
+
+
+def remove_parts(paths: list[Path]) -> None:
+    for path in paths:
+        Path(path).unlink(missing_ok=True)
