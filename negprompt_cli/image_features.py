@@ -518,6 +518,25 @@ def encode_images_across(ranks: Ranks, backbone: Backbone, paths: Sequence[Path]
     return concat_rows([p[0] for p in parts]), [k for p in parts for k in p[1]], total
 
 
+def cache_share(ranks: Ranks, backbone: Backbone, paths: Sequence[Path], encoding: EncodeOptions, *,
+                view: View = View(), description: str = "Caching features") -> EncodeStats:
+    """Encode this rank's contiguous run of whole batches of ``paths`` (one process: all of them) into the
+    feature cache, holding no more than a window of features; what it did, for this rank."""
+    ranks_agree(ranks, backbone, paths)
+    share = batch_shard(len(paths), encoding.batch_size, ranks)
+    stream = ImageStream(backbone, paths[share.start:share.stop], cache_dir=encoding.cache_dir, view=view,
+                         batch_size=encoding.batch_size, num_workers=encoding.num_workers,
+                         precision=encoding.precision, strict=encoding.strict,
+                         quiet=encoding.quiet or not ranks.is_main, description=description)
+    try:
+        for _ in stream:
+            pass
+    except NegPromptError as exc:  # about this rank's share: the other ranks cannot say it
+        exc.rank_specific = ranks.distributed
+        raise
+    return stream.stats
+
+
 def encode_folder(backbone: Backbone, root: Path, options: EncodeOptions, description: str = "Encoding images",
                   ranks: Ranks = SINGLE) -> tuple[list[Path], torch.Tensor, EncodeStats] | None:
     """Every readable image under ``root``: (their paths, their features, stats); none readable is an error.

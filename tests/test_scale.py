@@ -332,3 +332,158 @@ def test_compaction_writes_shards_of_at_most_max_rows_with_every_row_unchanged(t
     assert torch.equal(torch.stack([found[i] for i in ids]), rows)
     (again,) = compact(tmp_path, max_rows=4)  # already compact: nothing to merge
     assert again.shards == 3 and again.removed == 0
+
+
+# -- streaming parts, adaptive and stdout under torchrun (issue #23) -----------------------------------------------
+
+def _parts(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".part" in p.name)
+
+
+@pytest.mark.slow
+def test_torchrun_parts_are_joined_in_order_and_an_older_runs_parts_are_never_merged(job):
+    root, common = job
+    out = root / "out"
+    out.mkdir()
+    stale = out / ".two.csv.0123456789ab.part00001"  # what a run killed with kill -9 leaves next to --out
+    stale.write_text("not,scores\n")
+    single = invoke(["score", str(root / "images"), *common, "--cache-dir", str(root / "c1"), "--labeled",
+                     "--out", str(out / "one.csv")])
+    assert single.exit_code == 0, single.stderr
+    two = torchrun(2, "score", str(root / "images"), *common, "--cache-dir", str(root / "c2"), "--labeled",
+                   "--out", str(out / "two.csv"), "--json")
+    assert two.returncode == 0, two.stderr
+    assert (out / "two.csv").read_bytes() == (out / "one.csv").read_bytes()
+    assert _parts(out) == [stale.name]  # this run's parts are gone; the stale one was not used, and is named
+    assert "1 part file(s) of an earlier interrupted run" in two.stderr and stale.name in two.stderr
+    shares = json.loads(two.stdout)["processes"]["parts"]
+    assert [p["images"] for p in shares] == [16, 19] and sum(p["bytes"] for p in shares) == len(
+        (out / "two.csv").read_bytes())  # rank 0's part carries the header
+
+
+@pytest.mark.slow
+def test_torchrun_adaptive_scores_and_stdout_give_the_one_process_bytes(job):
+    root, common = job
+    (root / "words.txt").write_text("".join(f"{w}\n" for w in (
+        "cloud", "river", "violin", "ladder", "pepper", "anchor", "lantern", "pillow", "candle", "wagon",
+        "kettle", "saddle", "compass", "tulip", "marble", "feather")))
+    at = common.index("--scorer")
+    adaptive = [*common[:at], *common[at + 2:], "--scorer", "neglabel", "--lexicon", str(root / "words.txt"),
+                "--adaptive", "--format", "jsonl"]  # neglabel with a small lexicon: a scorer --adaptive takes
+    single = invoke(["score", str(root / "images"), *adaptive, "--cache-dir", str(root / "a1")])
+    assert single.exit_code == 0, single.stderr
+    two = torchrun(2, "score", str(root / "images"), *adaptive, "--cache-dir", str(root / "a2"))
+    assert two.returncode == 0, two.stderr
+    assert two.stdout == single.stdout and len(two.stdout.splitlines()) == 35
+    assert {json.loads(line)["scorer"] for line in two.stdout.splitlines()} == {"neglabel"}
+
+
+# -- several nodes, on one machine (issue #23) ----------------------------------------------------------------------
+
+def two_nodes(*args: str, port: int, timeout: int = 300) -> list[subprocess.CompletedProcess]:
+    """The same command on two torchrun "nodes" (one process each) that meet through a c10d rendezvous, as on two
+    machines (here both on 127.0.0.1)."""
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank",
+                               str(node), "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                               f"127.0.0.1:{port}", "--rdzv-id", f"test-{port}", *args], env=run_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    return results
+
+
+@pytest.mark.slow
+def test_two_nodes_score_and_cache_build_give_the_one_process_bytes_and_gradient(job, tiny_vit_dir):
+    root, common = job
+    single = invoke(["score", str(root / "images"), *common, "--calibrate", str(root / "calib"), "--cache-dir",
+                     str(root / "n1"), "--out", str(root / "one.csv")])
+    assert single.exit_code == 0, single.stderr
+    nodes = two_nodes("-m", "negprompt_cli", "score", str(root / "images"), *common, "--calibrate",
+                      str(root / "calib"), "--cache-dir", str(root / "n2"), "--out", str(root / "two.csv"),
+                      port=_free_port())
+    assert [n.returncode for n in nodes] == [0, 0], nodes[0].stderr[-2000:] + nodes[1].stderr[-2000:]
+    assert (root / "two.csv").read_bytes() == (root / "one.csv").read_bytes()
+
+    backbone = common[common.index("--backbone"):common.index("--backbone") + 2]
+    built = two_nodes("-m", "negprompt_cli", "cache", "build", str(root / "images"), *backbone, "--batch-size", "4",
+                      "--cache-dir", str(root / "n3"), "--quiet", "--json", port=_free_port())
+    assert [n.returncode for n in built] == [0, 0], built[0].stderr[-2000:] + built[1].stderr[-2000:]
+    summary = next(json.loads(n.stdout) for n in built if n.stdout.strip())  # the node that holds rank 0
+    assert summary["encoded"] == 35 and summary["processes"] == 2
+    again = invoke(["score", str(root / "images"), *common, "--calibrate", str(root / "calib"), "--cache-dir",
+                    str(root / "n3"), "--out", str(root / "three.csv"), "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["encoded"] == 0  # every scored image from the cache
+    assert (root / "three.csv").read_bytes() == (root / "one.csv").read_bytes()
+
+    # class-parallel fit-neg: the gradient on two nodes is the one-process gradient
+    worker = Path(__file__).with_name("class_parallel_worker.py")
+    grads = root / "grads.json"
+    trained = two_nodes(str(worker), str(tiny_vit_dir), str(grads), port=_free_port())
+    assert [n.returncode for n in trained] == [0, 0], trained[0].stderr[-2000:] + trained[1].stderr[-2000:]
+    report = json.loads(grads.read_text())
+    assert report["world_size"] == 2
+    for per_rank in report["ranks"]:
+        for case, diff in per_rank.items():
+            assert diff["grad"] <= 1e-6 and diff["loss"] <= 1e-9, (case, diff)
+
+
+def _worker(agent: int) -> tuple[int, int] | None:
+    """(pid, RANK) of the worker a torchrun agent started (None before it has one)."""
+    try:
+        children = Path(f"/proc/{agent}/task/{agent}/children").read_text().split()
+        for child in children:
+            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            ranks = [e.split(b"=", 1)[1] for e in env if e.startswith(b"RANK=")]
+            if ranks:
+                return int(child), int(ranks[0])
+    except OSError:
+        return None
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the workers through /proc (Linux)")
+def test_a_node_that_dies_makes_the_other_exit_with_one_line(job):
+    root, common = job
+    make_image_folder(root / "many", per_class=100, seed=11)  # 300 images in batches of one: seconds per rank
+    port = _free_port()
+    env = {**run_env(), "NEGPROMPT_DIST_TIMEOUT": "60"}
+
+    def node(rank: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank",
+                                 str(rank), "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                                 f"127.0.0.1:{port}", "--rdzv-id", f"die-{port}", "-m", "negprompt_cli", "score",
+                                 str(root / "many"), *common, "--batch-size", "1", "--workers", "0",
+                                 "--cache-dir", str(root / "d"), "--out", str(root / "x.csv")], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    # node 0 first, so that it hosts the rendezvous (its death would stop torchrun itself, with torchrun's report)
+    head = node(0)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    agents = [head, node(1)]
+    victim, worker = agents[1], None
+    while time.time() < deadline and worker is None:  # node 1's worker, once it scores (its part file exists)
+        found = _worker(victim.pid)
+        if found is not None and any(f".part{found[1]:05d}" in p.name for p in root.iterdir()):
+            worker = found[0]
+        time.sleep(0.01)
+    assert worker is not None, "node 1 never started scoring"
+    for pid in (worker, victim.pid):  # the whole node: its worker and its torchrun agent
+        os.kill(pid, signal.SIGKILL)
+    survivor = next(a for a in agents if a is not victim)
+    started = time.time()
+    _, stderr = survivor.communicate(timeout=120)
+    victim.communicate()
+    assert survivor.returncode != 0 and time.time() - started < 90  # NEGPROMPT_DIST_TIMEOUT=60 bounds the wait
+    lost = [line for line in errors(stderr) if "lost another rank while" in line]
+    assert len(lost) == 1, stderr[-2000:]
+    assert not (root / "x.csv").exists()
+    survivor_rank = 1 - int(next(p.name for p in root.iterdir() if ".part" in p.name)[-1])
+    assert not any(f".part{survivor_rank:05d}" in p.name for p in root.iterdir())  # it removed its own part

@@ -17,10 +17,10 @@ from ..atomic import check_writable
 from ..backbone import BackboneRequest, load_backbone
 from ..data import find_images_in
 from ..devices import check_precision
-from ..distributed import SINGLE, Ranks, check_enough_items
+from ..distributed import SINGLE, Ranks, check_enough_items, gather_to_all
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..feature_cache import compact, default_cache_dir, foreign_entries, verify
-from ..image_features import EncodeOptions, EncodeStats, View, encode_images_across
+from ..image_features import EncodeOptions, EncodeStats, View, cache_share
 from ..presets import POSITIVE_OPTIM
 
 
@@ -63,17 +63,17 @@ def build(options: CacheBuildOptions) -> dict[str, Any] | None:
                        precision=check_precision(backbone.device, options.encode.precision))
     views = [View()] + [View(index=k, seed=options.seed) for k in range(options.aug_views)]
     total = EncodeStats()
-    for view in views:
-        encoded = encode_images_across(options.ranks, backbone, paths, encoding, view=view,
-                                       description=f"Caching {view.tag()} features")
-        if encoded is None:
-            continue
-        stats = encoded[2]
-        if stats.cache_write_error is not None:
-            raise NegPromptError(f"the feature cache {root} could not be written ({stats.cache_write_error})",
+    for view in views:  # every rank encodes its own share; only the counts travel
+        mine = cache_share(options.ranks, backbone, paths, encoding, view=view,
+                           description=f"Caching {view.tag()} features")
+        shares = gather_to_all(mine, options.ranks, "counting the cached features")
+        failed = next((s.cache_write_error for s in shares if s.cache_write_error is not None), None)
+        if failed is not None:
+            raise NegPromptError(f"the feature cache {root} could not be written ({failed})",
                                  hint="free some space or point --cache-dir elsewhere; the rows written so far "
                                       "are kept")
-        total.merge(stats)
+        for stats in shares:
+            total.merge(stats)
     if not options.ranks.is_main:
         return None
     return {"images": len(paths), "views": [v.tag() for v in views], "rows": total.requested,

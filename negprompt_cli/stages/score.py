@@ -133,7 +133,11 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
     tally = writer.tally
     if ranks.distributed:
         part = (output.path, output.size) if isinstance(output, PartOutput) else None
-        gathered = gather_to_main((part, tally, stats), ranks, "joining the parts of the scores")
+        try:
+            gathered = gather_to_main((part, tally, stats), ranks, "joining the parts of the scores")
+        except BaseException:  # another rank is gone: this rank's part will never be joined
+            output.discard()
+            raise
         if gathered is None:
             return None
         tally, stats = _merge_tallies([t for _, t, _ in gathered]), _merge_stats([st for _, _, st in gathered])
@@ -408,6 +412,7 @@ def _threshold(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptio
         if not paths:
             raise UsageError(f"no images found under {options.calibrate}")
         check_enough_items(len(paths), ranks, "calibration image(s)")
+        ranks_agree(ranks, setup.backbone, paths)
         share = batch_shard(len(paths), encoding.batch_size, ranks)
         stream = _stream(setup, encoding, paths[share.start:share.stop], "Encoding calibration images",
                          encoding.quiet or not ranks.is_main)
