@@ -1,4 +1,5 @@
-"""Scoring throughput of `negprompt score` in one process and under torchrun (issue #13).
+"""Scoring throughput of `negprompt score` in one process and under torchrun (issue #13), and its peak memory
+as the number of images grows (issue #23).
 
 Runs the real command line on generated 256x256 JPEGs with a ViT-B/32-shaped CLIP (random weights
 written once to a local checkpoint, so every rank loads the same ones; throughput does not depend on
@@ -6,8 +7,14 @@ the weights). Each setting runs twice, on a large and a small folder, with a fre
 the steady throughput (large - small images) / (large - small seconds) removes process start-up and
 model loading, which a long job pays once. Scaling efficiency = throughput(N) / (N * throughput(1)).
 
-    python benchmarks/scale.py            # writes benchmarks/results/scale.json and docs/scale.md's table
+    python benchmarks/scale.py            # writes benchmarks/results/scale.json and docs/scale.md's tables
     python benchmarks/scale.py --images 256 --small 64   # quicker
+    python benchmarks/scale.py --memory-only --sizes 10000 50000 200000   # only the memory curve
+
+Memory: `negprompt score` on N generated 32x32 PNGs (the shipped `toy` CLIP, zero-shot mcm, 10 classes,
+one process, no decoding workers so the one process measured is the whole run, a fresh feature cache),
+its peak resident set size (getrusage of the child) and wall time; once more with `--calibrate` on the
+same N images (a threshold keeps a float per calibration image).
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ from common import ROOT, current_commit
 RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
 DOC = ROOT / "docs" / "scale.md"
 MARK_BEGIN, MARK_END = "<!-- scale-table:begin -->", "<!-- scale-table:end -->"
+MEMORY_BEGIN, MEMORY_END = "<!-- scale-memory:begin -->", "<!-- scale-memory:end -->"
+MEMORY_SIZES = (10_000, 50_000, 200_000)
+PER_FOLDER = 1000
 
 
 def make_jpegs(folder: Path, n: int, seed: int = 0) -> None:
@@ -40,6 +50,59 @@ def make_jpegs(folder: Path, n: int, seed: int = 0) -> None:
     for i in range(n):
         low = rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)
         Image.fromarray(low).resize((256, 256), Image.Resampling.BICUBIC).save(folder / f"{i:05d}.jpg", quality=90)
+
+
+def peak_rss(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(peak resident set size in MiB, wall seconds) of one command, measured on the child itself."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr.decode()[-2000:]}")
+    return usage.ru_maxrss / 1024, seconds  # Linux: KiB
+
+
+def memory_curve(sizes: list[int]) -> list[dict[str, Any]]:
+    """Peak RSS and time of `score` at each size (and with --calibrate on the same images)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "names.txt").write_text("".join(f"class {i}\n" for i in range(10)))
+        made = 0
+        images = work / "images"
+        for n in sorted(sizes):
+            make_small_pngs_range(images, made, n)
+            made = n
+            for calibrate in (False, True):
+                cache = Path(tempfile.mkdtemp(dir=work, prefix="cache-"))
+                cmd = [sys.executable, "-m", "negprompt_cli", "score", str(images), "--zero-shot", "--names",
+                       str(work / "names.txt"), "--backbone", "toy", "--scorer", "mcm", "--workers", "0",
+                       "--cache-dir", str(cache), "--out", str(work / "scores.csv"), "--quiet"]
+                if calibrate:
+                    cmd += ["--calibrate", str(images)]
+                env = {**os.environ, "HF_HUB_OFFLINE": "1", "NEGPROMPT_DEVICE": "cpu"}
+                rss, seconds = peak_rss(cmd, env)
+                rows.append({"images": n, "calibrate": calibrate, "peak_rss_mib": round(rss, 1),
+                             "seconds": round(seconds, 1), "ms_per_image": round(1000 * seconds / n, 3)})
+                print(f"{n} images{' + --calibrate' if calibrate else ''}: {rss:.0f} MiB, {seconds:.0f} s",
+                      file=sys.stderr)
+    return rows
+
+
+def make_small_pngs_range(folder: Path, start: int, stop: int) -> None:
+    """Images ``start`` .. ``stop`` - 1 of the growing folder (each size adds to the last)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(start)
+    for i in range(start, stop):
+        sub = folder / f"{i // PER_FOLDER:05d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        low = rng.integers(0, 255, size=(4, 4, 3), dtype=np.uint8)
+        Image.fromarray(low).resize((32, 32), Image.Resampling.BILINEAR).save(sub / f"{i:07d}.png")
 
 
 def make_model(folder: Path) -> tuple[Path, Path]:

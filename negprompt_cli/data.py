@@ -69,68 +69,21 @@ def image_inputs(images: str | Path | Sequence[str | Path]) -> list[Path]:
     return inputs
 
 
-def find_images_in(images: str | Path | Sequence[str | Path], *,
-                   strict: bool = False) -> tuple[list[Path], list[Path]]:
-    """The images of one or several inputs (files or folders), in the order given, each folder's sorted; with
-    the input folder each image was found under (a file's own folder), which ``--labeled`` reads class names
-    below. An image reached twice (a file and its folder, one folder named twice) is kept once, where it first
-    appears. No image at all is an error naming the inputs."""
-    inputs = image_inputs(images)
-    paths: list[Path] = []
-    roots: list[Path] = []
-    seen: set[str] = set()
-    repeated = 0
-    for root in inputs:
-        folder = root if root.is_dir() else root.parent
-        for path in find_images(root, strict=strict):
-            key = os.path.realpath(path)
-            if key in seen:
-                repeated += 1
-                continue
-            seen.add(key)
-            paths.append(path)
-            roots.append(folder)
-    if not paths:
-        raise UsageError(f"no images found under {', '.join(str(p) for p in inputs)}")
-    if repeated:
-        warnings.warn(f"{repeated} image(s) were given more than once; each is read once", NegPromptWarning,
-                      stacklevel=2)
-    return paths, roots
-
-
 def walk_images(root: Path, unreadable: list[tuple[Path, str]] | None = None) -> tuple[list[Path], list[Path]]:
-    """(image files, other visible files) below ``root``, sorted, following symlinked folders.
+    """(image files, other visible files) below ``root``, sorted, following symlinked folders
+    (``image_list.walk``).
 
     Every command discovers images this way, so a class folder that is a symlink counts everywhere;
     a folder reached twice (a symlink loop, or two links to one folder) is walked once. Folders that cannot
     be listed are appended to ``unreadable`` as (path, reason).
     """
+    from .image_list import walk
+
     images: list[Path] = []
     ignored: list[Path] = []
-    seen: set[tuple[int, int]] = set()
-
-    def failed(error: OSError) -> None:
-        if unreadable is not None:
-            unreadable.append((Path(error.filename or root), error.strerror or str(error)))
-
-    for folder, dirs, files in os.walk(root, followlinks=True, onerror=failed):
-        try:
-            stat = os.stat(folder)
-        except OSError as error:
-            failed(error)
-            dirs[:] = []
-            continue
-        if (stat.st_dev, stat.st_ino) in seen:
-            dirs[:] = []
-            continue
-        seen.add((stat.st_dev, stat.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            path = Path(folder) / name
-            if name.startswith(".") or not path.is_file():
-                continue
-            (images if is_image_file(path) else ignored).append(path)
-    return sorted(images), sorted(ignored)
+    for path, _, image in walk(root, unreadable):
+        (images if image else ignored).append(Path(path))
+    return images, ignored
 
 
 @dataclass

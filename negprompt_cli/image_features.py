@@ -156,7 +156,7 @@ class _ImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, paths: Sequence[Path], view: View, preprocess: Callable, image_size: int,
                  raw_jpeg: bool = False) -> None:
-        self.paths, self.view = list(paths), view
+        self.paths, self.view = paths, view  # an ImageList stays compact
         self.preprocess, self.image_size, self.raw_jpeg = preprocess, image_size, raw_jpeg
 
     def __len__(self) -> int:
@@ -327,11 +327,11 @@ class ImageStream:
                  view: View = View(), batch_size: int = 64, num_workers: int | None = None,
                  precision: str = "fp32", strict: bool = False, use_cache: bool = True, quiet: bool = False,
                  description: str = "Encoding images", decode: str | None = None,
-                 window_batches: int = WINDOW_BATCHES) -> None:
+                 window_batches: int | None = None) -> None:
         self.backbone, self.paths, self.view = backbone, paths, view
         self.batch_size, self.num_workers, self.precision = batch_size, num_workers, precision
         self.strict, self.quiet, self.description = strict, quiet, description
-        self.window = batch_size * max(1, window_batches)
+        self.window = batch_size * max(1, window_batches or WINDOW_BATCHES)
         self.tensor_path = tensor_decoding(backbone, view, decode)
         preprocess_id = self.tensor_path.tag() if self.tensor_path is not None else repr(backbone.preprocess)
         self.cache = FeatureCache(cache_dir or default_cache_dir(), backbone.feature_key(preprocess_id),
@@ -481,7 +481,9 @@ def ranks_agree(ranks: Ranks, backbone: Backbone, paths: Sequence[Path]) -> None
     if not ranks.distributed:
         return
     agree({**backbone.identity(), "weights": backbone.weights_fingerprint()}, ranks, "the backbone")
-    listing = hashlib.sha256(b"\n".join(os.fsencode(p) for p in paths)).hexdigest()[:12]
+    fingerprint = getattr(paths, "fingerprint", None)  # an ImageList hashes its bytes at once
+    listing = (fingerprint() if fingerprint is not None
+               else hashlib.sha256(b"\n".join(os.fsencode(p) for p in paths)).hexdigest()[:12])
     agree(f"{len(paths)} image(s), list sha256 {listing}", ranks, "the image list")
 
 

@@ -15,12 +15,13 @@ from typing import Any
 
 from ..atomic import check_writable
 from ..backbone import BackboneRequest, load_backbone
-from ..data import find_images_in
+from ..data import image_inputs
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, check_enough_items, gather_to_all
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..feature_cache import compact, default_cache_dir, foreign_entries, verify
 from ..image_features import EncodeOptions, EncodeStats, View, cache_share
+from ..image_list import list_images
 from ..presets import POSITIVE_OPTIM
 
 
@@ -56,7 +57,7 @@ def writable_cache(root: Path) -> Path:
 def build(options: CacheBuildOptions) -> dict[str, Any] | None:
     """Encode every image under ``images`` into the cache; the summary on rank 0, None on the other ranks."""
     root = writable_cache(cache_root(options.encode.cache_dir))
-    paths, _ = find_images_in(options.images, strict=options.encode.strict)
+    paths = list_images(image_inputs(options.images), strict=options.encode.strict)
     check_enough_items(len(paths), options.ranks)
     backbone = load_backbone(options.backbone)
     encoding = replace(options.encode, cache_dir=root,

@@ -17,12 +17,13 @@ import torch
 from ..artifact import PromptArtifact
 from ..atomic import check_not_input, check_output_path
 from ..backbone import BackboneRequest, RuntimeOptions
-from ..data import find_images, find_images_in, image_inputs, read_names_file
+from ..data import find_images, image_inputs, read_names_file
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, batch_shard, check_enough_items, from_main, gather_to_all, gather_to_main
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..explain import explain
 from ..image_features import EncodeOptions, EncodeStats, ImageStream, Window, ranks_agree
+from ..image_list import ImageList, list_images
 from ..registry import ScorerSpec, get_host
 from ..score_file import FORMATS, render_rows, score_columns
 from ..score_output import (
@@ -92,7 +93,7 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
                              zero_shot=options.zero_shot, backbone=options.backbone, runtime=options.runtime,
                              scorer=options.scorer, temperature=options.temperature, labels=options.labels,
                              encode=options.encode)
-    paths, roots = find_images_in(options.images, strict=options.encode.strict)
+    paths = list_images(image_inputs(options.images), strict=options.encode.strict)
     if ranks.is_main:
         check_not_input(options.out, [("--prompts", options.prompts), ("--names", options.names),
                                       ("--lexicon", options.labels.lexicon), *(("image", p) for p in paths)])
@@ -114,7 +115,7 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
             warnings.warn(f"{len(left)} part file(s) of an earlier interrupted run lie in {folder} ({left[0].name}"
                           f"{' ...' if len(left) > 1 else ''}); they are not used: delete them", NegPromptWarning,
                           stacklevel=2)
-    writer = _RowWriter(options, setup, threshold, threshold_source, paths, roots, ranks)
+    writer = _RowWriter(options, setup, threshold, threshold_source, paths, ranks)
     output = _open_output(options, ranks, folder, target, run_id, stream)
     started = time.perf_counter()
     try:
@@ -187,7 +188,7 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
     return summary
 
 
-def _check_scored(tally: Tally, options: ScoreOptions, paths: list[Path]) -> None:
+def _check_scored(tally: Tally, options: ScoreOptions, paths: Sequence[Path]) -> None:
     """No output for a run that scored no image, or gave one a non-finite score."""
     if tally.broken:  # NaN is never an in-distribution score: damaged prompts or features, not an image verdict
         raise NegPromptError(f"non-finite scores for {tally.broken} image(s), e.g. {', '.join(tally.broken_paths)}",
@@ -234,8 +235,8 @@ class _RowWriter:
     small inputs, the rows)."""
 
     def __init__(self, options: ScoreOptions, setup: ScoringSetup, threshold: float | None,
-                 threshold_source: str | None, paths: list[Path], roots: list[Path], ranks: Ranks) -> None:
-        self.options, self.setup, self.paths, self.roots = options, setup, paths, roots
+                 threshold_source: str | None, paths: ImageList, ranks: Ranks) -> None:
+        self.options, self.setup, self.paths = options, setup, paths
         self.threshold, self.threshold_source = threshold, threshold_source
         self.lookup = (_label_lookup(setup.names, training_folders(setup.artifact, setup.names)
                                      if setup.artifact is not None else {}) if options.labeled else {})
@@ -279,7 +280,7 @@ class _RowWriter:
                 "threshold": self.threshold, "threshold_source": self.threshold_source,  # the rule, for report
             }
             if options.labeled:  # the class is the first folder below the input's folder
-                relative = path.relative_to(self.roots[indices[k]]).parts
+                relative = path.relative_to(self.paths.root(indices[k])).parts
                 folder = relative[0] if len(relative) > 1 else ""
                 row["label"] = folder
                 row["label_index"] = self.lookup.get(folder, -1)
@@ -311,14 +312,14 @@ def _batches_of(window: Window, offset: int, batch_size: int) -> Iterator[tuple[
         start = stop
 
 
-def _stream(setup: ScoringSetup, encoding: EncodeOptions, paths: list[Path], description: str,
+def _stream(setup: ScoringSetup, encoding: EncodeOptions, paths: Sequence[Path], description: str,
             quiet: bool) -> ImageStream:
     return ImageStream(setup.backbone, paths, cache_dir=encoding.cache_dir, batch_size=encoding.batch_size,
                        num_workers=encoding.num_workers, precision=encoding.precision, strict=encoding.strict,
                        quiet=quiet, description=description)
 
 
-def _score_share(setup: ScoringSetup, encoding: EncodeOptions, paths: list[Path], ranks: Ranks,
+def _score_share(setup: ScoringSetup, encoding: EncodeOptions, paths: Sequence[Path], ranks: Ranks,
                  writer: _RowWriter, output: RowOutput) -> EncodeStats:
     """This rank's contiguous run of whole batches (one process: every image), scored batch by batch."""
     share = batch_shard(len(paths), encoding.batch_size, ranks)
@@ -334,7 +335,7 @@ def _score_share(setup: ScoringSetup, encoding: EncodeOptions, paths: list[Path]
     return stream.stats
 
 
-def _score_adaptively(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptions, paths: list[Path],
+def _score_adaptively(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptions, paths: Sequence[Path],
                       ranks: Ranks, writer: _RowWriter, output: RowOutput) -> tuple[EncodeStats, dict[str, Any]]:
     """--adaptive: one memory over the whole stream, in order. In a torchrun job the ranks first encode their
     shares into the feature cache; then rank 0 reads the stream from it and scores it alone."""

@@ -1,0 +1,170 @@
+"""The images of a command's inputs, listed in a form that fits a crawl in memory.
+
+A list of ``Path`` objects costs several hundred bytes per image (about 650 measured), which at
+tens of millions of images is more than the scoring itself needs. ``ImageList`` holds the sorted
+paths as one byte string with an offset per image, and the input each was found under as a small
+integer: about the path's length plus 12 bytes per image. The folders are walked in sorted order
+(``walk``), so no list of paths exists while listing either; an image reached twice is found by a
+128-bit hash of its real path, kept per image only while listing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from array import array
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import overload
+
+import numpy as np
+
+from .errors import NegPromptWarning, NotFoundError, UsageError
+
+OFFSET = "q"  # array type code of the offsets into the byte string (int64)
+
+
+def walk(root: Path, unreadable: list[tuple[Path, str]] | None = None) -> Iterator[tuple[str, str, bool]]:
+    """Every visible file below ``root``, following symlinked folders, in the order ``sorted()`` puts their
+    ``Path``s in (depth first, the entries of a folder by name): (path, real path, whether it is an image).
+
+    A folder reached twice (a symlink loop, or two links to one folder) is walked once; folders that cannot be
+    listed are appended to ``unreadable`` as (path, reason)."""
+    from .data import IMAGE_EXTENSIONS
+
+    seen: set[tuple[int, int]] = set()
+
+    def folder(path: str, real: str) -> Iterator[tuple[str, str, bool]]:
+        try:
+            stat = os.stat(path)
+            if (stat.st_dev, stat.st_ino) in seen:
+                return
+            seen.add((stat.st_dev, stat.st_ino))
+            with os.scandir(path) as listing:
+                entries = sorted((e for e in listing if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as error:
+            if unreadable is not None:
+                unreadable.append((Path(error.filename or path), error.strerror or str(error)))
+            return
+        for entry in entries:
+            full = os.path.join(path, entry.name)
+            try:
+                is_dir = entry.is_dir()  # follows a symlink, as os.walk(followlinks=True) does
+                is_file = not is_dir and entry.is_file()
+                linked = entry.is_symlink()
+            except OSError:
+                continue
+            target = os.path.realpath(full) if linked else os.path.join(real, entry.name)
+            if is_dir:
+                yield from folder(full, target)
+            elif is_file:
+                yield full, target, os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+
+    yield from folder(str(root), os.path.realpath(root))
+
+
+class ImageList(Sequence[Path]):
+    """Sorted image paths (``Path`` on access) and the input each was found under (:meth:`root`)."""
+
+    def __init__(self, blob: bytes, offsets: np.ndarray, root_index: np.ndarray, roots: list[Path]) -> None:
+        self._blob, self._offsets, self._root_index, self._roots = blob, offsets, root_index, roots
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    @overload
+    def __getitem__(self, i: int) -> Path: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> ImageList: ...
+
+    def __getitem__(self, i: int | slice) -> Path | ImageList:
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                raise ValueError("an ImageList slices in steps of 1")
+            stop = max(start, stop)
+            offsets = self._offsets[start:stop + 1]
+            blob = self._blob[int(offsets[0]):int(offsets[-1])]  # a copy: a share pickled to decoding workers
+            return ImageList(blob, offsets - offsets[0], self._root_index[start:stop], self._roots)  # is its own
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return Path(os.fsdecode(self._blob[self._offsets[i]:self._offsets[i + 1]]))
+
+    def __iter__(self) -> Iterator[Path]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def root(self, i: int) -> Path:
+        """The input folder image ``i`` was found under (a file given itself: its folder)."""
+        return self._roots[int(self._root_index[i])]
+
+    def fingerprint(self) -> str:
+        """A hash of the paths in order (ranks compare it to know they see the same list)."""
+        digest = hashlib.sha256(self._blob)
+        digest.update(np.ascontiguousarray(self._offsets - self._offsets[0]).tobytes())
+        return digest.hexdigest()[:12]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._blob) + self._offsets.nbytes + self._root_index.nbytes
+
+
+def list_images(inputs: Sequence[Path], *, strict: bool = False) -> ImageList:
+    """The images of the inputs (files or folders), in the order given, each folder's sorted; an image reached
+    twice (a file and its folder, one folder named twice, a symlink to it) is kept once, where it first
+    appears. No image at all is an error naming the inputs."""
+    from .data import is_image_file, report_unreadable_folders
+
+    blob, offsets, root_index, keys = bytearray(), array(OFFSET, [0]), array("i"), bytearray()
+    roots: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
+    for number, given in enumerate(inputs):
+        if not given.exists():
+            raise NotFoundError(f"not found: {given}")
+        roots.append(given if given.is_dir() else given.parent)
+        if given.is_file():
+            if not is_image_file(given):
+                raise UsageError(f"{given} is not an image file")
+            found: Iterator[tuple[str, str, bool]] = iter([(str(given), os.path.realpath(given), True)])
+        else:
+            found = walk(given, unreadable)
+        ignored, example = 0, ""
+        for path, real, image in found:
+            if not image:
+                ignored, example = ignored + 1, example or os.path.basename(path)
+                continue
+            blob += os.fsencode(path)
+            offsets.append(len(blob))
+            root_index.append(number)
+            keys += hashlib.blake2b(os.fsencode(real), digest_size=16).digest()
+        if ignored:
+            from .data import IMAGE_EXTENSIONS
+
+            warnings.warn(f"ignored {ignored} file(s) under {given} that are not images by extension (e.g. "
+                          f"{example}); image types: {', '.join(sorted(IMAGE_EXTENSIONS))}", NegPromptWarning,
+                          stacklevel=2)
+    report_unreadable_folders(unreadable, strict)
+    images = ImageList(bytes(blob), np.frombuffer(offsets, dtype=np.int64), np.frombuffer(root_index, np.int32),
+                       roots)
+    del blob
+    if not len(images):
+        raise UsageError(f"no images found under {', '.join(str(p) for p in inputs)}")
+    first = np.unique(np.frombuffer(bytes(keys), dtype="V16"), return_index=True)[1]
+    if len(first) < len(images):
+        warnings.warn(f"{len(images) - len(first)} image(s) were given more than once; each is read once",
+                      NegPromptWarning, stacklevel=2)
+        images = _keep(images, np.sort(first))
+    return images
+
+
+def _keep(images: ImageList, keep: np.ndarray) -> ImageList:
+    """``images`` with only the positions in ``keep`` (sorted)."""
+    starts, stops = images._offsets[keep], images._offsets[keep + 1]
+    pieces = [images._blob[a:b] for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
+    offsets = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum(stops - starts, out=offsets[1:])
+    return ImageList(b"".join(pieces), offsets, images._root_index[keep], images._roots)
