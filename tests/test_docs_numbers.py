@@ -110,7 +110,16 @@ def test_every_rendered_doc_is_its_results_file_rendered_again(monkeypatch):
     assert (ROOT / "docs" / "quality.md").read_text() == quality.render_docs(_results("quality"))
     scale, shape = _benchmark("scale", monkeypatch), _benchmark("imagenet_shape", monkeypatch)
     assert scale.markdown(_results("scale")) in (ROOT / "docs" / "scale.md").read_text()
+    assert scale.memory_markdown(_results("scale")) in (ROOT / "docs" / "scale.md").read_text()
     assert shape.render(_results("imagenet_shape")) in (ROOT / "docs" / "benchmarks.md").read_text()
+
+
+def test_the_readme_memory_claim_is_the_stored_measurement():
+    rows = [r for r in _results("scale")["memory"]["rows"] if not r["calibrate"]]
+    text = " ".join(README.split())
+    assert f"Measured flat from {rows[0]['images']:,} to {rows[-1]['images']:,} images" in text
+    peaks = [r["peak_rss_mib"] for r in rows]
+    assert max(peaks) - min(peaks) < 64  # flat: within allocator noise, 20x the images
 
 
 def test_the_readme_performance_numbers_are_the_stored_measurement():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +20,15 @@ from .cli_options import (
 )
 
 
+def show(data: Any, as_json: bool, lines: Callable[[], Iterable[str]]) -> None:
+    """An information command's answer: ``data`` as JSON on stdout with --json, else its lines for people."""
+    if as_json:
+        emit_json(data)
+        return
+    for line in lines():
+        say(line)
+
+
 @app.command("plugins", epilog=EPILOG)
 @reports_errors
 def plugins_command(json_out: JsonOpt = False) -> None:
@@ -26,14 +36,15 @@ def plugins_command(json_out: JsonOpt = False) -> None:
     from ..registry import get_host
 
     rows = get_host().describe()
-    if json_out:
-        emit_json(rows)
-        return
+    show(rows, json_out, lambda: describe_plugins(rows))
+
+
+def describe_plugins(rows: list[dict[str, Any]]) -> Iterator[str]:
     for row in rows:  # a block per plugin: names are never cut or split, whatever the terminal's width
-        say(f"{row['name']} {row['version'] or ''}".rstrip() + (f"  FAILED: {row['error']}" if row["error"] else ""))
+        yield f"{row['name']} {row['version'] or ''}".rstrip() + (f"  FAILED: {row['error']}" if row["error"] else "")
         for kind, names in row["registers"].items():
-            say(f"  {kind}: {', '.join(names)}")
-        say(f"  hooks: {', '.join(row['hooks'])}")
+            yield f"  {kind}: {', '.join(names)}"
+        yield f"  hooks: {', '.join(row['hooks'])}"
 
 
 @app.command("env", epilog=EPILOG, short_help="Versions, devices and caches, for a bug report.")
@@ -43,24 +54,25 @@ def env_command(json_out: JsonOpt = False) -> None:
     from ..environment import describe_environment
 
     facts = describe_environment()
-    if json_out:
-        emit_json(facts)
-        return
+    show(facts, json_out, lambda: environment_lines(facts))
+
+
+def environment_lines(facts: dict[str, Any]) -> Iterator[str]:
     gpu = facts["torch"]
-    say(f"negprompt {facts['negprompt']}, python {facts['python']} ({facts['executable']}), {facts['platform']}")
-    say("packages: " + ", ".join(f"{k} {v or 'missing'}" for k, v in facts["packages"].items()))
-    say(f"torch {gpu['version']}: " + (f"CUDA {gpu['cuda_build']} build" if gpu["cuda_build"] else "CPU-only build")
-         + f", CUDA available: {'yes' if gpu['cuda_available'] else 'no'}, {gpu['cpu_threads']} CPU threads")
+    yield f"negprompt {facts['negprompt']}, python {facts['python']} ({facts['executable']}), {facts['platform']}"
+    yield "packages: " + ", ".join(f"{k} {v or 'missing'}" for k, v in facts["packages"].items())
+    yield (f"torch {gpu['version']}: " + (f"CUDA {gpu['cuda_build']} build" if gpu["cuda_build"] else "CPU-only build")
+           + f", CUDA available: {'yes' if gpu['cuda_available'] else 'no'}, {gpu['cpu_threads']} CPU threads")
     for device in gpu["devices"]:
-        say(f"  cuda:{device['index']}: {device['name']}, compute {device['capability']}, "
-             f"{device['memory_gib']} GiB, bf16 {'yes' if device['bf16'] else 'no'}")
+        yield (f"  cuda:{device['index']}: {device['name']}, compute {device['capability']}, "
+               f"{device['memory_gib']} GiB, bf16 {'yes' if device['bf16'] else 'no'}")
     cache = facts["feature_cache"]
-    say(f"feature cache: {cache['path']}" + ("" if cache["exists"] else " (not created yet)"))
-    say(f"Hugging Face cache: {facts['hub']['cache']}, offline: {'yes' if facts['hub']['offline'] else 'no'}")
-    say("plugins: " + ", ".join(f"{p['name']} {p['version'] or ''}".strip()
-                                 + (f" (failed: {p['error']})" if p["error"] else "") for p in facts["plugins"]))
+    yield f"feature cache: {cache['path']}" + ("" if cache["exists"] else " (not created yet)")
+    yield f"Hugging Face cache: {facts['hub']['cache']}, offline: {'yes' if facts['hub']['offline'] else 'no'}"
+    yield "plugins: " + ", ".join(f"{p['name']} {p['version'] or ''}".strip()
+                                  + (f" (failed: {p['error']})" if p["error"] else "") for p in facts["plugins"])
     if facts["environment"]:
-        say("environment: " + ", ".join(f"{name}={value}" for name, value in facts["environment"].items()))
+        yield "environment: " + ", ".join(f"{name}={value}" for name, value in facts["environment"].items())
 
 
 @app.command("inspect", epilog=EPILOG, short_help="What a prompts file holds.")
@@ -75,11 +87,7 @@ def inspect_command(
     artifact = load_prompts(prompts)
     meta = artifact.metadata()
     meta["tensors"] = {k: list(v.shape) for k, v in artifact.tensors.items()}
-    if json_out:
-        emit_json(meta)
-        return
-    for line in describe_artifact(prompts, artifact):
-        say(line)
+    show(meta, json_out, lambda: describe_artifact(prompts, artifact))
 
 
 def describe_artifact(path: Path, artifact: Any) -> list[str]:
@@ -108,6 +116,7 @@ def describe_artifact(path: Path, artifact: Any) -> list[str]:
     if optim:
         lines.append(f"  training:  {optim.get('epochs')} epochs, {optim.get('optimizer')} lr {optim.get('lr')}, "
                      f"batch {optim.get('batch_size')}, seed {optim.get('seed')}"
+                     + (f", {training['precision']}" if training.get("precision") else "")
                      + (f", {len(training['train_classes'])} class(es) trained on"
                         if isinstance(training.get("train_classes"), list) else ""))
     accuracies = {k: v for k, v in extra.items() if k.endswith("accuracy") and isinstance(v, (int, float))}

@@ -17,7 +17,7 @@ import torch
 from ..artifact import PromptArtifact
 from ..atomic import check_not_input, check_output_path
 from ..backbone import BackboneRequest, RuntimeOptions
-from ..data import find_images, image_inputs, read_names_file
+from ..data import find_images, image_inputs, is_image_file, read_names_file
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, batch_shard, check_enough_items, from_main, gather_to_all, gather_to_main
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
@@ -96,7 +96,9 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
     paths = list_images(image_inputs(options.images), strict=options.encode.strict)
     if ranks.is_main:
         check_not_input(options.out, [("--prompts", options.prompts), ("--names", options.names),
-                                      ("--lexicon", options.labels.lexicon), *(("image", p) for p in paths)])
+                                      ("--lexicon", options.labels.lexicon)])
+        if options.out is not None and is_image_file(options.out) and options.out.exists():  # only then can it be
+            check_not_input(options.out, (("image", p) for p in paths))  # one of the images (a stat per image)
     check_enough_items(len(paths), ranks)
     if options.calibrate is not None and not options.calibrate.exists():
         raise NotFoundError(f"calibration images not found: {options.calibrate}")
