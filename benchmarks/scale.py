@@ -10,7 +10,9 @@ model loading, which a long job pays once. Scaling efficiency = throughput(N) / 
     python benchmarks/scale.py            # writes benchmarks/results/scale.json and docs/scale.md's tables
     python benchmarks/scale.py --images 256 --small 64   # quicker
     python benchmarks/scale.py --memory-only --sizes 10000 50000 200000   # only the memory curve
-    git worktree add /tmp/old 94d388f && python benchmarks/scale.py --memory-only --before /tmp/old  # and then
+    # and the same at the largest size on an older commit (94d388f: before scoring streamed)
+    git worktree add /tmp/old 94d388f && mkdir /tmp/old/_pp && ln -s /tmp/old/plugins /tmp/old/_pp/negprompt_plugins
+    python benchmarks/scale.py --memory-only --before /tmp/old
 
 Memory: `negprompt score` on N generated 32x32 PNGs (the shipped `toy` CLIP, zero-shot mcm, 10 classes,
 one process, no decoding workers so the one process measured is the whole run, a fresh feature cache),
