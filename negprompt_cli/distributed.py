@@ -3,9 +3,10 @@
 The rule that makes an N-process run give the *same bytes* as a one-process run: work is split
 in whole encoder batches. The sorted image list is cut into batches of ``--batch-size`` exactly as
 one process would cut it, and each rank takes a contiguous run of those batches. Every image is
-therefore encoded in the same batch, with the same neighbours, as in a one-process run; rank 0
-gathers the features in list order and does everything after encoding (scores, threshold,
-output) exactly as one process does.
+therefore encoded in the same batch, with the same neighbours, as in a one-process run. ``score``
+scores each rank's share where it was encoded and writes it to the rank's own part, which rank 0
+joins in order (``score_output``); ``cache build`` keeps each share in the cache; the prompt stages
+gather their (small) training sets on every rank.
 
 Backends: nccl when the ranks run on CUDA (each on ``cuda:LOCAL_RANK``), gloo on CPU. Collectives
 that fail because another rank died become :class:`RankLost`, one clear line instead of a hang or a
