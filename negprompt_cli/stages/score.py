@@ -87,7 +87,11 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
     if options.excel_safe and options.fmt != "csv":
         raise UsageError("--excel-safe is for CSV output; JSONL keeps names exact and is never run as formulas")
     if options.out is not None:
-        check_output_path(options.out)  # every rank: each writes its part next to it
+        try:
+            check_output_path(options.out)  # every rank: each writes its part next to it
+        except NegPromptError as exc:  # on another node the folder may differ: this rank says so itself
+            exc.rank_specific = ranks.distributed and not ranks.is_main
+            raise
     names_given = read_names_file(options.names) if options.names else None
     request = ScoringRequest(prompts=options.prompts, names=names_given,
                              zero_shot=options.zero_shot, backbone=options.backbone, runtime=options.runtime,
