@@ -50,7 +50,7 @@ def check_name_fits(path: Path) -> None:
                          hint="choose a shorter path")
 
 
-def _temp_prefix(path: Path) -> str:
+def temp_prefix(path: Path) -> str:
     """A temporary file's prefix that keeps its name under NAME_MAX whatever the target's length."""
     return f".{path.name[:60]}."
 
@@ -93,7 +93,7 @@ def publish(tmp: Path, path: Path) -> None:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only on success."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -109,13 +109,13 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"output path is a file, not a folder: {path}")
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".old", dir=path.parent))
             os.replace(path, old / "previous")
         os.replace(tmp, path)
         if old is not None:
@@ -131,7 +131,7 @@ def files_into_folder(path: Path, owned: Iterable[str]) -> Iterator[Path]:
     so each file is whole) and remove the files named in ``owned`` that this run did not write. Every other
     file in ``path`` (a user's own) is left as it is. For a new or empty ``path``, :func:`atomic_folder`."""
     path = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path))
     try:
         yield tmp
         written = sorted(tmp.iterdir(), key=lambda p: p.name.endswith(".json"))  # the JSON record last

@@ -338,8 +338,8 @@ class ImageStream:
                                   info={**backbone.identity(), "preprocess": preprocess_id}) if use_cache else None
         self.stats = EncodeStats(requested=len(paths))
 
-    def _lookup(self, start: int) -> tuple[_Pending, list[int], dict[int, str]]:
-        """A window's cache lookup: (its pending record, the positions still to encode, their row ids)."""
+    def _lookup(self, start: int) -> tuple[_Pending, list[int]]:
+        """A window's cache lookup: (its pending record, the positions still to encode)."""
         stop = min(start + self.window, len(self.paths))
         digests = file_digests(self.paths[start:stop])
         row_ids = {start + k: f"{d}:{self.view.tag()}" for k, d in enumerate(digests) if d is not None}
@@ -347,13 +347,13 @@ class ImageStream:
         cached = {i: found[r] for i, r in row_ids.items() if r in found}
         todo = [i for i in range(start, stop) if i not in cached]
         self.stats.cached += len(cached)
-        return _Pending(start, stop, cached, -(-len(todo) // self.batch_size) or 1), todo, row_ids
+        return _Pending(start, stop, cached, -(-len(todo) // self.batch_size) or 1), todo
 
     def _batches(self, pending: deque[_Pending], first: tuple[_Pending, list[int]]) -> Iterator[list[int]]:
         """The encoder batches, window after window; a window with nothing to encode sends one empty batch, so
         the decoding pool's read-ahead (a few batches) also bounds how many windows wait in memory."""
         for start in range(0, len(self.paths), self.window):
-            window, todo = first if start == 0 else self._lookup(start)[:2]
+            window, todo = first if start == 0 else self._lookup(start)
             pending.append(window)
             if not todo:
                 yield []
@@ -372,7 +372,7 @@ class ImageStream:
         dataset = _ImageDataset(self.paths, self.view, self.backbone.preprocess, self.backbone.image_size,
                                 raw_jpeg=self.tensor_path is not None)
         pending: deque[_Pending] = deque()
-        first = self._lookup(0)[:2] if len(self.paths) else (_Pending(0, 0, {}, 0), [])
+        first = self._lookup(0) if len(self.paths) else (_Pending(0, 0, {}, 0), [])
         workers = self._workers(len(first[1]))
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=_Once(self._batches(pending, first)),
                                              num_workers=workers, collate_fn=_collate,

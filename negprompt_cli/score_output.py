@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .atomic import _temp_prefix, publish
+from .atomic import publish, temp_prefix
 from .errors import NegPromptError, UsageError
 
 ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # a file name that is not UTF-8 keeps its bytes
@@ -40,7 +40,7 @@ class FileOutput(RowOutput):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        fd, name = tempfile.mkstemp(prefix=_temp_prefix(self.path), suffix=".tmp", dir=self.path.parent)
+        fd, name = tempfile.mkstemp(prefix=temp_prefix(self.path), suffix=".tmp", dir=self.path.parent)
         self.tmp = Path(name)
         self.handle = os.fdopen(fd, "wb")
 
