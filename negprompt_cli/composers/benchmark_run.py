@@ -163,7 +163,8 @@ def _score(options: BenchmarkOptions, views: dict[str, Any], folder: Path, score
                                names=views["names"] if prompts is None else None,
                                backbone=options.backbone if prompts is None else None,
                                runtime=_runtime(options), scorer=scorer, out=path, labeled=name == "ID",
-                               encode=options.encode, labels=LabelRequest(lexicon=options.lexicon)))
+                               encode=options.encode, return_rows=False,  # read back from the file
+                               labels=LabelRequest(lexicon=options.lexicon)))
     return files
 
 

@@ -63,7 +63,7 @@ def run_demo(workdir: Path | None = None, seed: int = 0, device: str = "auto", q
     for split, out in (("test", "id.csv"), ("ood_near", "ood_near.csv"), ("ood_unnamed", "ood_unnamed.csv"),
                        ("ood_far", "ood_far.csv")):
         score(ScoreOptions(images=paths[split], prompts=prompts, out=root / out, labeled=split == "test",
-                           encode=encode, runtime=RuntimeOptions(device=device)))
+                           encode=encode, runtime=RuntimeOptions(device=device), return_rows=False))
     info("[6/6] report")
     report = build_report(ReportOptions(root / "id.csv", [("near (other categories)", root / "ood_near.csv"),
                                                           ("near (never seen)", root / "ood_unnamed.csv"),
