@@ -20,12 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NegPromptWarning, NotFoundError, UsageError
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+from .image_list import IMAGE_EXTENSIONS, is_image_file, report_unreadable_folders, walk
 
 
 def find_images(root: Path, *, strict: bool = False) -> list[Path]:
@@ -48,19 +43,6 @@ def find_images(root: Path, *, strict: bool = False) -> list[Path]:
     return images
 
 
-def report_unreadable_folders(unreadable: list[tuple[Path, str]], strict: bool) -> None:
-    """Folders a walk could not list (no read permission, a path longer than the system allows): the images
-    below them are left out, which is said, never silent."""
-    if not unreadable:
-        return
-    shown = ", ".join(f"{path} ({reason})" for path, reason in unreadable[:3]) + (" ..." if len(unreadable) > 3
-                                                                                 else "")
-    message = f"{len(unreadable)} folder(s) could not be read, so their images are left out: {shown}"
-    if strict:
-        raise UsageError(message, hint="fix the permissions or shorten the paths, or drop --strict to skip them")
-    warnings.warn(f"skipped {message}", NegPromptWarning, stacklevel=3)
-
-
 def image_inputs(images: str | Path | Sequence[str | Path]) -> list[Path]:
     """What a command was asked to read images from: one path, or several (the Python API takes both)."""
     inputs = [Path(images)] if isinstance(images, (str, Path)) else [Path(p) for p in images]
@@ -77,8 +59,6 @@ def walk_images(root: Path, unreadable: list[tuple[Path, str]] | None = None) ->
     a folder reached twice (a symlink loop, or two links to one folder) is walked once. Folders that cannot
     be listed are appended to ``unreadable`` as (path, reason).
     """
-    from .image_list import walk
-
     images: list[Path] = []
     ignored: list[Path] = []
     for path, _, image in walk(root, unreadable):

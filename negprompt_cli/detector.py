@@ -26,7 +26,6 @@ from .errors import UsageError
 from .image_features import EncodeOptions, decode_rgb, encode_pixels
 from .presets import DEFAULT_BACKBONE
 from .scoring.negative_labels import LabelRequest
-from .scoring.scores import score_features
 from .scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor | str | Path
@@ -128,11 +127,7 @@ class Detector:
         return torch.cat(parts)
 
     def score_features(self, features: torch.Tensor) -> list[dict[str, Any]]:
-        setup = self.setup
-        result = score_features(features, setup.text_pos, setup.text_neg, scorer=setup.scorer_fn,
-                                temperature=setup.temperature, logit_scale=setup.backbone.logit_scale,
-                                mined=setup.mined, scorer_options=setup.scorer_options)
-        return decision_rows(result, setup.names, self.threshold)
+        return decision_rows(self.setup.scores(features), self.setup.names, self.threshold)
 
     def score(self, images: Iterable[ImageLike]) -> list[dict[str, Any]]:
         """One dict per image, in order: ``score`` (higher = more in-distribution), ``prediction`` (class name)

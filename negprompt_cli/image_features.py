@@ -14,7 +14,7 @@ import io
 import os
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +120,14 @@ class EncodeStats:
     encoder_calls: int = 0
     skipped: list[Path] = field(default_factory=list)
     cache_write_error: str | None = None  # why the feature cache could not be written, if it could not
+
+    @classmethod
+    def total(cls, parts: Iterable[EncodeStats]) -> EncodeStats:
+        """What several calls (views, ranks) did together."""
+        total = cls()
+        for part in parts:
+            total.merge(part)
+        return total
 
     def merge(self, other: EncodeStats) -> None:
         self.requested += other.requested
@@ -338,6 +346,14 @@ class ImageStream:
                                   info={**backbone.identity(), "preprocess": preprocess_id}) if use_cache else None
         self.stats = EncodeStats(requested=len(paths))
 
+    @classmethod
+    def encoding(cls, backbone: Backbone, paths: Sequence[Path], encoding: EncodeOptions, *, view: View = View(),
+                 description: str = "Encoding images", quiet: bool | None = None) -> ImageStream:
+        """A stream with a stage's ``EncodeOptions`` (``quiet``: instead of theirs, e.g. on ranks other than 0)."""
+        return cls(backbone, paths, cache_dir=encoding.cache_dir, view=view, batch_size=encoding.batch_size,
+                   num_workers=encoding.num_workers, precision=encoding.precision, strict=encoding.strict,
+                   quiet=encoding.quiet if quiet is None else quiet, description=description)
+
     def _lookup(self, start: int) -> tuple[_Pending, list[int]]:
         """A window's cache lookup: (its pending record, the positions still to encode)."""
         stop = min(start + self.window, len(self.paths))
@@ -374,7 +390,7 @@ class ImageStream:
         pending: deque[_Pending] = deque()
         first = self._lookup(0) if len(self.paths) else (_Pending(0, 0, {}, 0), [])
         workers = self._workers(len(first[1]))
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=_Once(self._batches(pending, first)),
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=self._batches(pending, first),
                                              num_workers=workers, collate_fn=_collate,
                                              pin_memory=device.type == "cuda",
                                              multiprocessing_context=worker_context(device, workers))
@@ -429,16 +445,6 @@ class ImageStream:
             warnings.warn(f"skipped {message}", NegPromptWarning, stacklevel=3)
 
 
-class _Once:
-    """A batch sampler that is an iterator already (the DataLoader iterates it once)."""
-
-    def __init__(self, batches: Iterator[list[int]]) -> None:
-        self.batches = batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return self.batches
-
-
 def _assemble(window: _Pending) -> Window:
     features = {**window.cached, **window.new}
     indices = [i for i in range(window.start, window.stop) if i in features]
@@ -481,10 +487,17 @@ def ranks_agree(ranks: Ranks, backbone: Backbone, paths: Sequence[Path]) -> None
     if not ranks.distributed:
         return
     agree({**backbone.identity(), "weights": backbone.weights_fingerprint()}, ranks, "the backbone")
+    agree_on_list(ranks, paths, "the image list")
+
+
+def agree_on_list(ranks: Ranks, paths: Sequence[Path], what: str) -> None:
+    """Every rank sees the same images in the same order (one error on every rank if not)."""
+    if not ranks.distributed:
+        return
     fingerprint = getattr(paths, "fingerprint", None)  # an ImageList hashes its bytes at once
     listing = (fingerprint() if fingerprint is not None
                else hashlib.sha256(b"\n".join(os.fsencode(p) for p in paths)).hexdigest()[:12])
-    agree(f"{len(paths)} image(s), list sha256 {listing}", ranks, "the image list")
+    agree(f"{len(paths)} image(s), list sha256 {listing}", ranks, what)
 
 
 def encode_images_across(ranks: Ranks, backbone: Backbone, paths: Sequence[Path],
@@ -514,22 +527,18 @@ def encode_images_across(ranks: Ranks, backbone: Backbone, paths: Sequence[Path]
     parts = gather_to_all(payload, ranks, what) if gather == "all" else gather_to_main(payload, ranks, what)
     if parts is None:
         return None
-    total = EncodeStats()
-    for _, _, part_stats in parts:
-        total.merge(part_stats)
+    total = EncodeStats.total(part_stats for _, _, part_stats in parts)
     return concat_rows([p[0] for p in parts]), [k for p in parts for k in p[1]], total
 
 
 def cache_share(ranks: Ranks, backbone: Backbone, paths: Sequence[Path], encoding: EncodeOptions, *,
                 view: View = View(), description: str = "Caching features") -> EncodeStats:
     """Encode this rank's contiguous run of whole batches of ``paths`` (one process: all of them) into the
-    feature cache, holding no more than a window of features; what it did, for this rank."""
-    ranks_agree(ranks, backbone, paths)
+    feature cache, holding no more than a window of features; what it did, for this rank. (The ranks have
+    agreed on the backbone and the list: :func:`ranks_agree`.)"""
     share = batch_shard(len(paths), encoding.batch_size, ranks)
-    stream = ImageStream(backbone, paths[share.start:share.stop], cache_dir=encoding.cache_dir, view=view,
-                         batch_size=encoding.batch_size, num_workers=encoding.num_workers,
-                         precision=encoding.precision, strict=encoding.strict,
-                         quiet=encoding.quiet or not ranks.is_main, description=description)
+    stream = ImageStream.encoding(backbone, paths[share.start:share.stop], encoding, view=view,
+                                  description=description, quiet=encoding.quiet or not ranks.is_main)
     try:
         for _ in stream:
             pass

@@ -23,6 +23,24 @@ import numpy as np
 from .errors import NegPromptWarning, NotFoundError, UsageError
 
 OFFSET = "q"  # array type code of the offsets into the byte string (int64)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def report_unreadable_folders(unreadable: list[tuple[Path, str]], strict: bool) -> None:
+    """Folders a walk could not list (no read permission, a path longer than the system allows): the images
+    below them are left out, which is said, never silent."""
+    if not unreadable:
+        return
+    shown = ", ".join(f"{path} ({reason})" for path, reason in unreadable[:3]) + (" ..." if len(unreadable) > 3
+                                                                                 else "")
+    message = f"{len(unreadable)} folder(s) could not be read, so their images are left out: {shown}"
+    if strict:
+        raise UsageError(message, hint="fix the permissions or shorten the paths, or drop --strict to skip them")
+    warnings.warn(f"skipped {message}", NegPromptWarning, stacklevel=3)
 
 
 def walk(root: Path, unreadable: list[tuple[Path, str]] | None = None) -> Iterator[tuple[str, str, bool]]:
@@ -31,8 +49,6 @@ def walk(root: Path, unreadable: list[tuple[Path, str]] | None = None) -> Iterat
 
     A folder reached twice (a symlink loop, or two links to one folder) is walked once; folders that cannot be
     listed are appended to ``unreadable`` as (path, reason)."""
-    from .data import IMAGE_EXTENSIONS
-
     seen: set[tuple[int, int]] = set()
 
     def folder(path: str, real: str) -> Iterator[tuple[str, str, bool]]:
@@ -117,8 +133,6 @@ def list_images(inputs: Sequence[Path], *, strict: bool = False) -> ImageList:
     """The images of the inputs (files or folders), in the order given, each folder's sorted; an image reached
     twice (a file and its folder, one folder named twice, a symlink to it) is kept once, where it first
     appears. No image at all is an error naming the inputs."""
-    from .data import is_image_file, report_unreadable_folders
-
     blob, offsets, root_index, keys = bytearray(), array(OFFSET, [0]), array("i"), bytearray()
     roots: list[Path] = []
     unreadable: list[tuple[Path, str]] = []
@@ -142,8 +156,6 @@ def list_images(inputs: Sequence[Path], *, strict: bool = False) -> ImageList:
             root_index.append(number)
             keys += hashlib.blake2b(os.fsencode(real), digest_size=16).digest()
         if ignored:
-            from .data import IMAGE_EXTENSIONS
-
             warnings.warn(f"ignored {ignored} file(s) under {given} that are not images by extension (e.g. "
                           f"{example}); image types: {', '.join(sorted(IMAGE_EXTENSIONS))}", NegPromptWarning,
                           stacklevel=2)

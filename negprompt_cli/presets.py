@@ -81,12 +81,6 @@ def negatives_note(scorer: str, *, by_default: bool) -> str:
 class _Unset:
     """The value of a setting nobody gave (``None`` is a real value: "every image", "never chunk")."""
 
-    _instance: _Unset | None = None
-
-    def __new__(cls) -> _Unset:
-        cls._instance = cls._instance or super().__new__(cls)
-        return cls._instance
-
     def __repr__(self) -> str:
         return "UNSET"
 

@@ -110,6 +110,18 @@ def pos_fast(epochs: int = 2) -> list[str]:
             "--warmup-epochs", "0", "--n-ctx", "4"]
 
 
+def train_positives(root: Path, backbone_dir: Path, cache: Path, fit_args: list[str], *, train: int,
+                    test: int) -> Path:
+    """Two-class train/ and test/ folders under ``root`` and positive prompts trained on them (root/pos.safetensors),
+    for a test module to build once and copy per test (:func:`copy_tree`)."""
+    make_image_folder(root / "train", classes=("red_stripes", "green_bars"), per_class=train, seed=0)
+    make_image_folder(root / "test", classes=("red_stripes", "green_bars"), per_class=test, seed=1)
+    pos = invoke(["fit-pos", "--data", str(root / "train"), "--out", str(root / "pos.safetensors"), "--backbone",
+                  f"local-dir:{backbone_dir}", "--cache-dir", str(cache), *fit_args])
+    assert pos.exit_code == 0, pos.stderr
+    return root
+
+
 def copy_tree(source: Path, target: Path) -> Path:
     """``source``'s files into ``target`` (for a test's own copy of artifacts trained once per module)."""
     shutil.copytree(source, target, dirs_exist_ok=True)

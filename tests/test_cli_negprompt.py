@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import NEG_FAST, TEST_DEVICE, copy_tree, invoke, make_image_folder, pos_fast
+from conftest import NEG_FAST, TEST_DEVICE, copy_tree, invoke, make_image_folder, pos_fast, train_positives
 
 from negprompt_cli.artifact import load_prompts
 from negprompt_cli.composers.cli import app
@@ -24,15 +24,10 @@ POS_FAST = pos_fast(20)
 @pytest.fixture(scope="module")
 def trained_world(tmp_path_factory, tiny_vit_dir):
     """The folders and their positive prompts, trained once for this module (its own feature cache)."""
-    root = tmp_path_factory.mktemp("world")
-    make_image_folder(root / "train", classes=("red_stripes", "green_bars"), per_class=12, seed=0)
-    make_image_folder(root / "test", classes=("red_stripes", "green_bars"), per_class=6, seed=1)
+    root = train_positives(tmp_path_factory.mktemp("world"), tiny_vit_dir, tmp_path_factory.mktemp("world-cache"),
+                           POS_FAST, train=12, test=6)
     make_image_folder(root / "ood", classes=("blue_dots",), per_class=6, seed=2)
     (root / "new.txt").write_text("red stripes\ngreen bars\nblue dots\n")
-    backbone = ["--backbone", f"local-dir:{tiny_vit_dir}"]
-    pos = invoke(["fit-pos", "--data", str(root / "train"), "--out", str(root / "pos.safetensors"), *backbone,
-                  "--cache-dir", str(tmp_path_factory.mktemp("world-cache")), *POS_FAST])
-    assert pos.exit_code == 0, pos.stderr
     return root
 
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-from conftest import NEG_FAST, copy_tree, error_line, invoke, make_image_folder, pos_fast
+from conftest import NEG_FAST, copy_tree, error_line, invoke, make_image_folder, pos_fast, train_positives
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -27,14 +27,8 @@ POS_FAST = pos_fast(6)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_vit_dir):
     """The folders and their positive prompts, trained once for this module (its own feature cache)."""
-    root = tmp_path_factory.mktemp("faults")
-    make_image_folder(root / "train", classes=("red_stripes", "green_bars"), per_class=8, seed=0)
-    make_image_folder(root / "test", classes=("red_stripes", "green_bars"), per_class=4, seed=1)
-    pos = invoke(["fit-pos", "--data", str(root / "train"), "--out", str(root / "pos.safetensors"),
-                  "--backbone", f"local-dir:{tiny_vit_dir}", "--cache-dir", str(tmp_path_factory.mktemp("fc")),
-                  *POS_FAST])
-    assert pos.exit_code == 0, pos.stderr
-    return root
+    return train_positives(tmp_path_factory.mktemp("faults"), tiny_vit_dir, tmp_path_factory.mktemp("fc"), POS_FAST,
+                           train=8, test=4)
 
 
 @pytest.fixture

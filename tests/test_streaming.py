@@ -160,7 +160,7 @@ def _os_walk_sorted(root):
     import os
     from pathlib import Path
 
-    from negprompt_cli.data import is_image_file
+    from negprompt_cli.image_list import is_image_file
 
     found = []
     for folder, dirs, files in os.walk(root, followlinks=True):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..data import is_image_file, walk_images
+from ..data import walk_images
+from ..image_list import is_image_file
 from .protocol import Protocol, imagenet_wnids
 
 WNID = re.compile(r"^n\d{8}$")

@@ -24,8 +24,8 @@ from ..registry import ScorerSpec, get_host
 from ..text_encoder import SoftPromptTextEncoder
 from ..text_features import HAND_TEMPLATE, hand_template_features, template_features, text_features_for
 from .negative_labels import LabelRequest, NegativeLabels, prepare, settings_fingerprint, zero_shot_templates
-from .scores import Scores
-from .thresholds import ID_KEPT, applicable, calibrate, calibrated_scorer, scoring_temperature
+from .scores import Scores, score_features
+from .thresholds import ID_KEPT, applicable, calibrated_scorer, scoring_temperature, threshold_record
 
 
 @dataclass(frozen=True)
@@ -90,13 +90,23 @@ class ScoringSetup:
                                                    cache_dir=cache_dir or default_cache_dir(), quiet=quiet)
         return self
 
+    def scores(self, features: torch.Tensor) -> Scores:
+        """Unit image ``features`` [N, E] scored with exactly this scorer, τ, text features and mined labels."""
+        return score_features(features, self.text_pos, self.text_neg, scorer=self.scorer_fn,
+                              temperature=self.temperature, logit_scale=self.backbone.logit_scale, mined=self.mined,
+                              scorer_options=self.scorer_options)
+
+    def threshold_record(self, scores: torch.Tensor, *, source: str, keep: float = ID_KEPT) -> dict[str, Any]:
+        """The threshold record that keeps ``keep`` (95 %) of these ID ``scores``, for exactly this scorer, τ,
+        class list and label settings."""
+        return threshold_record(scores, names=self.names, scorer=self.scorer, temperature=self.temperature,
+                                source=source, keep=keep, settings=self.settings)
+
     def calibrate(self, features: torch.Tensor, *, source: str,
                   keep: float = ID_KEPT) -> tuple[dict[str, Any], torch.Tensor]:
-        """(the threshold record that keeps ``keep`` (95 %) of these ID ``features``, their predicted classes), for
-        exactly this scorer, τ, class list and label settings."""
-        return calibrate(features, self.text_pos, self.text_neg, names=self.names, scorer=self.scorer,
-                         temperature=self.temperature, logit_scale=self.backbone.logit_scale, source=source,
-                         keep=keep, mined=self.mined, scorer_options=self.scorer_options, settings=self.settings)
+        """(the threshold record that keeps ``keep`` of these ID ``features``, their predicted classes)."""
+        result = self.scores(features)
+        return self.threshold_record(result.score, source=source, keep=keep), result.prediction
 
     def stored(self) -> tuple[float | None, str | None]:
         """(the stored threshold, None) when it was calibrated for exactly these names, scorer, τ and label

@@ -18,9 +18,8 @@ from typing import Any
 import torch
 
 from ..errors import NegPromptError, NegPromptWarning
-from ..registry import ScorerSpec, get_host
+from ..registry import ScorerSpec
 from .metrics import id_threshold
-from .scores import score_features
 
 ID_KEPT = 0.95
 # Artifacts written before thresholds recorded their scorer were calibrated with Eq. 3, at the training τ.
@@ -55,27 +54,11 @@ def class_list_id(names: Sequence[str]) -> dict[str, Any]:
     return {"count": len(names), "sha256": digest}
 
 
-def calibrate(features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Tensor | None, *, names: Sequence[str],
-              scorer: str, temperature: float, logit_scale: float, source: str,
-              keep: float = ID_KEPT, mined: torch.Tensor | None = None,
-              scorer_options: dict[str, Any] | None = None,
-              settings: dict[str, Any] | None = None) -> tuple[dict[str, Any], torch.Tensor]:
-    """The threshold that keeps ``keep`` of these ID images' scores, recorded with what it is valid for.
-
-    Returns the record and the class predictions (callers report ID accuracy from them). ``mined`` and
-    ``scorer_options``: the negative labels and settings of a negative-label scorer (see ``score_features``);
-    ``settings``: their fingerprint (``negative_labels.settings_fingerprint``), recorded so that the
-    threshold is only used with the same lexicon, mining and grouping.
-    """
-    scores = score_features(features, text_pos, text_neg, scorer=get_host().scorer(scorer), temperature=temperature,
-                            logit_scale=logit_scale, mined=mined, scorer_options=scorer_options)
-    return threshold_record(scores.score, names=names, scorer=scorer, temperature=temperature, source=source,
-                            keep=keep, settings=settings), scores.prediction
-
-
 def threshold_record(scores: torch.Tensor, *, names: Sequence[str], scorer: str, temperature: float, source: str,
                      keep: float = ID_KEPT, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The threshold record for the ID ``scores`` (all of them: a streamed calibration keeps only these)."""
+    """The threshold that keeps ``keep`` of these ID images' ``scores``, recorded with what it is valid for: the
+    class list, scorer, τ and (``settings``, ``negative_labels.settings_fingerprint``) the negative-label
+    lexicon, mining and grouping. Only the scores are needed, so a streamed calibration keeps a float each."""
     if not torch.isfinite(scores).all():
         raise NegPromptError(f"non-finite scores while calibrating on {source}",
                              hint="the prompts or the feature cache may be damaged")

@@ -20,7 +20,7 @@ from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, check_enough_items, gather_to_all
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..feature_cache import compact, default_cache_dir, foreign_entries, verify
-from ..image_features import EncodeOptions, EncodeStats, View, cache_share
+from ..image_features import EncodeOptions, EncodeStats, View, cache_share, ranks_agree
 from ..image_list import list_images
 from ..presets import POSITIVE_OPTIM
 
@@ -63,6 +63,7 @@ def build(options: CacheBuildOptions) -> dict[str, Any] | None:
     encoding = replace(options.encode, cache_dir=root,
                        precision=check_precision(backbone.device, options.encode.precision))
     views = [View()] + [View(index=k, seed=options.seed) for k in range(options.aug_views)]
+    ranks_agree(options.ranks, backbone, paths)
     total = EncodeStats()
     for view in views:  # every rank encodes its own share; only the counts travel
         mine = cache_share(options.ranks, backbone, paths, encoding, view=view,
@@ -73,8 +74,7 @@ def build(options: CacheBuildOptions) -> dict[str, Any] | None:
             raise NegPromptError(f"the feature cache {root} could not be written ({failed})",
                                  hint="free some space or point --cache-dir elsewhere; the rows written so far "
                                       "are kept")
-        for stats in shares:
-            total.merge(stats)
+        total.merge(EncodeStats.total(shares))
     if not options.ranks.is_main:
         return None
     return {"images": len(paths), "views": [v.tag() for v in views], "rows": total.requested,

@@ -17,13 +17,13 @@ import torch
 from ..artifact import PromptArtifact
 from ..atomic import check_not_input, check_output_path
 from ..backbone import BackboneRequest, RuntimeOptions
-from ..data import find_images, image_inputs, is_image_file, read_names_file
+from ..data import find_images, image_inputs, read_names_file
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, batch_shard, check_enough_items, from_main, gather_to_all, gather_to_main
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..explain import explain
-from ..image_features import EncodeOptions, EncodeStats, ImageStream, Window, ranks_agree
-from ..image_list import ImageList, list_images
+from ..image_features import EncodeOptions, EncodeStats, ImageStream, Window, agree_on_list, ranks_agree
+from ..image_list import ImageList, is_image_file, list_images
 from ..registry import ScorerSpec, get_host
 from ..score_file import FORMATS, render_rows, score_columns
 from ..score_output import (
@@ -39,9 +39,9 @@ from ..score_output import (
 )
 from ..scoring.adaptive import AdaptiveOptions, AdaptiveScorer
 from ..scoring.negative_labels import LabelRequest
-from ..scoring.scores import Scores, score_features
+from ..scoring.scores import Scores
 from ..scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
-from ..scoring.thresholds import ThresholdWarning, threshold_record, warn_no_decision, warn_no_threshold
+from ..scoring.thresholds import ThresholdWarning, warn_no_decision, warn_no_threshold
 
 
 @dataclass
@@ -147,7 +147,7 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
             raise
         if gathered is None:
             return None
-        tally, stats = _merge_tallies([t for _, t, _ in gathered]), _merge_stats([st for _, _, st in gathered])
+        tally, stats = _merge_tallies([t for _, t, _ in gathered]), EncodeStats.total(st for _, _, st in gathered)
         joined = time.perf_counter()
         parts = [p for p, _, _ in gathered if p is not None]
         if tally.broken or not tally.images:  # the error below; nothing is written
@@ -166,9 +166,9 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
         part_record = {"parts": [{"rank": r, "images": g[1].images, "bytes": g[0][1] if g[0] else 0}
                                  for r, g in enumerate(gathered)],
                        "join_seconds": round(time.perf_counter() - joined, 3)}
+        _check_scored(tally, options, paths)  # one process checked before its output was published
     else:
         part_record = None
-    _check_scored(tally, options, paths)
     if options.labeled:
         _warn_unknown_labels(tally.unknown_labels, setup.names)
     labels, text_neg, scorer_options = setup.labels, setup.text_neg, setup.scorer_options
@@ -229,13 +229,6 @@ def _merge_tallies(tallies: list[Tally]) -> Tally:
     return total
 
 
-def _merge_stats(parts: list[EncodeStats]) -> EncodeStats:
-    total = EncodeStats()
-    for part in parts:
-        total.merge(part)
-    return total
-
-
 class _RowWriter:
     """Turns scored batches into score-file rows, writes them, and keeps the tally (and, for the Python API on
     small inputs, the rows)."""
@@ -250,12 +243,6 @@ class _RowWriter:
         self.tally = Tally()
         self.header_due = options.fmt == "csv" and ranks.is_main  # written with the first rows
         self.kept: list[dict[str, Any]] | None = [] if options.return_rows and not ranks.distributed else None
-
-    def scores(self, feats: torch.Tensor) -> Scores:
-        setup = self.setup
-        return score_features(feats, setup.text_pos, setup.text_neg, scorer=setup.scorer_fn,
-                              temperature=setup.temperature, logit_scale=setup.backbone.logit_scale,
-                              mined=setup.mined, scorer_options=setup.scorer_options)
 
     def header(self, output: RowOutput) -> None:
         if self.header_due:
@@ -318,23 +305,16 @@ def _batches_of(window: Window, offset: int, batch_size: int) -> Iterator[tuple[
         start = stop
 
 
-def _stream(setup: ScoringSetup, encoding: EncodeOptions, paths: Sequence[Path], description: str,
-            quiet: bool) -> ImageStream:
-    return ImageStream(setup.backbone, paths, cache_dir=encoding.cache_dir, batch_size=encoding.batch_size,
-                       num_workers=encoding.num_workers, precision=encoding.precision, strict=encoding.strict,
-                       quiet=quiet, description=description)
-
-
 def _score_share(setup: ScoringSetup, encoding: EncodeOptions, paths: Sequence[Path], ranks: Ranks,
                  writer: _RowWriter, output: RowOutput) -> EncodeStats:
     """This rank's contiguous run of whole batches (one process: every image), scored batch by batch."""
     share = batch_shard(len(paths), encoding.batch_size, ranks)
-    stream = _stream(setup, encoding, paths[share.start:share.stop], "Scoring images",
-                     encoding.quiet or not ranks.is_main)
+    stream = ImageStream.encoding(setup.backbone, paths[share.start:share.stop], encoding,
+                                  description="Scoring images", quiet=encoding.quiet or not ranks.is_main)
     try:
         for window in stream:
             for indices, feats in _batches_of(window, share.start, encoding.batch_size):
-                writer.write(indices, feats, writer.scores(feats), output)
+                writer.write(indices, feats, setup.scores(feats), output)
     except NegPromptError as exc:  # about this rank's share: the other ranks cannot say it
         exc.rank_specific = ranks.distributed
         raise
@@ -349,8 +329,9 @@ def _score_adaptively(options: ScoreOptions, setup: ScoringSetup, encoding: Enco
     filling = None
     if ranks.distributed:
         share = batch_shard(len(paths), encoding.batch_size, ranks)
-        filling = _stream(setup, encoding, paths[share.start:share.stop], "Encoding images (adaptive)",
-                          encoding.quiet or not ranks.is_main)
+        filling = ImageStream.encoding(setup.backbone, paths[share.start:share.stop], encoding,
+                                       description="Encoding images (adaptive)",
+                                       quiet=encoding.quiet or not ranks.is_main)
         for _ in filling:
             pass
         gather_to_main(None, ranks, "encoding the shares of an adaptive run")
@@ -375,13 +356,13 @@ def _score_adaptively(options: ScoreOptions, setup: ScoringSetup, encoding: Enco
             writer.write(indices, feats, result, output)
             adapted = adapted[n:]
 
-    stream = _stream(setup, encoding, paths, "Scoring images", encoding.quiet)
+    stream = ImageStream.encoding(setup.backbone, paths, encoding, description="Scoring images")
     with warnings.catch_warnings():
         if ranks.distributed:  # what the ranks' encoding found (skipped images, the cache) was said then
             warnings.simplefilter("ignore", NegPromptWarning)
         for window in stream:
             for indices, feats in _batches_of(window, 0, encoding.batch_size):
-                waiting.append((indices, feats, writer.scores(feats)))  # the score itself: the memory's
+                waiting.append((indices, feats, setup.scores(feats)))  # the score itself: the memory's
                 release(adaptive.feed(feats))
     release(adaptive.finish())
     # a torchrun job counts what the ranks encoded (rank 0's pass read their rows back from the cache)
@@ -419,22 +400,20 @@ def _threshold(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptio
         if not paths:
             raise UsageError(f"no images found under {options.calibrate}")
         check_enough_items(len(paths), ranks, "calibration image(s)")
-        ranks_agree(ranks, setup.backbone, paths)
+        agree_on_list(ranks, paths, "the calibration images")
         share = batch_shard(len(paths), encoding.batch_size, ranks)
-        stream = _stream(setup, encoding, paths[share.start:share.stop], "Encoding calibration images",
-                         encoding.quiet or not ranks.is_main)
+        stream = ImageStream.encoding(setup.backbone, paths[share.start:share.stop], encoding,
+                                      description="Encoding calibration images",
+                                      quiet=encoding.quiet or not ranks.is_main)
         scores = []
         for window in stream:
             for _, feats in _batches_of(window, share.start, encoding.batch_size):
-                scores.append(score_features(feats, setup.text_pos, setup.text_neg, scorer=setup.scorer_fn,
-                                             temperature=setup.temperature, logit_scale=setup.backbone.logit_scale,
-                                             mined=setup.mined, scorer_options=setup.scorer_options).score)
+                scores.append(setup.scores(feats).score)
         mine = torch.cat(scores) if scores else torch.empty(0)
         every = torch.cat(gather_to_all(mine, ranks, "exchanging the calibration scores"))
         if not every.numel():
             raise UsageError(f"no readable images under {options.calibrate}")
-        record = threshold_record(every, names=setup.names, scorer=setup.scorer, temperature=setup.temperature,
-                                  source=f"calibration images {options.calibrate}", settings=setup.settings)
+        record = setup.threshold_record(every, source=f"calibration images {options.calibrate}")
         return record["value"], "--calibrate", record
     threshold, reason = setup.stored()
     if ranks.is_main and reason is not None:
