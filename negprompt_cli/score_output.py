@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .atomic import publish, temp_prefix
 from .errors import NegPromptError, UsageError
@@ -55,7 +56,7 @@ class FileOutput(RowOutput):
         publish(self.tmp, self.path)
 
     def discard(self) -> None:
-        self.handle.close()
+        _close_quietly(self.handle)  # after a full disk, closing (flushing) fails again: remove the file anyway
         self.tmp.unlink(missing_ok=True)
 
 
@@ -82,6 +83,13 @@ class TextOutput(RowOutput):
     @property
     def text(self) -> str:
         return "".join(self.pieces)
+
+
+def _close_quietly(handle: Any) -> None:
+    try:
+        handle.close()
+    except OSError:
+        pass
 
 
 def part_prefix(target: str) -> str:
@@ -136,7 +144,7 @@ class PartOutput(RowOutput):
         self.handle.close()
 
     def discard(self) -> None:
-        self.handle.close()
+        _close_quietly(self.handle)
         self.path.unlink(missing_ok=True)
 
 

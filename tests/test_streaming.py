@@ -195,3 +195,21 @@ def test_the_compact_image_list_keeps_the_sorted_order_and_reads_each_image_once
     assert list(share) == expected[8:20] and share.root(0) == root and share.fingerprint() != images.fingerprint()
     assert images.nbytes < 100 * len(images)  # the path's bytes and 12 more per image, not a Path object each
 
+
+
+def test_a_full_disk_while_scoring_leaves_no_file_even_when_closing_fails_too(tmp_path):
+    target = FileOutput(tmp_path / "scores.csv")
+
+    class Full:
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self) -> None:  # flushing what is buffered fails the same way
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    target.handle.close()
+    target.handle = Full()  # type: ignore[assignment]
+    with pytest.raises(OSError):
+        target.write("path,score\n")
+    target.discard()
+    assert list(tmp_path.iterdir()) == []
