@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -16,18 +17,75 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-def check_output_path(path: Path) -> Path:
-    """Fail before any work is done if the output could not be written (probed with a real file, and its full
-    name checked against the file system's limits)."""
+# What an existing path is, when it is neither a regular file nor a folder: never replaced by a writer.
+_SPECIAL = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+            (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(path: Path) -> str | None:
+    """'a named pipe', 'a character device', ... when ``path`` (followed through symlinks) exists and is neither a
+    regular file nor a folder; None otherwise."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return next((kind for test, kind in _SPECIAL if test(mode)), None)
+
+
+def is_stream_target(path: Path) -> bool:
+    """A named pipe or a character device (``/dev/stdout`` in a terminal, ``>(gzip > x)``, ``/dev/null``): it
+    takes bytes as they come and cannot be renamed over, so only a streamed output (score rows) is written to it,
+    directly."""
+    return special_kind(path) in ("a named pipe", "a character device")
+
+
+def real_target(path: Path) -> Path:
+    """The file a write to ``path`` lands in: a symlink is followed, as a shell's ``>`` follows it, so the link
+    (the user's) stays and the file it names is replaced; anything else is ``path`` itself."""
     path = Path(path)
-    if path.parent.exists():
-        check_name_fits(path)
-    if path.exists() and path.is_dir():
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path  # islink: False for a name too long
+
+
+def check_replaceable(path: Path, what: str = "--out") -> None:
+    """Refuse to rename a file over ``path`` when it is not a regular file: a named pipe, a device (``/dev/full``
+    as root), a socket is somebody else's, and a writer that replaced it would lose it silently (exit 2)."""
+    kind = special_kind(path)
+    if kind is not None:
+        raise UsageError(f"{what} {path} is {kind}, not a regular file: negprompt writes a finished file and "
+                         "renames it into place, which would replace it",
+                         hint="name a regular file" + (" (score rows can go to a pipe: omit --out and redirect "
+                                                       "stdout, or give score --out the pipe)"
+                                                       if kind == "a named pipe" else ""))
+
+
+def check_output_folder(path: Path, what: str = "--out") -> None:
+    """An output folder may be new or a folder; a file, pipe or device in its place is refused (exit 2), never
+    removed or replaced."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UsageError(f"{what} {path} is {special_kind(path) or 'a file'}, not a folder",
+                         hint="name a new or existing folder")
+
+
+def check_output_path(path: Path, *, stream_ok: bool = False) -> Path:
+    """Fail before any work is done if the output could not be written (probed with a real file, and its full
+    name checked against the file system's limits). An existing path that is not a regular file is refused
+    (:func:`check_replaceable`), except a named pipe or character device where ``stream_ok`` (a streamed output,
+    written to it directly)."""
+    path = Path(path)
+    if stream_ok and is_stream_target(path):
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"cannot write to {path}: permission denied")
+        return path
+    target = real_target(path)
+    if target.parent.exists():
+        check_name_fits(target)
+    if target.exists() and target.is_dir():
         raise UsageError(f"output path is a directory: {path}", hint="name a file, e.g. prompts.safetensors")
-    if not path.parent.exists():
-        raise NotFoundError(f"output directory does not exist: {path.parent}",
-                            hint=f"create it first: mkdir -p {path.parent}")
-    check_writable(path.parent)
+    check_replaceable(target)
+    if not target.parent.exists():
+        raise NotFoundError(f"output directory does not exist: {target.parent}",
+                            hint=f"create it first: mkdir -p {target.parent}")
+    check_writable(target.parent)
     return path
 
 
@@ -84,16 +142,28 @@ def check_writable(folder: Path) -> None:
 
 
 def publish(tmp: Path, path: Path) -> None:
-    """Give a finished temporary file the mode a plainly created file would have, then rename it into place."""
+    """Give a finished temporary file the mode a plainly created file would have, then rename it into place: over
+    the file a symlink names (the link stays), never over anything but a regular file (every writer's last
+    check, also for files inside folders the tool owns)."""
+    target = real_target(path)
+    check_replaceable(target)
     os.chmod(tmp, 0o666 & ~_UMASK)
-    os.replace(tmp, path)
+    os.replace(tmp, target)
+
+
+def temp_file(path: Path) -> tuple[int, Path]:
+    """(descriptor, path) of a new temporary file in the folder of the file a write to ``path`` replaces, so that
+    the final rename stays on one file system."""
+    target = real_target(path)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent)
+    return fd, Path(tmp)
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only on success."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file(path)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -105,10 +175,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_folder(path: Path) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path``; on success it replaces ``path`` whole (multi-file outputs)."""
-    path = Path(path)
+    """Yield a temporary folder next to ``path``; on success it replaces ``path`` whole (multi-file outputs). A
+    symlink to a folder stays: the folder it names is replaced."""
+    path = real_target(Path(path))
     if path.exists() and not path.is_dir():
-        raise UsageError(f"output path is a file, not a folder: {path}")
+        raise UsageError(f"output path is {special_kind(path) or 'a file'}, not a folder: {path}")
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .atomic import publish, temp_prefix
+from .atomic import publish, temp_file
 from .errors import NegPromptError, UsageError
 
 ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # a file name that is not UTF-8 keeps its bytes
@@ -41,15 +40,11 @@ class FileOutput(RowOutput):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        fd, name = tempfile.mkstemp(prefix=temp_prefix(self.path), suffix=".tmp", dir=self.path.parent)
-        self.tmp = Path(name)
+        fd, self.tmp = temp_file(self.path)
         self.handle = os.fdopen(fd, "wb")
 
     def write(self, text: str) -> None:
         self.handle.write(text.encode(**ENCODING))
-
-    def write_bytes(self, data: bytes) -> None:
-        self.handle.write(data)
 
     def finish(self) -> None:
         self.handle.close()
@@ -58,6 +53,41 @@ class FileOutput(RowOutput):
     def discard(self) -> None:
         _close_quietly(self.handle)  # after a full disk, closing (flushing) fails again: remove the file anyway
         self.tmp.unlink(missing_ok=True)
+
+
+class PipeOutput(RowOutput):
+    """``--out`` that is a named pipe or a character device (``atomic.is_stream_target``): rows written to it
+    directly, as to stdout; it is never renamed over. A failed write (``/dev/full``: no space; a pipe whose reader
+    left) is one error naming it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.handle = open(self.path, "wb")  # a pipe: waits for its reader, as a shell's > does
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def write(self, text: str) -> None:
+        try:
+            self.handle.write(text.encode(**ENCODING))
+        except OSError as exc:
+            _close_quietly(self.handle)
+            raise self._failed(exc) from None
+
+    def finish(self) -> None:
+        try:
+            self.handle.close()
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def discard(self) -> None:
+        _close_quietly(self.handle)
+
+    def _failed(self, exc: OSError) -> NegPromptError:
+        reason = "its reader closed it" if isinstance(exc, BrokenPipeError) else (exc.strerror or str(exc))
+        return NegPromptError(f"could not write the scores to {self.path}: {reason}",
+                              hint="rows already written there cannot be taken back; rerun with a regular --out "
+                                   "file for an all-or-nothing output")
 
 
 class StreamOutput(RowOutput):

@@ -400,6 +400,17 @@ EXPORT_FOLDERS = ("train", "test", "calib", "ood_near", "ood_unnamed", "ood_far"
 EXPORT_FILES = ("train_names.txt", "id_names.txt")
 
 
+def check_export_target(root: Path) -> None:
+    """An earlier export's names in ``root`` are replaced: each must be what an export writes there (a folder, a
+    file), never a pipe or a device of somebody else's (exit 2, before rendering)."""
+    from .atomic import check_output_folder, check_replaceable
+
+    for name in EXPORT_FOLDERS:
+        check_output_folder(Path(root) / name, "world export:")
+    for name in EXPORT_FILES:
+        check_replaceable(Path(root) / name, "world export:")
+
+
 def remove_export(root: Path) -> None:
     """Delete what an earlier export wrote into ``root`` (and nothing else), so a new one cannot mix with it."""
     import shutil
@@ -424,6 +435,8 @@ def export_world_into(out: Path, spec: WorldSpec) -> dict[str, Path]:
     import tempfile
 
     out = Path(out)
+    if out.is_dir():
+        check_export_target(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         written = export_world(staging, spec)

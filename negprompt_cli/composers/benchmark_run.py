@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..artifact import load_prompts, package_versions
-from ..atomic import write_text_atomic
+from ..atomic import check_output_folder, write_text_atomic
 from ..backbone import BackboneRequest, RuntimeOptions
 from ..benchmark.layout import ImageList, check_layout
 from ..benchmark.protocol import Protocol, imagenet_wnids, load_protocol
@@ -255,6 +255,7 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
                          hint=f"negprompt benchmark check {options.protocol} --root {options.root} lists them")
     if not options.out.parent.exists():
         raise NotFoundError(f"output directory's parent does not exist: {options.out.parent}")
+    check_output_folder(options.out)
     options.out.mkdir(exist_ok=True)
     _claim_run_folder(options, protocol)
     views = prepare_views(protocol, Path(options.root), options.out, layout.val_images, options.image_lists)

@@ -70,9 +70,9 @@ def world_export_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Render the world as ImageFolder trees so every CLI path can run on real files."""
-    from ..atomic import check_writable
+    from ..atomic import check_output_folder, check_writable
     from ..errors import NotFoundError, UsageError
-    from ..world import CATEGORIES, UNNAMED, WorldSpec, default_spec, export_world_into
+    from ..world import CATEGORIES, UNNAMED, WorldSpec, check_export_target, default_spec, export_world_into
 
     if not out.parent.exists():
         raise NotFoundError(f"output directory's parent does not exist: {out.parent}")
@@ -99,8 +99,8 @@ def world_export_command(
     k = train_classes if train_classes is not None else len(ids)
     if not 1 <= k <= len(ids):
         raise UsageError(f"--train-classes must be between 1 and {len(ids)} (got {k})")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} is a file; the world is written into a folder")
+    check_output_folder(out, "world export:")
+    check_export_target(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out} is not empty: an export there would mix with what it holds",
                          hint="choose an empty or new folder, or pass --overwrite to replace an earlier export")
@@ -334,6 +334,10 @@ def demo_command(
         from ..errors import NotFoundError
 
         raise NotFoundError(f"--workdir parent does not exist: {workdir.parent}")
+    if workdir is not None:
+        from ..atomic import check_output_folder
+
+        check_output_folder(workdir, "--workdir")
     report = run_demo(workdir, seed=seed, device=device, quiet=json_out)
     print_report(report, Path(report["demo"]["workdir"]) / "report")
     info(f"Done in {report['demo']['seconds']:.0f} s. Everything is in {report['demo']['workdir']}.")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact import SCHEMA_VERSION, PromptArtifact, load_prompts
+from ..atomic import check_output_folder
 from ..environment import hub_cache_from_environment
 from ..errors import HubError, IncompatibleArtifactError, NotFoundError, UsageError
 
@@ -158,6 +159,8 @@ def pull(ref: str, options: HubOptions = HubOptions(), out: Path | None = None) 
     from .. import __version__
 
     repo_id, revision = parse_repo_ref(ref)
+    if out is not None:
+        check_output_folder(out)
     if out is not None and out.exists() and any(out.iterdir()):
         raise UsageError(f"--out {out} exists and is not empty")
     if out is not None and not out.parent.exists():

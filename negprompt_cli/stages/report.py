@@ -14,7 +14,15 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..atomic import atomic_folder, check_name_fits, check_writable, files_into_folder
+from ..atomic import (
+    atomic_folder,
+    check_name_fits,
+    check_output_folder,
+    check_replaceable,
+    check_writable,
+    files_into_folder,
+    real_target,
+)
 from ..errors import NegPromptWarning, NotFoundError, UsageError
 from ..report_images import DEFAULT_PER_GALLERY, THUMBNAIL_PIXELS, examples, per_class_kept, thumbnail
 from ..report_page import render_html, render_markdown
@@ -174,8 +182,9 @@ def check_report_folder(out: Path, overwrite: bool) -> None:
     unless --overwrite (and even then only the report's own files are replaced)."""
     if not out.parent.exists():
         raise NotFoundError(f"output directory's parent does not exist: {out.parent}")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder", hint="name a folder for the report")
+    check_output_folder(out)
+    for name in REPORT_FILES:  # an existing report's files are replaced: each must be a file
+        check_replaceable(real_target(out / name))
     check_name_fits(out / "report.html")
     check_writable(out if out.is_dir() else out.parent)
     if out.is_dir() and not overwrite:

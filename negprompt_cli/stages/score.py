@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..artifact import PromptArtifact
-from ..atomic import check_not_input, check_output_path
+from ..atomic import check_not_input, check_output_path, is_stream_target
 from ..backbone import BackboneRequest, RuntimeOptions
 from ..data import find_images, image_inputs, read_names_file
 from ..devices import check_precision
@@ -29,6 +29,7 @@ from ..score_file import FORMATS, render_rows, score_columns
 from ..score_output import (
     FileOutput,
     PartOutput,
+    PipeOutput,
     RowOutput,
     StreamOutput,
     TextOutput,
@@ -88,7 +89,7 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
         raise UsageError("--excel-safe is for CSV output; JSONL keeps names exact and is never run as formulas")
     if options.out is not None:
         try:
-            check_output_path(options.out)  # every rank: each writes its part next to it
+            check_output_path(options.out, stream_ok=True)  # every rank: each writes its part next to it
         except NegPromptError as exc:  # on another node the folder may differ: this rank says so itself
             exc.rank_specific = ranks.distributed and not ranks.is_main
             raise
@@ -424,9 +425,11 @@ def _threshold(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptio
 
 
 def _part_folder(options: ScoreOptions) -> Path:
-    """Where a torchrun job's ranks write their parts: next to --out (stdout: the temporary folder, which only
-    ranks on rank 0's node share)."""
-    return options.out.parent if options.out is not None else Path(tempfile.gettempdir())
+    """Where a torchrun job's ranks write their parts: next to --out (stdout, a pipe or a device: the temporary
+    folder, which only ranks on rank 0's node share)."""
+    if options.out is None or is_stream_target(options.out):
+        return Path(tempfile.gettempdir())
+    return options.out.parent
 
 
 def _open_output(options: ScoreOptions, ranks: Ranks, folder: Path, target: str, run_id: str,
@@ -438,7 +441,7 @@ def _open_output(options: ScoreOptions, ranks: Ranks, folder: Path, target: str,
 
 def _final_output(options: ScoreOptions, stream: Callable[[str], object] | None) -> RowOutput:
     if options.out is not None:
-        return FileOutput(options.out)
+        return PipeOutput(options.out) if is_stream_target(options.out) else FileOutput(options.out)
     return StreamOutput(stream) if stream is not None else TextOutput()
 
 
