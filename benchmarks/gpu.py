@@ -101,10 +101,10 @@ def reference_step(backbone, c: int, steps: int) -> dict[str, Any]:  # type: ign
 
 def our_step(backbone, c: int, steps: int, precision: str, chunk: int | str | None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     from negprompt_cli.devices import autocast
-    from negprompt_cli.learners import PromptSettings
-    from negprompt_cli.memory import resolve_text_chunk
+    from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
     from negprompt_cli.registry import get_host
-    from negprompt_cli.text_encoder import SoftPromptTextEncoder
+    from negprompt_cli.training.learners import PromptSettings
+    from negprompt_cli.training.memory import resolve_text_chunk
 
     encoder = SoftPromptTextEncoder(backbone)
     names, ctx_pos, ctx_neg, f, labels = inputs(c, backbone.text_width, backbone.model.text_projection.shape[1])
@@ -164,11 +164,11 @@ def fit_neg_section(classes: list[int], steps: int) -> list[dict[str, Any]]:
 
 
 def epoch_section(classes: int, shots: int) -> list[dict[str, Any]]:
-    from negprompt_cli.learners import PromptSettings
-    from negprompt_cli.memory import resolve_text_chunk
+    from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
     from negprompt_cli.registry import get_host
-    from negprompt_cli.text_encoder import SoftPromptTextEncoder
-    from negprompt_cli.training import OptimConfig, train
+    from negprompt_cli.training.learners import PromptSettings
+    from negprompt_cli.training.loop import OptimConfig, train
+    from negprompt_cli.training.memory import resolve_text_chunk
 
     backbone = text_backbone()
     backbone.model.to(DEVICE)
@@ -210,11 +210,11 @@ def make_jpegs(folder: Path, n: int, size: tuple[int, int]) -> None:
 
 
 def score_section(archs: list[str], images: Path, batch: int, with_pil: bool) -> list[dict[str, Any]]:
-    from negprompt_cli.artifact import PromptArtifact, save_prompts
-    from negprompt_cli.backbone import BackboneRequest, load_backbone
     from negprompt_cli.devices import autocast
-    from negprompt_cli.image_features import EncodeOptions
-    from negprompt_cli.pixels import decode_jpegs, tensor_preprocess_for
+    from negprompt_cli.features.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.features.image_features import EncodeOptions
+    from negprompt_cli.inputs.pixels import decode_jpegs, tensor_preprocess_for
+    from negprompt_cli.outputs.artifact import PromptArtifact, save_prompts
     from negprompt_cli.stages.score import ScoreOptions, score
 
     paths = sorted(images.glob("*.jpg"))

@@ -37,10 +37,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "lexicon.json"
 
 
 def encode_sample(sample: int, batch: int) -> dict:
-    from negprompt_cli.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.features.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
+    from negprompt_cli.features.text_features import encode_texts
     from negprompt_cli.scoring.lexicon import load_lexicon
-    from negprompt_cli.text_encoder import SoftPromptTextEncoder
-    from negprompt_cli.text_features import encode_texts
 
     torch.manual_seed(0)
     backbone = load_backbone(BackboneRequest("ViT-B/16", pretrained="none", device="cpu"))
@@ -63,11 +63,11 @@ def encode_sample(sample: int, batch: int) -> dict:
 
 
 def ensemble_sample(nouns: int, adjectives: int, batch: int) -> dict:
-    from negprompt_cli.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.features.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
+    from negprompt_cli.features.text_features import template_features
     from negprompt_cli.scoring.lexicon import load_lexicon
     from negprompt_cli.scoring.negative_labels import POOLS
-    from negprompt_cli.text_encoder import SoftPromptTextEncoder
-    from negprompt_cli.text_features import template_features
 
     torch.manual_seed(0)
     backbone = load_backbone(BackboneRequest("ViT-B/16", pretrained="none", device="cpu"))

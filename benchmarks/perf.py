@@ -47,7 +47,7 @@ P, BATCH, SEED = 2, 64, 0
 def text_backbone(arch: str = "ViT-B-16"):  # type: ignore[no-untyped-def]
     import open_clip
 
-    from negprompt_cli.backbone import Backbone
+    from negprompt_cli.features.backbone import Backbone
 
     torch.manual_seed(SEED)
     model = open_clip.create_model(arch, pretrained=None)
@@ -70,9 +70,9 @@ def inputs(c: int, width: int, embed: int):  # type: ignore[no-untyped-def]
 
 
 def worker_ours(c: int, steps: int, text_chunk: int | None, out: Path) -> dict[str, Any]:
-    from negprompt_cli.learners import PromptSettings
+    from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
     from negprompt_cli.registry import get_host
-    from negprompt_cli.text_encoder import SoftPromptTextEncoder
+    from negprompt_cli.training.learners import PromptSettings
 
     backbone = text_backbone()
     encoder = SoftPromptTextEncoder(backbone)
@@ -151,9 +151,9 @@ def worker_reference(c: int, steps: int, out: Path) -> dict[str, Any]:
 def worker_score(arch: str, images: Path, batch: int) -> dict[str, Any]:
     from PIL import Image
 
-    from negprompt_cli.artifact import PromptArtifact, save_prompts
-    from negprompt_cli.backbone import BackboneRequest, load_backbone
-    from negprompt_cli.image_features import EncodeOptions
+    from negprompt_cli.features.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.features.image_features import EncodeOptions
+    from negprompt_cli.outputs.artifact import PromptArtifact, save_prompts
     from negprompt_cli.stages.score import ScoreOptions, score
 
     name = {"ViT-B-32": "ViT-B/32", "ViT-B-16": "ViT-B/16"}[arch]

@@ -36,12 +36,13 @@ import numpy as np
 import torch
 from common import ROOT, current_commit  # noqa: E402  (benchmarks/ is run as scripts)
 
-from negprompt_cli.artifact import load_prompts
-from negprompt_cli.backbone import BackboneRequest, RuntimeOptions, load_backbone
 from negprompt_cli.console import progress, show_progress
-from negprompt_cli.data import find_images, load_image_folder
-from negprompt_cli.image_features import EncodeOptions, encode_images
-from negprompt_cli.learners import PromptSettings
+from negprompt_cli.features.backbone import BackboneRequest, RuntimeOptions, load_backbone
+from negprompt_cli.features.image_features import EncodeOptions, encode_images
+from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
+from negprompt_cli.features.text_features import hand_template_features, text_features_for
+from negprompt_cli.inputs.image_folders import find_images, load_image_folder
+from negprompt_cli.outputs.artifact import load_prompts
 from negprompt_cli.presets import NEGATIVE_OPTIM
 from negprompt_cli.registry import get_host
 from negprompt_cli.scoring.adaptive import AdaptiveOptions, adaptive_scores
@@ -52,10 +53,9 @@ from negprompt_cli.scoring.scores import score_features
 from negprompt_cli.scoring.setup import zero_shot_features
 from negprompt_cli.stages.fit_neg import FitNegOptions, fit_neg
 from negprompt_cli.stages.fit_pos import FitPosOptions, fit_pos
-from negprompt_cli.text_encoder import SoftPromptTextEncoder
-from negprompt_cli.text_features import hand_template_features, text_features_for
-from negprompt_cli.training import OptimConfig
-from negprompt_cli.training_data import DataOptions
+from negprompt_cli.training.data import DataOptions
+from negprompt_cli.training.learners import PromptSettings
+from negprompt_cli.training.loop import OptimConfig
 from negprompt_cli.world import (
     NAMED,
     UNNAMED,

@@ -116,7 +116,7 @@ def make_model(folder: Path) -> tuple[Path, Path]:
     import open_clip
     from safetensors.torch import save_file
 
-    from negprompt_cli.artifact import PromptArtifact, save_prompts
+    from negprompt_cli.outputs.artifact import PromptArtifact, save_prompts
 
     torch.manual_seed(0)
     model = open_clip.create_model("ViT-B-32", pretrained=None)

@@ -20,13 +20,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .backbone import BackboneRequest, RuntimeOptions
 from .devices import check_precision
 from .errors import UsageError
-from .image_features import EncodeOptions, decode_rgb, encode_pixels
+from .features.backbone import BackboneRequest, RuntimeOptions
+from .features.image_features import EncodeOptions, decode_rgb, encode_pixels
 from .presets import DEFAULT_BACKBONE
 from .scoring.negative_labels import LabelRequest
 from .scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
+
+MAY_IMPORT = ("shared", "inputs", "outputs", "features", "scoring")  # read by tests/test_architecture.py
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor | str | Path
 

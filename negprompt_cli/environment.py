@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 # distributions whose versions decide behaviour (install names, as pip knows them)
@@ -21,6 +22,15 @@ PACKAGES = ("torch", "torchvision", "open_clip_torch", "huggingface_hub", "safet
 ENV_PREFIXES = ("NEGPROMPT_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_OFFLINE", "CUDA_VISIBLE_DEVICES", "TORCH_HOME",
                 "XDG_CACHE_HOME", "OMP_NUM_THREADS")
 SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
+
+
+def default_cache_dir() -> Path:
+    """``--cache-dir`` > ``NEGPROMPT_CACHE`` > ``$XDG_CACHE_HOME/negprompt`` > ``~/.cache/negprompt``."""
+    env = os.environ.get("NEGPROMPT_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "negprompt"
 
 
 def hub_cache_from_environment() -> str | None:
@@ -64,7 +74,6 @@ def describe_environment() -> dict[str, Any]:
     import torch
 
     from . import __version__
-    from .feature_cache import default_cache_dir
     from .registry import get_host
 
     cuda_available = torch.cuda.is_available()

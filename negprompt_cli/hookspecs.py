@@ -18,7 +18,7 @@ def register_backbones(register):
     """Register CLIP backbones.
 
     ``register(name, factory, *, aliases=(), description="", replace=False)`` where ``factory`` is a
-    ``negprompt_cli.backbone.BackboneFactory``: called with the keywords ``pretrained`` (str | None),
+    ``negprompt.plugin.BackboneFactory``: called with the keywords ``pretrained`` (str | None),
     ``device`` (torch.device), ``cache_dir`` (where downloaded weights go: the user's ``--weights-cache``)
     and ``quick_gelu`` (bool | None: None for what the weights were trained with); returns a ``Backbone``.
     """
@@ -37,9 +37,9 @@ def resolve_backbone(name):
 def register_prompt_learners(register):
     """Register prompt learners: ``register(name, learner, *, description="", replace=False)``.
 
-    ``learner`` is a ``negprompt_cli.learners.LearnerBuilder``: ``kind`` ("positive" or "negative"), ``Options``
-    (a dataclass of its own settings, set from the command line with ``--learner-option KEY=VALUE``, or None)
-    and a call that builds the ``PromptModule``.
+    ``learner`` is a ``negprompt.plugin.LearnerBuilder``: ``kind`` ("positive" or "negative"), ``Options`` (a
+    dataclass of its own settings, set from the command line with ``--learner-option KEY=VALUE``, or None) and a
+    call that builds the ``PromptModule``.
     """
 
 
@@ -48,7 +48,7 @@ def register_scorers(register):
     """Register OOD scorers: ``register(name, scorer, *, description="", replace=False, **properties)``.
 
     A scorer maps cosine similarities to an ID score where higher means more in-distribution. Its
-    properties are stated as keywords (``negprompt_cli.registry.ScorerSpec``): ``default_temperature``,
+    properties are stated as keywords (``negprompt.plugin.ScorerSpec``): ``default_temperature``,
     ``probability`` (an ID probability in [0, 1]: ``score --adaptive`` can run it), ``needs_negative_prompts``,
     ``pool`` ("neglabel" or "csp": the core mines negative labels and passes ``mined``, ``groups``, ``seed``)
     and ``trained_temperature`` (runs at the τ the negatives were trained with).

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+MAY_IMPORT = ("shared", "outputs")  # a core module of its own: read by tests/test_architecture.py
+
 IMAGE_SIZE = 32
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 190, 40), "blue": (40, 70, 230), "yellow": (235, 220, 40),
@@ -403,7 +405,7 @@ EXPORT_FILES = ("train_names.txt", "id_names.txt")
 def check_export_target(root: Path) -> None:
     """An earlier export's names in ``root`` are replaced: each must be what an export writes there (a folder, a
     file), never a pipe or a device of somebody else's (exit 2, before rendering)."""
-    from .atomic import check_output_folder, check_replaceable
+    from .outputs.atomic import check_output_folder, check_replaceable
 
     for name in EXPORT_FOLDERS:
         check_output_folder(Path(root) / name, "world export:")

@@ -12,9 +12,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import negprompt_cli
-from negprompt_cli.learners import PromptModule, PromptSettings, initial_context
-from negprompt_cli.text_encoder import SoftPromptTextEncoder, TokenizedPrompts
+from negprompt.plugin import (
+    PromptModule,
+    PromptSettings,
+    SoftPromptTextEncoder,
+    TokenizedPrompts,
+    hookimpl,
+    initial_context,
+)
 
 
 class CoOpPrompts(PromptModule):
@@ -60,6 +65,6 @@ class CoOpLearner:
         return CoOpPrompts(encoder, prompts, settings, generator, text_chunk=text_chunk)
 
 
-@negprompt_cli.hookimpl
+@hookimpl
 def register_prompt_learners(register: Callable[..., None]) -> None:
     register("coop", CoOpLearner(), description="CoOp positive prompts (cross-entropy over classes)")

@@ -3,7 +3,7 @@
 The positive context (from fit-pos) is frozen and its C text features are computed once.
 P negative contexts (shared by all classes, or one set per class) start from the positive
 context plus seeded fp32 noise and are trained with the loss variant chosen
-(``negprompt_cli.losses``).
+(``negprompt_cli.training.losses``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import negprompt_cli
-from negprompt_cli.errors import UsageError
-from negprompt_cli.learners import PromptModule, PromptSettings
-from negprompt_cli.losses import VARIANTS, LossWeights, negprompt_loss
-from negprompt_cli.text_encoder import SoftPromptTextEncoder, TokenizedPrompts
+from negprompt.plugin import (
+    LOSS_VARIANTS,
+    LossWeights,
+    PromptModule,
+    PromptSettings,
+    SoftPromptTextEncoder,
+    TokenizedPrompts,
+    UsageError,
+    hookimpl,
+    negprompt_loss,
+)
 
 
 @dataclass(frozen=True)
@@ -34,8 +40,9 @@ class NegPromptOptions:
     init_noise: float = 1e-3  # fp32 symmetry-breaking noise on the copies of the positive context
 
     def __post_init__(self) -> None:
-        if self.loss_variant not in VARIANTS:
-            raise UsageError(f"unknown loss variant {self.loss_variant!r}", hint=f"choose one of {', '.join(VARIANTS)}")
+        if self.loss_variant not in LOSS_VARIANTS:
+            raise UsageError(f"unknown loss variant {self.loss_variant!r}",
+                             hint=f"choose one of {', '.join(LOSS_VARIANTS)}")
         if self.n_neg < 1:
             raise UsageError(f"--n-neg must be at least 1 (got {self.n_neg})")
 
@@ -105,7 +112,7 @@ class NegativePrompts(PromptModule):
         to those features are taken, and then the features are re-encoded chunk by chunk with
         autograd and the cached feature gradients are back-propagated. Same gradient, bounded memory.
         Under class-parallel training each rank re-encodes only its own classes and the gradients are
-        summed over the ranks (``negprompt_cli.class_parallel``).
+        summed over the ranks (``negprompt_cli.training.class_parallel``).
         """
         parallel = self.class_parallel
         if self.text_chunk is None or self.text_chunk >= self.n_classes:
@@ -169,6 +176,6 @@ class NegPromptLearner:
                                text_chunk=text_chunk)
 
 
-@negprompt_cli.hookimpl
+@hookimpl
 def register_prompt_learners(register: Callable[..., None]) -> None:
     register("negprompt", NegPromptLearner(), description="NegPrompt negative prompts (paper or released-code loss)")

@@ -26,10 +26,18 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
-import negprompt_cli
-from negprompt_cli.backbone import Backbone
-from negprompt_cli.environment import hub_cache_from_environment
-from negprompt_cli.errors import HubError, NegPromptNotice, NotFoundError, UsageError
+from negprompt.plugin import (
+    Backbone,
+    HubError,
+    NegPromptNotice,
+    NotFoundError,
+    UsageError,
+    __version__,
+    hookimpl,
+    hub_cache_from_environment,
+    world_checkpoint_dir,
+    world_lexicon_dir,
+)
 
 # name -> (open_clip architecture, default pretrained tag)
 KNOWN = {
@@ -48,7 +56,7 @@ HUB_PICKLES = ["open_clip_pytorch_model.bin", "pytorch_model.bin", "open_clip_py
 ALLOW_PICKLE_ENV = "NEGPROMPT_ALLOW_PICKLE_WEIGHTS"  # =1: also pickle checkpoints (torch.load, weights_only)
 
 
-@negprompt_cli.hookimpl
+@hookimpl
 def register_backbones(register: Callable[..., None]) -> None:
     for name, (arch, tag) in KNOWN.items():
         aliases = (arch,) if arch != name else ()
@@ -61,14 +69,13 @@ def register_backbones(register: Callable[..., None]) -> None:
 def load_toy(pretrained: str | None, device: torch.device, cache_dir: str | None = None,
              quick_gelu: bool | None = None) -> Backbone:
     """The offline world's CLIP, loaded through open_clip's own ``local-dir:`` path."""
-    from negprompt_cli.world import checkpoint_dir, lexicon_dir
-
-    backbone = load_openclip("toy", f"local-dir:{checkpoint_dir()}", None, pretrained, device, cache_dir, quick_gelu)
-    backbone.extra["default_lexicon"] = str(lexicon_dir())  # WordNet words mean nothing to the world CLIP
+    backbone = load_openclip("toy", f"local-dir:{world_checkpoint_dir()}", None, pretrained, device, cache_dir,
+                             quick_gelu)
+    backbone.extra["default_lexicon"] = str(world_lexicon_dir())  # WordNet words mean nothing to the world CLIP
     return backbone
 
 
-@negprompt_cli.hookimpl
+@hookimpl
 def resolve_backbone(name: str):
     if name.startswith(SCHEMES):
         return partial(load_openclip, name, name, None)
@@ -153,7 +160,7 @@ def fetch_hub_backbone(repo_id: str, cache_dir: str | None) -> Path:
         folder = Path(snapshot_download(repo_id, allow_patterns=allowed,
                                         cache_dir=cache_dir or hub_cache_from_environment(),
                                         endpoint=os.environ.get("HF_ENDPOINT") or None, library_name="negprompt",
-                                        library_version=negprompt_cli.__version__))
+                                        library_version=__version__))
     except Exception as exc:
         raise _hub_fetch_error(repo_id, exc) from exc
     if not (folder / HUB_CONFIG).is_file():

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-import negprompt_cli
+from negprompt.plugin import hookimpl
 
 
 def negprompt_score(pos: torch.Tensor, neg: torch.Tensor | None, *, temperature: float = 1.0,
@@ -103,9 +103,9 @@ class NegativeLabelScore:
         return torch.sigmoid(id_part - negatives).mean(dim=1)
 
 
-@negprompt_cli.hookimpl
+@hookimpl
 def register_scorers(register: Callable[..., None]) -> None:
-    # What the core needs to know about each scorer is stated here (negprompt_cli.registry.ScorerSpec):
+    # What the core needs to know about each scorer is stated here (negprompt.plugin.ScorerSpec):
     # probability: an ID probability in [0, 1], so --adaptive can run it; pool: mines negative labels from it;
     # needs_negative_prompts: a fit-neg artifact's negatives; trained_temperature: Eq. 3 at the training τ.
     labels = {"default_temperature": 0.01, "probability": True}

@@ -10,7 +10,7 @@ import sys
 
 from PIL import Image
 
-from negprompt_cli.report_screenshot import screenshot
+from negprompt_cli.report.screenshot import screenshot
 
 page, shot, out = sys.argv[1:]
 screenshot(page, shot, width=1100, height=3400)

@@ -9,12 +9,12 @@ import sys
 import torch
 import torch.distributed as dist
 
-from negprompt_cli.backbone import BackboneRequest, load_backbone
-from negprompt_cli.class_parallel import ClassParallel
 from negprompt_cli.distributed import process_group
-from negprompt_cli.learners import PromptSettings
+from negprompt_cli.features.backbone import BackboneRequest, load_backbone
+from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
 from negprompt_cli.registry import get_host
-from negprompt_cli.text_encoder import SoftPromptTextEncoder
+from negprompt_cli.training.class_parallel import ClassParallel
+from negprompt_cli.training.learners import PromptSettings
 
 NAMES = ["cat", "dog", "school bus", "red square", "green bars", "blue dots", "tiny star"]  # 7: uneven shares
 

@@ -59,7 +59,7 @@ def tiny_rn_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(params=["vit", "rn"])
 def tiny_backbone(request, tiny_vit_dir, tiny_rn_dir):
-    from negprompt_cli.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.features.backbone import BackboneRequest, load_backbone
 
     path = tiny_vit_dir if request.param == "vit" else tiny_rn_dir
     return load_backbone(BackboneRequest(name=f"local-dir:{path}", device=TEST_DEVICE))

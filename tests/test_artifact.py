@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from negprompt_cli.artifact import PromptArtifact, load_prompts, save_prompts
 from negprompt_cli.errors import IncompatibleArtifactError, NotFoundError
+from negprompt_cli.outputs.artifact import PromptArtifact, load_prompts, save_prompts
 
 
 def make_artifact(**overrides) -> PromptArtifact:
@@ -81,7 +81,7 @@ def test_unknown_schema_version(tmp_path):
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
-    import negprompt_cli.artifact as artifact_module
+    import negprompt_cli.outputs.artifact as artifact_module
 
     def explode(tensors, filename, metadata=None):
         with open(filename, "wb") as handle:

@@ -12,9 +12,9 @@ import torch
 from conftest import VIT_CFG
 from safetensors.torch import save_file
 
-from negprompt_cli.backbone import BackboneRequest, load_backbone
 from negprompt_cli.devices import resolve_device
 from negprompt_cli.errors import HubError, NotFoundError, UsageError
+from negprompt_cli.features.backbone import BackboneRequest, load_backbone
 
 
 def test_local_dir_backbone_loads_offline(tiny_vit_dir):

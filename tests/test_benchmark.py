@@ -152,7 +152,7 @@ def test_bad_protocols_and_roots_are_one_line(tmp_path):
 def test_run_a_miniature_protocol_end_to_end_and_rerun_for_free(tmp_path, tiny_vit_dir):
     from sklearn.metrics import roc_auc_score
 
-    from negprompt_cli.score_file import read_score_file
+    from negprompt_cli.outputs.score_file import read_score_file
 
     protocol_file, root = miniature(tmp_path)
     for wnid in KNOWN:  # enough training images for 2 shots and val images that are not all alike
@@ -213,7 +213,7 @@ def test_run_a_miniature_protocol_end_to_end_and_rerun_for_free(tmp_path, tiny_v
 
 
 def test_run_refuses_a_broken_layout_and_trains_open_vocabulary_negatives_on_the_fraction(tmp_path, tiny_vit_dir):
-    from negprompt_cli.artifact import load_prompts
+    from negprompt_cli.outputs.artifact import load_prompts
 
     protocol_file, root = miniature(tmp_path)
     (root / "dtd").rename(tmp_path / "elsewhere")

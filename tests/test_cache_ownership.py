@@ -9,7 +9,7 @@ import torch
 from conftest import invoke
 from safetensors.torch import save_file
 
-from negprompt_cli.feature_cache import TAG_FILE, FeatureCache, cache_keys, compact
+from negprompt_cli.features.feature_cache import TAG_FILE, FeatureCache, cache_keys, compact
 
 
 def user_file(path, value: float = 1.0):
@@ -109,10 +109,10 @@ def test_an_image_rewritten_between_hashing_and_decoding_is_cached_under_the_byt
     import numpy as np
     from conftest import TEST_DEVICE, draw
 
-    from negprompt_cli import image_features
-    from negprompt_cli.backbone import BackboneRequest, load_backbone
-    from negprompt_cli.feature_cache import default_cache_dir
-    from negprompt_cli.image_features import encode_images, file_digest
+    from negprompt_cli.environment import default_cache_dir
+    from negprompt_cli.features import image_features
+    from negprompt_cli.features.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.features.image_features import encode_images, file_digest
 
     backbone = load_backbone(BackboneRequest(name=f"local-dir:{tiny_vit_dir}", device=TEST_DEVICE))
     rng = np.random.default_rng(0)

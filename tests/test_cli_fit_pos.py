@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import invoke, make_image_folder, pos_fast
 
-from negprompt_cli.artifact import load_prompts
+from negprompt_cli.outputs.artifact import load_prompts
 
 FAST = [*pos_fast(30), "--json"]
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import NEG_FAST, TEST_DEVICE, copy_tree, invoke, make_image_folder, pos_fast, train_positives
 
-from negprompt_cli.artifact import load_prompts
 from negprompt_cli.composers.cli import app
 from negprompt_cli.errors import UsageError
-from negprompt_cli.image_features import EncodeOptions
+from negprompt_cli.features.image_features import EncodeOptions
+from negprompt_cli.outputs.artifact import load_prompts
 from negprompt_cli.presets import default_scorer
 from negprompt_cli.scoring.thresholds import class_list_id
 
@@ -99,8 +99,8 @@ def test_transfer_equals_direct_encoding(world, tiny_vit_dir):
     result = invoke(["transfer", "--prompts", str(world / "neg.safetensors"), "--names", str(world / "new.txt"),
                      "--out", str(world / "tr.safetensors")])
     assert result.exit_code == 0, result.stderr
-    from negprompt_cli.backbone import BackboneRequest, load_backbone
-    from negprompt_cli.text_encoder import SoftPromptTextEncoder
+    from negprompt_cli.features.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
 
     q = load_prompts(world / "tr.safetensors")
     encoder = SoftPromptTextEncoder(load_backbone(BackboneRequest(f"local-dir:{tiny_vit_dir}", device=TEST_DEVICE)))
@@ -133,7 +133,7 @@ def test_interrupt_and_resume_match_an_uninterrupted_run(world, monkeypatch):
             "--epochs", "5"]
     assert invoke([*base, "--out", str(world / "full.safetensors")]).exit_code == 0
 
-    import negprompt_cli.training as training
+    import negprompt_cli.training.loop as training
 
     original = training.cosine_with_warmup
     calls = {"n": 0}
@@ -169,7 +169,7 @@ def test_out_of_memory_keeps_the_checkpoint_and_names_the_remedies(world, monkey
     base = ["fit-neg", "--data", str(world / "train"), "--pos", str(world / "pos.safetensors"), *NEG_FAST,
             "--epochs", "4"]
     assert invoke([*base, "--out", str(world / "full.safetensors")]).exit_code == 0
-    import negprompt_cli.training as training
+    import negprompt_cli.training.loop as training
 
     original, calls = training.cosine_with_warmup, {"n": 0}
 

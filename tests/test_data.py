@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import make_image_folder
 
-from negprompt_cli.data import few_shot_split, find_images, load_image_folder
 from negprompt_cli.errors import NegPromptWarning, NotFoundError, UsageError
+from negprompt_cli.inputs.image_folders import few_shot_split, find_images, load_image_folder
 
 
 def test_default_names_and_sorted_order(image_folder):

@@ -26,7 +26,7 @@ def test_demo_writes_every_stage(demo):
     assert "[6/6] report" in stderr and "AUROC" in stderr and "report.html" in stderr
     assert report["fpr_convention"] == "id-positive"
     # the transferred prompts carry a threshold recalibrated for all six names, so ID rows get decisions
-    from negprompt_cli.artifact import load_prompts
+    from negprompt_cli.outputs.artifact import load_prompts
 
     threshold = load_prompts(work / "negprompt_all.safetensors").extra["threshold"]
     assert threshold["classes"]["count"] == 6 and threshold["source"].startswith("calibration images")

@@ -93,7 +93,8 @@ def test_bad_images_are_one_clear_error(trained):
 def test_one_import_gives_the_whole_api_and_stays_cheap():
     for name in negprompt.__all__:
         assert getattr(negprompt, name) is not None, name
-    assert negprompt.report.__name__ == "build_report" and negprompt.load_prompts.__module__ == "negprompt_cli.artifact"
+    assert negprompt.report.__name__ == "build_report"
+    assert negprompt.load_prompts.__module__ == "negprompt_cli.outputs.artifact"
     with pytest.raises(AttributeError):
         negprompt.no_such_thing  # noqa: B018
     done = subprocess.run([sys.executable, "-c", "import sys, negprompt; print('torch' in sys.modules)"],

@@ -12,14 +12,14 @@ import torch
 from conftest import TEST_DEVICE, VIT_CFG, invoke, make_image_folder, write_local_dir
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-from negprompt_cli import image_features as features_module
-from negprompt_cli.backbone import BackboneRequest, load_backbone
-from negprompt_cli.data import find_images
 from negprompt_cli.devices import PrecisionWarning, check_precision, resolve_device
 from negprompt_cli.errors import UsageError
-from negprompt_cli.learners import PromptSettings, exported_tensors
+from negprompt_cli.features import image_features as features_module
+from negprompt_cli.features.backbone import BackboneRequest, load_backbone
+from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
+from negprompt_cli.inputs.image_folders import find_images
 from negprompt_cli.registry import get_host
-from negprompt_cli.text_encoder import SoftPromptTextEncoder
+from negprompt_cli.training.learners import PromptSettings, exported_tensors
 
 
 def test_device_names_that_cannot_run_here_are_usage_errors():

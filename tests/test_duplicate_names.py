@@ -13,11 +13,11 @@ import pytest
 from conftest import invoke, make_image_folder
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-from negprompt_cli.data import load_image_folder, read_names_file
 from negprompt_cli.errors import NegPromptWarning
+from negprompt_cli.inputs.image_folders import load_image_folder, read_names_file
 from negprompt_cli.stages.fit_neg import FitNegOptions, select_train_classes
 from negprompt_cli.stages.score import training_folders
-from negprompt_cli.training_data import DataOptions
+from negprompt_cli.training.data import DataOptions
 
 
 def test_a_names_file_with_repeated_names_loads_with_one_warning(tmp_path):

@@ -18,8 +18,8 @@ from conftest import NEG_FAST, copy_tree, error_line, invoke, make_image_folder,
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from negprompt_cli.artifact import load_prompts
 from negprompt_cli.errors import NegPromptWarning
+from negprompt_cli.outputs.artifact import load_prompts
 
 POS_FAST = pos_fast(6)
 
@@ -113,7 +113,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_same(setup, monkeypa
     root, _ = setup
     base = ["fit-neg", "--data", str(root / "train"), "--pos", str(root / "pos.safetensors"), *NEG_FAST]
     assert invoke([*base, "--out", str(root / "full.safetensors")]).exit_code == 0
-    import negprompt_cli.training as training
+    import negprompt_cli.training.loop as training
 
     original, sent = training.cosine_with_warmup, []
 
@@ -149,7 +149,7 @@ def test_one_command_fit_neg_resumes_in_the_stage_it_was_interrupted(setup, monk
     base = ["fit-neg", "--data", str(root / "train"), *backbone, *NEG_FAST, "--pos-epochs", "6", "--n-ctx", "4"]
     full = invoke([*base, "--out", str(root / "full.safetensors")])
     assert full.exit_code == 0, full.stderr
-    import negprompt_cli.training as training
+    import negprompt_cli.training.loop as training
 
     original, calls = training.cosine_with_warmup, []
     stop_in = "positive" if stage == "positive" else "negative"
@@ -251,7 +251,7 @@ def test_unreadable_input_is_an_error_like_empty_input(setup):
 def test_images_over_the_decompression_bomb_limit_are_named_as_such(tiny_backbone, tmp_path, monkeypatch):
     from PIL import Image
 
-    from negprompt_cli.image_features import encode_images
+    from negprompt_cli.features.image_features import encode_images
 
     folder = make_image_folder(tmp_path / "imgs", classes=("a",), per_class=2)
     Image.new("RGB", (300, 300)).save(folder / "a" / "huge.png")

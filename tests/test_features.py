@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from negprompt_cli.data import find_images
 from negprompt_cli.errors import NegPromptWarning, UsageError
-from negprompt_cli.image_features import View, encode_images
+from negprompt_cli.features.image_features import View, encode_images
+from negprompt_cli.inputs.image_folders import find_images
 
 
 def test_second_run_encodes_nothing_and_matches(tiny_backbone, image_folder, tmp_path):

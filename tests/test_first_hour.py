@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import NEG_FAST, error_line, invoke, make_image_folder, pos_fast
 
-from negprompt_cli.artifact import load_prompts
-from negprompt_cli.data import load_image_folder, read_names_file
 from negprompt_cli.errors import UsageError
+from negprompt_cli.inputs.image_folders import load_image_folder, read_names_file
+from negprompt_cli.outputs.artifact import load_prompts
 
 POS_FAST = pos_fast(2)
 CLASSES = ("red_stripes", "green_bars", "blue_dots")
@@ -315,7 +315,7 @@ def test_a_real_ctrl_c_during_an_in_process_run_stops_the_test_suite(tmp_path, t
     import os
     import signal
 
-    import negprompt_cli.training as training
+    import negprompt_cli.training.loop as training
     from negprompt_cli.composers import cli
 
     data = make_image_folder(tmp_path / "train", classes=CLASSES[:2], per_class=2)

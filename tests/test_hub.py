@@ -14,7 +14,7 @@ import torch
 from conftest import copy_tree, invoke, make_image_folder
 from safetensors.torch import save_file
 
-from negprompt_cli.artifact import PromptArtifact, load_prompts, save_prompts
+from negprompt_cli.outputs.artifact import PromptArtifact, load_prompts, save_prompts
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from negprompt_cli.losses import LossWeights, negprompt_loss
+from negprompt_cli.training.losses import LossWeights, negprompt_loss
 
 
 def unit(*shape, seed):

@@ -8,10 +8,16 @@ from conftest import invoke, make_image_folder
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
 from negprompt_cli.errors import UsageError
-from negprompt_cli.learners import PromptSettings
-from negprompt_cli.memory import CPU_BUDGET_BYTES, auto_text_chunk, graph_bytes, parse_text_chunk, resolve_text_chunk
+from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
 from negprompt_cli.registry import get_host
-from negprompt_cli.text_encoder import SoftPromptTextEncoder
+from negprompt_cli.training.learners import PromptSettings
+from negprompt_cli.training.memory import (
+    CPU_BUDGET_BYTES,
+    auto_text_chunk,
+    graph_bytes,
+    parse_text_chunk,
+    resolve_text_chunk,
+)
 
 VIT_B16 = dict(layers=12, width=512, suffix_tokens=9, prefix_tokens=17, shared=True)
 

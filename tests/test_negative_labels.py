@@ -165,11 +165,11 @@ def scored(tmp_path, tiny_vit_dir):
 
 
 def test_score_with_mined_labels_end_to_end(scored, tiny_vit_dir):
-    from negprompt_cli.backbone import BackboneRequest, load_backbone
-    from negprompt_cli.data import find_images
-    from negprompt_cli.image_features import encode_images
-    from negprompt_cli.text_encoder import SoftPromptTextEncoder
-    from negprompt_cli.text_features import encode_texts, hand_template_features
+    from negprompt_cli.features.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.features.image_features import encode_images
+    from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
+    from negprompt_cli.features.text_features import encode_texts, hand_template_features
+    from negprompt_cli.inputs.image_folders import find_images
 
     root, common = scored
     result = invoke([*common, "--scorer", "neglabel", "--mine-fraction", "0.5", "--groups", "2", "--out",

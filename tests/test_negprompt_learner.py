@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from negprompt_cli.learners import PromptSettings
-from negprompt_cli.losses import negprompt_loss
+from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
 from negprompt_cli.registry import get_host
-from negprompt_cli.text_encoder import SoftPromptTextEncoder
+from negprompt_cli.training.learners import PromptSettings
+from negprompt_cli.training.losses import negprompt_loss
 
 NAMES = ["cat", "dog", "school bus"]
 

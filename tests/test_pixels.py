@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from negprompt_cli import image_features as features_module
-from negprompt_cli.backbone import BackboneRequest, load_backbone
-from negprompt_cli.data import find_images
 from negprompt_cli.errors import NegPromptWarning, UsageError
-from negprompt_cli.image_features import View, encode_images, tensor_decoding
-from negprompt_cli.pixels import decode_jpegs, tensor_preprocess_for
+from negprompt_cli.features import image_features as features_module
+from negprompt_cli.features.backbone import BackboneRequest, load_backbone
+from negprompt_cli.features.image_features import View, encode_images, tensor_decoding
+from negprompt_cli.inputs.image_folders import find_images
+from negprompt_cli.inputs.pixels import decode_jpegs, tensor_preprocess_for
 
 
 def natural_image(rng: np.random.Generator, width: int, height: int) -> Image.Image:

@@ -206,7 +206,7 @@ THIRD_PARTY_LEARNER = """
     import torch.nn.functional as F
 
     import negprompt_cli
-    from negprompt_cli.learners import PromptModule
+    from negprompt_cli.training.learners import PromptModule
 
 
     @dataclass(frozen=True)
@@ -267,7 +267,7 @@ def test_a_third_party_negative_learner_with_its_own_options(tmp_path, monkeypat
     reach the artifact; the stored threshold, transfer and score work on what it exports."""
     from conftest import make_image_folder
 
-    from negprompt_cli.artifact import load_prompts
+    from negprompt_cli.outputs.artifact import load_prompts
 
     install_fake_plugin(tmp_path / "site", "negprompt_away", THIRD_PARTY_LEARNER, ep_name="away")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))

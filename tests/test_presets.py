@@ -7,9 +7,9 @@ from dataclasses import fields
 
 import pytest
 
-from negprompt_cli.image_features import EncodeOptions
+from negprompt_cli.features.image_features import EncodeOptions
 from negprompt_cli.presets import NEGATIVE_OPTIM, POSITIVE_OPTIM, UNSET, OptimConfig, from_cli, override
-from negprompt_cli.training_data import DataOptions, recipe_run
+from negprompt_cli.training.data import DataOptions, recipe_run
 
 
 def test_override_keeps_unset_settings_and_sets_none_as_a_value(tmp_path):

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import invoke
 
-from negprompt_cli.backbone import BackboneRequest
 from negprompt_cli.benchmark.protocol import load_protocol, protocol_names
 from negprompt_cli.composers.benchmark_run import markdown, published_for, published_table, stated_average_slips, table
+from negprompt_cli.features.backbone import BackboneRequest
 
 DATA = Path(__file__).parent / "data" / "negprompt-published.json"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "negprompt-published.json"

@@ -189,7 +189,7 @@ def test_a_100k_row_report_stays_small(tmp_path):
 def test_the_report_renders_in_a_headless_browser(scored):
     """Where Chromium is installed (.ci/run installs Debian's), the page renders with its images; the same code
     takes the screenshot in docs/ (scripts/report-screenshot.sh)."""
-    from negprompt_cli.report_screenshot import find_browser, screenshot
+    from negprompt_cli.report.screenshot import find_browser, screenshot
 
     if find_browser() is None:
         pytest.skip("no headless Chromium on this machine (Debian package chromium)")
@@ -222,7 +222,7 @@ def test_explain_lists_the_closest_classes_and_negatives_with_their_cosines(scor
     csv_out = scored / "x.csv"
     assert invoke(["score", str(scored / "ood"), "--prompts", str(neg), "--scorer", "negprompt", "--explain",
                    "--out", str(csv_out)]).exit_code == 0
-    from negprompt_cli.score_file import read_score_file
+    from negprompt_cli.outputs.score_file import read_score_file
 
     assert [(r["top_classes"], r["nearest_negatives"]) for r in read_score_file(csv_out)] == \
         [(r["top_classes"], r["nearest_negatives"]) for r in lines]

@@ -18,7 +18,7 @@ import torch
 from conftest import NEG_FAST, VIT_CFG, invoke, make_image_folder, write_local_dir
 
 from negprompt_cli.distributed import Ranks, batch_shard
-from negprompt_cli.feature_cache import FeatureCache, cache_keys, compact, verify
+from negprompt_cli.features.feature_cache import FeatureCache, cache_keys, compact, verify
 
 NAMES = "red stripes\ngreen bars\nblue dots\n"
 
@@ -281,7 +281,7 @@ def test_class_parallel_gradient_equals_the_one_process_gradient(tiny_vit_dir, t
 
 @pytest.mark.slow
 def test_torchrun_fit_neg_trains_the_one_process_prompts(tmp_path, tiny_vit_dir):
-    from negprompt_cli.artifact import load_prompts
+    from negprompt_cli.outputs.artifact import load_prompts
 
     make_image_folder(tmp_path / "train", per_class=8, seed=0)
     backbone = ["--backbone", f"local-dir:{tiny_vit_dir}"]

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import copy_tree, error_line, invoke, pos_fast, train_positives
 
-from negprompt_cli.atomic import publish, write_text_atomic
 from negprompt_cli.errors import UsageError
+from negprompt_cli.outputs.atomic import publish, write_text_atomic
 
 POS_FAST = pos_fast(2)
 NULL, FULL = (1, 3), (1, 7)  # Linux's major/minor numbers of /dev/null and /dev/full

@@ -10,13 +10,13 @@ import pytest
 import torch
 from conftest import TEST_DEVICE, invoke, make_image_folder
 
-from negprompt_cli import image_features
-from negprompt_cli.backbone import BackboneRequest, load_backbone
-from negprompt_cli.data import find_images
 from negprompt_cli.errors import NegPromptError, UsageError
-from negprompt_cli.image_features import EncodeOptions, ImageStream, encode_images
+from negprompt_cli.features import image_features
+from negprompt_cli.features.backbone import BackboneRequest, load_backbone
+from negprompt_cli.features.image_features import EncodeOptions, ImageStream, encode_images
+from negprompt_cli.inputs.image_folders import find_images
+from negprompt_cli.outputs.score_output import FileOutput, PartOutput, join_parts, part_path, stale_parts
 from negprompt_cli.registry import get_host
-from negprompt_cli.score_output import FileOutput, PartOutput, join_parts, part_path, stale_parts
 from negprompt_cli.scoring.adaptive import AdaptiveOptions, AdaptiveScorer, adaptive_scores
 from negprompt_cli.stages.score import ScoreOptions, score
 
@@ -160,7 +160,7 @@ def _os_walk_sorted(root):
     import os
     from pathlib import Path
 
-    from negprompt_cli.image_list import is_image_file
+    from negprompt_cli.inputs.image_list import is_image_file
 
     found = []
     for folder, dirs, files in os.walk(root, followlinks=True):
@@ -170,7 +170,7 @@ def _os_walk_sorted(root):
 
 
 def test_the_compact_image_list_keeps_the_sorted_order_and_reads_each_image_once(tmp_path):
-    from negprompt_cli.image_list import list_images
+    from negprompt_cli.inputs.image_list import list_images
 
     root = tmp_path / "crawl"
     names = ["a.png", "a b.png", "A.png", "a-b.png", "ä.png", "b.PNG", "z.jpg", ".hidden.png", "notes.txt"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from negprompt_cli.text_encoder import SoftPromptTextEncoder
+from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
 
 NAMES = ["tench", "great white shark", "a very long class name with many words in it", "x"]
 
@@ -76,8 +76,8 @@ def test_name_too_long_is_a_clear_error(tiny_backbone):
 
 def test_gradient_checkpointing_gives_the_same_gradient(tiny_backbone, monkeypatch):
     """--grad-checkpoint recomputes activations in both the plain and the shared-prefix path."""
-    from negprompt_cli import shared_prefix
-    from negprompt_cli.backbone import set_text_checkpointing
+    from negprompt_cli.features import shared_prefix
+    from negprompt_cli.features.backbone import set_text_checkpointing
 
     calls = []
     original = shared_prefix.checkpoint
@@ -140,9 +140,9 @@ def test_lexicon_prompts_cut_at_their_end_and_ensembles_equal_the_models_own_enc
     """encode_texts runs each length bucket only up to its longest end-of-text token (exact for the causal text
     tower): the features must equal CLIP.encode_text at the full context, here on the tiny test CLIP, the
     shipped toy CLIP and a randomly initialised ViT-B/16 text tower."""
-    from negprompt_cli.backbone import BackboneRequest, load_backbone
-    from negprompt_cli.text_encoder import SoftPromptTextEncoder
-    from negprompt_cli.text_features import encode_texts
+    from negprompt_cli.features.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
+    from negprompt_cli.features.text_features import encode_texts
 
     request = {"tiny": BackboneRequest(f"local-dir:{tiny_vit_dir}", device="cpu"),
                "toy": BackboneRequest("toy", device="cpu"),
@@ -159,8 +159,8 @@ def test_lexicon_prompts_cut_at_their_end_and_ensembles_equal_the_models_own_enc
     assert (ours - reference).abs().max() < 1e-5
 
     # template ensembles (CSP's 8 noun templates, NegLabel's adjective one): prefixes shared, raw outputs averaged
+    from negprompt_cli.features.text_features import template_features
     from negprompt_cli.scoring.negative_labels import CSP_NOUN_TEMPLATES
-    from negprompt_cli.text_features import template_features
 
     for templates in (CSP_NOUN_TEMPLATES, ("This is a {} photo",)):
         ours = template_features(SoftPromptTextEncoder(backbone), words, templates, batch=3)

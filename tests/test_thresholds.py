@@ -14,7 +14,7 @@ import pytest
 from conftest import invoke
 
 from negprompt_cli import world
-from negprompt_cli.artifact import load_prompts
+from negprompt_cli.outputs.artifact import load_prompts
 from negprompt_cli.presets import default_scorer
 from negprompt_cli.scoring.thresholds import applicable, class_list_id
 

@@ -10,7 +10,7 @@ import torch
 from conftest import TEST_DEVICE
 
 from negprompt_cli import world
-from negprompt_cli.backbone import BackboneRequest, load_backbone
+from negprompt_cli.features.backbone import BackboneRequest, load_backbone
 
 MIN_CATEGORY_ACCURACY = 0.6  # measured: 0.65 on this sample (TRAINING.json: 0.63 on 1,380 renders)
 

@@ -111,7 +111,7 @@ def test_ordinary_revisions_pass_the_check(revision):
 
 def rename_backbone(src, dst, name: str):
     """The artifact as if trained on backbone ``name`` (the metadata is not covered by the tensor checksum)."""
-    from negprompt_cli.artifact import load_prompts, save_prompts
+    from negprompt_cli.outputs.artifact import load_prompts, save_prompts
 
     artifact = load_prompts(src)
     artifact.backbone = {**artifact.backbone, "backbone": name}
@@ -198,7 +198,7 @@ def forge(src, dst, edit_meta=None, edit_tensors=None, raw_meta: str | None = No
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from negprompt_cli.artifact import METADATA_KEY, tensors_digest
+    from negprompt_cli.outputs.artifact import METADATA_KEY, tensors_digest
 
     with safe_open(str(src), framework="pt") as handle:
         meta = json.loads(handle.metadata()[METADATA_KEY])
@@ -339,7 +339,7 @@ def test_file_names_that_are_not_utf8_round_trip_through_csv_and_jsonl_in_a_posi
             paths = [json.loads(line)["path"] for line in out.read_text(encoding="utf-8").splitlines()]
         assert sorted(os.path.basename(os.fsencode(p)) for p in paths) == sorted(names)
         assert all(os.path.exists(os.fsencode(p)) for p in paths)
-    from negprompt_cli.score_file import read_score_file
+    from negprompt_cli.outputs.score_file import read_score_file
 
     assert len(read_score_file(trained / "odd.csv")) == 4  # report reads them back, \r and all
 
@@ -390,7 +390,7 @@ def test_images_below_a_path_longer_than_path_max_are_named_not_silently_left_ou
 def test_unreadable_files_and_folders_follow_the_corrupt_image_rule(trained, monkeypatch):
     import os
 
-    from negprompt_cli import image_features
+    from negprompt_cli.features import image_features
 
     locked_file = trained / "test" / "green_bars" / "001.png"
     locked_folder = trained / "test" / "red_stripes"
@@ -423,9 +423,9 @@ def test_unreadable_files_and_folders_follow_the_corrupt_image_rule(trained, mon
 
 
 def test_resume_never_reuses_positives_trained_on_another_class_list(trained, tiny_vit_dir, monkeypatch):
-    import negprompt_cli.training as training
-    from negprompt_cli.artifact import load_prompts
-    from negprompt_cli.checkpoint import checkpoint_path
+    import negprompt_cli.training.loop as training
+    from negprompt_cli.outputs.artifact import load_prompts
+    from negprompt_cli.training.checkpoint import checkpoint_path
 
     base = ["fit-neg", "--data", str(trained / "train"), "--backbone", f"local-dir:{tiny_vit_dir}", *NEG_FAST,
             "--pos-epochs", "2", "--n-ctx", "4"]
@@ -453,7 +453,7 @@ def test_resume_never_reuses_positives_trained_on_another_class_list(trained, ti
 def test_the_model_card_escapes_everything_that_comes_from_the_artifact():
     import torch
 
-    from negprompt_cli.artifact import PromptArtifact
+    from negprompt_cli.outputs.artifact import PromptArtifact
     from negprompt_cli.stages.hub import model_card
 
     evil = "<script>alert(1)</script>"
@@ -500,7 +500,7 @@ def test_excel_safe_quotes_formula_cells_and_only_when_asked(trained, monkeypatc
     assert float(quoted["score"]) == float(row["score"]) and quoted["prediction"] == row["prediction"]
     jsonl = invoke([*base, "--excel-safe", "--format", "jsonl"])
     assert jsonl.exit_code == 2 and "--excel-safe is for CSV output" in error_line(jsonl)
-    from negprompt_cli.score_file import excel_safe
+    from negprompt_cli.outputs.score_file import excel_safe
 
     cells = excel_safe({"path": "=HYPERLINK(\"x\")", "prediction": "-cat", "label": "@x", "score": -1.5,
                         "scorer": "energy"})
@@ -509,7 +509,7 @@ def test_excel_safe_quotes_formula_cells_and_only_when_asked(trained, monkeypatc
 
 
 def test_intersecting_the_views_of_100k_images_is_linear():
-    from negprompt_cli.training_data import kept_in_every_view
+    from negprompt_cli.training.data import kept_in_every_view
 
     n = 100_000
     views = [list(range(n)), [i for i in range(n) if i % 7], [i for i in range(n) if i % 11]]

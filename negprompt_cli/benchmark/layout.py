@@ -18,8 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..data import walk_images
-from ..image_list import is_image_file
+from ..inputs.image_folders import walk_images
+from ..inputs.image_list import is_image_file
 from .protocol import Protocol, imagenet_wnids
 
 WNID = re.compile(r"^n\d{8}$")

@@ -241,7 +241,7 @@ def finish(message: str, summary: dict[str, Any], as_json: bool) -> None:
 
 
 def backbone_request(name: str, pretrained: str | None, runtime: dict[str, Any]):
-    from ..backbone import BackboneRequest
+    from ..features.backbone import BackboneRequest
 
     return BackboneRequest(name, pretrained, runtime["device"], runtime["weights_cache"], runtime["quick_gelu"],
                            runtime["offline"])
@@ -249,7 +249,7 @@ def backbone_request(name: str, pretrained: str | None, runtime: dict[str, Any])
 
 def training_data(root: Path, given: dict[str, Any]):
     """DataOptions from the data option group; --all-images means no shot limit."""
-    from ..training_data import DataOptions
+    from ..training.data import DataOptions
 
     data = from_cli(DataOptions(root), classes_file=given["classes"], shots=given["shots"],
                     val_fraction=given["val_fraction"], aug_views=given["aug_views"])
@@ -262,7 +262,7 @@ def training_data(root: Path, given: dict[str, Any]):
 def encode_options(runtime: dict[str, Any], quiet: bool, *, cache_dir: Path | None, workers: int | None,
                    strict: bool = False, batch_size: int | None = None):
     """EncodeOptions from the flags every image-reading command shares (unset ones keep its defaults)."""
-    from ..image_features import EncodeOptions
+    from ..features.image_features import EncodeOptions
 
     if batch_size is not None:
         check_at_least("--batch-size", batch_size, 1)
@@ -295,7 +295,7 @@ def print_report(report: dict[str, Any], out: Path | None) -> None:
     """The paper-style table on stderr."""
     from rich.table import Table
 
-    from ..report_table import TABLE_HEADER, table_rows
+    from ..report.table import TABLE_HEADER, table_rows
 
     table = Table(*TABLE_HEADER, title=cell(f"negprompt OOD report ({report['scorer']})"),
                   caption=cell(f"FPR convention: {report['fpr_convention']} — {report['fpr_definition']}"))
@@ -304,7 +304,7 @@ def print_report(report: dict[str, Any], out: Path | None) -> None:
     err.print(table)
     if report["id"]["accuracy"] is not None:
         info(f"ID accuracy: {100 * report['id']['accuracy']:.2f}% on {report['id']['n']} images")
-    from ..report_page import threshold_sentence
+    from ..report.page import threshold_sentence
 
     info(threshold_sentence(report))
     if out is not None:

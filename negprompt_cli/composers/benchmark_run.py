@@ -23,17 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact import load_prompts, package_versions
-from ..atomic import check_output_folder, write_text_atomic
-from ..backbone import BackboneRequest, RuntimeOptions
 from ..benchmark.layout import ImageList, check_layout
 from ..benchmark.protocol import Protocol, imagenet_wnids, load_protocol
-from ..checkpoint import checkpoint_path
 from ..errors import IncompatibleArtifactError, NotFoundError, UsageError
-from ..image_features import EncodeOptions
-from ..learners import PromptSettings
+from ..features.backbone import BackboneRequest, RuntimeOptions
+from ..features.image_features import EncodeOptions
+from ..outputs.artifact import load_prompts, package_versions
+from ..outputs.atomic import check_output_folder, write_text_atomic
+from ..outputs.score_file import read_score_file
 from ..presets import NEGATIVE_OPTIM, POSITIVE_OPTIM, OptimConfig
-from ..score_file import read_score_file
 from ..scoring.metrics import ood_metrics
 from ..scoring.negative_labels import LabelRequest
 from ..scoring.setup import zero_shot_prompts
@@ -41,7 +39,9 @@ from ..scoring.thresholds import ThresholdWarning
 from ..stages.fit_neg import FitNegOptions, fit_neg
 from ..stages.fit_pos import FitPosOptions, fit_pos
 from ..stages.score import ScoreOptions, score
-from ..training_data import DataOptions
+from ..training.checkpoint import checkpoint_path
+from ..training.data import DataOptions
+from ..training.learners import PromptSettings
 
 LEARNED_SCORERS = ("negprompt", "mcm", "energy")  # with the fit-neg artifact (mcm/energy use its positives only)
 ZERO_SHOT_SCORERS = ("mcm", "neglabel", "csp")  # hand template, no training

@@ -70,8 +70,8 @@ def world_export_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Render the world as ImageFolder trees so every CLI path can run on real files."""
-    from ..atomic import check_output_folder, check_writable
     from ..errors import NotFoundError, UsageError
+    from ..outputs.atomic import check_output_folder, check_writable
     from ..world import CATEGORIES, UNNAMED, WorldSpec, check_export_target, default_spec, export_world_into
 
     if not out.parent.exists():
@@ -295,8 +295,8 @@ def benchmark_run_command(
 ) -> None:
     """Run PROTOCOL end to end (train per seed, score every set, report with the published numbers)."""
     from ..errors import UsageError
-    from ..learners import PromptSettings
     from ..stages.benchmark import image_lists
+    from ..training.learners import PromptSettings
     from .benchmark_run import BenchmarkOptions, run_benchmark, table
 
     try:
@@ -335,7 +335,7 @@ def demo_command(
 
         raise NotFoundError(f"--workdir parent does not exist: {workdir.parent}")
     if workdir is not None:
-        from ..atomic import check_output_folder
+        from ..outputs.atomic import check_output_folder
 
         check_output_folder(workdir, "--workdir")
     report = run_demo(workdir, seed=seed, device=device, quiet=json_out)

@@ -66,7 +66,7 @@ def pull_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Download prompts from the Hub into the cache (or --out), pinned to the resolved commit."""
-    from ..artifact import load_prompts
+    from ..outputs.artifact import load_prompts
     from ..stages.hub import hub_options, pull
 
     pulled = pull(ref, hub_options(offline, token), out)

@@ -82,7 +82,7 @@ def inspect_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Show what a prompts artifact holds: backbone, layout, classes, training settings."""
-    from ..artifact import load_prompts
+    from ..outputs.artifact import load_prompts
 
     artifact = load_prompts(prompts)
     meta = artifact.metadata()

@@ -10,7 +10,7 @@ import typer
 
 from ..console import emit_json, info, write_data
 from ..presets import EXPLAIN_TOP, negatives_note
-from ..report_images import DEFAULT_PER_GALLERY
+from ..report.images import DEFAULT_PER_GALLERY
 from .app import (
     EPILOG,
     CalibrateOpt,
@@ -71,9 +71,9 @@ def transfer_command(
     The stored ID threshold belongs to the old class list: it is kept only for the same list,
     recalibrated with --calibrate, and otherwise dropped (score then makes no OOD decision)."""
     check_paths(("--prompts", prompts), ("--names", names), ("--calibrate", calibrate))
-    from ..backbone import RuntimeOptions
-    from ..memory import no_grad_text_chunk
+    from ..features.backbone import RuntimeOptions
     from ..stages.transfer import transfer
+    from ..training.memory import no_grad_text_chunk
 
     summary = transfer(_prompts_path(prompts, offline), names, out,
                        RuntimeOptions(device, weights_cache, offline, no_grad_text_chunk(text_chunk), trust_backbone),
@@ -153,11 +153,11 @@ def score_command(
     images = images or []  # none: the stage says "no images given" (exit 2)
     check_paths(*(("IMAGES", image) for image in images), ("--prompts", prompts), ("--names", names),
                 ("--calibrate", calibrate), ("--lexicon", label_opts["lexicon"]))
-    from ..backbone import DEFAULT_BACKBONE, RuntimeOptions
     from ..distributed import process_group
-    from ..memory import no_grad_text_chunk
+    from ..features.backbone import DEFAULT_BACKBONE, RuntimeOptions
     from ..scoring.adaptive import AdaptiveOptions
     from ..stages.score import ScoreOptions, score
+    from ..training.memory import no_grad_text_chunk
 
     if json_out and out is None:
         from ..errors import UsageError

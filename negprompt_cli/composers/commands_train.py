@@ -65,9 +65,9 @@ def fit_pos_command(
 ) -> None:
     """Learn CoOp positive prompts (the first NegPrompt stage)."""
     check_paths(("--data", data), ("--classes", data_opts["classes"]))
-    from ..learners import PromptSettings, parse_option_pairs
-    from ..memory import parse_text_chunk
     from ..stages.fit_pos import FitPosOptions, fit_pos
+    from ..training.learners import PromptSettings, parse_option_pairs
+    from ..training.memory import parse_text_chunk
 
     options = FitPosOptions(
         backbone=backbone_request(backbone, pretrained, runtime),
@@ -144,12 +144,12 @@ def fit_neg_command(
     """Learn NegPrompt negative prompts (runs fit-pos first when --pos is not given)."""
     check_paths(("--data", data), ("--pos", pos), ("--classes", data_opts["classes"]),
                 ("--train-classes", train_classes))
-    from ..backbone import RuntimeOptions
     from ..distributed import launched_by_torchrun, process_group
     from ..errors import UsageError
-    from ..learners import PromptSettings, parse_option_pairs
-    from ..memory import no_grad_text_chunk, parse_text_chunk
+    from ..features.backbone import RuntimeOptions
     from ..stages.fit_neg import FitNegOptions, fit_neg
+    from ..training.learners import PromptSettings, parse_option_pairs
+    from ..training.memory import no_grad_text_chunk, parse_text_chunk
     from .pipeline import fit_pos_then_neg, pos_stage_options
 
     chunk = parse_text_chunk(text_chunk)

@@ -13,18 +13,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..backbone import BackboneRequest, RuntimeOptions
 from ..console import info
-from ..image_features import EncodeOptions
-from ..learners import PromptSettings
+from ..features.backbone import BackboneRequest, RuntimeOptions
+from ..features.image_features import EncodeOptions
 from ..presets import NEGATIVE_OPTIM
 from ..stages.fit_neg import FitNegOptions, fit_neg
 from ..stages.fit_pos import FitPosOptions, fit_pos
 from ..stages.report import ReportOptions, build_report
 from ..stages.score import ScoreOptions, score
 from ..stages.transfer import transfer
-from ..training import OptimConfig
-from ..training_data import DataOptions
+from ..training.data import DataOptions
+from ..training.learners import PromptSettings
+from ..training.loop import OptimConfig
 from ..world import default_spec, export_world
 
 DEMO_BACKBONE = "toy"

@@ -10,15 +10,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..artifact import load_prompts
-from ..backbone import BackboneRequest, load_backbone
-from ..checkpoint import checkpoint_path
-from ..data import ImageFolder, folder_fingerprint
 from ..errors import NegPromptError, NegPromptWarning
-from ..learners import PromptSettings
+from ..features.backbone import BackboneRequest, load_backbone
+from ..inputs.image_folders import ImageFolder, folder_fingerprint
+from ..outputs.artifact import load_prompts
 from ..stages.fit_neg import FitNegOptions, fit_neg, plan_fit_neg
 from ..stages.fit_pos import FitPosOptions, fit_pos
-from ..training import OptimConfig
+from ..training.checkpoint import checkpoint_path
+from ..training.learners import PromptSettings
+from ..training.loop import OptimConfig
 
 
 def fit_pos_then_neg(pos_stage: FitPosOptions, negative: FitNegOptions) -> dict[str, Any]:

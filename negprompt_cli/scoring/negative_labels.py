@@ -39,11 +39,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..atomic import publish
-from ..backbone import Backbone
 from ..errors import NegPromptNotice, UsageError
-from ..text_encoder import SoftPromptTextEncoder
-from ..text_features import template_features
+from ..features.backbone import Backbone
+from ..features.text_encoder import SoftPromptTextEncoder
+from ..features.text_features import template_features
+from ..outputs.atomic import publish
 from .lexicon import Lexicon, load_lexicon
 
 CSP_NOUN_TEMPLATES = ("a close-up photo of the nice {}.", "a photo with the nice {}.", "a good photo with the nice {}.",

@@ -14,15 +14,15 @@ from typing import Any
 
 import torch
 
-from ..artifact import PromptArtifact, check_fits_backbone, load_prompts
-from ..backbone import Backbone, BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
+from ..environment import default_cache_dir
 from ..errors import IncompatibleArtifactError, UsageError
-from ..feature_cache import default_cache_dir
-from ..image_features import EncodeOptions
+from ..features.backbone import Backbone, BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
+from ..features.image_features import EncodeOptions
+from ..features.text_encoder import SoftPromptTextEncoder
+from ..features.text_features import HAND_TEMPLATE, hand_template_features, template_features, text_features_for
+from ..outputs.artifact import PromptArtifact, check_fits_backbone, load_prompts
 from ..presets import default_scorer
 from ..registry import ScorerSpec, get_host
-from ..text_encoder import SoftPromptTextEncoder
-from ..text_features import HAND_TEMPLATE, hand_template_features, template_features, text_features_for
 from .negative_labels import LabelRequest, NegativeLabels, prepare, settings_fingerprint, zero_shot_templates
 from .scores import Scores, score_features
 from .thresholds import ID_KEPT, applicable, calibrated_scorer, scoring_temperature, threshold_record

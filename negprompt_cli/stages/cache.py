@@ -13,15 +13,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..atomic import check_writable
-from ..backbone import BackboneRequest, load_backbone
-from ..data import image_inputs
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, check_enough_items, gather_to_all
+from ..environment import default_cache_dir
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
-from ..feature_cache import compact, default_cache_dir, foreign_entries, verify
-from ..image_features import EncodeOptions, EncodeStats, View, cache_share, ranks_agree
-from ..image_list import list_images
+from ..features.backbone import BackboneRequest, load_backbone
+from ..features.feature_cache import compact, foreign_entries, verify
+from ..features.image_features import EncodeOptions, EncodeStats, View, cache_share, ranks_agree
+from ..inputs.image_folders import image_inputs
+from ..inputs.image_list import list_images
+from ..outputs.atomic import check_writable
 from ..presets import POSITIVE_OPTIM
 
 

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifact import PromptArtifact, check_fits_backbone, load_prompts, package_versions, save_prompts
-from ..atomic import check_not_input, check_output_path
-from ..backbone import (
+from ..devices import check_precision
+from ..distributed import SINGLE, Ranks
+from ..errors import IncompatibleArtifactError, UsageError
+from ..features.backbone import (
     Backbone,
     BackboneRequest,
     RuntimeOptions,
@@ -20,23 +21,22 @@ from ..backbone import (
     load_backbone,
     set_text_checkpointing,
 )
-from ..checkpoint import Checkpointing, checkpoint_path
-from ..class_parallel import ClassParallel
-from ..data import ImageFolder, load_image_folder, read_names_file
-from ..devices import check_precision
-from ..distributed import SINGLE, Ranks
-from ..errors import IncompatibleArtifactError, UsageError
-from ..image_features import EncodeOptions
-from ..learners import PromptModule, PromptSettings, exported_tensors, learner_options, options_record
-from ..memory import AUTO, resolve_text_chunk
+from ..features.image_features import EncodeOptions
+from ..features.text_encoder import SoftPromptTextEncoder
+from ..features.text_features import context_features
+from ..inputs.image_folders import ImageFolder, load_image_folder, read_names_file
+from ..outputs.artifact import PromptArtifact, check_fits_backbone, load_prompts, package_versions, save_prompts
+from ..outputs.atomic import check_not_input, check_output_path
 from ..presets import NEGATIVE_OPTIM, default_scorer
 from ..registry import get_host
 from ..scoring.negative_labels import LabelRequest
 from ..scoring.setup import ScoringSetup, setup_for_features
-from ..text_encoder import SoftPromptTextEncoder
-from ..text_features import context_features
-from ..training import OptimConfig, Selection, TrainResult, accuracy, train
-from ..training_data import DataOptions, TrainingSet, labelled_features, recipe_run, run_fingerprint
+from ..training.checkpoint import Checkpointing, checkpoint_path
+from ..training.class_parallel import ClassParallel
+from ..training.data import DataOptions, TrainingSet, labelled_features, recipe_run, run_fingerprint
+from ..training.learners import PromptModule, PromptSettings, exported_tensors, learner_options, options_record
+from ..training.loop import OptimConfig, Selection, TrainResult, accuracy, train
+from ..training.memory import AUTO, resolve_text_chunk
 
 
 @dataclass

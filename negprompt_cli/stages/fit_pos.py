@@ -8,21 +8,21 @@ from typing import Any
 
 import torch
 
-from ..artifact import PromptArtifact, package_versions, save_prompts
-from ..atomic import check_not_input, check_output_path
-from ..backbone import Backbone, BackboneRequest, load_backbone, set_text_checkpointing
-from ..checkpoint import Checkpointing, checkpoint_path
-from ..data import folder_fingerprint
 from ..devices import check_precision
 from ..errors import UsageError
-from ..image_features import EncodeOptions
-from ..learners import PromptSettings, exported_tensors, learner_options, options_record
-from ..memory import AUTO
+from ..features.backbone import Backbone, BackboneRequest, load_backbone, set_text_checkpointing
+from ..features.image_features import EncodeOptions
+from ..features.text_encoder import SoftPromptTextEncoder
+from ..features.text_features import hand_template_features
+from ..inputs.image_folders import folder_fingerprint
+from ..outputs.artifact import PromptArtifact, package_versions, save_prompts
+from ..outputs.atomic import check_not_input, check_output_path
 from ..registry import get_host
-from ..text_encoder import SoftPromptTextEncoder
-from ..text_features import hand_template_features
-from ..training import OptimConfig, Selection, accuracy, train
-from ..training_data import DataOptions, labelled_features, recipe_run, run_fingerprint
+from ..training.checkpoint import Checkpointing, checkpoint_path
+from ..training.data import DataOptions, labelled_features, recipe_run, run_fingerprint
+from ..training.learners import PromptSettings, exported_tensors, learner_options, options_record
+from ..training.loop import OptimConfig, Selection, accuracy, train
+from ..training.memory import AUTO
 
 
 @dataclass

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifact import SCHEMA_VERSION, PromptArtifact, load_prompts
-from ..atomic import check_output_folder
 from ..environment import hub_cache_from_environment
 from ..errors import HubError, IncompatibleArtifactError, NotFoundError, UsageError
+from ..outputs.artifact import SCHEMA_VERSION, PromptArtifact, load_prompts
+from ..outputs.atomic import check_output_folder
 
 HF_SCHEME = "hf://"
 PROMPTS_FILE = "prompts.safetensors"
@@ -226,7 +226,7 @@ def model_card(artifact: PromptArtifact, repo_id: str) -> str:
     (``markdown_text``), so a class or backbone name cannot put a tag, a script or a link in the card."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from ..report_table import markdown_text as md
+    from ..report.table import markdown_text as md
 
     backbone = artifact.backbone
     arch = str(backbone.get("backbone"))
@@ -295,8 +295,8 @@ def _base_model(arch: str, pretrained: str | None) -> str | None:
 
 def report_markdown(path: Path) -> str:
     """The paper-style table of a ``negprompt report --json`` output, for the model card."""
-    from ..report_table import markdown_table
-    from ..report_table import markdown_text as md
+    from ..report.table import markdown_table
+    from ..report.table import markdown_text as md
 
     file = path / "report.json" if path.is_dir() else path
     if not file.is_file():

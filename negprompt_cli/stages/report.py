@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..atomic import (
+from ..errors import NegPromptWarning, NotFoundError, UsageError
+from ..outputs.atomic import (
     atomic_folder,
     check_name_fits,
     check_output_folder,
@@ -23,10 +24,9 @@ from ..atomic import (
     files_into_folder,
     real_target,
 )
-from ..errors import NegPromptWarning, NotFoundError, UsageError
-from ..report_images import DEFAULT_PER_GALLERY, THUMBNAIL_PIXELS, examples, per_class_kept, thumbnail
-from ..report_page import render_html, render_markdown
-from ..score_file import read_score_file
+from ..outputs.score_file import read_score_file
+from ..report.images import DEFAULT_PER_GALLERY, THUMBNAIL_PIXELS, examples, per_class_kept, thumbnail
+from ..report.page import render_html, render_markdown
 from ..scoring.metrics import AUPR_ESTIMATOR, ood_metrics
 
 

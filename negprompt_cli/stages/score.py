@@ -14,19 +14,17 @@ from typing import Any
 
 import torch
 
-from ..artifact import PromptArtifact
-from ..atomic import check_not_input, check_output_path, is_stream_target
-from ..backbone import BackboneRequest, RuntimeOptions
-from ..data import find_images, image_inputs, read_names_file
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, batch_shard, check_enough_items, from_main, gather_to_all, gather_to_main
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
-from ..explain import explain
-from ..image_features import EncodeOptions, EncodeStats, ImageStream, Window, agree_on_list, ranks_agree
-from ..image_list import ImageList, is_image_file, list_images
-from ..registry import ScorerSpec, get_host
-from ..score_file import FORMATS, render_rows, score_columns
-from ..score_output import (
+from ..features.backbone import BackboneRequest, RuntimeOptions
+from ..features.image_features import EncodeOptions, EncodeStats, ImageStream, Window, agree_on_list, ranks_agree
+from ..inputs.image_folders import find_images, image_inputs, read_names_file
+from ..inputs.image_list import ImageList, is_image_file, list_images
+from ..outputs.artifact import PromptArtifact
+from ..outputs.atomic import check_not_input, check_output_path, is_stream_target
+from ..outputs.score_file import FORMATS, render_rows, score_columns
+from ..outputs.score_output import (
     FileOutput,
     PartOutput,
     PipeOutput,
@@ -38,7 +36,9 @@ from ..score_output import (
     remove_parts,
     stale_parts,
 )
+from ..registry import ScorerSpec, get_host
 from ..scoring.adaptive import AdaptiveOptions, AdaptiveScorer
+from ..scoring.explain import explain
 from ..scoring.negative_labels import LabelRequest
 from ..scoring.scores import Scores
 from ..scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring

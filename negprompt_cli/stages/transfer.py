@@ -12,19 +12,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..artifact import PromptArtifact, check_fits_backbone, load_prompts, package_versions, save_prompts
-from ..atomic import check_not_input, check_output_path
-from ..backbone import RuntimeOptions, artifact_backbone, load_backbone
-from ..data import read_names_file
 from ..devices import check_precision
 from ..errors import NotFoundError
-from ..image_features import EncodeOptions, encode_folder
+from ..features.backbone import RuntimeOptions, artifact_backbone, load_backbone
+from ..features.image_features import EncodeOptions, encode_folder
+from ..features.text_encoder import SoftPromptTextEncoder
+from ..features.text_features import text_features_for
+from ..inputs.image_folders import read_names_file
+from ..outputs.artifact import PromptArtifact, check_fits_backbone, load_prompts, package_versions, save_prompts
+from ..outputs.atomic import check_not_input, check_output_path
 from ..presets import default_scorer
 from ..scoring.negative_labels import LabelRequest
 from ..scoring.setup import setup_for_features
 from ..scoring.thresholds import ThresholdWarning, calibrated_scorer
-from ..text_encoder import SoftPromptTextEncoder
-from ..text_features import text_features_for
 
 
 def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions = RuntimeOptions(), *,

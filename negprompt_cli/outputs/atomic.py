@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import NotFoundError, UsageError
+from ..errors import NotFoundError, UsageError
 
 # Read once: os.umask can only be read by setting it, which would race with writer threads.
 _UMASK = os.umask(0o022)

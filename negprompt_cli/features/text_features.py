@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import torch
 
-from .artifact import PromptArtifact
-from .console import progress
-from .errors import IncompatibleArtifactError
+from ..console import progress
+from ..errors import IncompatibleArtifactError
+from ..outputs.artifact import PromptArtifact
 from .text_encoder import SoftPromptTextEncoder
 
 

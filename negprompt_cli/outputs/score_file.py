@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .errors import NotFoundError, UsageError
+from ..errors import NotFoundError, UsageError
 
 FORMATS = ("csv", "jsonl")
 COLUMNS = ["path", "score", "prediction", "prediction_index", "ood", "max_pos_cos", "max_neg_cos", "label",

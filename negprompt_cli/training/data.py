@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from .data import ImageFolder, few_shot_split, load_image_folder
-from .distributed import SINGLE, Ranks
-from .errors import UsageError
-from .image_features import EncodeOptions, EncodeStats, View, encode_images_across
+from ..distributed import SINGLE, Ranks
+from ..errors import UsageError
+from ..features.image_features import EncodeOptions, EncodeStats, View, encode_images_across
+from ..inputs.image_folders import ImageFolder, few_shot_split, load_image_folder
 
 
 @dataclass

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from .devices import resolve_device
-from .errors import IncompatibleArtifactError
-from .presets import DEFAULT_BACKBONE
-from .registry import get_host
+from ..devices import resolve_device
+from ..errors import IncompatibleArtifactError
+from ..presets import DEFAULT_BACKBONE
+from ..registry import get_host
 
 if TYPE_CHECKING:
-    from .artifact import PromptArtifact
+    from ..outputs.artifact import PromptArtifact
 
 
 class BackboneFactory(Protocol):

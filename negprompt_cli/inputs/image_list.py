@@ -20,7 +20,7 @@ from typing import overload
 
 import numpy as np
 
-from .errors import NegPromptWarning, NotFoundError, UsageError
+from ..errors import NegPromptWarning, NotFoundError, UsageError
 
 OFFSET = "q"  # array type code of the offsets into the byte string (int64)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})

@@ -8,7 +8,7 @@ import base64
 import html
 from typing import Any
 
-from .report_table import TABLE_HEADER, markdown_table, markdown_text, table_rows
+from .table import TABLE_HEADER, markdown_table, markdown_text, table_rows
 
 FIGURE_TITLES = {"histogram": "Score distributions", "roc": "ROC curves (ID = positive)",
                  "similarity": "Similarity to positive vs negative prompts (paper Fig. 3)"}

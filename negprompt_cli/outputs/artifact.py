@@ -20,8 +20,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..errors import IncompatibleArtifactError, NotFoundError
 from .atomic import check_output_path, write_atomic
-from .errors import IncompatibleArtifactError, NotFoundError
 
 SCHEMA_VERSION = 1
 METADATA_KEY = "negprompt"
@@ -72,7 +72,7 @@ class PromptArtifact:
 def package_versions() -> dict[str, str]:
     import open_clip
 
-    from . import __version__
+    from .. import __version__
 
     return {"negprompt": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
             "python": platform.python_version()}

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from .backbone import Backbone
-from .errors import UsageError
 
 PLACEHOLDER = "X"  # one BPE token in the CLIP vocabulary; its embedding is replaced by a context vector
 

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .distributed import Ranks, _collective
+from ..distributed import Ranks, _collective
 
 
 class _GatherShares(torch.autograd.Function):

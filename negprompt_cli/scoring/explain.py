@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .presets import EXPLAIN_TOP
+from ..presets import EXPLAIN_TOP
 
 
 def negative_prompt_names(class_names: list[str], per_class: int) -> list[str]:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import NegPromptError, UsageError
 from .atomic import publish, temp_file
-from .errors import NegPromptError, UsageError
 
 ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # a file name that is not UTF-8 keeps its bytes
 COPY_BLOCK = 1 << 20

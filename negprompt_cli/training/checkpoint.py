@@ -17,8 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .atomic import write_atomic
-from .errors import IncompatibleArtifactError, UsageError
+from ..errors import IncompatibleArtifactError, UsageError
+from ..outputs.atomic import write_atomic
 
 
 @dataclass

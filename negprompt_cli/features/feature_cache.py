@@ -45,8 +45,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .atomic import publish
-from .errors import UsageError
+from ..errors import UsageError
+from ..outputs.atomic import publish
 
 FORMAT = "negprompt-feature-cache/1"  # in every info.json and shard header this cache writes
 SHARD_TENSOR = "features"
@@ -64,15 +64,6 @@ TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
 TEXT_FEATURES_DIR = "text-features"  # the mined-label candidates' text features (negative_labels)
 SHARD_NAME = re.compile(r"[0-9a-f]{32}\.safetensors")
 TEMP_NAME = re.compile(r"\.[0-9a-f]{32}-[0-9]+-.+\.safetensors\.tmp")
-
-
-def default_cache_dir() -> Path:
-    """``--cache-dir`` > ``NEGPROMPT_CACHE`` > ``$XDG_CACHE_HOME/negprompt`` > ``~/.cache/negprompt``."""
-    env = os.environ.get("NEGPROMPT_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "negprompt"
 
 
 def rows_digest(block: torch.Tensor) -> str:

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import torch
 
+from ..errors import UsageError
+from ..features.text_encoder import SoftPromptTextEncoder, TokenizedPrompts
 from .class_parallel import ClassParallel
-from .errors import UsageError
-from .text_encoder import SoftPromptTextEncoder, TokenizedPrompts
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .backbone import Backbone
-from .console import progress
-from .data import find_images
-from .devices import autocast
-from .distributed import (
+from ..console import progress
+from ..devices import autocast
+from ..distributed import (
     SINGLE,
     Ranks,
     agree,
@@ -38,9 +36,12 @@ from .distributed import (
     gather_to_all,
     gather_to_main,
 )
-from .errors import NegPromptError, NegPromptWarning, UsageError
-from .feature_cache import FeatureCache, default_cache_dir
-from .pixels import TensorPreprocess, decode_jpegs, is_jpeg, tensor_preprocess_for
+from ..environment import default_cache_dir
+from ..errors import NegPromptError, NegPromptWarning, UsageError
+from ..inputs.image_folders import find_images
+from ..inputs.pixels import TensorPreprocess, decode_jpegs, is_jpeg, tensor_preprocess_for
+from .backbone import Backbone
+from .feature_cache import FeatureCache
 
 
 def _apply_pixel_limit() -> None:

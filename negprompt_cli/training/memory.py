@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 
 AUTO = "auto"
 CPU_BUDGET_BYTES = 3 * 2**30
@@ -79,7 +79,7 @@ def auto_text_chunk(*, classes: int, prompts_per_class: int, layers: int, width:
 def resolve_text_chunk(value: int | str | None, *, backbone, prompts, prompts_per_class: int,
                        class_specific: bool, precision: str) -> int | None:
     """The chunk size fit-neg runs with: ``value`` itself unless it is ``auto``."""
-    from . import shared_prefix
+    from ..features import shared_prefix
 
     if value != AUTO:
         return value  # type: ignore[return-value]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NegPromptWarning, NotFoundError, UsageError
+from ..errors import NegPromptWarning, NotFoundError, UsageError
 from .image_list import IMAGE_EXTENSIONS, is_image_file, report_unreadable_folders, walk
 
 

@@ -1,0 +1,51 @@
+"""What a negprompt plugin imports, in one place.
+
+A backbone, prompt-learner or scorer plugin (docs/plugins.md) needs the hook marker, the records it returns
+or receives, the text encoder that soft prompts go through and the errors it may raise. They are all here,
+so a plugin never imports ``negprompt_cli``'s inner modules and a move inside the core cannot break it: the
+built-in plugins (``plugins/``) import exactly this module, and tests/test_architecture.py checks that they
+and docs/plugins.md's examples import nothing else of negprompt.
+
+    from negprompt.plugin import Backbone, hookimpl
+
+    @hookimpl
+    def register_backbones(register):
+        register("my-clip", my_factory, description="...")
+"""
+
+from __future__ import annotations
+
+from negprompt_cli import __version__
+from negprompt_cli.environment import hub_cache_from_environment
+from negprompt_cli.errors import (
+    HubError,
+    IncompatibleArtifactError,
+    NegPromptError,
+    NegPromptNotice,
+    NegPromptWarning,
+    NotFoundError,
+    UsageError,
+)
+from negprompt_cli.features.backbone import Backbone, BackboneFactory
+from negprompt_cli.features.text_encoder import SoftPromptTextEncoder, TokenizedPrompts
+from negprompt_cli.hookspecs import hookimpl
+from negprompt_cli.registry import ScorerSpec
+from negprompt_cli.training.learners import LearnerBuilder, PromptModule, PromptSettings, initial_context
+from negprompt_cli.training.losses import VARIANTS as LOSS_VARIANTS
+from negprompt_cli.training.losses import LossWeights, negprompt_loss
+from negprompt_cli.world import checkpoint_dir as world_checkpoint_dir
+from negprompt_cli.world import lexicon_dir as world_lexicon_dir
+
+__all__ = [
+    "__version__", "hookimpl",
+    # backbones: the factory a plugin registers and the record it returns
+    "Backbone", "BackboneFactory", "hub_cache_from_environment", "world_checkpoint_dir", "world_lexicon_dir",
+    # prompt learners: the contract, the settings they receive, the soft-prompt text path, NegPrompt's losses
+    "LearnerBuilder", "PromptModule", "PromptSettings", "initial_context", "SoftPromptTextEncoder",
+    "TokenizedPrompts", "LOSS_VARIANTS", "LossWeights", "negprompt_loss",
+    # scorers: the properties a scorer states when it registers
+    "ScorerSpec",
+    # errors and notes (their exit codes: docs/cli.md)
+    "NegPromptError", "UsageError", "NotFoundError", "HubError", "IncompatibleArtifactError", "NegPromptWarning",
+    "NegPromptNotice",
+]

@@ -1,0 +1,10 @@
+"""Inputs: where images come from, up to pixels. ``image_list`` owns what an image file is, the sorted folder
+walk and the compact ``ImageList`` that ``score`` and ``cache build`` stream; ``image_folders`` reads ImageFolder
+trees, class-name files and the seeded few-shot split; ``pixels`` decodes JPEGs and applies open_clip's eval
+transform as batched tensor ops (the GPU decode path). New sources (shards, tables, embeddings) go here, one
+reader per source.
+
+May import the shared modules only: nothing here knows about models, features, training or scores.
+"""
+
+MAY_IMPORT = ("shared",)  # read by tests/test_architecture.py and docs/architecture.md
