@@ -1,7 +1,7 @@
 """GPU harness: the numbers issue #9 asks for, in one run on one GPU (``scripts/gpu-check.sh`` calls it).
 
 * **fit-neg step** at C = 100 and 1000 (ViT-B/16 text tower, seeded random weights, P = 2, batch 64):
-  the released-style step (every C·P prompt at full length 77, per-class loops; ``perf.py``'s
+  the released-style step (every C·P prompt at full length 77, per-class loops; ``common.py``'s
   reference) against ours in fp32 and bf16, with ``--text-chunk auto`` and 256: seconds per step,
   peak GPU memory, ratio, max |Δgrad| against the reference (fp32) and, for bf16, max |Δ| / max |g|
   against our fp32 gradient.
@@ -34,8 +34,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import current_commit  # noqa: E402
-from perf import SEED, P, inputs, reference_official_loss, text_backbone  # noqa: E402
+from common import SEED, P, current_commit, inputs, reference_official_loss, text_backbone  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

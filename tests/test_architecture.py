@@ -194,3 +194,34 @@ def test_the_plugin_surface_is_complete():
     documented = (ROOT / "docs" / "plugins.md").read_text()
     missing = [name for name in surface.__all__ if name != "__version__" and f"`{name}" not in documented]
     assert not missing, f"docs/plugins.md does not list {missing}"
+
+
+MAX_COMMAND_LINES = 80
+
+
+def test_stages_and_composers_read_in_one_screen():
+    """A stage runs named steps and a command is its signature plus a few calls: no function in stages/ or
+    composers/ over 80 lines (decorators included)."""
+    long = []
+    for folder in ("stages", "composers"):
+        for path in sorted((PACKAGE / folder).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                    if node.end_lineno - first + 1 > MAX_COMMAND_LINES:  # type: ignore[operator]
+                        long.append(f"{folder}/{path.name}:{node.name} ({node.end_lineno - first + 1} lines)")  # type: ignore[operator]
+    assert not long, long
+
+
+def test_benchmark_scripts_do_not_import_each_other_in_a_cycle():
+    scripts = {path.stem: path for path in (ROOT / "benchmarks").glob("*.py")}
+    graph = {name: {node.module for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.ImportFrom) and node.module in scripts}
+             for name, path in scripts.items()}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})) for nxt in graph[start])
+
+    cycles = sorted(name for name in graph if reaches(name, name, {name}))
+    assert not cycles, cycles
+    assert "common" in graph["gpu"] and "common" in graph["perf"]

@@ -13,7 +13,6 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -29,7 +28,6 @@ from ..errors import (
     NegPromptError,
     Terminated,
 )
-from ..presets import from_cli
 
 EPILOG = ("Exit codes: 0 ok, 1 runtime error, 2 usage or invalid input, 3 not found, "
           "4 hub/network, 5 incompatible artifact, 130 interrupted, 141 stdout closed, 143 terminated. "
@@ -48,6 +46,13 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command_family(name: str, *, help: str, short_help: str) -> typer.Typer:
+    """A group of subcommands (``negprompt cache build``), added to the app with the app's help options."""
+    family = typer.Typer(help=help, no_args_is_help=True, context_settings=HELP_OPTIONS)
+    app.add_typer(family, name=name, short_help=short_help)
+    return family
 RANK_EXIT_GRACE_SECONDS = 3.0
 
 
@@ -191,31 +196,6 @@ def root(
     """negprompt command line."""
 
 
-# Shared option types ---------------------------------------------------------------------
-LearnerOptionOpt = Annotated[list[str] | None, typer.Option(
-    "--learner-option", metavar="KEY=VALUE", help="One of the learner's own options (repeatable), checked against "
-    "its Options: e.g. --learner-option n_neg=4. `negprompt plugins` names each learner; a misspelt key is exit 2.")]
-BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="ViT-B/16 (default), ViT-B/32, RN50, RN101, "
-                                          "toy (the offline world's CLIP, ships with negprompt), any open_clip "
-                                          "model, hf-hub:org/repo or local-dir:PATH.")]
-PretrainedOpt = Annotated[str | None, typer.Option(
-    "--pretrained", help="open_clip pretrained tag, local checkpoint file, or 'none' (random). "
-    "Default: the backbone's paper weights (ViT-B/16: laion2b_s34b_b88k).")]
-ImagesArg = Annotated[list[Path] | None, typer.Argument(metavar="IMAGES", show_default=False, help="Image files and/or "
-                                                "folders (searched recursively), taken in the order given.")]
-DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder root: DATA/<class>/<image>.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the few-shot subset, initialisation and shuffling.")]
-WorldSeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the rendered world: which images, colours and "
-                                           "sizes are drawn (the same seed renders the same files).")]
-CalibrateOpt = Annotated[Path | None, typer.Option("--calibrate", help="A folder of in-distribution images for "
-                                                   "this class list: store/use the threshold that keeps 95% of "
-                                                   "them (no labels needed).")]
-TrustBackboneOpt = Annotated[bool, typer.Option("--trust-backbone", help="Accept a Hub-hosted backbone "
-                                                "(hf-hub:ORG/NAME) that the prompts name although you did not (e.g. "
-                                                "prompts pulled from the Hub); only its config and safetensors "
-                                                "weights are fetched. Naming it with --backbone does the same.")]
-
-
 MISSING = {"--data": "data directory not found", "--pos": "prompts file not found",
            "--prompts": "prompts file not found", "--classes": "class-names file not found",
            "--names": "class-names file not found", "--train-classes": "class-names file not found",
@@ -238,50 +218,6 @@ def finish(message: str, summary: dict[str, Any], as_json: bool) -> None:
     info(message)
     if as_json:
         emit_json(summary)
-
-
-def backbone_request(name: str, pretrained: str | None, runtime: dict[str, Any]):
-    from ..features.backbone import BackboneRequest
-
-    return BackboneRequest(name, pretrained, runtime["device"], runtime["weights_cache"], runtime["quick_gelu"],
-                           runtime["offline"])
-
-
-def training_data(root: Path, given: dict[str, Any]):
-    """DataOptions from the data option group; --all-images means no shot limit."""
-    from ..training.data import DataOptions
-
-    data = from_cli(DataOptions(root), classes_file=given["classes"], shots=given["shots"],
-                    val_fraction=given["val_fraction"], aug_views=given["aug_views"])
-    if given["all_images"]:
-        data = replace(data, shots=None)
-    check_at_least("--aug-views", data.aug_views, 0)
-    return data
-
-
-def encode_options(runtime: dict[str, Any], quiet: bool, *, cache_dir: Path | None, workers: int | None,
-                   strict: bool = False, batch_size: int | None = None):
-    """EncodeOptions from the flags every image-reading command shares (unset ones keep its defaults)."""
-    from ..features.image_features import EncodeOptions
-
-    if batch_size is not None:
-        check_at_least("--batch-size", batch_size, 1)
-    return from_cli(EncodeOptions(), cache_dir=cache_dir, batch_size=batch_size, num_workers=workers,
-                    precision=runtime["precision"], strict=strict, quiet=quiet)
-
-
-def optim_config(preset, given: dict[str, Any]):
-    config = from_cli(preset, **given)
-    check_at_least("--epochs", config.epochs, 1)
-    check_at_least("--batch-size", config.batch_size, 1)
-    return config
-
-
-def check_at_least(flag: str, value: int, least: int) -> None:
-    from ..errors import UsageError
-
-    if value < least:
-        raise UsageError(f"{flag} must be at least {least} (got {value})")
 
 
 def _prompts_path(value: str, offline: bool = False) -> Path:

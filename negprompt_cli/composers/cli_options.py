@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ..presets import OptimConfig
+from ..presets import EXPLAIN_TOP, OptimConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,16 +29,35 @@ def option(name: str, kind: Any, *flags: str, help: str, default: Any = None, **
                              annotation=Annotated[kind, typer.Option(*flags, help=help, **extra)])
 
 
+class Flags:
+    """The values of a command's option groups, one dict a group (``flags.runtime["device"]``), filled by
+    :func:`option_group`. A command that takes groups declares this once, as its last parameter: ``*, flags:
+    Flags``."""
+
+    runtime: dict[str, Any]  # device, precision, weights cache, offline, QuickGELU
+    images: dict[str, Any]  # score / cache build: batch size, feature cache, workers, strictness, torchrun
+    scoring: dict[str, Any]  # score: scorer, temperature, threshold, format, labels, explain, excel-safe
+    labels: dict[str, Any]  # the negative-label scorers' lexicon and mining
+    adaptive: dict[str, Any]  # score --adaptive
+    optim: dict[str, Any]  # fit-*: the optimiser recipe
+    data: dict[str, Any]  # fit-*: classes, shots, validation, augmented views, feature cache
+    run: dict[str, Any]  # fit-*: resume, gradient checkpointing, --json, --quiet
+    shortcuts: dict[str, Any]  # fit-neg: the NegPrompt learner's own flags
+    subset: dict[str, Any]  # fit-neg: the classes the negatives are trained on
+    pos_stage: dict[str, Any]  # fit-neg without --pos: the positive stage's settings
+
+
 def option_group(group: str, params: list[inspect.Parameter]) -> Callable[[F], F]:
-    """Add ``params`` to the command's options; the command receives their values as the dict ``group``."""
+    """Add ``params`` to the command's options; the command receives their values as ``flags.<group>``."""
 
     def decorate(func: F) -> F:
-        own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != group]
+        own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "flags"]
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            values = {p.name: kwargs.pop(p.name) for p in params}
-            return func(*args, **kwargs, **{group: values})
+            flags = kwargs.pop("flags", None) or Flags()
+            setattr(flags, group, {p.name: kwargs.pop(p.name) for p in params})
+            return func(*args, **kwargs, flags=flags)
 
         wrapper.__signature__ = inspect.Signature(own + params)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in own + params}
@@ -51,7 +70,7 @@ def training_options(preset: OptimConfig, *, warmup_lr: bool = True) -> Callable
     """The option groups of fit-pos and fit-neg: optim (from ``preset``), data_opts, runtime and run."""
 
     def decorate(func: F) -> F:
-        for group, params in (("run", run_options()), ("runtime", runtime_options()), ("data_opts", data_options()),
+        for group, params in (("run", run_options()), ("runtime", runtime_options()), ("data", data_options()),
                               ("optim", optim_options(preset, warmup_lr=warmup_lr))):
             func = option_group(group, params)(func)
         return func
@@ -84,6 +103,30 @@ TextChunkOpt = Annotated[str, typer.Option("--text-chunk", help="Classes per tex
                                            "bounded at one extra no-grad pass, and auto chunks only when the whole "
                                            "graph would not fit (80% of free GPU memory, 3 GiB on CPU; "
                                            "docs/performance.md). fit-pos, score and transfer: auto is one pass.")]
+
+
+LearnerOptionOpt = Annotated[list[str] | None, typer.Option(
+    "--learner-option", metavar="KEY=VALUE", help="One of the learner's own options (repeatable), checked against "
+    "its Options: e.g. --learner-option n_neg=4. `negprompt plugins` names each learner; a misspelt key is exit 2.")]
+BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="ViT-B/16 (default), ViT-B/32, RN50, RN101, "
+                                          "toy (the offline world's CLIP, ships with negprompt), any open_clip "
+                                          "model, hf-hub:org/repo or local-dir:PATH.")]
+PretrainedOpt = Annotated[str | None, typer.Option(
+    "--pretrained", help="open_clip pretrained tag, local checkpoint file, or 'none' (random). "
+    "Default: the backbone's paper weights (ViT-B/16: laion2b_s34b_b88k).")]
+ImagesArg = Annotated[list[Path] | None, typer.Argument(metavar="IMAGES", show_default=False, help="Image files and/or "
+                                                "folders (searched recursively), taken in the order given.")]
+DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder root: DATA/<class>/<image>.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the few-shot subset, initialisation and shuffling.")]
+WorldSeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the rendered world: which images, colours and "
+                                           "sizes are drawn (the same seed renders the same files).")]
+CalibrateOpt = Annotated[Path | None, typer.Option("--calibrate", help="A folder of in-distribution images for "
+                                                   "this class list: store/use the threshold that keeps 95% of "
+                                                   "them (no labels needed).")]
+TrustBackboneOpt = Annotated[bool, typer.Option("--trust-backbone", help="Accept a Hub-hosted backbone "
+                                                "(hf-hub:ORG/NAME) that the prompts name although you did not (e.g. "
+                                                "prompts pulled from the Hub); only its config and safetensors "
+                                                "weights are fetched. Naming it with --backbone does the same.")]
 
 
 def shared(name: str, alias: Any, default: Any = None) -> inspect.Parameter:
@@ -138,20 +181,51 @@ def negative_label_options() -> list[inspect.Parameter]:
     ]
 
 
-def label_request(given: dict[str, Any]) -> Any:
-    """The negative-label options as the library's ``LabelRequest``."""
-    from ..scoring.negative_labels import LabelRequest, MiningOptions
+def score_options() -> list[inspect.Parameter]:
+    """How score turns features into rows: named as ``ScoreOptions``' fields (``records.score_record``)."""
+    return [
+        option("scorer", str | None, "--scorer", help="Default: the one the prompts' threshold was calibrated for, "
+               "else energy (learned prompts) or csp (--zero-shot), the winners on validation (docs/quality.md). "
+               "Also negprompt (Eq. 3), mcm, maxlogit, msp, neglabel, the hybrids negprompt+neglabel / "
+               "negprompt+csp, negprompt-sum, negprompt-maxlogit, or a plugin's."),
+        option("temperature", float | None, "--temperature", help="The scorer's temperature: τ on cosines for "
+               "negprompt and mcm, T on the logits s·cos for energy and msp; maxlogit has none. Default: the "
+               "artifact's τ for the scorer it was calibrated with, the training τ for negprompt, else the scorer's "
+               "own (1; 0.01 for the negative-label scorers)."),
+        option("threshold", float | None, "--threshold", help="ID threshold to use (score < threshold -> OOD) "
+               "instead of the stored one."),
+        option("fmt", str, "--format", default="csv", help="csv or jsonl."),
+        option("labeled", bool, "--labeled", default=False, help="Images are IMAGES/<class>/...: record true labels "
+               "(for report's ID accuracy)."),
+        option("explain", bool, "--explain", default=False, help="Add, per image, the closest classes and (for "
+               "scorers that read negative prompts or mined labels) the closest negatives, with cosines: JSONL "
+               "lists, CSV a JSON array of [name, cos] pairs."),
+        option("explain_top", int, "--explain-top", default=EXPLAIN_TOP, help="How many classes and negatives "
+               "--explain lists."),
+        option("excel_safe", bool, "--excel-safe", default=False, help="CSV for spreadsheets: a path or name cell "
+               "starting with = + - @ gets a leading ' so it is not run as a formula (the cell is then not the "
+               "exact name; JSONL keeps names exact)."),
+    ]
 
-    return LabelRequest(lexicon=given["lexicon"], groups=given["groups"],
-                        mining=MiningOptions(percentile=given["mine_percentile"], fraction=given["mine_fraction"],
-                                             count=given["negative_labels"], seed=given["seed"]))
+
+def adaptive_options() -> list[inspect.Parameter]:
+    """score --adaptive and its memory (``records.adaptive_record``)."""
+    return [
+        option("adaptive", bool, "--adaptive", default=False, help="Test-time negatives (AdaNeg): a memory of "
+               "confidently ID / OOD images, updated per --batch-size batch in the order images are given (each "
+               "folder sorted), sharpens the negatives. Scorers neglabel, csp, negprompt+neglabel, negprompt+csp, "
+               "negprompt-sum."),
+        option("adaptive_slots", int, "--adaptive-slots", default=10, help="Images remembered per label (AdaNeg's "
+               "released ImageNet script holds 9: --adaptive-slots 9)."),
+        option("adaptive_weight", float, "--adaptive-weight", default=0.1, help="λ in adaptive + λ·static score."),
+    ]
 
 
 def image_command_options() -> Callable[[F], F]:
     """The option groups of score and cache build: runtime (device, precision, weights) and images."""
 
     def decorate(func: F) -> F:
-        for group, params in (("runtime", runtime_options()), ("images_opts", image_options())):
+        for group, params in (("runtime", runtime_options()), ("images", image_options())):
             func = option_group(group, params)(func)
         return func
 
@@ -187,6 +261,47 @@ def optim_options(preset: OptimConfig, *, warmup_lr: bool = True) -> list[inspec
     params.append(option("seed", int | None, "--seed", help="Seed for the few-shot subset, initialisation and "
                          f"shuffling. Default: {preset.seed}."))
     return params
+
+
+def negprompt_learner_options() -> list[inspect.Parameter]:
+    """The built-in NegPrompt learner's own settings as flags: shortcuts for ``--learner-option KEY=VALUE`` with the
+    same keys (``records.learner_options``); its Options dataclass holds the defaults the help quotes."""
+    return [
+        option("n_neg", int | None, "--n-neg", help="Negative prompts per class (paper: 2, the default)."),
+        option("neg_csc", bool, "--neg-csc", default=False, help="Class-specific negative contexts (cannot transfer "
+               "to new class names)."),
+        option("loss_variant", str | None, "--loss-variant", help="official (released code, default) or paper "
+               "(Eqs. 4-6). See docs/method.md."),
+        option("beta", float | None, "--beta", help="NPD weight (default 0.1)."),
+        option("gamma", float | None, "--gamma", help="NND weight (default 0.05)."),
+        option("init_noise", float | None, "--init-noise", help="Uniform symmetry-breaking noise added to the "
+               "positive context to start each negative (fp32; default 1e-3)."),
+    ]
+
+
+def class_subset_options() -> list[inspect.Parameter]:
+    """Which classes fit-neg trains the negatives on (the open-vocabulary setup): named as FitNegOptions' fields."""
+    return [
+        option("train_classes", Path | None, "--train-classes", help="Train the negatives on these classes only "
+               "(names or folders, one per line)."),
+        option("train_fraction", float | None, "--train-fraction", help="Train the negatives on this fraction of "
+               "the classes (open-vocabulary setup)."),
+        option("train_subset", str | None, "--train-subset", help="first (paper, the default) or random (seeded) "
+               "classes for --train-fraction."),
+    ]
+
+
+def positive_stage_options(preset: OptimConfig) -> list[inspect.Parameter]:
+    """fit-neg without --pos trains the positives first: their own settings (``preset``: fit-pos's recipe)."""
+    return [
+        option("pos_epochs", int | None, "--pos-epochs", help="Positive stage epochs (without --pos). Default: "
+               f"{preset.epochs}."),
+        option("pos_lr", float | None, "--pos-lr", help=f"Positive stage learning rate. Default: {preset.lr}."),
+        option("pos_optimizer", str | None, "--pos-optimizer", help="Positive stage optimizer. Default: "
+               f"{preset.optimizer}."),
+        option("n_ctx", int | None, "--n-ctx", help="Positive stage context tokens (default 16)."),
+        option("ctx_init", str | None, "--ctx-init", help="Positive stage context initialisation."),
+    ]
 
 
 def run_options() -> list[inspect.Parameter]:

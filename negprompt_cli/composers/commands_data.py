@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -15,35 +15,33 @@ from ..errors import (
 from ..presets import DEFAULT_BACKBONE, NEGATIVE_OPTIM, POSITIVE_OPTIM, from_cli
 from .app import (
     EPILOG,
-    HELP_OPTIONS,
-    BackboneOpt,
-    ImagesArg,
-    PretrainedOpt,
-    SeedOpt,
-    WorldSeedOpt,
     app,
-    backbone_request,
-    check_at_least,
-    encode_options,
+    command_family,
     finish,
     print_report,
     reports_errors,
 )
 from .cli_options import (
     AugViewsOpt,
+    BackboneOpt,
     CacheOpt,
     DeviceOpt,
+    Flags,
+    ImagesArg,
     JsonOpt,
+    PretrainedOpt,
     QuietOpt,
+    SeedOpt,
     WorkersOpt,
+    WorldSeedOpt,
     image_command_options,
     option_group,
     runtime_options,
 )
+from .records import backbone_request, check_at_least, encode_options, image_encoding
 
-world_app = typer.Typer(help="The procedural offline world (54 object categories, colours, textures, noise).",
-                        no_args_is_help=True, context_settings=HELP_OPTIONS)
-app.add_typer(world_app, name="world", short_help="The procedural offline world.")
+world_app = command_family("world", help="The procedural offline world (54 object categories, colours, textures, "
+                           "noise).", short_help="The procedural offline world.")
 
 
 @world_app.command("export", epilog=EPILOG)
@@ -118,10 +116,9 @@ def world_export_command(
         emit_json({k: str(v) for k, v in paths.items() if v.exists()})
 
 
-cache_app = typer.Typer(help="The image-feature cache: fill it ahead of time (also under torchrun), check it, "
-                        "compact it. Many processes may share one cache; see docs/scale.md.", no_args_is_help=True,
-                        context_settings=HELP_OPTIONS)
-app.add_typer(cache_app, name="cache", short_help="Fill, check and compact the feature cache.")
+cache_app = command_family("cache", help="The image-feature cache: fill it ahead of time (also under torchrun), "
+                           "check it, compact it. Many processes may share one cache; see docs/scale.md.",
+                           short_help="Fill, check and compact the feature cache.")
 
 
 @cache_app.command("build", epilog=EPILOG)
@@ -137,22 +134,19 @@ def cache_build_command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     *,
-    runtime: dict[str, Any],
-    images_opts: dict[str, Any],
+    flags: Flags,
 ) -> None:
     """Encode every image into the feature cache, so later fit-*/score runs only read it."""
     images = images or []  # none: the stage says "no images given" (exit 2)
     from ..distributed import process_group
     from ..stages.cache import CacheBuildOptions, build
 
-    given = images_opts
-    encoding = encode_options(runtime, quiet or json_out, cache_dir=given["cache_dir"], workers=given["workers"],
-                              strict=given["strict"], batch_size=given["batch_size"])
+    encoding = image_encoding(flags.runtime, flags.images, quiet or json_out)
     aug_views = aug_views or 0
     check_at_least("--aug-views", aug_views, 0)
-    with process_group(given["distributed"], runtime["device"]) as (ranks, device):
+    with process_group(flags.images["distributed"], flags.runtime["device"]) as (ranks, device):
         summary = build(CacheBuildOptions(
-            images=images, backbone=backbone_request(backbone, pretrained, {**runtime, "device": device}),
+            images=images, backbone=backbone_request(backbone, pretrained, flags.runtime, device),
             aug_views=aug_views, seed=POSITIVE_OPTIM.seed if seed is None else seed, encode=encoding,
             ranks=ranks))
     if summary is None:
@@ -201,10 +195,9 @@ ImgListOpt = Annotated[list[str] | None, typer.Option("--imglist", metavar="NAME
                                                       "test_ssb_hard.txt) instead of its folder; repeatable.")]
 ImgListRootOpt = Annotated[Path | None, typer.Option("--imglist-root", help="What the listed paths are relative to "
                                                      "(OpenOOD: its images_largescale/; default: --root).")]
-benchmark_app = typer.Typer(help="Published benchmark protocols on your own copies of the datasets "
-                            "(docs/benchmarks.md). We never download data.", no_args_is_help=True,
-                            context_settings=HELP_OPTIONS)
-app.add_typer(benchmark_app, name="benchmark", short_help="Published protocols on your data.")
+benchmark_app = command_family("benchmark", help="Published benchmark protocols on your own copies of the "
+                               "datasets (docs/benchmarks.md). We never download data.",
+                               short_help="Published protocols on your data.")
 
 
 @benchmark_app.command("list", epilog=EPILOG)
@@ -291,7 +284,7 @@ def benchmark_run_command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     *,
-    runtime: dict[str, Any],
+    flags: Flags,
 ) -> None:
     """Run PROTOCOL end to end (train per seed, score every set, report with the published numbers)."""
     from ..errors import UsageError
@@ -305,12 +298,12 @@ def benchmark_run_command(
         raise UsageError(f"--seeds must be comma-separated whole numbers (got {seeds!r})") from None
     report = run_benchmark(BenchmarkOptions(
         protocol=protocol, root=root, out=out,
-        backbone=backbone_request(backbone, pretrained, runtime),
+        backbone=backbone_request(backbone, pretrained, flags.runtime),
         seeds=seed_list, shots=shots, learned_scorers=tuple(s for s in scorers.split(",") if s),
         zero_shot_scorers=tuple(s for s in zero_shot_scorers.split(",") if s),
         pos_optim=from_cli(POSITIVE_OPTIM, epochs=pos_epochs), neg_optim=from_cli(NEGATIVE_OPTIM, epochs=neg_epochs),
         prompt=from_cli(PromptSettings(), n_ctx=n_ctx, ctx_init=ctx_init, suffix=suffix),
-        encode=encode_options(runtime, quiet or json_out, cache_dir=cache_dir, workers=workers,
+        encode=encode_options(flags.runtime, quiet or json_out, cache_dir=cache_dir, workers=workers,
                               batch_size=batch_size),
         lexicon=lexicon, image_lists=image_lists(imglist or [], imglist_root, root)))
     for line in table(report):

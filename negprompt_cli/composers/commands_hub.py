@@ -12,13 +12,13 @@ import typer
 from ..console import emit_json, info
 from .app import (
     EPILOG,
-    PretrainedOpt,
     app,
     reports_errors,
 )
 from .cli_options import (
     JsonOpt,
     OfflineOpt,
+    PretrainedOpt,
 )
 
 TokenOpt = Annotated[str | None, typer.Option("--token", help="Hub token (default: HF_TOKEN or the saved login).")]

@@ -9,39 +9,48 @@ from typing import Annotated, Any
 import typer
 
 from ..console import emit_json, info, write_data
-from ..presets import EXPLAIN_TOP, negatives_note
+from ..presets import negatives_note
 from ..report.images import DEFAULT_PER_GALLERY
 from .app import (
     EPILOG,
-    CalibrateOpt,
-    ImagesArg,
-    PretrainedOpt,
-    TrustBackboneOpt,
     _prompts_path,
     app,
-    backbone_request,
-    check_at_least,
     check_paths,
-    encode_options,
     finish,
     print_report,
     reports_errors,
 )
 from .cli_options import (
     CacheOpt,
+    CalibrateOpt,
     DeviceOpt,
+    Flags,
+    ImagesArg,
     JsonOpt,
     OfflineOpt,
     PrecisionOpt,
+    PretrainedOpt,
     QuietOpt,
     StrictOpt,
     TextChunkOpt,
+    TrustBackboneOpt,
     WeightsCacheOpt,
     WorkersOpt,
+    adaptive_options,
     image_command_options,
-    label_request,
     negative_label_options,
     option_group,
+    score_options,
+)
+from .records import (
+    adaptive_record,
+    backbone_request,
+    check_at_least,
+    encode_options,
+    image_encoding,
+    label_request,
+    runtime_record,
+    score_record,
 )
 
 
@@ -71,12 +80,11 @@ def transfer_command(
     The stored ID threshold belongs to the old class list: it is kept only for the same list,
     recalibrated with --calibrate, and otherwise dropped (score then makes no OOD decision)."""
     check_paths(("--prompts", prompts), ("--names", names), ("--calibrate", calibrate))
-    from ..features.backbone import RuntimeOptions
     from ..stages.transfer import transfer
-    from ..training.memory import no_grad_text_chunk
 
+    runtime = {"device": device, "weights_cache": weights_cache, "offline": offline}
     summary = transfer(_prompts_path(prompts, offline), names, out,
-                       RuntimeOptions(device, weights_cache, offline, no_grad_text_chunk(text_chunk), trust_backbone),
+                       runtime_record(runtime, text_chunk=text_chunk, trust_backbone=trust_backbone),
                        calibrate_on=calibrate,
                        encoding=encode_options({"precision": precision}, quiet or json_out, cache_dir=cache_dir,
                                                workers=workers, strict=strict, batch_size=batch_size))
@@ -89,7 +97,9 @@ def transfer_command(
 
 @app.command("score", epilog=EPILOG, short_help="OOD scores for images, as CSV or JSONL.")
 @reports_errors
-@option_group("label_opts", negative_label_options())
+@option_group("adaptive", adaptive_options())
+@option_group("labels", negative_label_options())
+@option_group("scoring", score_options())
 @image_command_options()
 def score_command(
     images: ImagesArg = None,
@@ -101,91 +111,50 @@ def score_command(
     backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Backbone for --zero-shot (default "
                                                  "ViT-B/16); with --prompts it must match the artifact.")] = None,
     pretrained: PretrainedOpt = None,
-    scorer: Annotated[str | None, typer.Option("--scorer", help="Default: the one the prompts' threshold was "
-                                               "calibrated for, else energy (learned prompts) or csp (--zero-shot), "
-                                               "the winners on validation (docs/quality.md). Also negprompt "
-                                               "(Eq. 3), mcm, maxlogit, msp, neglabel, the hybrids "
-                                               "negprompt+neglabel / negprompt+csp, negprompt-sum, "
-                                               "negprompt-maxlogit, or a plugin's.")] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", help="The scorer's temperature: τ on "
-                                                      "cosines for negprompt and mcm, T on the logits s·cos for "
-                                                      "energy and msp; maxlogit has none. Default: the artifact's "
-                                                      "τ for the scorer it was calibrated with, the training τ for "
-                                                      "negprompt, else the scorer's own (1; 0.01 for the "
-                                                      "negative-label scorers).")] = None,
-    threshold: Annotated[float | None, typer.Option("--threshold", help="ID threshold to use (score < threshold "
-                                                    "-> OOD) instead of the stored one.")] = None,
     calibrate: CalibrateOpt = None,
-    fmt: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "csv",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
-    labeled: Annotated[bool, typer.Option("--labeled", help="Images are IMAGES/<class>/...: record true labels "
-                                          "(for report's ID accuracy).")] = False,
     text_chunk: TextChunkOpt = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (images scored, "
                                            "encoded vs from the cache, skipped, threshold); needs --out.")] = False,
-    adaptive: Annotated[bool, typer.Option("--adaptive", help="Test-time negatives (AdaNeg): a memory of "
-                                           "confidently ID / OOD images, updated per --batch-size batch in the "
-                                           "order images are given (each folder sorted), sharpens the negatives. "
-                                           "Scorers neglabel, csp, "
-                                           "negprompt+neglabel, negprompt+csp, negprompt-sum.")] = False,
-    adaptive_slots: Annotated[int, typer.Option("--adaptive-slots", help="Images remembered per label (AdaNeg's "
-                                                "released ImageNet script holds 9: --adaptive-slots 9).")] = 10,
-    adaptive_weight: Annotated[float, typer.Option("--adaptive-weight", help="λ in adaptive + λ·static "
-                                                   "score.")] = 0.1,
     trust_backbone: TrustBackboneOpt = False,
-    explain: Annotated[bool, typer.Option("--explain", help="Add, per image, the closest classes and (for scorers "
-                                          "that read negative prompts or mined labels) the closest negatives, "
-                                          "with cosines: JSONL lists, CSV a JSON array of [name, cos] "
-                                          "pairs.")] = False,
-    explain_top: Annotated[int, typer.Option("--explain-top", help="How many classes and negatives --explain "
-                                             "lists.")] = EXPLAIN_TOP,
-    excel_safe: Annotated[bool, typer.Option("--excel-safe", help="CSV for spreadsheets: a path or name cell "
-                                             "starting with = + - @ gets a leading ' so it is not run as a "
-                                             "formula (the cell is then not the exact name; JSONL keeps names "
-                                             "exact).")] = False,
     quiet: QuietOpt = False,
     *,
-    runtime: dict[str, Any],
-    images_opts: dict[str, Any],
-    label_opts: dict[str, Any],
+    flags: Flags,
 ) -> None:
     """OOD scores (higher = more in-distribution) for every image, as CSV or JSONL."""
-    images = images or []  # none: the stage says "no images given" (exit 2)
-    check_paths(*(("IMAGES", image) for image in images), ("--prompts", prompts), ("--names", names),
-                ("--calibrate", calibrate), ("--lexicon", label_opts["lexicon"]))
+    check_paths(*(("IMAGES", image) for image in images or []), ("--prompts", prompts), ("--names", names),
+                ("--calibrate", calibrate), ("--lexicon", flags.labels["lexicon"]))
     from ..distributed import process_group
-    from ..features.backbone import DEFAULT_BACKBONE, RuntimeOptions
-    from ..scoring.adaptive import AdaptiveOptions
+    from ..errors import UsageError
+    from ..presets import DEFAULT_BACKBONE
     from ..stages.score import ScoreOptions, score
-    from ..training.memory import no_grad_text_chunk
 
     if json_out and out is None:
-        from ..errors import UsageError
-
         raise UsageError("--json needs --out FILE: without it stdout carries the scores themselves")
-    given = images_opts
-    encoding = encode_options(runtime, quiet, cache_dir=given["cache_dir"], workers=given["workers"],
-                              strict=given["strict"], batch_size=given["batch_size"])
-    check_at_least("--explain-top", explain_top, 1)
-    memory = (AdaptiveOptions(slots=adaptive_slots, weight=adaptive_weight, batch=given["batch_size"])
-              if adaptive else None)
-    with process_group(given["distributed"], runtime["device"]) as (ranks, device):
-        placed = {**runtime, "device": device}
-        request = None
-        if zero_shot or backbone is not None:
-            request = backbone_request(backbone or DEFAULT_BACKBONE, pretrained, placed)
-        summary = score(ScoreOptions(
-            images=images, prompts=_prompts_path(prompts, runtime["offline"]) if prompts else None, names=names,
-            zero_shot=zero_shot, backbone=request,
-            runtime=RuntimeOptions(device, runtime["weights_cache"], runtime["offline"], no_grad_text_chunk(text_chunk),
-                                   trust_backbone),
-            scorer=scorer, temperature=temperature, threshold=threshold, fmt=fmt, out=out, labeled=labeled,
-            encode=encoding, calibrate=calibrate, ranks=ranks,
-            labels=label_request(label_opts), adaptive=memory, excel_safe=excel_safe,
-            explain=explain_top if explain else 0, return_rows=False,  # memory bounded: rows go out as they come
-        ), stream=write_data)
+    encoding = image_encoding(flags.runtime, flags.images, quiet)
+    with process_group(flags.images["distributed"], flags.runtime["device"]) as (ranks, device):
+        request = (backbone_request(backbone or DEFAULT_BACKBONE, pretrained, flags.runtime, device)
+                   if zero_shot or backbone is not None else None)
+        options = score_record(ScoreOptions(
+            images=images or [],  # none: the stage says "no images given" (exit 2)
+            prompts=_prompts_path(prompts, flags.runtime["offline"]) if prompts else None, names=names,
+            zero_shot=zero_shot, backbone=request, calibrate=calibrate, out=out, encode=encoding, ranks=ranks,
+            runtime=runtime_record(flags.runtime, text_chunk=text_chunk, trust_backbone=trust_backbone, device=device),
+            labels=label_request(flags.labels), adaptive=adaptive_record(flags.adaptive, encoding.batch_size),
+            return_rows=False), flags.scoring)  # memory bounded: rows go out as they come
+        summary = score(options, stream=write_data)
     if summary is None:  # a rank other than 0 of a torchrun job: rank 0 reports and writes
         return
+    info(score_message(summary, out))
+    negatives = summary["negative_prompts"]
+    if negatives is not None and not negatives["used"]:
+        info("Note: " + negatives_note(summary["scorer"], by_default=summary["scorer_source"] != "--scorer") + ".")
+    if json_out:
+        emit_json(summary)
+
+
+def score_message(summary: dict[str, Any], out: Path | None) -> str:
+    """score's closing line: what was scored, how, the negatives it used and the decision."""
     flagged = summary["flagged_ood"]
     decision = (f"; {flagged} flagged OOD at threshold {summary['threshold']:.4f} ({summary['threshold_source']})"
                 if flagged is not None else "; no OOD decision (no threshold for this class list and scorer: "
@@ -202,14 +171,9 @@ def score_command(
         memory_note = (f"; adaptive memory: {record['id_writes']} ID and {record['ood_writes']} OOD writes over "
                        f"{record['id_labels_with_memory']} ID and {record['negative_labels_with_memory']} negative "
                        "labels")
-    info(f"Scored {summary['images']} image(s) with {summary['scorer']} ({summary['encoded']} encoded, "
-         f"{summary['cached']} from the feature cache){mined}{memory_note}{decision}"
-         + (f"; wrote {out}" if out else "") + ".")
-    negatives = summary["negative_prompts"]
-    if negatives is not None and not negatives["used"]:
-        info("Note: " + negatives_note(summary["scorer"], by_default=summary["scorer_source"] != "--scorer") + ".")
-    if json_out:
-        emit_json(summary)
+    return (f"Scored {summary['images']} image(s) with {summary['scorer']} ({summary['encoded']} encoded, "
+            f"{summary['cached']} from the feature cache){mined}{memory_note}{decision}"
+            + (f"; wrote {out}" if out else "") + ".")
 
 
 @app.command("report", epilog=EPILOG, short_help="Metrics table, JSON and an HTML report.")

@@ -14,14 +14,14 @@ from ..features.backbone import Backbone, BackboneRequest, load_backbone, set_te
 from ..features.image_features import EncodeOptions
 from ..features.text_encoder import SoftPromptTextEncoder
 from ..features.text_features import hand_template_features
-from ..inputs.image_folders import folder_fingerprint
+from ..inputs.image_folders import ImageFolder, folder_fingerprint
 from ..outputs.artifact import PromptArtifact, package_versions, save_prompts
 from ..outputs.atomic import check_not_input, check_output_path
 from ..registry import get_host
 from ..training.checkpoint import Checkpointing, checkpoint_path
 from ..training.data import DataOptions, labelled_features, recipe_run, run_fingerprint
-from ..training.learners import PromptSettings, exported_tensors, learner_options, options_record
-from ..training.loop import OptimConfig, Selection, accuracy, train
+from ..training.learners import PromptModule, PromptSettings, exported_tensors, learner_options, options_record
+from ..training.loop import OptimConfig, Selection, TrainResult, accuracy, train
 from ..training.memory import AUTO
 
 
@@ -60,13 +60,7 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
     backbone = backbone or load_backbone(options.backbone)
     set_text_checkpointing(backbone, options.grad_checkpoint)
     encoder = SoftPromptTextEncoder(backbone)
-    settings = options.prompt
-    if settings.ctx_init:
-        n_tokens = encoder.word_embeddings(settings.ctx_init).shape[0]
-        settings = PromptSettings(n_tokens, settings.ctx_init, settings.csc, settings.suffix,
-                                  settings.class_token_position)
-    if settings.n_ctx < 1:
-        raise UsageError(f"--n-ctx must be at least 1 (got {settings.n_ctx})")
+    settings = _prompt_settings(encoder, options.prompt)
     optim = options.optim
     encoding = replace(options.encode, precision=check_precision(backbone.device, options.encode.precision))
     data = labelled_features(backbone, options.data, encoding, optim.seed)
@@ -107,7 +101,27 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
     }
     if val:
         summary["val_accuracy"] = accuracy(module, *val)
-    artifact = PromptArtifact(
+    save_prompts(_artifact(options, backbone, module, settings, folder, encoding.precision, int(len(labels)),
+                           result, own_record, summary), options.out)
+    return summary
+
+
+def _prompt_settings(encoder: SoftPromptTextEncoder, settings: PromptSettings) -> PromptSettings:
+    """``--ctx-init`` words set the context length to their token count."""
+    if settings.ctx_init:
+        n_tokens = encoder.word_embeddings(settings.ctx_init).shape[0]
+        settings = PromptSettings(n_tokens, settings.ctx_init, settings.csc, settings.suffix,
+                                  settings.class_token_position)
+    if settings.n_ctx < 1:
+        raise UsageError(f"--n-ctx must be at least 1 (got {settings.n_ctx})")
+    return settings
+
+
+def _artifact(options: FitPosOptions, backbone: Backbone, module: PromptModule, settings: PromptSettings,
+              folder: ImageFolder, precision: str, train_images: int, result: TrainResult,
+              own_record: dict[str, Any], summary: dict[str, Any]) -> PromptArtifact:
+    """The positive prompts with what they were trained on and how (docs/architecture.md, Artifacts)."""
+    return PromptArtifact(
         kind="positive",
         tensors=exported_tensors(module),
         backbone=backbone.identity(),
@@ -115,11 +129,11 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
         class_names=list(folder.class_names),
         training={
             "stage": "fit-pos",
-            "optim": optim.as_dict(),
-            "precision": encoding.precision,
+            "optim": options.optim.as_dict(),
+            "precision": precision,
             "data": {"root": str(options.data.root), "class_dirs": folder.class_dirs, "shots": options.data.shots,
                      "val_fraction": options.data.val_fraction, "aug_views": options.data.aug_views,
-                     "train_images": int(len(labels)), "listing_sha256": folder_fingerprint(folder)},
+                     "train_images": train_images, "listing_sha256": folder_fingerprint(folder)},
             "history": result.history,
             "selected_epoch": result.selected_epoch,
             "selection": result.selection,
@@ -129,5 +143,3 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
         extra={k: summary[k] for k in ("zero_shot_accuracy", "initial_train_accuracy", "final_train_accuracy")},
         versions=package_versions(),
     )
-    save_prompts(artifact, options.out)
-    return summary

@@ -17,7 +17,7 @@ import torch
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, batch_shard, check_enough_items, from_main, gather_to_all, gather_to_main
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
-from ..features.backbone import BackboneRequest, RuntimeOptions
+from ..features.backbone import Backbone, BackboneRequest, RuntimeOptions
 from ..features.image_features import EncodeOptions, EncodeStats, ImageStream, Window, agree_on_list, ranks_agree
 from ..inputs.image_folders import find_images, image_inputs, read_names_file
 from ..inputs.image_list import ImageList, is_image_file, list_images
@@ -81,102 +81,101 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
     In a torchrun job every rank scores its own contiguous run of whole batches and writes its own part file;
     rank 0 joins the parts in order (the bytes one process writes) and returns the summary, the others None.
     ``--calibrate``: the ranks exchange scores, not features. ``--adaptive`` is sequential: the ranks fill the
-    feature cache with their shares, then rank 0 scores the whole stream in order."""
-    ranks = options.ranks
+    feature cache with their shares, then rank 0 scores the whole stream in order. Who does what in a job is
+    decided in one place, :class:`Shares`; the steps below are the same for one process."""
+    shares = Shares(options, stream)
+    plan = _plan(options, shares)
+    writer = _RowWriter(options, plan.setup, plan.threshold, plan.threshold_source, plan.paths, shares.ranks)
+    output = shares.open_output()
+    started = time.perf_counter()
+    try:
+        stats, adaptive_record = _encode_and_score(plan, shares, writer, output)
+        shares.seal(writer, output, lambda tally: _check_scored(tally, options, plan.paths))
+    except BaseException:
+        output.discard()
+        raise
+    joined = shares.join(writer.tally, output, stats, lambda tally: _check_scored(tally, options, plan.paths))
+    if joined is None:  # a rank other than 0
+        return None
+    if options.labeled:
+        _warn_unknown_labels(joined.tally.unknown_labels, plan.setup.names)
+    summary = _summary(plan, joined, adaptive_record, seconds=time.perf_counter() - started)
+    if writer.kept is not None:
+        summary["rows"] = writer.kept
+    return summary
+
+
+@dataclass
+class _Plan:
+    """What scoring needs besides the images' features, settled before the first image is encoded."""
+
+    options: ScoreOptions
+    setup: ScoringSetup
+    paths: ImageList
+    encoding: EncodeOptions  # the precision this device runs
+    threshold: float | None
+    threshold_source: str | None
+    calibration: dict[str, Any] | None
+
+
+def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
+    """Check the request, list the images, set up the scorer (labels mined once, shared with the ranks) and the
+    threshold: every refusal comes before any image is encoded."""
     if options.fmt not in FORMATS:
         raise UsageError(f"unknown format {options.fmt!r}", hint="choose csv or jsonl")
     if options.excel_safe and options.fmt != "csv":
         raise UsageError("--excel-safe is for CSV output; JSONL keeps names exact and is never run as formulas")
-    if options.out is not None:
-        try:
-            check_output_path(options.out, stream_ok=True)  # every rank: each writes its part next to it
-        except NegPromptError as exc:  # on another node the folder may differ: this rank says so itself
-            exc.rank_specific = ranks.distributed and not ranks.is_main
-            raise
+    shares.check_output()
     names_given = read_names_file(options.names) if options.names else None
     request = ScoringRequest(prompts=options.prompts, names=names_given,
                              zero_shot=options.zero_shot, backbone=options.backbone, runtime=options.runtime,
                              scorer=options.scorer, temperature=options.temperature, labels=options.labels,
                              encode=options.encode)
     paths = list_images(image_inputs(options.images), strict=options.encode.strict)
-    if ranks.is_main:
+    if shares.ranks.is_main:
         check_not_input(options.out, [("--prompts", options.prompts), ("--names", options.names),
                                       ("--lexicon", options.labels.lexicon)])
         if options.out is not None and is_image_file(options.out) and options.out.exists():  # only then can it be
             check_not_input(options.out, (("image", p) for p in paths))  # one of the images (a stat per image)
-    check_enough_items(len(paths), ranks)
     if options.calibrate is not None and not options.calibrate.exists():
         raise NotFoundError(f"calibration images not found: {options.calibrate}")
     setup = setup_scoring(request)
-    ranks_agree(ranks, setup.backbone, paths)
+    shares.check_list(paths, setup.backbone)
     if options.adaptive is not None:
         _check_adaptive(setup.spec, options)
-    _share_labels(setup, request, ranks)
+    shares.mine_labels(setup, request)
     encoding = replace(options.encode, precision=check_precision(setup.backbone.device, options.encode.precision))
-    threshold, threshold_source, calibration = _threshold(options, setup, encoding, ranks)
-    run_id = from_main(uuid.uuid4().hex[:12], ranks, "starting the run")
-    folder, target = _part_folder(options), (options.out.name if options.out is not None else "negprompt-score")
-    if ranks.is_main and ranks.distributed:
-        left = stale_parts(folder, target, run_id)
-        if left:
-            warnings.warn(f"{len(left)} part file(s) of an earlier interrupted run lie in {folder} ({left[0].name}"
-                          f"{' ...' if len(left) > 1 else ''}); they are not used: delete them", NegPromptWarning,
-                          stacklevel=2)
-    writer = _RowWriter(options, setup, threshold, threshold_source, paths, ranks)
-    output = _open_output(options, ranks, folder, target, run_id, stream)
-    started = time.perf_counter()
+    threshold, source, calibration = _threshold(options, setup, encoding, shares)
+    return _Plan(options, setup, paths, encoding, threshold, source, calibration)
+
+
+def _encode_and_score(plan: _Plan, shares: Shares, writer: _RowWriter,
+                      output: RowOutput) -> tuple[EncodeStats, dict[str, Any] | None]:
+    """Encode this process's share of the images as a stream and write each encoder batch's rows as it comes."""
+    setup, encoding = plan.setup, plan.encoding
+    if plan.options.adaptive is not None:
+        return _score_adaptively(plan.options, setup, encoding, plan.paths, shares, writer, output)
+    stream, offset = shares.stream(setup.backbone, plan.paths, encoding, "Scoring images")
     try:
-        if options.adaptive is not None:
-            stats, adaptive_record = _score_adaptively(options, setup, encoding, paths, ranks, writer, output)
-        else:
-            stats, adaptive_record = _score_share(setup, encoding, paths, ranks, writer, output), None
-        if ranks.distributed:  # rank 0's part starts the file even when none of its own images was readable
-            writer.header(output)
-        else:
-            _check_scored(writer.tally, options, paths)
-        output.finish()
-    except BaseException:
-        output.discard()
+        for window in stream:
+            for indices, feats in _batches_of(window, offset, encoding.batch_size):
+                writer.write(indices, feats, setup.scores(feats), output)
+    except NegPromptError as exc:  # about this rank's share: the other ranks cannot say it
+        exc.rank_specific = shares.ranks.distributed
         raise
-    tally = writer.tally
-    if ranks.distributed:
-        part = (output.path, output.size) if isinstance(output, PartOutput) else None
-        try:
-            gathered = gather_to_main((part, tally, stats), ranks, "joining the parts of the scores")
-        except BaseException:  # another rank is gone: this rank's part will never be joined
-            output.discard()
-            raise
-        if gathered is None:
-            return None
-        tally, stats = _merge_tallies([t for _, t, _ in gathered]), EncodeStats.total(st for _, _, st in gathered)
-        joined = time.perf_counter()
-        parts = [p for p, _, _ in gathered if p is not None]
-        if tally.broken or not tally.images:  # the error below; nothing is written
-            remove_parts([path for path, _ in parts])
-        else:
-            final = _final_output(options, stream)
-            try:
-                join_parts(parts, final)
-                final.finish()
-            except BaseException:
-                final.discard()
-                remove_parts([path for path, _ in parts])
-                raise
-            if isinstance(final, TextOutput):
-                output = final
-        part_record = {"parts": [{"rank": r, "images": g[1].images, "bytes": g[0][1] if g[0] else 0}
-                                 for r, g in enumerate(gathered)],
-                       "join_seconds": round(time.perf_counter() - joined, 3)}
-        _check_scored(tally, options, paths)  # one process checked before its output was published
-    else:
-        part_record = None
-    if options.labeled:
-        _warn_unknown_labels(tally.unknown_labels, setup.names)
+    return stream.stats, None
+
+
+def _summary(plan: _Plan, joined: Joined, adaptive_record: dict[str, Any] | None, *,
+             seconds: float) -> dict[str, Any]:
+    setup, tally = plan.setup, joined.tally
     labels, text_neg, scorer_options = setup.labels, setup.text_neg, setup.scorer_options
-    summary = {"images": tally.images, "skipped": len(stats.skipped), "encoded": stats.encoded,
-               "cached": stats.cached, "scorer": setup.scorer, "temperature": setup.temperature,
-               "threshold": threshold, "threshold_source": threshold_source, "calibration": calibration,
-               "flagged_ood": tally.flagged if threshold is not None else None, "out": str(options.out or "-"),
+    summary = {"images": tally.images, "skipped": len(joined.stats.skipped), "encoded": joined.stats.encoded,
+               "cached": joined.stats.cached, "scorer": setup.scorer, "temperature": setup.temperature,
+               "threshold": plan.threshold, "threshold_source": plan.threshold_source,
+               "calibration": plan.calibration,
+               "flagged_ood": tally.flagged if plan.threshold is not None else None,
+               "out": str(plan.options.out or "-"),
                "negative_labels": ({**labels.record(), "groups": scorer_options["groups"]}
                                    if labels is not None and scorer_options is not None else None),
                "adaptive": adaptive_record,
@@ -185,13 +184,11 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
                "negative_prompts": None if text_neg is None else {
                    "per_class": int(text_neg.shape[1]),
                    "used": setup.reads_negative_prompts},
-               "seconds": round(time.perf_counter() - started, 3)}
-    if part_record is not None:
-        summary["processes"] = part_record
-    if isinstance(output, TextOutput):
-        summary["rendered"] = output.text  # the caller decides where it goes
-    if writer.kept is not None:
-        summary["rows"] = writer.kept
+               "seconds": round(seconds, 3)}
+    if joined.processes is not None:
+        summary["processes"] = joined.processes
+    if isinstance(joined.output, TextOutput):
+        summary["rendered"] = joined.output.text  # the caller decides where it goes
     return summary
 
 
@@ -293,6 +290,126 @@ class _RowWriter:
             self.kept.extend(rows)
 
 
+@dataclass
+class Joined:
+    """A run's outcome on rank 0 (one process: its own)."""
+
+    tally: Tally
+    stats: EncodeStats
+    output: RowOutput  # where the rows ended up (a TextOutput: the summary carries them)
+    processes: dict[str, Any] | None  # a torchrun job: each rank's part and the time the join took
+
+
+class Shares:
+    """The torchrun logic of ``score``, in one place: who encodes which batches (each rank a contiguous run of
+    whole batches, so a row's score does not depend on the number of processes), who writes which part (each
+    rank its own part file beside --out, rank 0 joins them in order), and what is exchanged (rank 0's mined
+    labels and run id to all; calibration scores to all; tallies and parts to rank 0). One process is a job of
+    one rank, for which every step is the plain one."""
+
+    def __init__(self, options: ScoreOptions, stream: Callable[[str], object] | None) -> None:
+        self.options, self.rows_to = options, stream
+        self.ranks, self.batch_size = options.ranks, options.encode.batch_size
+
+    def check_output(self) -> None:
+        if self.options.out is None:
+            return
+        try:
+            check_output_path(self.options.out, stream_ok=True)  # every rank: each writes its part next to it
+        except NegPromptError as exc:  # on another node the folder may differ: this rank says so itself
+            exc.rank_specific = self.ranks.distributed and not self.ranks.is_main
+            raise
+
+    def check_list(self, paths: Sequence[Path], backbone: Backbone) -> None:
+        """Enough images for every process; every rank loaded the same backbone and sees the same list."""
+        check_enough_items(len(paths), self.ranks)
+        ranks_agree(self.ranks, backbone, paths)
+
+    def check_calibration_list(self, paths: Sequence[Path]) -> None:
+        check_enough_items(len(paths), self.ranks, "calibration image(s)")
+        agree_on_list(self.ranks, paths, "the calibration images")
+
+    def mine_labels(self, setup: ScoringSetup, request: ScoringRequest) -> None:
+        """A negative-label scorer's labels: rank 0 mines them (the lexicon's features are cached), the other
+        ranks receive them, so every rank scores with the very same labels."""
+        if self.ranks.is_main:
+            mine_labels(setup, request)
+        setup.labels, setup.scorer_options = from_main((setup.labels, setup.scorer_options), self.ranks,
+                                                       "sharing the negative labels")
+
+    def stream(self, backbone: Backbone, paths: Sequence[Path], encoding: EncodeOptions,
+               description: str) -> tuple[ImageStream, int]:
+        """This rank's share of ``paths`` as an image stream, and where the share starts in the whole list."""
+        share = batch_shard(len(paths), self.batch_size, self.ranks)
+        stream = ImageStream.encoding(backbone, paths[share.start:share.stop], encoding, description=description,
+                                      quiet=encoding.quiet or not self.ranks.is_main)
+        return stream, share.start
+
+    def exchange(self, scores: torch.Tensor, what: str) -> torch.Tensor:
+        """Every rank's scores, in rank order, on every rank."""
+        return torch.cat(gather_to_all(scores, self.ranks, what))
+
+    def wait_for_all(self, what: str) -> None:
+        gather_to_main(None, self.ranks, what)
+
+    def open_output(self) -> RowOutput:
+        """Where this process writes its rows: the final output (one process), or its part file."""
+        run_id = from_main(uuid.uuid4().hex[:12], self.ranks, "starting the run")
+        if not self.ranks.distributed:
+            return _final_output(self.options, self.rows_to)
+        folder, target = _part_folder(self.options), (self.options.out.name if self.options.out else "negprompt-score")
+        if self.ranks.is_main:
+            left = stale_parts(folder, target, run_id)
+            if left:
+                warnings.warn(f"{len(left)} part file(s) of an earlier interrupted run lie in {folder} "
+                              f"({left[0].name}{' ...' if len(left) > 1 else ''}); they are not used: delete them",
+                              NegPromptWarning, stacklevel=3)
+        return PartOutput(part_path(folder, target, run_id, self.ranks.rank), self.ranks.rank)
+
+    def seal(self, writer: _RowWriter, output: RowOutput, check: Callable[[Tally], None]) -> None:
+        """This process's rows are all written: one process checks the run before its output is published."""
+        if self.ranks.distributed:  # rank 0's part starts the file even when none of its own images was readable
+            writer.header(output)
+        else:
+            check(writer.tally)
+        output.finish()
+
+    def join(self, tally: Tally, output: RowOutput, stats: EncodeStats,
+             check: Callable[[Tally], None]) -> Joined | None:
+        """Rank 0 gathers the tallies and joins the parts into the final output (None on the other ranks)."""
+        if not self.ranks.distributed:
+            return Joined(tally, stats, output, None)
+        part = (output.path, output.size) if isinstance(output, PartOutput) else None
+        try:
+            gathered = gather_to_main((part, tally, stats), self.ranks, "joining the parts of the scores")
+        except BaseException:  # another rank is gone: this rank's part will never be joined
+            output.discard()
+            raise
+        if gathered is None:
+            return None
+        tally, stats = _merge_tallies([t for _, t, _ in gathered]), EncodeStats.total(st for _, _, st in gathered)
+        started = time.perf_counter()
+        parts = [p for p, _, _ in gathered if p is not None]
+        if tally.broken or not tally.images:  # the error below; nothing is written
+            remove_parts([path for path, _ in parts])
+        else:
+            final = _final_output(self.options, self.rows_to)
+            try:
+                join_parts(parts, final)
+                final.finish()
+            except BaseException:
+                final.discard()
+                remove_parts([path for path, _ in parts])
+                raise
+            if isinstance(final, TextOutput):
+                output = final
+        processes = {"parts": [{"rank": r, "images": g[1].images, "bytes": g[0][1] if g[0] else 0}
+                               for r, g in enumerate(gathered)],
+                     "join_seconds": round(time.perf_counter() - started, 3)}
+        check(tally)
+        return Joined(tally, stats, output, processes)
+
+
 def _batches_of(window: Window, offset: int, batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
     """A window's rows split by encoder batch (global positions, features): each batch is scored on its own, so
     a row's score does not depend on how the list was shared out between processes."""
@@ -306,36 +423,17 @@ def _batches_of(window: Window, offset: int, batch_size: int) -> Iterator[tuple[
         start = stop
 
 
-def _score_share(setup: ScoringSetup, encoding: EncodeOptions, paths: Sequence[Path], ranks: Ranks,
-                 writer: _RowWriter, output: RowOutput) -> EncodeStats:
-    """This rank's contiguous run of whole batches (one process: every image), scored batch by batch."""
-    share = batch_shard(len(paths), encoding.batch_size, ranks)
-    stream = ImageStream.encoding(setup.backbone, paths[share.start:share.stop], encoding,
-                                  description="Scoring images", quiet=encoding.quiet or not ranks.is_main)
-    try:
-        for window in stream:
-            for indices, feats in _batches_of(window, share.start, encoding.batch_size):
-                writer.write(indices, feats, setup.scores(feats), output)
-    except NegPromptError as exc:  # about this rank's share: the other ranks cannot say it
-        exc.rank_specific = ranks.distributed
-        raise
-    return stream.stats
-
-
-def _score_adaptively(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptions, paths: Sequence[Path],
-                      ranks: Ranks, writer: _RowWriter, output: RowOutput) -> tuple[EncodeStats, dict[str, Any]]:
+def _score_adaptively(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptions, paths: ImageList,
+                      shares: Shares, writer: _RowWriter, output: RowOutput) -> tuple[EncodeStats, dict[str, Any]]:
     """--adaptive: one memory over the whole stream, in order. In a torchrun job the ranks first encode their
     shares into the feature cache; then rank 0 reads the stream from it and scores it alone."""
     assert options.adaptive is not None
-    filling = None
+    filling, ranks = None, shares.ranks
     if ranks.distributed:
-        share = batch_shard(len(paths), encoding.batch_size, ranks)
-        filling = ImageStream.encoding(setup.backbone, paths[share.start:share.stop], encoding,
-                                       description="Encoding images (adaptive)",
-                                       quiet=encoding.quiet or not ranks.is_main)
+        filling, _ = shares.stream(setup.backbone, paths, encoding, "Encoding images (adaptive)")
         for _ in filling:
             pass
-        gather_to_main(None, ranks, "encoding the shares of an adaptive run")
+        shares.wait_for_all("encoding the shares of an adaptive run")
         if not ranks.is_main:
             return filling.stats, {}
     adaptive = AdaptiveScorer(setup.text_pos, setup.text_neg, setup.mined, scorer=setup.scorer_fn,
@@ -375,19 +473,11 @@ def _slice(result: Scores, start: int, stop: int) -> Scores:
                   result.max_neg_cos[start:stop] if result.max_neg_cos is not None else None)
 
 
-def _share_labels(setup: ScoringSetup, request: ScoringRequest, ranks: Ranks) -> None:
-    """A negative-label scorer's labels: rank 0 mines them (the lexicon's features are cached), the other ranks
-    receive them, so every rank scores with the very same labels."""
-    if ranks.is_main:
-        mine_labels(setup, request)
-    setup.labels, setup.scorer_options = from_main((setup.labels, setup.scorer_options), ranks,
-                                                   "sharing the negative labels")
-
-
 def _threshold(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptions,
-               ranks: Ranks) -> tuple[float | None, str | None, dict[str, Any] | None]:
+               shares: Shares) -> tuple[float | None, str | None, dict[str, Any] | None]:
     """(threshold, where it comes from, the calibration record): --threshold, --calibrate (the ranks score their
     shares of the calibration images and exchange the scores), or the stored one if it applies."""
+    ranks = shares.ranks
     if options.threshold is not None:
         return options.threshold, "--threshold", None
     if options.adaptive is not None:
@@ -400,18 +490,14 @@ def _threshold(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptio
         paths = find_images(options.calibrate, strict=encoding.strict)
         if not paths:
             raise UsageError(f"no images found under {options.calibrate}")
-        check_enough_items(len(paths), ranks, "calibration image(s)")
-        agree_on_list(ranks, paths, "the calibration images")
-        share = batch_shard(len(paths), encoding.batch_size, ranks)
-        stream = ImageStream.encoding(setup.backbone, paths[share.start:share.stop], encoding,
-                                      description="Encoding calibration images",
-                                      quiet=encoding.quiet or not ranks.is_main)
+        shares.check_calibration_list(paths)
+        stream, offset = shares.stream(setup.backbone, paths, encoding, "Encoding calibration images")
         scores = []
         for window in stream:
-            for _, feats in _batches_of(window, share.start, encoding.batch_size):
+            for _, feats in _batches_of(window, offset, encoding.batch_size):
                 scores.append(setup.scores(feats).score)
         mine = torch.cat(scores) if scores else torch.empty(0)
-        every = torch.cat(gather_to_all(mine, ranks, "exchanging the calibration scores"))
+        every = shares.exchange(mine, "exchanging the calibration scores")
         if not every.numel():
             raise UsageError(f"no readable images under {options.calibrate}")
         record = setup.threshold_record(every, source=f"calibration images {options.calibrate}")
@@ -430,13 +516,6 @@ def _part_folder(options: ScoreOptions) -> Path:
     if options.out is None or is_stream_target(options.out):
         return Path(tempfile.gettempdir())
     return options.out.parent
-
-
-def _open_output(options: ScoreOptions, ranks: Ranks, folder: Path, target: str, run_id: str,
-                 stream: Callable[[str], object] | None) -> RowOutput:
-    if ranks.distributed:
-        return PartOutput(part_path(folder, target, run_id, ranks.rank), ranks.rank)
-    return _final_output(options, stream)
 
 
 def _final_output(options: ScoreOptions, stream: Callable[[str], object] | None) -> RowOutput:
