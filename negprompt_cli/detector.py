@@ -24,6 +24,7 @@ from .devices import check_precision
 from .errors import UsageError
 from .features.backbone import BackboneRequest, RuntimeOptions
 from .features.image_features import EncodeOptions, decode_rgb, encode_pixels
+from .inputs.pixels import as_displayed
 from .presets import DEFAULT_BACKBONE
 from .scoring.negative_labels import LabelRequest
 from .scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
@@ -87,8 +88,9 @@ class Detector:
         return self.setup.scorer
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """The backbone's eval preprocessing (what a tensor passed to :meth:`score` must already have had)."""
-        return self.setup.backbone.preprocess(image.convert("RGB"))
+        """The backbone's eval preprocessing (what a tensor passed to :meth:`score` must already have had), on the
+        image as a viewer shows it (EXIF orientation, 16-bit pixels scaled)."""
+        return self.setup.backbone.preprocess(as_displayed(image))
 
     def _pixels(self, image: ImageLike) -> torch.Tensor:
         if isinstance(image, torch.Tensor):

@@ -104,8 +104,8 @@ def test_jpegs_the_decoder_refuses_go_through_pil(toy, photos, monkeypatch):
     paths = sorted(photos.glob("photo*.jpg"))[:3]
     original = features_module.decode_jpegs
 
-    def refuse_the_second(encoded, device):
-        decoded = original(encoded, device)
+    def refuse_the_second(encoded, device, orientations=None):
+        decoded = original(encoded, device, orientations)
         return [None if k == 1 else image for k, image in enumerate(decoded)]
 
     monkeypatch.setattr(features_module, "decode_jpegs", refuse_the_second)

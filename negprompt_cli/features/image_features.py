@@ -39,7 +39,15 @@ from ..distributed import (
 from ..environment import default_cache_dir
 from ..errors import NegPromptError, NegPromptWarning, UsageError
 from ..inputs.image_folders import find_images
-from ..inputs.pixels import TensorPreprocess, decode_jpegs, is_jpeg, tensor_preprocess_for
+from ..inputs.pixels import (
+    DECODE_RULE,
+    TensorPreprocess,
+    as_displayed,
+    decode_jpegs,
+    exif_orientation,
+    is_jpeg,
+    tensor_preprocess_for,
+)
 from .backbone import Backbone
 from .feature_cache import FeatureCache
 
@@ -178,7 +186,8 @@ class _ImageDataset(torch.utils.data.Dataset):
             return i, None, None
         digest = bytes_digest(data)
         if self.raw_jpeg and is_jpeg(data):
-            return i, digest, RawJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), digest)
+            return i, digest, RawJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), digest,
+                                      exif_orientation(data))
         return i, digest, self.pil_pixels(data, digest)
 
     def pil_pixels(self, data: bytes, digest: str) -> torch.Tensor | None:
@@ -191,11 +200,12 @@ class _ImageDataset(torch.utils.data.Dataset):
 
 
 def decode_rgb(data: bytes) -> Image.Image | None:
-    """An image file's bytes as an RGB PIL image, as every stage decodes them; None when PIL cannot."""
+    """An image file's bytes as an RGB PIL image, as every stage decodes them and a viewer shows them (EXIF
+    orientation, 16-bit pixels scaled: ``pixels.as_displayed``); None when PIL cannot."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return img.convert("RGB")
+            return as_displayed(img)
     except Exception:
         return None
 
@@ -204,6 +214,7 @@ def decode_rgb(data: bytes) -> Image.Image | None:
 class RawJpeg:
     data: torch.Tensor  # uint8 [n_bytes]
     digest: str  # of these bytes
+    orientation: int = 1  # EXIF, applied after decoding on the device
 
 
 def _augment(image: Image.Image, digest: str, view: View, size: int) -> Image.Image:
@@ -260,7 +271,7 @@ def _device_pixels(dataset: _ImageDataset, device: torch.device, tensor_path: Te
     parts = [pil_pixels.to(device, non_blocking=True)] if pil_pixels is not None else []
     if jpeg_idx:
         assert tensor_path is not None
-        decoded = decode_jpegs([raw.data for raw in jpeg_data], device)
+        decoded = decode_jpegs([raw.data for raw in jpeg_data], device, [raw.orientation for raw in jpeg_data])
         good = [(i, image) for i, image in zip(jpeg_idx, decoded, strict=True) if image is not None]
         if good:
             order.extend(i for i, _ in good)
@@ -342,7 +353,8 @@ class ImageStream:
         self.strict, self.quiet, self.description = strict, quiet, description
         self.window = batch_size * max(1, window_batches or WINDOW_BATCHES)
         self.tensor_path = tensor_decoding(backbone, view, decode)
-        preprocess_id = self.tensor_path.tag() if self.tensor_path is not None else repr(backbone.preprocess)
+        preprocess_id = (self.tensor_path.tag() if self.tensor_path is not None
+                         else f"{DECODE_RULE}:{backbone.preprocess!r}")
         self.cache = FeatureCache(cache_dir or default_cache_dir(), backbone.feature_key(preprocess_id),
                                   info={**backbone.identity(), "preprocess": preprocess_id}) if use_cache else None
         self.stats = EncodeStats(requested=len(paths))

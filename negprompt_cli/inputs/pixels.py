@@ -9,19 +9,76 @@ PIL does, normalisation). Image features agree with the PIL path to cosine ≥ 0
 (tests/test_pixels.py), but the pixels are not bit-identical, so the feature cache keys the two
 paths apart (:meth:`TensorPreprocess.tag`). Other formats, and JPEGs the decoder refuses, go
 through PIL.
+
+Both paths decode an image as a viewer shows it (:func:`as_displayed`): turned by its EXIF orientation (a
+phone photo is stored sideways and tagged), and with 16-bit and float pixels scaled to 8 bits rather than
+clipped (PIL's ``convert("RGB")`` of a 16-bit greyscale PNG is almost white). ``DECODE_RULE`` names the rule
+in every feature-cache key, so features cached under an older rule are never reused.
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode, v2
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+DECODE_RULE = "displayed-v1"  # EXIF orientation applied, 16-bit / float pixels scaled: part of every cache key
+EXIF_ORIENTATION = 0x0112
+HIGH_BIT_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # integer greyscale wider than 8 bits
+
+
+def as_displayed(image: Image.Image) -> Image.Image:
+    """``image`` as an RGB picture the way a viewer shows it: its EXIF orientation applied, and pixels wider
+    than 8 bits scaled to 0-255 (16-bit integers by 1/257; floats in [0, 1] by 255, others clipped)."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image) or image
+    if image.mode in HIGH_BIT_DEPTH:
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode != "I" or values.max(initial=0) > 255:  # "I" holding 8-bit values stays as it is
+            values = values / 257.0
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        if finite.size and finite.min() >= 0 and finite.max() <= 1:
+            values = values * 255.0
+        image = Image.fromarray(np.clip(np.nan_to_num(np.rint(values)), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")  # a new image, also for RGB: the caller may close the one it opened
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) an image file's bytes declare, read from its header only; 1 when none."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A decoded [C, H, W] image turned as EXIF ``orientation`` says (what ``ImageOps.exif_transpose`` does)."""
+    if orientation in (2, 4):  # mirrored left-right / top-bottom
+        return image.flip(-1 if orientation == 2 else -2)
+    if orientation == 3:
+        return image.flip(-1).flip(-2)
+    if orientation == 5:  # transposed
+        return image.transpose(-1, -2)
+    if orientation == 6:  # stored turned left: turn right
+        return torch.rot90(image, -1, dims=(-2, -1))
+    if orientation == 7:  # transversed
+        return image.transpose(-1, -2).flip(-1).flip(-2)
+    if orientation == 8:
+        return torch.rot90(image, 1, dims=(-2, -1))
+    return image
 
 
 @dataclass(frozen=True)
@@ -35,7 +92,8 @@ class TensorPreprocess:
 
     def tag(self) -> str:
         """Cache identity of this preprocessing (differs from every PIL transform's repr)."""
-        return f"tensor-jpeg-v1:resize{self.size}-bicubic-aa-round:crop{self.crop}:mean{self.mean}:std{self.std}"
+        return (f"tensor-jpeg-v1:{DECODE_RULE}:resize{self.size}-bicubic-aa-round:crop{self.crop}:mean{self.mean}"
+                f":std{self.std}")
 
     def __call__(self, images: list[torch.Tensor]) -> torch.Tensor:
         """uint8 [3, H, W] images (any sizes, one device) -> normalised float [B, 3, crop_h, crop_w]."""
@@ -82,14 +140,24 @@ def is_jpeg(data: bytes) -> bool:
     return data[:3] == JPEG_MAGIC
 
 
-def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    """RGB uint8 [3, H, W] images on ``device``; None where the decoder refuses a file.
+def decode_jpegs(encoded: list[torch.Tensor], device: torch.device,
+                 orientations: list[int] | None = None) -> list[torch.Tensor | None]:
+    """RGB uint8 [3, H, W] images on ``device``, each turned by its EXIF orientation (``orientations``, from
+    :func:`exif_orientation`: the decoder applies it on no device); None where the decoder refuses a file.
 
     One batched call when every file decodes; a batch with a bad file is retried file by file so
     only that file is lost (the caller then tries PIL, and skips it with a warning if PIL fails too).
     """
     if not encoded:
         return []
+    decoded = _decode_jpegs(encoded, device)
+    if orientations is None:
+        return decoded
+    return [orient(image, o) if image is not None else None
+            for image, o in zip(decoded, orientations, strict=True)]
+
+
+def _decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     with warnings.catch_warnings():
         # torchvision 0.29 announces its decoders' move to TorchCodec on every call; they still work
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")

@@ -3,7 +3,7 @@
 ``screenshot`` (a headless-browser picture of a page: the docs' screenshot and a rendering test; never needed
 to write a report).
 
-May import the shared modules, outputs and scoring.
+May import the shared modules, inputs (images decoded as they were scored), outputs and scoring.
 """
 
-MAY_IMPORT = ("shared", "outputs", "scoring")  # read by tests/test_architecture.py and docs/architecture.md
+MAY_IMPORT = ("shared", "inputs", "outputs", "scoring")  # read by tests/test_architecture.py and docs/architecture.md

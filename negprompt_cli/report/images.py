@@ -49,10 +49,12 @@ def thumbnail(path: str, pixels: int = THUMBNAIL_PIXELS) -> tuple[str | None, st
     be read; never raises."""
     from PIL import Image, UnidentifiedImageError
 
+    from ..inputs.pixels import as_displayed
+
     try:
         with Image.open(path) as image:
             image.draft("RGB", (pixels * 2, pixels * 2))  # JPEGs decode at a fraction of their size: fast
-            small = image.convert("RGB")
+            small = as_displayed(image)  # turned and scaled as the image was scored
             small.thumbnail((pixels, pixels))
     except FileNotFoundError:
         return None, "not found: moved or deleted since scoring"
