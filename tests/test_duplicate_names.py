@@ -13,7 +13,7 @@ import pytest
 from conftest import invoke, make_image_folder
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-from negprompt_cli.errors import NegPromptWarning
+from negprompt_cli.errors import NegPromptWarning, UsageError
 from negprompt_cli.inputs.image_folders import load_image_folder, read_names_file
 from negprompt_cli.stages.fit_neg import FitNegOptions, select_train_classes
 from negprompt_cli.stages.score import training_folders
@@ -79,3 +79,69 @@ def test_zero_shot_scoring_with_the_standard_imagenet_list(tmp_path):
     assert len(warned) == 1 and "'missile'" in warned[0] and "'sunglasses'" in warned[0]
     rows = list(csv.DictReader(Path(out).open()))
     assert len(rows) == 6 and all(0 <= int(r["prediction_index"]) < 1000 for r in rows)
+
+
+# Names that differ only in case or Unicode form (#30 item 3) ------------------------------------------------------
+CAFE_COMPOSED, CAFE_DECOMPOSED = "caf\u00e9", "cafe\u0301"  # one letter é, and e + a combining acute accent
+
+
+def test_names_differing_in_case_are_named_with_both_lines(tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("House\ncat\nhouse\n")
+    with pytest.warns(NegPromptWarning) as caught:
+        assert read_names_file(names) == ["House", "cat", "house"]  # still loads: a warning, not an error
+    (message,) = [str(w.message) for w in caught]
+    assert "line 1 'House' and line 3 'house'" in message and "differ only in case or Unicode form" in message
+    assert "identical prompts" in message  # CLIP's tokenizer lower-cases: the two classes get one prompt
+
+
+def test_two_spellings_of_the_same_word_are_caught(tmp_path):
+    assert CAFE_COMPOSED != CAFE_DECOMPOSED
+    names = tmp_path / "names.txt"
+    names.write_text(f"{CAFE_COMPOSED}\ntea\n{CAFE_DECOMPOSED}\n", encoding="utf-8")
+    with pytest.warns(NegPromptWarning, match="line 1 'café' and line 3") as caught:
+        read_names_file(names)
+    assert len(caught) == 1
+    with pytest.raises(UsageError, match=r"line 1 'café' and line 3 .* identical prompts"):
+        read_names_file(names, strict=True)
+
+
+def test_strict_refuses_only_what_gives_identical_prompts(tmp_path):
+    """Full-width letters are the same name after NFKC but CLIP's tokenizer keeps them apart: a warning, also with
+    --strict. Exact repeats (the ImageNet list) stay a warning with --strict too."""
+    wide = tmp_path / "wide.txt"
+    wide.write_text("\uff28\uff4f\uff55\uff53\uff45\nhouse\n", encoding="utf-8")  # "Ｈｏｕｓｅ"
+    with pytest.warns(NegPromptWarning, match="differ only in case or Unicode form") as caught:
+        read_names_file(wide, strict=True)
+    assert "identical prompts" not in str(caught[0].message)
+    repeated = tmp_path / "repeated.txt"
+    repeated.write_text("missile\nkite\nmissile\n")
+    with pytest.warns(NegPromptWarning, match="given to more than one class"):
+        read_names_file(repeated, strict=True)
+
+
+def test_folder_names_and_folder_tab_name_files_are_checked(tmp_path):
+    root = make_image_folder(tmp_path / "data", classes=("House", "cat", "house"), per_class=2)
+    with pytest.warns(NegPromptWarning, match="folder 1 'House' and folder 3 'house'"):
+        load_image_folder(root)
+    with pytest.raises(UsageError, match="folder 1 'House' and folder 3 'house'"):
+        load_image_folder(root, strict=True)
+    mapping = tmp_path / "classes.tsv"
+    mapping.write_text("House\tBarn\ncat\tcat\nhouse\tbarn\n")
+    with pytest.raises(UsageError, match="class 1 'Barn' and class 3 'barn'"):
+        load_image_folder(root, mapping, strict=True)
+
+
+def test_the_cli_warns_and_refuses_with_strict(tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("House\ncat\nhouse\n")
+    images = make_image_folder(tmp_path / "images", per_class=1)
+    base = ["score", str(images), "--zero-shot", "--names", str(names), "--backbone", "toy", "--scorer", "mcm",
+            "--quiet"]
+    result = invoke(base + ["--out", str(tmp_path / "a.csv")])
+    assert result.exit_code == 0, result.stderr
+    assert "line 1 'House' and line 3 'house'" in result.stderr
+    result = invoke(base + ["--out", str(tmp_path / "b.csv"), "--strict"])
+    assert result.exit_code == 2 and not (tmp_path / "b.csv").exists()
+    error, hint = [line for line in result.stderr.splitlines() if line.strip()]
+    assert error.startswith("Error: ") and "identical prompts" in error and hint.startswith("Hint: ")

@@ -98,7 +98,11 @@ def load_image_folder(root: Path, classes_file: Path | None = None, *, strict: b
         raise UsageError(f"class folder {root / empty[0]} has no images"
                          + (f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""),
                          hint="remove the folder or add images to it")
-    names = read_class_names(classes_file, class_dirs) if classes_file else default_names(class_dirs)
+    if classes_file:
+        names = read_class_names(classes_file, class_dirs, strict=strict)
+    else:
+        names = default_names(class_dirs)
+        check_duplicates(root, names, strict=strict, unit="folder")
     return ImageFolder(root, class_dirs, names, files)
 
 
@@ -147,9 +151,16 @@ def read_text_lines(path: Path, what: str = "class-names file") -> list[str]:
     return lines
 
 
-def read_names_file(path: Path) -> list[str]:
-    """A plain list of class names, one per line; blank lines are errors, duplicates a warning."""
-    path = Path(path)
+def read_names_file(path: Path, *, strict: bool = False) -> list[str]:
+    """A plain list of class names, one per line; blank lines are errors, duplicates a warning (names that differ
+    only in case or Unicode form but give identical prompts: an error with ``strict``)."""
+    names = _names_lines(Path(path))
+    check_duplicates(path, names, strict=strict)
+    return names
+
+
+def _names_lines(path: Path) -> list[str]:
+    """The stripped lines of a class-names file: not empty, no blank line inside."""
     lines = read_text_lines(path)
     while lines and not lines[-1].strip():
         lines.pop()  # a trailing newline is not a blank class
@@ -158,13 +169,12 @@ def read_names_file(path: Path) -> list[str]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             raise UsageError(f"{path}:{number}: blank line in class-names file")
-    _check_duplicates(path, [line.strip() for line in lines])
     return [line.strip() for line in lines]
 
 
-def read_class_names(path: Path, class_dirs: list[str]) -> list[str]:
+def read_class_names(path: Path, class_dirs: list[str], *, strict: bool = False) -> list[str]:
     """Names for the class folders: one per line in sorted-folder order, or ``folder<TAB>name`` lines."""
-    lines = read_names_file(path)
+    lines = _names_lines(Path(path))
     if all("\t" in line for line in lines):
         mapping: dict[str, str] = {}
         for line in lines:
@@ -175,7 +185,7 @@ def read_class_names(path: Path, class_dirs: list[str]) -> list[str]:
             raise UsageError(f"{path} names no class for folder {missing[0]!r}"
                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
         names = [mapping[d] for d in class_dirs]
-        _check_duplicates(path, names)
+        check_duplicates(path, names, strict=strict, unit="class")
         return names
     if any("\t" in line for line in lines):
         raise UsageError(f"{path} mixes 'folder<TAB>name' lines with plain names")
@@ -183,6 +193,7 @@ def read_class_names(path: Path, class_dirs: list[str]) -> list[str]:
         raise UsageError(f"{path} has {len(lines)} class names but the data has {len(class_dirs)} class folders",
                          hint="one name per class folder, in sorted folder order, or folder<TAB>name lines")
     _check_order(path, lines, class_dirs)
+    check_duplicates(path, lines, strict=strict)
     return lines
 
 
@@ -203,24 +214,54 @@ def _check_order(path: Path, names: list[str], class_dirs: list[str]) -> None:
                                   "folder<TAB>name lines")
 
 
-def _check_duplicates(path: Path, names: list[str]) -> None:
-    """Warn about names given to more than one class.
+def name_key(name: str) -> str:
+    """What two class names are compared by: case folded, Unicode NFKC (full-width letters, ligatures and
+    composed / decomposed accents alike), whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold()).split())
 
-    Not an error: the standard ImageNet-1k list every CLIP paper uses (OpenAI's, open_clip's
-    IMAGENET_CLASSNAMES) names two classes "missile" and two "sunglasses", and a reproduction has to
-    keep it. Classes stay distinct by position; two classes with one name get identical prompts, so
-    the model cannot tell them apart, which is worth knowing.
+
+def prompt_key(name: str) -> str:
+    """Names with the same key give identical prompts: CLIP's tokenizer lower-cases text and ftfy normalises it
+    to NFC (open_clip's SimpleTokenizer: ``basic_clean``, ``whitespace_clean``, ``lower``)."""
+    return " ".join(unicodedata.normalize("NFC", name).lower().split())
+
+
+def check_duplicates(where: Path, names: list[str], *, strict: bool = False, unit: str = "line") -> None:
+    """Warn about names given to more than one class, and about names that differ only in case or Unicode form.
+
+    Exact repeats are a warning, never an error: the standard ImageNet-1k list every CLIP paper uses (OpenAI's,
+    open_clip's IMAGENET_CLASSNAMES) names two classes "missile" and two "sunglasses", and a reproduction has to
+    keep it; classes stay distinct by position. Names spelt differently that compare equal after case folding
+    and NFKC (``House`` / ``house``, two spellings of ``café``) are almost always a mistake: a warning naming both
+    lines, and with ``strict`` an error where the two give identical prompts (the model cannot tell them apart).
     """
-    lines: dict[str, list[int]] = {}
+    exact: dict[str, list[int]] = {}
     for number, name in enumerate(names, 1):
-        lines.setdefault(name, []).append(number)
-    repeated = [(name, at) for name, at in lines.items() if len(at) > 1]
+        exact.setdefault(name, []).append(number)
+    repeated = [(name, at) for name, at in exact.items() if len(at) > 1]
     if repeated:
         shown = "; ".join(f"{name!r} (classes {', '.join(map(str, at))})" for name, at in repeated[:3])
         more = f" and {len(repeated) - 3} more" if len(repeated) > 3 else ""
-        warnings.warn(f"{path}: {len(repeated)} class name(s) given to more than one class: {shown}{more}; "
+        warnings.warn(f"{where}: {len(repeated)} class name(s) given to more than one class: {shown}{more}; "
                       "those classes get identical prompts and cannot be told apart", NegPromptWarning,
                       stacklevel=3)
+    spellings: dict[str, list[tuple[int, str]]] = {}
+    for name, at in exact.items():  # first line of each distinct spelling
+        spellings.setdefault(name_key(name), []).append((at[0], name))
+    alike = [group for group in spellings.values() if len(group) > 1]
+    if not alike:
+        return
+    same_prompt = [group for group in alike if len({prompt_key(name) for _, name in group}) == 1]
+    if strict and same_prompt:
+        (a, first), (b, second) = same_prompt[0][:2]
+        raise UsageError(f"{where}: {unit} {a} {first!r} and {unit} {b} {second!r} differ only in case or Unicode "
+                         "form and give identical prompts",
+                         hint="rename or remove one of them (without --strict this is a warning)")
+    shown = "; ".join(" and ".join(f"{unit} {number} {name!r}" for number, name in group) for group in alike[:3])
+    more = f" and {len(alike) - 3} more" if len(alike) > 3 else ""
+    warnings.warn(f"{where}: class names that differ only in case or Unicode form: {shown}{more}"
+                  + ("; identical prompts, so the model cannot tell them apart" if same_prompt else ""),
+                  NegPromptWarning, stacklevel=3)
 
 
 @dataclass

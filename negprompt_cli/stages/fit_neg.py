@@ -65,7 +65,7 @@ def select_train_classes(class_dirs: list[str], names: list[str], options: FitNe
     if options.train_classes is not None and options.train_fraction is not None:
         raise UsageError("give --train-classes or --train-fraction, not both")
     if options.train_classes is not None:
-        wanted = read_names_file(options.train_classes)
+        wanted = read_names_file(options.train_classes, strict=options.encode.strict)
         chosen: list[int] = []
         for item in wanted:
             if item in names:  # every class of that name (ImageNet's list names two classes "missile")

@@ -126,7 +126,7 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
     if options.excel_safe and options.fmt != "csv":
         raise UsageError("--excel-safe is for CSV output; JSONL keeps names exact and is never run as formulas")
     shares.check_output()
-    names_given = read_names_file(options.names) if options.names else None
+    names_given = read_names_file(options.names, strict=options.encode.strict) if options.names else None
     request = ScoringRequest(prompts=options.prompts, names=names_given,
                              zero_shot=options.zero_shot, backbone=options.backbone, runtime=options.runtime,
                              scorer=options.scorer, temperature=options.temperature, labels=options.labels,

@@ -34,7 +34,7 @@ def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions
     if calibrate_on is not None and not calibrate_on.exists():
         raise NotFoundError(f"calibration images not found: {calibrate_on}")
     source = load_prompts(prompts)
-    names = read_names_file(names_file)
+    names = read_names_file(names_file, strict=encoding.strict)
     backbone = load_backbone(artifact_backbone(source, runtime, prompts))
     source.check_backbone(backbone.identity(), prompts)
     check_fits_backbone(source, backbone.text_width, backbone.context_length, backbone.embed_dim, prompts)
