@@ -58,18 +58,23 @@ def score_columns(*, explain: bool) -> list[str]:
 
 
 def read_score_file(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``negprompt score`` output (CSV or JSONL, by content), with typed values."""
+    """Rows of a ``negprompt score`` output (CSV or JSONL, by content), with typed values.
+
+    Also as a spreadsheet saves it again ("CSV UTF-8"): a byte-order mark, CRLF line ends, TRUE / FALSE and
+    blank trailing rows are read as what they mean."""
     if not path.is_file():
         raise NotFoundError(f"score file not found: {path}")
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:  # \r inside a quoted
         text = handle.read()  # field is part of a file name, not a line end
+    text = text.removeprefix("\ufeff")  # a spreadsheet's "CSV UTF-8" starts with a byte-order mark
     if not text.strip():
         raise UsageError(f"score file {path} is empty")
     try:
         if text.lstrip().startswith("{"):
             rows = [json.loads(line) for line in text.split("\n") if line.strip()]
         else:
-            rows = [{k: _parse(k, v) for k, v in r.items()} for r in csv.DictReader(io.StringIO(text))]
+            rows = [{k: _parse(k, v) for k, v in r.items()} for r in csv.DictReader(io.StringIO(text))
+                    if any(v not in (None, "") for v in r.values())]  # blank rows a spreadsheet leaves
     except (json.JSONDecodeError, ValueError) as exc:
         raise UsageError(f"{path} is not a negprompt score file: {exc}") from exc
     if not rows or not {"path", "score"} <= set(rows[0]):
@@ -95,6 +100,6 @@ def _parse(column: str, value: str | None) -> Any:
     if column in ("prediction_index", "label_index"):
         return int(value)
     if column == "ood":
-        return value == "True"
+        return value.strip().lower() == "true"  # a spreadsheet writes TRUE
     return value
 
