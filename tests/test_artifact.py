@@ -97,3 +97,47 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 def test_output_directory_must_exist(tmp_path):
     with pytest.raises(NotFoundError, match="output directory does not exist"):
         save_prompts(make_artifact(), tmp_path / "nope" / "p.safetensors")
+
+
+def write_with_valid_checksum(artifact: PromptArtifact, path) -> None:
+    """The artifact's bytes as negprompt writes them, whatever the tensors hold: the checksum matches."""
+    from negprompt_cli.outputs.artifact import METADATA_KEY, tensors_digest
+
+    meta = artifact.metadata()
+    meta["tensors_sha256"] = tensors_digest(artifact.tensors)
+    save_file(artifact.tensors, str(path), metadata={"format": "pt", METADATA_KEY: json.dumps(meta)})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_tensors_are_refused_at_load_although_the_checksum_matches(tmp_path, bad):
+    """#30 item 7: such a file used to pass validation and fail only after every image was encoded."""
+    ctx = torch.randn(4, 8)
+    ctx[2, 5] = bad
+    write_with_valid_checksum(make_artifact(tensors={"ctx_pos": ctx}), tmp_path / "p.safetensors")
+    with pytest.raises(IncompatibleArtifactError, match=r"tensor ctx_pos holds 1 non-finite value") as info:
+        load_prompts(tmp_path / "p.safetensors")
+    assert info.value.exit_code == 5
+
+
+def test_the_cli_refuses_non_finite_prompts_before_any_image_work(tmp_path):
+    from conftest import invoke, make_image_folder
+
+    names = make_artifact().class_names
+    images = make_image_folder(tmp_path / "images", per_class=1)
+    ctx = torch.full((4, 8), float("nan"))
+    write_with_valid_checksum(make_artifact(tensors={"ctx_pos": ctx, "text_pos": torch.randn(len(names), 8)}),
+                              tmp_path / "p.safetensors")
+    result = invoke(["score", str(images), "--prompts", str(tmp_path / "p.safetensors"), "--cache-dir",
+                     str(tmp_path / "cache"), "--out", str(tmp_path / "s.csv"), "--quiet"])
+    assert result.exit_code == 5 and "non-finite" in result.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "s.csv").exists()  # no image was encoded
+
+
+def test_diverged_prompts_are_never_written(tmp_path):
+    from negprompt_cli.errors import NegPromptError
+
+    ctx = torch.randn(4, 8)
+    ctx[0, 0] = float("nan")
+    with pytest.raises(NegPromptError, match="non-finite values .* in ctx_pos: training diverged"):
+        save_prompts(make_artifact(tensors={"ctx_pos": ctx}), tmp_path / "p.safetensors")
+    assert list(tmp_path.iterdir()) == []

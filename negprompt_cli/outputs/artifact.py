@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import IncompatibleArtifactError, NotFoundError
+from ..errors import IncompatibleArtifactError, NegPromptError, NotFoundError
 from .atomic import check_output_path, write_atomic
 
 SCHEMA_VERSION = 1
@@ -84,6 +84,11 @@ def save_prompts(artifact: PromptArtifact, path: str | Path) -> Path:
     meta = artifact.metadata()
     meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in artifact.tensors.items()}
+    broken = [k for k, v in tensors.items() if not bool(torch.isfinite(v).all())]
+    if broken:  # never write a file that loading refuses
+        raise NegPromptError(f"the prompts to write to {path} hold non-finite values (NaN or infinity) in "
+                             f"{', '.join(sorted(broken))}: training diverged",
+                             hint="lower --lr, or train in fp32 (--precision fp32)")
     meta["tensors_sha256"] = tensors_digest(tensors)
     header = {"format": "pt", METADATA_KEY: json.dumps(meta, sort_keys=True)}
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
@@ -216,6 +221,8 @@ def _check_tensors(tensors: dict[str, torch.Tensor], kind: str, n_ctx: int, clas
     for name, tensor in tensors.items():
         if tensor.numel() == 0 or not tensor.is_floating_point():
             raise bad(name, "is empty or not floating point")
+        if not bool(torch.isfinite(tensor).all()):  # a checksum only says the bytes are the ones written
+            raise bad(name, f"holds {int((~torch.isfinite(tensor)).sum())} non-finite value(s) (NaN or infinity)")
     ctx_pos = tensors["ctx_pos"]
     if ctx_pos.dim() not in (2, 3) or ctx_pos.shape[-2] != n_ctx or (ctx_pos.dim() == 3
                                                                       and ctx_pos.shape[0] != classes):
