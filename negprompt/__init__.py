@@ -40,6 +40,8 @@ _EXPORTS = {
     "PromptArtifact": ("outputs.artifact", "PromptArtifact"),
     "NegPromptError": ("errors", "NegPromptError"), "NegPromptWarning": ("errors", "NegPromptWarning"),
     "export_world": ("world", "export_world"), "world_spec": ("world", "default_spec"),
+    "resolve_prompts": ("stages.hub", "resolve_prompts"), "pull": ("stages.hub", "pull"),
+    "HubOptions": ("stages.hub", "HubOptions"),
 }
 
 __all__ = ["__version__", "hookimpl", *_EXPORTS]

@@ -86,6 +86,7 @@ class Registry:
         self._normalise = normalise
         self._entries: dict[str, Entry] = {}
         self._lookup: dict[str, str] = {}
+        self.limited_by: str | None = None  # NEGPROMPT_LOAD_PLUGINS, when it limits what was loaded
 
     def add(self, plugin: str, name: str, obj: Any, *, aliases=(), description="", replace=False) -> bool:
         keys = [name, *aliases]
@@ -120,7 +121,10 @@ class Registry:
 
     def unknown(self, name: str, extra: str = "") -> UsageError:
         close = difflib.get_close_matches(name, self.all_spellings(), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(self.names())}"
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(self.names()) or 'none'}"
+        if self.limited_by is not None:
+            extra += f" (NEGPROMPT_LOAD_PLUGINS={self.limited_by!r} loads only the plugins it names)"
+            hint += "; unset NEGPROMPT_LOAD_PLUGINS to load every installed plugin"
         return UsageError(f"unknown {self.kind} {name!r}{extra}", hint=hint)
 
 
@@ -134,6 +138,7 @@ class PluginHost:
         self.backbones = Registry("backbone", normalise=_normalise_backbone)
         self.learners = Registry("prompt learner")
         self.scorers = Registry("scorer")
+        self.limited_by: str | None = None
         self._filled = False
 
     # -- loading ---------------------------------------------------------------------------
@@ -148,6 +153,13 @@ class PluginHost:
             warnings.warn("negprompt's built-in plugins (backbones, learners, scorers) are not installed: no "
                           f"{ENTRY_POINT_GROUP!r} entry points of the {BUILTIN_DIST!r} distribution were found "
                           "(in a source checkout, run: pip install -e .)", PluginWarning, stacklevel=2)
+        if allow is not None:
+            self.limited_by = os.environ.get("NEGPROMPT_LOAD_PLUGINS", ",".join(sorted(allow)))
+            unknown = sorted(allow - {ep.name for ep in entry_points})
+            if unknown:
+                installed = ", ".join(sorted({ep.name for ep in entry_points})) or "none"
+                warnings.warn(f"NEGPROMPT_LOAD_PLUGINS names {', '.join(map(repr, unknown))}, which no installed "
+                              f"plugin is called (installed: {installed})", PluginWarning, stacklevel=2)
         for ep in entry_points:
             if (allow is not None and ep.name not in allow) or ep.name in self.records:
                 continue
@@ -183,6 +195,8 @@ class PluginHost:
         self.backbones = Registry("backbone", normalise=_normalise_backbone)
         self.learners = Registry("prompt learner")
         self.scorers = Registry("scorer")
+        for registry in (self.backbones, self.learners, self.scorers):
+            registry.limited_by = self.limited_by
         for record in self.records.values():
             record.registered = {}
         # pluggy calls hookimpls LIFO; get_hookimpls() lists them in registration order, so we

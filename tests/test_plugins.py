@@ -93,6 +93,29 @@ def test_allow_list_limits_loading(fake_site, monkeypatch):
     assert registry.get_host().describe() == []
 
 
+def test_an_allow_list_naming_no_installed_plugin_is_said(monkeypatch, tmp_path):
+    """#30 item 8: NEGPROMPT_LOAD_PLUGINS=nonexistent used to end in "unknown backbone 'toy'" alone."""
+    monkeypatch.setenv("NEGPROMPT_LOAD_PLUGINS", "nonexistent,coop")
+    registry.reset_host()
+    with pytest.warns(registry.PluginWarning, match=r"NEGPROMPT_LOAD_PLUGINS names 'nonexistent', which no "
+                                                    r"installed plugin is called \(installed: .*openclip"):
+        registry.get_host()
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\n")
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "x.png")
+    registry.reset_host()
+    result = invoke(["score", str(tmp_path / "images"), "--zero-shot", "--names", str(names), "--backbone", "toy"])
+    assert result.exit_code == 2
+    assert "Warning: NEGPROMPT_LOAD_PLUGINS names 'nonexistent'" in result.stderr
+    error = next(line for line in result.stderr.splitlines() if line.startswith("Error:"))
+    assert "unknown backbone 'toy'" in error and "NEGPROMPT_LOAD_PLUGINS='nonexistent,coop'" in error
+    assert "unset NEGPROMPT_LOAD_PLUGINS" in result.stderr
+    registry.reset_host()
+
+
 def test_broken_plugin_warns_and_cli_still_works(tmp_path, monkeypatch):
     site = tmp_path / "site"
     install_fake_plugin(site, "negprompt_broken", "raise ImportError('missing dependency xyz')",

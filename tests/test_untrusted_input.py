@@ -4,6 +4,7 @@ Hub references and artifact-named backbones are checked before any path is built
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import NEG_FAST, error_line, invoke, make_image_folder, pos_fast
@@ -99,6 +100,27 @@ def test_a_revision_that_could_leave_the_hub_cache_is_refused_before_any_path_is
     assert not (tmp_path / "hub").exists()
     scored = invoke(["score", str(tmp_path), "--prompts", f"hf://lab/prompts@{revision}", "--offline"])
     assert scored.exit_code == 2 and "malformed revision" in error_line(scored)
+
+
+@pytest.mark.parametrize("reference", ["hf://lab/p@x\ny", "hf://lab/p@main"])
+def test_the_python_api_never_takes_a_hub_reference_for_a_local_path(tmp_path, reference, monkeypatch):
+    """#30 item 8: ``hf://lab/p@x\ny`` given to the Python API was looked up as the file "hf:/lab/p@x\ny"."""
+    import negprompt
+    from negprompt_cli.errors import UsageError
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "image.png")
+    for call in (lambda: negprompt.Detector.from_prompts(reference, offline=True),
+                 lambda: negprompt.score(negprompt.ScoreOptions(images=[tmp_path], prompts=Path(reference))),
+                 lambda: negprompt.load_prompts(reference)):
+        with pytest.raises(UsageError, match="is a Hugging Face Hub reference, not a prompts file"):
+            call()
+    if "\n" in reference:  # resolving it checks the revision before any path is built
+        with pytest.raises(UsageError, match="malformed revision"):
+            negprompt.resolve_prompts(reference, negprompt.HubOptions(offline=True))
+    assert not (tmp_path / "hub").exists()
 
 
 @pytest.mark.parametrize("revision", ["main", "v1.0", "refs/pr/3", "0123456789abcdef0123456789abcdef01234567",

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import IncompatibleArtifactError, NegPromptError, NotFoundError
+from ..errors import IncompatibleArtifactError, NegPromptError, NotFoundError, UsageError
 from .atomic import check_output_path, write_atomic
 
 SCHEMA_VERSION = 1
@@ -107,6 +107,10 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 def load_prompts(path: str | Path, *, kind: str | None = None) -> PromptArtifact:
     """Read and validate an artifact; every problem is a one-line IncompatibleArtifactError."""
+    if str(path).startswith("hf:"):  # "hf://..." (a Path makes it "hf:/..."): never a file name to look up
+        raise UsageError(f"{str(path)!r} is a Hugging Face Hub reference, not a prompts file",
+                         hint="the command line resolves hf://ORG/NAME[@REVISION] itself; in Python pass "
+                              "negprompt.resolve_prompts(reference), which downloads (or finds) the file")
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"prompts file not found: {path}")
