@@ -143,9 +143,40 @@ def test_bad_protocols_and_roots_are_one_line(tmp_path):
     result = invoke(["benchmark", "check", "imagenet1k-mcm", "--root", str(tmp_path / "absent")])
     assert result.exit_code == 3 and f"Error: benchmark root not found: {tmp_path / 'absent'}" in result.stderr
     (tmp_path / "broken.json").write_text(json.dumps({"schema": 1, "name": "x", "classes": ["n99999999"],
-                                                      "id": {"path": "v"}, "train": {"path": "t"}, "ood": []}))
+                                                      "id": {"path": "v"}, "train": {"path": "t"},
+                                                      "ood": [{"name": "o", "path": "o"}]}))
     result = invoke(["benchmark", "check", str(tmp_path / "broken.json"), "--root", str(tmp_path)])
     assert result.exit_code == 2 and "not ImageNet-1k wnids: n99999999" in result.stderr
+
+
+HOSTILE = [
+    ({"train": {"path": "../../etc"}}, "train.path '../../etc' leaves the data root"),
+    ({"id": {"path": "/etc"}}, "id.path '/etc' leaves the data root"),
+    ({"ood": [{"name": "o", "path": "ok/../../x"}]}, "ood[0].path 'ok/../../x' leaves the data root"),
+    ({"train": {"path": "t", "shots": -1}}, "train.shots is -1, not a whole number from 1 to 10,000"),
+    ({"train": {"path": "t", "shots": 1e12}}, "train.shots is 1000000000000.0, not a whole number"),
+    ({"train": {"path": "t", "shots": "16"}}, "train.shots is '16', not a whole number"),
+    ({"train": {"path": "t", "shots": True}}, "train.shots is True, not a whole number"),
+    ({"seeds": list(range(100_000))}, "seeds is not a list of 1 to 100 seeds"),
+    ({"seeds": [1, "2"]}, "seeds[1] is '2', not a whole number"),
+    ({"ood": [{"name": "o", "path": "o", "images": -5}]}, "ood[0].images is -5"),
+    ({"ood": [{"name": "o", "path": "o", "group": "middle"}]}, "ood[0].group is 'middle', not near or far"),
+    ({"ood": [{"name": "o", "path": "a"}, {"name": "o", "path": "b"}]}, "ood names a set twice"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), HOSTILE)
+def test_hostile_protocol_files_are_refused_as_protocol_errors(tmp_path, change, message):
+    """#30 item 8: these used to surface as layout problems (or worse, as a walk of /etc); now the protocol file
+    is refused before the root is looked at, with the field named."""
+    spec = {"schema": 1, "name": "x", "classes": [imagenet_wnids()[0]], "id": {"path": "v"},
+            "train": {"path": "t"}, "ood": [{"name": "o", "path": "o"}], **change}
+    (tmp_path / "hostile.json").write_text(json.dumps(spec))
+    result = invoke(["benchmark", "check", str(tmp_path / "hostile.json"), "--root", str(tmp_path)])
+    assert result.exit_code == 2, result.stderr
+    error = next(line for line in result.stderr.splitlines() if line.startswith("Error:"))
+    assert f"hostile.json: {message}" in error, error
+    assert "Hint: see the schema in docs/benchmarks.md" in result.stderr
 
 
 # -- benchmark run ----------------------------------------------------------------------------------------------

@@ -21,6 +21,12 @@ from ..errors import NotFoundError, UsageError
 PROTOCOL_DIR = Path(__file__).resolve().parent / "protocols"
 SPLITS_FILE = PROTOCOL_DIR / "hard_ood_splits.json"
 SCHEMA = 1
+# Bounds a real protocol stays far inside; a file beyond them is hostile or broken, refused before any use.
+MAX_SEEDS = 100
+MAX_OOD_SETS = 100
+MAX_SHOTS = 10_000
+MAX_IMAGES = 100_000_000
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ def load_protocol(name_or_path: str) -> Protocol:
             raise TypeError(f"the file holds a JSON {type(raw).__name__}, not an object")
         if raw.get("schema") != SCHEMA:
             raise UsageError(f"{path}: protocol schema {raw.get('schema')!r}, this version reads {SCHEMA}")
+        check_schema(raw)
         ood = tuple(OodSet(name=o["name"], group=o.get("group", "far"), source=o.get("source", ""),
                            path=o.get("path"), images=o.get("images"),
                            classes=resolve_classes(o["classes"]) if "classes" in o else (),
@@ -114,6 +121,75 @@ def load_protocol(name_or_path: str) -> Protocol:
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:  # UnicodeDecodeError: a ValueError
         raise UsageError(f"{path} is not a valid benchmark protocol ({type(exc).__name__}: {exc})",
                          hint="see the schema in docs/benchmarks.md") from None
+
+
+def check_schema(raw: dict[str, Any]) -> None:
+    """Types, ranges and paths of a protocol file, before any of it is used: every path stays below the data
+    root, counts are whole numbers in range, seeds are few. One UsageError naming the field."""
+    def fail(field: str, problem: str) -> UsageError:
+        return UsageError(f"{field} {problem}", hint="see the schema in docs/benchmarks.md")
+
+    def text(field: str, value: Any, *, optional: bool = False) -> None:
+        if (value is None and optional) or (isinstance(value, str) and value.strip()):
+            return
+        raise fail(field, f"is {value!r}, not a non-empty string")
+
+    def count(field: str, value: Any, least: int, most: int, *, optional: bool = True) -> None:
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+            raise fail(field, f"is {value!r}, not a whole number from {least} to {most:,}")
+
+    def relative_path(field: str, value: Any) -> None:
+        text(field, value)
+        parts = Path(value).parts
+        if Path(value).is_absolute() or ".." in parts or any(ord(c) < 32 for c in value):
+            raise fail(field, f"{value!r} leaves the data root (a path below --root, without '..')")
+
+    def classes(field: str, value: Any) -> None:
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return
+        text(field, value)
+
+    text("name", raw.get("name"))
+    classes("classes", raw.get("classes"))
+    for section in ("id", "train"):
+        if not isinstance(raw.get(section), dict):
+            raise fail(section, "is not an object with a path")
+        relative_path(f"{section}.path", raw[section].get("path"))
+        text(f"{section}.source", raw[section].get("source"), optional=True)
+    count("id.images_per_class", raw["id"].get("images_per_class"), 1, MAX_IMAGES)
+    count("train.shots", raw["train"].get("shots"), 1, MAX_SHOTS)
+    ood = raw.get("ood")
+    if not isinstance(ood, list) or not 1 <= len(ood) <= MAX_OOD_SETS:
+        raise fail("ood", f"is not a list of 1 to {MAX_OOD_SETS} OOD sets")
+    names = []
+    for k, entry in enumerate(ood):
+        if not isinstance(entry, dict):
+            raise fail(f"ood[{k}]", "is not an object")
+        text(f"ood[{k}].name", entry.get("name"))
+        names.append(entry["name"])
+        if entry.get("group", "far") not in ("near", "far"):
+            raise fail(f"ood[{k}].group", f"is {entry.get('group')!r}, not near or far")
+        if ("path" in entry) == ("classes" in entry):
+            raise fail(f"ood[{k}]", "needs a path or classes (one of them)")
+        if "path" in entry:
+            relative_path(f"ood[{k}].path", entry["path"])
+        else:
+            classes(f"ood[{k}].classes", entry["classes"])
+        count(f"ood[{k}].images", entry.get("images"), 1, MAX_IMAGES)
+        count(f"ood[{k}].images_per_class", entry.get("images_per_class"), 1, MAX_IMAGES)
+    if len(set(names)) != len(names):
+        raise fail("ood", "names a set twice")
+    seeds = raw.get("seeds", [1, 2, 3])
+    if not isinstance(seeds, list) or not 1 <= len(seeds) <= MAX_SEEDS:
+        raise fail("seeds", f"is not a list of 1 to {MAX_SEEDS} seeds")
+    for k, seed in enumerate(seeds):
+        count(f"seeds[{k}]", seed, 0, MAX_SEED, optional=False)
+    if raw.get("open_vocabulary") is not None and not isinstance(raw["open_vocabulary"], dict):
+        raise fail("open_vocabulary", "is not an object")
+    if not isinstance(raw.get("published", []), list) or not all(isinstance(r, dict) for r in raw.get("published", [])):
+        raise fail("published", "is not a list of objects")
 
 
 def _check_published(rows: tuple[dict[str, Any], ...], ood_names: list[str]) -> None:
