@@ -175,7 +175,7 @@ def test_hostile_protocol_files_are_refused_as_protocol_errors(tmp_path, change,
     result = invoke(["benchmark", "check", str(tmp_path / "hostile.json"), "--root", str(tmp_path)])
     assert result.exit_code == 2, result.stderr
     error = next(line for line in result.stderr.splitlines() if line.startswith("Error:"))
-    assert f"hostile.json: {message}" in error, error
+    assert f"hostile.json is not a valid benchmark protocol: {message}" in error, error
     assert "Hint: see the schema in docs/benchmarks.md" in result.stderr
 
 

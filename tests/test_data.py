@@ -7,6 +7,7 @@ from conftest import make_image_folder
 
 from negprompt_cli.errors import NegPromptWarning, NotFoundError, UsageError
 from negprompt_cli.inputs.image_folders import few_shot_split, find_images, load_image_folder
+from negprompt_cli.inputs.image_list import list_images
 
 
 def test_default_names_and_sorted_order(image_folder):
@@ -100,7 +101,43 @@ def test_symlinked_folders_are_followed_once(tmp_path):
     root = make_image_folder(tmp_path / "data", classes=("plain",), per_class=2)
     (root / "linked").symlink_to(images / "linked", target_is_directory=True)
     (root / "plain" / "loop").symlink_to(root / "plain", target_is_directory=True)
-    found = find_images(root)
+    with pytest.warns(NegPromptWarning, match=r"did not follow 1 symlinked folder\(s\) that lead back up"):
+        found = find_images(root)
     assert sorted(p.parent.name for p in found) == ["linked"] * 3 + ["plain"] * 2
-    folder = load_image_folder(root)
+    with pytest.warns(NegPromptWarning, match="lead back up"):
+        folder = load_image_folder(root)
     assert folder.class_dirs == ["linked", "plain"] and [len(f) for f in folder.files] == [3, 2]
+
+
+def test_a_link_to_a_parent_folder_is_never_followed_out_of_the_input(tmp_path):
+    """#30 item 6: a symlink to a parent folder used to take the walk out of the image folder, into everything
+    beside it (here: a private folder next to the images)."""
+    secret = make_image_folder(tmp_path / "private", classes=("mine",), per_class=2)
+    root = make_image_folder(tmp_path / "data", classes=("cat", "dog"), per_class=2)
+    (root / "cat" / "up").symlink_to(tmp_path, target_is_directory=True)  # two levels up: holds private/
+    (root / "dog" / "self").symlink_to(root, target_is_directory=True)  # back to the input itself
+    with pytest.warns(NegPromptWarning, match=r"did not follow 2 symlinked folder\(s\) that lead back up") as w:
+        found = find_images(root)
+    assert sorted(p.parent.name for p in found) == ["cat", "cat", "dog", "dog"]
+    assert not [p for p in found if secret in p.parents]
+    assert f"{root / 'cat' / 'up'} (-> {tmp_path})" in str(w[0].message)
+    (root / "parent").symlink_to(tmp_path, target_is_directory=True)  # a "class folder" holding the data root
+    with pytest.warns(NegPromptWarning, match="holds the data root"):
+        folder = load_image_folder(root)
+    assert folder.class_dirs == ["cat", "dog"]
+    images = list_images([root])
+    assert len(images) == 4
+
+
+def test_broken_links_are_said_and_refused_with_strict(tmp_path):
+    root = make_image_folder(tmp_path / "data", classes=("cat",), per_class=2)
+    (root / "cat" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (root / "cat" / "gone_folder").symlink_to(tmp_path / "no-such-folder", target_is_directory=True)
+    with pytest.warns(NegPromptWarning, match=r"skipped 2 broken symlink\(s\), whose targets do not exist: "):
+        assert len(find_images(root)) == 2
+    with pytest.raises(UsageError, match=r"2 broken symlink\(s\)"):
+        find_images(root, strict=True)
+    with pytest.raises(UsageError, match="broken symlink"):
+        list_images([root], strict=True)
+    with pytest.raises(UsageError, match="broken symlink"):
+        load_image_folder(root, strict=True)

@@ -206,7 +206,7 @@ def test_damaged_artifact_bytes_are_refused_and_nan_is_never_a_decision(setup):
     (root / "damaged.safetensors").write_bytes(bytes(data))
     result = invoke(["score", str(root / "test"), "--prompts", str(root / "damaged.safetensors")])
     assert result.exit_code == 5 and "damaged.safetensors is damaged" in error_line(result)
-    # NaN features with a matching checksum (written by a buggy tool, say): an error naming images, not ood=False
+    # NaN features (written by a buggy tool, say): refused on load, before any image work (never ood=False)
     with safe_open(str(root / "pos.safetensors"), framework="pt") as handle:
         meta = json.loads(handle.metadata()["negprompt"])
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
@@ -214,7 +214,8 @@ def test_damaged_artifact_bytes_are_refused_and_nan_is_never_a_decision(setup):
     meta.pop("tensors_sha256")
     save_file(tensors, str(root / "nan.safetensors"), metadata={"format": "pt", "negprompt": json.dumps(meta)})
     result = invoke(["score", str(root / "test"), "--prompts", str(root / "nan.safetensors")])
-    assert result.exit_code == 1 and "non-finite scores for 8 image(s)" in error_line(result)
+    error = error_line(result)
+    assert result.exit_code == 5 and "tensor text_pos holds" in error and "non-finite" in error
     assert result.stdout == ""
 
 

@@ -100,7 +100,10 @@ def load_protocol(name_or_path: str) -> Protocol:
             raise TypeError(f"the file holds a JSON {type(raw).__name__}, not an object")
         if raw.get("schema") != SCHEMA:
             raise UsageError(f"{path}: protocol schema {raw.get('schema')!r}, this version reads {SCHEMA}")
-        check_schema(raw)
+        try:
+            check_schema(raw)
+        except UsageError as exc:
+            raise UsageError(f"{path} is not a valid benchmark protocol: {exc.message}", hint=exc.hint) from None
         ood = tuple(OodSet(name=o["name"], group=o.get("group", "far"), source=o.get("source", ""),
                            path=o.get("path"), images=o.get("images"),
                            classes=resolve_classes(o["classes"]) if "classes" in o else (),

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NegPromptWarning, NotFoundError, UsageError
-from .image_list import IMAGE_EXTENSIONS, is_image_file, report_unreadable_folders, walk
+from .image_list import IMAGE_EXTENSIONS, Skipped, is_image_file, report_skipped, walk
 
 
 def find_images(root: Path, *, strict: bool = False) -> list[Path]:
@@ -33,9 +33,9 @@ def find_images(root: Path, *, strict: bool = False) -> list[Path]:
         if not is_image_file(root):
             raise UsageError(f"{root} is not an image file")
         return [root]
-    unreadable: list[tuple[Path, str]] = []
-    images, ignored = walk_images(root, unreadable)
-    report_unreadable_folders(unreadable, strict)
+    skipped: list[Skipped] = []
+    images, ignored = walk_images(root, skipped)
+    report_skipped(skipped, strict)
     if ignored:
         warnings.warn(f"ignored {len(ignored)} file(s) under {root} that are not images by extension "
                       f"(e.g. {ignored[0].name}); image types: {', '.join(sorted(IMAGE_EXTENSIONS))}",
@@ -51,17 +51,17 @@ def image_inputs(images: str | Path | Sequence[str | Path]) -> list[Path]:
     return inputs
 
 
-def walk_images(root: Path, unreadable: list[tuple[Path, str]] | None = None) -> tuple[list[Path], list[Path]]:
+def walk_images(root: Path, skipped: list[Skipped] | None = None) -> tuple[list[Path], list[Path]]:
     """(image files, other visible files) below ``root``, sorted, following symlinked folders
     (``image_list.walk``).
 
     Every command discovers images this way, so a class folder that is a symlink counts everywhere;
-    a folder reached twice (a symlink loop, or two links to one folder) is walked once. Folders that cannot
-    be listed are appended to ``unreadable`` as (path, reason).
+    a folder reached twice (a symlink loop, or two links to one folder) is walked once. What the walk leaves
+    out (folders that cannot be listed, broken links, links out of ``root``) is appended to ``skipped``.
     """
     images: list[Path] = []
     ignored: list[Path] = []
-    for path, _, image in walk(root, unreadable):
+    for path, _, image in walk(root, skipped):
         (images if image else ignored).append(Path(path))
     return images, ignored
 
@@ -86,13 +86,14 @@ def load_image_folder(root: Path, classes_file: Path | None = None, *, strict: b
         raise NotFoundError(f"data directory not found: {root}")
     if not root.is_dir():
         raise UsageError(f"data path is not a directory: {root}", hint="expected root/<class>/<image> folders")
-    class_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    skipped: list[Skipped] = []
+    class_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                        and not _loops_back(p, root, skipped))
     if not class_dirs:
         raise UsageError(f"data directory {root} has no class folders",
                          hint="expected an ImageFolder layout: root/<class>/<image>")
-    unreadable: list[tuple[Path, str]] = []
-    files = [walk_images(root / d, unreadable)[0] for d in class_dirs]
-    report_unreadable_folders(unreadable, strict)
+    files = [walk_images(root / d, skipped)[0] for d in class_dirs]
+    report_skipped(skipped, strict)
     empty = [d for d, fs in zip(class_dirs, files, strict=True) if not fs]
     if empty:
         raise UsageError(f"class folder {root / empty[0]} has no images"
@@ -104,6 +105,19 @@ def load_image_folder(root: Path, classes_file: Path | None = None, *, strict: b
         names = default_names(class_dirs)
         check_duplicates(root, names, strict=strict, unit="folder")
     return ImageFolder(root, class_dirs, names, files)
+
+
+def _loops_back(folder: Path, root: Path, skipped: list[Skipped]) -> bool:
+    """A class folder that is a link to the data root or one of its parents would hold every other class: left
+    out (said with the walk's other links). Links to class folders elsewhere (a subset built of links into a
+    full dataset) are the usual way to build a split and are followed."""
+    if not folder.is_symlink():
+        return False
+    target, top = os.path.realpath(folder), os.path.realpath(root)
+    if top == target or top.startswith(target.rstrip(os.sep) + os.sep):
+        skipped.append(Skipped(folder, f"-> {target}, which holds the data root", "upward"))
+        return True
+    return False
 
 
 def folder_fingerprint(folder: ImageFolder) -> str:

@@ -16,7 +16,7 @@ import warnings
 from array import array
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import overload
+from typing import NamedTuple, overload
 
 import numpy as np
 
@@ -30,26 +30,57 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def report_unreadable_folders(unreadable: list[tuple[Path, str]], strict: bool) -> None:
-    """Folders a walk could not list (no read permission, a path longer than the system allows): the images
-    below them are left out, which is said, never silent."""
-    if not unreadable:
-        return
-    shown = ", ".join(f"{path} ({reason})" for path, reason in unreadable[:3]) + (" ..." if len(unreadable) > 3
-                                                                                 else "")
-    message = f"{len(unreadable)} folder(s) could not be read, so their images are left out: {shown}"
-    if strict:
-        raise UsageError(message, hint="fix the permissions or shorten the paths, or drop --strict to skip them")
-    warnings.warn(f"skipped {message}", NegPromptWarning, stacklevel=3)
+class Skipped(NamedTuple):
+    """A path a walk left out, and why: ``unreadable`` (a folder that cannot be listed), ``broken`` (a symlink
+    whose target does not exist) or ``upward`` (a symlinked folder that leads back up: a loop, or a parent of
+    the folder given)."""
+
+    path: Path
+    reason: str
+    kind: str = "unreadable"
 
 
-def walk(root: Path, unreadable: list[tuple[Path, str]] | None = None) -> Iterator[tuple[str, str, bool]]:
+def report_skipped(skipped: list[Skipped], strict: bool) -> None:
+    """What a walk left out is said, never silent: unreadable folders and broken links are a warning (with
+    ``strict`` an error, as an unreadable image is); links that lead back up are a warning."""
+    def shown(entries: list[Skipped]) -> str:
+        return ", ".join(f"{e.path} ({e.reason})" for e in entries[:3]) + (" ..." if len(entries) > 3 else "")
+
+    unreadable = [s for s in skipped if s.kind == "unreadable"]
+    broken = [s for s in skipped if s.kind == "broken"]
+    upward = [s for s in skipped if s.kind == "upward"]
+    if unreadable:
+        message = f"{len(unreadable)} folder(s) could not be read, so their images are left out: {shown(unreadable)}"
+        if strict:
+            raise UsageError(message, hint="fix the permissions or shorten the paths, or drop --strict to skip them")
+        warnings.warn(f"skipped {message}", NegPromptWarning, stacklevel=3)
+    if broken:
+        message = f"{len(broken)} broken symlink(s), whose targets do not exist: {shown(broken)}"
+        if strict:
+            raise UsageError(message, hint="fix or remove the links, or drop --strict to skip them")
+        warnings.warn(f"skipped {message}", NegPromptWarning, stacklevel=3)
+    if upward:
+        warnings.warn(f"did not follow {len(upward)} symlinked folder(s) that lead back up (a loop, or a folder "
+                      f"that holds the one given): {shown(upward)}", NegPromptWarning, stacklevel=3)
+
+
+def walk(root: Path, skipped: list[Skipped] | None = None) -> Iterator[tuple[str, str, bool]]:
     """Every visible file below ``root``, following symlinked folders, in the order ``sorted()`` puts their
     ``Path``s in (depth first, the entries of a folder by name): (path, real path, whether it is an image).
 
-    A folder reached twice (a symlink loop, or two links to one folder) is walked once; folders that cannot be
-    listed are appended to ``unreadable`` as (path, reason)."""
+    A symlinked folder whose target holds the folder the link is in (a loop, a link to ``root`` or to any
+    folder above it) is never followed: the walk would come back through ``root`` or climb out of it into its
+    surroundings. Links to other folders are followed (a dataset built of links to class folders elsewhere is
+    the usual way to make a split), and a folder reached twice (two links to one folder) is walked once. What
+    is left out is appended to ``skipped``: folders that cannot be listed, broken links, links back up."""
     seen: set[tuple[int, int]] = set()
+
+    def holds(outer: str, inner: str) -> bool:
+        return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+    def leave_out(path: str, reason: str, kind: str) -> None:
+        if skipped is not None:
+            skipped.append(Skipped(Path(path), reason, kind))
 
     def folder(path: str, real: str) -> Iterator[tuple[str, str, bool]]:
         try:
@@ -60,8 +91,7 @@ def walk(root: Path, unreadable: list[tuple[Path, str]] | None = None) -> Iterat
             with os.scandir(path) as listing:
                 entries = sorted((e for e in listing if not e.name.startswith(".")), key=lambda e: e.name)
         except OSError as error:
-            if unreadable is not None:
-                unreadable.append((Path(error.filename or path), error.strerror or str(error)))
+            leave_out(error.filename or path, error.strerror or str(error), "unreadable")
             return
         for entry in entries:
             full = os.path.join(path, entry.name)
@@ -73,9 +103,14 @@ def walk(root: Path, unreadable: list[tuple[Path, str]] | None = None) -> Iterat
                 continue
             target = os.path.realpath(full) if linked else os.path.join(real, entry.name)
             if is_dir:
+                if linked and holds(target, real):
+                    leave_out(full, f"-> {target}", "upward")
+                    continue
                 yield from folder(full, target)
             elif is_file:
                 yield full, target, os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+            elif linked and not os.path.exists(full):
+                leave_out(full, f"-> {os.readlink(full)}", "broken")
 
     yield from folder(str(root), os.path.realpath(root))
 
@@ -135,7 +170,7 @@ def list_images(inputs: Sequence[Path], *, strict: bool = False) -> ImageList:
     appears. No image at all is an error naming the inputs."""
     blob, offsets, root_index, keys = bytearray(), array(OFFSET, [0]), array("i"), bytearray()
     roots: list[Path] = []
-    unreadable: list[tuple[Path, str]] = []
+    skipped: list[Skipped] = []
     for number, given in enumerate(inputs):
         if not given.exists():
             raise NotFoundError(f"not found: {given}")
@@ -145,7 +180,7 @@ def list_images(inputs: Sequence[Path], *, strict: bool = False) -> ImageList:
                 raise UsageError(f"{given} is not an image file")
             found: Iterator[tuple[str, str, bool]] = iter([(str(given), os.path.realpath(given), True)])
         else:
-            found = walk(given, unreadable)
+            found = walk(given, skipped)
         ignored, example = 0, ""
         for path, real, image in found:
             if not image:
@@ -159,7 +194,7 @@ def list_images(inputs: Sequence[Path], *, strict: bool = False) -> ImageList:
             warnings.warn(f"ignored {ignored} file(s) under {given} that are not images by extension (e.g. "
                           f"{example}); image types: {', '.join(sorted(IMAGE_EXTENSIONS))}", NegPromptWarning,
                           stacklevel=2)
-    report_unreadable_folders(unreadable, strict)
+    report_skipped(skipped, strict)
     images = ImageList(bytes(blob), np.frombuffer(offsets, dtype=np.int64), np.frombuffer(root_index, np.int32),
                        roots)
     del blob
