@@ -24,6 +24,10 @@ class Store:
         self.counter = 0
         self.requests: list[str] = []
         self.down = False  # a stopped server also drops kept-alive connections
+        # a misbehaving Hub, for every request: {"status": 503} answers that error, {"redirect": URL} a 302 to
+        # URL, {"delay": SECONDS} answers nothing for that long (a slow or hung server); "only": a regex of
+        # "METHOD /path" limits it to some requests (e.g. "GET .*/resolve/": the file downloads)
+        self.fault: dict = {}
 
     def new_sha(self, seed: str) -> str:
         self.counter += 1
@@ -77,6 +81,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         path = urlparse(self.path).path
         self.store.requests.append(f"{method} {path}")
+        if self.store.fault and re.search(self.store.fault.get("only", ""), f"{method} {path}"):
+            return self.misbehave()
         for m, pattern, name in ROUTES:
             match = re.match(pattern, path)
             if m == method and match:
@@ -84,6 +90,22 @@ class Handler(BaseHTTPRequestHandler):
                 with self.store.lock:
                     return getattr(self, name)(method, **groups)
         self.send_json(404, {"error": f"no route for {method} {path}"})
+
+    def misbehave(self) -> None:
+        fault = self.store.fault
+        if "delay" in fault:
+            import time
+
+            time.sleep(fault["delay"])
+            self.close_connection = True
+            return
+        if "redirect" in fault:
+            self.send_response(302)
+            self.send_header("Location", fault["redirect"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_json(fault["status"], {"error": f"status {fault['status']}"})
 
     # -- helpers --------------------------------------------------------------------------------------
     def end_headers(self) -> None:

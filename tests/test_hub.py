@@ -200,3 +200,84 @@ def test_model_card_metadata_for_a_real_backbone():
     assert "base_model: laion/CLIP-ViT-B-16-laion2B-s34B-b88K" in text
     assert "library_name: negprompt" in text and "open_clip:ViT-B/16" in text
     _ = save_prompts
+
+
+# -- a misbehaving Hub (#30 item 4) ------------------------------------------------------------------------------
+@pytest.mark.parametrize(("fault", "said"), [
+    ({"status": 500}, "the Hub answered HTTP 500 (a server error) to download lab/p (and it is not in the local "
+                      "cache)"),
+    ({"status": 503}, "the Hub answered HTTP 503 (a server error) to download lab/p"),
+    ({"status": 404}, "lab/p not found on the Hub (HTTP 404)"),
+    ({"redirect": "http://127.0.0.1:9/elsewhere"},
+     "the Hub redirected download lab/p to http://127.0.0.1:9/elsewhere, which cannot be reached"),
+])
+def test_hub_failures_are_said_truly_in_one_line(hub, fault, said):
+    """An HTTP 500 or a redirect used to end in "not in the local cache and the Hub cannot be reached"."""
+    hub.store.fault = fault
+    result = cli(["pull", "lab/p"])
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "it/s]" not in line]
+    assert result.exit_code == 4, result.stderr
+    assert len(lines) == 2 and lines[0].startswith(f"Error: {said}"), lines  # no retry noise, one true line
+    assert lines[1].startswith("Hint: ")
+    hub.store.fault = {}
+
+
+def test_push_failures_are_said_truly(hub, artifact_file):
+    hub.store.fault = {"status": 502}
+    result = cli(["push", str(artifact_file), "lab/p"])
+    assert result.exit_code == 4
+    assert result.stderr.splitlines()[0] == "Error: the Hub answered HTTP 502 (a server error) to push to lab/p"
+    hub.store.fault = {}
+
+
+def test_timeouts_and_refused_connections_are_named(monkeypatch):
+    """The classifier on the exception chains huggingface_hub raises (its httpx classes are matched by name)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    from negprompt_cli.stages.hub import _translate
+
+    class ReadTimeout(Exception):
+        pass
+
+    wrapped = LocalEntryNotFoundError("not in the cache")
+    wrapped.__cause__ = ReadTimeout("timed out")
+    error = _translate(wrapped, "download", "lab/p", "v1")
+    assert error.message == "the Hub did not answer in time to download lab/p@v1 (and it is not in the local cache)"
+    assert "HF_HUB_DOWNLOAD_TIMEOUT" in error.hint and error.exit_code == 4
+    refused = LocalEntryNotFoundError("not in the cache")
+    refused.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    error = _translate(refused, "download", "lab/p", None)
+    assert error.message.startswith("could not reach the Hub at ") and "Connection refused" in error.message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code", "word"), [("SIGTERM", 143, "Terminated."), ("SIGINT", 130, "Interrupted.")])
+def test_a_stalled_download_ends_within_two_seconds_of_a_signal(hub, artifact_file, tmp_path, sig, code, word):
+    """huggingface_hub downloads in worker threads the interpreter waits for: a stalled server used to hold a
+    SIGTERM for as long as it kept the socket open (more than 10 s)."""
+    import signal
+    import time
+
+    assert cli(["push", str(artifact_file), "lab/p"]).exit_code == 0
+    hub.store.fault = {"delay": 30, "only": "GET .*/resolve/"}  # the file downloads hang
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-sub"), "HF_TOKEN": "hf_dummy"}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("HF_HUB_CACHE", None)
+    process = subprocess.Popen([sys.executable, "-m", "negprompt_cli", "pull", "lab/p"], env=env,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any("/resolve/" in r for r in hub.store.requests) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    sent = time.monotonic()
+    process.send_signal(getattr(signal, sig))
+    try:
+        process.wait(timeout=10)
+    finally:
+        process.kill()
+        hub.store.fault = {}
+    assert process.returncode == code
+    assert time.monotonic() - sent < 2.0
+    assert process.stderr.read().rstrip().endswith(word)

@@ -9,10 +9,12 @@ import functools
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -91,6 +93,7 @@ def reports_errors(func: F) -> F:
             for note in getattr(exc, "__notes__", []):  # e.g. where the checkpoint was saved
                 info(note)
             terminated = isinstance(exc, Terminated)
+            _signals["announced"] = True  # a network wait's watchdog (network_wait) need not say it again
             err.print("Terminated." if terminated else "Interrupted.", markup=False)
             raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
         except BrokenPipeError:
@@ -129,7 +132,8 @@ def reports_errors(func: F) -> F:
 # Whether the last command was stopped by a real Ctrl-C (SIGINT), not by code raising KeyboardInterrupt. The command
 # ends in exit 130 either way (Typer turns KeyboardInterrupt into it); a program that runs commands in-process (the
 # test suite's CliRunner, see tests/conftest.py) reads this to let the user's Ctrl-C stop it too.
-_signals = {"sigint": False}
+_signals = {"sigint": False, "announced": False}
+NETWORK_EXIT_GRACE_SECONDS = 1.0
 
 
 def interrupted_by_user() -> bool:
@@ -146,6 +150,43 @@ def _note_ctrl_c():
         return signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread: leave signals alone
         return None
+
+
+@contextmanager
+def network_wait() -> Iterator[None]:
+    """Ctrl-C and SIGTERM end a Hub transfer within about a second, as everywhere else (exit 130 / 143).
+
+    huggingface_hub downloads and uploads in worker threads, which no signal stops and which the interpreter
+    waits for on the way out: a stalled server held a SIGTERM for as long as its socket stayed open. Inside this
+    block a signal still raises as usual (so cleanup runs), and a watchdog ends the process with the usual line
+    and exit code if it has not ended one second later. Nothing is half-written by then: the Hub cache keeps
+    only complete files, and outputs are written after the transfer (atomically)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        terminated = signum == signal.SIGTERM
+        if not terminated:
+            _signals["sigint"] = True
+        watchdog = threading.Timer(NETWORK_EXIT_GRACE_SECONDS, _exit_now, args=(terminated,))
+        watchdog.daemon = True
+        watchdog.start()
+        raise Terminated() if terminated else KeyboardInterrupt
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _exit_now(terminated: bool) -> None:
+    if not _signals["announced"]:
+        err.print("Terminated." if terminated else "Interrupted.", markup=False)
+    sys.stderr.flush()
+    os._exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 def _terminate_like_interrupt():
@@ -222,9 +263,12 @@ def finish(message: str, summary: dict[str, Any], as_json: bool) -> None:
 
 def _prompts_path(value: str, offline: bool = False) -> Path:
     """A prompts file, or an hf://ORG/NAME[@REVISION] reference resolved through the Hub cache."""
-    from ..stages.hub import hub_options, resolve_prompts
+    from ..stages.hub import hub_options, is_hub_ref, resolve_prompts
 
-    return resolve_prompts(value, hub_options(offline))
+    if not is_hub_ref(value):
+        return Path(value)
+    with network_wait():
+        return resolve_prompts(value, hub_options(offline))
 
 
 def print_report(report: dict[str, Any], out: Path | None) -> None:

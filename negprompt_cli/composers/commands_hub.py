@@ -13,6 +13,7 @@ from ..console import emit_json, info
 from .app import (
     EPILOG,
     app,
+    network_wait,
     reports_errors,
 )
 from .cli_options import (
@@ -42,8 +43,9 @@ def push_command(
     """Publish prompts to the Hugging Face Hub with a model card; prints the commit id."""
     from ..stages.hub import hub_options, push
 
-    result = push(artifact, repo_id, hub_options(token=token), private=private, branch=branch, tag=tag,
-                  message=message, report=report)
+    with network_wait():
+        result = push(artifact, repo_id, hub_options(token=token), private=private, branch=branch, tag=tag,
+                      message=message, report=report)
     info(f"Pushed {artifact} to {result['repo_id']} ({result['branch']}"
          + (f", tag {result['tag']}" if result["tag"] else "") + f"): commit {result['commit']}")
     if json_out:
@@ -69,7 +71,8 @@ def pull_command(
     from ..outputs.artifact import load_prompts
     from ..stages.hub import hub_options, pull
 
-    pulled = pull(ref, hub_options(offline, token), out)
+    with network_wait():
+        pulled = pull(ref, hub_options(offline, token), out)
     artifact = load_prompts(pulled.prompts)
     if backbone is not None:
         artifact.check_backbone({"backbone": backbone, "pretrained": pretrained}, f"hf://{pulled.repo_id}")

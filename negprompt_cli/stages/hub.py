@@ -121,25 +121,91 @@ def _translate(exc: Exception, action: str, repo_id: str, revision: str | None) 
     if isinstance(exc, RepositoryNotFoundError):
         return HubError(f"Hub repository {repo_id} not found (or you lack access)",
                         hint="check the name, or pass --token / set HF_TOKEN for a private repo")
-    if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
-        offline = isinstance(exc, OfflineModeIsEnabled) or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        return HubError(f"{where} is not in the local cache and "
-                        + ("negprompt is offline (--offline or HF_HUB_OFFLINE)" if offline
-                           else "the Hub cannot be reached"),
-                        hint=f"run 'negprompt pull {where}' once while online")
-    if isinstance(exc, EntryNotFoundError):
-        return IncompatibleArtifactError(f"{where} has no {PROMPTS_FILE}: not a negprompt prompts repo")
-    if isinstance(exc, HfHubHTTPError):
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status in (401, 403):
-            return HubError(f"not authorised to {action} {where} (HTTP {status})",
+    if isinstance(exc, EntryNotFoundError) and not isinstance(exc, LocalEntryNotFoundError):  # the latter: a
+        return IncompatibleArtifactError(f"{where} has no {PROMPTS_FILE}: not a negprompt prompts repo")  # subclass
+    offline = isinstance(exc, OfflineModeIsEnabled) or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    if isinstance(exc, LocalEntryNotFoundError) and offline or isinstance(exc, OfflineModeIsEnabled):
+        return HubError(f"{where} is not in the local cache and negprompt is offline (--offline or "
+                        "HF_HUB_OFFLINE)", hint=f"run 'negprompt pull {where}' once while online")
+    # What the Hub (or the network) actually said: huggingface_hub wraps it, e.g. a 503 inside "not in the cache"
+    cause = network_cause(exc)
+    cached = " (and it is not in the local cache)" if isinstance(exc, LocalEntryNotFoundError) else ""
+    retry = "" if action.startswith("push") else "; use --offline to work from the cache"
+    if cause.status is not None:
+        if cause.status in (401, 403):
+            return HubError(f"not authorised to {action} {where} (HTTP {cause.status})",
                             hint="pass --token or set HF_TOKEN with the needed permission")
+        if cause.status == 404:
+            return HubError(f"{where} not found on the Hub (HTTP 404){cached}",
+                            hint="check the name and revision, or pass --token / set HF_TOKEN for a private repo")
+        if 300 <= cause.status < 400:
+            return HubError(f"the Hub answered {action} {where} with a redirect (HTTP {cause.status}) that was not "
+                            f"followed{cached}", hint=f"check HF_ENDPOINT ({_endpoint()})")
+        kind = "a server error" if cause.status >= 500 else "a refusal"
+        return HubError(f"the Hub answered HTTP {cause.status} ({kind}) to {action} {where}{cached}",
+                        hint=("the Hub or HF_ENDPOINT's server is failing: try again later" if cause.status >= 500
+                              else f"check the request: {cause.text}") + retry)
+    if cause.timeout:
+        return HubError(f"the Hub did not answer in time to {action} {where}{cached}",
+                        hint="try again, or raise HF_HUB_DOWNLOAD_TIMEOUT / HF_HUB_ETAG_TIMEOUT (seconds)" + retry)
+    if cause.url is not None and cause.host_differs:
+        return HubError(f"the Hub redirected {action} {where} to {cause.url}, which cannot be reached{cached}",
+                        hint=f"check HF_ENDPOINT ({_endpoint()}) and any proxy in between" + retry)
+    if cause.network or isinstance(exc, LocalEntryNotFoundError):
+        return HubError(f"could not reach the Hub at {_endpoint()} to {action} {where}: {cause.text}{cached}",
+                        hint="check the network or HF_ENDPOINT" + retry)
+    if isinstance(exc, HfHubHTTPError):
         return HubError(f"Hub error while trying to {action} {where}: {str(exc).splitlines()[0]}")
-    if isinstance(exc, (OSError, ConnectionError)) or type(exc).__module__.startswith(("httpx", "httpcore")):
-        return HubError(f"could not reach the Hub to {action} {where}: {type(exc).__name__}",
-                        hint="check the network or HF_ENDPOINT" + ("" if action.startswith("push") else
-                                                                   "; use --offline to work from the cache"))
     return None
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+@dataclass(frozen=True)
+class NetworkCause:
+    """The innermost thing a failed Hub call ran into: an HTTP status, a timeout, a refused or broken connection."""
+
+    status: int | None = None
+    timeout: bool = False
+    network: bool = False
+    url: str | None = None  # the URL the failing request went to
+    host_differs: bool = False  # ... on another host than HF_ENDPOINT's (a redirect was followed)
+    text: str = ""
+
+
+def network_cause(exc: BaseException) -> NetworkCause:
+    """Walk ``exc``'s causes (huggingface_hub and httpx wrap each other) for the HTTP status or the network
+    failure behind it. Classes are recognised by name, so the httpx build huggingface_hub vendors is found too."""
+    from urllib.parse import urlparse
+
+    seen: set[int] = set()
+    found = NetworkCause(text=type(exc).__name__)
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        name = type(current).__name__
+        status = getattr(getattr(current, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return NetworkCause(status=status, text=f"HTTP {status}")
+        try:
+            url = str(current.request.url) if hasattr(current, "request") else None
+        except Exception:  # httpx raises when an exception carries no request
+            url = None
+        if "Timeout" in name or isinstance(current, TimeoutError):
+            return NetworkCause(timeout=True, url=url, text="timed out")
+        if name in ("ConnectError", "RemoteProtocolError", "ReadError", "NetworkError", "ProxyError") \
+                or isinstance(current, ConnectionError):
+            host = urlparse(url).netloc if url else None
+            differs = bool(host) and host != urlparse(_endpoint()).netloc
+            reason = str(current).splitlines()[0] if str(current) else name
+            if not found.network:  # the outermost network error knows the URL; the ones inside it, the reason
+                found = NetworkCause(network=True, url=url, host_differs=differs, text=reason)
+        current = current.__cause__ or current.__context__
+    return found
 
 
 # -- pulling ------------------------------------------------------------------------------------------------
