@@ -83,12 +83,12 @@ def test_unknown_schema_version(tmp_path):
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     import negprompt_cli.outputs.artifact as artifact_module
 
-    def explode(tensors, filename, metadata=None):
-        with open(filename, "wb") as handle:
-            handle.write(b"half")
+    def explode(path, data):
+        with open(path, "wb") as handle:
+            handle.write(data[:len(data) // 2])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(artifact_module, "save_file", explode)
+    monkeypatch.setattr(artifact_module, "write_bytes", explode)
     with pytest.raises(KeyboardInterrupt):
         save_prompts(make_artifact(), tmp_path / "p.safetensors")
     assert list(tmp_path.iterdir()) == []
@@ -141,3 +141,22 @@ def test_diverged_prompts_are_never_written(tmp_path):
     with pytest.raises(NegPromptError, match="non-finite values .* in ctx_pos: training diverged"):
         save_prompts(make_artifact(tensors={"ctx_pos": ctx}), tmp_path / "p.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_two_saves_of_the_same_prompts_are_the_same_bytes(tmp_path, monkeypatch):
+    """safetensors orders its header from a hash map; the artifact writer sorts it (and SOURCE_DATE_EPOCH fixes
+    the creation time), so identical prompts make identical files, as reproducible builds expect."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1765000000")
+    artifact = make_artifact(tensors={"ctx_pos": torch.randn(4, 8), "text_pos": torch.randn(2, 8)})
+    for name in ("a", "b", "c"):
+        save_prompts(artifact, tmp_path / f"{name}.safetensors")
+    files = {(tmp_path / f"{name}.safetensors").read_bytes() for name in ("a", "b", "c")}
+    assert len(files) == 1
+    loaded = load_prompts(tmp_path / "a.safetensors")
+    assert loaded.training == artifact.training
+    assert torch.equal(loaded.tensors["text_pos"], artifact.tensors["text_pos"])
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "a.safetensors"), "pt") as handle:
+        meta = handle.metadata()
+    assert meta["format"] == "pt" and json.loads(meta["negprompt"])["created"] == "2025-12-06T05:46:40Z"

@@ -134,6 +134,75 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_same(setup, monkeypa
     assert torch.equal(load_prompts(out).tensors["ctx_neg"], load_prompts(root / "full.safetensors").tensors["ctx_neg"])
 
 
+def terminate_during(monkeypatch, module, name: str) -> list[bool]:
+    """Replace ``module.name`` by a wrapper that sends this process SIGTERM (what `timeout` and schedulers send)
+    and then does the work: the signal lands in the middle of the command."""
+    original, sent = getattr(module, name), []
+
+    def wrapper(*args, **kwargs):
+        sent.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return sent
+
+
+def test_sigterm_during_transfer_leaves_no_file(setup, monkeypatch):
+    import negprompt_cli.stages.transfer as transfer
+
+    root, _ = setup
+    names = root / "new_names.txt"
+    names.write_text("red stripes\ngreen bars\nblue dots\npurple waves\n")
+    before = sorted(p.name for p in root.iterdir())
+    sent = terminate_during(monkeypatch, transfer, "text_features_for")
+    result = invoke(["transfer", "--prompts", str(root / "pos.safetensors"), "--names", str(names), "--out",
+                     str(root / "moved.safetensors"), "--calibrate", str(root / "test")])
+    assert sent and result.exit_code == 143 and result.stderr.rstrip().endswith("Terminated.")
+    assert sorted(p.name for p in root.iterdir()) == before  # no output, no temporary file
+
+
+def test_sigterm_during_report_leaves_no_report(setup, monkeypatch):
+    import negprompt_cli.stages.report as report
+
+    root, _ = setup
+    for name, folder in (("id.csv", "test"), ("ood.csv", "train")):
+        assert invoke(["score", str(root / folder), "--prompts", str(root / "pos.safetensors"), "--out",
+                       str(root / name), "--quiet"]).exit_code == 0
+    before = sorted(p.name for p in root.iterdir())
+    sent = terminate_during(monkeypatch, report, "make_figures")  # while the files are being written
+    result = invoke(["report", "--id", str(root / "id.csv"), "--ood", f"o={root / 'ood.csv'}", "--out",
+                     str(root / "report")])
+    assert sent and result.exit_code == 143 and result.stderr.rstrip().endswith("Terminated.")
+    assert sorted(p.name for p in root.iterdir()) == before  # no report folder, no staging folder
+
+
+def test_an_interrupted_fit_pos_resumes_to_the_same_bytes(setup, monkeypatch):
+    """fit-pos + Ctrl-C + --resume writes the very file an uninterrupted run writes (SOURCE_DATE_EPOCH fixes the
+    one field that would differ, the creation time)."""
+    root, backbone = setup
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1765000000")
+    base = ["fit-pos", "--data", str(root / "train"), *backbone, *POS_FAST]
+    assert invoke([*base, "--out", str(root / "whole.safetensors")]).exit_code == 0
+    import negprompt_cli.training.loop as training
+
+    original, sent = training.cosine_with_warmup, []
+
+    def terminate_in_epoch_three(epoch, **kwargs):
+        if epoch == 2 and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(epoch, **kwargs)
+
+    monkeypatch.setattr(training, "cosine_with_warmup", terminate_in_epoch_three)
+    out = root / "resumed.safetensors"
+    first = invoke([*base, "--out", str(out)])
+    assert first.exit_code == 143 and not out.exists() and (root / "resumed.safetensors.ckpt").exists()
+    second = invoke([*base, "--out", str(out), "--resume"])
+    assert second.exit_code == 0, second.stderr
+    assert out.read_bytes() == (root / "whole.safetensors").read_bytes()
+
+
 def test_resume_without_a_checkpoint_starts_fresh_with_a_notice(setup):
     root, _ = setup
     out = root / "fresh.safetensors"

@@ -281,3 +281,23 @@ def test_a_stalled_download_ends_within_two_seconds_of_a_signal(hub, artifact_fi
     assert process.returncode == code
     assert time.monotonic() - sent < 2.0
     assert process.stderr.read().rstrip().endswith(word)
+
+
+def test_sigterm_during_push_ends_it_with_143(hub, artifact_file, monkeypatch):
+    """#30: SIGTERM during `push` (the upload) is exit 143 with one line, and the repository gets no commit."""
+    import signal
+
+    from huggingface_hub import HfApi
+
+    original = HfApi.upload_folder
+
+    def terminate_then_upload(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(HfApi, "upload_folder", terminate_then_upload)
+    result = cli(["push", str(artifact_file), "lab/p"])
+    assert result.exit_code == 143 and result.stderr.rstrip().endswith("Terminated.")
+    assert result.stdout == ""  # no commit id: nothing was pushed
+    commits = hub.store.repos.get("lab/p", {}).get("commits", {})
+    assert all(set(files) == {".gitattributes"} for files in commits.values())

@@ -165,6 +165,8 @@ def network_wait() -> Iterator[None]:
         yield
         return
 
+    watchdogs: list[threading.Timer] = []
+
     def stop(signum, frame):
         terminated = signum == signal.SIGTERM
         if not terminated:
@@ -172,6 +174,7 @@ def network_wait() -> Iterator[None]:
         watchdog = threading.Timer(NETWORK_EXIT_GRACE_SECONDS, _exit_now, args=(terminated,))
         watchdog.daemon = True
         watchdog.start()
+        watchdogs.append(watchdog)
         raise Terminated() if terminated else KeyboardInterrupt
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -180,6 +183,11 @@ def network_wait() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        # Out of the block: the watchdog is needed only while a transfer thread the interpreter would wait for
+        # is still alive (a program running the CLI in-process goes on after the command).
+        if not [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]:
+            for watchdog in watchdogs:
+                watchdog.cancel()
 
 
 def _exit_now(terminated: bool) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from ..errors import IncompatibleArtifactError, NegPromptError, NotFoundError, UsageError
 from .atomic import check_output_path, write_atomic
@@ -82,7 +84,7 @@ def save_prompts(artifact: PromptArtifact, path: str | Path) -> Path:
     """Write atomically: the file either appears complete or not at all."""
     path = check_output_path(Path(path))
     meta = artifact.metadata()
-    meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(_source_date_epoch()))
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in artifact.tensors.items()}
     broken = [k for k, v in tensors.items() if not bool(torch.isfinite(v).all())]
     if broken:  # never write a file that loading refuses
@@ -91,8 +93,32 @@ def save_prompts(artifact: PromptArtifact, path: str | Path) -> Path:
                              hint="lower --lr, or train in fp32 (--precision fp32)")
     meta["tensors_sha256"] = tensors_digest(tensors)
     header = {"format": "pt", METADATA_KEY: json.dumps(meta, sort_keys=True)}
-    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    data = canonical_safetensors(save(tensors, metadata=header))
+    write_atomic(path, lambda tmp: write_bytes(tmp, data))
     return path
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same file with its JSON header's keys in sorted order. safetensors writes the metadata from a hash map
+    whose order changes from one map to the next, so two saves of the same prompts differed in their bytes; a
+    reader does not care about the order, a checksum of the file (or a reproducible build) does."""
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + size])
+    ordered = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(ordered) > size:  # never: the same keys and values, compact as safetensors writes them
+        return data
+    return data[:8] + ordered + b" " * (size - len(ordered)) + data[8 + size:]
+
+
+def _source_date_epoch() -> float | None:
+    """``SOURCE_DATE_EPOCH`` (the reproducible-builds convention), so that two runs of the same training write
+    byte-identical files; None (now) when unset or not a whole number of seconds."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return int(value) if value.isdigit() else None
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
