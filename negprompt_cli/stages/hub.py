@@ -93,9 +93,12 @@ def _offline(options: HubOptions) -> bool:
 
 @contextmanager
 def hub_errors(action: str, repo_id: str, revision: str | None = None) -> Iterator[None]:
-    """Map huggingface_hub / network failures inside the block to one-line errors (exit 4, or 5)."""
+    """Map huggingface_hub / network failures inside the block to one-line errors (exit 4, or 5), with
+    huggingface_hub's own retry messages and progress bars kept off stderr (a 503 on every file printed dozens
+    of "Retrying in 8s" lines before the one line that says what happened)."""
     try:
-        yield
+        with _quiet_hub():
+            yield
     except (UsageError, IncompatibleArtifactError, HubError):
         raise
     except Exception as exc:
@@ -103,6 +106,24 @@ def hub_errors(action: str, repo_id: str, revision: str | None = None) -> Iterat
         if mapped is None:
             raise
         raise mapped from exc
+
+
+@contextmanager
+def _quiet_hub() -> Iterator[None]:
+    import logging
+
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    logger = logging.getLogger("huggingface_hub")
+    level, bars_off = logger.level, are_progress_bars_disabled()
+    logger.setLevel(logging.ERROR)
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if not bars_off:
+            enable_progress_bars()
 
 
 def _translate(exc: Exception, action: str, repo_id: str, revision: str | None) -> Exception | None:
