@@ -6,12 +6,14 @@ tensors or image files in batches, with the threshold decision. It is set up by 
 same batch gets the same score as a ``score`` run.
 
     detector = Detector.from_prompts("neg.safetensors")
-    rows = detector.score([pil_image, "photo.jpg"])  # [{"score", "prediction", "ood", ...}, ...]
+    row = detector.score(pil_image)  # one image: one row {"score", "prediction", "ood", ...}
+    rows = detector.score([pil_image, "photo.jpg"])  # a list (or an N x 3 x H x W tensor): a list of rows
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import torch
 from PIL import Image
 
 from .devices import check_precision
-from .errors import UsageError
+from .errors import NegPromptWarning, UsageError
 from .features.backbone import BackboneRequest, RuntimeOptions
 from .features.image_features import EncodeOptions, decode_rgb, encode_pixels
 from .inputs.pixels import as_displayed
@@ -32,10 +34,29 @@ from .scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_lab
 MAY_IMPORT = ("shared", "inputs", "outputs", "features", "scoring")  # read by tests/test_architecture.py
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor | str | Path
+Images = ImageLike | Iterable[ImageLike]
+
+
+def is_one_image(images: Any) -> bool:
+    """One image (a PIL image, a file path, an H x W x 3 array, a preprocessed 3 x H x W tensor), not a batch."""
+    if isinstance(images, (Image.Image, str, Path)):
+        return True
+    return isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 3
 
 
 class Detector:
-    """An OOD detector ready to score: prompts or class names, backbone, scorer and threshold, loaded once."""
+    """An OOD detector ready to score: prompts or class names, backbone, scorer and threshold, loaded once.
+
+    Attributes:
+        names: the class names, in prediction order.
+        scorer: the scorer's name (``"energy"``, ``"mcm"``, ...).
+        threshold: the ID threshold (score below it: OOD), or None when none applies.
+        threshold_source: where the threshold came from: ``"stored"`` (with the prompts, for exactly this class
+            list and scorer), ``"calibrated"`` (:meth:`calibrate`), ``"given"``, or None.
+        why_no_threshold: when the prompts' stored threshold does not apply, why (else None).
+        batch_size, precision: how images are encoded.
+        setup: the scoring setup (backbone, text features, mined labels) shared with ``negprompt score``.
+    """
 
     def __init__(self, setup: ScoringSetup, *, batch_size: int = 64, precision: str = "fp32",
                  threshold: float | None = None) -> None:
@@ -46,6 +67,8 @@ class Detector:
         self.precision = check_precision(setup.backbone.device, precision)
         self.threshold: float | None
         self.threshold_source: str | None
+        self.why_no_threshold: str | None = None
+        self._said_no_threshold = False
         if threshold is not None:
             self.threshold, self.threshold_source = float(threshold), "given"
         else:
@@ -114,12 +137,28 @@ class Detector:
         raise UsageError(f"cannot score a {type(image).__name__}",
                          hint="pass PIL images, HxWx3 uint8 arrays, preprocessed [3, H, W] tensors or file paths")
 
-    def features(self, images: Iterable[ImageLike]) -> torch.Tensor:
+    def __repr__(self) -> str:
+        names = self.setup.names
+        shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+        backbone = self.setup.backbone
+        decision = (f"threshold={self.threshold:.4g} ({self.threshold_source})" if self.threshold is not None
+                    else "threshold=None")
+        return (f"Detector(backbone={backbone.name!r}, pretrained={backbone.pretrained!r}, "
+                f"classes={len(names)} [{shown}], scorer={self.scorer!r}, {decision})")
+
+    def features(self, images: Images) -> torch.Tensor:
         """Unit image features [N, E], encoded in batches of ``batch_size`` (no cache: images in memory have no
-        file to key it by)."""
+        file to key it by). ``images``: one image, a list of them, or a preprocessed N x 3 x H x W tensor."""
+        each: Iterable[ImageLike]
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            each = list(images)
+        elif is_one_image(images):
+            each = [images]  # type: ignore[list-item]
+        else:
+            each = images  # type: ignore[assignment]
         batch: list[torch.Tensor] = []
         parts: list[torch.Tensor] = []
-        for image in images:
+        for image in each:
             batch.append(self._pixels(image))
             if len(batch) == self.batch_size:
                 parts.append(encode_pixels(self.setup.backbone, torch.stack(batch), self.precision))
@@ -133,15 +172,23 @@ class Detector:
     def score_features(self, features: torch.Tensor) -> list[dict[str, Any]]:
         return decision_rows(self.setup.scores(features), self.setup.names, self.threshold)
 
-    def score(self, images: Iterable[ImageLike]) -> list[dict[str, Any]]:
-        """One dict per image, in order: ``score`` (higher = more in-distribution), ``prediction`` (class name)
-        and its index, ``ood`` (score below the threshold; None without one), the max cosines to the class
-        prompts and to the negatives."""
-        return self.score_features(self.features(images))
+    def score(self, images: Images) -> dict[str, Any] | list[dict[str, Any]]:
+        """One dict per image: ``score`` (higher = more in-distribution), ``prediction`` (class name) and its
+        index, ``ood`` (score below the threshold; None without one, which is warned once), the max cosines to
+        the class prompts and to the negatives. One image (PIL, path, array, 3 x H x W tensor) gives one dict;
+        a list of images, or an N x 3 x H x W tensor, a list of dicts in order."""
+        rows = self.score_features(self.features(images))
+        if self.threshold is None and not self._said_no_threshold:
+            self._said_no_threshold = True
+            why = f" ({self.why_no_threshold})" if self.why_no_threshold else ""
+            warnings.warn(f"no threshold for this class list and scorer{why}: rows carry scores and ood None; "
+                          "call detector.calibrate(id_images) or use detector.with_threshold(value)",
+                          NegPromptWarning, stacklevel=2)
+        return rows[0] if is_one_image(images) else rows
 
     __call__ = score
 
-    def calibrate(self, id_images: Iterable[ImageLike], keep: float = 0.95) -> float:
+    def calibrate(self, id_images: Images, keep: float = 0.95) -> float:
         """Set (and return) the threshold that keeps ``keep`` of these in-distribution images, for exactly this
         class list and scorer (as ``score --calibrate``)."""
         record, _ = self.setup.calibrate(self.features(id_images), source="Detector.calibrate", keep=keep)

@@ -100,3 +100,43 @@ def test_one_import_gives_the_whole_api_and_stays_cheap():
     done = subprocess.run([sys.executable, "-c", "import sys, negprompt; print('torch' in sys.modules)"],
                           capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+# -- the first hour (#36 item 1) -------------------------------------------------------------------------------
+def test_one_image_gives_one_row_and_every_form_of_a_batch_a_list(trained):
+    """`detector.score(Image.open(p))` (the first call anyone types) used to fail with "'PngImageFile' object is
+    not iterable"."""
+    detector = negprompt.Detector.from_prompts(trained / "neg.safetensors", scorer="negprompt", device="cpu")
+    paths = sorted((trained / "test").rglob("*.png"))[:3]
+    as_list = detector.score(paths)
+    assert isinstance(as_list, list) and len(as_list) == 3
+    with Image.open(paths[0]) as image:
+        image.load()
+        one_pil = detector.score(image)
+    one_path, one_str = detector.score(paths[0]), detector.score(str(paths[0]))
+    one_array = detector.score(np.asarray(Image.open(paths[0]).convert("RGB")))
+    for row in (one_pil, one_path, one_str, one_array):
+        assert isinstance(row, dict) and row["score"] == pytest.approx(as_list[0]["score"], abs=1e-6)
+    pixels = torch.stack([detector.preprocess(Image.open(p)) for p in paths])  # N x 3 x H x W, preprocessed
+    batch = detector.score(pixels)
+    assert [r["score"] for r in batch] == pytest.approx([r["score"] for r in as_list], abs=1e-6)
+    single = detector.score(pixels[1])  # one preprocessed 3 x H x W tensor
+    assert single["score"] == pytest.approx(as_list[1]["score"], abs=1e-6)
+    assert detector(paths[0])["score"] == one_path["score"]  # calling it is scoring
+
+
+def test_the_detector_says_what_it_is_and_warns_once_without_a_threshold(trained):
+    detector = negprompt.Detector.from_prompts(trained / "neg.safetensors", scorer="mcm", device="cpu")
+    text = repr(detector)
+    assert text.startswith("Detector(backbone='local-dir:") and "classes=2 ['green bars', 'red stripes']" in text
+    assert "scorer='mcm'" in text and "threshold=None" in text  # the stored one is for another scorer
+    image = sorted((trained / "test").rglob("*.png"))[0]
+    with pytest.warns(negprompt.NegPromptWarning, match="no threshold for this class list and scorer") as caught:
+        assert detector.score(image)["ood"] is None
+        detector.score([image, image])
+    assert len(caught) == 1 and "calibrate(id_images)" in str(caught[0].message)
+    decided = detector.with_threshold(0.5)
+    assert "threshold=0.5 (given)" in repr(decided) and decided.score(image)["ood"] in (True, False)
+    doc = negprompt.Detector.__doc__
+    for name in ("threshold", "threshold_source", "why_no_threshold", "names", "scorer"):
+        assert f"{name}:" in doc or f"{name}," in doc, name
