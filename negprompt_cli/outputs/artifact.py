@@ -66,9 +66,19 @@ class PromptArtifact:
         if mine != theirs:
             raise IncompatibleArtifactError(
                 f"{path} was trained on {_describe(self.backbone)}, but the backbone is {_describe(identity)}",
-                hint=f"use --backbone {self.backbone.get('backbone')} "
-                     f"--pretrained {self.backbone.get('pretrained')}, or retrain",
+                hint=f"use {_backbone_flags(self.backbone)}, or retrain",
             )
+
+
+def _backbone_flags(backbone: dict[str, Any]) -> str:
+    """The flags that name ``backbone`` as a shell takes them: a name with a space quoted, no ``--pretrained``
+    for weights an artifact does not name (``--pretrained None`` would name weights called "None")."""
+    import shlex
+
+    flags = f"--backbone {shlex.quote(str(backbone.get('backbone')))}"
+    if backbone.get("pretrained"):
+        flags += f" --pretrained {shlex.quote(str(backbone['pretrained']))}"
+    return flags
 
 
 def package_versions() -> dict[str, str]:

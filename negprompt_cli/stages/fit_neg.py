@@ -186,6 +186,9 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
         positive = load_prompts(pos_path, kind="positive")
         preview = names_from_positive(preview, positive, pos_path, options.data.classes_file)
     if backbone is None:
+        if options.backbone is not None:  # a named backbone that is not the positives' fails before any loading
+            positive.check_backbone({"backbone": options.backbone.name, "pretrained": options.backbone.pretrained},
+                                    pos_path)
         backbone = load_backbone(options.backbone or artifact_backbone(positive, options.runtime, pos_path))
     set_text_checkpointing(backbone, options.grad_checkpoint)
     positive.check_backbone(backbone.identity(), pos_path)

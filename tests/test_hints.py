@@ -1,0 +1,68 @@
+"""Hints can be followed as printed (#36 item 3): each error's hint, applied to the command line, gets the next
+run past that error."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+from conftest import invoke, make_image_folder
+
+
+@pytest.fixture(scope="module")
+def toy_prompts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hints")
+    make_image_folder(root / "train", classes=("red_stripes", "green_bars"), per_class=4)
+    result = invoke(["fit-pos", "--data", str(root / "train"), "--backbone", "toy", "--epochs", "1", "--out",
+                     str(root / "pos.safetensors"), "--cache-dir", str(root / "cache"), "--quiet"])
+    assert result.exit_code == 0, result.stderr
+    return root
+
+
+def hint_flags(stderr: str) -> list[str]:
+    """The flags a "Hint: use FLAGS, or ..." line names, split as a shell would split them."""
+    hint = next(line for line in stderr.splitlines() if line.startswith("Hint: "))
+    match = re.match(r"Hint: use (.*?), or ", hint)
+    assert match, hint
+    return shlex.split(match.group(1))
+
+
+def replace_flags(args: list[str], flags: list[str]) -> list[str]:
+    """``args`` with each flag of ``flags`` set to the value the hint gives (added when absent)."""
+    given = dict(zip(flags[::2], flags[1::2], strict=True))
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in given:
+            skip = True
+            continue
+        out.append(arg)
+    for flag, value in given.items():
+        out += [flag, value]
+    return out
+
+
+def test_the_backbone_mismatch_hint_of_score_can_be_followed(toy_prompts):
+    """It used to say "use --backbone toy --pretrained None", which named weights called "None"."""
+    args = ["score", str(toy_prompts / "train"), "--prompts", str(toy_prompts / "pos.safetensors"), "--backbone",
+            "ViT-B/16", "--pretrained", "none", "--quiet", "--cache-dir", str(toy_prompts / "cache")]
+    refused = invoke(args)
+    assert refused.exit_code == 5 and "was trained on toy" in refused.stderr
+    flags = hint_flags(refused.stderr)
+    assert flags == ["--backbone", "toy"]
+    args = replace_flags([a for a in args if a not in ("--pretrained", "none")], flags)
+    followed = invoke(args)
+    assert followed.exit_code == 0, followed.stderr
+
+
+def test_fit_neg_refuses_another_backbone_before_loading_it_and_its_hint_works(toy_prompts, tmp_path):
+    args = ["fit-neg", "--data", str(toy_prompts / "train"), "--pos", str(toy_prompts / "pos.safetensors"),
+            "--backbone", "RN50", "--epochs", "1", "--out", str(tmp_path / "neg.safetensors"), "--quiet",
+            "--cache-dir", str(toy_prompts / "cache")]
+    refused = invoke(args)  # offline: loading RN50's weights first would be exit 4, not this
+    assert refused.exit_code == 5 and "was trained on toy, but the backbone is RN50" in refused.stderr
+    followed = invoke(replace_flags(args, hint_flags(refused.stderr)))
+    assert followed.exit_code == 0, followed.stderr
