@@ -333,8 +333,9 @@ def test_score_takes_several_images_and_folders_in_order(world):
     assert [r["score"] for r in both] == pytest.approx([r["score"] for r in test + ood], rel=1e-5)
     # --labeled: the class is the first folder below the input each image came from
     assert [r["label"] for r in both[:len(test)]] == [r["label"] for r in test]
-    assert {r["label"] for r in both[len(test):]} == {"blue_dots"}
-    assert {r["label_index"] for r in both[len(test):]} == {-1}  # not a trained class
+    assert {r["label_folder"] for r in both[len(test):]} == {"blue_dots"}
+    assert {r["label"] for r in both[len(test):]} == {None}  # not a trained class: no class name
+    assert {r["label_index"] for r in both[len(test):]} == {-1}
     # a file first: its position is kept
     first, _ = rows(one_file, world / "test")
     assert first[0]["path"] == str(one_file) and len(first) == 1 + len(test)

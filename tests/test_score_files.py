@@ -70,3 +70,15 @@ def test_jsonl_with_crlf_and_a_bom_reads_too(scored, tmp_path):
     text = (tmp_path / "s.jsonl").read_text()
     (tmp_path / "crlf.jsonl").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
     assert read_score_file(tmp_path / "crlf.jsonl") == read_score_file(tmp_path / "s.jsonl")
+
+
+def test_label_is_a_class_name_as_prediction_is_and_the_folder_has_its_own_column(scored, tmp_path):
+    """#36 item 2: `label` held the folder (`red_stripes`) while `prediction` held the name (`red stripes`), so
+    `df.prediction == df.label` disagreed with the report's ID accuracy."""
+    rows = read_score_file(scored / "id.csv")
+    assert {r["label_folder"] for r in rows} == {"red_stripes", "green_bars", "blue_dots"}
+    assert {r["label"] for r in rows} == {"red stripes", "green bars", "blue dots"}
+    assert all(r["label"] == r["label_folder"].replace("_", " ") for r in rows)
+    as_a_dataframe_would = sum(r["prediction"] == r["label"] for r in rows) / len(rows)
+    report = report_json(scored, scored / "id.csv", scored / "ood.csv", tmp_path / "r")
+    assert report["id"]["accuracy"] == pytest.approx(as_a_dataframe_would)

@@ -171,7 +171,8 @@ def _score(options: BenchmarkOptions, views: dict[str, Any], folder: Path, score
 def _metrics(files: dict[str, Path], ood_names: list[str], wnids: tuple[str, ...]) -> dict[str, Any]:
     id_rows = read_score_file(files["ID"])
     index = {w: i for i, w in enumerate(wnids)}  # the ID test folders are wnids, in class order
-    labelled = [r for r in id_rows if r.get("label") in index]
+    folder = "label_folder" if id_rows and "label_folder" in id_rows[0] else "label"  # older files: the folder
+    labelled = [r for r in id_rows if r.get(folder) in index]
     id_scores = np.array([r["score"] for r in id_rows])
     sets = {}
     for name in ood_names:
@@ -181,7 +182,7 @@ def _metrics(files: dict[str, Path], ood_names: list[str], wnids: tuple[str, ...
                       "fpr95": by_convention["id-positive"]["fpr"],
                       "fpr95_ood_positive": by_convention["ood-positive"]["fpr"]}
     average = {k: float(np.mean([m[k] for m in sets.values()])) for k in ("auroc", "fpr95", "fpr95_ood_positive")}
-    accuracy = float(np.mean([r["prediction_index"] == index[r["label"]] for r in labelled])) if labelled else None
+    accuracy = float(np.mean([r["prediction_index"] == index[r[folder]] for r in labelled])) if labelled else None
     return {"sets": sets, "average": average, "id_accuracy": accuracy}
 
 

@@ -12,12 +12,13 @@ from typing import Any
 from ..errors import NotFoundError, UsageError
 
 FORMATS = ("csv", "jsonl")
+# label: the true class's name (the vocabulary of prediction), label_folder: the folder it was read from (--labeled)
 COLUMNS = ["path", "score", "prediction", "prediction_index", "ood", "max_pos_cos", "max_neg_cos", "label",
-           "label_index", "scorer", "prompts_id", "threshold", "threshold_source"]
+           "label_index", "label_folder", "scorer", "prompts_id", "threshold", "threshold_source"]
 
 
 EXPLAIN_COLUMNS = ["top_classes", "nearest_negatives"]  # score --explain: [{"name", "cos"}, ...] per image
-TEXT_COLUMNS = ("path", "prediction", "label", "scorer", "prompts_id")
+TEXT_COLUMNS = ("path", "prediction", "label", "label_folder", "scorer", "prompts_id")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula
 
 

@@ -267,14 +267,16 @@ class _RowWriter:
             path = self.paths[indices[k]]
             row: dict[str, Any] = {
                 "path": str(path), **decided,
-                "label": None, "label_index": None, "scorer": setup.scorer, "prompts_id": setup.prompts_id,
+                "label": None, "label_index": None, "label_folder": None, "scorer": setup.scorer,
+                "prompts_id": setup.prompts_id,
                 "threshold": self.threshold, "threshold_source": self.threshold_source,  # the rule, for report
             }
             if options.labeled:  # the class is the first folder below the input's folder
                 relative = path.relative_to(self.paths.root(indices[k])).parts
                 folder = relative[0] if len(relative) > 1 else ""
-                row["label"] = folder
+                row["label_folder"] = folder
                 row["label_index"] = self.lookup.get(folder, -1)
+                row["label"] = setup.names[row["label_index"]] if row["label_index"] >= 0 else None
                 if row["label_index"] == -1:
                     self.tally.unknown_labels[folder] = self.tally.unknown_labels.get(folder, 0) + 1
             if explanations is not None:
