@@ -149,7 +149,14 @@ def test_fit_neg_and_score_say_that_the_default_scorer_does_not_use_the_negative
     summary, stderr = scored[None]
     assert summary["scorer"] == "energy" and summary["scorer_source"] == "stored threshold"
     assert summary["negative_prompts"] == {"per_class": 2, "used": False}
+    assert "Note:" not in stderr  # fit-neg said it for these prompts and this scorer: once (#36 item 5)
+    fresh = invoke(["score", str(data), "--prompts", str(neg), "--out", str(root / "again.csv"), "--cache-dir",
+                    str(root / "another-cache")])  # remembered per feature cache
+    stderr = " ".join(fresh.stderr.split())
     assert note in stderr and "--scorer negprompt+csp or --scorer negprompt uses them" in stderr
+    quiet = invoke(["score", str(data), "--prompts", str(neg), "--out", str(root / "q.csv"), "--cache-dir",
+                    str(root / "a-third-cache"), "--quiet"])
+    assert "Note:" not in quiet.stderr
     summary, stderr = scored["negprompt"]
     assert summary["negative_prompts"]["used"] is True and "Note:" not in stderr
     summary, stderr = scored["mcm"]
@@ -388,3 +395,24 @@ def test_a_quick_quality_run_never_replaces_the_stored_results(tmp_path, monkeyp
     quality.main()
     assert json.loads((tmp_path / "benchmarks" / "results" / "quality-quick.json").read_text()) == payload
     assert not (tmp_path / "benchmarks" / "results" / "quality.json").exists()
+
+
+def test_the_note_is_said_once_per_prompts_file_and_scorer(wnid_data, tmp_path):
+    """#36 item 5: the three-line note repeated on every score; now once per prompts file and scorer, remembered
+    in the feature cache (without disturbing it: `cache verify` finds nothing foreign)."""
+    root, data, _ = wnid_data
+    neg = tmp_path / "neg.safetensors"
+    assert invoke(["fit-neg", "--data", str(data), "--pos", str(root / "pos.safetensors"), "--out", str(neg),
+                   *NEG_FAST, "--quiet"]).exit_code == 0
+    cache = tmp_path / "cache"
+    args = ["score", str(data), "--prompts", str(neg), "--scorer", "maxlogit", "--cache-dir",
+            str(cache), "--out"]
+    first = invoke([*args, str(tmp_path / "1.csv")])
+    second = invoke([*args, str(tmp_path / "2.csv")])
+    assert first.exit_code == second.exit_code == 0
+    assert "Note: the maxlogit scorer does not use the negative prompts" in first.stderr
+    assert "Note:" not in second.stderr
+    other_scorer = invoke([*args[:5], "msp", *args[6:], str(tmp_path / "3.csv")])
+    assert "Note: the msp scorer does not use the negative prompts" in other_scorer.stderr
+    verified = invoke(["cache", "verify", "--cache-dir", str(cache)])
+    assert verified.exit_code == 0 and "not written by negprompt" not in verified.stderr

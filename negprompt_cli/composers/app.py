@@ -269,6 +269,16 @@ def finish(message: str, summary: dict[str, Any], as_json: bool) -> None:
         emit_json(summary)
 
 
+def note_is_new(cache_dir: Path | None, prompts_id: str, scorer: str) -> bool:
+    """The note that a scorer ignores the trained negative prompts: once per prompts file and scorer, remembered
+    in the feature cache (``--cache-dir``), so that it is read rather than scrolled past on every run."""
+    from ..environment import default_cache_dir
+    from ..features.feature_cache import first_time
+
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return first_time(root, f"negatives-unused:{prompts_id}:{scorer}")
+
+
 def _prompts_path(value: str, offline: bool = False) -> Path:
     """A prompts file, or an hf://ORG/NAME[@REVISION] reference resolved through the Hub cache."""
     from ..stages.hub import hub_options, is_hub_ref, resolve_prompts

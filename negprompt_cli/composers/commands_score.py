@@ -17,6 +17,7 @@ from .app import (
     app,
     check_paths,
     finish,
+    note_is_new,
     print_report,
     reports_errors,
 )
@@ -147,7 +148,8 @@ def score_command(
         return
     info(score_message(summary, out))
     negatives = summary["negative_prompts"]
-    if negatives is not None and not negatives["used"]:
+    if negatives is not None and not negatives["used"] and not quiet \
+            and note_is_new(flags.images["cache_dir"], summary["prompts_id"], summary["scorer"]):
         info("Note: " + negatives_note(summary["scorer"], by_default=summary["scorer_source"] != "--scorer") + ".")
     if json_out:
         emit_json(summary)

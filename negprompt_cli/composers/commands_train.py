@@ -18,6 +18,7 @@ from .app import (
     app,
     check_paths,
     finish,
+    note_is_new,
     reports_errors,
 )
 from .cli_options import (
@@ -138,7 +139,11 @@ def fit_neg_command(
                else _fit_pos_then_neg(options, distributed, flags.pos_stage))
     if summary is None:  # a rank other than 0 of a torchrun job
         return
-    finish(fit_neg_message(summary, out), summary, flags.run["json_out"])
+    from ..outputs.artifact import artifact_id
+
+    note = (not summary["scorer_uses_negative_prompts"] and not flags.run["quiet"]
+            and note_is_new(flags.data["cache_dir"], artifact_id(out), summary["threshold"]["scorer"]))
+    finish(fit_neg_message(summary, out, note=note), summary, flags.run["json_out"])
 
 
 def _fit_neg_across(options: Any, distributed: bool | None) -> dict[str, Any] | None:
@@ -168,11 +173,11 @@ def _fit_pos_then_neg(options: Any, distributed: bool | None, pos_stage: dict[st
     return fit_pos_then_neg(pos_stage_options(options, options.backbone, prompt, positive_optim), options)
 
 
-def fit_neg_message(summary: dict[str, Any], out: Path) -> str:
+def fit_neg_message(summary: dict[str, Any], out: Path, *, note: bool) -> str:
     settings = ", ".join(f"{k} {v}" for k, v in summary["learner_options"].items())
     message = (f"Wrote {out}: {summary['classes']} classes ({summary['train_classes']} trained on), learner "
                f"{summary['learner']} ({settings}); ID threshold {summary['threshold']['value']:.4f} "
                f"({summary['threshold']['scorer']}) keeps 95% of {summary['threshold']['source']} images.")
-    if not summary["scorer_uses_negative_prompts"]:
+    if note:  # the scorer the threshold is for ignores the negatives: said once per prompts file (note_is_new)
         message += " Note: " + negatives_note(summary["threshold"]["scorer"], by_default=True) + "."
     return message

@@ -62,6 +62,7 @@ TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
             "# This file is a cache directory tag created by negprompt (image-feature cache).\n"
             "# For information about cache directory tags see https://bford.info/cachedir/\n")
 TEXT_FEATURES_DIR = "text-features"  # the mined-label candidates' text features (negative_labels)
+NOTES_DIR = "notes"  # which one-time notes were shown (first_time)
 SHARD_NAME = re.compile(r"[0-9a-f]{32}\.safetensors")
 TEMP_NAME = re.compile(r"\.[0-9a-f]{32}-[0-9]+-.+\.safetensors\.tmp")
 
@@ -265,11 +266,29 @@ def cache_keys(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _owned_key(p))
 
 
+def first_time(root: Path, key: str) -> bool:
+    """Whether a note about ``key`` is new to this cache (and remember that it was shown): a note that repeats on
+    every run stops being read. Concurrent runs agree (one file created exclusively); a cache that cannot be
+    written remembers nothing, and the note is shown."""
+    folder = Path(root) / NOTES_DIR
+    try:
+        if not Path(root).exists():
+            Path(root).mkdir(parents=True)
+            mark_root(Path(root))
+        folder.mkdir(exist_ok=True)
+        os.close(os.open(folder / hashlib.sha256(key.encode()).hexdigest()[:32], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def foreign_entries(root: Path) -> list[Path]:
     """What lies in a cache root that negprompt did not put there (left alone by gc; named in its warning)."""
     if not root.is_dir():
         return []
-    ours = {TAG_FILE, TEXT_FEATURES_DIR, *(p.name for p in cache_keys(root))}
+    ours = {TAG_FILE, TEXT_FEATURES_DIR, NOTES_DIR, *(p.name for p in cache_keys(root))}
     return sorted(p for p in root.iterdir() if p.name not in ours and not TEMP_NAME.fullmatch(p.name)
                   and not (p.name.startswith(f".{TAG_FILE}.") and p.name.endswith(".tmp")))
 

@@ -112,6 +112,11 @@ def write_bytes(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def artifact_id(path: str | Path) -> str:
+    """A prompts file's short identity (the first 16 hex digits of its SHA-256), written in every score row."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def canonical_safetensors(data: bytes) -> bytes:
     """The same file with its JSON header's keys in sorted order. safetensors writes the metadata from a hash map
     whose order changes from one map to the next, so two saves of the same prompts differed in their bytes; a

@@ -7,7 +7,6 @@ image scores the same through either.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from ..features.backbone import Backbone, BackboneRequest, RuntimeOptions, artif
 from ..features.image_features import EncodeOptions
 from ..features.text_encoder import SoftPromptTextEncoder
 from ..features.text_features import HAND_TEMPLATE, hand_template_features, template_features, text_features_for
-from ..outputs.artifact import PromptArtifact, check_fits_backbone, load_prompts
+from ..outputs.artifact import PromptArtifact, artifact_id, check_fits_backbone, load_prompts
 from ..presets import default_scorer
 from ..registry import ScorerSpec, get_host
 from .negative_labels import LabelRequest, NegativeLabels, prepare, settings_fingerprint, zero_shot_templates
@@ -155,7 +154,7 @@ def setup_scoring(request: ScoringRequest) -> ScoringSetup:
         names = names or list(artifact.class_names)
         text_pos, text_neg = text_features_for(SoftPromptTextEncoder(backbone), artifact, names,
                                                request.runtime.text_chunk)
-        prompts_id = hashlib.sha256(Path(request.prompts).read_bytes()).hexdigest()[:16]
+        prompts_id = artifact_id(request.prompts)
         stored, extra = artifact.extra.get("threshold"), artifact.extra
         tau_scorer = calibrated_scorer(artifact.extra)
         artifact_names = list(artifact.class_names)

@@ -179,7 +179,7 @@ def _summary(plan: _Plan, joined: Joined, adaptive_record: dict[str, Any] | None
                "negative_labels": ({**labels.record(), "groups": scorer_options["groups"]}
                                    if labels is not None and scorer_options is not None else None),
                "adaptive": adaptive_record,
-               "scorer_source": setup.scorer_source,
+               "scorer_source": setup.scorer_source, "prompts_id": setup.prompts_id,
                # learned negative prompts: how many per class, and whether this scorer reads them
                "negative_prompts": None if text_neg is None else {
                    "per_class": int(text_neg.shape[1]),
