@@ -174,10 +174,13 @@ def _fit_pos_then_neg(options: Any, distributed: bool | None, pos_stage: dict[st
 
 
 def fit_neg_message(summary: dict[str, Any], out: Path, *, note: bool) -> str:
+    from ..scoring.thresholds import calibrated_on
+
     settings = ", ".join(f"{k} {v}" for k, v in summary["learner_options"].items())
     message = (f"Wrote {out}: {summary['classes']} classes ({summary['train_classes']} trained on), learner "
                f"{summary['learner']} ({settings}); ID threshold {summary['threshold']['value']:.4f} "
-               f"({summary['threshold']['scorer']}) keeps 95% of {summary['threshold']['source']} images.")
+               f"({summary['threshold']['scorer']}) keeps {summary['threshold'].get('id_kept', 0.95):.0%} of "
+               f"{calibrated_on(summary['threshold'])}.")
     if note:  # the scorer the threshold is for ignores the negatives: said once per prompts file (note_is_new)
         message += " Note: " + negatives_note(summary["threshold"]["scorer"], by_default=True) + "."
     return message

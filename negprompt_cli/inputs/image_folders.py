@@ -120,6 +120,22 @@ def _loops_back(folder: Path, root: Path, skipped: list[Skipped]) -> bool:
     return False
 
 
+def warn_foreign_calibration_classes(folder: Path, names: list[str]) -> None:
+    """A calibration folder is ID images of *this* class list: class folders in it that name none of the
+    classes (compared as names are: case, ``_`` and Unicode form aside) are said, since their images move the
+    threshold as if they were ID."""
+    if not Path(folder).is_dir():
+        return
+    known = {name_key(n) for n in names}
+    foreign = sorted(p.name for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and name_key(p.name.replace("_", " ")) not in known and name_key(p.name) not in known)
+    if foreign:
+        shown = ", ".join(repr(f) for f in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        warnings.warn(f"calibration folder {folder} holds {len(foreign)} folder(s) that name no class of the "
+                      f"{len(names)} class names: {shown}; their images are calibrated on as in-distribution",
+                      NegPromptWarning, stacklevel=3)
+
+
 def folder_fingerprint(folder: ImageFolder) -> str:
     """Which images a training folder holds: each image's path below the root and size, in class order. A
     finished stage is reused only for the same fingerprint (a class or an image added, removed or rewritten to

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from typing import Any
 
 from .table import TABLE_HEADER, markdown_table, markdown_text, table_rows
@@ -22,7 +23,7 @@ table{border-collapse:collapse;margin:.6em 0} td,th{border:1px solid #ccc;paddin
 td{text-align:right} td:first-child,th:first-child{text-align:left} tr.avg td{font-weight:600;background:#fafafa}
 img.plot{max-width:100%} .gallery{display:flex;flex-wrap:wrap;gap:8px}
 figure{margin:0;width:132px;font-size:.75em} figure img{width:112px;height:112px;object-fit:contain;background:#eee}
-figcaption{overflow-wrap:anywhere} .missing{width:112px;height:112px;background:#eee;color:#666;display:flex;
+figcaption{overflow-wrap:break-word} .missing{width:112px;height:112px;background:#eee;color:#666;display:flex;
 align-items:center;justify-content:center;text-align:center;font-size:.8em;padding:4px;box-sizing:border-box}
 .path{color:#777}
 """
@@ -97,6 +98,11 @@ def _per_class_html(per_class: list[dict[str, Any]]) -> str:
     return text
 
 
+def path_breaks(path: str) -> str:
+    """A path escaped for HTML, allowed to wrap after each separator (``<wbr>``) rather than mid-word."""
+    return "/<wbr>".join(_e(part) for part in str(path).split("/"))
+
+
 def _gallery(entries: list[dict[str, Any]], thumbs: dict[str, tuple[str | None, str | None]]) -> str:
     if not entries:
         return "<p>None.</p>"
@@ -107,7 +113,7 @@ def _gallery(entries: list[dict[str, Any]], thumbs: dict[str, tuple[str | None, 
                    else f"<div class=missing>{_e(note)}</div>")
         label = f" · label {_e(entry['label'])}" if entry.get("label") else ""
         items.append(f"<figure>{picture}<figcaption>score {entry['score']:.4g} · predicted "
-                     f"{_e(entry['prediction'])}{label}<br><span class=path>{_e(entry['path'])}</span>"
+                     f"{_e(entry['prediction'])}{label}<br><span class=path>{path_breaks(entry['path'])}</span>"
                      "</figcaption></figure>")
     return f"<div class=gallery>{''.join(items)}</div>"
 
@@ -127,6 +133,15 @@ def _galleries_html(report: dict[str, Any], thumbs: dict[str, tuple[str | None, 
     return "".join(parts)
 
 
+def code_span(value: object) -> str:
+    """Text as a Markdown code span: shown exactly (paths and commands keep their underscores and parentheses)
+    and inert, fenced with more backticks than it holds."""
+    text = " ".join(str(value).splitlines())
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def render_markdown(report: dict[str, Any], figure_names: list[str]) -> str:
     provenance = report["provenance"]
     accuracy = report["id"]["accuracy"]
@@ -136,7 +151,7 @@ def render_markdown(report: dict[str, Any], figure_names: list[str]) -> str:
                + f". FPR convention: **{markdown_text(report['fpr_convention'])}**: "
                f"{markdown_text(report['fpr_definition'])}. AUPR: {markdown_text(report['aupr_estimator'])}. "
                f"Created {markdown_text(provenance['created'])} by negprompt {markdown_text(provenance['negprompt'])}"
-               + (f" with {markdown_text(provenance['command'])}" if provenance.get("command") else "") + ".")
+               + (f" with {code_span(provenance['command'])}" if provenance.get("command") else "") + ".")
     lines = ["# negprompt OOD report", "", summary, "", markdown_table(report), "", "## Decision threshold", "",
              markdown_text(threshold_sentence(report)), ""]
     for name in figure_names:

@@ -6,7 +6,9 @@ import html
 import re
 from typing import Any
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+# What can make Markdown of inline text: emphasis, code, links and images (both need "["), table cells, strike,
+# a heading. Parentheses, braces, "+" and "!" do nothing without them, so they are left as written (no stray "\(").
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]#|~])")
 
 
 def markdown_text(value: object) -> str:

@@ -48,6 +48,21 @@ class ThresholdWarning(NegPromptWarning):
     """Scores are written without an OOD decision because no applicable threshold exists."""
 
 
+def calibrated_on(record: dict[str, Any]) -> str:
+    """Which ID images a stored threshold keeps ``id_kept`` of, in words, saying so where that is optimistic: a
+    threshold calibrated on the very images the prompts were fitted on keeps fewer of new images."""
+    source, n = str(record.get("source", "?")), record.get("n_images")
+    count = f"{n} " if isinstance(n, int) else ""
+    if source == "training":
+        return (f"the {count}training images the prompts were fitted on, an optimistic measure: it keeps fewer of "
+                "new ID images, and --val-fraction holds some out to calibrate on")
+    if source == "validation":
+        return f"{count}held-out validation images"
+    if source.startswith("calibration images "):
+        return f"{count}calibration images in {source.removeprefix('calibration images ')}"
+    return f"{count}{source} images"
+
+
 def class_list_id(names: Sequence[str]) -> dict[str, Any]:
     """Count and content hash of an ordered class list (order matters: predictions are indices)."""
     digest = hashlib.sha256(json.dumps(list(names), ensure_ascii=False).encode()).hexdigest()[:16]

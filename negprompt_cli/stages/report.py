@@ -98,6 +98,7 @@ def build_report(options: ReportOptions) -> dict[str, Any]:
     near = [n for n in results if n in options.near]
     far = [n for n in results if n not in options.near]
     threshold = decision_threshold(options, id_rows, ood_rows)
+    _warn_unlikely_id(options.id_file, id_rows, id_scores, ood_rows)
     report: dict[str, Any] = {
         "fpr_convention": options.fpr_convention,
         "fpr_definition": ("fraction of OOD images accepted as ID at the threshold keeping "
@@ -196,6 +197,19 @@ def check_report_folder(out: Path, overwrite: bool) -> None:
                                   "own files (yours are kept)")
 
 
+def _warn_unlikely_id(id_file: Path, id_rows: list[dict[str, Any]], id_scores: np.ndarray,
+                      ood_rows: dict[str, list[dict[str, Any]]]) -> None:
+    """The two ways a report goes wrong silently: an ID file scored without --labeled (no ID accuracy, no
+    per-class view by true class), and an ID file that is really an OOD file (--id and --ood swapped)."""
+    if not any(isinstance(r.get("label_index"), int) and r["label_index"] >= 0 for r in id_rows):
+        warnings.warn(f"{id_file} has no labels, so the report has no ID accuracy (score the ID images with "
+                      "--labeled, their class folders named as the classes)", NegPromptWarning, stacklevel=3)
+    below = [name for name, rows in ood_rows.items() if np.median([r["score"] for r in rows]) > np.median(id_scores)]
+    if len(below) == len(ood_rows):
+        warnings.warn(f"{id_file} looks like an OOD file: its median score is below every OOD set's; are --id and "
+                      "--ood the right way round?", NegPromptWarning, stacklevel=3)
+
+
 def _check_compatible(id_file: Path, id_rows, ood_files, ood_rows) -> None:
     """Scores from different scorers or prompts are on different scales: refuse to mix them."""
     ref = (id_rows[0].get("scorer"), id_rows[0].get("prompts_id"))
@@ -254,6 +268,16 @@ def write_report_files(report: dict[str, Any], id_scores: np.ndarray, ood_scores
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
+def operating_points(report: dict[str, Any], id_scores: np.ndarray,
+                     ood_scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Per OOD set, (FPR, TPR) at the report's decision threshold: OOD accepted as ID, ID kept (score >= it)."""
+    threshold = report.get("threshold")
+    if not threshold:
+        return {}
+    kept = float(np.mean(id_scores >= threshold["value"]))
+    return {name: (float(np.mean(scores >= threshold["value"])), kept) for name, scores in ood_scores.items()}
+
+
 def make_figures(report: dict[str, Any], id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]) -> dict[str, bytes]:
     import matplotlib
 
@@ -276,10 +300,17 @@ def _figures(report: dict[str, Any], id_scores: np.ndarray, ood_scores: dict[str
         return buffer.getvalue()
 
     fig, ax = plt.subplots(figsize=(5, 5))
+    points = operating_points(report, id_scores, ood_scores)
     for name, scores in ood_scores.items():
         labels = np.r_[np.ones(len(id_scores)), np.zeros(len(scores))]
         fpr, tpr, _ = roc_curve(labels, np.r_[id_scores, scores])
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {100 * report['ood'][name]['auroc']:.1f})")
+        (line,) = ax.plot(fpr, tpr, label=f"{name} (AUROC {100 * report['ood'][name]['auroc']:.1f})")
+        if name in points:  # where the decision threshold puts this set on its curve
+            ax.plot(*points[name], marker="o", markersize=7, color=line.get_color(), markeredgecolor="black",
+                    linestyle="none")
+    if points:
+        ax.plot([], [], marker="o", color="grey", markeredgecolor="black", linestyle="none",
+                label=f"threshold {report['threshold']['value']:.4g}")
     ax.plot([0, 1], [0, 1], ls=":", c="grey")
     ax.set(xlabel="OOD accepted as ID (FPR)", ylabel="ID kept (TPR)", title="ROC, ID = positive")
     ax.legend(loc="lower right")

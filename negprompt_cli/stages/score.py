@@ -19,7 +19,7 @@ from ..distributed import SINGLE, Ranks, batch_shard, check_enough_items, from_m
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..features.backbone import Backbone, BackboneRequest, RuntimeOptions
 from ..features.image_features import EncodeOptions, EncodeStats, ImageStream, Window, agree_on_list, ranks_agree
-from ..inputs.image_folders import find_images, image_inputs, read_names_file
+from ..inputs.image_folders import find_images, image_inputs, read_names_file, warn_foreign_calibration_classes
 from ..inputs.image_list import ImageList, is_image_file, list_images
 from ..outputs.artifact import PromptArtifact
 from ..outputs.atomic import check_not_input, check_output_path, is_stream_target
@@ -493,6 +493,8 @@ def _threshold(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptio
         if not paths:
             raise UsageError(f"no images found under {options.calibrate}")
         shares.check_calibration_list(paths)
+        if shares.ranks.is_main:
+            warn_foreign_calibration_classes(options.calibrate, setup.names)
         stream, offset = shares.stream(setup.backbone, paths, encoding, "Encoding calibration images")
         scores = []
         for window in stream:

@@ -18,7 +18,7 @@ from ..features.backbone import RuntimeOptions, artifact_backbone, load_backbone
 from ..features.image_features import EncodeOptions, encode_folder
 from ..features.text_encoder import SoftPromptTextEncoder
 from ..features.text_features import text_features_for
-from ..inputs.image_folders import read_names_file
+from ..inputs.image_folders import read_names_file, warn_foreign_calibration_classes
 from ..outputs.artifact import PromptArtifact, check_fits_backbone, load_prompts, package_versions, save_prompts
 from ..outputs.atomic import check_not_input, check_output_path
 from ..presets import default_scorer
@@ -54,6 +54,7 @@ def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions
     if calibrate_on is not None or stored:  # a negative-label scorer's threshold needs its labels for these names
         setup.mine(LabelRequest(), cache_dir=encoding.cache_dir, quiet=encoding.quiet)
     if calibrate_on is not None:
+        warn_foreign_calibration_classes(calibrate_on, names)
         encoding = replace(encoding, precision=check_precision(backbone.device, encoding.precision))
         encoded = encode_folder(backbone, calibrate_on, encoding, "Encoding calibration images")
         assert encoded is not None  # one process: always the result
