@@ -66,3 +66,30 @@ def test_fit_neg_refuses_another_backbone_before_loading_it_and_its_hint_works(t
     assert refused.exit_code == 5 and "was trained on toy, but the backbone is RN50" in refused.stderr
     followed = invoke(replace_flags(args, hint_flags(refused.stderr)))
     assert followed.exit_code == 0, followed.stderr
+
+
+def suggestion(stderr: str) -> str:
+    """The one name a "did you mean X?" (in the error or its hint) suggests."""
+    match = re.search(r"did you mean '?([\w+.-]+)'?\?", stderr)
+    assert match, stderr
+    return match.group(1)
+
+
+def test_a_misspelt_scorer_is_fixed_by_its_suggestion(toy_prompts, tmp_path):
+    args = ["score", str(toy_prompts / "train"), "--prompts", str(toy_prompts / "pos.safetensors"), "--scorer", "mmc",
+            "--out", str(tmp_path / "s.csv"), "--quiet", "--cache-dir", str(toy_prompts / "cache")]
+    refused = invoke(args)
+    assert refused.exit_code == 2 and "unknown scorer 'mmc'" in refused.stderr
+    followed = invoke([suggestion(refused.stderr) if a == "mmc" else a for a in args])
+    assert followed.exit_code == 0, followed.stderr
+
+
+def test_a_misspelt_learner_option_is_fixed_by_its_suggestion(toy_prompts, tmp_path):
+    args = ["fit-neg", "--data", str(toy_prompts / "train"), "--pos", str(toy_prompts / "pos.safetensors"),
+            "--learner-option", "n_negs=1", "--epochs", "1", "--out", str(tmp_path / "neg.safetensors"), "--quiet",
+            "--cache-dir", str(toy_prompts / "cache")]
+    refused = invoke(args)
+    assert refused.exit_code == 2 and "has no option 'n_negs'" in refused.stderr
+    fixed = f"{suggestion(refused.stderr)}=1"
+    followed = invoke([fixed if a == "n_negs=1" else a for a in args])
+    assert followed.exit_code == 0, followed.stderr
