@@ -88,13 +88,17 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
     writer = _RowWriter(options, plan.setup, plan.threshold, plan.threshold_source, plan.paths, shares.ranks)
     output = shares.open_output()
     started = time.perf_counter()
+
+    def check(tally: Tally) -> None:  # before an output is published: one process's, or the joined one
+        _check_scored(tally, options, plan.paths)
+
     try:
         stats, adaptive_record = _encode_and_score(plan, shares, writer, output)
-        shares.seal(writer, output, lambda tally: _check_scored(tally, options, plan.paths))
+        shares.seal(writer, output, check)
     except BaseException:
         output.discard()
         raise
-    joined = shares.join(writer.tally, output, stats, lambda tally: _check_scored(tally, options, plan.paths))
+    joined = shares.join(writer.tally, output, stats, check)
     if joined is None:  # a rank other than 0
         return None
     if options.labeled:
