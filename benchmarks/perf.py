@@ -367,6 +367,7 @@ GPU_RESULTS = ROOT / "benchmarks" / "results" / "gpu.json"
 
 
 LEXICON_RESULTS = ROOT / "benchmarks" / "results" / "lexicon.json"
+STARTUP_RESULTS = ROOT / "benchmarks" / "results" / "startup.json"
 
 
 def extra_sections() -> list[str]:
@@ -377,6 +378,10 @@ def extra_sections() -> list[str]:
         from lexicon import markdown as lexicon_markdown  # noqa: PLC0415  (benchmarks/ is run as scripts)
 
         lines.append(lexicon_markdown(json.loads(LEXICON_RESULTS.read_text())))
+    if STARTUP_RESULTS.exists():
+        from startup import markdown as startup_markdown  # noqa: PLC0415  (benchmarks/ is run as scripts)
+
+        lines.append(startup_markdown(json.loads(STARTUP_RESULTS.read_text())))
     lines += [
         "## `--text-chunk auto` (the fit-neg default)",
         "",

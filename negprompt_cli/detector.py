@@ -26,7 +26,7 @@ from .devices import check_precision
 from .errors import NegPromptWarning, UsageError
 from .features.backbone import BackboneRequest, RuntimeOptions
 from .features.image_features import EncodeOptions, decode_rgb, encode_pixels
-from .inputs.pixels import as_displayed
+from .inputs.displayed import as_displayed
 from .presets import DEFAULT_BACKBONE
 from .scoring.negative_labels import LabelRequest
 from .scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring

@@ -105,3 +105,19 @@ def test_a_calibration_folder_with_classes_outside_the_list_warns(scored, tmp_pa
     assert f"calibration folder {calib} holds 1 folder(s) that name no class of the 3 class names: " \
            "'purple_waves'" in " ".join(result.stderr.split())
     assert "red_stripes" not in result.stderr.split("no class of the")[1]  # a class folder of the list: fine
+
+
+def test_a_report_imports_no_torch(scored, tmp_path):
+    """A report reads score files and draws: the thumbnails' decoding rule used to pull in torch and torchvision
+    (4.7 of the 6.5 s a report took, benchmarks/startup.py)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pathlib import Path\n"
+            "from negprompt_cli.stages.report import ReportOptions, build_report\n"
+            "build_report(ReportOptions(Path(sys.argv[1]), [('o', Path(sys.argv[2]))], Path(sys.argv[3])))\n"
+            "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules, 'torch imported'\n")
+    done = subprocess.run([sys.executable, "-c", code, str(scored / "id.csv"), str(scored / "ood.csv"),
+                           str(tmp_path / "r")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-800:]
+    assert (tmp_path / "r" / "report.html").exists()

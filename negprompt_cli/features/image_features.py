@@ -38,16 +38,9 @@ from ..distributed import (
 )
 from ..environment import default_cache_dir
 from ..errors import NegPromptError, NegPromptWarning, UsageError
+from ..inputs.displayed import DECODE_RULE, as_displayed, exif_orientation
 from ..inputs.image_folders import find_images
-from ..inputs.pixels import (
-    DECODE_RULE,
-    TensorPreprocess,
-    as_displayed,
-    decode_jpegs,
-    exif_orientation,
-    is_jpeg,
-    tensor_preprocess_for,
-)
+from ..inputs.pixels import TensorPreprocess, decode_jpegs, is_jpeg, tensor_preprocess_for
 from .backbone import Backbone
 from .feature_cache import FeatureCache
 

@@ -1,6 +1,7 @@
 """Inputs: where images come from, up to pixels. ``image_list`` owns what an image file is, the sorted folder
 walk and the compact ``ImageList`` that ``score`` and ``cache build`` stream; ``image_folders`` reads ImageFolder
-trees, class-name files and the seeded few-shot split; ``pixels`` decodes JPEGs and applies open_clip's eval
+trees, class-name files and the seeded few-shot split; ``displayed`` is how every path decodes an image (as a
+viewer shows it: EXIF orientation, 16-bit pixels scaled); ``pixels`` decodes JPEGs and applies open_clip's eval
 transform as batched tensor ops (the GPU decode path). New sources (shards, tables, embeddings) go here, one
 reader per source.
 

@@ -13,57 +13,27 @@ through PIL.
 Both paths decode an image as a viewer shows it (:func:`as_displayed`): turned by its EXIF orientation (a
 phone photo is stored sideways and tagged), and with 16-bit and float pixels scaled to 8 bits rather than
 clipped (PIL's ``convert("RGB")`` of a 16-bit greyscale PNG is almost white). ``DECODE_RULE`` names the rule
-in every feature-cache key, so features cached under an older rule are never reused.
+in every feature-cache key, so features cached under an older rule are never reused. The rule itself lives in
+``displayed`` (PIL and numpy only: the report's thumbnails use it without importing torch); the EXIF turn of a
+decoded tensor is :func:`orient`.
 """
 
 from __future__ import annotations
 
-import io
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode, v2
 
+from .displayed import DECODE_RULE, as_displayed, exif_orientation
+
+__all__ = ["DECODE_RULE", "as_displayed", "exif_orientation", "orient", "decode_jpegs", "TensorPreprocess",
+           "tensor_preprocess_for", "is_jpeg"]  # the decoding rule is re-exported: one import for the tensor path
+
 JPEG_MAGIC = b"\xff\xd8\xff"
-DECODE_RULE = "displayed-v1"  # EXIF orientation applied, 16-bit / float pixels scaled: part of every cache key
-EXIF_ORIENTATION = 0x0112
-HIGH_BIT_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # integer greyscale wider than 8 bits
-
-
-def as_displayed(image: Image.Image) -> Image.Image:
-    """``image`` as an RGB picture the way a viewer shows it: its EXIF orientation applied, and pixels wider
-    than 8 bits scaled to 0-255 (16-bit integers by 1/257; floats in [0, 1] by 255, others clipped)."""
-    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
-        image = ImageOps.exif_transpose(image) or image
-    if image.mode in HIGH_BIT_DEPTH:
-        values = np.asarray(image, dtype=np.float64)
-        if image.mode != "I" or values.max(initial=0) > 255:  # "I" holding 8-bit values stays as it is
-            values = values / 257.0
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-    elif image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        if finite.size and finite.min() >= 0 and finite.max() <= 1:
-            values = values * 255.0
-        image = Image.fromarray(np.clip(np.nan_to_num(np.rint(values)), 0, 255).astype(np.uint8), mode="L")
-    return image.convert("RGB")  # a new image, also for RGB: the caller may close the one it opened
-
-
-def exif_orientation(data: bytes) -> int:
-    """The EXIF orientation (1-8) an image file's bytes declare, read from its header only; 1 when none."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            value = image.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:
-        return 1
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
-
-
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     """A decoded [C, H, W] image turned as EXIF ``orientation`` says (what ``ImageOps.exif_transpose`` does)."""
     if orientation in (2, 4):  # mirrored left-right / top-bottom

@@ -49,7 +49,7 @@ def thumbnail(path: str, pixels: int = THUMBNAIL_PIXELS) -> tuple[str | None, st
     be read; never raises."""
     from PIL import Image, UnidentifiedImageError
 
-    from ..inputs.pixels import as_displayed
+    from ..inputs.displayed import as_displayed
 
     try:
         with Image.open(path) as image:
