@@ -95,7 +95,7 @@ class Registry:
             owner = self._entries[self._lookup[self._normalise(taken[0])]].plugin
             warnings.warn(
                 f"plugin {plugin!r} registers {self.kind} {taken[0]!r}, already registered by "
-                f"{owner!r}; keeping {owner!r}'s (pass replace=True to override)",
+                f"{owner!r}; keeping the one from {owner!r} (pass replace=True to override)",
                 PluginWarning,
                 stacklevel=3,
             )
@@ -175,12 +175,31 @@ class PluginHost:
         except Exception as exc:  # a broken third-party plugin must not take the CLI down
             record.error = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"could not load plugin {name!r}: {record.error}", PluginWarning, stacklevel=3)
+            return
+        self._check_hooks(name)
 
     def register_object(self, plugin: object, name: str) -> None:
         """Register an in-process plugin (tests, notebooks) and refill the registries."""
         self.pm.register(plugin, name=name)
         self.records[name] = PluginRecord(name)
+        self._check_hooks(name)
         self._filled = False
+
+    def _check_hooks(self, name: str) -> None:
+        """A plugin implementing a hook that does not exist (``register_scorer`` for ``register_scorers``) is
+        skipped with one warning naming it and the hook it meant; the other plugins and the CLI keep working
+        (pluggy would otherwise fail every command at the first registry lookup)."""
+        plugin = self.pm.get_plugin(name)
+        known = sorted(n for n in dir(hookspecs) if n.startswith(("register_", "resolve_")))
+        unknown = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [] if caller.spec is None)
+        if not unknown:
+            return
+        self.pm.unregister(name=name)
+        close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
+        record = self.records[name]
+        record.error = (f"implements {unknown[0]!r}, which is not a negprompt hook"
+                        + (f" (did you mean {close[0]!r}?)" if close else f" (hooks: {', '.join(known)})"))
+        warnings.warn(f"skipped plugin {name!r}: it {record.error}", PluginWarning, stacklevel=4)
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)

@@ -9,7 +9,6 @@ import textwrap
 import warnings
 from pathlib import Path
 
-import pluggy
 import pytest
 from conftest import invoke
 
@@ -130,6 +129,26 @@ def test_broken_plugin_warns_and_cli_still_works(tmp_path, monkeypatch):
     assert result.exit_code == 0
 
 
+def test_an_installed_plugin_with_a_misspelt_hook_leaves_the_cli_working(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    install_fake_plugin(site, "negprompt_typo", """
+        import negprompt_cli
+
+        @negprompt_cli.hookimpl
+        def register_scorer(register):
+            pass
+    """, dist="negprompt-typo")
+    monkeypatch.syspath_prepend(str(site))
+    registry.reset_host()
+    result = invoke(["plugins", "--json"])
+    assert result.exit_code == 0, result.stderr
+    row = next(r for r in json.loads(result.stdout) if r["name"] == "negprompt_typo")
+    assert "did you mean 'register_scorers'" in row["error"]
+    assert "Warning: skipped plugin 'negprompt_typo'" in result.stderr and "unexpected" not in result.stderr
+    sys.modules.pop("negprompt_typo", None)
+    registry.reset_host()
+
+
 def test_duplicate_name_keeps_first_unless_replace():
     class Dup:
         @negprompt_cli.hookimpl
@@ -153,16 +172,22 @@ def test_duplicate_name_keeps_first_unless_replace():
     assert host.scorer("energy") == "replacement"
 
 
-def test_misspelled_hook_is_caught_by_check_pending():
+def test_a_misspelt_hook_skips_that_plugin_with_one_warning_and_the_rest_works():
+    """#40 item 3: `register_scorer` (no "s") made every command fail with "unexpected PluginValidationError"."""
     class Typo:
         @negprompt_cli.hookimpl
         def register_scorer(self, register):  # missing 's'
-            pass
+            register("never", lambda pos, neg=None, **kw: pos.max(1).values)
 
     host = PluginHost()
-    host.register_object(Typo(), "typo")
-    with pytest.raises(pluggy.PluginValidationError):
-        host.fill()
+    host.load_entry_points(None)
+    with pytest.warns(registry.PluginWarning, match=r"skipped plugin 'typo': it implements 'register_scorer', "
+                                                    r"which is not a negprompt hook \(did you mean "
+                                                    r"'register_scorers'\?\)"):
+        host.register_object(Typo(), "typo")
+    host.fill()  # no PluginValidationError: the plugin is out
+    assert host.scorers.get("mcm") is not None and host.scorers.get("never") is None
+    assert host.records["typo"].error.startswith("implements 'register_scorer'")
 
 
 def test_unknown_names_suggest_close_matches():
