@@ -417,3 +417,39 @@ def test_a_scorer_registered_with_an_unknown_property_is_skipped_with_a_warning(
         host.fill()
     assert "typo" not in host.scorers.names()
     assert host.scorer_spec("legacy").probability and host.scorer("legacy")(torch.ones(1, 2)).item() == 1.0
+
+
+@pytest.mark.parametrize(("body", "said"), [
+    ("return pos.max(1).values[:1]", "returned a torch.float32 tensor of shape [1], not one floating-point score "
+                                     "per image"),
+    ("return pos.max(1).values * float('nan')", "returned non-finite scores for"),
+    ("raise ValueError('bad axis')", "failed: ValueError: bad axis"),
+])
+def test_a_scorer_that_breaks_its_contract_is_named_with_its_plugin(tmp_path, body, said):
+    """#40 item 3: a wrong output shape, NaN for finite features or an exception inside a scorer plugin used to
+    be "unexpected ... report it" or blamed on "the prompts file or the feature cache"."""
+    from PIL import Image
+
+    class Broken:
+        @negprompt_cli.hookimpl
+        def register_scorers(self, register):
+            namespace: dict = {}
+            exec(f"def broken(pos, neg=None, *, temperature=1.0, logit_scale=100.0):\n    {body}\n", namespace)
+            register("broken", namespace["broken"], description="breaks the contract")
+
+    host = registry.get_host()
+    host.register_object(Broken(), "broken_plugin")
+    try:
+        (tmp_path / "images").mkdir()
+        for k in range(3):
+            Image.new("RGB", (16, 16), (k * 60, 40, 90)).save(tmp_path / "images" / f"{k}.png")
+        names = tmp_path / "names.txt"
+        names.write_text("a\nb\n")
+        result = invoke(["score", str(tmp_path / "images"), "--zero-shot", "--names", str(names), "--backbone",
+                         "toy", "--scorer", "broken", "--out", str(tmp_path / "s.csv"), "--quiet"])
+        assert result.exit_code == 1
+        error = next(line for line in result.stderr.splitlines() if line.startswith("Error:"))
+        assert error.startswith("Error: scorer 'broken' (plugin 'broken_plugin') ") and said in error, error
+        assert "unexpected" not in result.stderr and not (tmp_path / "s.csv").exists()
+    finally:
+        host.unregister("broken_plugin")

@@ -20,6 +20,17 @@ class Scores:
 Scorer = Callable[..., torch.Tensor]  # (pos [B, C], neg [B, C, P] | None, *, temperature, logit_scale) -> [B]
 
 
+class ScorerContractError(ValueError):
+    """A scorer returned something else than one score per image."""
+
+
+def _check_shape(score: Any, images: int) -> None:
+    if not isinstance(score, torch.Tensor) or tuple(score.shape) != (images,) or not score.is_floating_point():
+        what = (f"a {score.dtype} tensor of shape {list(score.shape)}" if isinstance(score, torch.Tensor)
+                else f"a {type(score).__name__}")
+        raise ScorerContractError(f"returned {what}, not one floating-point score per image ([{images}])")
+
+
 def score_features(image_features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Tensor | None, *,
                    scorer: Scorer, temperature: float = 1.0, logit_scale: float = 100.0,
                    batch: int = 4096, mined: torch.Tensor | None = None,
@@ -50,6 +61,7 @@ def score_features(image_features: torch.Tensor, text_pos: torch.Tensor, text_ne
             else:
                 score = scorer(pos, neg, temperature=temperature, logit_scale=logit_scale, **extra)
                 neg_cos = neg.flatten(1) if neg is not None else None
+            _check_shape(score, f.shape[0])
             max_neg = neg_cos.max(1).values if neg_cos is not None else torch.full_like(score, float("nan"))
             outputs.append((score, pos.argmax(1), pos.max(1).values, max_neg))
     if not outputs:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..environment import default_cache_dir
-from ..errors import IncompatibleArtifactError, UsageError
+from ..errors import IncompatibleArtifactError, NegPromptError, UsageError
 from ..features.backbone import Backbone, BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from ..features.image_features import EncodeOptions
 from ..features.text_encoder import SoftPromptTextEncoder
@@ -23,7 +23,7 @@ from ..outputs.artifact import PromptArtifact, artifact_id, check_fits_backbone,
 from ..presets import default_scorer
 from ..registry import ScorerSpec, get_host
 from .negative_labels import LabelRequest, NegativeLabels, prepare, settings_fingerprint, zero_shot_templates
-from .scores import Scores, score_features
+from .scores import ScorerContractError, Scores, score_features
 from .thresholds import ID_KEPT, applicable, calibrated_scorer, scoring_temperature, threshold_record
 
 
@@ -90,10 +90,33 @@ class ScoringSetup:
         return self
 
     def scores(self, features: torch.Tensor) -> Scores:
-        """Unit image ``features`` [N, E] scored with exactly this scorer, τ, text features and mined labels."""
-        return score_features(features, self.text_pos, self.text_neg, scorer=self.scorer_fn,
-                              temperature=self.temperature, logit_scale=self.backbone.logit_scale, mined=self.mined,
-                              scorer_options=self.scorer_options)
+        """Unit image ``features`` [N, E] scored with exactly this scorer, τ, text features and mined labels.
+
+        A scorer plugin that breaks its contract (cannot be called as documented, returns something else than one
+        finite score per image for finite features) is named, with its plugin, in one error."""
+        try:
+            result = score_features(features, self.text_pos, self.text_neg, scorer=self.scorer_fn,
+                                    temperature=self.temperature, logit_scale=self.backbone.logit_scale,
+                                    mined=self.mined, scorer_options=self.scorer_options)
+        except ScorerContractError as exc:
+            raise self._broken(str(exc)) from None
+        except (TypeError, ValueError, RuntimeError, IndexError) as exc:
+            if type(exc).__name__ == "OutOfMemoryError":  # the device's, not the scorer's
+                raise
+            raise self._broken(f"failed: {type(exc).__name__}: {exc}") from exc
+        if not bool(torch.isfinite(result.score).all()) and bool(torch.isfinite(features).all()):
+            bad = int((~torch.isfinite(result.score)).sum())
+            raise self._broken(f"returned non-finite scores for {bad} of {len(result.score)} image(s) whose "
+                               "features are finite")
+        return result
+
+    def _broken(self, what: str) -> NegPromptError:
+        entry = get_host().scorers.get(self.scorer)
+        plugin = f" (plugin {entry.plugin!r})" if entry is not None else ""
+        return NegPromptError(f"scorer {self.scorer!r}{plugin} {what}",
+                              hint="a scorer is called as scorer(pos [B, C], neg [B, C, P] or None, *, temperature, "
+                                   "logit_scale, ...) and returns one finite score per image, a Tensor[B] "
+                                   "(docs/plugins.md); report it to the plugin's authors")
 
     def threshold_record(self, scores: torch.Tensor, *, source: str, keep: float = ID_KEPT) -> dict[str, Any]:
         """The threshold record that keeps ``keep`` (95 %) of these ID ``scores``, for exactly this scorer, τ,
