@@ -299,10 +299,41 @@ class PluginHost:
                     "version": record.version,
                     "hooks": hooks,
                     "registers": record.registered,
+                    "entries": self._entries_of(record.name),
                     "error": record.error,
                 }
             )
         return out
+
+    def _entries_of(self, plugin: str) -> dict[str, list[dict[str, Any]]]:
+        """What a plugin registered, entry by entry: name, aliases, the description it gave, and for a learner
+        its own options (what ``--learner-option KEY=VALUE`` takes: name, type, default)."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for registry in (self.backbones, self.learners, self.scorers):
+            for entry in registry._entries.values():
+                if entry.plugin != plugin:
+                    continue
+                row: dict[str, Any] = {"name": entry.name, "aliases": list(entry.aliases),
+                                       "description": entry.description}
+                if registry is self.learners:
+                    row["options"] = learner_option_fields(entry.obj)
+                found.setdefault(registry.kind, []).append(row)
+        return found
+
+
+def learner_option_fields(learner: Any) -> list[dict[str, Any]]:
+    """A learner's ``Options`` dataclass as rows: name, type (as written), default (None where it has none)."""
+    import dataclasses
+
+    options = getattr(learner, "Options", None)
+    if options is None or not dataclasses.is_dataclass(options):
+        return []
+    rows = []
+    for f in dataclasses.fields(options):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        rows.append({"name": f.name, "type": kind, "default": default})
+    return rows
 
 
 def _scorer_spec(plugin: str, name: str, fn: Any, description: str, properties: dict[str, Any]) -> ScorerSpec:

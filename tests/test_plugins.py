@@ -79,8 +79,10 @@ def test_plugins_command_json(fake_site):
     listing = invoke(["plugins"])  # on stdout (its data); names whole at any width
     assert listing.exit_code == 0 and listing.stderr == ""
     assert "negprompt_fake" in listing.stdout and "…" not in listing.stdout
-    assert "  scorer: negprompt, mcm, energy, maxlogit, msp, neglabel, csp, negprompt-sum, negprompt-maxlogit" in \
-        listing.stdout
+    scorers = listing.stdout.split("scorers 0.1.0\n  scorer:\n")[1]
+    for name in ("negprompt", "mcm", "energy", "maxlogit", "msp", "neglabel", "csp", "negprompt-sum",
+                 "negprompt-maxlogit"):  # one line each, the name whole, its description beside it
+        assert f"\n    {name}: " in "\n" + scorers, name
 
 
 def test_allow_list_limits_loading(fake_site, monkeypatch):
@@ -453,3 +455,20 @@ def test_a_scorer_that_breaks_its_contract_is_named_with_its_plugin(tmp_path, bo
         assert "unexpected" not in result.stderr and not (tmp_path / "s.csv").exists()
     finally:
         host.unregister("broken_plugin")
+
+
+def test_plugins_lists_descriptions_and_each_learners_options():
+    """#40 item 2: the --learner-option hint points to `negprompt plugins`, which listed neither."""
+    result = invoke(["plugins", "--json"])
+    assert result.exit_code == 0, result.stderr
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    (learner,) = rows["negprompt_learner"]["entries"]["prompt learner"]
+    options = {o["name"]: o for o in learner["options"]}
+    assert options["n_neg"] == {"name": "n_neg", "type": "int", "default": 2}
+    assert options["loss_variant"]["default"] == "official" and learner["description"].startswith("NegPrompt")
+    scorers = {e["name"]: e for e in rows["scorers"]["entries"]["scorer"]}
+    assert scorers["mcm"]["description"].startswith("Maximum concept matching")
+    backbones = {e["name"]: e for e in rows["openclip"]["entries"]["backbone"]}
+    assert backbones["toy"]["aliases"] == ["world"]
+    text = invoke(["plugins"]).stderr + invoke(["plugins"]).stdout
+    assert "options: n_neg (int, default 2)" in text and "toy (also world): tiny CLIP" in text

@@ -42,8 +42,14 @@ def plugins_command(json_out: JsonOpt = False) -> None:
 def describe_plugins(rows: list[dict[str, Any]]) -> Iterator[str]:
     for row in rows:  # a block per plugin: names are never cut or split, whatever the terminal's width
         yield f"{row['name']} {row['version'] or ''}".rstrip() + (f"  FAILED: {row['error']}" if row["error"] else "")
-        for kind, names in row["registers"].items():
-            yield f"  {kind}: {', '.join(names)}"
+        for kind, entries in (row.get("entries") or {}).items():
+            yield f"  {kind}:"
+            for entry in entries:
+                aliases = f" (also {', '.join(entry['aliases'])})" if entry["aliases"] else ""
+                yield f"    {entry['name']}{aliases}" + (f": {entry['description']}" if entry["description"] else "")
+                if entry.get("options"):
+                    yield "      options: " + ", ".join(f"{o['name']} ({o['type']}, default {o['default']!r})"
+                                                      for o in entry["options"])
         yield f"  hooks: {', '.join(row['hooks'])}"
 
 
