@@ -56,15 +56,11 @@ def test_an_id_file_without_labels_and_swapped_files_are_warned(scored):
 
 
 def test_the_roc_marks_where_the_threshold_operates(scored, tmp_path):
-    from negprompt_cli.outputs.score_file import read_score_file
-
     report = build_report(ReportOptions(scored / "id.csv", [("o", scored / "ood.csv")], None))
-    id_scores = np.array([r["score"] for r in read_score_file(scored / "id.csv")])
-    ood_scores = {"o": np.array([r["score"] for r in read_score_file(scored / "ood.csv")])}
-    (fpr, tpr), = operating_points(report, id_scores, ood_scores).values()
+    (fpr, tpr), = operating_points(report).values()
     assert tpr == pytest.approx(report["decision"]["id_kept"])
     assert fpr == pytest.approx(report["decision"]["ood"]["o"]["ood_accepted"])
-    assert operating_points({**report, "threshold": None}, id_scores, ood_scores) == {}
+    assert operating_points({**report, "threshold": None, "decision": None}) == {}
     with_point = report_of(scored, "id", out=tmp_path / "a")
     assert with_point.exit_code == 0
     invoke(["report", "--id", str(scored / "id.csv"), "--ood", f"o={scored / 'ood.csv'}", "--out",

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NegPromptWarning, NotFoundError, UsageError
-from .image_list import IMAGE_EXTENSIONS, Skipped, is_image_file, report_skipped, walk
+from .image_list import IMAGE_EXTENSIONS, Skipped, holds, is_image_file, report_skipped, walk
 
 
 def find_images(root: Path, *, strict: bool = False) -> list[Path]:
@@ -113,8 +113,8 @@ def _loops_back(folder: Path, root: Path, skipped: list[Skipped]) -> bool:
     full dataset) are the usual way to build a split and are followed."""
     if not folder.is_symlink():
         return False
-    target, top = os.path.realpath(folder), os.path.realpath(root)
-    if top == target or top.startswith(target.rstrip(os.sep) + os.sep):
+    target = os.path.realpath(folder)
+    if holds(target, os.path.realpath(root)):
         skipped.append(Skipped(folder, f"-> {target}, which holds the data root", "upward"))
         return True
     return False

@@ -64,6 +64,12 @@ def report_skipped(skipped: list[Skipped], strict: bool) -> None:
                       f"that holds the one given): {shown(upward)}", NegPromptWarning, stacklevel=3)
 
 
+def holds(outer: str, inner: str) -> bool:
+    """Whether real path ``inner`` is ``outer`` or lies below it: a folder link whose target holds the folder it
+    sits in leads back up (a loop, or out into what surrounds the input)."""
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
 def walk(root: Path, skipped: list[Skipped] | None = None) -> Iterator[tuple[str, str, bool]]:
     """Every visible file below ``root``, following symlinked folders, in the order ``sorted()`` puts their
     ``Path``s in (depth first, the entries of a folder by name): (path, real path, whether it is an image).
@@ -74,9 +80,6 @@ def walk(root: Path, skipped: list[Skipped] | None = None) -> Iterator[tuple[str
     the usual way to make a split), and a folder reached twice (two links to one folder) is walked once. What
     is left out is appended to ``skipped``: folders that cannot be listed, broken links, links back up."""
     seen: set[tuple[int, int]] = set()
-
-    def holds(outer: str, inner: str) -> bool:
-        return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
     def leave_out(path: str, reason: str, kind: str) -> None:
         if skipped is not None:

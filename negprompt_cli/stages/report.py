@@ -268,14 +268,13 @@ def write_report_files(report: dict[str, Any], id_scores: np.ndarray, ood_scores
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
-def operating_points(report: dict[str, Any], id_scores: np.ndarray,
-                     ood_scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
-    """Per OOD set, (FPR, TPR) at the report's decision threshold: OOD accepted as ID, ID kept (score >= it)."""
-    threshold = report.get("threshold")
-    if not threshold:
+def operating_points(report: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Per OOD set, (FPR, TPR) at the report's decision threshold: the share of OOD accepted as ID and of ID kept,
+    as the report's decision already counted them."""
+    decision = report.get("decision")
+    if not decision:
         return {}
-    kept = float(np.mean(id_scores >= threshold["value"]))
-    return {name: (float(np.mean(scores >= threshold["value"])), kept) for name, scores in ood_scores.items()}
+    return {name: (d["ood_accepted"], decision["id_kept"]) for name, d in decision["ood"].items()}
 
 
 def make_figures(report: dict[str, Any], id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]) -> dict[str, bytes]:
@@ -300,7 +299,7 @@ def _figures(report: dict[str, Any], id_scores: np.ndarray, ood_scores: dict[str
         return buffer.getvalue()
 
     fig, ax = plt.subplots(figsize=(5, 5))
-    points = operating_points(report, id_scores, ood_scores)
+    points = operating_points(report)
     for name, scores in ood_scores.items():
         labels = np.r_[np.ones(len(id_scores)), np.zeros(len(scores))]
         fpr, tpr, _ = roc_curve(labels, np.r_[id_scores, scores])
