@@ -80,3 +80,36 @@ def test_id_threshold_keeps_95_percent():
     t = id_threshold(scores, 0.95)
     assert np.mean(scores >= t) == 0.95
     assert np.mean(scores >= t + 1e-9) < 0.95
+
+
+def openood_fpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr_th: float = 0.95) -> float:
+    """OpenOOD v1.5's FPR (evaluators/metrics.py, auc_and_fpr_recall), written from its release: OOD is the positive
+    class, ID images carry label >= 0 and OOD images -1, ``conf`` higher = more ID."""
+    from sklearn import metrics
+
+    conf = np.concatenate([id_scores, ood_scores])
+    label = np.concatenate([np.zeros(len(id_scores)), -np.ones(len(ood_scores))])
+    ood_indicator = np.zeros_like(label)
+    ood_indicator[label == -1] = 1
+    fpr_list, tpr_list, _ = metrics.roc_curve(ood_indicator, -conf)
+    return float(fpr_list[np.argmax(tpr_list >= tpr_th)])
+
+
+def test_ood_positive_fpr_is_openoods_on_tie_heavy_sets():
+    """The case that used to differ (ID [3, 2]; OOD mostly 0/1 plus a 2 and a 3: OpenOOD says 1.0), then 1,000
+    random sets of that shape (a few ID scores; OOD scores mostly lower, some equal to ID ones): ties everywhere,
+    and about one set in eight where OpenOOD's answer is not the FPR of the first threshold at 95 %."""
+    id_scores, ood_scores = np.array([3.0, 2.0]), np.array([0.0] * 11 + [1.0] * 10 + [2.0, 3.0])
+    assert ood_metrics(id_scores, ood_scores, fpr_convention="ood-positive")["fpr"] == 1.0 == openood_fpr(
+        id_scores, ood_scores)
+    rng = np.random.default_rng(7)
+    differs_from_every_threshold = 0
+    for _ in range(1000):
+        id_scores = rng.integers(2, 6, int(rng.integers(1, 5))).astype(float)
+        tied = rng.permutation(id_scores)[:int(rng.integers(1, len(id_scores) + 1))]
+        ood_scores = np.concatenate([rng.integers(0, 2, int(rng.integers(10, 41))).astype(float), tied])
+        ours = ood_metrics(id_scores, ood_scores, fpr_convention="ood-positive")["fpr"]
+        assert ours == openood_fpr(id_scores, ood_scores)
+        exact = ood_metrics(-ood_scores, -id_scores)["fpr"]  # every threshold: what drop_intermediate skips
+        differs_from_every_threshold += ours != exact
+    assert differs_from_every_threshold > 50  # the sets do exercise the ties

@@ -3,7 +3,8 @@
 The default FPR convention is the paper's (and MCM's): ID is the positive class, and
 FPR@95 is the fraction of OOD images accepted as ID at the threshold that keeps 95 % of ID
 images. OpenOOD v1.5 uses the opposite convention (OOD positive: the fraction of ID images
-rejected when 95 % of OOD images are caught); ``fpr_convention="ood-positive"`` gives that.
+rejected when 95 % of OOD images are caught); ``fpr_convention="ood-positive"`` gives that, computed as OpenOOD
+computes it (the same sklearn call, so tied scores give its answer too).
 The two can differ wildly for the same scores, so every output names its convention.
 """
 
@@ -19,13 +20,18 @@ CONVENTIONS = ("id-positive", "ood-positive")
 AUPR_ESTIMATOR = "average_precision (sklearn)"
 
 
-def _fpr_at_tpr(positive_scores: np.ndarray, negative_scores: np.ndarray, tpr_level: float) -> tuple[float, float]:
-    """FPR at the first threshold whose TPR reaches ``tpr_level`` (positives score higher)."""
+def _fpr_at_tpr(positive_scores: np.ndarray, negative_scores: np.ndarray, tpr_level: float, *,
+                drop_intermediate: bool = False) -> tuple[float, float]:
+    """FPR at the first threshold whose TPR reaches ``tpr_level`` (positives score higher).
+
+    ``drop_intermediate`` as sklearn's ``roc_curve`` takes it: OpenOOD v1.5 calls it with the default (True), which
+    drops the ROC corners that lie on a straight segment; with tied scores the first point at the TPR level can be
+    one of them, and OpenOOD then reads the FPR of a later corner. Every threshold (False) is the exact answer."""
     labels = np.concatenate([np.ones(len(positive_scores)), np.zeros(len(negative_scores))])
     scores = np.concatenate([positive_scores, negative_scores])
     from sklearn.metrics import roc_curve  # noqa: PLC0415 (sklearn costs every command ~1.5 s to import)
 
-    fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+    fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=drop_intermediate)
     index = int(np.searchsorted(tpr, tpr_level, side="left"))
     return float(fpr[index]), float(thresholds[index])
 
@@ -45,7 +51,9 @@ def ood_metrics(id_scores, ood_scores, *, tpr_level: float = 0.95, fpr_conventio
     if fpr_convention == "id-positive":
         fpr, threshold = _fpr_at_tpr(id_scores, ood_scores, tpr_level)
     else:
-        fpr, neg_threshold = _fpr_at_tpr(-ood_scores, -id_scores, tpr_level)
+        # as OpenOOD v1.5 computes it (evaluators/metrics.py: roc_curve(ood_indicator, -conf), its defaults),
+        # tied scores included
+        fpr, neg_threshold = _fpr_at_tpr(-ood_scores, -id_scores, tpr_level, drop_intermediate=True)
         threshold = -neg_threshold
     return {
         "auroc": float(roc_auc_score(labels, scores)),
