@@ -93,3 +93,56 @@ def test_a_misspelt_learner_option_is_fixed_by_its_suggestion(toy_prompts, tmp_p
     fixed = f"{suggestion(refused.stderr)}=1"
     followed = invoke([fixed if a == "n_negs=1" else a for a in args])
     assert followed.exit_code == 0, followed.stderr
+
+
+def _hint_texts() -> list[tuple[str, int, str]]:
+    """Every hint the code can print: the literal text of each ``hint=`` argument (f-strings' fixed parts) and of
+    each constant named ``*HINT``, with where it is."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in sorted([*root.joinpath("negprompt_cli").rglob("*.py"), *root.joinpath("plugins").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            values = []
+            if isinstance(node, ast.keyword) and node.arg == "hint":
+                values.append(node.value)
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id.endswith("HINT")
+                                                    for t in node.targets):
+                values.append(node.value)
+            for value in values:
+                text = "".join(part.value for part in ast.walk(value)
+                               if isinstance(part, ast.Constant) and isinstance(part.value, str))
+                found.append((str(path.relative_to(root)), node.lineno if hasattr(node, "lineno") else 0, text))
+    return found
+
+
+def test_every_flag_and_command_a_hint_names_exists():
+    """A hint that names a flag no command has, or a subcommand that does not exist, cannot be followed as printed
+    (the check runs over the source: every hint, including those of errors no test provokes)."""
+    import typer
+
+    from negprompt_cli.composers.cli import app
+
+    group = typer.main.get_command(app)
+    commands = {name: group.commands[name] for name in group.commands}
+    flags = {opt for command in commands.values() for sub in [command, *getattr(command, "commands", {}).values()]
+             for param in sub.params for opt in param.opts}
+    import subprocess
+    import sys
+
+    torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--help"], capture_output=True,
+                              text=True).stdout  # a hint about launching names torchrun's own flags
+    hints = _hint_texts()
+    assert len(hints) > 100  # the walk finds them
+    unknown = []
+    for where, line, text in hints:
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text):
+            theirs = "torchrun" in text or "rendezvous" in text
+            if flag not in flags and not (theirs and re.search(rf"{flag}[\s,=\]]", torchrun)):
+                unknown.append(f"{where}:{line}: {flag}")
+        for command in re.findall(r"negprompt ([a-z][a-z-]+)", text):
+            if command not in commands:
+                unknown.append(f"{where}:{line}: negprompt {command}")
+    assert unknown == []
