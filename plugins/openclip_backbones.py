@@ -4,10 +4,15 @@ Names accepted:
 
 * the four registered names (``ViT-B/16`` also spelled ``ViT-B-16``), each with the
   pretrained tag the NegPrompt paper or CLIP used by default;
-* any open_clip architecture (``open_clip.list_models()``), with ``--pretrained`` naming a tag;
+* any open_clip architecture (``_open_clip().list_models()``), with ``--pretrained`` naming a tag;
 * ``hf-hub:org/repo`` and ``local-dir:/path`` (open_clip's own config + weights layout).
 
 ``--pretrained`` is a tag, a local checkpoint file, or ``none`` for random weights.
+
+open_clip is imported when a model is built or an unregistered name looked up, never when the plugin registers
+(it costs seconds: it pulls in torchvision and timm). Each backbone names the files its weights came from
+(``Backbone.weights_files``), so a run whose images are all cached can skip building it; a ``hf-hub:`` model
+names none (each run asks the Hub for the repository's latest revision), nor do random weights.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import urlparse
 
-import open_clip
 import torch
 
 from negprompt.plugin import (
@@ -56,6 +61,12 @@ HUB_PICKLES = ["open_clip_pytorch_model.bin", "pytorch_model.bin", "open_clip_py
 ALLOW_PICKLE_ENV = "NEGPROMPT_ALLOW_PICKLE_WEIGHTS"  # =1: also pickle checkpoints (torch.load, weights_only)
 
 
+def _open_clip() -> ModuleType:
+    import open_clip  # noqa: PLC0415 (see the module docstring)
+
+    return open_clip
+
+
 @hookimpl
 def register_backbones(register: Callable[..., None]) -> None:
     for name, (arch, tag) in KNOWN.items():
@@ -71,7 +82,7 @@ def load_toy(pretrained: str | None, device: torch.device, cache_dir: str | None
     """The offline world's CLIP, loaded through open_clip's own ``local-dir:`` path."""
     backbone = load_openclip("toy", f"local-dir:{world_checkpoint_dir()}", None, pretrained, device, cache_dir,
                              quick_gelu)
-    backbone.extra["default_lexicon"] = str(world_lexicon_dir())  # WordNet words mean nothing to the world CLIP
+    backbone.default_lexicon = str(world_lexicon_dir())  # WordNet words mean nothing to the world CLIP
     return backbone
 
 
@@ -80,7 +91,7 @@ def resolve_backbone(name: str):
     if name.startswith(SCHEMES):
         return partial(load_openclip, name, name, None)
     arch = name.replace("/", "-")
-    if arch in open_clip.list_models():
+    if arch in _open_clip().list_models():
         return partial(load_openclip, arch, arch, None)
     return None
 
@@ -112,18 +123,18 @@ def load_openclip(name: str, arch: str, default_tag: str | None, pretrained: str
         kwargs["force_quick_gelu"] = bool(quick_gelu)
     try:
         with _quiet_open_clip_logging():
-            model, _, preprocess = open_clip.create_model_and_transforms(source, device=device, cache_dir=cache_dir,
+            model, _, preprocess = _open_clip().create_model_and_transforms(source, device=device, cache_dir=cache_dir,
                                                                          **kwargs)
     except (RuntimeError, OSError, FileNotFoundError, ValueError) as exc:
         raise _load_error(arch, tag, exc) from exc
     model.eval().requires_grad_(False)
     if arch.startswith(SCHEMES):
         quick_gelu = _uses_quick_gelu(model)
-    size = open_clip.get_model_preprocess_cfg(model).get("size", 224)
+    size = _open_clip().get_model_preprocess_cfg(model).get("size", 224)
     size = size[0] if isinstance(size, (tuple, list)) else size
     base_model = None
     if tag and tag.lower() not in RANDOM and not os.path.exists(tag):
-        cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+        cfg = _open_clip().get_pretrained_cfg(arch, tag) or {}
         base_model = (cfg.get("hf_hub") or "").rstrip("/") or None
     elif arch.startswith("hf-hub:"):
         base_model = arch[len("hf-hub:"):]
@@ -132,11 +143,29 @@ def load_openclip(name: str, arch: str, default_tag: str | None, pretrained: str
         pretrained=None if arch.startswith(SCHEMES) else tag,
         model=model,
         preprocess=preprocess,
-        tokenizer=open_clip.get_tokenizer(source),
+        tokenizer=_open_clip().get_tokenizer(source),
         image_size=int(size),
         quick_gelu=bool(quick_gelu),
         base_model=base_model,
+        weights_files=_weights_files(arch, source, tag, cache_dir),
     )
+
+
+def _weights_files(arch: str, source: str, tag: str | None, cache_dir: str | None) -> tuple[str, ...]:
+    """The files open_clip read the weights (and config) from, when they are fixed: a local-dir: folder's
+    config and weights, a checkpoint file, a tag's file in the Hugging Face cache. None for an hf-hub: model or
+    random weights (see the module docstring)."""
+    if arch.startswith("hf-hub:"):
+        return ()
+    if source.startswith("local-dir:"):
+        folder = Path(source[len("local-dir:"):])
+        names = [HUB_CONFIG, *HUB_SAFETENSORS, *HUB_PICKLES]
+        return tuple(str((folder / name).resolve()) for name in names if (folder / name).is_file())
+    if tag is None or tag.lower() in RANDOM:
+        return ()
+    if os.path.exists(tag):
+        return (str(Path(tag).resolve()),)
+    return tuple(str(Path(found).resolve()) for found in _cached_weights(arch, tag, cache_dir))
 
 
 def fetch_hub_backbone(repo_id: str, cache_dir: str | None) -> Path:
@@ -204,7 +233,7 @@ def _quiet_open_clip_logging() -> Iterator[None]:
 def _check_tag(arch: str, tag: str) -> str:
     if os.path.exists(tag):
         return tag
-    tags = open_clip.list_pretrained_tags_by_model(arch)
+    tags = _open_clip().list_pretrained_tags_by_model(arch)
     if tag in tags:
         return tag
     if any(sep in tag for sep in ("/", os.sep)) or tag.endswith((".safetensors", ".bin", ".pt", ".pth")):
@@ -216,7 +245,7 @@ def _check_tag(arch: str, tag: str) -> str:
 
 
 def _tag_hint(arch: str) -> str:
-    tags = open_clip.list_pretrained_tags_by_model(arch)
+    tags = _open_clip().list_pretrained_tags_by_model(arch)
     listed = ", ".join(tags) if tags else "(none)"
     return f"valid tags for {arch}: {listed}; or a checkpoint file, or 'none' for random weights"
 
@@ -226,7 +255,7 @@ def _tag_quick_gelu(arch: str, tag: str) -> bool:
         return True
     if tag.lower() in RANDOM or os.path.exists(tag):
         return False
-    return bool((open_clip.get_pretrained_cfg(arch, tag) or {}).get("quick_gelu", False))
+    return bool((_open_clip().get_pretrained_cfg(arch, tag) or {}).get("quick_gelu", False))
 
 
 def _uses_quick_gelu(model: torch.nn.Module) -> bool:
@@ -237,15 +266,19 @@ OFFLINE_HINT = ("with no network: --offline uses weights already in the cache; -
                 "checkpoint; --backbone local-dir:PATH an open_clip folder; --backbone toy the offline world's CLIP")
 
 
-def _weights_cached(arch: str, tag: str, cache_dir: str | None) -> bool:
-    """Whether open_clip would find the tag's weights in the Hugging Face cache without asking the Hub."""
+def _cached_weights(arch: str, tag: str, cache_dir: str | None) -> list[str]:
+    """Where open_clip would find the tag's weights in the Hugging Face cache without asking the Hub (empty when
+    it would not)."""
     from huggingface_hub import try_to_load_from_cache
 
-    hub = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub") or ""
+    hub = (_open_clip().get_pretrained_cfg(arch, tag) or {}).get("hf_hub") or ""
     repo, filename = os.path.split(hub)  # "org/name/" or "org/name/file", as open_clip splits it
     names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
     cache = cache_dir or hub_cache_from_environment()
-    return bool(repo) and any(isinstance(try_to_load_from_cache(repo, name, cache_dir=cache), str) for name in names)
+    if not repo:
+        return []
+    found = [try_to_load_from_cache(repo, name, cache_dir=cache) for name in names]
+    return [f for f in found if isinstance(f, str)]
 
 
 def _unreachable(endpoint: str) -> str | None:
@@ -271,7 +304,7 @@ def _fail_fast_without_network(arch: str, tag: str, cache_dir: str | None) -> No
 
     if hub_constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
         return  # open_clip fails at once from the cache; _load_error says so
-    if _weights_cached(arch, tag, cache_dir):
+    if _cached_weights(arch, tag, cache_dir):
         return
     reason = _unreachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     if reason is not None:

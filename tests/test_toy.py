@@ -52,7 +52,7 @@ def test_zero_shot_accuracy_on_named_categories(toy):
 def test_toy_defaults_to_the_world_lexicon(toy):
     from negprompt_cli.scoring.lexicon import load_lexicon
 
-    lexicon = load_lexicon(None, toy.extra.get("default_lexicon"))
+    lexicon = load_lexicon(None, toy.default_lexicon)
     assert lexicon.source.startswith("backbone default") and "circle" in lexicon.nouns
     assert load_lexicon(None).source == "default"  # other backbones: the shipped WordNet lists
 

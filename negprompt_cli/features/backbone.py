@@ -25,6 +25,7 @@ from ..presets import DEFAULT_BACKBONE
 from ..registry import get_host
 
 if TYPE_CHECKING:
+    from ..inputs.pixels import TensorPreprocess
     from ..outputs.artifact import PromptArtifact
 
 
@@ -49,6 +50,12 @@ class Backbone:
     quick_gelu: bool = False
     base_model: str | None = None  # Hub id of the weights, for model cards
     extra: dict[str, Any] = field(default_factory=dict)
+    # The lexicon that mined-label scorers (neglabel, csp, ...) use when the user names none: a lexicon file or
+    # folder, as --lexicon takes; None = WordNet. A model that knows a small vocabulary names its own.
+    default_lexicon: str | None = None
+    # The files the weights (and their config) were read from. A plugin that names them lets a run whose images
+    # are all in the feature cache skip building the model (``backbone_facts``); empty: always built.
+    weights_files: tuple[str, ...] = ()
 
     @property
     def device(self) -> torch.device:
@@ -74,6 +81,16 @@ class Backbone:
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.exp().item())
 
+    def preprocess_repr(self) -> str:
+        """The eval preprocessing as text: part of the feature-cache key (a changed transform is a new key)."""
+        return repr(self.preprocess)
+
+    def tensor_preprocess(self) -> TensorPreprocess | None:
+        """The preprocessing as batched tensor work (``pixels``), or None where it has steps that path lacks."""
+        from ..inputs.pixels import tensor_preprocess_for  # noqa: PLC0415 (features import inputs, not at load)
+
+        return tensor_preprocess_for(self.preprocess)
+
     def identity(self) -> dict[str, Any]:
         """What must match for prompts trained on one backbone to be valid on another."""
         return {"backbone": self.name, "pretrained": self.pretrained, "quick_gelu": self.quick_gelu}
@@ -93,6 +110,21 @@ class Backbone:
                 h.update(tensor.detach().float().cpu().flatten()[:256].numpy().tobytes())
             self.extra["fingerprint"] = h.hexdigest()[:16]
         return self.extra["fingerprint"]
+
+    def text_fingerprint(self) -> str:
+        """A cheap fingerprint of the text tower's weights (keys the mined labels' text features)."""
+        if "text_fingerprint" not in self.extra:
+            model = self.model
+            if all(hasattr(model, a) for a in ("token_embedding", "positional_embedding", "text_projection")):
+                tensors = [model.token_embedding.weight, model.positional_embedding, model.text_projection]
+            else:  # a text tower of another shape: its first tensors
+                tensors = [t for n, t in sorted(model.state_dict().items()) if not n.startswith("visual.")][:8]
+            h = hashlib.sha256()
+            for tensor in tensors:
+                tensor = getattr(tensor, "weight", tensor)  # a projection that is a Linear layer
+                h.update(tensor.detach().float().cpu().flatten()[:4096].numpy().tobytes())
+            self.extra["text_fingerprint"] = h.hexdigest()[:16]
+        return str(self.extra["text_fingerprint"])
 
 
 def set_text_checkpointing(backbone: Backbone, enabled: bool) -> None:

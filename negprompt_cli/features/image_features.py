@@ -40,7 +40,7 @@ from ..environment import default_cache_dir
 from ..errors import NegPromptError, NegPromptWarning, UsageError
 from ..inputs.displayed import DECODE_RULE, as_displayed, exif_orientation
 from ..inputs.image_folders import find_images
-from ..inputs.pixels import TensorPreprocess, decode_jpegs, is_jpeg, tensor_preprocess_for
+from ..inputs.pixels import TensorPreprocess, decode_jpegs, is_jpeg
 from .backbone import Backbone
 from .feature_cache import FeatureCache
 
@@ -293,12 +293,9 @@ def tensor_decoding(backbone: Backbone, view: View, decode: str | None) -> Tenso
     decode = decode or os.environ.get("NEGPROMPT_DECODE") or "auto"
     if decode not in DECODERS:
         raise UsageError(f"unknown decoder {decode!r} (NEGPROMPT_DECODE)", hint=f"choose one of {', '.join(DECODERS)}")
-    if decode == "pil" or view.index is not None:
+    if decode == "pil" or view.index is not None or (decode == "auto" and backbone.device.type != "cuda"):
         return None
-    spec = tensor_preprocess_for(backbone.preprocess)
-    if decode == "auto" and backbone.device.type != "cuda":
-        return None
-    return spec
+    return backbone.tensor_preprocess()
 
 
 WINDOW_BATCHES = 64  # encoder batches per window: what a streaming reader holds at once (64 x 64 images)
@@ -347,7 +344,7 @@ class ImageStream:
         self.window = batch_size * max(1, window_batches or WINDOW_BATCHES)
         self.tensor_path = tensor_decoding(backbone, view, decode)
         preprocess_id = (self.tensor_path.tag() if self.tensor_path is not None
-                         else f"{DECODE_RULE}:{backbone.preprocess!r}")
+                         else f"{DECODE_RULE}:{backbone.preprocess_repr()}")
         self.cache = FeatureCache(cache_dir or default_cache_dir(), backbone.feature_key(preprocess_id),
                                   info={**backbone.identity(), "preprocess": preprocess_id}) if use_cache else None
         self.stats = EncodeStats(requested=len(paths))
@@ -391,11 +388,14 @@ class ImageStream:
 
     def __iter__(self) -> Iterator[Window]:
         device = self.backbone.device
-        dataset = _ImageDataset(self.paths, self.view, self.backbone.preprocess, self.backbone.image_size,
-                                raw_jpeg=self.tensor_path is not None)
         pending: deque[_Pending] = deque()
         first = self._lookup(0) if len(self.paths) else (_Pending(0, 0, {}, 0), [])
         workers = self._workers(len(first[1]))
+        # In this process the preprocessing is asked for only when an image is decoded, so that a stream whose
+        # images are all cached never builds a deferred backbone's model (``backbone_facts``); workers get it whole.
+        preprocess = self.backbone.preprocess if workers else self._preprocess
+        dataset = _ImageDataset(self.paths, self.view, preprocess, self.backbone.image_size,
+                                raw_jpeg=self.tensor_path is not None)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=self._batches(pending, first),
                                              num_workers=workers, collate_fn=_collate,
                                              pin_memory=device.type == "cuda",
@@ -432,6 +432,9 @@ class ImageStream:
                 future.result()
         self.stats.skipped = [Path(self.paths[i]) for i in skipped]
         self._report()
+
+    def _preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.backbone.preprocess(image)
 
     def _report(self) -> None:
         cache = self.cache

@@ -13,14 +13,17 @@ import torch
 from ..console import progress
 from ..errors import IncompatibleArtifactError
 from ..outputs.artifact import PromptArtifact
+from .backbone import Backbone
 from .text_encoder import SoftPromptTextEncoder
 
 
-def text_features_for(encoder: SoftPromptTextEncoder, artifact: PromptArtifact, names: list[str],
+def text_features_for(backbone: Backbone, artifact: PromptArtifact, names: list[str],
                       text_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Unit ([C, E], [C, P, E] or None) features of the artifact's contexts with ``names``."""
+    """Unit ([C, E], [C, P, E] or None) features of the artifact's contexts with ``names``: the ones it stores
+    for its own class names (the text tower is not touched), else encoded."""
     if list(names) == list(artifact.class_names) and "text_pos" in artifact.tensors:
         return artifact.tensors["text_pos"], artifact.tensors.get("text_neg")
+    encoder = SoftPromptTextEncoder(backbone)
     return context_features(encoder, artifact.tensors["ctx_pos"], artifact.tensors.get("ctx_neg"), artifact.prompt,
                             names, text_chunk)
 

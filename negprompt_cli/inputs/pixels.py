@@ -16,6 +16,9 @@ clipped (PIL's ``convert("RGB")`` of a 16-bit greyscale PNG is almost white). ``
 in every feature-cache key, so features cached under an older rule are never reused. The rule itself lives in
 ``displayed`` (PIL and numpy only: the report's thumbnails use it without importing torch); the EXIF turn of a
 decoded tensor is :func:`orient`.
+
+torchvision is imported where it is used, not here: it costs a second and a half (it pulls in torch._dynamo),
+and a run whose images are all in the feature cache decodes nothing.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms import InterpolationMode, v2
 
 from .displayed import DECODE_RULE, as_displayed, exif_orientation
 
@@ -67,6 +68,8 @@ class TensorPreprocess:
 
     def __call__(self, images: list[torch.Tensor]) -> torch.Tensor:
         """uint8 [3, H, W] images (any sizes, one device) -> normalised float [B, 3, crop_h, crop_w]."""
+        from torchvision.transforms import InterpolationMode, v2  # noqa: PLC0415 (see the module docstring)
+
         out = []
         for image in images:
             x = v2.functional.resize(image.float(), [self.size], interpolation=InterpolationMode.BICUBIC,
@@ -89,7 +92,7 @@ def tensor_preprocess_for(preprocess: Any) -> TensorPreprocess | None:
         kind = type(step).__name__
         if kind == "Resize" and isinstance(getattr(step, "size", None), (int, list, tuple)):
             value = step.size if isinstance(step.size, int) else (step.size[0] if len(step.size) == 1 else None)
-            if value is None or step.interpolation != InterpolationMode.BICUBIC or step.max_size is not None:
+            if value is None or getattr(step.interpolation, "value", None) != "bicubic" or step.max_size is not None:
                 return None
             size = int(value)
         elif kind == "CenterCrop":
@@ -128,6 +131,8 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device,
 
 
 def _decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    from torchvision.io import ImageReadMode, decode_jpeg  # noqa: PLC0415 (see the module docstring)
+
     with warnings.catch_warnings():
         # torchvision 0.29 announces its decoders' move to TorchCodec on every call; they still work
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")

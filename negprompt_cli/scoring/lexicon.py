@@ -73,7 +73,7 @@ def _read_words(path: Path) -> list[str]:
 
 def load_lexicon(path: Path | None = None, backbone_default: str | None = None) -> Lexicon:
     """The user's file or folder; else the backbone's own lexicon (a backbone plugin may name one in
-    ``Backbone.extra["default_lexicon"]``: the world CLIP knows only its world's words); else WordNet."""
+    ``Backbone.default_lexicon``: the world CLIP knows only its world's words); else WordNet."""
     if path is None and backbone_default is not None:
         path = Path(backbone_default)
         source = f"backbone default {path.name}"

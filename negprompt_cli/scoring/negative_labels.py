@@ -143,22 +143,13 @@ def candidates(lexicon: Lexicon, id_names: list[str], pool: str, seed: int = 0) 
                       len(lexicon) - len(kept))
 
 
-def text_fingerprint(backbone: Backbone) -> str:
-    """A cheap fingerprint of the text tower's weights (the image tower has its own for the image cache)."""
-    model = backbone.model
-    h = hashlib.sha256()
-    for tensor in (model.token_embedding.weight, model.positional_embedding, model.text_projection):
-        h.update(tensor.detach().float().cpu().flatten()[:4096].numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def candidate_features(backbone: Backbone, found: Candidates, cache_dir: Path | None,
                        quiet: bool = False) -> torch.Tensor:
     """The candidates' features, from ``<cache>/text-features/`` when this backbone encoded them before."""
     payload: dict[str, tuple[tuple[str, ...], list[str]]] = {
         kind: (found.templates(kind), [w for w, k in zip(found.words, found.kinds, strict=True) if k == kind])
         for kind in ("noun", "adjective")}
-    key = hashlib.sha256(json.dumps({**backbone.identity(), "text": text_fingerprint(backbone), "ensemble": 1,
+    key = hashlib.sha256(json.dumps({**backbone.identity(), "text": backbone.text_fingerprint(), "ensemble": 1,
                                      "prompts": hashlib.sha256(json.dumps(payload).encode()).hexdigest()},
                                     sort_keys=True).encode()).hexdigest()[:24]
     path = Path(cache_dir) / "text-features" / f"{key}.safetensors" if cache_dir is not None else None
@@ -231,7 +222,7 @@ def prepare(backbone: Backbone, pool: str | None, names: list[str], id_features:
     """(mined labels, the scorer's extra options) for a scorer that mines from ``pool``; (None, None) without."""
     if pool is None:
         return None, None
-    lexicon = load_lexicon(request.lexicon, backbone.extra.get("default_lexicon"))
+    lexicon = load_lexicon(request.lexicon, backbone.default_lexicon or backbone.extra.get("default_lexicon"))
     labels = mine(backbone, lexicon, names, id_features, replace(request.mining, pool=pool), cache_dir=cache_dir,
                   quiet=quiet)
     groups = request.groups if request.groups is not None else int(lexicon.mining["groups"])

@@ -16,6 +16,7 @@ import torch
 from ..environment import default_cache_dir
 from ..errors import IncompatibleArtifactError, NegPromptError, UsageError
 from ..features.backbone import Backbone, BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
+from ..features.backbone_facts import remembered_backbone
 from ..features.image_features import EncodeOptions
 from ..features.text_encoder import SoftPromptTextEncoder
 from ..features.text_features import HAND_TEMPLATE, hand_template_features, template_features, text_features_for
@@ -40,6 +41,9 @@ class ScoringRequest:
     temperature: float | None = None
     labels: LabelRequest = field(default_factory=LabelRequest)
     encode: EncodeOptions = EncodeOptions()  # its cache_dir holds the mined labels' features; quiet: no bars
+    # build the model only when something needs it (an image or text to encode), when the feature cache remembers
+    # the backbone's facts (``backbone_facts``): a run whose images are all cached loads no model
+    defer_model: bool = False
 
     def __post_init__(self) -> None:  # the cheap checks, at once
         if self.zero_shot == (self.prompts is not None):
@@ -158,7 +162,7 @@ def setup_scoring(request: ScoringRequest) -> ScoringSetup:
     artifact = None
     if request.zero_shot:
         assert names is not None
-        backbone = load_backbone(request.backbone or BackboneRequest())
+        backbone = _backbone(request, request.backbone or BackboneRequest())
         # the ID prompts depend on the scorer (each scorer's paper's own), so it is chosen first here
         text_pos, text_neg = zero_shot_features(backbone, names, _chosen_scorer(request, None, False)), None
         prompts_id = f"zero-shot:{backbone.name}:{backbone.pretrained}"
@@ -171,12 +175,11 @@ def setup_scoring(request: ScoringRequest) -> ScoringSetup:
             artifact.check_backbone({"backbone": request.backbone.name, "pretrained": request.backbone.pretrained},
                                     request.prompts)
             runtime = replace(runtime, trust_backbone=True)
-        backbone = load_backbone(artifact_backbone(artifact, runtime, request.prompts))
+        backbone = _backbone(request, artifact_backbone(artifact, runtime, request.prompts))
         check_fits_backbone(artifact, backbone.text_width, backbone.context_length, backbone.embed_dim,
                             request.prompts)
         names = names or list(artifact.class_names)
-        text_pos, text_neg = text_features_for(SoftPromptTextEncoder(backbone), artifact, names,
-                                               request.runtime.text_chunk)
+        text_pos, text_neg = text_features_for(backbone, artifact, names, request.runtime.text_chunk)
         prompts_id = artifact_id(request.prompts)
         stored, extra = artifact.extra.get("threshold"), artifact.extra
         tau_scorer = calibrated_scorer(artifact.extra)
@@ -195,6 +198,12 @@ def setup_scoring(request: ScoringRequest) -> ScoringSetup:
                         spec=spec, scorer_source=scorer_source, temperature=temperature,
                         prompts_id=prompts_id, stored_threshold=stored, artifact_names=artifact_names, extra=extra,
                         artifact=artifact)
+
+
+def _backbone(request: ScoringRequest, wanted: BackboneRequest) -> Backbone:
+    if request.defer_model:
+        return remembered_backbone(wanted, request.encode.cache_dir or default_cache_dir())
+    return load_backbone(wanted)
 
 
 def _chosen_scorer(request: ScoringRequest, calibrated_for: str | None, has_negatives: bool) -> str:

@@ -134,7 +134,7 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
     request = ScoringRequest(prompts=options.prompts, names=names_given,
                              zero_shot=options.zero_shot, backbone=options.backbone, runtime=options.runtime,
                              scorer=options.scorer, temperature=options.temperature, labels=options.labels,
-                             encode=options.encode)
+                             encode=options.encode, defer_model=True)
     paths = list_images(image_inputs(options.images), strict=options.encode.strict)
     if shares.ranks.is_main:
         check_not_input(options.out, [("--prompts", options.prompts), ("--names", options.names),

@@ -16,7 +16,6 @@ from ..devices import check_precision
 from ..errors import NotFoundError
 from ..features.backbone import RuntimeOptions, artifact_backbone, load_backbone
 from ..features.image_features import EncodeOptions, encode_folder
-from ..features.text_encoder import SoftPromptTextEncoder
 from ..features.text_features import text_features_for
 from ..inputs.image_folders import read_names_file, warn_foreign_calibration_classes
 from ..outputs.artifact import PromptArtifact, check_fits_backbone, load_prompts, package_versions, save_prompts
@@ -38,8 +37,7 @@ def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions
     backbone = load_backbone(artifact_backbone(source, runtime, prompts))
     source.check_backbone(backbone.identity(), prompts)
     check_fits_backbone(source, backbone.text_width, backbone.context_length, backbone.embed_dim, prompts)
-    encoder = SoftPromptTextEncoder(backbone)
-    text_pos, text_neg = text_features_for(encoder, source, names, runtime.text_chunk)
+    text_pos, text_neg = text_features_for(backbone, source, names, runtime.text_chunk)
     tensors = {k: v for k, v in source.tensors.items() if k.startswith("ctx_")}
     tensors["text_pos"] = text_pos
     if text_neg is not None:
