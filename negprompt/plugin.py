@@ -30,6 +30,7 @@ from negprompt_cli.features.backbone import Backbone, BackboneFactory
 from negprompt_cli.features.text_encoder import SoftPromptTextEncoder, TokenizedPrompts
 from negprompt_cli.hookspecs import hookimpl
 from negprompt_cli.registry import ScorerSpec
+from negprompt_cli.training.coop import CoOpPrompts
 from negprompt_cli.training.learners import LearnerBuilder, PromptModule, PromptSettings, initial_context
 from negprompt_cli.training.losses import VARIANTS as LOSS_VARIANTS
 from negprompt_cli.training.losses import LossWeights, negprompt_loss
@@ -42,7 +43,7 @@ __all__ = [
     "Backbone", "BackboneFactory", "hub_cache_from_environment", "world_checkpoint_dir", "world_lexicon_dir",
     # prompt learners: the contract, the settings they receive, the soft-prompt text path, NegPrompt's losses
     "LearnerBuilder", "PromptModule", "PromptSettings", "initial_context", "SoftPromptTextEncoder",
-    "TokenizedPrompts", "LOSS_VARIANTS", "LossWeights", "negprompt_loss",
+    "TokenizedPrompts", "CoOpPrompts", "LOSS_VARIANTS", "LossWeights", "negprompt_loss",
     # scorers: the properties a scorer states when it registers
     "ScorerSpec",
     # errors and notes (their exit codes: docs/cli.md)

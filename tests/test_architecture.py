@@ -175,12 +175,14 @@ def negprompt_imports(source: str) -> set[str]:
 
 
 def test_plugins_import_only_the_documented_surface():
-    """The built-in plugins and every example in docs/plugins.md use ``negprompt.plugin`` and nothing else."""
+    """The built-in plugins and every example in docs/plugins.md (and docs/examples/) use ``negprompt.plugin`` and
+    nothing else."""
     sources = {path.name: path.read_text() for path in (ROOT / "plugins").glob("*.py")}
     doc = (ROOT / "docs" / "plugins.md").read_text()
     examples = re.findall(r"```python\n(# (\w+)\.py\n.*?)```", doc, re.S)
     assert len(examples) >= 2, "docs/plugins.md lost its plugin examples"
     sources.update({f"docs/plugins.md:{name}": code for code, name in examples})
+    sources.update({str(p.relative_to(ROOT)): p.read_text() for p in (ROOT / "docs" / "examples").rglob("*.py")})
     for name, source in sources.items():
         assert negprompt_imports(source) <= {"negprompt.plugin"}, (name, negprompt_imports(source))
     assert all(negprompt_imports(source) for name, source in sources.items() if name != "__init__.py")

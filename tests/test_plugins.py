@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import textwrap
 import warnings
@@ -205,11 +204,10 @@ def test_unknown_names_suggest_close_matches():
 
 
 def test_docs_plugin_example_works(tmp_path, monkeypatch):
-    """The complete example in docs/plugins.md, installed as a real plugin, registers and scores."""
+    """docs/plugins.md's scorer example (docs/examples/), installed as a plugin, registers and scores."""
     import torch
 
-    doc = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
-    source = re.search(r"```python\n# negprompt_margin\.py\n(.*?)```", doc, re.S).group(1)
+    source = (Path(__file__).parents[1] / "docs" / "examples" / "negprompt-margin" / "negprompt_margin.py").read_text()
     site = tmp_path / "site"
     install_fake_plugin(site, "negprompt_margin", source, ep_name="margin", dist="negprompt-margin")
     monkeypatch.syspath_prepend(str(site))
@@ -366,8 +364,7 @@ def test_the_documented_backbone_plugin_scores_and_trains(tmp_path, monkeypatch)
 
     import negprompt_cli
 
-    doc = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
-    source = re.search(r"```python\n# negprompt_tiny\.py\n(.*?)```", doc, re.S).group(1)
+    source = (Path(__file__).parents[1] / "docs" / "examples" / "negprompt-tiny" / "negprompt_tiny.py").read_text()
     install_fake_plugin(tmp_path / "site", "negprompt_tiny", source, ep_name="tiny", dist="negprompt-tiny")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     registry.reset_host()

@@ -128,6 +128,8 @@ def learner_options(name: str, learner: Any, given: dict[str, Any]) -> Any:
         return options_type(**values)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"learner {name!r}: {exc}") from None
+    except UsageError as exc:  # the learner's own check (__post_init__): said with the learner's name
+        raise UsageError(f"learner {name!r}: {exc.message}", hint=exc.hint) from None
 
 
 def parse_option_pairs(pairs: list[str]) -> dict[str, str]:
