@@ -11,15 +11,19 @@ Rules:
   an empty value loads none (useful to debug a broken setup).
 * A plugin that fails to import is skipped with a warning; it appears in
   ``negprompt plugins`` with its error.
+* Load order: the built-ins first, then the other plugins in alphabetical order of their distribution's
+  name (then of the entry point's name), whatever the order of installation or of ``sys.path``.
 * Duplicate names: registering a name (or alias) that another plugin already registered is
   refused with a warning and the first registration is kept, unless the second passes
-  ``replace=True``. Built-ins load first, so a third-party plugin must opt in to override one.
+  ``replace=True``. Built-ins load first, so a third-party plugin must opt in to override one; of two
+  third-party plugins, the one whose distribution sorts first keeps the name.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib.metadata
+import inspect
 import os
 import warnings
 from collections.abc import Callable
@@ -147,8 +151,10 @@ class PluginHost:
             dist = getattr(ep, "dist", None)
             return None if dist is None else str(dist.metadata["Name"])
 
+        # built-ins first, then by distribution and entry-point name: the order decides which of two plugins
+        # that register one name is kept, so it must not depend on sys.path or on the order of installation
         entry_points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
-                              key=lambda ep: dist_name(ep) != BUILTIN_DIST)  # built-ins first
+                              key=lambda ep: (dist_name(ep) != BUILTIN_DIST, (dist_name(ep) or "").lower(), ep.name))
         if allow is None and not any(dist_name(ep) == BUILTIN_DIST for ep in entry_points):
             warnings.warn("negprompt's built-in plugins (backbones, learners, scorers) are not installed: no "
                           f"{ENTRY_POINT_GROUP!r} entry points of the {BUILTIN_DIST!r} distribution were found "
@@ -349,7 +355,27 @@ def _scorer_spec(plugin: str, name: str, fn: Any, description: str, properties: 
             stated[key] = properties[key]
         elif hasattr(fn, _LEGACY_ATTRIBUTES.get(key, key)):  # the first contract: attributes on the function
             stated[key] = getattr(fn, _LEGACY_ATTRIBUTES.get(key, key))
-    return ScorerSpec(name=name, fn=fn, description=description, **stated)
+    spec = ScorerSpec(name=name, fn=fn, description=description, **stated)
+    _check_scorer_signature(plugin, spec)
+    return spec
+
+
+def _check_scorer_signature(plugin: str, spec: ScorerSpec) -> None:
+    """A scorer that cannot take the arguments the core passes is refused when it registers (one warning naming
+    the plugin and the call), not when the first image is scored. Callables without a readable signature are
+    checked when they are called."""
+    try:
+        signature = inspect.signature(spec.fn)
+    except (TypeError, ValueError):
+        return
+    keywords: dict[str, Any] = {"temperature": 1.0, "logit_scale": 100.0}
+    if spec.pool is not None:  # a mined-label scorer also gets the labels' cosines and the grouping
+        keywords |= {"mined": None, "groups": 1, "seed": 0}
+    try:
+        signature.bind(None, None, **keywords)
+    except TypeError as exc:
+        raise TypeError(f"plugin {plugin!r} registers scorer {spec.name!r}, which cannot be called as "
+                        f"scorer(pos, neg, *, {', '.join(keywords)}) ({exc}; docs/plugins.md)") from None
 
 
 def _normalise_backbone(name: str) -> str:

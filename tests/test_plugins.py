@@ -173,6 +173,35 @@ def test_duplicate_name_keeps_first_unless_replace():
     assert host.scorer("energy") == "replacement"
 
 
+@pytest.mark.parametrize("first_on_path", ["zeta", "alpha"])
+def test_two_installed_plugins_with_one_name_resolve_by_distribution_name(tmp_path, monkeypatch, first_on_path):
+    """Whatever the order of sys.path (the order of installation), the distribution that sorts first keeps the
+    name, and the warning names both."""
+    for dist in ("alpha", "zeta"):
+        install_fake_plugin(tmp_path / dist, f"negprompt_dup_{dist}", f"""
+            from negprompt.plugin import hookimpl
+
+            @hookimpl
+            def register_scorers(register):
+                register("dup-score", lambda pos, neg=None, **kw: pos[:, 0], description="from {dist}")
+        """, ep_name=f"dup-{dist}", dist=f"negprompt-{dist}")
+    for dist in (("alpha", "zeta") if first_on_path == "zeta" else ("zeta", "alpha")):
+        monkeypatch.syspath_prepend(str(tmp_path / dist))  # the last prepended is first on sys.path
+    registry.reset_host()
+    try:
+        with pytest.warns(PluginWarning) as caught:
+            host = registry.get_host()
+            host.fill()
+        said = [str(w.message) for w in caught if "dup-score" in str(w.message)]
+        assert said == ["plugin 'dup-zeta' registers scorer 'dup-score', already registered by 'dup-alpha'; keeping "
+                        "the one from 'dup-alpha' (pass replace=True to override)"]
+        assert host.scorers.get("dup-score").description == "from alpha"
+    finally:
+        for dist in ("alpha", "zeta"):
+            sys.modules.pop(f"negprompt_dup_{dist}", None)
+        registry.reset_host()
+
+
 def test_a_misspelt_hook_skips_that_plugin_with_one_warning_and_the_rest_works():
     """#40 item 3: `register_scorer` (no "s") made every command fail with "unexpected PluginValidationError"."""
     class Typo:
@@ -452,6 +481,38 @@ def test_a_scorer_that_breaks_its_contract_is_named_with_its_plugin(tmp_path, bo
         assert "unexpected" not in result.stderr and not (tmp_path / "s.csv").exists()
     finally:
         host.unregister("broken_plugin")
+
+
+@pytest.mark.parametrize(("source", "pool", "said"), [
+    ("def bad(pos):\n    return pos[:, 0]", None, "too many positional arguments"),
+    ("def bad(pos, neg=None, *, temperature=1.0):\n    return pos[:, 0]", None, "unexpected keyword argument "
+                                                                                  "'logit_scale'"),
+    ("def bad(pos, neg=None, *, temperature=1.0, logit_scale=100.0):\n    return pos[:, 0]", "neglabel",
+     "unexpected keyword argument 'mined'"),
+])
+def test_a_scorer_with_the_wrong_signature_is_refused_when_it_registers(tmp_path, source, pool, said):
+    """#40 item 3: a scorer that cannot take the core's arguments is named, with its plugin and the call, when the
+    plugins load; the other scorers and the CLI keep working."""
+    class Wrong:
+        @negprompt_cli.hookimpl
+        def register_scorers(self, register):
+            namespace: dict = {}
+            exec(source, namespace)
+            register("wrong", namespace["bad"], pool=pool)
+
+    host = registry.get_host()
+    host.register_object(Wrong(), "wrong_plugin")
+    try:
+        with pytest.warns(PluginWarning) as caught:
+            host.fill()
+        [message] = [str(w.message) for w in caught]
+        keywords = "temperature, logit_scale" + (", mined, groups, seed" if pool else "")
+        assert message.startswith(f"plugin 'wrong_plugin' registers scorer 'wrong', which cannot be called as "
+                                  f"scorer(pos, neg, *, {keywords}) (") and said in message
+        assert message.endswith("; not registered")
+        assert "wrong" not in host.scorers.names() and "mcm" in host.scorers.names()
+    finally:
+        host.unregister("wrong_plugin")
 
 
 def test_plugins_lists_descriptions_and_each_learners_options():
