@@ -94,7 +94,8 @@ class Detector:
                   scorer: str | None = None, temperature: float | None = None, device: str = "auto",
                   lexicon: Path | None = None, cache_dir: Path | None = None, batch_size: int = 64,
                   precision: str = "fp32", threshold: float | None = None, offline: bool = False) -> Detector:
-        """No learned prompts: the hand template "a photo of a {}." for ``names`` (csp by default)."""
+        """No learned prompts: ``names`` under the scorer's own ID prompts (csp by default: CSP's 8 templates;
+        ``mcm``: the hand template "a photo of a {}.")."""
         request = ScoringRequest(names=list(names), zero_shot=True,
                                  backbone=BackboneRequest(backbone, pretrained, device, offline=offline),
                                  scorer=scorer, temperature=temperature, labels=LabelRequest(lexicon=lexicon),

@@ -3,8 +3,9 @@
 The rule that makes an N-process run give the *same bytes* as a one-process run: work is split
 in whole encoder batches. The sorted image list is cut into batches of ``--batch-size`` exactly as
 one process would cut it, and each rank takes a contiguous run of those batches. Every image is
-therefore encoded in the same batch, with the same neighbours, as in a one-process run. ``score``
-scores each rank's share where it was encoded and writes it to the rank's own part, which rank 0
+therefore encoded in the same batch, with the same neighbours, as in a one-process run with the same threads
+per process on CPU (torchrun starts ranks with one), and the same GPU model and precision on CUDA (docs/scale.md).
+``score`` scores each rank's share where it was encoded and writes it to the rank's own part, which rank 0
 joins in order (``score_output``); ``cache build`` keeps each share in the cache; the prompt stages
 gather their (small) training sets on every rank.
 

@@ -207,6 +207,35 @@ def test_score_with_mined_labels_end_to_end(scored, tiny_vit_dir):
     assert {r["ood"] for r in csv.DictReader((root / "c.csv").open())} <= {"True", "False"}
 
 
+def test_keep_id_names_mines_them_as_the_releases_do_and_is_part_of_the_threshold_settings(scored):
+    """#40 item 4: NegLabel's released ImageNet list holds 32 ImageNet class names; --keep-id-names mines as
+    released (an ID name is an ordinary candidate); the default never keeps one. Thresholds calibrated before the
+    option existed still apply (the setting is named only when it is not the default)."""
+    from types import SimpleNamespace
+
+    from negprompt_cli.scoring.negative_labels import settings_fingerprint
+
+    root, common = scored
+    every = ["--scorer", "neglabel", "--mine-fraction", "1.0", "--groups", "1", "--json"]
+    kept = invoke([*common, *every, "--keep-id-names", "--out", str(root / "k.csv")])
+    dropped = invoke([*common, *every, "--out", str(root / "d.csv")])
+    assert kept.exit_code == dropped.exit_code == 0, kept.stderr + dropped.stderr
+    k, d = json.loads(kept.stdout)["negative_labels"], json.loads(dropped.stdout)["negative_labels"]
+    assert (k["labels"], k["mined_id_names"], k["id_names"]) == (10, 2, "keep")
+    assert (d["labels"], d["mined_id_names"], d["id_names"]) == (8, 0, "drop")
+    assert "(2 of them ID class names: --keep-id-names)" in kept.stderr
+    # the ID names only join the denominator: no image gains, and some lose mass to their own class name
+    k_rows, d_rows = (list(csv.DictReader((root / f).open())) for f in ("k.csv", "d.csv"))
+    assert all(float(a["score"]) <= float(b["score"]) for a, b in zip(k_rows, d_rows, strict=True))
+    assert any(float(a["score"]) < float(b["score"]) for a, b in zip(k_rows, d_rows, strict=True))
+    record = {"pool": "neglabel", "pool_digest": "p", "lexicon": "l", "percentile": 0.95, "fraction": 0.15,
+              "count": None, "seed": 0}
+    default = settings_fingerprint(SimpleNamespace(record=lambda: {**record, "id_names": "drop"}), {"groups": 1})
+    assert default == {**record, "groups": 1}  # as thresholds stored before --keep-id-names recorded them
+    keep = settings_fingerprint(SimpleNamespace(record=lambda: {**record, "id_names": "keep"}), {"groups": 1})
+    assert keep == {**record, "id_names": "keep", "groups": 1}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--negative-labels", "50"], "Error: 50 negative labels requested, but the lexicon has only 8 candidates"),
     (["--groups", "0"], "Error: --groups must be at least 1 (got 0)"),
@@ -359,3 +388,36 @@ def test_a_bad_lexicon_manifest_is_one_line(tmp_path, manifest, message):
                      "neglabel", "--lexicon", str(folder)])
     assert result.exit_code == 2, result.stderr
     assert message in result.stderr
+
+
+def test_the_templates_each_scorer_uses_are_the_ones_docs_method_names():
+    """#40 item 4: docs/method.md's release-vs-ours table names every template; the code must use those."""
+    import re
+    from pathlib import Path
+
+    from negprompt_cli.features.text_features import HAND_TEMPLATE
+    from negprompt_cli.registry import get_host
+    from negprompt_cli.scoring.negative_labels import CSP_ADJECTIVE_TEMPLATES, CSP_NOUN_TEMPLATES, CSP_PHRASES, POOLS
+    from negprompt_cli.scoring.setup import zero_shot_prompts
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
+    rows = {cells[0]: cells[1:] for line in doc.splitlines() if line.startswith("| ")
+            for cells in [[c.strip() for c in line.strip().strip("|").split("|")]]}
+
+    def quoted(cell: str) -> tuple[str, ...]:
+        return tuple(re.findall(r'"([^"]*)"', cell))
+
+    neglabel, csp, ours = rows["noun prompts"][:3]
+    assert quoted(neglabel) == POOLS["neglabel"].noun_templates and quoted(csp) == CSP_NOUN_TEMPLATES
+    assert ours.startswith("same as each release") and POOLS["csp"].noun_templates == CSP_NOUN_TEMPLATES
+    neglabel, csp, _ = rows["adjective prompts"][:3]
+    assert quoted(neglabel) == POOLS["neglabel"].adjective_templates
+    assert quoted(csp) == CSP_PHRASES + CSP_ADJECTIVE_TEMPLATES
+    assert (POOLS["csp"].phrases, POOLS["csp"].adjective_templates) == (CSP_PHRASES, CSP_ADJECTIVE_TEMPLATES)
+    neglabel, csp, ours = rows["zero-shot ID prompt"][:3]
+    assert quoted(neglabel) == POOLS["neglabel"].id_templates and "8 noun templates" in csp
+    assert POOLS["csp"].id_templates == CSP_NOUN_TEMPLATES
+    assert quoted(ours)[0] == HAND_TEMPLATE
+    for spec in get_host().scorer_specs():  # the built-ins: a mined-label scorer its pool's, the rest the hand one
+        expected = POOLS[spec.pool].id_templates if spec.pool else (HAND_TEMPLATE,)
+        assert zero_shot_prompts(spec.name) == expected, spec.name

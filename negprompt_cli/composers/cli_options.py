@@ -175,6 +175,9 @@ def negative_label_options() -> list[inspect.Parameter]:
                "the world lexicon: 0.5, chosen on validation; a lexicon without a manifest.json: 0.15)."),
         option("negative_labels", int | None, "--negative-labels", help="Keep this many negative labels instead "
                "of --mine-fraction."),
+        option("keep_id_names", bool, "--keep-id-names", default=False, help="Let lexicon entries equal to an ID "
+               "class name be mined like any other candidate, as NegLabel's and CSP's released code does. Default: "
+               "never kept (an image would be scored against its own class name; docs/method.md)."),
         option("groups", int | None, "--groups", help="Average the score over this many random groups of the "
                "negative labels (1 = no grouping). Default: the lexicon's (WordNet: 100; the world lexicon: 1)."),
         option("seed", int, "--seed", default=0, help="Seed of the grouping and of CSP's superclass words."),

@@ -108,7 +108,9 @@ def score_command(
                                                 "hf://ORG/NAME[@REVISION].")] = None,
     names: Annotated[Path | None, typer.Option("--names", help="Class names (required with --zero-shot; with "
                                                "--prompts, re-targets on the fly).")] = None,
-    zero_shot: Annotated[bool, typer.Option("--zero-shot", help="No learned prompts: 'a photo of a {}.'")] = False,
+    zero_shot: Annotated[bool, typer.Option("--zero-shot", help="No learned prompts: the class names under the "
+                                            "scorer's own ID prompts (csp: CSP's 8 templates; neglabel: 'the nice "
+                                            "{}'; mcm and the others: 'a photo of a {}.').")] = False,
     backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Backbone for --zero-shot (default "
                                                  "ViT-B/16); with --prompts it must match the artifact.")] = None,
     pretrained: PretrainedOpt = None,
@@ -164,7 +166,9 @@ def score_message(summary: dict[str, Any], out: Path | None) -> str:
     labels = summary["negative_labels"]
     mined = (f"; {labels['labels']} negative labels mined from {labels['candidates']} candidates"
              + (f" ({labels['dropped_id_names']} lexicon entries equal to ID class names never kept)"
-                if labels["dropped_id_names"] else "")
+                if labels["dropped_id_names"] and labels.get("id_names", "drop") == "drop" else "")
+             + (f" ({labels['mined_id_names']} of them ID class names: --keep-id-names)"
+                if labels.get("id_names") == "keep" else "")
              + (f" ({labels['near_duplicates']} closer than cosine 0.95 to an ID class never kept)"
                 if labels.get("near_duplicates") else "") if labels else "")
     memory_note = ""

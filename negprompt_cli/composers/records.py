@@ -84,7 +84,8 @@ def label_request(given: dict[str, Any]) -> Any:
 
     return LabelRequest(lexicon=given["lexicon"], groups=given["groups"],
                         mining=MiningOptions(percentile=given["mine_percentile"], fraction=given["mine_fraction"],
-                                             count=given["negative_labels"], seed=given["seed"]))
+                                             count=given["negative_labels"], seed=given["seed"],
+                                             id_names="keep" if given["keep_id_names"] else "drop"))
 
 
 def adaptive_record(given: dict[str, Any], batch_size: int):

@@ -16,8 +16,11 @@ Mining (NegLabel's NegMining): every candidate's cosine similarity to each ID cl
 closeness to the ID set is the ``percentile`` (default 0.95) of those similarities; within the
 noun part and the adjective part separately, keep the ``fraction`` (default 0.15) that is farthest
 from the ID set. Lexicon entries equal to an ID class name (case-insensitive) count in the pool, as in
-the releases, but are never kept (how many is recorded): the releases rely on the zero-shot ID prompt
-making them exact duplicates; with learned ID prompts they are not, and could be mined.
+the releases, but are never kept (how many is recorded). The releases keep no such rule: an ID name is an
+ordinary candidate, and its closeness is a percentile of its similarities to all ID classes, which its own
+class (cosine 1 with the zero-shot ID prompt) barely moves, so NegLabel's released ImageNet list holds 32
+ImageNet class names ("gibbon", "samoyed", ...): the images of those classes then score against their own
+name. ``MiningOptions.id_names="keep"`` (``--keep-id-names``) mines as released.
 
 The candidate features (the expensive part: NegLabel's 70k prompts, CSP's ~416k) are cached per
 (backbone, pool, lexicon) under ``<cache>/text-features/``; mining against a class list reruns
@@ -85,6 +88,9 @@ def zero_shot_templates(pool: str | None) -> tuple[str, ...] | None:
     return POOLS[pool].id_templates if pool in POOLS else None
 
 
+ID_NAME_RULES = ("drop", "keep")
+
+
 @dataclass(frozen=True)
 class MiningOptions:
     """How labels are mined; None: the lexicon's own default (its manifest, else NegLabel's 0.95 and 0.15)."""
@@ -94,8 +100,14 @@ class MiningOptions:
     fraction: float | None = None  # of each part (nouns, adjectives) kept; NegLabel's neg_topk
     count: int | None = None  # a total number of negative labels instead of ``fraction``
     seed: int = 0  # CSP: which superclass word each adjective is joined to
+    # lexicon entries equal to an ID class name: "drop" = never kept (ours), "keep" = ordinary candidates, as
+    # NegLabel's and CSP's releases treat them (NegLabel's released ImageNet list holds 32 ImageNet class names)
+    id_names: str = "drop"
 
     def __post_init__(self) -> None:
+        if self.id_names not in ID_NAME_RULES:
+            raise UsageError(f"unknown rule for ID class names in the lexicon {self.id_names!r}",
+                             hint=f"choose one of {', '.join(ID_NAME_RULES)}")
         if self.pool not in POOLS:
             raise UsageError(f"unknown negative-label pool {self.pool!r}", hint=f"choose one of {', '.join(POOLS)}")
         if self.percentile is not None and not 0.0 <= self.percentile <= 1.0:
@@ -193,6 +205,7 @@ class NegativeLabels:
     lexicon: str = ""  # the lexicon's digest: the labels depend on it
     excluded: int = 0  # lexicon entries only in the pool's excluded files
     near_duplicates: int = 0  # candidates above the pool's near-duplicate cosine, never kept
+    mined_id_names: int = 0  # kept labels that are ID class names (only with MiningOptions.id_names "keep")
 
     def record(self) -> dict[str, Any]:
         pool = POOLS[self.options.pool]
@@ -201,7 +214,8 @@ class NegativeLabels:
                 "excluded_files": list(pool.excluded_files), "excluded_entries": self.excluded,
                 "near_duplicates": self.near_duplicates, "percentile": self.options.percentile,
                 "fraction": self.options.fraction if self.options.count is None else None,
-                "count": self.options.count, "seed": self.options.seed, "lexicon": self.lexicon}
+                "count": self.options.count, "seed": self.options.seed, "lexicon": self.lexicon,
+                "id_names": self.options.id_names, "mined_id_names": self.mined_id_names}
 
 
 @dataclass(frozen=True)
@@ -242,8 +256,10 @@ def settings_fingerprint(labels: NegativeLabels | None, scorer_options: dict[str
     if labels is None:
         return None
     record = labels.record()
-    return {k: record[k] for k in ("pool", "pool_digest", "lexicon", "percentile", "fraction", "count", "seed")} | {
-        "groups": (scorer_options or {}).get("groups")}
+    settings = {k: record[k] for k in ("pool", "pool_digest", "lexicon", "percentile", "fraction", "count", "seed")}
+    if record["id_names"] != "drop":  # named only when not the default, so thresholds stored before still apply
+        settings["id_names"] = record["id_names"]
+    return settings | {"groups": (scorer_options or {}).get("groups")}
 
 
 def closeness(candidate_feats: torch.Tensor, id_features: torch.Tensor, percentile: float,
@@ -299,7 +315,8 @@ def mine(backbone: Backbone, lexicon: Lexicon, id_names: list[str], id_features:
     assert options.percentile is not None  # resolve_mining filled it
     close = closeness(feats, id_features, options.percentile, near_duplicate=near)
     near_count = 0 if near is None else int((close == 1.0).sum())
-    close[torch.tensor(found.id_name, dtype=torch.bool)] = float("inf")
+    if options.id_names == "drop":
+        close[torch.tensor(found.id_name, dtype=torch.bool)] = float("inf")
     kept = select(found.kinds, close, options)
     if not kept:
         raise UsageError(f"mining kept no negative labels ({len(found.words)} candidates x fraction "
@@ -308,4 +325,5 @@ def mine(backbone: Backbone, lexicon: Lexicon, id_names: list[str], id_features:
     prompts = found.prompts
     return NegativeLabels([found.words[i] for i in kept], [prompts[i] for i in kept],
                           [found.kinds[i] for i in kept], feats[index], len(found.words),
-                          found.dropped_id_names, options, lexicon.digest(), found.excluded, near_count)
+                          found.dropped_id_names, options, lexicon.digest(), found.excluded, near_count,
+                          mined_id_names=sum(found.id_name[i] for i in kept))
