@@ -3,6 +3,7 @@ run past that error."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 
@@ -93,6 +94,47 @@ def test_a_misspelt_learner_option_is_fixed_by_its_suggestion(toy_prompts, tmp_p
     fixed = f"{suggestion(refused.stderr)}=1"
     followed = invoke([fixed if a == "n_negs=1" else a for a in args])
     assert followed.exit_code == 0, followed.stderr
+
+
+def hint_line(stderr: str) -> str:
+    return next(line for line in stderr.splitlines() if line.startswith("Hint: "))[len("Hint: "):]
+
+
+def test_a_missing_output_folder_is_fixed_by_the_command_its_hint_prints(toy_prompts, tmp_path):
+    import subprocess
+
+    out = tmp_path / "runs" / "today" / "s.csv"
+    args = ["score", str(toy_prompts / "train"), "--prompts", str(toy_prompts / "pos.safetensors"), "--out", str(out),
+            "--quiet", "--cache-dir", str(toy_prompts / "cache")]
+    refused = invoke(args)
+    assert refused.exit_code == 3 and "output directory does not exist" in refused.stderr
+    command = hint_line(refused.stderr).removeprefix("create it first: ")
+    assert shlex.split(command)[:2] == ["mkdir", "-p"]
+    subprocess.run(shlex.split(command), check=True)
+    followed = invoke(args)
+    assert followed.exit_code == 0 and out.exists(), followed.stderr
+
+
+def test_an_unknown_format_is_fixed_by_its_hint(toy_prompts, tmp_path):
+    args = ["score", str(toy_prompts / "train"), "--prompts", str(toy_prompts / "pos.safetensors"), "--format",
+            "xlsx", "--out", str(tmp_path / "s"), "--quiet", "--cache-dir", str(toy_prompts / "cache")]
+    refused = invoke(args)
+    assert refused.exit_code == 2 and hint_line(refused.stderr) == "choose csv or jsonl"
+    followed = invoke([a if a != "xlsx" else "jsonl" for a in args])
+    assert followed.exit_code == 0, followed.stderr
+
+
+def test_the_no_decision_warning_of_zero_shot_is_fixed_by_calibrating_as_it_says(toy_prompts, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("red stripes\ngreen bars\n")
+    args = ["score", str(toy_prompts / "train"), "--zero-shot", "--names", str(names), "--backbone", "toy",
+            "--scorer", "mcm", "--out", str(tmp_path / "s.csv"), "--cache-dir", str(toy_prompts / "cache"), "--json"]
+    first = invoke(args)
+    assert first.exit_code == 0 and json.loads(first.stdout)["flagged_ood"] is None
+    assert "get one with --calibrate ID_IMAGES (a folder of in-distribution images) or --threshold" in first.stderr
+    followed = invoke([*args, "--calibrate", str(toy_prompts / "train")])
+    assert followed.exit_code == 0, followed.stderr
+    assert json.loads(followed.stdout)["flagged_ood"] is not None and "no stored ID threshold" not in followed.stderr
 
 
 def _hint_texts() -> list[tuple[str, int, str]]:
