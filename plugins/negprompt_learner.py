@@ -60,7 +60,7 @@ class NegativePrompts(PromptModule):
         self.variant, self.weights = options.loss_variant, LossWeights(options.beta, options.gamma)
         self.n_classes, self.n_neg = len(prompts), options.n_neg
         n_neg, neg_csc, init_noise = options.n_neg, options.neg_csc, options.init_noise
-        device = encoder.model.token_embedding.weight.device
+        device = encoder.device
         ctx_pos = ctx_pos.to(device, torch.float32)
         self.register_buffer("ctx_pos", ctx_pos.clone())
         with torch.no_grad():

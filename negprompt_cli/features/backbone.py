@@ -1,9 +1,9 @@
 """Backbones: what a backbone plugin hands to the core (a frozen CLIP model plus how to feed it), and how
 the core asks the plugin registry for one by name.
 
-The core only relies on the open_clip CLIP text-tower attributes (token_embedding,
-positional_embedding, transformer, ln_final, text_projection, attn_mask) and encode_image,
-so any plugin that produces an ``open_clip.model.CLIP``-shaped model works.
+The core relies on ``encode_image`` and ``encode_text``, and for soft prompts on a CLIP-style text tower
+(token_embedding, positional_embedding, transformer, ln_final, text_projection, attn_mask), found on the model
+(open_clip ``CLIP``) or on its ``text`` (``CustomTextCLIP``: SigLIP and others): see ``text_tower``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,18 @@ from ..registry import get_host
 if TYPE_CHECKING:
     from ..inputs.pixels import TensorPreprocess
     from ..outputs.artifact import PromptArtifact
+
+
+TOWER_PARTS = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+
+
+def text_tower(model: Any) -> Any | None:
+    """The module that holds a CLIP-style text transformer: the model itself (open_clip ``CLIP``), its ``text``
+    (``CustomTextCLIP``: SigLIP, ...), or None (a Hugging Face text tower, or another shape)."""
+    for tower in (model, getattr(model, "text", None)):
+        if tower is not None and all(hasattr(tower, part) for part in TOWER_PARTS):
+            return tower
+    return None
 
 
 class BackboneFactory(Protocol):
@@ -63,16 +75,24 @@ class Backbone:
 
     @property
     def text_width(self) -> int:
-        return int(self.model.token_embedding.weight.shape[1])
+        """Width of the text tower's token embeddings (a soft prompt's vectors); AttributeError without a CLIP-style
+        text tower."""
+        return int(self._tower().token_embedding.weight.shape[1])
 
     @property
     def context_length(self) -> int:
-        return int(self.model.positional_embedding.shape[0])
+        return int(self._tower().positional_embedding.shape[0])
+
+    def _tower(self) -> Any:
+        tower = text_tower(self.model)
+        if tower is None:
+            raise AttributeError(f"backbone {self.name!r} has no CLIP-style text tower")
+        return tower
 
     @property
     def embed_dim(self) -> int | None:
         """Width of the joint image-text embedding (None where the text tower does not say)."""
-        projection = getattr(self.model, "text_projection", None)
+        projection = getattr(text_tower(self.model), "text_projection", None)
         if isinstance(projection, torch.Tensor):
             return int(projection.shape[-1])
         return getattr(projection, "out_features", None)
@@ -105,7 +125,8 @@ class Backbone:
         """A cheap fingerprint of the image tower weights, so two random-init models never share a cache."""
         if "fingerprint" not in self.extra:
             h = hashlib.sha256()
-            for name, tensor in sorted(self.model.visual.state_dict().items())[:8]:
+            tower = getattr(self.model, "visual", self.model)  # open_clip's image tower; else the whole model
+            for name, tensor in sorted(tower.state_dict().items())[:8]:
                 h.update(name.encode())
                 h.update(tensor.detach().float().cpu().flatten()[:256].numpy().tobytes())
             self.extra["fingerprint"] = h.hexdigest()[:16]
@@ -114,9 +135,9 @@ class Backbone:
     def text_fingerprint(self) -> str:
         """A cheap fingerprint of the text tower's weights (keys the mined labels' text features)."""
         if "text_fingerprint" not in self.extra:
-            model = self.model
-            if all(hasattr(model, a) for a in ("token_embedding", "positional_embedding", "text_projection")):
-                tensors = [model.token_embedding.weight, model.positional_embedding, model.text_projection]
+            model, tower = self.model, text_tower(self.model)
+            if tower is not None and getattr(tower, "text_projection", None) is not None:
+                tensors = [tower.token_embedding.weight, tower.positional_embedding, tower.text_projection]
             else:  # a text tower of another shape: its first tensors
                 tensors = [t for n, t in sorted(model.state_dict().items()) if not n.startswith("visual.")][:8]
             h = hashlib.sha256()
@@ -129,8 +150,8 @@ class Backbone:
 
 def set_text_checkpointing(backbone: Backbone, enabled: bool) -> None:
     """Recompute text-tower activations in the backward pass: less memory, about a third more compute."""
-    transformer = backbone.model.transformer
-    if hasattr(transformer, "grad_checkpointing"):
+    transformer: Any = getattr(text_tower(backbone.model), "transformer", None)
+    if transformer is not None and hasattr(transformer, "grad_checkpointing"):
         transformer.grad_checkpointing = enabled
 
 

@@ -37,8 +37,9 @@ def context_features(encoder: SoftPromptTextEncoder, ctx_pos: torch.Tensor, ctx_
             "these prompts have class-specific contexts, which cannot be re-targeted to other class names",
             hint="train with shared contexts (no --csc / --neg-csc) to transfer",
         )
+    encoder.require_soft_prompts()
     prompts = encoder.tokenize(list(names), int(prompt["n_ctx"]), prompt.get("suffix", "."))
-    device = encoder.model.token_embedding.weight.device
+    device = encoder.device
     with torch.no_grad():
         text_pos = encoder.encode_shared(ctx_pos.to(device), prompts, chunk_size=text_chunk)[0].cpu()
         text_neg = None
@@ -108,13 +109,11 @@ def template_features(encoder: SoftPromptTextEncoder, words: list[str], template
 def _one_template(encoder: SoftPromptTextEncoder, words: list[str], template: str, batch: int,
                   share_prefix: bool = True) -> torch.Tensor:
     """Raw (unnormalised) float32 CPU features of one template over every word."""
-    from . import shared_prefix  # noqa: PLC0415
-
     head, _, tail = template.partition("{}")
     prefix = head.strip()
-    if share_prefix and prefix and head.endswith(" ") and shared_prefix.supported(encoder.model):
+    if share_prefix and prefix and head.endswith(" ") and encoder.shares_prefix:
         ctx = encoder.word_embeddings(prefix)
         prompts = encoder.tokenize(words, int(ctx.shape[0]), tail)
-        device = encoder.model.token_embedding.weight.device
+        device = encoder.device
         return encoder.encode_shared(ctx.to(device), prompts, normalize=False, chunk_size=batch)[0].float().cpu()
     return _length_bucketed(encoder, [template.format(w) for w in words], batch, normalize=False)

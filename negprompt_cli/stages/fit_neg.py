@@ -192,11 +192,12 @@ def fit_neg(options: FitNegOptions, *, backbone: Backbone | None = None,
         backbone = load_backbone(options.backbone or artifact_backbone(positive, options.runtime, pos_path))
     set_text_checkpointing(backbone, options.grad_checkpoint)
     positive.check_backbone(backbone.identity(), pos_path)
+    encoder = SoftPromptTextEncoder(backbone)
+    encoder.require_soft_prompts()  # before any image is encoded
     check_fits_backbone(positive, backbone.text_width, backbone.context_length, backbone.embed_dim, pos_path)
     encoding = replace(options.encode, precision=check_precision(backbone.device, options.encode.precision))
     data = labelled_features(backbone, options.data, encoding, options.optim.seed, folder=preview,
                              ranks=options.ranks)
-    encoder = SoftPromptTextEncoder(backbone)
     trained = train_negatives(options, plan, positive, encoder, data, encoding)
     tensors = exported_tensors(trained.module)  # the last step every rank takes part in
     if not options.ranks.is_main:

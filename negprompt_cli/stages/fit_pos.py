@@ -60,6 +60,7 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
     backbone = backbone or load_backbone(options.backbone)
     set_text_checkpointing(backbone, options.grad_checkpoint)
     encoder = SoftPromptTextEncoder(backbone)
+    encoder.require_soft_prompts()  # before any image is encoded
     settings = _prompt_settings(encoder, options.prompt)
     optim = options.optim
     encoding = replace(options.encode, precision=check_precision(backbone.device, options.encode.precision))

@@ -29,7 +29,7 @@ class CoOpPrompts(PromptModule):
         self.encoder = encoder
         self.prompts = prompts
         self.text_chunk = text_chunk
-        device = encoder.model.token_embedding.weight.device
+        device = encoder.device
         ctx = initial_context(encoder, settings, len(prompts), generator)
         self.ctx = torch.nn.Parameter(ctx.to(device))
         self.register_buffer("logit_scale", encoder.model.logit_scale.detach().exp().float().clone())

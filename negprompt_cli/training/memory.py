@@ -79,15 +79,17 @@ def auto_text_chunk(*, classes: int, prompts_per_class: int, layers: int, width:
 def resolve_text_chunk(value: int | str | None, *, backbone, prompts, prompts_per_class: int,
                        class_specific: bool, precision: str) -> int | None:
     """The chunk size fit-neg runs with: ``value`` itself unless it is ``auto``."""
-    from ..features import shared_prefix
+    from ..features.text_encoder import SoftPromptTextEncoder
 
     if value != AUTO:
         return value  # type: ignore[return-value]
-    model = backbone.model
+    encoder = SoftPromptTextEncoder(backbone)
     prefix = 1 + prompts.n_ctx
+    # a tower that cannot be cut at the end-of-text token runs its whole context
+    suffix = int(prompts.eot.max()) + 1 - prefix if encoder.truncates else encoder.context_length - prefix
     return auto_text_chunk(
         classes=len(prompts), prompts_per_class=prompts_per_class,
-        layers=len(model.transformer.resblocks), width=backbone.text_width,
-        suffix_tokens=max(1, int(prompts.eot.max()) + 1 - prefix), prefix_tokens=prefix,
-        shared=shared_prefix.supported(model) and not class_specific, precision=precision,
+        layers=len(encoder.tower.transformer.resblocks), width=backbone.text_width,
+        suffix_tokens=max(1, suffix), prefix_tokens=prefix,
+        shared=encoder.shares_prefix and not class_specific, precision=precision,
         budget=memory_budget(backbone.device))
