@@ -51,6 +51,26 @@ KNOWN = {
     "RN50": ("RN50", "openai"),
     "RN101": ("RN101", "openai"),
 }
+# The families OOD work uses now, by their open_clip names and tags: name -> (architecture, tag, what they are).
+# Registered without aliases: DFN and MetaCLIP share one architecture.
+FAMILIES = {
+    "SigLIP-B/16": ("ViT-B-16-SigLIP", "webli", "SigLIP (sigmoid loss), WebLI"),
+    "SigLIP2-B/16": ("ViT-B-16-SigLIP2", "webli", "SigLIP 2, WebLI"),
+    "DFN-B/16": ("ViT-B-16-quickgelu", "dfn2b", "DFN-2B (data filtering networks)"),
+    "MetaCLIP-B/16": ("ViT-B-16-quickgelu", "metaclip_fullcc", "MetaCLIP, full CommonCrawl curation"),
+    "EVA02-B/16": ("EVA02-B-16", "merged2b_s8b_b131k", "EVA-02-CLIP, Merged-2B"),
+}
+# Architectures whose text tower is bidirectional and pooled at the last position (open_clip's configs:
+# no_causal_mask, pool_type "last"); every other one registered here is causal, pooled at the end-of-text token.
+BIDIRECTIONAL_TEXT = {"ViT-B-16-SigLIP", "ViT-B-16-SigLIP2"}
+
+
+def text_path(arch: str) -> str:
+    """How the core runs this architecture's text tower, in words (``negprompt plugins`` shows it)."""
+    if arch in BIDIRECTIONAL_TEXT:
+        return ("text tower bidirectional, last-pooled: the whole context runs; scores use its logit scale, not its "
+                "sigmoid bias")
+    return "text tower causal: cut at the end-of-text token, shared prefixes"
 RANDOM = ("none", "random")
 SCHEMES = ("hf-hub:", "local-dir:")
 # What an hf-hub: backbone fetches: open_clip's config and safetensors weights, in the names open_clip looks for.
@@ -72,7 +92,10 @@ def register_backbones(register: Callable[..., None]) -> None:
     for name, (arch, tag) in KNOWN.items():
         aliases = (arch,) if arch != name else ()
         register(name, partial(load_openclip, name, arch, tag), aliases=aliases,
-                 description=f"open_clip {arch}, default weights {tag!r}")
+                 description=f"open_clip {arch}, default weights {tag!r}; {text_path(arch)}")
+    for name, (arch, tag, what) in FAMILIES.items():
+        register(name, partial(load_openclip, name, arch, tag),
+                 description=f"{what}: open_clip {arch}, weights {tag!r}; {text_path(arch)}")
     register("toy", load_toy, aliases=("world",),
              description="tiny CLIP trained on negprompt's procedural world (ships with the package; offline)")
 

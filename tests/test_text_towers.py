@@ -238,3 +238,37 @@ def test_a_model_without_a_clip_style_tower_scores_zero_shot_and_refuses_soft_pr
     assert error_line(refused) == ("Error: backbone 'no-tower' has no CLIP-style text tower (token_embedding, "
                                    "positional_embedding, transformer, ln_final): soft prompts need one")
     assert not cache.exists()  # refused before any image was encoded
+
+
+@pytest.mark.slow
+def test_each_registered_architecture_runs_its_text_tower_as_negprompt_plugins_says():
+    """The registered families (random weights, offline): the text path each description states is the one the
+    encoder takes, and on EVA-02's CustomTextCLIP tower the shortcuts are exact against encode_text."""
+    from negprompt_plugins.openclip_backbones import BIDIRECTIONAL_TEXT, FAMILIES, KNOWN, text_path
+    from open_clip.tokenizer import SimpleTokenizer
+
+    host = registry.get_host()
+    host.fill()
+    architectures = {arch for arch, *_ in [*KNOWN.values(), *FAMILIES.values()]}
+    for name in [*KNOWN, *FAMILIES]:
+        arch = (KNOWN.get(name) or FAMILIES[name])[0]
+        assert text_path(arch) in host.backbones.get(name).description
+    for arch in sorted(architectures):
+        model = open_clip.create_model(arch, pretrained=None).eval()
+        tokenizer = SimpleTokenizer(context_length=open_clip.get_model_config(arch)["text_cfg"]["context_length"])
+        backbone = Backbone(name=arch, pretrained=None, model=model, preprocess=None, tokenizer=tokenizer,
+                            image_size=224)
+        encoder = SoftPromptTextEncoder(backbone)
+        causal = arch not in BIDIRECTIONAL_TEXT
+        assert encoder.why_no_soft_prompts is None and encoder.truncates == encoder.shares_prefix == causal, arch
+        assert open_clip.get_model_config(arch)["text_cfg"].get("no_causal_mask", False) == (not causal), arch
+        if arch == "EVA02-B-16":
+            ctx = encoder.word_embeddings("a photo of a")
+            prompts = encoder.tokenize(["cat", "green bars"], ctx.shape[0], ".")
+            with torch.no_grad():
+                reference = model.encode_text(tokenizer(["a photo of a cat.", "a photo of a green bars."]),
+                                              normalize=True)
+                torch.testing.assert_close(encoder.encode_shared(ctx, prompts)[0], reference, rtol=0, atol=1e-5)
+                torch.testing.assert_close(encode_texts(encoder, TEXTS), model.encode_text(tokenizer(TEXTS),
+                                                                                           normalize=True),
+                                           rtol=0, atol=1e-5)

@@ -109,6 +109,7 @@ LearnerOptionOpt = Annotated[list[str] | None, typer.Option(
     "--learner-option", metavar="KEY=VALUE", help="One of the learner's own options (repeatable), checked against "
     "its Options: e.g. --learner-option n_neg=4. `negprompt plugins` names each learner; a misspelt key is exit 2.")]
 BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="ViT-B/16 (default), ViT-B/32, RN50, RN101, "
+                                          "SigLIP-B/16, SigLIP2-B/16, DFN-B/16, MetaCLIP-B/16, EVA02-B/16, "
                                           "toy (the offline world's CLIP, ships with negprompt), any open_clip "
                                           "model, hf-hub:org/repo or local-dir:PATH.")]
 PretrainedOpt = Annotated[str | None, typer.Option(
