@@ -28,6 +28,7 @@ from .features.backbone import BackboneRequest, RuntimeOptions
 from .features.image_features import EncodeOptions, decode_rgb, encode_pixels
 from .inputs.displayed import as_displayed
 from .presets import DEFAULT_BACKBONE
+from .scoring.calibration import KeepRequest
 from .scoring.negative_labels import LabelRequest
 from .scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
 
@@ -68,12 +69,14 @@ class Detector:
         self.threshold: float | None
         self.threshold_source: str | None
         self.why_no_threshold: str | None = None
+        self.calibration: dict[str, Any] | None = None  # the threshold's record (its guarantee), where known
         self._said_no_threshold = False
         if threshold is not None:
             self.threshold, self.threshold_source = float(threshold), "given"
         else:
             stored, self.why_no_threshold = setup.stored()
             self.threshold, self.threshold_source = stored, "stored" if stored is not None else None
+            self.calibration = setup.stored_threshold if stored is not None else None
 
     @classmethod
     def from_prompts(cls, prompts: str | Path, *, names: Sequence[str] | None = None, scorer: str | None = None,
@@ -189,11 +192,15 @@ class Detector:
 
     __call__ = score
 
-    def calibrate(self, id_images: Images, keep: float = 0.95) -> float:
-        """Set (and return) the threshold that keeps ``keep`` of these in-distribution images, for exactly this
-        class list and scorer (as ``score --calibrate``)."""
-        record, _ = self.setup.calibrate(self.features(id_images), source="Detector.calibrate", keep=keep)
+    def calibrate(self, id_images: Images, keep: float = 0.95, confidence: float | None = None) -> float:
+        """Set (and return) the threshold that keeps ``keep`` of new in-distribution images like these, in
+        expectation, or with probability ``confidence`` (as ``score --calibrate --keep --confidence``), for exactly
+        this class list and scorer. ``calibration`` then holds its record: n, rank and the 90 % interval of the
+        share of new ID images it keeps. Too few images for the request raise ``UsageError``."""
+        record, _ = self.setup.calibrate(self.features(id_images), source="Detector.calibrate",
+                                         request=KeepRequest(keep, confidence))
         self.threshold, self.threshold_source = float(record["value"]), "calibrated"
+        self.calibration = record
         return self.threshold
 
     def with_threshold(self, threshold: float | None) -> Detector:

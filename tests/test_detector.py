@@ -56,12 +56,14 @@ def test_the_detector_scores_exactly_as_the_score_command(trained):
 def test_calibrating_a_detector_gives_score_calibrates_threshold(trained):
     calibration = trained / "test" / "red_stripes"
     result = invoke(["score", str(trained / "test"), "--prompts", str(trained / "neg.safetensors"), "--calibrate",
-                     str(calibration), "--out", str(trained / "c.csv"), "--json"])
+                     str(calibration), "--keep", "0.75", "--out", str(trained / "c.csv"), "--json"])
     assert result.exit_code == 0, result.stderr
-    expected = json.loads(result.stdout)["threshold"]
+    summary = json.loads(result.stdout)
+    expected = summary["threshold"]
     detector = negprompt.Detector.from_prompts(trained / "neg.safetensors")
     images = sorted(calibration.iterdir())
-    assert detector.calibrate(images) == expected and detector.threshold_source == "calibrated"
+    assert detector.calibrate(images, keep=0.75) == expected and detector.threshold_source == "calibrated"
+    assert detector.calibration == {**summary["calibration"], "source": "Detector.calibrate"}
     assert detector.with_threshold(None).score(images[:1])[0]["ood"] is None
     assert detector.threshold == expected  # the copy did not change the original
 

@@ -203,7 +203,8 @@ def test_inspect_says_what_a_user_asks_of_a_prompts_file(wnid_data):
     assert f"{neg}: negative prompts (fit-neg, learner negprompt), schema 1" in text
     assert "4 context tokens, shared, suffix '.', 2 negative prompt(s) per class" in text
     assert "classes:   3 (blue dots, green bars, red stripes)" in text
-    assert "threshold: " in text and "for the energy scorer (keeps 95% of" in text
+    assert "threshold: " in text and "for the energy scorer (keeps " in text and "training images" in text
+    assert "no guarantee for new images" in text  # calibrated on the images the prompts were fitted on
     assert "None" not in text and "{" not in text  # no Python reprs
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from negprompt_cli.errors import UsageError
-from negprompt_cli.scoring.metrics import id_threshold, ood_metrics
+from negprompt_cli.scoring.metrics import ood_metrics
 
 
 def hendrycks_fpr_at_recall(id_scores, ood_scores, recall_level=0.95):
@@ -73,13 +73,6 @@ def test_perfect_separation_and_aupr():
 def test_needs_both_sides():
     with pytest.raises(UsageError):
         ood_metrics([], [0.1])
-
-
-def test_id_threshold_keeps_95_percent():
-    scores = np.arange(100) / 100.0
-    t = id_threshold(scores, 0.95)
-    assert np.mean(scores >= t) == 0.95
-    assert np.mean(scores >= t + 1e-9) < 0.95
 
 
 def openood_fpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr_th: float = 0.95) -> float:

@@ -201,7 +201,7 @@ def test_score_with_mined_labels_end_to_end(scored, tiny_vit_dir):
                     str(root / "t.csv")])
     assert again.exit_code == 0 and (root / "t.csv").read_bytes() == (root / "s.csv").read_bytes()
     csp = invoke([*common, "--scorer", "csp", "--negative-labels", "3", "--calibrate", str(root / "images"),
-                  "--out", str(root / "c.csv"), "--json"])
+                  "--keep", "0.8", "--out", str(root / "c.csv"), "--json"])
     assert csp.exit_code == 0, csp.stderr
     assert json.loads(csp.stdout)["negative_labels"]["labels"] == 3
     assert {r["ood"] for r in csv.DictReader((root / "c.csv").open())} <= {"True", "False"}

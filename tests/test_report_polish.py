@@ -95,8 +95,8 @@ def test_where_a_stored_threshold_was_calibrated_is_said_plainly(scored, tmp_pat
 def test_a_calibration_folder_with_classes_outside_the_list_warns(scored, tmp_path):
     calib = make_image_folder(tmp_path / "calib", classes=("red_stripes", "purple_waves"), per_class=2)
     result = invoke(["score", str(scored / "id"), "--zero-shot", "--names", str(scored / "names.txt"), "--backbone",
-                     "toy", "--scorer", "mcm", "--calibrate", str(calib), "--out", str(tmp_path / "s.csv"),
-                     "--quiet"])
+                     "toy", "--scorer", "mcm", "--calibrate", str(calib), "--keep", "0.75", "--out",
+                     str(tmp_path / "s.csv"), "--quiet"])
     assert result.exit_code == 0, result.stderr
     assert f"calibration folder {calib} holds 1 folder(s) that name no class of the 3 class names: " \
            "'purple_waves'" in " ".join(result.stderr.split())

@@ -66,11 +66,11 @@ def test_batch_shards_cover_every_item_once_in_whole_batches():
 @pytest.mark.slow
 def test_torchrun_score_and_cache_build_give_the_one_process_bytes(job):
     root, common = job
-    single = invoke(["score", str(root / "images"), *common, "--calibrate", str(root / "calib"), "--cache-dir",
-                     str(root / "c1"), "--out", str(root / "one.csv")])
+    single = invoke(["score", str(root / "images"), *common, "--calibrate", str(root / "calib"), "--keep", "0.8",
+                     "--cache-dir", str(root / "c1"), "--out", str(root / "one.csv")])
     assert single.exit_code == 0, single.stderr
-    two = torchrun(2, "score", str(root / "images"), *common, "--calibrate", str(root / "calib"), "--cache-dir",
-                   str(root / "c2"), "--out", str(root / "two.csv"))
+    two = torchrun(2, "score", str(root / "images"), *common, "--calibrate", str(root / "calib"), "--keep", "0.8",
+                   "--cache-dir", str(root / "c2"), "--out", str(root / "two.csv"))
     assert two.returncode == 0, two.stderr
     assert (root / "two.csv").read_bytes() == (root / "one.csv").read_bytes()
     rows = list(csv.DictReader((root / "one.csv").open()))
@@ -400,10 +400,10 @@ def two_nodes(*args: str, port: int, timeout: int = 300) -> list[subprocess.Comp
 @pytest.mark.slow
 def test_two_nodes_score_and_cache_build_give_the_one_process_bytes_and_gradient(job, tiny_vit_dir):
     root, common = job
-    single = invoke(["score", str(root / "images"), *common, "--calibrate", str(root / "calib"), "--cache-dir",
-                     str(root / "n1"), "--out", str(root / "one.csv")])
+    single = invoke(["score", str(root / "images"), *common, "--calibrate", str(root / "calib"), "--keep", "0.8",
+                     "--cache-dir", str(root / "n1"), "--out", str(root / "one.csv")])
     assert single.exit_code == 0, single.stderr
-    nodes = two_nodes("-m", "negprompt_cli", "score", str(root / "images"), *common, "--calibrate",
+    nodes = two_nodes("-m", "negprompt_cli", "score", str(root / "images"), *common, "--keep", "0.8", "--calibrate",
                       str(root / "calib"), "--cache-dir", str(root / "n2"), "--out", str(root / "two.csv"),
                       port=_free_port())
     assert [n.returncode for n in nodes] == [0, 0], nodes[0].stderr[-2000:] + nodes[1].stderr[-2000:]
@@ -415,8 +415,8 @@ def test_two_nodes_score_and_cache_build_give_the_one_process_bytes_and_gradient
     assert [n.returncode for n in built] == [0, 0], built[0].stderr[-2000:] + built[1].stderr[-2000:]
     summary = next(json.loads(n.stdout) for n in built if n.stdout.strip())  # the node that holds rank 0
     assert summary["encoded"] == 35 and summary["processes"] == 2
-    again = invoke(["score", str(root / "images"), *common, "--calibrate", str(root / "calib"), "--cache-dir",
-                    str(root / "n3"), "--out", str(root / "three.csv"), "--json"])
+    again = invoke(["score", str(root / "images"), *common, "--calibrate", str(root / "calib"), "--keep", "0.8",
+                    "--cache-dir", str(root / "n3"), "--out", str(root / "three.csv"), "--json"])
     assert again.exit_code == 0 and json.loads(again.stdout)["encoded"] == 0  # every scored image from the cache
     assert (root / "three.csv").read_bytes() == (root / "one.csv").read_bytes()
 

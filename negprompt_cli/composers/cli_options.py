@@ -122,8 +122,15 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the few-shot subs
 WorldSeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the rendered world: which images, colours and "
                                            "sizes are drawn (the same seed renders the same files).")]
 CalibrateOpt = Annotated[Path | None, typer.Option("--calibrate", help="A folder of in-distribution images for "
-                                                   "this class list: store/use the threshold that keeps 95% of "
-                                                   "them (no labels needed).")]
+                                                   "this class list: store/use the threshold that keeps --keep "
+                                                   "(95%) of new ID images like them (no labels needed).")]
+KeepOpt = Annotated[float, typer.Option("--keep", help="The share of new in-distribution images the calibrated "
+                                        "threshold keeps: in expectation (split conformal), or with probability "
+                                        "--confidence. Too few calibration images for it: exit 2 with the count "
+                                        "needed.")]
+ConfidenceOpt = Annotated[float | None, typer.Option("--confidence", help="Keep at least --keep of new ID images "
+                                                     "with this probability (e.g. 0.9; a Beta bound), not only in "
+                                                     "expectation: a lower threshold, more images needed.")]
 TrustBackboneOpt = Annotated[bool, typer.Option("--trust-backbone", help="Accept a Hub-hosted backbone "
                                                 "(hf-hub:ORG/NAME) that the prompts name although you did not (e.g. "
                                                 "prompts pulled from the Hub); only its config and safetensors "

@@ -311,6 +311,16 @@ def benchmark_run_command(
     finish(f"Wrote {out / 'report.html'}, report.md and report.json ({len(report['rows'])} rows).", report, json_out)
 
 
+def promise_kept(record: dict, kept: float, n: int) -> str:
+    """The stored threshold's promise beside what it did on the ID test images."""
+    from ..scoring.thresholds import stated
+
+    low, high = record.get("keep_interval") or (0.0, 1.0)
+    inside = "within" if low <= kept <= high else "outside"
+    return (f"The threshold {stated(record)}. On the {n} ID test images it kept {100 * kept:.1f}%, {inside} that "
+            "interval.")
+
+
 @app.command("demo", epilog=EPILOG, short_help="The whole method offline on the built-in world.")
 @reports_errors
 def demo_command(
@@ -333,6 +343,7 @@ def demo_command(
         check_output_folder(workdir, "--workdir")
     report = run_demo(workdir, seed=seed, device=device, quiet=json_out)
     print_report(report, Path(report["demo"]["workdir"]) / "report")
+    info(promise_kept(report["demo"]["threshold"], report["decision"]["id_kept"], report["id"]["n"]))
     info(f"Done in {report['demo']['seconds']:.0f} s. Everything is in {report['demo']['workdir']}.")
     if json_out:
         emit_json(report)

@@ -98,7 +98,7 @@ def inspect_command(
 
 def describe_artifact(path: Path, artifact: Any) -> list[str]:
     """``inspect``'s human-readable lines: what a user asks of a prompts file, with no Python reprs."""
-    from ..scoring.thresholds import calibrated_on
+    from ..scoring.thresholds import stated
 
     backbone = artifact.backbone
     prompt, training, extra = artifact.prompt, artifact.training, artifact.extra
@@ -133,8 +133,7 @@ def describe_artifact(path: Path, artifact: Any) -> list[str]:
     threshold = extra.get("threshold")
     if isinstance(threshold, dict) and "value" in threshold:
         lines.append(f"  threshold: {threshold['value']:.6g} for the {threshold.get('scorer', 'negprompt')} scorer "
-                     f"(keeps {threshold.get('id_kept', 0.95):.0%} of {calibrated_on(threshold)}; valid for these "
-                     f"{len(names)} class names)")
+                     f"({stated(threshold)}; valid for these {len(names)} class names)")
     else:
         lines.append("  threshold: none stored (score gives no OOD decision without --calibrate or --threshold)")
     transfer = extra.get("transfer")

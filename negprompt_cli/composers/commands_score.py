@@ -24,10 +24,12 @@ from .app import (
 from .cli_options import (
     CacheOpt,
     CalibrateOpt,
+    ConfidenceOpt,
     DeviceOpt,
     Flags,
     ImagesArg,
     JsonOpt,
+    KeepOpt,
     OfflineOpt,
     PrecisionOpt,
     PretrainedOpt,
@@ -63,6 +65,8 @@ def transfer_command(
     names: Annotated[Path, typer.Option("--names", help="New class names, one per line.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the re-targeted prompts.")],
     calibrate: CalibrateOpt = None,
+    keep: KeepOpt = 0.95,
+    confidence: ConfidenceOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     weights_cache: WeightsCacheOpt = None,
@@ -81,12 +85,13 @@ def transfer_command(
     The stored ID threshold belongs to the old class list: it is kept only for the same list,
     recalibrated with --calibrate, and otherwise dropped (score then makes no OOD decision)."""
     check_paths(("--prompts", prompts), ("--names", names), ("--calibrate", calibrate))
+    from ..scoring.calibration import KeepRequest
     from ..stages.transfer import transfer
 
     runtime = {"device": device, "weights_cache": weights_cache, "offline": offline}
     summary = transfer(_prompts_path(prompts, offline), names, out,
                        runtime_record(runtime, text_chunk=text_chunk, trust_backbone=trust_backbone),
-                       calibrate_on=calibrate,
+                       calibrate_on=calibrate, keep=KeepRequest(keep, confidence),
                        encoding=encode_options({"precision": precision}, quiet or json_out, cache_dir=cache_dir,
                                                workers=workers, strict=strict, batch_size=batch_size))
     threshold = summary["threshold"]
@@ -115,6 +120,8 @@ def score_command(
                                                  "ViT-B/16); with --prompts it must match the artifact.")] = None,
     pretrained: PretrainedOpt = None,
     calibrate: CalibrateOpt = None,
+    keep: KeepOpt = 0.95,
+    confidence: ConfidenceOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
     text_chunk: TextChunkOpt = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (images scored, "
@@ -130,6 +137,7 @@ def score_command(
     from ..distributed import process_group
     from ..errors import UsageError
     from ..presets import DEFAULT_BACKBONE
+    from ..scoring.calibration import KeepRequest
     from ..stages.score import ScoreOptions, score
 
     if json_out and out is None:
@@ -141,7 +149,8 @@ def score_command(
         options = score_record(ScoreOptions(
             images=images or [],  # none: the stage says "no images given" (exit 2)
             prompts=_prompts_path(prompts, flags.runtime["offline"]) if prompts else None, names=names,
-            zero_shot=zero_shot, backbone=request, calibrate=calibrate, out=out, encode=encoding, ranks=ranks,
+            zero_shot=zero_shot, backbone=request, calibrate=calibrate, keep=KeepRequest(keep, confidence), out=out,
+            encode=encoding, ranks=ranks,
             runtime=runtime_record(flags.runtime, text_chunk=text_chunk, trust_backbone=trust_backbone, device=device),
             labels=label_request(flags.labels), adaptive=adaptive_record(flags.adaptive, encoding.batch_size),
             return_rows=False), flags.scoring)  # memory bounded: rows go out as they come
@@ -160,7 +169,9 @@ def score_command(
 def score_message(summary: dict[str, Any], out: Path | None) -> str:
     """score's closing line: what was scored, how, the negatives it used and the decision."""
     flagged = summary["flagged_ood"]
+    promise = f"; it {summary['threshold_promise']}" if summary.get("threshold_promise") else ""
     decision = (f"; {flagged} flagged OOD at threshold {summary['threshold']:.4f} ({summary['threshold_source']})"
+                f"{promise}"
                 if flagged is not None else "; no OOD decision (no threshold for this class list and scorer: "
                 + ("--threshold)" if summary["adaptive"] else "--calibrate ID_IMAGES or --threshold)"))
     labels = summary["negative_labels"]

@@ -23,8 +23,10 @@ from .app import (
 )
 from .cli_options import (
     BackboneOpt,
+    ConfidenceOpt,
     DataOpt,
     Flags,
+    KeepOpt,
     LearnerOptionOpt,
     PretrainedOpt,
     TextChunkOpt,
@@ -110,6 +112,8 @@ def fit_neg_command(
     temperature: Annotated[float | None, typer.Option("--temperature", help="τ of the NegPrompt score (Eq. 3, on "
                                                       "cosines) and of the training loss; score uses it for the "
                                                       "negprompt scorer. Default 1.")] = None,
+    keep: KeepOpt = 0.95,
+    confidence: ConfidenceOpt = None,
     text_chunk: TextChunkOpt = "auto",
     distributed: Annotated[bool | None, typer.Option(
         "--distributed/--no-distributed", help="Under torchrun (the default there): the processes split the "
@@ -121,6 +125,7 @@ def fit_neg_command(
     """Learn NegPrompt negative prompts (runs fit-pos first when --pos is not given)."""
     check_paths(("--data", data), ("--pos", pos), ("--classes", flags.data["classes"]),
                 ("--train-classes", flags.subset["train_classes"]))
+    from ..scoring.calibration import KeepRequest
     from ..stages.fit_neg import FitNegOptions
     from ..training.memory import parse_text_chunk
 
@@ -134,6 +139,7 @@ def fit_neg_command(
                       runtime=runtime_record(flags.runtime, text_chunk=text_chunk, trust_backbone=trust_backbone)),
         pos=_prompts_path(pos, flags.runtime["offline"]) if pos else None, backbone=request, learner=learner,
         learner_options=learner_options(flags.shortcuts, learner_option), temperature=temperature,
+        keep=KeepRequest(keep, confidence),
         resume=flags.run["resume"], grad_checkpoint=flags.run["grad_checkpoint"], **flags.subset)
     summary = (_fit_neg_across(options, distributed) if pos is not None
                else _fit_pos_then_neg(options, distributed, flags.pos_stage))
@@ -174,13 +180,12 @@ def _fit_pos_then_neg(options: Any, distributed: bool | None, pos_stage: dict[st
 
 
 def fit_neg_message(summary: dict[str, Any], out: Path, *, note: bool) -> str:
-    from ..scoring.thresholds import calibrated_on
+    from ..scoring.thresholds import stated
 
     settings = ", ".join(f"{k} {v}" for k, v in summary["learner_options"].items())
     message = (f"Wrote {out}: {summary['classes']} classes ({summary['train_classes']} trained on), learner "
                f"{summary['learner']} ({settings}); ID threshold {summary['threshold']['value']:.4f} "
-               f"({summary['threshold']['scorer']}) keeps {summary['threshold'].get('id_kept', 0.95):.0%} of "
-               f"{calibrated_on(summary['threshold'])}.")
+               f"({summary['threshold']['scorer']}): {stated(summary['threshold'])}.")
     if note:  # the scorer the threshold is for ignores the negatives: said once per prompts file (note_is_new)
         message += " Note: " + negatives_note(summary["threshold"]["scorer"], by_default=True) + "."
     return message

@@ -34,7 +34,8 @@ def run_demo(workdir: Path | None = None, seed: int = 0, device: str = "auto", q
     started = time.time()
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="negprompt-demo-"))
     root.mkdir(parents=True, exist_ok=True)
-    spec = default_spec(seed, n_id=6, n_train=4, shots=16, test_per_class=50, far=300)
+    # 50 held-out images a category (300): enough for the threshold's 90 % interval to be about ±2 points
+    spec = default_spec(seed, n_id=6, n_train=4, shots=16, test_per_class=50, far=300, calib_per_class=50)
     info(f"[1/6] Rendering the world into {root}: ID categories {', '.join(spec.id_shapes)} "
          f"(training images for {', '.join(spec.train_shapes)}), near-OOD {', '.join(spec.ood_shapes)}, "
          f"near-OOD the CLIP never saw ({', '.join(spec.unnamed_shapes)}), far-OOD noise/textures")
@@ -55,9 +56,8 @@ def run_demo(workdir: Path | None = None, seed: int = 0, device: str = "auto", q
     assert neg is not None  # one process
     info("[4/6] transfer: re-target to all ID category names (two never trained on), threshold recalibrated on "
          "held-out ID images")
-    transfer(root / "negprompt.safetensors", paths["id_names"], root / "negprompt_all.safetensors",
-             RuntimeOptions(device=device), calibrate_on=paths["calib"],
-             encoding=encode)
+    moved = transfer(root / "negprompt.safetensors", paths["id_names"], root / "negprompt_all.safetensors",
+                     RuntimeOptions(device=device), calibrate_on=paths["calib"], encoding=encode)
     info("[5/6] score: ID test, near-OOD categories (named, unnamed), far-OOD noise")
     prompts = root / "negprompt_all.safetensors"
     for split, out in (("test", "id.csv"), ("ood_near", "ood_near.csv"), ("ood_unnamed", "ood_unnamed.csv"),
@@ -70,7 +70,8 @@ def run_demo(workdir: Path | None = None, seed: int = 0, device: str = "auto", q
                                                           ("far (noise)", root / "ood_far.csv")], root / "report",
                                         near=("near (other categories)", "near (never seen)")))
     report["demo"] = {"workdir": str(root), "seconds": round(time.time() - started, 1), "fit_pos": pos,
-                      "fit_neg": {k: neg[k] for k in ("learner_options", "threshold", "train_classes", "classes")}}
+                      "fit_neg": {k: neg[k] for k in ("learner_options", "threshold", "train_classes", "classes")},
+                      "threshold": moved["threshold"]}
     return report
 
 

@@ -10,8 +10,6 @@ The two can differ wildly for the same scores, so every output names its convent
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..errors import UsageError
@@ -66,12 +64,3 @@ def ood_metrics(id_scores, ood_scores, *, tpr_level: float = 0.95, fpr_conventio
         "n_id": int(len(id_scores)),
         "n_ood": int(len(ood_scores)),
     }
-
-
-def id_threshold(id_scores, keep: float = 0.95) -> float:
-    """The largest threshold that keeps at least ``keep`` of these ID images (score >= threshold)."""
-    scores = np.sort(np.asarray(id_scores, dtype=np.float64))
-    if len(scores) == 0:
-        raise UsageError("no ID scores to calibrate a threshold on")
-    allowed_rejections = math.floor((1.0 - keep) * len(scores) + 1e-9)
-    return float(scores[allowed_rejections])

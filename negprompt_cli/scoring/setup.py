@@ -23,9 +23,10 @@ from ..features.text_features import HAND_TEMPLATE, hand_template_features, temp
 from ..outputs.artifact import PromptArtifact, artifact_id, check_fits_backbone, load_prompts
 from ..presets import default_scorer
 from ..registry import ScorerSpec, get_host
+from .calibration import KeepRequest
 from .negative_labels import LabelRequest, NegativeLabels, prepare, settings_fingerprint, zero_shot_templates
 from .scores import ScorerContractError, Scores, score_features
-from .thresholds import ID_KEPT, applicable, calibrated_scorer, scoring_temperature, threshold_record
+from .thresholds import applicable, calibrated_scorer, scoring_temperature, threshold_record
 
 
 @dataclass(frozen=True)
@@ -122,17 +123,21 @@ class ScoringSetup:
                                    "logit_scale, ...) and returns one finite score per image, a Tensor[B] "
                                    "(docs/plugins.md); report it to the plugin's authors")
 
-    def threshold_record(self, scores: torch.Tensor, *, source: str, keep: float = ID_KEPT) -> dict[str, Any]:
-        """The threshold record that keeps ``keep`` (95 %) of these ID ``scores``, for exactly this scorer, τ,
+    def threshold_record(self, scores: torch.Tensor, *, source: str, request: KeepRequest = KeepRequest(),
+                         best_effort: bool = False) -> dict[str, Any]:
+        """The threshold record that keeps ``request.keep`` (95 %) of new ID images like these ``scores``, in
+        expectation or with probability ``request.confidence`` (``calibration``), for exactly this scorer, τ,
         class list and label settings."""
         return threshold_record(scores, names=self.names, scorer=self.scorer, temperature=self.temperature,
-                                source=source, keep=keep, settings=self.settings)
+                                source=source, keep=request.keep, confidence=request.confidence,
+                                best_effort=best_effort, settings=self.settings)
 
-    def calibrate(self, features: torch.Tensor, *, source: str,
-                  keep: float = ID_KEPT) -> tuple[dict[str, Any], torch.Tensor]:
-        """(the threshold record that keeps ``keep`` of these ID ``features``, their predicted classes)."""
+    def calibrate(self, features: torch.Tensor, *, source: str, request: KeepRequest = KeepRequest(),
+                  best_effort: bool = False) -> tuple[dict[str, Any], torch.Tensor]:
+        """(the threshold record for these ID ``features``, as :meth:`threshold_record`, their predicted classes)."""
         result = self.scores(features)
-        return self.threshold_record(result.score, source=source, keep=keep), result.prediction
+        return self.threshold_record(result.score, source=source, request=request,
+                                     best_effort=best_effort), result.prediction
 
     def stored(self) -> tuple[float | None, str | None]:
         """(the stored threshold, None) when it was calibrated for exactly these names, scorer, τ and label

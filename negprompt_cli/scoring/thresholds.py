@@ -19,9 +19,9 @@ import torch
 
 from ..errors import NegPromptError, NegPromptWarning
 from ..registry import ScorerSpec
-from .metrics import id_threshold
+from .calibration import KEEP, calibrate, describe
 
-ID_KEPT = 0.95
+ID_KEPT = KEEP
 # Artifacts written before thresholds recorded their scorer were calibrated with Eq. 3, at the training τ.
 OLD_FORMAT_SCORER = "negprompt"
 
@@ -63,6 +63,16 @@ def calibrated_on(record: dict[str, Any]) -> str:
     return f"{count}{source} images"
 
 
+def stated(record: dict[str, Any]) -> str:
+    """What a stored threshold promises and what it was calibrated on, in one phrase for inspect, fit-neg, score and
+    the model card: the guarantee (``calibration.describe``) holds for images like the calibration images, so a
+    threshold set on the training images promises nothing for new ones."""
+    if str(record.get("source")) == "training":
+        return (f"keeps {float(record.get('id_kept', KEEP)):.0%} of {calibrated_on(record)}; no guarantee for new "
+                "images")
+    return f"{describe(record)}; calibrated on {calibrated_on(record)}"
+
+
 def class_list_id(names: Sequence[str]) -> dict[str, Any]:
     """Count and content hash of an ordered class list (order matters: predictions are indices)."""
     digest = hashlib.sha256(json.dumps(list(names), ensure_ascii=False).encode()).hexdigest()[:16]
@@ -70,15 +80,17 @@ def class_list_id(names: Sequence[str]) -> dict[str, Any]:
 
 
 def threshold_record(scores: torch.Tensor, *, names: Sequence[str], scorer: str, temperature: float, source: str,
-                     keep: float = ID_KEPT, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The threshold that keeps ``keep`` of these ID images' ``scores``, recorded with what it is valid for: the
+                     keep: float = ID_KEPT, confidence: float | None = None, best_effort: bool = False,
+                     settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The threshold that keeps ``keep`` of new ID images like these ``scores`` (in expectation, or with
+    probability ``confidence``: ``calibration``), recorded with its guarantee and what it is valid for: the
     class list, scorer, τ and (``settings``, ``negative_labels.settings_fingerprint``) the negative-label
     lexicon, mining and grouping. Only the scores are needed, so a streamed calibration keeps a float each."""
     if not torch.isfinite(scores).all():
         raise NegPromptError(f"non-finite scores while calibrating on {source}",
                              hint="the prompts or the feature cache may be damaged")
-    record = {"value": id_threshold(scores.numpy(), keep), "id_kept": keep, "source": source,
-              "n_images": int(len(scores)), "scorer": scorer, "temperature": float(temperature),
+    found = calibrate(scores.numpy(), keep, confidence, source=source, best_effort=best_effort)
+    record = {**found.record(), "source": source, "scorer": scorer, "temperature": float(temperature),
               "classes": class_list_id(names)}
     if settings is not None:
         record["settings"] = settings

@@ -29,6 +29,7 @@ from ..outputs.artifact import PromptArtifact, check_fits_backbone, load_prompts
 from ..outputs.atomic import check_not_input, check_output_path
 from ..presets import NEGATIVE_OPTIM, default_scorer
 from ..registry import get_host
+from ..scoring.calibration import KeepRequest
 from ..scoring.negative_labels import LabelRequest
 from ..scoring.setup import ScoringSetup, setup_for_features
 from ..training.checkpoint import Checkpointing, checkpoint_path
@@ -54,6 +55,7 @@ class FitNegOptions:
     train_subset: str = "first"
     optim: OptimConfig = NEGATIVE_OPTIM
     temperature: float = 1.0
+    keep: KeepRequest = KeepRequest()  # what the stored threshold promises (--keep, --confidence)
     text_chunk: int | str | None = AUTO  # classes per chunk above which gradient caching bounds memory
     resume: bool = False
     grad_checkpoint: bool = False
@@ -312,7 +314,8 @@ def calibrate_default_scorer(options: FitNegOptions, backbone: Backbone, tensors
     setup = setup_for_features(backbone, list(data.folder.class_names), tensors["text_pos"], tensors["text_neg"],
                                default_scorer(True), {"temperature": options.temperature})
     setup.mine(LabelRequest(), cache_dir=options.encode.cache_dir, quiet=options.encode.quiet)
-    threshold, predictions = setup.calibrate(features, source=source)
+    # set on the way: with too few images it keeps what it can and says so, rather than failing the training run
+    threshold, predictions = setup.calibrate(features, source=source, request=options.keep, best_effort=True)
     return threshold, setup, float((predictions == labels).float().mean())
 
 

@@ -23,6 +23,7 @@ from ..environment import hub_cache_from_environment
 from ..errors import HubError, IncompatibleArtifactError, NotFoundError, UsageError
 from ..outputs.artifact import SCHEMA_VERSION, PromptArtifact, load_prompts
 from ..outputs.atomic import check_output_folder
+from ..scoring.thresholds import stated
 
 HF_SCHEME = "hf://"
 PROMPTS_FILE = "prompts.safetensors"
@@ -349,10 +350,7 @@ def model_card(artifact: PromptArtifact, repo_id: str) -> str:
         f"| seed | {md(optim.get('seed'))} |",
     ]
     if isinstance(threshold, dict) and isinstance(threshold.get("value"), (int, float)):
-        kept = threshold.get("id_kept")
-        kept_text = f"{kept:.0%}" if isinstance(kept, (int, float)) else "?"
-        lines.append(f"| ID threshold (keeps {kept_text} of {md(threshold.get('source'))} ID images) | "
-                     f"{threshold['value']:.6g} |")
+        lines.append(f"| ID threshold ({md(stated(threshold))}) | {threshold['value']:.6g} |")
     report = artifact.extra.get("report")
     if report:
         lines += ["", "## OOD results", "", report]

@@ -38,11 +38,12 @@ from ..outputs.score_output import (
 )
 from ..registry import ScorerSpec, get_host
 from ..scoring.adaptive import AdaptiveOptions, AdaptiveScorer
+from ..scoring.calibration import KeepRequest
 from ..scoring.explain import explain
 from ..scoring.negative_labels import LabelRequest
 from ..scoring.scores import Scores
 from ..scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
-from ..scoring.thresholds import ThresholdWarning, warn_no_decision, warn_no_threshold
+from ..scoring.thresholds import ThresholdWarning, stated, warn_no_decision, warn_no_threshold
 
 
 @dataclass
@@ -61,6 +62,7 @@ class ScoreOptions:
     labeled: bool = False
     encode: EncodeOptions = EncodeOptions()  # how images are encoded here: cache, batch, precision, quiet
     calibrate: Path | None = None  # ID images to calibrate the threshold on, for exactly this scoring setup
+    keep: KeepRequest = KeepRequest()  # what that threshold promises (--keep, --confidence)
     ranks: Ranks = SINGLE  # a torchrun job: every rank encodes its share, rank 0 scores and writes
     labels: LabelRequest = LabelRequest()  # negative-label scorers: lexicon, mining, groups
     adaptive: AdaptiveOptions | None = None  # test-time negatives (AdaNeg-style memory), in scoring order
@@ -170,6 +172,13 @@ def _encode_and_score(plan: _Plan, shares: Shares, writer: _RowWriter,
     return stream.stats, None
 
 
+def _promise(plan: _Plan) -> str | None:
+    """What the threshold in use promises, in words (None for --threshold or no threshold)."""
+    record = plan.calibration if plan.threshold_source == "--calibrate" else (
+        plan.setup.stored_threshold if plan.threshold_source == "stored" else None)
+    return stated(record) if record else None
+
+
 def _summary(plan: _Plan, joined: Joined, adaptive_record: dict[str, Any] | None, *,
              seconds: float) -> dict[str, Any]:
     setup, tally = plan.setup, joined.tally
@@ -177,7 +186,7 @@ def _summary(plan: _Plan, joined: Joined, adaptive_record: dict[str, Any] | None
     summary = {"images": tally.images, "skipped": len(joined.stats.skipped), "encoded": joined.stats.encoded,
                "cached": joined.stats.cached, "scorer": setup.scorer, "temperature": setup.temperature,
                "threshold": plan.threshold, "threshold_source": plan.threshold_source,
-               "calibration": plan.calibration,
+               "calibration": plan.calibration, "threshold_promise": _promise(plan),
                "flagged_ood": tally.flagged if plan.threshold is not None else None,
                "out": str(plan.options.out or "-"),
                "negative_labels": ({**labels.record(), "groups": scorer_options["groups"]}
@@ -508,7 +517,8 @@ def _threshold(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptio
         every = shares.exchange(mine, "exchanging the calibration scores")
         if not every.numel():
             raise UsageError(f"no readable images under {options.calibrate}")
-        record = setup.threshold_record(every, source=f"calibration images {options.calibrate}")
+        record = setup.threshold_record(every, source=f"calibration images {options.calibrate}",
+                                        request=options.keep)
         return record["value"], "--calibrate", record
     threshold, reason = setup.stored()
     if ranks.is_main and reason is not None:

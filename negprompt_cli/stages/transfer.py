@@ -21,13 +21,15 @@ from ..inputs.image_folders import read_names_file, warn_foreign_calibration_cla
 from ..outputs.artifact import PromptArtifact, check_fits_backbone, load_prompts, package_versions, save_prompts
 from ..outputs.atomic import check_not_input, check_output_path
 from ..presets import default_scorer
+from ..scoring.calibration import KeepRequest
 from ..scoring.negative_labels import LabelRequest
 from ..scoring.setup import setup_for_features
 from ..scoring.thresholds import ThresholdWarning, calibrated_scorer
 
 
 def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions = RuntimeOptions(), *,
-             calibrate_on: Path | None = None, encoding: EncodeOptions = EncodeOptions()) -> dict[str, Any]:
+             calibrate_on: Path | None = None, keep: KeepRequest = KeepRequest(),
+             encoding: EncodeOptions = EncodeOptions()) -> dict[str, Any]:
     check_output_path(out)
     check_not_input(out, [("--prompts", prompts), ("--names", names_file)])
     if calibrate_on is not None and not calibrate_on.exists():
@@ -57,7 +59,7 @@ def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions
         encoded = encode_folder(backbone, calibrate_on, encoding, "Encoding calibration images")
         assert encoded is not None  # one process: always the result
         _, features, stats = encoded
-        record, _ = setup.calibrate(features, source=f"calibration images {calibrate_on}")
+        record, _ = setup.calibrate(features, source=f"calibration images {calibrate_on}", request=keep)
         extra["threshold"] = record
         calibration = {"images": record["n_images"], "encoded": stats.encoded, "cached": stats.cached}
     elif stored:

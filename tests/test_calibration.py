@@ -1,0 +1,132 @@
+"""Thresholds with a stated guarantee (#39 items 1-2): the split-conformal rank keeps at least the asked share of
+new ID images in expectation, the Beta bound with the asked confidence, too few images is one line naming the
+count needed, and every place that shows a threshold says what it promises."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import error_line, invoke, make_image_folder
+
+from negprompt_cli.errors import UsageError
+from negprompt_cli.scoring.calibration import calibrate, describe, keep_interval, rank_for, smallest_count
+
+
+def binomial_tail(n: int, p: float, k: int) -> float:
+    """P(U_(k) <= p) for the k-th of n uniform order statistics = P(Binomial(n, p) >= k), summed by hand (an
+    independent check of scipy's Beta)."""
+    return sum(math.comb(n, j) * p ** j * (1 - p) ** (n - j) for j in range(k, n + 1))
+
+
+def test_the_expected_keep_rate_is_at_least_the_one_asked_for_and_the_old_rank_fell_short():
+    for n in (19, 20, 50, 120, 300, 1000):
+        k = rank_for(n, 0.95)
+        assert 1 - k / (n + 1) >= 0.95 and 1 - (k + 1) / (n + 1) < 0.95  # the highest rank that promises it
+    old = math.floor(0.05 * 120) + 1  # the rank used before: 94.2 % on average for 120 images
+    assert 1 - old / 121 == pytest.approx(0.9421, abs=1e-4) and rank_for(120, 0.95) == old - 1
+    rng = np.random.default_rng(0)  # and by simulation: uniform scores, a new image kept with prob. 1 - threshold
+    kept = [1 - calibrate(rng.random(120)).value for _ in range(4000)]
+    assert np.mean(kept) == pytest.approx(1 - 6 / 121, abs=0.002) and np.mean(kept) >= 0.95 - 0.002
+
+
+@pytest.mark.parametrize(("n", "keep", "confidence"), [(300, 0.95, 0.9), (120, 0.9, 0.8), (1000, 0.99, 0.95)])
+def test_the_confident_rank_is_the_highest_that_promises_the_keep_rate_with_that_probability(n, keep, confidence):
+    k = rank_for(n, keep, confidence)
+    assert binomial_tail(n, 1 - keep, k) >= confidence > binomial_tail(n, 1 - keep, k + 1)
+    assert k < rank_for(n, keep)  # a promise with probability costs a lower threshold than one in expectation
+    rng = np.random.default_rng(1)
+    held = [1 - calibrate(rng.random(n), keep, confidence).value >= keep for _ in range(3000)]
+    assert np.mean(held) >= confidence - 0.02
+
+
+def test_the_interval_is_that_of_the_beta_distribution_and_narrows_with_more_images():
+    low, high = keep_interval(300, rank_for(300, 0.95))
+    rng = np.random.default_rng(2)
+    kept = np.array([1 - np.sort(rng.random(300))[14] for _ in range(20000)])  # rank 15 of 300
+    assert np.quantile(kept, [0.05, 0.95]) == pytest.approx([low, high], abs=0.002)
+    assert high - low < 0.045 < np.subtract(*keep_interval(120, 6)[::-1])  # 300 images: within about ±2 points
+
+
+def test_too_few_images_is_one_error_with_the_smallest_sufficient_count():
+    assert smallest_count(0.95) == 19 and rank_for(19, 0.95) == 1 and rank_for(18, 0.95) == 0
+    assert smallest_count(0.99, 0.95) == 299 and rank_for(299, 0.99, 0.95) == 1 and rank_for(298, 0.99, 0.95) == 0
+    with pytest.raises(UsageError) as info:
+        calibrate(np.arange(30.0), 0.99, 0.95, source="my images")
+    assert str(info.value.message) == ("30 image(s) in my images are too few for a threshold that keeps 99% with "
+                                       "probability 0.95: at least 299 are needed")
+    best = calibrate(np.arange(10.0), best_effort=True)  # fit-neg's own threshold: what it can, said
+    assert (best.rank, best.value, best.requested) == (1, 0.0, 0.95) and best.keep == pytest.approx(10 / 11)
+    assert "less than the 95% asked for: 10 images are too few (at least 19 are needed)" in describe(best.record())
+    for keep, confidence in ((1.0, None), (0.95, 1.5)):
+        with pytest.raises(UsageError):
+            calibrate(np.arange(50.0), keep, confidence)
+
+
+def test_records_without_a_guarantee_say_so():
+    assert "guarantee unknown" in describe({"value": 1.0, "id_kept": 0.95, "source": "validation"})
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calibration")
+    make_image_folder(root / "id", classes=("red_stripes", "green_bars"), per_class=12, seed=3)  # 24 images
+    (root / "names.txt").write_text("red stripes\ngreen bars\n")
+    return root
+
+
+def test_score_calibrates_with_keep_and_confidence_and_says_what_it_promises(many, tmp_path):
+    base = ["score", str(many / "id"), "--zero-shot", "--names", str(many / "names.txt"), "--backbone", "toy",
+            "--scorer", "mcm", "--calibrate", str(many / "id"), "--out", str(tmp_path / "s.csv"), "--json"]
+    result = invoke([*base, "--keep", "0.8", "--confidence", "0.7"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    record = summary["calibration"]
+    assert (record["n_images"], record["rank"], record["id_kept"], record["confidence"]) == (24, rank_for(24, 0.8, 0.7),
+                                                                                            0.8, 0.7)
+    assert record["keep_interval"] == pytest.approx(list(keep_interval(24, record["rank"])), abs=1e-6)
+    assert summary["threshold_promise"].startswith("keeps >= 80.0% of new ID images with probability 0.7 (90% "
+                                                   "interval ")
+    assert f"it {summary['threshold_promise']}" in result.stderr
+    plain = invoke(base)  # 24 images at 95 % in expectation: rank 1
+    assert plain.exit_code == 0 and json.loads(plain.stdout)["calibration"]["rank"] == 1
+    refused = invoke([*base, "--keep", "0.99"])
+    assert refused.exit_code == 2
+    assert error_line(refused).endswith("too few for a threshold that keeps 99% in expectation: at least 99 are "
+                                        "needed")
+
+
+def test_fit_neg_and_transfer_take_the_request_and_inspect_and_the_model_card_state_it(many, tmp_path):
+    from conftest import NEG_FAST, pos_fast
+
+    from negprompt_cli.outputs.artifact import load_prompts
+    from negprompt_cli.stages.hub import model_card
+
+    pos, neg = tmp_path / "pos.safetensors", tmp_path / "neg.safetensors"
+    assert invoke(["fit-pos", "--data", str(many / "id"), "--backbone", "toy", "--out", str(pos), *pos_fast(1),
+                   "--quiet"]).exit_code == 0
+    fitted = invoke(["fit-neg", "--data", str(many / "id"), "--pos", str(pos), "--out", str(neg), *NEG_FAST,
+                     "--val-fraction", "0.5", "--shots", "6", "--keep", "0.9", "--quiet"])
+    assert fitted.exit_code == 0, fitted.stderr
+    record = load_prompts(neg).extra["threshold"]
+    assert (record["source"], record["n_images"], record["id_kept"], record["rank"]) == ("validation", 12, 0.9, 1)
+    said = describe(record)
+    assert said.startswith("keeps >= 90.0% of new ID images in expectation (90% interval ")
+    assert said in invoke(["inspect", str(neg)]).stdout
+    assert said in html.unescape(model_card(load_prompts(neg), "me/prompts"))  # the card escapes ">" for Markdown
+    # 12 held-out images: too few for 95 %; fit-neg stores what they can promise, and says so
+    small = invoke(["fit-neg", "--data", str(many / "id"), "--pos", str(pos), "--out", str(tmp_path / "n2.safetensors"),
+                    *NEG_FAST, "--val-fraction", "0.5", "--shots", "6", "--quiet"])
+    assert small.exit_code == 0, small.stderr
+    assert "less than the 95% asked for: 12 images are too few (at least 19 are needed)" in invoke(
+        ["inspect", str(tmp_path / "n2.safetensors")]).stdout
+    moved = tmp_path / "moved.safetensors"
+    transferred = invoke(["transfer", "--prompts", str(neg), "--names", str(many / "names.txt"), "--out", str(moved),
+                          "--calibrate", str(many / "id"), "--keep", "0.8", "--confidence", "0.6", "--quiet"])
+    assert transferred.exit_code == 0, transferred.stderr
+    moved_record = load_prompts(moved).extra["threshold"]
+    assert (moved_record["n_images"], moved_record["confidence"], moved_record["rank"]) == (24, 0.6,
+                                                                                          rank_for(24, 0.8, 0.6))
