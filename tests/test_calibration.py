@@ -130,3 +130,27 @@ def test_fit_neg_and_transfer_take_the_request_and_inspect_and_the_model_card_st
     moved_record = load_prompts(moved).extra["threshold"]
     assert (moved_record["n_images"], moved_record["confidence"], moved_record["rank"]) == (24, 0.6,
                                                                                           rank_for(24, 0.8, 0.6))
+
+
+def test_labelled_id_images_that_keep_an_unlikely_share_are_said_to_differ_from_the_calibration_images(many, tmp_path):
+    """#39 item 3: the calibration images themselves keep what they promised (no warning); ID-labelled images that
+    are noise keep far less than 24 calibration images make likely (one warning with both numbers)."""
+    from PIL import Image
+
+    noise = tmp_path / "noise"
+    rng = np.random.default_rng(5)
+    for folder in ("red_stripes", "green_bars"):
+        (noise / folder).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(noise / folder / f"{i}.png")
+    base = ["--zero-shot", "--names", str(many / "names.txt"), "--backbone", "toy", "--scorer", "mcm", "--calibrate",
+            str(many / "id"), "--keep", "0.8", "--labeled", "--json"]
+    same = invoke(["score", str(many / "id"), *base, "--out", str(tmp_path / "same.csv")])
+    assert same.exit_code == 0, same.stderr
+    assert "differ from the calibration images" not in same.stderr
+    shifted = invoke(["score", str(noise), *base, "--out", str(tmp_path / "noise.csv")])
+    assert shifted.exit_code == 0, shifted.stderr
+    kept = 20 - json.loads(shifted.stdout)["flagged_ood"]
+    warning = next(line for line in shifted.stderr.splitlines() if "differ from the calibration images" in line)
+    assert f"the threshold kept {kept} of these 20 labelled ID images ({100 * kept / 20:.1f}%)" in warning
+    assert "images like its 24 calibration images would keep" in warning and "recalibrate" in warning

@@ -137,3 +137,19 @@ def describe(record: dict[str, Any]) -> str:
         said += (f", less than the {wanted:.0%} asked for: {record['n_images']} images are too few (at least "
                  f"{smallest_count(wanted)} are needed)")
     return said
+
+
+SHIFT_LEVEL = 0.99  # a keep-rate outside this predictive interval is a shift, not bad luck, 99 times in 100
+
+
+def expected_kept(record: dict[str, Any], m: int, level: float = SHIFT_LEVEL) -> tuple[int, int] | None:
+    """The ``level`` interval of how many of ``m`` new ID images like the calibration images the threshold of
+    ``record`` keeps: Beta-binomial (the true keep-rate's Beta, then m draws). None without a recorded rank."""
+    if "rank" not in record or "n_images" not in record:
+        return None
+    from scipy.stats import betabinom  # noqa: PLC0415 (see rank_for)
+
+    n, k = int(record["n_images"]), int(record["rank"])
+    kept = betabinom(m, n + 1 - k, k)
+    tail = (1.0 - level) / 2
+    return int(kept.ppf(tail)), int(kept.ppf(1.0 - tail))

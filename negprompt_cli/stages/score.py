@@ -43,7 +43,7 @@ from ..scoring.explain import explain
 from ..scoring.negative_labels import LabelRequest
 from ..scoring.scores import Scores
 from ..scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
-from ..scoring.thresholds import ThresholdWarning, stated, warn_no_decision, warn_no_threshold
+from ..scoring.thresholds import ThresholdWarning, stated, warn_if_shifted, warn_no_decision, warn_no_threshold
 
 
 @dataclass
@@ -105,6 +105,9 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
         return None
     if options.labeled:
         _warn_unknown_labels(joined.tally.unknown_labels, plan.setup.names)
+        record = _promised(plan)
+        if record is not None and joined.tally.id_labelled:
+            warn_if_shifted(record, joined.tally.id_kept, joined.tally.id_labelled)
     summary = _summary(plan, joined, adaptive_record, seconds=time.perf_counter() - started)
     if writer.kept is not None:
         summary["rows"] = writer.kept
@@ -172,10 +175,16 @@ def _encode_and_score(plan: _Plan, shares: Shares, writer: _RowWriter,
     return stream.stats, None
 
 
+def _promised(plan: _Plan) -> dict[str, Any] | None:
+    """The record of the threshold in use (None for --threshold or no threshold)."""
+    if plan.threshold_source == "--calibrate":
+        return plan.calibration
+    return plan.setup.stored_threshold if plan.threshold_source == "stored" else None
+
+
 def _promise(plan: _Plan) -> str | None:
-    """What the threshold in use promises, in words (None for --threshold or no threshold)."""
-    record = plan.calibration if plan.threshold_source == "--calibrate" else (
-        plan.setup.stored_threshold if plan.threshold_source == "stored" else None)
+    """What the threshold in use promises, in words."""
+    record = _promised(plan)
     return stated(record) if record else None
 
 
@@ -226,6 +235,8 @@ class Tally:
     broken: int = 0
     broken_paths: list[str] = field(default_factory=list)  # the first three
     unknown_labels: dict[str, int] = field(default_factory=dict)  # --labeled folders that name no class
+    id_labelled: int = 0  # --labeled images of an ID class, and how many of them the threshold kept
+    id_kept: int = 0
 
 
 def _merge_tallies(tallies: list[Tally]) -> Tally:
@@ -235,6 +246,8 @@ def _merge_tallies(tallies: list[Tally]) -> Tally:
         total.flagged += t.flagged
         total.broken += t.broken
         total.broken_paths = (total.broken_paths + t.broken_paths)[:3]
+        total.id_labelled += t.id_labelled
+        total.id_kept += t.id_kept
         for folder, count in t.unknown_labels.items():
             total.unknown_labels[folder] = total.unknown_labels.get(folder, 0) + count
     return total
@@ -292,6 +305,9 @@ class _RowWriter:
                 row["label"] = setup.names[row["label_index"]] if row["label_index"] >= 0 else None
                 if row["label_index"] == -1:
                     self.tally.unknown_labels[folder] = self.tally.unknown_labels.get(folder, 0) + 1
+                elif row["ood"] is not None:
+                    self.tally.id_labelled += 1
+                    self.tally.id_kept += not row["ood"]
             if explanations is not None:
                 row.update(explanations[k])
             rows.append(row)
