@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from . import shared_prefix
 from .backbone import Backbone, text_tower
 
 PLACEHOLDER = "X"  # one BPE token in the CLIP vocabulary; its embedding is replaced by a context vector
@@ -82,8 +83,6 @@ class SoftPromptTextEncoder:
         else:
             self.context_length = int(self.tokenizer(["x"]).shape[1])
             self.truncates = False
-        from . import shared_prefix  # noqa: PLC0415 (a module of this package that imports this one's users)
-
         self.shares_prefix = bool(self.truncates and self.ctx_start == 1 and shared_prefix.supported(tower))
 
     def _placeholder_position(self) -> int:
@@ -216,8 +215,6 @@ class SoftPromptTextEncoder:
         other towers run the expanded rows). ``chunk_size`` bounds how many classes run at once; classes are
         bucketed by suffix length so padding stays small.
         """
-        from . import shared_prefix
-
         self.require_soft_prompts()
         if ctx.dim() == 2:
             ctx = ctx.unsqueeze(0)
