@@ -21,7 +21,6 @@ from ..errors import NegPromptError, NegPromptWarning
 from ..registry import ScorerSpec
 from .calibration import KEEP, calibrate, describe, expected_kept
 
-ID_KEPT = KEEP
 # Artifacts written before thresholds recorded their scorer were calibrated with Eq. 3, at the training τ.
 OLD_FORMAT_SCORER = "negprompt"
 
@@ -96,7 +95,7 @@ def class_list_id(names: Sequence[str]) -> dict[str, Any]:
 
 
 def threshold_record(scores: torch.Tensor, *, names: Sequence[str], scorer: str, temperature: float, source: str,
-                     keep: float = ID_KEPT, confidence: float | None = None, best_effort: bool = False,
+                     keep: float = KEEP, confidence: float | None = None, best_effort: bool = False,
                      settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """The threshold that keeps ``keep`` of new ID images like these ``scores`` (in expectation, or with
     probability ``confidence``: ``calibration``), recorded with its guarantee and what it is valid for: the
