@@ -46,8 +46,8 @@ def work(trained, tmp_path):
     return copy_tree(trained, tmp_path / "work")
 
 
-def run(args: list[str]) -> tuple[dict, str]:
-    env = {**os.environ, "NEGPROMPT_DEVICE": TEST_DEVICE, "OMP_NUM_THREADS": "1"}
+def run(args: list[str], **extra_env: str) -> tuple[dict, str]:
+    env = {**os.environ, "NEGPROMPT_DEVICE": TEST_DEVICE, "OMP_NUM_THREADS": "1", **extra_env}
     done = subprocess.run([sys.executable, "-c", RUN_AND_TELL, *args], capture_output=True, text=True, env=env)
     told = json.loads(done.stderr.strip().splitlines()[-1])
     assert told["code"] in (0, None), done.stderr
@@ -67,6 +67,17 @@ def test_a_warm_score_builds_no_model_and_imports_neither_open_clip_nor_torchvis
     assert again == {"code": 0, "open_clip": False, "torchvision": False}
     assert (work / "again.csv").read_bytes() == (work / "first.csv").read_bytes()
     assert foreign_entries(work / "cache") == []  # the facts are the cache's own: gc and verify leave them be
+
+
+def test_the_tensor_decoding_path_keys_the_cache_from_the_remembered_facts(work):
+    """The GPU's decoding path (nvJPEG and tensor preprocessing; NEGPROMPT_DECODE=tensor runs it on the CPU) keys
+    its features by the preprocessing the facts remember: a warm run finds every image without the model."""
+    first, _ = run(score_args(work, "first.csv"), NEGPROMPT_DECODE="tensor")
+    again, _ = run(score_args(work, "again.csv"), NEGPROMPT_DECODE="tensor")
+    assert first["open_clip"] and again == {"code": 0, "open_clip": False, "torchvision": False}
+    assert (work / "again.csv").read_bytes() == (work / "first.csv").read_bytes()
+    pil, _ = run(score_args(work, "pil.csv"))  # the PIL path is another key: its first run encodes, so builds
+    assert pil["open_clip"]
 
 
 def test_a_new_image_builds_the_model_then_and_scores_as_a_run_that_built_it_first(work, tmp_path):
