@@ -154,3 +154,12 @@ def test_labelled_id_images_that_keep_an_unlikely_share_are_said_to_differ_from_
     warning = next(line for line in shifted.stderr.splitlines() if "differ from the calibration images" in line)
     assert f"the threshold kept {kept} of these 20 labelled ID images ({100 * kept / 20:.1f}%)" in warning
     assert "images like its 24 calibration images would keep" in warning and "recalibrate" in warning
+    # report reads how the threshold was calibrated from the score files, and checks its ID file the same way
+    fine = invoke(["report", "--id", str(tmp_path / "same.csv"), "--ood", f"noise={tmp_path / 'noise.csv'}",
+                   "--out", str(tmp_path / "r1")])
+    assert fine.exit_code == 0, fine.stderr
+    assert "differ from the calibration images" not in fine.stderr
+    swapped = invoke(["report", "--id", str(tmp_path / "noise.csv"), "--ood", f"same={tmp_path / 'same.csv'}",
+                      "--out", str(tmp_path / "r2")])
+    assert swapped.exit_code == 0, swapped.stderr
+    assert f"the threshold kept {kept} of these 20 ID images (noise.csv)" in swapped.stderr

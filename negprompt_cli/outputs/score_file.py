@@ -13,8 +13,11 @@ from ..errors import NotFoundError, UsageError
 
 FORMATS = ("csv", "jsonl")
 # label: the true class's name (the vocabulary of prediction), label_folder: the folder it was read from (--labeled)
+# threshold_n, threshold_rank: how the threshold was calibrated (the rank-th lowest of n ID scores), so that report
+# can tell whether new ID images keep what it promised (scoring/calibration.py); empty when unknown
 COLUMNS = ["path", "score", "prediction", "prediction_index", "ood", "max_pos_cos", "max_neg_cos", "label",
-           "label_index", "label_folder", "scorer", "prompts_id", "threshold", "threshold_source"]
+           "label_index", "label_folder", "scorer", "prompts_id", "threshold", "threshold_source", "threshold_n",
+           "threshold_rank"]
 
 
 EXPLAIN_COLUMNS = ["top_classes", "nearest_negatives"]  # score --explain: [{"name", "cos"}, ...] per image
@@ -98,7 +101,7 @@ def _parse(column: str, value: str | None) -> Any:
         return [{"name": name, "cos": cos} for name, cos in json.loads(value)]
     if column in ("score", "max_pos_cos", "max_neg_cos", "threshold"):
         return float(value)
-    if column in ("prediction_index", "label_index"):
+    if column in ("prediction_index", "label_index", "threshold_n", "threshold_rank"):
         return int(value)
     if column == "ood":
         return value.strip().lower() == "true"  # a spreadsheet writes TRUE

@@ -13,18 +13,21 @@ the k-th order statistic), so:
 * the 90 % interval of the true keep-rate is that of 1 − U.
 
 Too few images for the request (k would be 0: no score can be the threshold) is one error naming the smallest
-sufficient count. The Beta distribution is scipy's.
+sufficient count. And m new ID images like the calibration images keep a Beta-binomial number of images: outside
+its 99 % interval, :func:`warn_if_shifted` says the images differ from the calibration images. The distributions
+are scipy's (imported when used: this module is also the report's, which imports no torch).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import NegPromptWarning, UsageError
 
 KEEP = 0.95  # the ID share a threshold keeps unless told otherwise
 INTERVAL = 0.90  # the interval of the true keep-rate that records and messages state
@@ -153,3 +156,24 @@ def expected_kept(record: dict[str, Any], m: int, level: float = SHIFT_LEVEL) ->
     kept = betabinom(m, n + 1 - k, k)
     tail = (1.0 - level) / 2
     return int(kept.ppf(tail)), int(kept.ppf(1.0 - tail))
+
+
+class ThresholdWarning(NegPromptWarning):
+    """A threshold that cannot decide (scores are written without an OOD decision), or whose promise new ID images
+    break."""
+
+
+def warn_if_shifted(record: dict[str, Any], kept: int, images: int, what: str = "labelled ID images") -> None:
+    """One warning when labelled ID images keep a share the threshold's calibration makes very unlikely (outside
+    the 99 % interval for that many images): they differ from the calibration images."""
+    if str(record.get("source")) == "training":
+        return  # calibrated on the fitted images: it promised nothing to compare with
+    expected = expected_kept(record, images)
+    if expected is None or expected[0] <= kept <= expected[1]:
+        return
+    low, high = expected
+    warnings.warn(f"the threshold kept {kept} of these {images} {what} ({100 * kept / images:.1f}%); "
+                  f"images like its {record.get('n_images')} calibration images would keep {low}-{high} "
+                  f"({100 * low / images:.1f}-{100 * high / images:.1f}%, 99% of the time): these images differ "
+                  "from the calibration images; recalibrate on images like them (--calibrate)", ThresholdWarning,
+                  stacklevel=3)

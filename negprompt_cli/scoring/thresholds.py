@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from ..errors import NegPromptError, NegPromptWarning
+from ..errors import NegPromptError
 from ..registry import ScorerSpec
-from .calibration import KEEP, calibrate, describe, expected_kept
+from .calibration import KEEP, ThresholdWarning, calibrate, describe
 
 # Artifacts written before thresholds recorded their scorer were calibrated with Eq. 3, at the training τ.
 OLD_FORMAT_SCORER = "negprompt"
@@ -41,10 +41,6 @@ class ThresholdRecord:
         return cls(value=float(record["value"]), scorer=str(record.get("scorer", OLD_FORMAT_SCORER)),
                    temperature=float(record.get("temperature", extra.get("temperature", 1.0))),
                    settings=record.get("settings"))
-
-
-class ThresholdWarning(NegPromptWarning):
-    """Scores are written without an OOD decision because no applicable threshold exists."""
 
 
 def calibrated_on(record: dict[str, Any]) -> str:
@@ -70,22 +66,6 @@ def stated(record: dict[str, Any]) -> str:
         return (f"keeps {float(record.get('id_kept', KEEP)):.0%} of {calibrated_on(record)}; no guarantee for new "
                 "images")
     return f"{describe(record)}; calibrated on {calibrated_on(record)}"
-
-
-def warn_if_shifted(record: dict[str, Any], kept: int, images: int) -> None:
-    """One warning when labelled ID images keep a share the threshold's calibration makes very unlikely (outside
-    the 99 % interval for that many images): they differ from the calibration images."""
-    if str(record.get("source")) == "training":
-        return  # calibrated on the fitted images: it promised nothing to compare with
-    expected = expected_kept(record, images)
-    if expected is None or expected[0] <= kept <= expected[1]:
-        return
-    low, high = expected
-    warnings.warn(f"the threshold kept {kept} of these {images} labelled ID images ({100 * kept / images:.1f}%); "
-                  f"images like its {record.get('n_images')} calibration images would keep {low}-{high} "
-                  f"({100 * low / images:.1f}-{100 * high / images:.1f}%, 99% of the time): these images differ "
-                  "from the calibration images; recalibrate on images like them (--calibrate)", ThresholdWarning,
-                  stacklevel=3)
 
 
 def class_list_id(names: Sequence[str]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from ..outputs.atomic import (
 from ..outputs.score_file import read_score_file
 from ..report.images import DEFAULT_PER_GALLERY, THUMBNAIL_PIXELS, examples, per_class_kept, thumbnail
 from ..report.page import render_html, render_markdown
+from ..scoring.calibration import warn_if_shifted
 from ..scoring.metrics import AUPR_ESTIMATOR, ood_metrics
 
 
@@ -99,6 +100,9 @@ def build_report(options: ReportOptions) -> dict[str, Any]:
     far = [n for n in results if n not in options.near]
     threshold = decision_threshold(options, id_rows, ood_rows)
     _warn_unlikely_id(options.id_file, id_rows, id_scores, ood_rows)
+    if threshold and "rank" in threshold and options.threshold is None:  # its promise, against these ID images
+        warn_if_shifted(threshold, int(np.sum(id_scores >= threshold["value"])), len(id_scores),
+                        what=f"ID images ({options.id_file.name})")
     report: dict[str, Any] = {
         "fpr_convention": options.fpr_convention,
         "fpr_definition": ("fraction of OOD images accepted as ID at the threshold keeping "
@@ -167,7 +171,11 @@ def decision_threshold(options: ReportOptions, id_rows: list[dict[str, Any]],
             warnings.warn(f"OOD set {name!r} was scored with another threshold than the ID set; the report uses the "
                           f"ID set's ({value:.6g})", NegPromptWarning, stacklevel=3)
     source = id_rows[0].get("threshold_source")
-    return {"value": float(value), "source": sources.get(str(source), str(source))}
+    found = {"value": float(value), "source": sources.get(str(source), str(source))}
+    calibrated = {(r.get("threshold_n"), r.get("threshold_rank")) for r in id_rows}
+    if len(calibrated) == 1 and None not in (pair := calibrated.pop()):  # how it was calibrated, where said
+        found["n_images"], found["rank"] = pair
+    return found
 
 
 def _decision(threshold: dict[str, Any], id_scores: np.ndarray,

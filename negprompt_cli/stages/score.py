@@ -38,12 +38,12 @@ from ..outputs.score_output import (
 )
 from ..registry import ScorerSpec, get_host
 from ..scoring.adaptive import AdaptiveOptions, AdaptiveScorer
-from ..scoring.calibration import KeepRequest
+from ..scoring.calibration import KeepRequest, warn_if_shifted
 from ..scoring.explain import explain
 from ..scoring.negative_labels import LabelRequest
 from ..scoring.scores import Scores
 from ..scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
-from ..scoring.thresholds import ThresholdWarning, stated, warn_if_shifted, warn_no_decision, warn_no_threshold
+from ..scoring.thresholds import ThresholdWarning, stated, warn_no_decision, warn_no_threshold
 
 
 @dataclass
@@ -87,7 +87,8 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
     decided in one place, :class:`Shares`; the steps below are the same for one process."""
     shares = Shares(options, stream)
     plan = _plan(options, shares)
-    writer = _RowWriter(options, plan.setup, plan.threshold, plan.threshold_source, plan.paths, shares.ranks)
+    writer = _RowWriter(options, plan.setup, plan.threshold, plan.threshold_source, plan.paths, shares.ranks,
+                        promised=_promised(plan))
     output = shares.open_output()
     started = time.perf_counter()
 
@@ -258,9 +259,14 @@ class _RowWriter:
     small inputs, the rows)."""
 
     def __init__(self, options: ScoreOptions, setup: ScoringSetup, threshold: float | None,
-                 threshold_source: str | None, paths: ImageList, ranks: Ranks) -> None:
+                 threshold_source: str | None, paths: ImageList, ranks: Ranks, *,
+                 promised: dict[str, Any] | None = None) -> None:
         self.options, self.setup, self.paths = options, setup, paths
         self.threshold, self.threshold_source = threshold, threshold_source
+        # how the threshold was calibrated, for report's check of its promise (none for training images)
+        guaranteed = promised is not None and "rank" in promised and promised.get("source") != "training"
+        self.calibrated = ({"threshold_n": promised["n_images"], "threshold_rank": promised["rank"]}
+                           if guaranteed and promised is not None else {"threshold_n": None, "threshold_rank": None})
         self.lookup = (_label_lookup(setup.names, training_folders(setup.artifact, setup.names)
                                      if setup.artifact is not None else {}) if options.labeled else {})
         self.columns = score_columns(explain=options.explain > 0)
@@ -296,6 +302,7 @@ class _RowWriter:
                 "label": None, "label_index": None, "label_folder": None, "scorer": setup.scorer,
                 "prompts_id": setup.prompts_id,
                 "threshold": self.threshold, "threshold_source": self.threshold_source,  # the rule, for report
+                **self.calibrated,
             }
             if options.labeled:  # the class is the first folder below the input's folder
                 relative = path.relative_to(self.paths.root(indices[k])).parts
