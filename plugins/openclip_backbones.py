@@ -2,9 +2,10 @@
 
 Names accepted:
 
-* the four registered names (``ViT-B/16`` also spelled ``ViT-B-16``), each with the
-  pretrained tag the NegPrompt paper or CLIP used by default;
-* any open_clip architecture (``_open_clip().list_models()``), with ``--pretrained`` naming a tag;
+* the registered names: ``ViT-B/16`` (also spelled ``ViT-B-16``), ``ViT-B/32``, ``RN50``, ``RN101``, each with
+  the pretrained tag the NegPrompt paper or CLIP used by default, and the families OOD work uses now
+  (``FAMILIES``: SigLIP, SigLIP 2, DFN, MetaCLIP, EVA-02-CLIP) with their open_clip tags;
+* any open_clip architecture (``open_clip.list_models()``), with ``--pretrained`` naming a tag;
 * ``hf-hub:org/repo`` and ``local-dir:/path`` (open_clip's own config + weights layout).
 
 ``--pretrained`` is a tag, a local checkpoint file, or ``none`` for random weights.
@@ -71,6 +72,8 @@ def text_path(arch: str) -> str:
         return ("text tower bidirectional, last-pooled: the whole context runs; scores use its logit scale, not its "
                 "sigmoid bias")
     return "text tower causal: cut at the end-of-text token, shared prefixes"
+
+
 RANDOM = ("none", "random")
 SCHEMES = ("hf-hub:", "local-dir:")
 # What an hf-hub: backbone fetches: open_clip's config and safetensors weights, in the names open_clip looks for.
@@ -146,8 +149,8 @@ def load_openclip(name: str, arch: str, default_tag: str | None, pretrained: str
         kwargs["force_quick_gelu"] = bool(quick_gelu)
     try:
         with _quiet_open_clip_logging():
-            model, _, preprocess = _open_clip().create_model_and_transforms(source, device=device, cache_dir=cache_dir,
-                                                                         **kwargs)
+            model, _, preprocess = _open_clip().create_model_and_transforms(source, device=device,
+                                                                            cache_dir=cache_dir, **kwargs)
     except (RuntimeError, OSError, FileNotFoundError, ValueError) as exc:
         raise _load_error(arch, tag, exc) from exc
     model.eval().requires_grad_(False)
