@@ -49,9 +49,11 @@ def test_full_pipeline(world):
     assert artifact.tensors["text_neg"].shape == (2, 2, 32)
     threshold = artifact.extra["threshold"]
     assert threshold["source"] == "training" and threshold["id_kept"] == 0.95
-    # calibrated for the scorer `score` uses by default on fit-neg prompts (chosen on validation)
+    # calibrated for the scorer `score` uses by default on fit-neg prompts on this (not toy) backbone: Eq. 3,
+    # after the NegPrompt paper's Table 2; the record says which evidence chose it
     assert threshold["classes"] == class_list_id(["green bars", "red stripes"])
-    assert threshold["scorer"] == default_scorer(True)
+    assert threshold["scorer"] == default_scorer(True, backbone="local-dir:x") == "negprompt"
+    assert threshold["chosen_by"].startswith("the NegPrompt paper's Table 2")
 
     # a new class list: the 2-class threshold does not carry over, and nothing is decided without one
     tr = invoke(["transfer", "--prompts", str(world / "neg.safetensors"), "--names", str(world / "new.txt"),
@@ -69,7 +71,7 @@ def test_full_pipeline(world):
     ood = invoke(["score", str(world / "ood"), "--prompts", str(world / "tr.safetensors"), "--format", "jsonl"])
     assert ood.exit_code == 0, ood.stderr
     rows = [json.loads(line) for line in ood.stdout.splitlines()]  # stdout is pure JSONL
-    assert len(rows) == 6 and all(r["scorer"] == default_scorer(True) for r in rows)
+    assert len(rows) == 6 and all(r["scorer"] == default_scorer(True, backbone="local-dir:x") for r in rows)
     # no decision, and one warning saying how to get one (docs/method.md)
     assert all(r["ood"] is None for r in rows) and " ".join(ood.stderr.split()).count("carry no OOD decision") == 1
     # ... while the original class list keeps its stored threshold

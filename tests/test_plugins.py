@@ -362,7 +362,7 @@ def test_a_third_party_negative_learner_with_its_own_options(tmp_path, monkeypat
     artifact = load_prompts(out, kind="negative")
     assert artifact.training["learner_options"] == {"n_neg": 3, "margin": 0.25}
     assert artifact.prompt["n_neg"] == 3 and artifact.tensors["text_neg"].shape == (2, 3, 32)
-    assert artifact.extra["threshold"]["scorer"] == default_scorer(True)  # calibrated for score's default
+    assert artifact.extra["threshold"]["scorer"] == default_scorer(True, backbone="local-dir:x")  # score's default
     scored = invoke(["score", str(data), "--prompts", str(out), "--format", "jsonl"])
     assert scored.exit_code == 0, scored.stderr
     assert all(json.loads(line)["ood"] is not None for line in scored.stdout.splitlines())

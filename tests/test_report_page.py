@@ -228,8 +228,9 @@ def test_explain_lists_the_closest_classes_and_negatives_with_their_cosines(scor
         [(r["top_classes"], r["nearest_negatives"]) for r in lines]
     cell = rows(csv_out)[0]["nearest_negatives"]
     assert cell.startswith('[["neg') and json.loads(cell)[0][1] == lines[0]["nearest_negatives"][0]["cos"]
-    # the default scorer (energy) reads no negatives: top classes only, no error
-    plain = invoke(["score", str(scored / "ood"), "--prompts", str(neg), "--explain", "--format", "jsonl"])
+    # a scorer that reads no negatives (energy): top classes only, no error
+    plain = invoke(["score", str(scored / "ood"), "--prompts", str(neg), "--scorer", "energy", "--explain",
+                    "--format", "jsonl"])
     assert plain.exit_code == 0, plain.stderr
     assert all(json.loads(line)["nearest_negatives"] == [] for line in plain.stdout.splitlines())
 

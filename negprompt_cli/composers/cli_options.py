@@ -195,8 +195,10 @@ def negative_label_options() -> list[inspect.Parameter]:
 def score_options() -> list[inspect.Parameter]:
     """How score turns features into rows: named as ``ScoreOptions``' fields (``records.score_record``)."""
     return [
-        option("scorer", str | None, "--scorer", help="Default: the one the prompts' threshold was calibrated for, "
-               "else energy (learned prompts) or csp (--zero-shot), the winners on validation (docs/quality.md). "
+        option("scorer", str | None, "--scorer", help="Default: the one the prompts' threshold was calibrated for "
+               "(fit-neg's: negprompt, Eq. 3, on real backbones, after the NegPrompt paper's Table 2; energy on toy, "
+               "the winner on the world's validation), else energy (learned prompts; negprompt for negative prompts "
+               "on real backbones) or csp (--zero-shot). "
                "Also negprompt (Eq. 3), mcm, maxlogit, msp, neglabel, the hybrids negprompt+neglabel / "
                "negprompt+csp, negprompt-sum, negprompt-maxlogit, or a plugin's."),
         option("temperature", float | None, "--temperature", help="The scorer's temperature: τ on cosines for "

@@ -169,7 +169,8 @@ def setup_scoring(request: ScoringRequest) -> ScoringSetup:
         assert names is not None
         backbone = _backbone(request, request.backbone or BackboneRequest())
         # the ID prompts depend on the scorer (each scorer's paper's own), so it is chosen first here
-        text_pos, text_neg = zero_shot_features(backbone, names, _chosen_scorer(request, None, False)), None
+        scorer_first = _chosen_scorer(request, None, False, backbone.name)
+        text_pos, text_neg = zero_shot_features(backbone, names, scorer_first), None
         prompts_id = f"zero-shot:{backbone.name}:{backbone.pretrained}"
         stored, extra, artifact_names, tau_scorer = None, {}, names, None
     else:
@@ -189,7 +190,7 @@ def setup_scoring(request: ScoringRequest) -> ScoringSetup:
         stored, extra = artifact.extra.get("threshold"), artifact.extra
         tau_scorer = calibrated_scorer(artifact.extra)
         artifact_names = list(artifact.class_names)
-    scorer = _chosen_scorer(request, tau_scorer, text_neg is not None)
+    scorer = _chosen_scorer(request, tau_scorer, text_neg is not None, backbone.name)
     scorer_source = "--scorer" if request.scorer else "stored threshold" if tau_scorer else "default"
     spec = get_host().scorer_spec(scorer)  # unknown names fail before any image is encoded
     if spec.needs_negative_prompts and text_neg is None:
@@ -211,10 +212,11 @@ def _backbone(request: ScoringRequest, wanted: BackboneRequest) -> Backbone:
     return load_backbone(wanted)
 
 
-def _chosen_scorer(request: ScoringRequest, calibrated_for: str | None, has_negatives: bool) -> str:
+def _chosen_scorer(request: ScoringRequest, calibrated_for: str | None, has_negatives: bool, backbone: str) -> str:
     """--scorer; else what the prompts recommend (the scorer their threshold was calibrated for); else the
-    default for what the user scores with."""
-    return request.scorer or calibrated_for or default_scorer(has_negatives, zero_shot=request.zero_shot)
+    default for what the user scores with, on this backbone (``presets.default_scorer``)."""
+    return request.scorer or calibrated_for or default_scorer(has_negatives, zero_shot=request.zero_shot,
+                                                              backbone=backbone)
 
 
 def mine_labels(setup: ScoringSetup, request: ScoringRequest) -> ScoringSetup:

@@ -27,7 +27,7 @@ from ..features.text_features import context_features
 from ..inputs.image_folders import ImageFolder, load_image_folder, read_names_file
 from ..outputs.artifact import PromptArtifact, check_fits_backbone, load_prompts, package_versions, save_prompts
 from ..outputs.atomic import check_not_input, check_output_path
-from ..presets import NEGATIVE_OPTIM, default_scorer
+from ..presets import NEGATIVE_OPTIM, default_scorer, default_source
 from ..registry import get_host
 from ..scoring.calibration import KeepRequest
 from ..scoring.negative_labels import LabelRequest
@@ -312,10 +312,11 @@ def calibrate_default_scorer(options: FitNegOptions, backbone: Backbone, tensors
     features, source = (data.val[0], "validation") if data.val is not None else (data.features[:, 0], "training")
     labels = data.val[1] if data.val is not None else data.labels
     setup = setup_for_features(backbone, list(data.folder.class_names), tensors["text_pos"], tensors["text_neg"],
-                               default_scorer(True), {"temperature": options.temperature})
+                               default_scorer(True, backbone=backbone.name), {"temperature": options.temperature})
     setup.mine(LabelRequest(), cache_dir=options.encode.cache_dir, quiet=options.encode.quiet)
     # set on the way: with too few images it keeps what it can and says so, rather than failing the training run
     threshold, predictions = setup.calibrate(features, source=source, request=options.keep, best_effort=True)
+    threshold["chosen_by"] = default_source(backbone.name)  # why this scorer is the default here
     return threshold, setup, float((predictions == labels).float().mean())
 
 

@@ -45,7 +45,7 @@ def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions
     if text_neg is not None:
         tensors["text_neg"] = text_neg
     extra = dict(source.extra)
-    scorer = calibrated_scorer(extra) or default_scorer(text_neg is not None)
+    scorer = calibrated_scorer(extra) or default_scorer(text_neg is not None, backbone=backbone.name)
     stored = extra.pop("threshold", None)
     lineage = stored or extra.get("transfer", {}).get("source_threshold")
     setup = setup_for_features(backbone, names, text_pos, text_neg, scorer, source.extra, stored=stored,
