@@ -31,7 +31,7 @@ from ..errors import NegPromptError
 from ..outputs.atomic import publish
 from ..registry import get_host
 from .backbone import Backbone, BackboneRequest, load_backbone
-from .feature_cache import BACKBONES_DIR, mark_root
+from .feature_cache import BACKBONES_DIR, root_folder
 
 if TYPE_CHECKING:
     from ..inputs.pixels import TensorPreprocess
@@ -130,10 +130,7 @@ def write_facts(path: Path, facts: BackboneFacts) -> None:
     """Atomically, and never failing the run: the facts are only a shortcut."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        if not path.parent.parent.exists():
-            path.parent.parent.mkdir(parents=True)
-            mark_root(path.parent.parent)
-        path.parent.mkdir(exist_ok=True)
+        root_folder(path.parent.parent, path.parent.name)
         tmp.write_text(json.dumps({"format": FORMAT, **asdict(facts)}, indent=1, sort_keys=True))
         publish(tmp, path)
     except OSError:

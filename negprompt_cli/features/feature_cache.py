@@ -267,16 +267,24 @@ def cache_keys(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _owned_key(p))
 
 
+def root_folder(root: Path, name: str) -> Path:
+    """``root/name``, made (with ``root``, tagged as this cache, when it is new): the folders beside the feature
+    keys (notes, backbone facts). OSError when the cache cannot be written."""
+    root = Path(root)
+    if not root.exists():
+        root.mkdir(parents=True)
+        mark_root(root)
+    folder = root / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def first_time(root: Path, key: str) -> bool:
     """Whether a note about ``key`` is new to this cache (and remember that it was shown): a note that repeats on
     every run stops being read. Concurrent runs agree (one file created exclusively); a cache that cannot be
     written remembers nothing, and the note is shown."""
-    folder = Path(root) / NOTES_DIR
     try:
-        if not Path(root).exists():
-            Path(root).mkdir(parents=True)
-            mark_root(Path(root))
-        folder.mkdir(exist_ok=True)
+        folder = root_folder(root, NOTES_DIR)
         os.close(os.open(folder / hashlib.sha256(key.encode()).hexdigest()[:32], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         return False

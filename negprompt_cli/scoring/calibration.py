@@ -125,6 +125,13 @@ def calibrate(scores: np.ndarray, keep: float = KEEP, confidence: float | None =
     return Calibration(float(scores[rank - 1]), n, rank, keep, confidence, keep_interval(n, rank))
 
 
+def promises(record: dict[str, Any] | None) -> bool:
+    """Whether a threshold record carries a guarantee for new images: its rank is recorded (calibrated since
+    guarantees were), and it was not set on the images the prompts were fitted on (those are not exchangeable
+    with new ones)."""
+    return record is not None and "rank" in record and str(record.get("source")) != "training"
+
+
 def describe(record: dict[str, Any]) -> str:
     """What a stored threshold promises, in one phrase ("keeps >= 95% of new ID images in expectation (90%
     interval 91.8-97.6%)"); records written before guarantees were recorded say so."""
@@ -166,8 +173,8 @@ class ThresholdWarning(NegPromptWarning):
 def warn_if_shifted(record: dict[str, Any], kept: int, images: int, what: str = "labelled ID images") -> None:
     """One warning when labelled ID images keep a share the threshold's calibration makes very unlikely (outside
     the 99 % interval for that many images): they differ from the calibration images."""
-    if str(record.get("source")) == "training":
-        return  # calibrated on the fitted images: it promised nothing to compare with
+    if not promises(record):
+        return  # nothing promised to compare with
     expected = expected_kept(record, images)
     if expected is None or expected[0] <= kept <= expected[1]:
         return

@@ -38,7 +38,7 @@ from ..outputs.score_output import (
 )
 from ..registry import ScorerSpec, get_host
 from ..scoring.adaptive import AdaptiveOptions, AdaptiveScorer
-from ..scoring.calibration import KeepRequest, warn_if_shifted
+from ..scoring.calibration import KeepRequest, promises, warn_if_shifted
 from ..scoring.explain import explain
 from ..scoring.negative_labels import LabelRequest
 from ..scoring.scores import Scores
@@ -263,10 +263,10 @@ class _RowWriter:
                  promised: dict[str, Any] | None = None) -> None:
         self.options, self.setup, self.paths = options, setup, paths
         self.threshold, self.threshold_source = threshold, threshold_source
-        # how the threshold was calibrated, for report's check of its promise (none for training images)
-        guaranteed = promised is not None and "rank" in promised and promised.get("source") != "training"
+        # how the threshold was calibrated, for report's check of its promise
         self.calibrated = ({"threshold_n": promised["n_images"], "threshold_rank": promised["rank"]}
-                           if guaranteed and promised is not None else {"threshold_n": None, "threshold_rank": None})
+                           if promised is not None and promises(promised) else
+                           {"threshold_n": None, "threshold_rank": None})
         self.lookup = (_label_lookup(setup.names, training_folders(setup.artifact, setup.names)
                                      if setup.artifact is not None else {}) if options.labeled else {})
         self.columns = score_columns(explain=options.explain > 0)
