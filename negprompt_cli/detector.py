@@ -28,7 +28,7 @@ from .features.backbone import BackboneRequest, RuntimeOptions
 from .features.image_features import EncodeOptions, decode_rgb, encode_pixels
 from .inputs.displayed import as_displayed
 from .presets import DEFAULT_BACKBONE
-from .scoring.calibration import KeepRequest
+from .scoring.calibration import Decision, KeepRequest
 from .scoring.negative_labels import LabelRequest
 from .scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
 
@@ -51,7 +51,10 @@ class Detector:
     Attributes:
         names: the class names, in prediction order.
         scorer: the scorer's name (``"energy"``, ``"mcm"``, ...).
-        threshold: the ID threshold (score below it: OOD), or None when none applies.
+        threshold: the ID threshold (score below it: OOD), or None when none applies; with per-class thresholds
+            the pooled one (``class_thresholds`` decide).
+        class_thresholds: per-class thresholds by class index (``calibrate(per_class=True)`` or a per-class
+            threshold stored with the prompts): an image is OOD below its predicted class's; else None.
         threshold_source: where the threshold came from: ``"stored"`` (with the prompts, for exactly this class
             list and scorer), ``"calibrated"`` (:meth:`calibrate`), ``"given"``, or None.
         why_no_threshold: when the prompts' stored threshold does not apply, why (else None).
@@ -147,6 +150,8 @@ class Detector:
         backbone = self.setup.backbone
         decision = (f"threshold={self.threshold:.4g} ({self.threshold_source})" if self.threshold is not None
                     else "threshold=None")
+        if self.class_thresholds is not None:
+            decision = f"per-class thresholds ({len(self.class_thresholds)}, {self.threshold_source})"
         return (f"Detector(backbone={backbone.name!r}, pretrained={backbone.pretrained!r}, "
                 f"classes={len(names)} [{shown}], scorer={self.scorer!r}, {decision})")
 
@@ -173,8 +178,16 @@ class Detector:
             raise UsageError("no images given")
         return torch.cat(parts)
 
+    @property
+    def class_thresholds(self) -> list[float] | None:
+        return self._decision.per_class
+
+    @property
+    def _decision(self) -> Decision:
+        return Decision(self.threshold, self.calibration if self.threshold is not None else None)
+
     def score_features(self, features: torch.Tensor) -> list[dict[str, Any]]:
-        return decision_rows(self.setup.scores(features), self.setup.names, self.threshold)
+        return decision_rows(self.setup.scores(features), self.setup.names, self._decision)
 
     def score(self, images: Images) -> dict[str, Any] | list[dict[str, Any]]:
         """One dict per image: ``score`` (higher = more in-distribution), ``prediction`` (class name) and its
@@ -192,13 +205,18 @@ class Detector:
 
     __call__ = score
 
-    def calibrate(self, id_images: Images, keep: float = 0.95, confidence: float | None = None) -> float:
+    def calibrate(self, id_images: Images, keep: float = 0.95, confidence: float | None = None, *,
+                  per_class: bool = False) -> float:
         """Set (and return) the threshold that keeps ``keep`` of new in-distribution images like these, in
         expectation, or with probability ``confidence`` (as ``score --calibrate --keep --confidence``), for exactly
         this class list and scorer. ``calibration`` then holds its record: n, rank and the 90 % interval of the
-        share of new ID images it keeps. Too few images for the request raise ``UsageError``."""
+        share of new ID images it keeps. Too few images for the request raise ``UsageError``.
+
+        ``per_class`` (``--per-class``): one threshold per predicted class, each with that promise for the new
+        images predicted as it (``class_thresholds``); the return value is then the pooled threshold, which the
+        classes with too few images use (a ``ThresholdWarning`` names them)."""
         record, _ = self.setup.calibrate(self.features(id_images), source="Detector.calibrate",
-                                         request=KeepRequest(keep, confidence))
+                                         request=KeepRequest(keep, confidence, per_class))
         self.threshold, self.threshold_source = float(record["value"]), "calibrated"
         self.calibration = record
         return self.threshold
@@ -208,4 +226,5 @@ class Detector:
         other = copy.copy(self)
         other.threshold = float(threshold) if threshold is not None else None
         other.threshold_source = "given" if threshold is not None else None
+        other.calibration = None  # a threshold by hand promises nothing, and is one for every class
         return other

@@ -163,3 +163,160 @@ def test_labelled_id_images_that_keep_an_unlikely_share_are_said_to_differ_from_
                       "--out", str(tmp_path / "r2")])
     assert swapped.exit_code == 0, swapped.stderr
     assert f"the threshold kept {kept} of these 20 ID images (noise.csv)" in swapped.stderr
+
+
+# --- #39 item 5: one threshold per predicted class (Mondrian conformal), each with the same promise ---------------
+
+def _two_classes(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of class 0 ~ U(0, 1) and class 1 ~ U(0.5, 1.5): classes that differ in difficulty, n of each."""
+    scores = np.concatenate([rng.random(n), 0.5 + rng.random(n)])
+    return scores, np.repeat([0, 1], n)
+
+
+def _true_keep(threshold: float, low: float) -> float:
+    """The share of new U(low, low + 1) scores at or above ``threshold``."""
+    return float(np.clip(low + 1 - threshold, 0.0, 1.0))
+
+
+def test_per_class_thresholds_keep_the_asked_share_of_every_class_where_one_threshold_does_not():
+    from negprompt_cli.scoring.calibration import KeepRequest, calibrate_request
+
+    rng = np.random.default_rng(7)
+    request = KeepRequest(0.9, per_class=True)
+    kept, pooled_kept = [], []
+    for _ in range(2000):
+        scores, classes = _two_classes(rng, 40)
+        record = calibrate_request(scores, classes, request, names=["hard", "easy"])
+        values = record["per_class"]["values"]
+        kept.append([_true_keep(values[0], 0.0), _true_keep(values[1], 0.5)])
+        pooled_kept.append([_true_keep(record["value"], 0.0), _true_keep(record["value"], 0.5)])
+    kept, pooled_kept = np.array(kept), np.array(pooled_kept)
+    error = 3 * np.sqrt(0.9 * 0.1 / 41 / 2000)  # three standard errors of the mean keep-rate
+    assert (kept.mean(axis=0) >= 0.9 - error).all()  # each class: at least 90 % in expectation
+    assert kept.mean(axis=0) == pytest.approx(1 - rank_for(40, 0.9) / 41, abs=error)
+    assert pooled_kept.mean(axis=0)[0] < 0.85 < 0.97 < pooled_kept.mean(axis=0)[1]  # one threshold: unequal classes
+    confident = KeepRequest(0.9, 0.8, per_class=True)
+    held = []
+    for _ in range(2000):
+        scores, classes = _two_classes(rng, 60)
+        values = calibrate_request(scores, classes, confident, names=["hard", "easy"])["per_class"]["values"]
+        held.append([_true_keep(values[0], 0.0) >= 0.9, _true_keep(values[1], 0.5) >= 0.9])
+    assert (np.mean(held, axis=0) >= 0.8 - 3 * np.sqrt(0.8 * 0.2 / 2000)).all()
+
+
+def test_a_class_with_too_few_images_uses_the_pooled_threshold_and_is_named():
+    from negprompt_cli.scoring.calibration import Decision, KeepRequest, ThresholdWarning, calibrate_request
+
+    scores = np.concatenate([np.linspace(0, 1, 30), np.linspace(2, 3, 5)])
+    classes = np.array([0] * 30 + [1] * 5)
+    with pytest.warns(ThresholdWarning, match=r"1 of 2 class\(es\) have fewer than 19 calibration images predicted "
+                                              r"as them \('rare'; fewest 5\)"):
+        record = calibrate_request(scores, classes, KeepRequest(per_class=True), names=["common", "rare"])
+    per = record["per_class"]
+    assert per["n_images"] == [30, 5] and per["rank"] == [rank_for(30, 0.95), None] and per["needed"] == 19
+    assert per["values"] == [scores[rank_for(30, 0.95) - 1], record["value"]]  # its own; the pooled
+    assert record["value"] == np.sort(scores)[rank_for(35, 0.95) - 1]
+    said = describe(record)
+    assert said.startswith("keeps, per class, >= 95.0% of the new ID images predicted as each of 1 class(es) in "
+                           "expectation (90% interval as wide as ")
+    assert "for the class with fewest images, 30); 1 class(es) with fewer than 19 images use the pooled " \
+           "threshold, which promises nothing for them in particular" in said
+    decision = Decision(record["value"], record)
+    assert decision.threshold_for(0) == per["values"][0] and decision.threshold_for(1) == record["value"]
+    assert decision.calibrated_for(0) == (30, per["rank"][0]) and decision.calibrated_for(1) == (None, None)
+
+
+def test_the_kept_count_of_several_thresholds_is_the_sum_of_their_beta_binomials():
+    """The interval for per-class thresholds against a direct convolution of the classes' pmfs (np.convolve, an
+    independent computation) and, for one threshold, scipy's Beta-binomial itself."""
+    from scipy.stats import betabinom
+
+    from negprompt_cli.scoring.calibration import KeptCount, expected_kept
+
+    counts = [KeptCount(40, 3, 25, 0), KeptCount(40, 3, 25, 0), KeptCount(19, 1, 7, 0), KeptCount(120, 9, 60, 0)]
+    pmf = np.ones(1)
+    for c in counts:
+        pmf = np.convolve(pmf, betabinom(c.images, c.n + 1 - c.rank, c.rank).pmf(np.arange(c.images + 1)))
+    cdf = np.cumsum(pmf)
+    assert expected_kept(counts) == (int(np.searchsorted(cdf, 0.005)), int(np.searchsorted(cdf, 0.995)))
+    one = betabinom(50, 120 + 1 - 6, 6)
+    assert expected_kept([KeptCount(120, 6, 50, 0)]) == (int(one.ppf(0.005)), int(one.ppf(0.995)))
+
+
+def test_score_transfer_detector_and_report_decide_per_class(many, tmp_path):
+    """--per-class through every path: score's rows are decided by their predicted class's threshold and carry
+    it, report draws the same decisions, transfer stores the record and score then uses it, the Detector
+    calibrates the same thresholds."""
+    from negprompt_cli.detector import Detector
+    from negprompt_cli.outputs.artifact import load_prompts
+    from negprompt_cli.outputs.score_file import read_score_file
+
+    base = ["score", str(many / "id"), "--zero-shot", "--names", str(many / "names.txt"), "--backbone", "toy",
+            "--scorer", "mcm", "--calibrate", str(many / "id"), "--keep", "0.8", "--per-class", "--labeled",
+            "--json"]
+    result = invoke([*base, "--out", str(tmp_path / "s.csv")])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    record, per_class = summary["calibration"], summary["class_thresholds"]
+    rows = read_score_file(tmp_path / "s.csv")
+    counts = [sum(r["prediction_index"] == c for r in rows) for c in (0, 1)]
+    assert record["per_class"]["n_images"] == counts and min(counts) >= 4  # 4 images suffice for 80 %
+    for c in (0, 1):  # each class's threshold is its own images' conformal rank
+        own = sorted(r["score"] for r in rows if r["prediction_index"] == c)
+        assert per_class[c] == pytest.approx(own[rank_for(counts[c], 0.8) - 1])
+    for r in rows:
+        c = r["prediction_index"]
+        assert r["threshold"] == pytest.approx(per_class[c]) and r["ood"] == (r["score"] < per_class[c])
+        assert (r["threshold_n"], r["threshold_rank"]) == (counts[c], record["per_class"]["rank"][c])
+    assert "per-class thresholds" in result.stderr
+    assert "it keeps, per class, >= 80.0% of the new ID images predicted as each of 2 class(es)" in result.stderr
+    assert "differ from the calibration images" not in result.stderr
+    pooled = invoke([*[a for a in base if a != "--per-class"], "--out", str(tmp_path / "p.csv")])
+    assert pooled.exit_code == 0, pooled.stderr
+    report = invoke(["report", "--id", str(tmp_path / "s.csv"), "--ood", f"same={tmp_path / 'p.csv'}", "--json",
+                     "--out", str(tmp_path / "r")])
+    assert report.exit_code == 0, report.stderr
+    drawn = json.loads(report.stdout)
+    assert "Per-class thresholds, " in (tmp_path / "r" / "report.md").read_text()
+    assert (tmp_path / "r" / "histogram.png").stat().st_size > 0
+    assert drawn["threshold"]["per_class"] == {str(c): pytest.approx(v) for c, v in enumerate(per_class)}
+    assert drawn["decision"]["id_kept"] == pytest.approx(np.mean([not r["ood"] for r in rows]))
+    assert "OOD set 'same' was scored with another threshold" in report.stderr  # p.csv: the pooled one
+    # transfer stores the per-class record; score then decides with it, and inspect says what it promises
+    pos = tmp_path / "pos.safetensors"
+    from conftest import pos_fast
+
+    assert invoke(["fit-pos", "--data", str(many / "id"), "--backbone", "toy", "--out", str(pos), *pos_fast(1),
+                   "--quiet"]).exit_code == 0
+    moved = tmp_path / "moved.safetensors"
+    transferred = invoke(["transfer", "--prompts", str(pos), "--names", str(many / "names.txt"), "--out", str(moved),
+                          "--calibrate", str(many / "id"), "--keep", "0.8", "--per-class",
+                          "--quiet"])
+    assert transferred.exit_code == 0, transferred.stderr
+    stored = load_prompts(moved).extra["threshold"]
+    assert "per_class" in stored and describe(stored) in invoke(["inspect", str(moved)]).stdout
+    again = invoke(["score", str(many / "id"), "--prompts", str(moved), "--out", str(tmp_path / "t.csv"), "--json"])
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["class_thresholds"] == pytest.approx(stored["per_class"]["values"])
+    for r in read_score_file(tmp_path / "t.csv"):
+        assert r["ood"] == (r["score"] < stored["per_class"]["values"][r["prediction_index"]])
+    detector = Detector.zero_shot(["red stripes", "green bars"], backbone="toy", scorer="mcm", device="cpu")
+    paths = sorted(str(p) for p in (many / "id").rglob("*.png"))
+    pooled_value = detector.calibrate(paths, keep=0.8, per_class=True)
+    assert detector.class_thresholds == pytest.approx(per_class) and pooled_value == pytest.approx(record["value"])
+    assert "per-class thresholds (2" in repr(detector)
+    assert detector.with_threshold(0.5).class_thresholds is None
+
+
+def test_per_class_and_keep_need_calibrate_and_a_given_threshold_excludes_it(many, tmp_path):
+    base = ["score", str(many / "id"), "--zero-shot", "--names", str(many / "names.txt"), "--backbone", "toy"]
+    alone = invoke([*base, "--per-class", "--keep", "0.9"])
+    assert alone.exit_code == 2
+    assert error_line(alone) == ("Error: --keep and --per-class say how a threshold is calibrated here, and there is "
+                                 "no --calibrate")
+    both = invoke([*base, "--threshold", "0.5", "--calibrate", str(many / "id")])
+    assert both.exit_code == 2
+    assert error_line(both) == "Error: give --threshold VALUE or --calibrate ID_IMAGES, not both"
+    moved = invoke(["transfer", "--prompts", str(many / "names.txt"), "--names", str(many / "names.txt"), "--out",
+                    str(tmp_path / "m.safetensors"), "--per-class"])
+    assert moved.exit_code == 2 and "--per-class say" in error_line(moved)

@@ -131,6 +131,10 @@ KeepOpt = Annotated[float, typer.Option("--keep", help="The share of new in-dist
 ConfidenceOpt = Annotated[float | None, typer.Option("--confidence", help="Keep at least --keep of new ID images "
                                                      "with this probability (e.g. 0.9; a Beta bound), not only in "
                                                      "expectation: a lower threshold, more images needed.")]
+PerClassOpt = Annotated[bool, typer.Option("--per-class", help="One threshold per ID class (the class an image is "
+                                           "predicted as), each keeping --keep of the new images predicted as it: "
+                                           "for classes that differ in difficulty. Fewer images per class: wider "
+                                           "intervals; a class with too few uses the pooled threshold (warned).")]
 TrustBackboneOpt = Annotated[bool, typer.Option("--trust-backbone", help="Accept a Hub-hosted backbone "
                                                 "(hf-hub:ORG/NAME) that the prompts name although you did not (e.g. "
                                                 "prompts pulled from the Hub); only its config and safetensors "

@@ -31,6 +31,7 @@ from .cli_options import (
     JsonOpt,
     KeepOpt,
     OfflineOpt,
+    PerClassOpt,
     PrecisionOpt,
     PretrainedOpt,
     QuietOpt,
@@ -67,6 +68,7 @@ def transfer_command(
     calibrate: CalibrateOpt = None,
     keep: KeepOpt = 0.95,
     confidence: ConfidenceOpt = None,
+    per_class: PerClassOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     weights_cache: WeightsCacheOpt = None,
@@ -85,19 +87,20 @@ def transfer_command(
     The stored ID threshold belongs to the old class list: it is kept only for the same list,
     recalibrated with --calibrate, and otherwise dropped (score then makes no OOD decision)."""
     check_paths(("--prompts", prompts), ("--names", names), ("--calibrate", calibrate))
-    from ..scoring.calibration import KeepRequest
+    from ..scoring.calibration import KeepRequest, class_thresholds, threshold_words
     from ..stages.transfer import transfer
 
     runtime = {"device": device, "weights_cache": weights_cache, "offline": offline}
     summary = transfer(_prompts_path(prompts, offline), names, out,
                        runtime_record(runtime, text_chunk=text_chunk, trust_backbone=trust_backbone),
-                       calibrate_on=calibrate, keep=KeepRequest(keep, confidence),
+                       calibrate_on=calibrate, keep=KeepRequest(keep, confidence, per_class),
                        encoding=encode_options({"precision": precision}, quiet or json_out, cache_dir=cache_dir,
                                                workers=workers, strict=strict, batch_size=batch_size))
     threshold = summary["threshold"]
     finish(f"Wrote {out}: {summary['classes']} classes ({summary['new_classes']} not in the training list); "
            "text features precomputed; "
-           + (f"ID threshold {threshold['value']:.4g} ({threshold['source']})." if threshold else "no ID threshold."),
+           + (f"ID {threshold_words(threshold['value'], class_thresholds(threshold))} ({threshold['source']})."
+              if threshold else "no ID threshold."),
            summary, json_out)
 
 
@@ -122,6 +125,7 @@ def score_command(
     calibrate: CalibrateOpt = None,
     keep: KeepOpt = 0.95,
     confidence: ConfidenceOpt = None,
+    per_class: PerClassOpt = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
     text_chunk: TextChunkOpt = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (images scored, "
@@ -149,7 +153,8 @@ def score_command(
         options = score_record(ScoreOptions(
             images=images or [],  # none: the stage says "no images given" (exit 2)
             prompts=_prompts_path(prompts, flags.runtime["offline"]) if prompts else None, names=names,
-            zero_shot=zero_shot, backbone=request, calibrate=calibrate, keep=KeepRequest(keep, confidence), out=out,
+            zero_shot=zero_shot, backbone=request, calibrate=calibrate,
+            keep=KeepRequest(keep, confidence, per_class), out=out,
             encode=encoding, ranks=ranks,
             runtime=runtime_record(flags.runtime, text_chunk=text_chunk, trust_backbone=trust_backbone, device=device),
             labels=label_request(flags.labels), adaptive=adaptive_record(flags.adaptive, encoding.batch_size),
@@ -168,9 +173,12 @@ def score_command(
 
 def score_message(summary: dict[str, Any], out: Path | None) -> str:
     """score's closing line: what was scored, how, the negatives it used and the decision."""
+    from ..scoring.calibration import threshold_words
+
     flagged = summary["flagged_ood"]
     promise = f"; it {summary['threshold_promise']}" if summary.get("threshold_promise") else ""
-    decision = (f"; {flagged} flagged OOD at threshold {summary['threshold']:.4f} ({summary['threshold_source']})"
+    decision = (f"; {flagged} flagged OOD at {threshold_words(summary['threshold'], summary['class_thresholds'])} "
+                f"({summary['threshold_source']})"
                 f"{promise}"
                 if flagged is not None else "; no OOD decision (no threshold for this class list and scorer: "
                 + ("--threshold)" if summary["adaptive"] else "--calibrate ID_IMAGES or --threshold)"))

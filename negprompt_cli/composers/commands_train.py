@@ -28,6 +28,7 @@ from .cli_options import (
     Flags,
     KeepOpt,
     LearnerOptionOpt,
+    PerClassOpt,
     PretrainedOpt,
     TextChunkOpt,
     TrustBackboneOpt,
@@ -114,6 +115,7 @@ def fit_neg_command(
                                                       "negprompt scorer. Default 1.")] = None,
     keep: KeepOpt = 0.95,
     confidence: ConfidenceOpt = None,
+    per_class: PerClassOpt = False,
     text_chunk: TextChunkOpt = "auto",
     distributed: Annotated[bool | None, typer.Option(
         "--distributed/--no-distributed", help="Under torchrun (the default there): the processes split the "
@@ -139,7 +141,7 @@ def fit_neg_command(
                       runtime=runtime_record(flags.runtime, text_chunk=text_chunk, trust_backbone=trust_backbone)),
         pos=_prompts_path(pos, flags.runtime["offline"]) if pos else None, backbone=request, learner=learner,
         learner_options=learner_options(flags.shortcuts, learner_option), temperature=temperature,
-        keep=KeepRequest(keep, confidence),
+        keep=KeepRequest(keep, confidence, per_class),
         resume=flags.run["resume"], grad_checkpoint=flags.run["grad_checkpoint"], **flags.subset)
     summary = (_fit_neg_across(options, distributed) if pos is not None
                else _fit_pos_then_neg(options, distributed, flags.pos_stage))
@@ -180,12 +182,15 @@ def _fit_pos_then_neg(options: Any, distributed: bool | None, pos_stage: dict[st
 
 
 def fit_neg_message(summary: dict[str, Any], out: Path, *, note: bool) -> str:
+    from ..scoring.calibration import class_thresholds, threshold_words
     from ..scoring.thresholds import stated
 
     settings = ", ".join(f"{k} {v}" for k, v in summary["learner_options"].items())
+    threshold = summary["threshold"]
     message = (f"Wrote {out}: {summary['classes']} classes ({summary['train_classes']} trained on), learner "
-               f"{summary['learner']} ({settings}); ID threshold {summary['threshold']['value']:.4f} "
-               f"({summary['threshold']['scorer']}): {stated(summary['threshold'])}.")
+               f"{summary['learner']} ({settings}); ID "
+               f"{threshold_words(threshold['value'], class_thresholds(threshold))} ({threshold['scorer']}): "
+               f"{stated(threshold)}.")
     if note:  # the scorer the threshold is for ignores the negatives: said once per prompts file (note_is_new)
         message += " Note: " + negatives_note(summary["threshold"]["scorer"], by_default=True) + "."
     return message

@@ -41,8 +41,13 @@ def threshold_sentence(report: dict[str, Any]) -> str:
                 "--threshold, or give report --threshold); the metrics above do not need one.")
     decision = report["decision"]
     accepted = "; ".join(f"accepts {100 * d['ood_accepted']:.1f}% of {name}" for name, d in decision["ood"].items())
-    return (f"Threshold {threshold['value']:.6g} ({threshold['source']}): images scoring below it are flagged OOD. "
-            f"It keeps {100 * decision['id_kept']:.1f}% of the {report['id']['n']} ID images; {accepted}.")
+    if "per_class" in threshold:
+        values = list(threshold["per_class"].values())
+        rule = (f"Per-class thresholds, {min(values):.6g} to {max(values):.6g} over {len(values)} predicted classes "
+                f"({threshold['source']}): an image scoring below the threshold of its predicted class is flagged OOD.")
+    else:
+        rule = f"Threshold {threshold['value']:.6g} ({threshold['source']}): images scoring below it are flagged OOD."
+    return (f"{rule} It keeps {100 * decision['id_kept']:.1f}% of the {report['id']['n']} ID images; {accepted}.")
 
 
 def render_html(report: dict[str, Any], figures: dict[str, bytes], thumbs: dict[str, tuple[str | None, str | None]]

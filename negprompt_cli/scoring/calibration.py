@@ -13,15 +13,24 @@ the k-th order statistic), so:
 * the 90 % interval of the true keep-rate is that of 1 − U.
 
 Too few images for the request (k would be 0: no score can be the threshold) is one error naming the smallest
-sufficient count. And m new ID images like the calibration images keep a Beta-binomial number of images: outside
-its 99 % interval, :func:`warn_if_shifted` says the images differ from the calibration images. The distributions
-are scipy's (imported when used: this module is also the report's, which imports no torch).
+sufficient count.
+
+**Per class** (``--per-class``, Mondrian conformal prediction): the images are split by the class they are
+*predicted* as (the only class known for a new image), and each class gets its own rank among its own n_c scores,
+with the same promise for the new ID images predicted as it. Fewer images per class make each interval wider; a
+class with fewer images than the request needs uses the pooled threshold, which promises nothing for that class
+in particular (one warning names those classes).
+
+And m new ID images like the calibration images keep a Beta-binomial number of images (per class: a sum of
+independent ones): outside its 99 % interval, :func:`warn_if_shifted` says the images differ from the calibration
+images. The distributions are scipy's (imported when used: this module is also the report's, which imports no torch).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +49,7 @@ class KeepRequest:
 
     keep: float = KEEP
     confidence: float | None = None
+    per_class: bool = False  # one threshold per predicted class (--per-class), each with this promise
 
     def __post_init__(self) -> None:
         check_request(self.keep, self.confidence)
@@ -65,6 +75,18 @@ class Calibration:
         if self.requested is not None:
             record["requested_keep"] = self.requested
         return record
+
+
+def check_calibrating(request: KeepRequest, calibrate_on: object, threshold: float | None = None) -> None:
+    """--keep, --confidence and --per-class say how a threshold is calibrated here, so they need --calibrate; a
+    threshold given by hand (--threshold) and one calibrated here cannot both decide."""
+    if threshold is not None and calibrate_on is not None:
+        raise UsageError("give --threshold VALUE or --calibrate ID_IMAGES, not both")
+    if calibrate_on is None and request != KeepRequest():
+        given = [flag for flag, on in (("--keep", request.keep != KEEP), ("--confidence", request.confidence is not
+                                       None), ("--per-class", request.per_class)) if on]
+        raise UsageError(f"{' and '.join(given)} say how a threshold is calibrated here, and there is no --calibrate",
+                         hint="add --calibrate ID_IMAGES (a folder of in-distribution images)")
 
 
 def check_request(keep: float, confidence: float | None) -> None:
@@ -125,6 +147,96 @@ def calibrate(scores: np.ndarray, keep: float = KEEP, confidence: float | None =
     return Calibration(float(scores[rank - 1]), n, rank, keep, confidence, keep_interval(n, rank))
 
 
+def calibrate_request(scores: np.ndarray, predictions: np.ndarray | None, request: KeepRequest, *,
+                      names: list[str] | None = None, source: str = "the calibration images",
+                      best_effort: bool = False) -> dict[str, Any]:
+    """The threshold record for ``request``: the pooled threshold (:func:`calibrate`), and with ``per_class`` one
+    per predicted class (``predictions``, indices into ``names``) under ``per_class`` in the record: ``values``
+    (the pooled one for a class with too few images), ``n_images`` (the class's calibration images), ``rank``
+    and ``keep_interval`` (None where the pooled threshold stands in)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    pooled = calibrate(scores, request.keep, request.confidence, source=source, best_effort=best_effort)
+    record = pooled.record()
+    if not request.per_class:
+        return record
+    if predictions is None or names is None:
+        raise ValueError("per-class calibration needs each image's predicted class and the class names")
+    predictions = np.asarray(predictions)
+    needed = smallest_count(request.keep, request.confidence)
+    values: list[float] = []
+    counts: list[int] = []
+    ranks: list[int | None] = []
+    intervals: list[list[float] | None] = []
+    for c in range(len(names)):
+        own = scores[predictions == c]
+        counts.append(len(own))
+        if len(own) < needed:
+            values.append(pooled.value)
+            ranks.append(None)
+            intervals.append(None)
+            continue
+        found = calibrate(own, request.keep, request.confidence, source=source)
+        values.append(found.value)
+        ranks.append(found.rank)
+        intervals.append([round(v, 6) for v in found.interval])
+    record["per_class"] = {"values": values, "n_images": counts, "rank": ranks, "keep_interval": intervals,
+                           "needed": needed}
+    short = [c for c, r in enumerate(ranks) if r is None]
+    if short:
+        fewest = min(short, key=lambda c: (counts[c], c))
+        shown = ", ".join(repr(names[c]) for c in sorted(short, key=lambda c: (counts[c], c))[:3])
+        warnings.warn(f"--per-class: {len(short)} of {len(names)} class(es) have fewer than {needed} calibration "
+                      f"images predicted as them ({shown}{' ...' if len(short) > 3 else ''}; fewest "
+                      f"{counts[fewest]}), so they use the pooled threshold, which promises nothing for them in "
+                      "particular; calibrate on more images of those classes", ThresholdWarning, stacklevel=3)
+    return record
+
+
+def class_thresholds(record: dict[str, Any] | None) -> list[float] | None:
+    """A per-class record's thresholds, by class index (None for a single threshold)."""
+    if record is None or "per_class" not in record:
+        return None
+    return [float(v) for v in record["per_class"]["values"]]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How a score becomes an OOD decision: below ``value``, or with a per-class ``record`` below the threshold of
+    the image's predicted class. ``record`` is the threshold's calibration record where there is one (stored or
+    --calibrate; None for a threshold given by hand); ``value`` None: no decision at all."""
+
+    value: float | None = None
+    record: dict[str, Any] | None = None
+
+    @property
+    def per_class(self) -> list[float] | None:
+        return class_thresholds(self.record)
+
+    def threshold_for(self, prediction: int) -> float | None:
+        per_class = self.per_class
+        return per_class[prediction] if per_class is not None else self.value
+
+    def calibrated_for(self, prediction: int) -> tuple[int | None, int | None]:
+        """(n, rank) of the calibration behind the threshold an image predicted as ``prediction`` is judged by,
+        where it promises something (score files carry them for report's check); (None, None) otherwise, and for
+        a class on the pooled threshold of a per-class record (no promise of its own)."""
+        if not promises(self.record):
+            return None, None
+        assert self.record is not None
+        per = self.record.get("per_class")
+        if per is None:
+            return int(self.record["n_images"]), int(self.record["rank"])
+        rank = per["rank"][prediction]
+        return (int(per["n_images"][prediction]), int(rank)) if rank is not None else (None, None)
+
+
+def threshold_words(value: float, per_class: list[float] | None, digits: int = 4) -> str:
+    """The threshold in a message: "threshold 0.4123", or "per-class thresholds 0.3871-0.5012 (6 classes)"."""
+    if per_class is None:
+        return f"threshold {value:.{digits}f}"
+    return f"per-class thresholds {min(per_class):.{digits}f}-{max(per_class):.{digits}f} over {len(per_class)} classes"
+
+
 def promises(record: dict[str, Any] | None) -> bool:
     """Whether a threshold record carries a guarantee for new images: its rank is recorded (calibrated since
     guarantees were), and it was not set on the images the prompts were fitted on (those are not exchangeable
@@ -136,6 +248,8 @@ def describe(record: dict[str, Any]) -> str:
     """What a stored threshold promises, in one phrase ("keeps >= 95% of new ID images in expectation (90%
     interval 91.8-97.6%)"); records written before guarantees were recorded say so."""
     keep = float(record.get("id_kept", KEEP))
+    if "per_class" in record:
+        return _describe_per_class(record)
     if "rank" not in record:
         return f"keeps {keep:.0%} of its calibration images (guarantee unknown: calibrated before they were stated)"
     low, high = record["keep_interval"]
@@ -149,20 +263,80 @@ def describe(record: dict[str, Any]) -> str:
     return said
 
 
+def _describe_per_class(record: dict[str, Any]) -> str:
+    """One phrase for a per-class record: how many classes have their own threshold, the widest interval among
+    them (the class with fewest images), and what the others use."""
+    per = record["per_class"]
+    keep, confidence = float(record["id_kept"]), record.get("confidence")
+    promise = f"with probability {confidence:g}" if confidence is not None else "in expectation"
+    own = [c for c, r in enumerate(per["rank"]) if r is not None]
+    others = len(per["rank"]) - len(own)
+    pooled = ("the pooled threshold" if not others else
+              f"{others} class(es) with fewer than {per['needed']} images use the pooled threshold")
+    if not own:
+        single = {k: v for k, v in record.items() if k != "per_class"}
+        return (f"was asked per class, but no class has the {per['needed']} calibration images a threshold of its own "
+                f"needs: every class uses the pooled one, which {describe(single)}")
+    widest = min(own, key=lambda c: (per["n_images"][c], c))
+    low, high = per["keep_interval"][widest]
+    said = (f"keeps, per class, >= {100 * keep:.1f}% of the new ID images predicted as each of {len(own)} "
+            f"class(es) {promise} (90% interval as wide as {100 * low:.1f}-{100 * high:.1f}% for the class with fewest "
+            f"images, {per['n_images'][widest]})")
+    return said + (f"; {pooled}, which promises nothing for them in particular" if others else "")
+
+
 SHIFT_LEVEL = 0.99  # a keep-rate outside this predictive interval is a shift, not bad luck, 99 times in 100
 
 
-def expected_kept(record: dict[str, Any], m: int, level: float = SHIFT_LEVEL) -> tuple[int, int] | None:
-    """The ``level`` interval of how many of ``m`` new ID images like the calibration images the threshold of
-    ``record`` keeps: Beta-binomial (the true keep-rate's Beta, then m draws). None without a recorded rank."""
-    if "rank" not in record or "n_images" not in record:
-        return None
+@dataclass(frozen=True)
+class KeptCount:
+    """New ID images judged by one calibrated threshold, the ``rank``-th lowest of ``n`` calibration scores: it kept
+    ``kept`` of ``images``."""
+
+    n: int
+    rank: int
+    images: int
+    kept: int
+
+
+def kept_counts(record: dict[str, Any] | None, by_class: Mapping[int, Sequence[int]]) -> list[KeptCount]:
+    """The counts to check a threshold's promise with, from its record and, per predicted class, (labelled ID
+    images, kept): one count for a single threshold; per class, one for each class with a threshold of its own
+    (a class on the pooled threshold has no promise of its own to check). None when the record promises nothing."""
+    if not promises(record):
+        return []
+    assert record is not None
+    per = record.get("per_class")
+    if per is None:
+        images, kept = sum(m for m, _ in by_class.values()), sum(k for _, k in by_class.values())
+        return [KeptCount(int(record["n_images"]), int(record["rank"]), images, kept)] if images else []
+    return [KeptCount(int(per["n_images"][c]), int(per["rank"][c]), m, k) for c, (m, k) in sorted(by_class.items())
+            if m and 0 <= c < len(per["rank"]) and per["rank"][c] is not None]
+
+
+def expected_kept(counts: list[KeptCount], level: float = SHIFT_LEVEL) -> tuple[int, int]:
+    """The ``level`` interval of how many of the counts' new ID images, were they like the calibration images,
+    their thresholds keep: per threshold Beta-binomial (its true keep-rate's Beta, then m draws), summed over
+    independent thresholds (per class) by multiplying their characteristic functions."""
     from scipy.stats import betabinom  # noqa: PLC0415 (see rank_for)
 
-    n, k = int(record["n_images"]), int(record["rank"])
-    kept = betabinom(m, n + 1 - k, k)
     tail = (1.0 - level) / 2
-    return int(kept.ppf(tail)), int(kept.ppf(1.0 - tail))
+    if len(counts) == 1:
+        one = counts[0]
+        kept = betabinom(one.images, one.n + 1 - one.rank, one.rank)
+        return int(kept.ppf(tail)), int(kept.ppf(1.0 - tail))
+    total = sum(c.images for c in counts)
+    size = 1 << (total + 1).bit_length()  # no wrap-around: the sum's support is 0..total
+    spectrum = np.ones(size // 2 + 1, dtype=np.complex128)
+    alike: dict[tuple[int, int, int], int] = {}
+    for c in counts:  # classes calibrated alike share one pmf: raise its transform to their number
+        alike[(c.n, c.rank, c.images)] = alike.get((c.n, c.rank, c.images), 0) + 1
+    for (n, k, m), times in alike.items():
+        pmf = betabinom(m, n + 1 - k, k).pmf(np.arange(m + 1))
+        spectrum *= np.fft.rfft(pmf, size) ** times
+    cdf = np.cumsum(np.clip(np.fft.irfft(spectrum, size)[: total + 1], 0.0, None))
+    cdf /= cdf[-1]
+    return int(np.searchsorted(cdf, tail - 1e-12)), int(np.searchsorted(cdf, 1.0 - tail - 1e-12))
 
 
 class ThresholdWarning(NegPromptWarning):
@@ -170,17 +344,18 @@ class ThresholdWarning(NegPromptWarning):
     break."""
 
 
-def warn_if_shifted(record: dict[str, Any], kept: int, images: int, what: str = "labelled ID images") -> None:
-    """One warning when labelled ID images keep a share the threshold's calibration makes very unlikely (outside
+def warn_if_shifted(counts: list[KeptCount], what: str = "labelled ID images") -> None:
+    """One warning when labelled ID images keep a share their thresholds' calibration makes very unlikely (outside
     the 99 % interval for that many images): they differ from the calibration images."""
-    if not promises(record):
+    if not counts:
         return  # nothing promised to compare with
-    expected = expected_kept(record, images)
-    if expected is None or expected[0] <= kept <= expected[1]:
+    images, kept = sum(c.images for c in counts), sum(c.kept for c in counts)
+    low, high = expected_kept(counts)
+    if low <= kept <= high:
         return
-    low, high = expected
+    like = (f"images like its {counts[0].n} calibration images" if len(counts) == 1 else
+            f"images like the calibration images of these {len(counts)} classes (each class its own threshold)")
     warnings.warn(f"the threshold kept {kept} of these {images} {what} ({100 * kept / images:.1f}%); "
-                  f"images like its {record.get('n_images')} calibration images would keep {low}-{high} "
-                  f"({100 * low / images:.1f}-{100 * high / images:.1f}%, 99% of the time): these images differ "
-                  "from the calibration images; recalibrate on images like them (--calibrate)", ThresholdWarning,
-                  stacklevel=3)
+                  f"{like} would keep {low}-{high} ({100 * low / images:.1f}-{100 * high / images:.1f}%, 99% of the "
+                  "time): these images differ from the calibration images; recalibrate on images like them "
+                  "(--calibrate)", ThresholdWarning, stacklevel=3)

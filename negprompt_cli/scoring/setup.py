@@ -23,7 +23,7 @@ from ..features.text_features import HAND_TEMPLATE, hand_template_features, temp
 from ..outputs.artifact import PromptArtifact, artifact_id, check_fits_backbone, load_prompts
 from ..presets import default_scorer
 from ..registry import ScorerSpec, get_host
-from .calibration import KeepRequest
+from .calibration import Decision, KeepRequest
 from .negative_labels import LabelRequest, NegativeLabels, prepare, settings_fingerprint, zero_shot_templates
 from .scores import ScorerContractError, Scores, score_features
 from .thresholds import applicable, calibrated_scorer, scoring_temperature, threshold_record
@@ -124,19 +124,19 @@ class ScoringSetup:
                                    "(docs/plugins.md); report it to the plugin's authors")
 
     def threshold_record(self, scores: torch.Tensor, *, source: str, request: KeepRequest = KeepRequest(),
-                         best_effort: bool = False) -> dict[str, Any]:
+                         predictions: torch.Tensor | None = None, best_effort: bool = False) -> dict[str, Any]:
         """The threshold record that keeps ``request.keep`` (95 %) of new ID images like these ``scores``, in
-        expectation or with probability ``request.confidence`` (``calibration``), for exactly this scorer, τ,
-        class list and label settings."""
+        expectation or with probability ``request.confidence``, per predicted class (``predictions``) with
+        ``request.per_class`` (``calibration``), for exactly this scorer, τ, class list and label settings."""
         return threshold_record(scores, names=self.names, scorer=self.scorer, temperature=self.temperature,
-                                source=source, keep=request.keep, confidence=request.confidence,
-                                best_effort=best_effort, settings=self.settings)
+                                source=source, request=request, predictions=predictions, best_effort=best_effort,
+                                settings=self.settings)
 
     def calibrate(self, features: torch.Tensor, *, source: str, request: KeepRequest = KeepRequest(),
                   best_effort: bool = False) -> tuple[dict[str, Any], torch.Tensor]:
         """(the threshold record for these ID ``features``, as :meth:`threshold_record`, their predicted classes)."""
         result = self.scores(features)
-        return self.threshold_record(result.score, source=source, request=request,
+        return self.threshold_record(result.score, source=source, request=request, predictions=result.prediction,
                                      best_effort=best_effort), result.prediction
 
     def stored(self) -> tuple[float | None, str | None]:
@@ -237,12 +237,14 @@ def setup_for_features(backbone: Backbone, names: list[str], text_pos: torch.Ten
                         extra=extra)
 
 
-def decision_rows(result: Scores, names: list[str], threshold: float | None) -> list[dict[str, Any]]:
-    """Per image: score, predicted class and index, the OOD decision (None without a threshold) and the max
-    cosines to the class prompts and the negatives: what ``score`` writes and the ``Detector`` returns."""
+def decision_rows(result: Scores, names: list[str], decision: Decision) -> list[dict[str, Any]]:
+    """Per image: score, predicted class and index, the OOD decision (None without a threshold; per class, by the
+    predicted class's threshold) and the max cosines to the class prompts and the negatives: what ``score`` writes
+    and the ``Detector`` returns."""
     rows = []
     for i in range(len(result.score)):
         value, pred = float(result.score[i]), int(result.prediction[i])
+        threshold = decision.threshold_for(pred)
         rows.append({"score": value, "prediction": names[pred], "prediction_index": pred,
                      "ood": (value < threshold) if threshold is not None else None,
                      "max_pos_cos": float(result.max_pos_cos[i]),

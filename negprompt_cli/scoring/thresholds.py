@@ -19,7 +19,7 @@ import torch
 
 from ..errors import NegPromptError
 from ..registry import ScorerSpec
-from .calibration import KEEP, ThresholdWarning, calibrate, describe
+from .calibration import KEEP, KeepRequest, ThresholdWarning, calibrate_request, describe
 
 # Artifacts written before thresholds recorded their scorer were calibrated with Eq. 3, at the training τ.
 OLD_FORMAT_SCORER = "negprompt"
@@ -75,18 +75,21 @@ def class_list_id(names: Sequence[str]) -> dict[str, Any]:
 
 
 def threshold_record(scores: torch.Tensor, *, names: Sequence[str], scorer: str, temperature: float, source: str,
-                     keep: float = KEEP, confidence: float | None = None, best_effort: bool = False,
-                     settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The threshold that keeps ``keep`` of new ID images like these ``scores`` (in expectation, or with
-    probability ``confidence``: ``calibration``), recorded with its guarantee and what it is valid for: the
-    class list, scorer, τ and (``settings``, ``negative_labels.settings_fingerprint``) the negative-label
-    lexicon, mining and grouping. Only the scores are needed, so a streamed calibration keeps a float each."""
+                     request: KeepRequest = KeepRequest(), predictions: torch.Tensor | None = None,
+                     best_effort: bool = False, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The threshold that keeps ``request.keep`` of new ID images like these ``scores`` (in expectation, or with
+    probability ``request.confidence``; per predicted class with ``request.per_class``, which needs
+    ``predictions``: ``calibration``), recorded with its guarantee and what it is valid for: the class list,
+    scorer, τ and (``settings``, ``negative_labels.settings_fingerprint``) the negative-label lexicon, mining
+    and grouping. Only the scores (and predicted classes) are needed, so a streamed calibration keeps two numbers
+    an image."""
     if not torch.isfinite(scores).all():
         raise NegPromptError(f"non-finite scores while calibrating on {source}",
                              hint="the prompts or the feature cache may be damaged")
-    found = calibrate(scores.numpy(), keep, confidence, source=source, best_effort=best_effort)
-    record = {**found.record(), "source": source, "scorer": scorer, "temperature": float(temperature),
-              "classes": class_list_id(names)}
+    record = calibrate_request(scores.numpy(), predictions.numpy() if predictions is not None else None, request,
+                               names=list(names), source=source, best_effort=best_effort)
+    record.update({"source": source, "scorer": scorer, "temperature": float(temperature),
+                   "classes": class_list_id(names)})
     if settings is not None:
         record["settings"] = settings
     return record

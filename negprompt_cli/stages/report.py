@@ -25,9 +25,18 @@ from ..outputs.atomic import (
     real_target,
 )
 from ..outputs.score_file import read_score_file
-from ..report.images import DEFAULT_PER_GALLERY, THUMBNAIL_PIXELS, examples, per_class_kept, thumbnail
+from ..report.images import (
+    DEFAULT_PER_GALLERY,
+    THUMBNAIL_PIXELS,
+    examples,
+    per_class_kept,
+    row_kept,
+    row_threshold,
+    threshold_label,
+    thumbnail,
+)
 from ..report.page import render_html, render_markdown
-from ..scoring.calibration import warn_if_shifted
+from ..scoring.calibration import KeptCount, warn_if_shifted
 from ..scoring.metrics import AUPR_ESTIMATOR, ood_metrics
 
 
@@ -100,9 +109,8 @@ def build_report(options: ReportOptions) -> dict[str, Any]:
     far = [n for n in results if n not in options.near]
     threshold = decision_threshold(options, id_rows, ood_rows)
     _warn_unlikely_id(options.id_file, id_rows, id_scores, ood_rows)
-    if threshold and "rank" in threshold and options.threshold is None:  # its promise, against these ID images
-        warn_if_shifted(threshold, int(np.sum(id_scores >= threshold["value"])), len(id_scores),
-                        what=f"ID images ({options.id_file.name})")
+    if threshold and options.threshold is None:  # its promise, against these ID images
+        warn_if_shifted(promised_counts(threshold, id_rows), what=f"ID images ({options.id_file.name})")
     report: dict[str, Any] = {
         "fpr_convention": options.fpr_convention,
         "fpr_definition": ("fraction of OOD images accepted as ID at the threshold keeping "
@@ -121,15 +129,15 @@ def build_report(options: ReportOptions) -> dict[str, Any]:
         "average_far": _average([results[n] for n in far]) if near and far else None,
         "similarity": similarity_view(id_rows, ood_rows),
         "threshold": threshold,
-        "decision": _decision(threshold, id_scores, ood_rows) if threshold else None,
-        "per_class": per_class_kept(id_rows, threshold["value"]) if threshold else None,
+        "decision": _decision(threshold, id_rows, ood_rows) if threshold else None,
+        "per_class": per_class_kept(id_rows, threshold) if threshold else None,
         "provenance": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "negprompt": __version__,
                        "command": options.command},
         "examples": None,
         "images_note": None,
     }
     if options.images > 0:
-        report["examples"] = examples(id_rows, ood_rows, threshold["value"] if threshold else None, options.images)
+        report["examples"] = examples(id_rows, ood_rows, threshold, options.images)
         report["images_note"] = (f"Up to {options.images} thumbnails per gallery ({THUMBNAIL_PIXELS} px JPEG, "
                                  "embedded in report.html), chosen from the score files; an image that moved "
                                  "since scoring shows as a note. report --images N changes the count, "
@@ -156,33 +164,73 @@ def _average(metrics: Any) -> dict[str, float]:
 def decision_threshold(options: ReportOptions, id_rows: list[dict[str, Any]],
                        ood_rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
     """The threshold the report draws: --threshold, else the one the ID score file was written with (stored
-    with the prompts, calibrated, or given to score); None when the files carry none."""
+    with the prompts, calibrated, or given to score); None when the files carry none.
+
+    Rows carry the threshold they were judged by: one value, or (``score --per-class``) one per predicted class,
+    recorded here as ``per_class`` (class index -> threshold), each row then decided by its own."""
     if options.threshold is not None:
         return {"value": float(options.threshold), "source": "given to report (--threshold)"}
     values = {r.get("threshold") for r in id_rows}
-    if len(values) != 1 or None in values:
+    if None in values:
         return None
-    value = values.pop()
-    assert value is not None  # excluded above
+    by_class = _class_thresholds(id_rows)
+    if len(values) > 1 and by_class is None:  # several thresholds, not one per class: no rule to draw
+        return None
     sources = {"stored": "stored with the prompts", "--calibrate": "calibrated on ID images (score --calibrate)",
                "--threshold": "given to score (--threshold)"}
-    for name, rows in ood_rows.items():
-        if {r.get("threshold") for r in rows} != {value}:
-            warnings.warn(f"OOD set {name!r} was scored with another threshold than the ID set; the report uses the "
-                          f"ID set's ({value:.6g})", NegPromptWarning, stacklevel=3)
     source = id_rows[0].get("threshold_source")
-    found = {"value": float(value), "source": sources.get(str(source), str(source))}
-    calibrated = {(r.get("threshold_n"), r.get("threshold_rank")) for r in id_rows}
-    if len(calibrated) == 1 and None not in (pair := calibrated.pop()):  # how it was calibrated, where said
-        found["n_images"], found["rank"] = pair
+    found: dict[str, Any] = {"source": sources.get(str(source), str(source))}
+    if len(values) == 1:
+        found["value"] = float(values.pop())  # type: ignore[arg-type]
+        calibrated = {(r.get("threshold_n"), r.get("threshold_rank")) for r in id_rows}
+        if len(calibrated) == 1 and None not in (pair := calibrated.pop()):  # how it was calibrated, where said
+            found["n_images"], found["rank"] = pair
+    else:
+        # classes only OOD images were predicted as take their threshold from those rows, where the files agree
+        every = _class_thresholds(id_rows + [r for rows in ood_rows.values() for r in rows]) or by_class
+        assert every is not None
+        found["value"] = None
+        found["per_class"] = {str(c): v for c, v in sorted(every.items())}
+    for name, rows in ood_rows.items():
+        if any(row_threshold(found, r) != r.get("threshold") for r in rows):
+            said = (f"the ID set's ({found['value']:.6g})" if found["value"] is not None else
+                    "the ID set's per-class thresholds")
+            warnings.warn(f"OOD set {name!r} was scored with another threshold than the ID set; the report uses "
+                          f"{said}", NegPromptWarning, stacklevel=3)
     return found
 
 
-def _decision(threshold: dict[str, Any], id_scores: np.ndarray,
+def _class_thresholds(rows: list[dict[str, Any]]) -> dict[int, float] | None:
+    """Predicted class index -> the threshold its rows were judged by, when that is one value per class."""
+    by_class: dict[int, float] = {}
+    for r in rows:
+        if by_class.setdefault(int(r["prediction_index"]), r["threshold"]) != r["threshold"]:
+            return None
+    return by_class
+
+
+def promised_counts(threshold: dict[str, Any], id_rows: list[dict[str, Any]]) -> list[KeptCount]:
+    """What the ID rows' thresholds promised, to check against what they kept: per threshold (one, or one per
+    class) how it was calibrated (the rank-th lowest of n, where the score file says) and what it kept."""
+    if "per_class" not in threshold:
+        if "rank" not in threshold:
+            return []
+        kept = sum(row_kept(threshold, r) for r in id_rows)
+        return [KeptCount(int(threshold["n_images"]), int(threshold["rank"]), len(id_rows), kept)]
+    groups: dict[int, list[int]] = {}  # class -> [n, rank, images, kept]
+    for r in id_rows:
+        if r.get("threshold_n") is None or r.get("threshold_rank") is None:
+            continue  # a class on the pooled threshold: no promise of its own
+        seen = groups.setdefault(int(r["prediction_index"]), [int(r["threshold_n"]), int(r["threshold_rank"]), 0, 0])
+        seen[2] += 1
+        seen[3] += row_kept(threshold, r)
+    return [KeptCount(*group) for _, group in sorted(groups.items())]
+
+
+def _decision(threshold: dict[str, Any], id_rows: list[dict[str, Any]],
               ood_rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    value = threshold["value"]
-    return {"id_kept": float(np.mean(id_scores >= value)),
-            "ood": {name: {"ood_accepted": float(np.mean([r["score"] >= value for r in rows]))}
+    return {"id_kept": float(np.mean([row_kept(threshold, r) for r in id_rows])),
+            "ood": {name: {"ood_accepted": float(np.mean([row_kept(threshold, r) for r in rows]))}
                     for name, rows in ood_rows.items()}}
 
 
@@ -317,7 +365,7 @@ def _figures(report: dict[str, Any], id_scores: np.ndarray, ood_scores: dict[str
                     linestyle="none")
     if points:
         ax.plot([], [], marker="o", color="grey", markeredgecolor="black", linestyle="none",
-                label=f"threshold {report['threshold']['value']:.4g}")
+                label=threshold_label(report["threshold"]))
     ax.plot([0, 1], [0, 1], ls=":", c="grey")
     ax.set(xlabel="OOD accepted as ID (FPR)", ylabel="ID kept (TPR)", title="ROC, ID = positive")
     ax.legend(loc="lower right")
@@ -330,9 +378,13 @@ def _figures(report: dict[str, Any], id_scores: np.ndarray, ood_scores: dict[str
     for name, scores in ood_scores.items():
         ax.hist(scores, bins=bins, alpha=0.5, density=True, label=name)
     threshold = report.get("threshold")
-    if threshold:
+    if threshold and "per_class" in threshold:  # a band from the lowest to the highest class threshold
+        values = list(threshold["per_class"].values())
+        ax.axvspan(min(values), max(values), color="black", alpha=0.15,
+                   label=f"{threshold_label(threshold)} ({threshold['source']})")
+    elif threshold:
         ax.axvline(threshold["value"], color="black", linestyle="--", linewidth=1.2,
-                   label=f"threshold {threshold['value']:.4g} ({threshold['source']})")
+                   label=f"{threshold_label(threshold)} ({threshold['source']})")
     ax.set(xlabel="score (higher = more in-distribution)", ylabel="density", title="Score distributions")
     ax.legend(fontsize="small")
     figures["histogram"] = save(fig)

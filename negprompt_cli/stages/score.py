@@ -38,7 +38,7 @@ from ..outputs.score_output import (
 )
 from ..registry import ScorerSpec, get_host
 from ..scoring.adaptive import AdaptiveOptions, AdaptiveScorer
-from ..scoring.calibration import KeepRequest, promises, warn_if_shifted
+from ..scoring.calibration import Decision, KeepRequest, check_calibrating, kept_counts, warn_if_shifted
 from ..scoring.explain import explain
 from ..scoring.negative_labels import LabelRequest
 from ..scoring.scores import Scores
@@ -87,8 +87,7 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
     decided in one place, :class:`Shares`; the steps below are the same for one process."""
     shares = Shares(options, stream)
     plan = _plan(options, shares)
-    writer = _RowWriter(options, plan.setup, plan.threshold, plan.threshold_source, plan.paths, shares.ranks,
-                        promised=_promised(plan))
+    writer = _RowWriter(options, plan.setup, _decision(plan), plan.threshold_source, plan.paths, shares.ranks)
     output = shares.open_output()
     started = time.perf_counter()
 
@@ -106,9 +105,7 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
         return None
     if options.labeled:
         _warn_unknown_labels(joined.tally.unknown_labels, plan.setup.names)
-        record = _promised(plan)
-        if record is not None and joined.tally.id_labelled:
-            warn_if_shifted(record, joined.tally.id_kept, joined.tally.id_labelled)
+        warn_if_shifted(kept_counts(_promised(plan), joined.tally.id_by_class))
     summary = _summary(plan, joined, adaptive_record, seconds=time.perf_counter() - started)
     if writer.kept is not None:
         summary["rows"] = writer.kept
@@ -147,6 +144,7 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
                                       ("--lexicon", options.labels.lexicon)])
         if options.out is not None and is_image_file(options.out) and options.out.exists():  # only then can it be
             check_not_input(options.out, (("image", p) for p in paths))  # one of the images (a stat per image)
+    check_calibrating(options.keep, options.calibrate, options.threshold)
     if options.calibrate is not None and not options.calibrate.exists():
         raise NotFoundError(f"calibration images not found: {options.calibrate}")
     setup = setup_scoring(request)
@@ -183,6 +181,11 @@ def _promised(plan: _Plan) -> dict[str, Any] | None:
     return plan.setup.stored_threshold if plan.threshold_source == "stored" else None
 
 
+def _decision(plan: _Plan) -> Decision:
+    """The rule the rows are decided by: the threshold in use, per class where its record is."""
+    return Decision(plan.threshold, _promised(plan))
+
+
 def _promise(plan: _Plan) -> str | None:
     """What the threshold in use promises, in words."""
     record = _promised(plan)
@@ -196,6 +199,7 @@ def _summary(plan: _Plan, joined: Joined, adaptive_record: dict[str, Any] | None
     summary = {"images": tally.images, "skipped": len(joined.stats.skipped), "encoded": joined.stats.encoded,
                "cached": joined.stats.cached, "scorer": setup.scorer, "temperature": setup.temperature,
                "threshold": plan.threshold, "threshold_source": plan.threshold_source,
+               "class_thresholds": _decision(plan).per_class,  # --per-class: by class index, else None
                "calibration": plan.calibration, "threshold_promise": _promise(plan),
                "flagged_ood": tally.flagged if plan.threshold is not None else None,
                "out": str(plan.options.out or "-"),
@@ -236,8 +240,13 @@ class Tally:
     broken: int = 0
     broken_paths: list[str] = field(default_factory=list)  # the first three
     unknown_labels: dict[str, int] = field(default_factory=dict)  # --labeled folders that name no class
-    id_labelled: int = 0  # --labeled images of an ID class, and how many of them the threshold kept
-    id_kept: int = 0
+    # --labeled images of an ID class, per predicted class: [images, kept by the threshold]
+    id_by_class: dict[int, list[int]] = field(default_factory=dict)
+
+    def count_id(self, prediction: int, kept: bool) -> None:
+        seen = self.id_by_class.setdefault(prediction, [0, 0])
+        seen[0] += 1
+        seen[1] += kept
 
 
 def _merge_tallies(tallies: list[Tally]) -> Tally:
@@ -247,8 +256,10 @@ def _merge_tallies(tallies: list[Tally]) -> Tally:
         total.flagged += t.flagged
         total.broken += t.broken
         total.broken_paths = (total.broken_paths + t.broken_paths)[:3]
-        total.id_labelled += t.id_labelled
-        total.id_kept += t.id_kept
+        for prediction, (images, kept) in t.id_by_class.items():
+            seen = total.id_by_class.setdefault(prediction, [0, 0])
+            seen[0] += images
+            seen[1] += kept
         for folder, count in t.unknown_labels.items():
             total.unknown_labels[folder] = total.unknown_labels.get(folder, 0) + count
     return total
@@ -258,15 +269,10 @@ class _RowWriter:
     """Turns scored batches into score-file rows, writes them, and keeps the tally (and, for the Python API on
     small inputs, the rows)."""
 
-    def __init__(self, options: ScoreOptions, setup: ScoringSetup, threshold: float | None,
-                 threshold_source: str | None, paths: ImageList, ranks: Ranks, *,
-                 promised: dict[str, Any] | None = None) -> None:
+    def __init__(self, options: ScoreOptions, setup: ScoringSetup, decision: Decision,
+                 threshold_source: str | None, paths: ImageList, ranks: Ranks) -> None:
         self.options, self.setup, self.paths = options, setup, paths
-        self.threshold, self.threshold_source = threshold, threshold_source
-        # how the threshold was calibrated, for report's check of its promise
-        self.calibrated = ({"threshold_n": promised["n_images"], "threshold_rank": promised["rank"]}
-                           if promised is not None and promises(promised) else
-                           {"threshold_n": None, "threshold_rank": None})
+        self.decision, self.threshold_source = decision, threshold_source
         self.lookup = (_label_lookup(setup.names, training_folders(setup.artifact, setup.names)
                                      if setup.artifact is not None else {}) if options.labeled else {})
         self.columns = score_columns(explain=options.explain > 0)
@@ -295,14 +301,18 @@ class _RowWriter:
             self.tally.broken += len(bad)
             self.tally.broken_paths = (self.tally.broken_paths + bad)[:3]
         rows = []
-        for k, decided in enumerate(decision_rows(result, setup.names, self.threshold)):
+        for k, decided in enumerate(decision_rows(result, setup.names, self.decision)):
             path = self.paths[indices[k]]
+            pred = decided["prediction_index"]
+            calibrated_n, calibrated_rank = self.decision.calibrated_for(pred)
             row: dict[str, Any] = {
                 "path": str(path), **decided,
                 "label": None, "label_index": None, "label_folder": None, "scorer": setup.scorer,
                 "prompts_id": setup.prompts_id,
-                "threshold": self.threshold, "threshold_source": self.threshold_source,  # the rule, for report
-                **self.calibrated,
+                # the rule, for report: the threshold this row was judged by (per class: its predicted class's),
+                # and how it was calibrated (the rank-th lowest of n), for report's check of its promise
+                "threshold": self.decision.threshold_for(pred), "threshold_source": self.threshold_source,
+                "threshold_n": calibrated_n, "threshold_rank": calibrated_rank,
             }
             if options.labeled:  # the class is the first folder below the input's folder
                 relative = path.relative_to(self.paths.root(indices[k])).parts
@@ -313,8 +323,7 @@ class _RowWriter:
                 if row["label_index"] == -1:
                     self.tally.unknown_labels[folder] = self.tally.unknown_labels.get(folder, 0) + 1
                 elif row["ood"] is not None:
-                    self.tally.id_labelled += 1
-                    self.tally.id_kept += not row["ood"]
+                    self.tally.count_id(pred, not row["ood"])
             if explanations is not None:
                 row.update(explanations[k])
             rows.append(row)
@@ -532,16 +541,20 @@ def _threshold(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptio
         if shares.ranks.is_main:
             warn_foreign_calibration_classes(options.calibrate, setup.names)
         stream, offset = shares.stream(setup.backbone, paths, encoding, "Encoding calibration images")
-        scores = []
+        scores, predictions = [], []
         for window in stream:
             for _, feats in _batches_of(window, offset, encoding.batch_size):
-                scores.append(setup.scores(feats).score)
+                result = setup.scores(feats)
+                scores.append(result.score)
+                predictions.append(result.prediction)
         mine = torch.cat(scores) if scores else torch.empty(0)
         every = shares.exchange(mine, "exchanging the calibration scores")
         if not every.numel():
             raise UsageError(f"no readable images under {options.calibrate}")
+        classes = (shares.exchange(torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long),
+                                   "exchanging the calibration images' classes") if options.keep.per_class else None)
         record = setup.threshold_record(every, source=f"calibration images {options.calibrate}",
-                                        request=options.keep)
+                                        request=options.keep, predictions=classes)
         return record["value"], "--calibrate", record
     threshold, reason = setup.stored()
     if ranks.is_main and reason is not None:

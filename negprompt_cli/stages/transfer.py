@@ -21,7 +21,7 @@ from ..inputs.image_folders import read_names_file, warn_foreign_calibration_cla
 from ..outputs.artifact import PromptArtifact, check_fits_backbone, load_prompts, package_versions, save_prompts
 from ..outputs.atomic import check_not_input, check_output_path
 from ..presets import default_scorer
-from ..scoring.calibration import KeepRequest
+from ..scoring.calibration import KeepRequest, check_calibrating
 from ..scoring.negative_labels import LabelRequest
 from ..scoring.setup import setup_for_features
 from ..scoring.thresholds import ThresholdWarning, calibrated_scorer
@@ -32,6 +32,7 @@ def transfer(prompts: Path, names_file: Path, out: Path, runtime: RuntimeOptions
              encoding: EncodeOptions = EncodeOptions()) -> dict[str, Any]:
     check_output_path(out)
     check_not_input(out, [("--prompts", prompts), ("--names", names_file)])
+    check_calibrating(keep, calibrate_on)
     if calibrate_on is not None and not calibrate_on.exists():
         raise NotFoundError(f"calibration images not found: {calibrate_on}")
     source = load_prompts(prompts)
