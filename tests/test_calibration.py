@@ -288,6 +288,14 @@ def test_score_transfer_detector_and_report_decide_per_class(many, tmp_path):
 
     assert invoke(["fit-pos", "--data", str(many / "id"), "--backbone", "toy", "--out", str(pos), *pos_fast(1),
                    "--quiet"]).exit_code == 0
+    from conftest import NEG_FAST
+
+    neg = tmp_path / "neg.safetensors"
+    fitted = invoke(["fit-neg", "--data", str(many / "id"), "--pos", str(pos), "--out", str(neg), *NEG_FAST,
+                     "--val-fraction", "0.5", "--shots", "6", "--keep", "0.8", "--per-class", "--quiet"])
+    assert fitted.exit_code == 0, fitted.stderr
+    held_out = load_prompts(neg).extra["threshold"]
+    assert held_out["source"] == "validation" and sum(held_out["per_class"]["n_images"]) == 12
     moved = tmp_path / "moved.safetensors"
     transferred = invoke(["transfer", "--prompts", str(pos), "--names", str(many / "names.txt"), "--out", str(moved),
                           "--calibrate", str(many / "id"), "--keep", "0.8", "--per-class",
@@ -320,3 +328,21 @@ def test_per_class_and_keep_need_calibrate_and_a_given_threshold_excludes_it(man
     moved = invoke(["transfer", "--prompts", str(many / "names.txt"), "--names", str(many / "names.txt"), "--out",
                     str(tmp_path / "m.safetensors"), "--per-class"])
     assert moved.exit_code == 2 and "--per-class say" in error_line(moved)
+
+
+def test_the_per_class_shift_warning_fires_on_a_shortfall_and_stays_silent_on_a_likely_count():
+    import warnings
+
+    from negprompt_cli.scoring.calibration import KeptCount, ThresholdWarning, expected_kept, warn_if_shifted
+
+    counts = [KeptCount(40, 3, 30, 28), KeptCount(60, 4, 30, 28)]
+    low, high = expected_kept(counts)
+    assert low <= 56 <= high
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_shifted(counts)  # 56 of 60 kept: likely
+    short = [KeptCount(40, 3, 30, 20), KeptCount(60, 4, 30, 21)]
+    with pytest.warns(ThresholdWarning, match=r"the threshold kept 41 of these 60 labelled ID images \(68\.3%\); "
+                                              r"images like the calibration images of these 2 classes \(each class "
+                                              rf"its own threshold\) would keep {low}-{high}"):
+        warn_if_shifted(short)
