@@ -124,11 +124,15 @@ def process_group(requested: bool | None, device: str) -> Iterator[tuple[Ranks, 
         except Exception as exc:
             raise RankLost(f"could not join the torchrun job as rank {ranks.rank}: {exc}",
                            hint="check the rendezvous flags (--nnodes, --rdzv-endpoint) and the network") from None
+    finished = False
     try:
         yield ranks, device
+        finished = True
     finally:
         if started and dist.is_initialized():
             try:
+                if finished:  # every rank done before any tears down: a gloo peer torn down mid-exchange aborts
+                    dist.barrier()
                 dist.destroy_process_group()
             except Exception:  # a peer already gone: nothing left to tidy
                 pass

@@ -116,7 +116,10 @@ PretrainedOpt = Annotated[str | None, typer.Option(
     "--pretrained", help="open_clip pretrained tag, local checkpoint file, or 'none' (random). "
     "Default: the backbone's paper weights (ViT-B/16: laion2b_s34b_b88k).")]
 ImagesArg = Annotated[list[Path] | None, typer.Argument(metavar="IMAGES", show_default=False, help="Image files and/or "
-                                                "folders (searched recursively), taken in the order given.")]
+                                                "folders (searched recursively), WebDataset .tar shards (brace "
+                                                "patterns, or a .txt list of shards), Parquet files, "
+                                                "datasets.save_to_disk folders, hf://datasets/ORG/NAME (local "
+                                                "cache), taken in the order given.")]
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="ImageFolder root: DATA/<class>/<image>.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the few-shot subset, initialisation and shuffling.")]
 WorldSeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the rendered world: which images, colours and "

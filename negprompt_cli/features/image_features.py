@@ -72,12 +72,25 @@ def bytes_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def describe_skipped(skipped: Sequence[Path]) -> str:
-    """"N unreadable image(s): a, b, c ...", naming the ones over PIL's decompression-bomb limit separately."""
+def read_item(item: Any) -> bytes:
+    """An image's bytes: a file (``Path`` or str), or a container sample (``containers.Member``), which reads
+    like a file."""
+    return (item if hasattr(item, "read_bytes") else Path(item)).read_bytes()
+
+
+def item_name(item: Any) -> str:
+    """An image in messages: its path, or a container sample's container and id."""
+    where = getattr(item, "where", None)
+    return where() if where is not None else str(item)
+
+
+def describe_skipped(skipped: Sequence[Any]) -> str:
+    """"N unreadable image(s): a, b, c ...", naming the ones over PIL's decompression-bomb limit separately
+    (container samples by container and id)."""
     too_large = []
     for path in skipped:
         try:
-            with Image.open(path):
+            with Image.open(path if isinstance(path, (str, Path)) else io.BytesIO(read_item(path))):
                 pass
         except Image.DecompressionBombError:
             too_large.append(path)
@@ -86,30 +99,30 @@ def describe_skipped(skipped: Sequence[Path]) -> str:
     unreadable = [p for p in skipped if p not in too_large]
     parts = []
     if unreadable:
-        parts.append(f"{len(unreadable)} unreadable image(s): " + ", ".join(str(p) for p in unreadable[:3])
+        parts.append(f"{len(unreadable)} unreadable image(s): " + ", ".join(item_name(p) for p in unreadable[:3])
                      + (" ..." if len(unreadable) > 3 else ""))
     if too_large:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
         parts.append(f"{len(too_large)} image(s) too large (over the decompression-bomb limit of {limit} pixels; "
                      "NEGPROMPT_MAX_IMAGE_PIXELS raises it, 0 lifts it): "
-                     + ", ".join(str(p) for p in too_large[:3]) + (" ..." if len(too_large) > 3 else ""))
+                     + ", ".join(item_name(p) for p in too_large[:3]) + (" ..." if len(too_large) > 3 else ""))
     return "; ".join(parts)
 
 
-def _digest_or_none(path: Path) -> str | None:
+def _digest_or_none(path: Any) -> str | None:
     try:
-        return file_digest(path)
+        return file_digest(Path(path)) if isinstance(path, (str, Path)) else bytes_digest(read_item(path))
     except OSError:  # no read permission, vanished, a path the system refuses: skipped like a corrupt image
         return None
 
 
-def file_digests(paths: Sequence[Path]) -> list[str | None]:
+def file_digests(paths: Sequence[Any]) -> list[str | None]:
     """Content hashes of many files (None for a file that cannot be read); threads overlap the reads (hashlib
     releases the GIL on large buffers)."""
     if len(paths) < 64:
-        return [_digest_or_none(Path(p)) for p in paths]
+        return [_digest_or_none(p) for p in paths]
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
-        return list(pool.map(lambda p: _digest_or_none(Path(p)), paths))
+        return list(pool.map(_digest_or_none, paths))
 
 
 @dataclass
@@ -120,7 +133,7 @@ class EncodeStats:
     cached: int = 0
     encoded: int = 0
     encoder_calls: int = 0
-    skipped: list[Path] = field(default_factory=list)
+    skipped: list[Any] = field(default_factory=list)  # Paths, and container samples (``containers.Member``)
     cache_write_error: str | None = None  # why the feature cache could not be written, if it could not
 
     @classmethod
@@ -174,7 +187,7 @@ class _ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            data = Path(self.paths[i]).read_bytes()
+            data = read_item(self.paths[i])
         except OSError:
             return i, None, None
         digest = bytes_digest(data)
@@ -430,7 +443,7 @@ class ImageStream:
                 writes = [w for w in writes if not w.done()]
             for future in writes:
                 future.result()
-        self.stats.skipped = [Path(self.paths[i]) for i in skipped]
+        self.stats.skipped = [_as_item(self.paths[i]) for i in skipped]
         self._report()
 
     def _preprocess(self, image: Image.Image) -> torch.Tensor:
@@ -452,6 +465,10 @@ class ImageStream:
             if self.strict:
                 raise UsageError(message, hint="fix or remove them, or drop --strict to skip them")
             warnings.warn(f"skipped {message}", NegPromptWarning, stacklevel=3)
+
+
+def _as_item(item: Any) -> Any:
+    return Path(item) if isinstance(item, str) else item
 
 
 def _assemble(window: _Pending) -> Window:

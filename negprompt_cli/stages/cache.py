@@ -20,8 +20,8 @@ from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..features.backbone import BackboneRequest, load_backbone
 from ..features.feature_cache import compact, foreign_entries, verify
 from ..features.image_features import EncodeOptions, EncodeStats, View, cache_share, ranks_agree
+from ..inputs.containers import list_samples
 from ..inputs.image_folders import image_inputs
-from ..inputs.image_list import list_images
 from ..outputs.atomic import check_writable
 from ..presets import POSITIVE_OPTIM
 
@@ -58,7 +58,7 @@ def writable_cache(root: Path) -> Path:
 def build(options: CacheBuildOptions) -> dict[str, Any] | None:
     """Encode every image under ``images`` into the cache; the summary on rank 0, None on the other ranks."""
     root = writable_cache(cache_root(options.encode.cache_dir))
-    paths = list_images(image_inputs(options.images), strict=options.encode.strict)
+    paths = list_samples(image_inputs(options.images), strict=options.encode.strict)
     check_enough_items(len(paths), options.ranks)
     backbone = load_backbone(options.backbone)
     encoding = replace(options.encode, cache_dir=root,

@@ -19,8 +19,9 @@ from ..distributed import SINGLE, Ranks, batch_shard, check_enough_items, from_m
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..features.backbone import Backbone, BackboneRequest, RuntimeOptions
 from ..features.image_features import EncodeOptions, EncodeStats, ImageStream, Window, agree_on_list, ranks_agree
+from ..inputs.containers import SampleList, Samples, list_samples
 from ..inputs.image_folders import find_images, image_inputs, read_names_file, warn_foreign_calibration_classes
-from ..inputs.image_list import ImageList, is_image_file, list_images
+from ..inputs.image_list import is_image_file
 from ..outputs.artifact import PromptArtifact
 from ..outputs.atomic import check_not_input, check_output_path, is_stream_target
 from ..outputs.score_file import FORMATS, render_rows, score_columns
@@ -118,7 +119,7 @@ class _Plan:
 
     options: ScoreOptions
     setup: ScoringSetup
-    paths: ImageList
+    paths: Samples
     encoding: EncodeOptions  # the precision this device runs
     threshold: float | None
     threshold_source: str | None
@@ -138,12 +139,15 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
                              zero_shot=options.zero_shot, backbone=options.backbone, runtime=options.runtime,
                              scorer=options.scorer, temperature=options.temperature, labels=options.labels,
                              encode=options.encode, defer_model=True)
-    paths = list_images(image_inputs(options.images), strict=options.encode.strict)
+    paths = list_samples(image_inputs(options.images), strict=options.encode.strict)
+    if options.labeled and isinstance(paths, SampleList) and paths.containers:
+        raise UsageError("--labeled reads each image's class from its folder, and samples in shards or tables have "
+                         "none", hint="score the labelled ID images as class folders")
     if shares.ranks.is_main:
         check_not_input(options.out, [("--prompts", options.prompts), ("--names", options.names),
                                       ("--lexicon", options.labels.lexicon)])
         if options.out is not None and is_image_file(options.out) and options.out.exists():  # only then can it be
-            check_not_input(options.out, (("image", p) for p in paths))  # one of the images (a stat per image)
+            check_not_input(options.out, (("image", p) for p in paths if isinstance(p, Path)))  # one of the images
     check_calibrating(options.keep, options.calibrate, options.threshold)
     if options.calibrate is not None and not options.calibrate.exists():
         raise NotFoundError(f"calibration images not found: {options.calibrate}")
@@ -270,7 +274,7 @@ class _RowWriter:
     small inputs, the rows)."""
 
     def __init__(self, options: ScoreOptions, setup: ScoringSetup, decision: Decision,
-                 threshold_source: str | None, paths: ImageList, ranks: Ranks) -> None:
+                 threshold_source: str | None, paths: Samples, ranks: Ranks) -> None:
         self.options, self.setup, self.paths = options, setup, paths
         self.decision, self.threshold_source = decision, threshold_source
         self.lookup = (_label_lookup(setup.names, training_folders(setup.artifact, setup.names)
@@ -470,7 +474,7 @@ def _batches_of(window: Window, offset: int, batch_size: int) -> Iterator[tuple[
         start = stop
 
 
-def _score_adaptively(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptions, paths: ImageList,
+def _score_adaptively(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptions, paths: Samples,
                       shares: Shares, writer: _RowWriter, output: RowOutput) -> tuple[EncodeStats, dict[str, Any]]:
     """--adaptive: one memory over the whole stream, in order. In a torchrun job the ranks first encode their
     shares into the feature cache; then rank 0 reads the stream from it and scores it alone."""

@@ -1,0 +1,522 @@
+"""Images inside containers: WebDataset tar shards, Parquet files, ``datasets.save_to_disk`` folders and
+``hf://datasets/ORG/NAME`` from the local Hub cache, read in place (a crawl is never unpacked into files).
+
+Each container is indexed once, when the inputs are listed (a tar's member headers, a table's row counts and
+ids), and its images are then read by position: a tar member by its byte offset, a table row from the row group
+(Parquet) or memory-mapped Arrow file (``save_to_disk``) that holds it. So a container sample is an item like an
+image file: :class:`Member` has ``read_bytes()`` as ``Path`` has, and ``str()`` gives its id, which ``score``
+writes in the path column: the WebDataset ``__key__``; for tables the image's ``path`` field, else a ``__key__``
+or ``key`` column, else ``FILE#ROW``. Features are cached by the hash of the image bytes, as for files, so a
+sample scored from a shard and the same image as a file share one cache row.
+
+What is read follows the libraries' own conventions: a tar sample's key and fields are split as WebDataset's
+``base_plus_ext`` splits them (``__``-prefixed metadata skipped, as WebDataset does), tar headers are parsed by
+:mod:`tarfile`, brace patterns expanded by ``braceexpand`` (WebDataset's own), tables read by ``pyarrow``. A
+table's image column is the first column laid out as the ``datasets`` Image feature (a struct with ``bytes`` and
+``path``), else the first binary column.
+
+Faults are said per container and sample, never silent, and never lose the other samples: a shard that ends
+early keeps the members before the end; a sample with no image, a table with no image column, a container that
+cannot be read are one warning each (``strict``: one error); a member whose bytes are not an image is skipped
+when decoded, as an unreadable image file is (the warning names shard and key).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+
+from ..errors import NegPromptWarning, NotFoundError, UsageError
+from .image_list import IMAGE_EXTENSIONS, ImageList, list_images
+
+TAR_SUFFIXES = (".tar",)
+COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")  # named, to be refused clearly
+TABLE_SUFFIXES = (".parquet", ".arrow")
+SHARD_LIST_SUFFIXES = (".txt", ".shards")  # a text file naming one shard per line
+HF_DATASETS = "hf://datasets/"
+# a tar sample's image field, in order of preference when a sample holds several (WebDataset field names)
+IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "image")
+
+
+class Member:
+    """One sample's image inside a container, read like a file: ``read_bytes()``; ``str()`` is its id."""
+
+    __slots__ = ("index", "source")
+
+    def __init__(self, source: Container, index: int) -> None:
+        self.source, self.index = source, index
+
+    def read_bytes(self) -> bytes:
+        return self.source.read(self.index)
+
+    def __str__(self) -> str:
+        return self.source.sample_id(self.index)
+
+    def where(self) -> str:
+        """Where it is, for messages: the container and the id."""
+        return f"{self.source.path}: {self}"
+
+    def __repr__(self) -> str:
+        return f"Member({self.where()!r})"
+
+
+class Container:
+    """Indexed samples of one container file: ids and a way to read sample ``i``'s image bytes."""
+
+    kind = "container"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def sample_id(self, i: int) -> str:
+        raise NotImplementedError
+
+    def read(self, i: int) -> bytes:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(f"{self.kind}:{self.path}:{len(self)}".encode())
+        for i in range(len(self)):
+            digest.update(self.sample_id(i).encode("utf-8", "surrogateescape") + b"\0")
+        return digest.hexdigest()[:12]
+
+
+class TarShard(Container):
+    """A WebDataset shard: per sample its key and the byte range of its image member."""
+
+    kind = "tar"
+
+    def __init__(self, path: Path, keys: list[str], offsets: np.ndarray, sizes: np.ndarray) -> None:
+        super().__init__(path)
+        self.keys, self.offsets, self.sizes = keys, offsets, sizes
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def sample_id(self, i: int) -> str:
+        return self.keys[i]
+
+    def read(self, i: int) -> bytes:
+        size = int(self.sizes[i])
+        with open(self.path, "rb") as handle:
+            handle.seek(int(self.offsets[i]))
+            data = handle.read(size)
+        if len(data) != size:
+            raise OSError(f"{self.path} ends inside sample {self.keys[i]}")
+        return data
+
+
+def index_tar(path: Path, problems: list[str]) -> TarShard:
+    """The samples of a WebDataset shard, grouped by key as WebDataset groups them; what is wrong with the
+    shard (it ends early, a sample has no image) is appended to ``problems``."""
+    from webdataset.tariterators import base_plus_ext  # noqa: PLC0415 (imported when a shard is read)
+
+    fields: dict[str, dict[str, tuple[int, int]]] = {}
+    size = path.stat().st_size
+    try:
+        with tarfile.open(path, mode="r:") as tar:  # uncompressed only: members are read by offset
+            for info in tar:
+                if not info.isreg():
+                    continue
+                key, extension = base_plus_ext(info.name)
+                if key is None or os.path.basename(info.name).startswith("__"):
+                    continue  # WebDataset skips files without an extension and __metadata__ entries
+                if info.offset_data + info.size > size:
+                    problems.append(f"{path} ends early, inside sample {key!r}: the samples before it are read")
+                    break
+                fields.setdefault(key, {})[extension.lower()] = (info.offset_data, info.size)
+    except tarfile.ReadError as exc:
+        if not fields:
+            problems.append(f"{path} is not an uncompressed tar file ({exc}): skipped")
+        else:
+            problems.append(f"{path} ends early ({exc}): the {len(fields)} samples before it are read")
+    keys, offsets, sizes = [], [], []
+    no_image = []
+    for key, found in fields.items():
+        field = _image_field(found)
+        if field is None:
+            no_image.append(key)
+            continue
+        keys.append(key)
+        offsets.append(found[field][0])
+        sizes.append(found[field][1])
+    if no_image:
+        problems.append(f"{path}: {len(no_image)} sample(s) have no image ({', '.join(repr(k) for k in no_image[:3])}"
+                        f"{' ...' if len(no_image) > 3 else ''}; image fields: {', '.join(IMAGE_FIELDS)})")
+    return TarShard(path, keys, np.array(offsets, dtype=np.int64), np.array(sizes, dtype=np.int64))
+
+
+def _image_field(found: dict[str, Any]) -> str | None:
+    """The field holding a sample's image: the preferred image type present, else any field whose last
+    extension is an image type (``seg.png``)."""
+    for name in IMAGE_FIELDS:
+        if name in found:
+            return name
+    return next((f for f in found if "." + f.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS), None)
+
+
+class TableImages(Container):
+    """Images in a table (Parquet, or the Arrow files of ``save_to_disk``), read a row group at a time."""
+
+    kind = "table"
+
+    def __init__(self, path: Path, column: str, struct: bool, ids: list[str], group_starts: np.ndarray) -> None:
+        super().__init__(path)
+        self.column, self.struct, self.ids, self.group_starts = column, struct, ids, group_starts
+        self._group: tuple[int, Any] | None = None  # the row group last read (not pickled to workers)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_group": None}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def sample_id(self, i: int) -> str:
+        return self.ids[i]
+
+    def _read_group(self, group: int) -> Any:
+        raise NotImplementedError
+
+    def read(self, i: int) -> bytes:
+        group = int(np.searchsorted(self.group_starts, i, side="right")) - 1
+        try:
+            if self._group is None or self._group[0] != group:
+                self._group = (group, self._read_group(group))
+            value = self._group[1][i - int(self.group_starts[group])].as_py()
+        except OSError:
+            raise
+        except Exception as exc:  # pyarrow's own errors: a damaged file reads as an unreadable image
+            raise OSError(f"{self.path}: {exc}") from exc
+        data = value.get("bytes") if self.struct and value is not None else value
+        if data is None and self.struct and value is not None and value.get("path"):
+            return _linked_image(self.path, value["path"])
+        if data is None:
+            raise OSError(f"{self.path}: row {self.ids[i]} has no image bytes")
+        return bytes(data)
+
+
+def _linked_image(table: Path, path: str) -> bytes:
+    """A ``datasets`` Image row that holds a file path instead of bytes (``to_parquet`` of a dataset built from
+    files): the file, relative to the table's folder, else as given (as ``datasets`` resolves it)."""
+    for candidate in (table.parent / path, Path(path)):
+        if candidate.is_file():
+            return candidate.read_bytes()
+    raise OSError(f"{table}: the image {path} it points to is not found (next to it, or from here)")
+
+
+class ParquetImages(TableImages):
+    def _read_group(self, group: int) -> Any:
+        import pyarrow.parquet as pq  # noqa: PLC0415 (imported when a table is read)
+
+        return pq.ParquetFile(self.path).read_row_group(group, columns=[self.column]).column(0)
+
+
+class ArrowImages(TableImages):
+    """One Arrow stream file of a ``save_to_disk`` folder (memory-mapped: a row costs its own bytes)."""
+
+    def _read_group(self, group: int) -> Any:
+        return _arrow_table(self.path).column(self.column)
+
+
+def _arrow_table(path: Path) -> Any:
+    import pyarrow as pa  # noqa: PLC0415
+
+    with pa.memory_map(str(path)) as source:
+        try:
+            return pa.ipc.open_stream(source).read_all()
+        except pa.ArrowInvalid:
+            return pa.ipc.open_file(source).read_all()
+
+
+def image_column(schema: Any) -> tuple[str, bool] | None:
+    """(the image column's name, whether it is a ``{bytes, path}`` struct), or None: the first column laid out
+    as the ``datasets`` Image feature, else the first binary column."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    for field in schema:
+        if pa.types.is_struct(field.type) and {"bytes", "path"} <= {f.name for f in field.type}:
+            return field.name, True
+    for field in schema:
+        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            return field.name, False
+    return None
+
+
+def _row_ids(path: Path, table: Any, column: str | None, first_row: int) -> list[str]:
+    """Each row's id: the image's ``path`` field (``column``: the image struct, None for a binary column), else a
+    ``__key__`` / ``key`` column, else ``FILE#ROW``."""
+    import pyarrow.compute as pc  # noqa: PLC0415
+
+    rows = table.num_rows
+    # the path field alone (never the image bytes into Python): a null struct gives a null path
+    paths = pc.struct_field(table.column(column), "path").to_pylist() if column is not None else [None] * rows
+    key_column = next((c for c in ("__key__", "key") if c in table.column_names), None)
+    keys = table.column(key_column).to_pylist() if key_column else [None] * rows
+    return [str(p) if p else str(k) if k is not None else f"{path.name}#{first_row + r}"
+            for r, (p, k) in enumerate(zip(paths, keys, strict=True))]
+
+
+def index_parquet(path: Path, problems: list[str]) -> ParquetImages | None:
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    try:
+        handle = pq.ParquetFile(path)
+    except Exception as exc:
+        problems.append(f"{path} cannot be read as Parquet ({type(exc).__name__}: {exc}): skipped")
+        return None
+    found = image_column(handle.schema_arrow)
+    if found is None:
+        problems.append(f"{path} has no image column (a {{bytes, path}} struct as datasets writes, or a binary "
+                        f"column; its columns: {', '.join(handle.schema_arrow.names)}): skipped")
+        return None
+    column, struct = found
+    wanted = [c for c in ("__key__", "key") if c in handle.schema_arrow.names]
+    ids: list[str] = []
+    starts = [0]
+    for group in range(handle.num_row_groups):
+        # only the ids are read here: the path field of the image struct, not its bytes
+        table = handle.read_row_group(group, columns=([f"{column}.path"] if struct else []) + wanted)
+        ids += _row_ids(path, table, column if struct else None, starts[-1])
+        starts.append(starts[-1] + handle.metadata.row_group(group).num_rows)
+    return ParquetImages(path, column, struct, ids, np.array(starts[:-1] or [0], dtype=np.int64))
+
+
+def index_arrow(path: Path, problems: list[str]) -> ArrowImages | None:
+    try:
+        table = _arrow_table(path)
+    except Exception as exc:
+        problems.append(f"{path} cannot be read as Arrow ({type(exc).__name__}: {exc}): skipped")
+        return None
+    found = image_column(table.schema)
+    if found is None:
+        problems.append(f"{path} has no image column (a {{bytes, path}} struct as datasets writes, or a binary "
+                        f"column; its columns: {', '.join(table.column_names)}): skipped")
+        return None
+    column, struct = found
+    ids = _row_ids(path, table, column if struct else None, 0)  # memory-mapped: the bytes stay on disk
+    return ArrowImages(path, column, struct, ids,
+                       np.zeros(1, dtype=np.int64))
+
+
+def saved_dataset_files(folder: Path) -> list[Path]:
+    """The Arrow files of a ``datasets.save_to_disk`` folder, in order (a DatasetDict: split after split, in the
+    order its ``dataset_dict.json`` lists them)."""
+    if (folder / "dataset_dict.json").is_file():
+        splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+        return [f for split in splits for f in saved_dataset_files(folder / split)]
+    state = json.loads((folder / "state.json").read_text())
+    return [folder / entry["filename"] for entry in state["_data_files"]]
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def _hub_text(text: str | Path) -> str:
+    """An input as typed: a ``Path`` has folded ``hf://`` into ``hf:/``."""
+    text = str(text)
+    return HF_DATASETS + text.removeprefix("hf:/datasets/") if text.startswith("hf:/datasets/") else text
+
+
+def is_container(text: str | Path) -> bool:
+    """Whether an input names containers rather than image files or folders: a shard, a table, a brace pattern,
+    a shard list, an ``hf://datasets/`` name or a ``save_to_disk`` folder."""
+    text = _hub_text(text)
+    lower = text.lower()
+    return (lower.endswith(TAR_SUFFIXES + COMPRESSED_TAR_SUFFIXES + TABLE_SUFFIXES + SHARD_LIST_SUFFIXES)
+            or text.startswith(HF_DATASETS)
+            or ("{" in text and ".." in text) or is_saved_dataset(Path(text)))
+
+
+def container_files(text: str) -> list[Path]:
+    """The container files an input names: brace patterns expanded, a shard list read (one shard per line,
+    relative to the list's folder; blank lines and ``#`` comments skipped), a ``save_to_disk`` folder's Arrow
+    files, an ``hf://datasets/ORG/NAME[@REVISION]`` snapshot's Parquet files from the local Hub cache."""
+    if text.startswith(HF_DATASETS):
+        return hub_dataset_files(text)
+    if "{" in text and ".." in text:
+        from braceexpand import braceexpand  # noqa: PLC0415 (WebDataset's own dependency)
+
+        return [Path(p) for p in braceexpand(text)]
+    path = Path(text)
+    if not path.exists():
+        raise NotFoundError(f"not found: {path}")
+    if is_saved_dataset(path):
+        return saved_dataset_files(path)
+    if path.suffix.lower() in SHARD_LIST_SUFFIXES:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        named = [line for line in lines if line and not line.startswith("#")]
+        if not named:
+            raise UsageError(f"shard list {path} names no shard")
+        return [p if p.is_absolute() else path.parent / p for p in map(Path, named)]
+    return [path]
+
+
+def hub_dataset_files(text: str) -> list[Path]:
+    """The Parquet files of a dataset in the local Hugging Face cache (never the network)."""
+    from huggingface_hub import snapshot_download  # noqa: PLC0415
+    from huggingface_hub.errors import LocalEntryNotFoundError  # noqa: PLC0415
+
+    name, _, revision = text.removeprefix(HF_DATASETS).partition("@")
+    if name.count("/") != 1:
+        raise UsageError(f"{text}: expected hf://datasets/ORG/NAME[@REVISION]")
+    try:
+        folder = Path(snapshot_download(name, repo_type="dataset", revision=revision or None,
+                                        local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise NotFoundError(f"dataset {name} is not in the local Hugging Face cache",
+                            hint="download it where the network is reachable (huggingface_hub.snapshot_download("
+                                 f"'{name}', repo_type='dataset')), or point HF_HUB_CACHE at the cache that holds "
+                                 "it") from None
+    files = sorted(p for p in folder.rglob("*.parquet") if p.is_file())
+    if not files:
+        raise UsageError(f"dataset {name} in the local cache holds no Parquet files ({folder})")
+    return files
+
+
+def index_container(path: Path, problems: list[str]) -> Container | None:
+    """A container file's samples (None: nothing readable in it, said in ``problems``)."""
+    if not path.exists():
+        problems.append(f"{path} not found: skipped")
+        return None
+    suffix = path.suffix.lower()
+    if path.name.lower().endswith(COMPRESSED_TAR_SUFFIXES):
+        problems.append(f"{path} is a compressed tar: its images cannot be read in place (decompress it to .tar): "
+                        "skipped")
+        return None
+    if suffix in TAR_SUFFIXES:
+        try:
+            return index_tar(path, problems)
+        except OSError as exc:
+            problems.append(f"{path} cannot be read ({exc.strerror or exc}): skipped")
+            return None
+    if suffix == ".parquet":
+        return index_parquet(path, problems)
+    if suffix == ".arrow":
+        return index_arrow(path, problems)
+    problems.append(f"{path} is not a shard (.tar) or a table (.parquet, .arrow): skipped")
+    return None
+
+
+def report_problems(problems: list[str], strict: bool) -> None:
+    """What is wrong in the containers, in one warning (``strict``: one error)."""
+    if not problems:
+        return
+    message = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+    if strict:
+        raise UsageError(message, hint="fix the containers, or drop --strict to read what they hold")
+    warnings.warn(message, NegPromptWarning, stacklevel=3)
+
+
+class SampleList(Sequence[Any]):
+    """Images from files and containers, in the order given: item ``i`` is a ``Path`` or a :class:`Member`.
+
+    Segments are held whole and sliced by range, so a rank's share or a stream's window costs no copy."""
+
+    def __init__(self, segments: list[tuple[ImageList | Container, int, int]]) -> None:
+        self._segments = [(s, a, b) for s, a, b in segments if b > a]
+        self._starts = np.cumsum([0] + [b - a for _, a, b in self._segments])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @overload
+    def __getitem__(self, i: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> SampleList: ...
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                raise ValueError("a SampleList slices in steps of 1")
+            parts = []
+            for (segment, a, b), first in zip(self._segments, self._starts[:-1].tolist(), strict=True):
+                lo, hi = max(start, first), min(stop, first + b - a)
+                if hi > lo:
+                    parts.append((segment, a + lo - first, a + hi - first))
+            return SampleList(parts)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        segment, a, _ = self._segments[k]
+        position = a + i - int(self._starts[k])
+        return segment[position] if isinstance(segment, ImageList) else Member(segment, position)
+
+    def __iter__(self) -> Iterator[Any]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def is_file(self, i: int) -> bool:
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return isinstance(self._segments[k][0], ImageList)
+
+    def root(self, i: int) -> Path:
+        """The input folder image ``i`` was found under; container samples have none."""
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        segment, a, _ = self._segments[k]
+        if not isinstance(segment, ImageList):
+            raise UsageError(f"{segment.path} is a container: its samples have no class folder")
+        return segment.root(a + i - int(self._starts[k]))
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for segment, a, b in self._segments:
+            digest.update(f"{segment.fingerprint()}:{a}:{b};".encode())
+        return digest.hexdigest()[:12]
+
+    @property
+    def containers(self) -> int:
+        return sum(not isinstance(s, ImageList) for s, _, _ in self._segments)
+
+
+Samples = ImageList | SampleList  # what a command's image inputs list as
+
+
+def list_samples(inputs: Sequence[Path | str], *, strict: bool = False) -> Samples:
+    """The images of the inputs, in the order given: image files and folders as ``list_images`` lists them (only
+    files given: that ``ImageList`` itself), containers as their samples. No image at all is an error."""
+    if not any(is_container(p) for p in inputs):
+        return list_images([Path(p) for p in inputs], strict=strict)
+    segments: list[tuple[ImageList | Container, int, int]] = []
+    problems: list[str] = []
+    files: list[Path] = []
+
+    def flush() -> None:
+        if files:
+            listed = list_images(list(files), strict=strict)
+            segments.append((listed, 0, len(listed)))
+            files.clear()
+
+    for given in inputs:
+        if not is_container(given):
+            files.append(Path(given))
+            continue
+        flush()
+        for path in container_files(_hub_text(given)):
+            found = index_container(path, problems)
+            if found is not None:
+                segments.append((found, 0, len(found)))
+    flush()
+    report_problems(problems, strict)
+    samples = SampleList(segments)
+    if not len(samples):
+        raise UsageError(f"no images found in {', '.join(str(p) for p in inputs)}")
+    return samples

@@ -1,0 +1,192 @@
+"""Images where users keep them (#32 item 1, item 4): WebDataset shards, Parquet files, datasets.save_to_disk
+folders and hf://datasets/ names score exactly as the same images as files do (rows byte-identical apart from
+the id column), share their feature-cache rows, and every fault in a container is said per container and
+sample without losing the other samples."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from conftest import error_line, invoke, make_image_folder
+
+from negprompt_cli.inputs.containers import SampleList, list_samples
+
+SCORE = ["--zero-shot", "--backbone", "toy", "--scorer", "mcm", "--format", "jsonl", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def crawl(tmp_path_factory):
+    """18 images as files (PNG and JPEG), and the same images, in the same order, in every container."""
+    import datasets
+    import webdataset as wds
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("crawl")
+    make_image_folder(root / "files", classes=("red_stripes", "green_bars"), per_class=5, seed=1)
+    make_image_folder(root / "files", classes=("blue_dots",), per_class=8, seed=2, ext=".jpg")
+    files = sorted(p for p in (root / "files").rglob("*") if p.is_file())
+    keys = [f"{p.parent.name}-{p.stem}" for p in files]
+    (root / "names.txt").write_text("red stripes\ngreen bars\nblue dots\n")
+    for number, part in enumerate((files[:10], files[10:])):  # two shards, as img2dataset writes them
+        with wds.TarWriter(str(root / f"shard-{number:06d}.tar")) as sink:
+            for p in part:
+                sink.write({"__key__": f"{p.parent.name}-{p.stem}", p.suffix[1:]: p.read_bytes(),
+                            "json": json.dumps({"url": str(p)}).encode()})
+    (root / "shards.txt").write_text("# the crawl\nshard-000000.tar\n\nshard-000001.tar\n")
+    images = [{"bytes": p.read_bytes(), "path": k} for p, k in zip(files, keys, strict=True)]
+    captions = [p.parent.name for p in files]
+    table = datasets.Dataset.from_dict({"image": images, "caption": captions}).cast_column("image", datasets.Image())
+    table.to_parquet(str(root / "table.parquet"), batch_size=7)  # three row groups
+    table.save_to_disk(str(root / "saved"), max_shard_size="1KB")  # several Arrow files
+    with Image.open(files[0]) as image:
+        assert image.size  # the fixture's images are real images
+    return root, files, keys
+
+
+def _rows(result) -> list[dict]:
+    assert result.exit_code == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{\"path\"")]
+
+
+def _score(inputs: list[str], crawl_root: Path, cache: Path, *extra: str) -> tuple[list[dict], dict]:
+    out = cache.parent / f"{cache.name}.jsonl"
+    result = invoke(["score", *inputs, "--names", str(crawl_root / "names.txt"), *SCORE, "--cache-dir", str(cache),
+                     "--out", str(out), "--json", *extra])
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    return rows, json.loads(result.stdout)
+
+
+def _without_id(rows: list[dict]) -> list[str]:
+    return [json.dumps({k: v for k, v in r.items() if k != "path"}) for r in rows]
+
+
+@pytest.mark.parametrize("given", [["shard-{000000..000001}.tar"], ["shards.txt"], ["table.parquet"], ["saved"],
+                                   ["shard-000000.tar", "shard-000001.tar"]])
+def test_containers_score_as_the_same_images_as_files(crawl, tmp_path, given):
+    root, files, keys = crawl
+    as_files, _ = _score([str(root / "files")], root, tmp_path / "c1")
+    rows, summary = _score([str(root / g) for g in given], root, tmp_path / "c2")
+    assert _without_id(rows) == _without_id(as_files)  # every byte but the id, from a cold cache each
+    assert [r["path"] for r in rows] == keys and summary["encoded"] == len(files)
+    again, summary = _score([str(root / g) for g in given], root, tmp_path / "c1")  # the files' cache rows
+    assert summary["cached"] == len(files) and summary["encoded"] == 0 and _without_id(again) == _without_id(rows)
+
+
+def test_files_and_containers_mix_in_the_order_given(crawl, tmp_path):
+    root, files, keys = crawl
+    listed = list_samples([root / "shard-000001.tar", root / "files" / "red_stripes", root / "table.parquet"])
+    assert isinstance(listed, SampleList) and listed.containers == 2
+    red = sorted((root / "files" / "red_stripes").iterdir())
+    assert [str(x) for x in listed] == keys[10:] + [str(p) for p in red] + keys
+    assert listed[len(keys[10:])] == red[0] and listed[-1].read_bytes() == files[-1].read_bytes()
+    assert [str(x) for x in listed[5:12]] == [str(x) for x in list(listed)[5:12]]  # a slice is a view
+    assert listed[5:12].fingerprint() != listed[5:13].fingerprint()
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_faults_in_containers_are_said_per_container_and_sample_and_lose_nothing_else(crawl, tmp_path):
+    root, files, _ = crawl
+    png = files[0].read_bytes()
+    _tar(tmp_path / "bad.tar", [("a.png", png), ("b.jpg", b"not an image"), ("c.txt", b"caption only"),
+                                     ("d.png", png)])
+    whole = _tar(tmp_path / "cut.tar", [(f"{k}.png", png) for k in "efgh"])
+    padded = -(-len(png) // 512) * 512  # a member: a 512-byte header, then its data padded to 512 bytes
+    (tmp_path / "cut.tar").write_bytes(whole.read_bytes()[:2 * 512 + padded + len(png) // 2])  # inside the second
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"caption": ["x", "y"]}), tmp_path / "captions.parquet")
+    (tmp_path / "packed.tar.gz").write_bytes(b"\x1f\x8b")
+    given = [str(tmp_path / name) for name in ("bad.tar", "cut.tar", "captions.parquet", "packed.tar.gz")]
+    result = invoke(["score", *given, "--names", str(root / "names.txt"), *SCORE, "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"path"')]
+    assert [r["path"] for r in rows] == ["a", "d", "e"]  # everything readable is scored
+    warned = " ".join(result.stderr.split())
+    assert f"{tmp_path / 'bad.tar'}: 1 sample(s) have no image ('c'" in warned
+    assert f"{tmp_path / 'cut.tar'} ends early, inside sample 'f': the samples before it are read" in warned
+    assert f"{tmp_path / 'captions.parquet'} has no image column" in warned and "its columns: caption" in warned
+    assert f"1 unreadable image(s): {tmp_path / 'bad.tar'}: b" in warned
+    assert f"{tmp_path / 'packed.tar.gz'} is a compressed tar" in warned  # shard and key of the corrupt member
+    strict = invoke(["score", str(tmp_path / "bad.tar"), "--names", str(root / "names.txt"), *SCORE, "--strict",
+                     "--cache-dir", str(tmp_path / "c")])
+    assert strict.exit_code == 2 and "have no image" in error_line(strict)
+
+
+def test_bad_container_requests_are_one_line(crawl, tmp_path):
+    root, _, _ = crawl
+    base = ["--names", str(root / "names.txt"), *SCORE, "--cache-dir", str(tmp_path / "c")]
+    labelled = invoke(["score", str(root / "table.parquet"), *base, "--labeled"])
+    assert labelled.exit_code == 2 and "--labeled reads each image's class from its folder" in error_line(labelled)
+    missing = invoke(["score", str(tmp_path / "none.tar"), *base])
+    assert missing.exit_code == 3 and error_line(missing).endswith(f"{tmp_path / 'none.tar'}")
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    empty = invoke(["score", str(tmp_path / "empty.txt"), *base])
+    assert empty.exit_code == 2 and error_line(empty).endswith("names no shard")
+
+
+def test_hub_datasets_are_read_from_the_local_cache_only(crawl, tmp_path, monkeypatch):
+    """hf://datasets/ORG/NAME: the snapshot's Parquet files in the local Hugging Face cache, as huggingface_hub
+    lays it out; a dataset that is not cached is one line, and the network is never asked."""
+    root, files, keys = crawl
+    cache = tmp_path / "hub"
+    snapshot = cache / "datasets--me--crawl" / "snapshots" / ("a" * 40) / "data"
+    snapshot.mkdir(parents=True)
+    (snapshot / "train-00000-of-00001.parquet").write_bytes((root / "table.parquet").read_bytes())
+    (cache / "datasets--me--crawl" / "refs").mkdir()
+    (cache / "datasets--me--crawl" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    rows, _ = _score(["hf://datasets/me/crawl"], root, tmp_path / "c")
+    assert [r["path"] for r in rows] == keys
+    absent = invoke(["score", "hf://datasets/me/other", "--names", str(root / "names.txt"), *SCORE])
+    assert absent.exit_code == 3 or absent.exit_code == 2, absent.stderr
+    assert "dataset me/other is not in the local Hugging Face cache" in error_line(absent)
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_on_shards_give_the_one_process_bytes(crawl, tmp_path):
+    """The ranks split the samples of the shards in whole batches, as they split files: the joined file is the
+    bytes of one process."""
+    from test_scale import torchrun
+
+    root, _, _ = crawl
+    shards = str(root / "shard-{000000..000001}.tar")
+    args = [shards, "--names", str(root / "names.txt"), *SCORE, "--quiet", "--batch-size", "4"]
+    one = invoke(["score", *args, "--cache-dir", str(tmp_path / "c1"), "--out", str(tmp_path / "one.jsonl")])
+    assert one.exit_code == 0, one.stderr
+    two = torchrun(2, "score", *args, "--cache-dir", str(tmp_path / "c2"), "--out", str(tmp_path / "two.jsonl"))
+    assert two.returncode == 0, two.stderr
+    assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+
+
+def test_a_table_row_that_points_to_a_file_reads_the_file(crawl, tmp_path, monkeypatch):
+    """datasets' to_parquet of a dataset built from files stores paths, not bytes: read relative to the table."""
+    import shutil
+
+    import datasets
+
+    root, files, _ = crawl
+    shutil.copy(files[0], tmp_path / "first.png")
+    linked = datasets.Dataset.from_dict({"image": ["first.png"]}).cast_column("image", datasets.Image())
+    monkeypatch.chdir(tmp_path)
+    linked.to_parquet("linked.parquet")
+    monkeypatch.chdir(root)  # elsewhere: the path is read relative to the table
+    listed = list_samples([tmp_path / "linked.parquet"])
+    assert [str(x) for x in listed] == ["first.png"] and listed[0].read_bytes() == files[0].read_bytes()
