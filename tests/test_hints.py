@@ -119,7 +119,7 @@ def test_an_unknown_format_is_fixed_by_its_hint(toy_prompts, tmp_path):
     args = ["score", str(toy_prompts / "train"), "--prompts", str(toy_prompts / "pos.safetensors"), "--format",
             "xlsx", "--out", str(tmp_path / "s"), "--quiet", "--cache-dir", str(toy_prompts / "cache")]
     refused = invoke(args)
-    assert refused.exit_code == 2 and hint_line(refused.stderr) == "choose csv or jsonl"
+    assert refused.exit_code == 2 and hint_line(refused.stderr) == "choose csv, jsonl, parquet"
     followed = invoke([a if a != "xlsx" else "jsonl" for a in args])
     assert followed.exit_code == 0, followed.stderr
 

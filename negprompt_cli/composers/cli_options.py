@@ -214,7 +214,8 @@ def score_options() -> list[inspect.Parameter]:
                "own (1; 0.01 for the negative-label scorers)."),
         option("threshold", float | None, "--threshold", help="ID threshold to use (score < threshold -> OOD) "
                "instead of the stored one."),
-        option("fmt", str, "--format", default="csv", help="csv or jsonl."),
+        option("fmt", str, "--format", default="csv", help="csv, jsonl or parquet (needs --out; written in row "
+               "groups)."),
         option("labeled", bool, "--labeled", default=False, help="Images are IMAGES/<class>/...: record true labels "
                "(for report's ID accuracy)."),
         option("explain", bool, "--explain", default=False, help="Add, per image, the closest classes and (for "

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import NotFoundError, UsageError
 
-FORMATS = ("csv", "jsonl")
+FORMATS = ("csv", "jsonl", "parquet")
 # label: the true class's name (the vocabulary of prediction), label_folder: the folder it was read from (--labeled)
 # threshold_n, threshold_rank: how the threshold was calibrated (the rank-th lowest of n ID scores), so that report
 # can tell whether new ID images keep what it promised (scoring/calibration.py); empty when unknown
@@ -56,6 +56,12 @@ def render_rows(rows: list[dict[str, Any]], fmt: str, *, spreadsheet_safe: bool 
     return buffer.getvalue()
 
 
+def text_format(fmt: str) -> str:
+    """The text rows travel as for an output format: Parquet's rows are rendered as JSONL on the way (exact, and
+    ASCII: torchrun parts join block by block) and become a table in ``score_parquet``."""
+    return "jsonl" if fmt == "parquet" else fmt
+
+
 def score_columns(*, explain: bool) -> list[str]:
     """The CSV columns of a score file (``explain``: score --explain's two more)."""
     return COLUMNS + (EXPLAIN_COLUMNS if explain else [])
@@ -68,6 +74,16 @@ def read_score_file(path: Path) -> list[dict[str, Any]]:
     blank trailing rows are read as what they mean."""
     if not path.is_file():
         raise NotFoundError(f"score file not found: {path}")
+    with open(path, "rb") as probe:
+        parquet = probe.read(4) == b"PAR1"
+    if parquet:
+        from .score_parquet import read_parquet_rows  # noqa: PLC0415 (pyarrow: only for Parquet score files)
+
+        try:
+            rows = read_parquet_rows(path)
+        except Exception as exc:
+            raise UsageError(f"{path} is not a readable Parquet score file: {exc}") from None
+        return _checked(path, rows)
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:  # \r inside a quoted
         text = handle.read()  # field is part of a file name, not a line end
     text = text.removeprefix("\ufeff")  # a spreadsheet's "CSV UTF-8" starts with a byte-order mark
@@ -81,6 +97,10 @@ def read_score_file(path: Path) -> list[dict[str, Any]]:
                     if any(v not in (None, "") for v in r.values())]  # blank rows a spreadsheet leaves
     except (json.JSONDecodeError, ValueError) as exc:
         raise UsageError(f"{path} is not a negprompt score file: {exc}") from exc
+    return _checked(path, rows)
+
+
+def _checked(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not rows or not {"path", "score"} <= set(rows[0]):
         raise UsageError(f"{path} is not a negprompt score file (needs path and score columns)")
     bad = [r["path"] for r in rows if not isinstance(r["score"], (int, float)) or not math.isfinite(r["score"])]

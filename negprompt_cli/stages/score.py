@@ -24,7 +24,7 @@ from ..inputs.image_folders import find_images, image_inputs, read_names_file, w
 from ..inputs.image_list import is_image_file
 from ..outputs.artifact import PromptArtifact
 from ..outputs.atomic import check_not_input, check_output_path, is_stream_target
-from ..outputs.score_file import FORMATS, render_rows, score_columns
+from ..outputs.score_file import FORMATS, render_rows, score_columns, text_format
 from ..outputs.score_output import (
     FileOutput,
     PartOutput,
@@ -37,6 +37,7 @@ from ..outputs.score_output import (
     remove_parts,
     stale_parts,
 )
+from ..outputs.score_parquet import ParquetOutput
 from ..registry import ScorerSpec, get_host
 from ..scoring.adaptive import AdaptiveOptions, AdaptiveScorer
 from ..scoring.calibration import Decision, KeepRequest, check_calibrating, kept_counts, warn_if_shifted
@@ -130,9 +131,12 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
     """Check the request, list the images, set up the scorer (labels mined once, shared with the ranks) and the
     threshold: every refusal comes before any image is encoded."""
     if options.fmt not in FORMATS:
-        raise UsageError(f"unknown format {options.fmt!r}", hint="choose csv or jsonl")
+        raise UsageError(f"unknown format {options.fmt!r}", hint=f"choose {', '.join(FORMATS)}")
     if options.excel_safe and options.fmt != "csv":
-        raise UsageError("--excel-safe is for CSV output; JSONL keeps names exact and is never run as formulas")
+        raise UsageError(f"--excel-safe is for CSV output; {options.fmt} is never run as formulas")
+    if options.fmt == "parquet" and (options.out is None or is_stream_target(options.out)):
+        raise UsageError("--format parquet writes a file: give --out FILE.parquet (a regular file, not stdout or a "
+                         "pipe)", hint="or --format jsonl for a stream")
     shares.check_output()
     names_given = read_names_file(options.names, strict=options.encode.strict) if options.names else None
     request = ScoringRequest(prompts=options.prompts, names=names_given,
@@ -335,7 +339,8 @@ class _RowWriter:
         self.tally.images += len(rows)
         if not self.tally.broken and rows:  # a run with a non-finite score writes nothing (the error says why)
             self.header(output)
-            output.write(render_rows(rows, options.fmt, spreadsheet_safe=options.excel_safe, columns=self.columns,
+            output.write(render_rows(rows, text_format(options.fmt), spreadsheet_safe=options.excel_safe,
+                                     columns=self.columns,
                                      header=False))
         if self.kept is not None:
             self.kept.extend(rows)
@@ -577,6 +582,9 @@ def _part_folder(options: ScoreOptions) -> Path:
 
 
 def _final_output(options: ScoreOptions, stream: Callable[[str], object] | None) -> RowOutput:
+    if options.fmt == "parquet":
+        assert options.out is not None  # refused in _plan
+        return ParquetOutput(options.out, score_columns(explain=options.explain > 0))
     if options.out is not None:
         return PipeOutput(options.out) if is_stream_target(options.out) else FileOutput(options.out)
     return StreamOutput(stream) if stream is not None else TextOutput()
