@@ -60,6 +60,11 @@ DEFAULT_SCORERS = {"zero-shot": "csp", "positives": "energy", "negatives": "ener
 WORLD_BACKBONES = ("toy", "world")
 PUBLISHED_DEFAULTS = {**DEFAULT_SCORERS, "negatives": "negprompt"}
 PUBLISHED_SOURCE = "the NegPrompt paper's Table 2 (ImageNet-1k, ViT-B/16: Eq. 3 23.01 FPR95, CoOp 38.94, energy 54.8)"
+# SigLIP-family backbones keep these defaults: Eq. 3 and CSP read cosines at their own τ, which a sigmoid-trained
+# model's logit bias does not touch, and no published table compares scores on SigLIP beyond MCM's two variants
+# (docs/method.md, "Scores per backbone family").
+SIGMOID_NOTE = ("; on this sigmoid-trained backbone too: Eq. 3 reads cosines at τ, which its logit bias does not "
+                "touch (docs/method.md, 'Scores per backbone family')")
 WORLD_SOURCE = "validation on the offline world (docs/quality.md)"
 
 
@@ -72,7 +77,9 @@ def default_scorer(has_negatives: bool, *, zero_shot: bool = False, backbone: st
 
 def default_source(backbone: str | None) -> str:
     """Which evidence chose the default for ``backbone``, in words (stored with fit-neg's threshold)."""
-    return PUBLISHED_SOURCE if backbone is not None and backbone not in WORLD_BACKBONES else WORLD_SOURCE
+    if backbone is None or backbone in WORLD_BACKBONES:
+        return WORLD_SOURCE
+    return PUBLISHED_SOURCE + (SIGMOID_NOTE if "siglip" in backbone.lower() else "")
 
 
 # Why the default for prompts *with* negatives does not use them: on validation (benchmarks/results/quality.json,

@@ -65,10 +65,12 @@ class ScorerSpec:
     needs_negative_prompts: bool = False  # needs a fit-neg artifact's negative prompts
     pool: str | None = None  # mines negative labels from this candidate pool (``scoring.negative_labels.POOLS``)
     trained_temperature: bool = False  # runs at the τ the artifact's negatives were trained with (Eq. 3)
+    # takes ``logit_bias``: the backbone's learned bias b of a sigmoid-trained model (SigLIP; 0 for the others)
+    logit_bias: bool = False
 
 
 SCORER_PROPERTIES = ("default_temperature", "probability", "needs_negative_prompts", "pool",
-                     "trained_temperature")
+                     "trained_temperature", "logit_bias")
 # plugins written against the first contract set these as attributes of the function instead
 _LEGACY_ATTRIBUTES = {"probability": "probability_score"}
 
@@ -371,6 +373,8 @@ def _check_scorer_signature(plugin: str, spec: ScorerSpec) -> None:
     keywords: dict[str, Any] = {"temperature": 1.0, "logit_scale": 100.0}
     if spec.pool is not None:  # a mined-label scorer also gets the labels' cosines and the grouping
         keywords |= {"mined": None, "groups": 1, "seed": 0}
+    if spec.logit_bias:  # a scorer for sigmoid-trained models also gets the backbone's bias
+        keywords |= {"logit_bias": 0.0}
     try:
         signature.bind(None, None, **keywords)
     except TypeError as exc:

@@ -69,8 +69,8 @@ BIDIRECTIONAL_TEXT = {"ViT-B-16-SigLIP", "ViT-B-16-SigLIP2"}
 def text_path(arch: str) -> str:
     """How the core runs this architecture's text tower, in words (``negprompt plugins`` shows it)."""
     if arch in BIDIRECTIONAL_TEXT:
-        return ("text tower bidirectional, last-pooled: the whole context runs; scores use its logit scale, not its "
-                "sigmoid bias")
+        return ("text tower bidirectional, last-pooled: the whole context runs; trained with a sigmoid: the sigmoid-* "
+                "scorers use its logit scale and bias, the others read cosines or its scale only")
     return "text tower causal: cut at the end-of-text token, shared prefixes"
 
 

@@ -5,6 +5,14 @@ Inputs are cosine similarities: ``pos`` [B, C] to the class prompts and, for Neg
 negprompt and mcm it is the τ that divides raw cosines (τ = 1, as the released code and MCM);
 for energy and msp it is the T that divides the classifier logits s·cos; maxlogit has none.
 ``logit_scale`` is the backbone's training scale s, used by the classifier-logit baselines.
+
+How each uses the backbone's s and its learned bias b (sigmoid-trained models: SigLIP, SigLIP 2 train
+σ(s·cos + b) per image-text pair): negprompt, mcm, neglabel, csp and the hybrids read cosines at their own τ and
+neither s nor b; energy, maxlogit and msp use s, and b would only shift energy and maxlogit by a constant and
+cancel in msp's softmax, so it is not passed. The ``sigmoid-*`` scorers are SigLIP's own probabilities: each
+class (or negative label) matches with σ(s·cos + b), independently, so b matters: it is passed to the scorers
+registered with ``logit_bias=True`` (0 for models trained without one, where σ(s·cos) saturates: use them on
+sigmoid-trained backbones). docs/method.md, "Scores per backbone family".
 """
 
 from __future__ import annotations
@@ -69,6 +77,47 @@ def negprompt_maxlogit_score(pos: torch.Tensor, neg: torch.Tensor | None, *, tem
     return logit_scale * (pos.max(dim=1).values - neg.flatten(1).max(dim=1).values)
 
 
+def _sigmoid_logits(cos: torch.Tensor, logit_scale: float, logit_bias: float) -> torch.Tensor:
+    """s·cos + b in float64 (σ of a float32 logit saturates at 1 from about 17: ties among confident images)."""
+    return logit_scale * cos.double() + logit_bias
+
+
+def sigmoid_mcm_score(pos: torch.Tensor, neg: torch.Tensor | None = None, *, temperature: float = 1.0,
+                      logit_scale: float = 100.0, logit_bias: float = 0.0) -> torch.Tensor:
+    """Sigmoid MCM: the largest match probability σ(s·cos_c + b) over the class prompts, as a sigmoid-trained model
+    scores an image-text pair. Its order is maxlogit's (σ is monotone); its value is a probability that does not
+    shrink as classes are added, as a softmax's does."""
+    return torch.sigmoid(_sigmoid_logits(pos, logit_scale, logit_bias).max(dim=1).values)
+
+
+def sigmoid_energy_score(pos: torch.Tensor, neg: torch.Tensor | None = None, *, temperature: float = 1.0,
+                         logit_scale: float = 100.0, logit_bias: float = 0.0) -> torch.Tensor:
+    """Sigmoid energy: Σ_c log(1 + e^{s·cos_c + b}), the free energy of C independent sigmoid matches (a softmax's
+    is logsumexp); b sets where a class starts to count."""
+    logits = _sigmoid_logits(pos, logit_scale, logit_bias)
+    return torch.logaddexp(logits, torch.zeros_like(logits)).sum(dim=1)  # exact (softplus is linear above 20)
+
+
+class SigmoidNegativeLabelScore:
+    """NegLabel's score with sigmoid matches: the share of the match probability that falls on the ID classes,
+    Σ_ID σ(x) / (Σ_ID σ(x) + Σ_neg σ(x)) with x = s·cos + b, averaged over the same seeded groups of mined labels
+    as :class:`NegativeLabelScore` (which it equals in form with e^{x/τ} in place of σ(x))."""
+
+    def __call__(self, pos: torch.Tensor, neg: torch.Tensor | None = None, *, temperature: float = 1.0,
+                 logit_scale: float = 100.0, logit_bias: float = 0.0, mined: torch.Tensor | None = None,
+                 groups: int = 100, seed: int = 0) -> torch.Tensor:
+        if mined is None or mined.shape[1] == 0:
+            raise ValueError("the negative-label score needs mined negative labels")
+        count = mined.shape[1]
+        groups = max(1, min(groups, count))
+        usable = count - count % groups
+        order = torch.randperm(usable, generator=torch.Generator().manual_seed(seed)).to(mined.device)
+        split = mined[:, :usable][:, order].reshape(mined.shape[0], groups, -1)
+        negatives = torch.sigmoid(_sigmoid_logits(split, logit_scale, logit_bias)).sum(dim=2)  # [B, G]
+        id_part = torch.sigmoid(_sigmoid_logits(pos, logit_scale, logit_bias)).sum(dim=1, keepdim=True)
+        return (id_part / (id_part + negatives)).mean(dim=1)
+
+
 class NegativeLabelScore:
     """NegLabel's score (Jiang et al., ICLR 2024) over mined negative labels: the total softmax probability of
     the ID classes among ID + negative labels, at τ on cosines (default 0.01, the paper's), averaged over
@@ -129,3 +178,13 @@ def register_scorers(register: Callable[..., None]) -> None:
     register("negprompt+csp", NegativeLabelScore(with_prompts=True), description="Hybrid: learned negative "
              "prompts and CSP's mined labels in one softmax (grouped)", pool="csp", needs_negative_prompts=True,
              **labels)
+    # for sigmoid-trained backbones (SigLIP, SigLIP 2): the model's own σ(s·cos + b), with its learned bias b
+    register("sigmoid-mcm", sigmoid_mcm_score, description="Sigmoid MCM: the largest match probability "
+             "σ(s·cos + b) over the classes (SigLIP-family; orders as maxlogit)", logit_bias=True)
+    register("sigmoid-energy", sigmoid_energy_score, description="Sigmoid energy: Σ_c log(1 + e^(s·cos + b)) "
+             "(SigLIP-family)", logit_bias=True)
+    register("sigmoid-neglabel", SigmoidNegativeLabelScore(), description="NegLabel with sigmoid matches: the "
+             "ID share of Σ σ(s·cos + b) over ID and mined labels (SigLIP-family)", pool="neglabel",
+             probability=True, logit_bias=True)
+    register("sigmoid-csp", SigmoidNegativeLabelScore(), description="CSP's pool and templates, scored as "
+             "sigmoid-neglabel (SigLIP-family)", pool="csp", probability=True, logit_bias=True)

@@ -70,6 +70,10 @@ def test_the_default_scorer_follows_the_evidence_for_its_backbone():
     assert default_scorer(False, backbone="ViT-B/16") == "energy"
     assert default_scorer(False, zero_shot=True, backbone="SigLIP-B/16") == "csp"
     assert (default_source("toy"), default_source("ViT-B/16")) == (WORLD_SOURCE, PUBLISHED_SOURCE)
+    # SigLIP-family backbones keep the CLIP family's defaults, and say why (#31 item 3)
+    assert default_scorer(True, backbone="SigLIP2-B/16") == "negprompt"
+    assert default_source("SigLIP-B/16").startswith(PUBLISHED_SOURCE)
+    assert "sigmoid-trained backbone too: Eq. 3 reads cosines at τ" in default_source("hf-hub:timm/ViT-B-16-SigLIP")
     table = json.loads((Path(__file__).parent / "data" / "negprompt-published.json").read_text())
     fpr = {row["method"]: row["fpr95"] for row in table["table2_imagenet1k_far_ood"]}
     sets = ("Textures", "iNaturalist", "Places", "SUN")

@@ -272,3 +272,36 @@ def test_each_registered_architecture_runs_its_text_tower_as_negprompt_plugins_s
                 torch.testing.assert_close(encode_texts(encoder, TEXTS), model.encode_text(tokenizer(TEXTS),
                                                                                            normalize=True),
                                            rtol=0, atol=1e-5)
+
+
+def test_sigmoid_scores_on_a_siglip_shaped_model_use_its_scale_and_bias(siglip_world, tower_dirs, tmp_path):
+    """#31 item 3: sigmoid-mcm and sigmoid-energy computed independently from open_clip's features and the model's
+    own logit_scale and logit_bias; a second run from the warm feature cache (no model built: the bias is
+    remembered with the backbone's facts) writes the same bytes."""
+    root = siglip_world
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tower_dirs['siglip']}")
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{tower_dirs['siglip']}")
+    scale, bias = float(model.logit_scale.exp()), float(model.logit_bias)
+    assert bias == -10.0  # the config's init_logit_bias: a bias the softmax scorers would erase
+    for scorer in ("sigmoid-mcm", "sigmoid-energy"):
+        args = ["score", str(root / "test"), "--zero-shot", "--names", str(root / "names.txt"), "--backbone",
+                f"local-dir:{tower_dirs['siglip']}", "--scorer", scorer, "--cache-dir", str(tmp_path / "cache"),
+                "--quiet"]
+        first = invoke([*args, "--out", str(tmp_path / f"{scorer}.csv")])
+        assert first.exit_code == 0, first.stderr
+        rows = list(csv.DictReader((tmp_path / f"{scorer}.csv").open()))
+        with torch.no_grad():
+            text = model.encode_text(tokenizer(["a photo of a red stripes.", "a photo of a green bars."]),
+                                     normalize=True)
+            images = torch.stack([preprocess(Image.open(r["path"]).convert("RGB")) for r in rows])
+            logits = (scale * (model.encode_image(images, normalize=True) @ text.t()) + bias).double()
+        expected = (torch.sigmoid(logits).max(dim=1).values if scorer == "sigmoid-mcm"
+                    else torch.log1p(torch.exp(logits)).sum(dim=1))
+        ours = torch.tensor([float(r["score"]) for r in rows], dtype=torch.float64)
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6)
+        again = invoke([*args, "--out", str(tmp_path / f"{scorer}-warm.csv")])
+        assert again.exit_code == 0, again.stderr
+        assert (tmp_path / f"{scorer}-warm.csv").read_bytes() == (tmp_path / f"{scorer}.csv").read_bytes()
+    facts = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "backbones").rglob("*.json")]
+    assert facts and all(f["logit_bias"] == -10.0 for f in facts)

@@ -101,6 +101,13 @@ class Backbone:
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.exp().item())
 
+    @property
+    def logit_bias(self) -> float | None:
+        """The learned bias b of a sigmoid-trained model (SigLIP: logits s·cos + b), None for a softmax-trained
+        one; scorers registered with ``logit_bias`` get it (0 where None)."""
+        bias = getattr(self.model, "logit_bias", None)
+        return float(bias.detach().float().item()) if isinstance(bias, torch.Tensor) else None
+
     def preprocess_repr(self) -> str:
         """The eval preprocessing as text: part of the feature-cache key (a changed transform is a new key)."""
         return repr(self.preprocess)

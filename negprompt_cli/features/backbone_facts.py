@@ -36,7 +36,7 @@ from .feature_cache import BACKBONES_DIR, root_folder
 if TYPE_CHECKING:
     from ..inputs.pixels import TensorPreprocess
 
-FORMAT = "negprompt-backbone-facts/1"
+FORMAT = "negprompt-backbone-facts/2"  # 2: the logit bias
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class BackboneFacts:
     text_width: int | None
     context_length: int | None
     embed_dim: int | None
+    logit_bias: float | None = None
     files: list[list[Any]] = field(default_factory=list)
 
     @classmethod
@@ -74,7 +75,7 @@ class BackboneFacts:
                         tensor_preprocess=asdict(tensor) if tensor is not None else None,
                         logit_scale=backbone.logit_scale, text_width=_or_none(lambda: backbone.text_width),
                         context_length=_or_none(lambda: backbone.context_length),
-                        embed_dim=_or_none(lambda: backbone.embed_dim),
+                        embed_dim=_or_none(lambda: backbone.embed_dim), logit_bias=backbone.logit_bias,
                         files=[_stamp(f) for f in backbone.weights_files])
         except (TypeError, ValueError, OSError):  # an extra that is not JSON, a file already gone
             return None
@@ -237,6 +238,10 @@ class DeferredBackbone(Backbone):
     @property
     def logit_scale(self) -> float:
         return self._facts.logit_scale
+
+    @property
+    def logit_bias(self) -> float | None:
+        return self._facts.logit_bias
 
     def preprocess_repr(self) -> str:
         return self._facts.preprocess

@@ -87,6 +87,15 @@ class ScoringSetup:
     def reads_negative_prompts(self) -> bool:
         return self.spec.needs_negative_prompts
 
+    @property
+    def scorer_keywords(self) -> dict[str, Any]:
+        """What the scorer is called with besides cosines, τ and s: its label options (groups, seed), and the
+        backbone's logit bias for a scorer registered to take it (0 for a model trained without one)."""
+        keywords = dict(self.scorer_options or {})
+        if self.spec.logit_bias:
+            keywords["logit_bias"] = self.backbone.logit_bias or 0.0
+        return keywords
+
     def mine(self, request: LabelRequest, *, cache_dir: Path | None = None, quiet: bool = False) -> ScoringSetup:
         """A negative-label scorer's labels for these class names (the slow part the first time: the lexicon is
         encoded once per backbone and cached); nothing for any other scorer."""
@@ -102,7 +111,7 @@ class ScoringSetup:
         try:
             result = score_features(features, self.text_pos, self.text_neg, scorer=self.scorer_fn,
                                     temperature=self.temperature, logit_scale=self.backbone.logit_scale,
-                                    mined=self.mined, scorer_options=self.scorer_options)
+                                    mined=self.mined, scorer_options=self.scorer_keywords)
         except ScorerContractError as exc:
             raise self._broken(str(exc)) from None
         except (TypeError, ValueError, RuntimeError, IndexError) as exc:

@@ -494,7 +494,7 @@ def _score_adaptively(options: ScoreOptions, setup: ScoringSetup, encoding: Enco
             return filling.stats, {}
     adaptive = AdaptiveScorer(setup.text_pos, setup.text_neg, setup.mined, scorer=setup.scorer_fn,
                               temperature=setup.temperature, logit_scale=setup.backbone.logit_scale,
-                              options=options.adaptive, scorer_options=setup.scorer_options,
+                              options=options.adaptive, scorer_options=setup.scorer_keywords,
                               device=setup.backbone.device)
     waiting: deque[tuple[list[int], torch.Tensor, Scores]] = deque()  # scored, short of their adaptive scores
 
