@@ -71,7 +71,8 @@ def text_path(arch: str) -> str:
     if arch in BIDIRECTIONAL_TEXT:
         return ("text tower bidirectional, last-pooled: the whole context runs; trained with a sigmoid: the sigmoid-* "
                 "scorers use its logit scale and bias, the others read cosines or its scale only")
-    return "text tower causal: cut at the end-of-text token, shared prefixes"
+    return ("text tower causal: cut at the end-of-text token, shared prefixes; trained with a softmax: scorers read "
+            "cosines or its logit scale")
 
 
 RANDOM = ("none", "random")

@@ -305,3 +305,18 @@ def test_sigmoid_scores_on_a_siglip_shaped_model_use_its_scale_and_bias(siglip_w
         assert (tmp_path / f"{scorer}-warm.csv").read_bytes() == (tmp_path / f"{scorer}.csv").read_bytes()
     facts = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "backbones").rglob("*.json")]
     assert facts and all(f["logit_bias"] == -10.0 for f in facts)
+
+
+def test_inspect_says_how_a_registered_backbone_runs_and_which_scores_use_its_bias():
+    """#31 item 4: inspect shows the plugin's words for the prompts' backbone (text path, score family)."""
+    from types import SimpleNamespace
+
+    from negprompt_cli.composers.commands_info import describe_artifact
+
+    def lines(name: str) -> str:
+        artifact = SimpleNamespace(backbone={"backbone": name, "pretrained": None}, prompt={"n_ctx": 4}, training={},
+                                   extra={}, class_names=["a"], kind="positive", schema_version=1, tensors={})
+        return "\n".join(describe_artifact(Path("p.safetensors"), artifact))
+
+    assert "trained with a sigmoid: the sigmoid-* scorers use its logit scale and bias" in lines("SigLIP2-B/16")
+    assert "trained with a softmax: scorers read cosines or its logit scale" in lines("ViT-B/16")

@@ -98,6 +98,8 @@ def inspect_command(
 
 def describe_artifact(path: Path, artifact: Any) -> list[str]:
     """``inspect``'s human-readable lines: what a user asks of a prompts file, with no Python reprs."""
+    from ..registry import get_host
+    from ..scoring.calibration import class_thresholds, threshold_words
     from ..scoring.thresholds import stated
 
     backbone = artifact.backbone
@@ -109,6 +111,11 @@ def describe_artifact(path: Path, artifact: Any) -> list[str]:
              f"schema {artifact.schema_version}",
              f"  backbone:  {backbone.get('backbone')} ({weights})"
              + (", QuickGELU" if backbone.get("quick_gelu") else "")]
+    host = get_host()
+    host.fill()
+    registered = host.backbones.get(str(backbone.get("backbone")))  # its plugin's words: text path, score family
+    if registered is not None and registered.description:
+        lines.append(f"             {registered.description}")
     layout = [f"{prompt.get('n_ctx')} context tokens", "class-specific" if prompt.get("csc") else "shared",
               f"suffix {prompt.get('suffix', '.')!r}"]
     if prompt.get("ctx_init"):
@@ -132,7 +139,9 @@ def describe_artifact(path: Path, artifact: Any) -> list[str]:
         lines.append("  accuracy:  " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in accuracies.items()))
     threshold = extra.get("threshold")
     if isinstance(threshold, dict) and "value" in threshold:
-        lines.append(f"  threshold: {threshold['value']:.6g} for the {threshold.get('scorer', 'negprompt')} scorer "
+        per_class = class_thresholds(threshold)
+        value = f"{threshold['value']:.6g}" if per_class is None else threshold_words(threshold["value"], per_class)
+        lines.append(f"  threshold: {value} for the {threshold.get('scorer', 'negprompt')} scorer "
                      f"({stated(threshold)}; valid for these {len(names)} class names)")
     else:
         lines.append("  threshold: none stored (score gives no OOD decision without --calibrate or --threshold)")

@@ -231,7 +231,7 @@ class Decision:
 
 
 def threshold_words(value: float, per_class: list[float] | None, digits: int = 4) -> str:
-    """The threshold in a message: "threshold 0.4123", or "per-class thresholds 0.3871-0.5012 (6 classes)"."""
+    """The threshold in a message: "threshold 0.4123", or "per-class thresholds 0.3871-0.5012 over 6 classes"."""
     if per_class is None:
         return f"threshold {value:.{digits}f}"
     return f"per-class thresholds {min(per_class):.{digits}f}-{max(per_class):.{digits}f} over {len(per_class)} classes"
