@@ -216,6 +216,11 @@ def score_options() -> list[inspect.Parameter]:
                "instead of the stored one."),
         option("fmt", str, "--format", default="csv", help="csv, jsonl or parquet (needs --out; written in row "
                "groups)."),
+        option("save_features", Path | None, "--save-features", help="Also write the image embeddings to this new "
+               "folder (clip-retrieval's layout: img_emb/*.npy, metadata/*.parquet, plus negprompt.json), so a crawl "
+               "is encoded once."),
+        option("features", Path | None, "--features", help="Score embeddings saved with --save-features (or "
+               "clip-retrieval's output) instead of images."),
         option("labeled", bool, "--labeled", default=False, help="Images are IMAGES/<class>/...: record true labels "
                "(for report's ID accuracy)."),
         option("explain", bool, "--explain", default=False, help="Add, per image, the closest classes and (for "

@@ -137,7 +137,8 @@ def score_command(
 ) -> None:
     """OOD scores (higher = more in-distribution) for every image, as CSV or JSONL."""
     check_paths(*(("IMAGES", image) for image in images or []), ("--prompts", prompts), ("--names", names),
-                ("--calibrate", calibrate), ("--lexicon", flags.labels["lexicon"]))
+                ("--calibrate", calibrate), ("--lexicon", flags.labels["lexicon"]),
+                ("--features", flags.scoring["features"]))
     from ..distributed import process_group
     from ..errors import UsageError
     from ..presets import DEFAULT_BACKBONE
@@ -196,9 +197,11 @@ def score_message(summary: dict[str, Any], out: Path | None) -> str:
         memory_note = (f"; adaptive memory: {record['id_writes']} ID and {record['ood_writes']} OOD writes over "
                        f"{record['id_labels_with_memory']} ID and {record['negative_labels_with_memory']} negative "
                        "labels")
-    return (f"Scored {summary['images']} image(s) with {summary['scorer']} ({summary['encoded']} encoded, "
-            f"{summary['cached']} from the feature cache){mined}{memory_note}{decision}"
-            + (f"; wrote {out}" if out else "") + ".")
+    source = (f"from the embeddings in {summary['features_from']}" if summary.get("features_from") else
+              f"{summary['encoded']} encoded, {summary['cached']} from the feature cache")
+    saved = f"; embeddings saved in {summary['features_saved']}" if summary.get("features_saved") else ""
+    return (f"Scored {summary['images']} image(s) with {summary['scorer']} ({source}){mined}{memory_note}{decision}"
+            + (f"; wrote {out}" if out else "") + saved + ".")
 
 
 @app.command("report", epilog=EPILOG, short_help="Metrics table, JSON and an HTML report.")

@@ -17,8 +17,18 @@ import torch
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, batch_shard, check_enough_items, from_main, gather_to_all, gather_to_main
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
+from ..features import saved_features
 from ..features.backbone import Backbone, BackboneRequest, RuntimeOptions
-from ..features.image_features import EncodeOptions, EncodeStats, ImageStream, Window, agree_on_list, ranks_agree
+from ..features.image_features import (
+    WINDOW_BATCHES,
+    EncodeOptions,
+    EncodeStats,
+    ImageStream,
+    Window,
+    agree_on_list,
+    ranks_agree,
+)
+from ..features.saved_features import FeatureSaver, FeatureStream, SavedFeatures, check_features_target
 from ..inputs.containers import SampleList, Samples, list_samples
 from ..inputs.image_folders import find_images, image_inputs, read_names_file, warn_foreign_calibration_classes
 from ..inputs.image_list import is_image_file
@@ -47,6 +57,8 @@ from ..scoring.scores import Scores
 from ..scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
 from ..scoring.thresholds import ThresholdWarning, stated, warn_no_decision, warn_no_threshold
 
+Inputs = Samples | SavedFeatures  # what a score run reads: images (files, containers) or saved embeddings
+
 
 @dataclass
 class ScoreOptions:
@@ -71,6 +83,8 @@ class ScoreOptions:
     return_rows: bool = True  # the Python API: every row as a dict in the summary (one process); False: bounded memory
     excel_safe: bool = False  # CSV: quote text cells a spreadsheet would run as formulas (score_file.excel_safe)
     explain: int = 0  # --explain: per image the N closest classes and negatives with their cosines (0: off)
+    save_features: Path | None = None  # also write the image embeddings here (clip-retrieval's layout)
+    features: Path | None = None  # score saved embeddings instead of images (--save-features' folder)
 
 
 def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = None) -> dict[str, Any] | None:
@@ -91,6 +105,8 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
     plan = _plan(options, shares)
     writer = _RowWriter(options, plan.setup, _decision(plan), plan.threshold_source, plan.paths, shares.ranks)
     output = shares.open_output()
+    if options.save_features is not None:
+        writer.saver = FeatureSaver(options.save_features, shares.run_id())
     started = time.perf_counter()
 
     def check(tally: Tally) -> None:  # before an output is published: one process's, or the joined one
@@ -99,10 +115,17 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
     try:
         stats, adaptive_record = _encode_and_score(plan, shares, writer, output)
         shares.seal(writer, output, check)
+        if writer.saver is not None:
+            writer.saver.finish()
+        joined = shares.join(writer.tally, output, stats, check)
+        if joined is not None and options.save_features is not None:  # every rank's parts are in: publish
+            saved_features.publish(options.save_features, shares.run_id(), plan.setup.backbone,
+                                   plan.setup.backbone.preprocess_repr(), joined.tally.images)
     except BaseException:
         output.discard()
+        if options.save_features is not None and shares.ranks.is_main:
+            saved_features.discard(options.save_features, shares.run_id())
         raise
-    joined = shares.join(writer.tally, output, stats, check)
     if joined is None:  # a rank other than 0
         return None
     if options.labeled:
@@ -120,7 +143,7 @@ class _Plan:
 
     options: ScoreOptions
     setup: ScoringSetup
-    paths: Samples
+    paths: Inputs
     encoding: EncodeOptions  # the precision this device runs
     threshold: float | None
     threshold_source: str | None
@@ -143,7 +166,17 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
                              zero_shot=options.zero_shot, backbone=options.backbone, runtime=options.runtime,
                              scorer=options.scorer, temperature=options.temperature, labels=options.labels,
                              encode=options.encode, defer_model=True)
-    paths = list_samples(image_inputs(options.images), strict=options.encode.strict)
+    paths: Inputs
+    if options.features is not None:
+        if options.images:
+            raise UsageError("give images or --features DIR (embeddings saved with --save-features), not both")
+        paths = SavedFeatures(options.features)
+        if options.labeled:
+            raise UsageError("--labeled reads each image's class from its folder, and saved embeddings have none")
+    else:
+        paths = list_samples(image_inputs(options.images), strict=options.encode.strict)
+    if options.save_features is not None:
+        check_features_target(options.save_features)
     if options.labeled and isinstance(paths, SampleList) and paths.containers:
         raise UsageError("--labeled reads each image's class from its folder, and samples in shards or tables have "
                          "none", hint="score the labelled ID images as class folders")
@@ -156,6 +189,8 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
     if options.calibrate is not None and not options.calibrate.exists():
         raise NotFoundError(f"calibration images not found: {options.calibrate}")
     setup = setup_scoring(request)
+    if isinstance(paths, SavedFeatures):
+        paths.check(setup.backbone)
     shares.check_list(paths, setup.backbone)
     if options.adaptive is not None:
         _check_adaptive(setup.spec, options)
@@ -214,6 +249,8 @@ def _summary(plan: _Plan, joined: Joined, adaptive_record: dict[str, Any] | None
                "negative_labels": ({**labels.record(), "groups": scorer_options["groups"]}
                                    if labels is not None and scorer_options is not None else None),
                "adaptive": adaptive_record,
+               "features_saved": str(plan.options.save_features) if plan.options.save_features else None,
+               "features_from": str(plan.options.features) if plan.options.features else None,
                "scorer_source": setup.scorer_source, "prompts_id": setup.prompts_id,
                # learned negative prompts: how many per class, and whether this scorer reads them
                "negative_prompts": None if text_neg is None else {
@@ -227,7 +264,7 @@ def _summary(plan: _Plan, joined: Joined, adaptive_record: dict[str, Any] | None
     return summary
 
 
-def _check_scored(tally: Tally, options: ScoreOptions, paths: Sequence[Path]) -> None:
+def _check_scored(tally: Tally, options: ScoreOptions, paths: Sequence[Any]) -> None:
     """No output for a run that scored no image, or gave one a non-finite score."""
     if tally.broken:  # NaN is never an in-distribution score: damaged prompts or features, not an image verdict
         raise NegPromptError(f"non-finite scores for {tally.broken} image(s), e.g. {', '.join(tally.broken_paths)}",
@@ -278,12 +315,13 @@ class _RowWriter:
     small inputs, the rows)."""
 
     def __init__(self, options: ScoreOptions, setup: ScoringSetup, decision: Decision,
-                 threshold_source: str | None, paths: Samples, ranks: Ranks) -> None:
+                 threshold_source: str | None, paths: Inputs, ranks: Ranks) -> None:
         self.options, self.setup, self.paths = options, setup, paths
         self.decision, self.threshold_source = decision, threshold_source
         self.lookup = (_label_lookup(setup.names, training_folders(setup.artifact, setup.names)
                                      if setup.artifact is not None else {}) if options.labeled else {})
         self.columns = score_columns(explain=options.explain > 0)
+        self.saver: FeatureSaver | None = None  # --save-features
         self.tally = Tally()
         self.header_due = options.fmt == "csv" and ranks.is_main  # written with the first rows
         self.kept: list[dict[str, Any]] | None = [] if options.return_rows and not ranks.distributed else None
@@ -322,7 +360,8 @@ class _RowWriter:
                 "threshold": self.decision.threshold_for(pred), "threshold_source": self.threshold_source,
                 "threshold_n": calibrated_n, "threshold_rank": calibrated_rank,
             }
-            if options.labeled:  # the class is the first folder below the input's folder
+            if options.labeled:  # the class is the first folder below the input's folder (files only: _plan)
+                assert isinstance(path, Path) and not isinstance(self.paths, SavedFeatures)
                 relative = path.relative_to(self.paths.root(indices[k])).parts
                 folder = relative[0] if len(relative) > 1 else ""
                 row["label_folder"] = folder
@@ -344,6 +383,8 @@ class _RowWriter:
                                      header=False))
         if self.kept is not None:
             self.kept.extend(rows)
+        if self.saver is not None and not self.tally.broken:
+            self.saver.add(indices, [r["path"] for r in rows], feats)
 
 
 @dataclass
@@ -366,6 +407,7 @@ class Shares:
     def __init__(self, options: ScoreOptions, stream: Callable[[str], object] | None) -> None:
         self.options, self.rows_to = options, stream
         self.ranks, self.batch_size = options.ranks, options.encode.batch_size
+        self._run_id: str | None = None
 
     def check_output(self) -> None:
         if self.options.out is None:
@@ -376,7 +418,7 @@ class Shares:
             exc.rank_specific = self.ranks.distributed and not self.ranks.is_main
             raise
 
-    def check_list(self, paths: Sequence[Path], backbone: Backbone) -> None:
+    def check_list(self, paths: Sequence[Any], backbone: Backbone) -> None:
         """Enough images for every process; every rank loaded the same backbone and sees the same list."""
         check_enough_items(len(paths), self.ranks)
         ranks_agree(self.ranks, backbone, paths)
@@ -393,13 +435,18 @@ class Shares:
         setup.labels, setup.scorer_options = from_main((setup.labels, setup.scorer_options), self.ranks,
                                                        "sharing the negative labels")
 
-    def stream(self, backbone: Backbone, paths: Sequence[Path], encoding: EncodeOptions,
-               description: str) -> tuple[ImageStream, int]:
+    def stream(self, backbone: Backbone, paths: Sequence[Any], encoding: EncodeOptions,
+               description: str) -> tuple[ImageStream | FeatureStream, int]:
         """This rank's share of ``paths`` as an image stream, and where the share starts in the whole list."""
         share = batch_shard(len(paths), self.batch_size, self.ranks)
-        stream = ImageStream.encoding(backbone, paths[share.start:share.stop], encoding, description=description,
-                                      quiet=encoding.quiet or not self.ranks.is_main)
-        return stream, share.start
+        return _stream(backbone, paths, share.start, share.stop, encoding, description,
+                       quiet=encoding.quiet or not self.ranks.is_main), share.start
+
+    def run_id(self) -> str:
+        """This run's id, the same on every rank (rank 0's): names its part files and temporary folders."""
+        if self._run_id is None:
+            self._run_id = from_main(uuid.uuid4().hex[:12], self.ranks, "starting the run")
+        return self._run_id
 
     def exchange(self, scores: torch.Tensor, what: str) -> torch.Tensor:
         """Every rank's scores, in rank order, on every rank."""
@@ -410,7 +457,7 @@ class Shares:
 
     def open_output(self) -> RowOutput:
         """Where this process writes its rows: the final output (one process), or its part file."""
-        run_id = from_main(uuid.uuid4().hex[:12], self.ranks, "starting the run")
+        run_id = self.run_id()
         if not self.ranks.distributed:
             return _final_output(self.options, self.rows_to)
         folder, target = _part_folder(self.options), (self.options.out.name if self.options.out else "negprompt-score")
@@ -466,6 +513,14 @@ class Shares:
         return Joined(tally, stats, output, processes)
 
 
+def _stream(backbone: Backbone, paths: Sequence[Any], start: int, stop: int, encoding: EncodeOptions,
+            description: str, quiet: bool | None = None) -> ImageStream | FeatureStream:
+    """Features of ``paths[start:stop]`` window by window: encoded (or from the feature cache), or saved ones."""
+    if isinstance(paths, SavedFeatures):
+        return FeatureStream(paths, start, stop, encoding.batch_size * WINDOW_BATCHES)
+    return ImageStream.encoding(backbone, paths[start:stop], encoding, description=description, quiet=quiet)
+
+
 def _batches_of(window: Window, offset: int, batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
     """A window's rows split by encoder batch (global positions, features): each batch is scored on its own, so
     a row's score does not depend on how the list was shared out between processes."""
@@ -479,7 +534,7 @@ def _batches_of(window: Window, offset: int, batch_size: int) -> Iterator[tuple[
         start = stop
 
 
-def _score_adaptively(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptions, paths: Samples,
+def _score_adaptively(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptions, paths: Inputs,
                       shares: Shares, writer: _RowWriter, output: RowOutput) -> tuple[EncodeStats, dict[str, Any]]:
     """--adaptive: one memory over the whole stream, in order. In a torchrun job the ranks first encode their
     shares into the feature cache; then rank 0 reads the stream from it and scores it alone."""
@@ -511,7 +566,7 @@ def _score_adaptively(options: ScoreOptions, setup: ScoringSetup, encoding: Enco
             writer.write(indices, feats, result, output)
             adapted = adapted[n:]
 
-    stream = ImageStream.encoding(setup.backbone, paths, encoding, description="Scoring images")
+    stream = _stream(setup.backbone, paths, 0, len(paths), encoding, "Scoring images")
     with warnings.catch_warnings():
         if ranks.distributed:  # what the ranks' encoding found (skipped images, the cache) was said then
             warnings.simplefilter("ignore", NegPromptWarning)
