@@ -228,6 +228,9 @@ def score_options() -> list[inspect.Parameter]:
                "lists, CSV a JSON array of [name, cos] pairs."),
         option("explain_top", int, "--explain-top", default=EXPLAIN_TOP, help="How many classes and negatives "
                "--explain lists."),
+        option("resume", bool, "--resume", default=False, help="Commit rows to a part file beside --out as they "
+               "go; a run killed at any point (kill -9, a node lost) and rerun with --resume and the same settings "
+               "goes on where it stopped and writes the bytes of an uninterrupted run."),
         option("excel_safe", bool, "--excel-safe", default=False, help="CSV for spreadsheets: a path or name cell "
                "starting with = + - @ gets a leading ' so it is not run as a formula (the cell is then not the "
                "exact name; JSONL keeps names exact)."),

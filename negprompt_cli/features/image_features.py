@@ -317,10 +317,12 @@ WINDOW_BATCHES = 64  # encoder batches per window: what a streaming reader holds
 @dataclass
 class Window:
     """A run of consecutive images of a stream: ``indices`` are the positions (in the stream's ``paths``) of its
-    readable images, in order, and ``features`` their unit features [len(indices), E]."""
+    readable images, in order, ``features`` their unit features [len(indices), E], and ``end`` the position after
+    the run (unreadable images included: where a resumed stream starts)."""
 
     indices: list[int]
     features: torch.Tensor
+    end: int = 0
 
 
 @dataclass
@@ -474,7 +476,8 @@ def _as_item(item: Any) -> Any:
 def _assemble(window: _Pending) -> Window:
     features = {**window.cached, **window.new}
     indices = [i for i in range(window.start, window.stop) if i in features]
-    return Window(indices, torch.stack([features[i] for i in indices]) if indices else torch.empty(0, 0))
+    return Window(indices, torch.stack([features[i] for i in indices]) if indices else torch.empty(0, 0),
+                  window.stop)
 
 
 def encode_images(backbone: Backbone, paths: Sequence[Path], **options: Any) -> tuple[torch.Tensor, list[int],

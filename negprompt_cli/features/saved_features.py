@@ -205,4 +205,4 @@ class FeatureStream:
         for lo in range(self.start, self.stop, self.window):
             hi = min(lo + self.window, self.stop)
             self.stats.cached += hi - lo
-            yield Window(list(range(lo - self.start, hi - self.start)), self.features.rows(lo, hi))
+            yield Window(list(range(lo - self.start, hi - self.start)), self.features.rows(lo, hi), hi - self.start)

@@ -9,6 +9,7 @@ another (interrupted) run are never joined: their run id differs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -139,7 +140,7 @@ def stale_parts(folder: Path, target: str, run_id: str) -> list[Path]:
         return []
     prefix = part_prefix(target)
     return sorted(p for p in entries if p.name.startswith(prefix) and ".part" in p.name[len(prefix):]
-                  and not p.name.startswith(f"{prefix}{run_id}."))
+                  and not p.name.startswith(f"{prefix}{run_id}.") and not p.name.endswith(".progress"))
 
 
 class PartOutput(RowOutput):
@@ -178,6 +179,62 @@ class PartOutput(RowOutput):
         self.path.unlink(missing_ok=True)
 
 
+class ResumablePart(PartOutput):
+    """``score --resume``: this process's rows in a part file with a fixed name and, beside it, its progress: how
+    many bytes of rows are committed and after which input position (``checkpoint``, once per window: the part
+    flushed to disk first, then the progress replaced atomically). A rerun whose ``fingerprint`` (inputs and every
+    setting that changes a row) is the same cuts the part back to the committed bytes and goes on from that
+    position (``resumed``); anything else starts over. The part and its progress are kept when the run fails
+    (that is what a rerun resumes) and removed once joined into the output."""
+
+    def __init__(self, path: Path, rank: int, fingerprint: str) -> None:
+        self.path, self.rank, self.fingerprint = Path(path), rank, fingerprint
+        self.progress = progress_path(self.path)
+        self.resumed = self._committed()
+        try:
+            if self.resumed is not None:
+                handle: Any = open(self.path, "r+b")
+                handle.truncate(self.resumed["bytes"])  # rows written after the last checkpoint go
+                handle.seek(self.resumed["bytes"])
+                self.handle = handle
+                self.size = int(self.resumed["bytes"])
+            else:
+                self.progress.unlink(missing_ok=True)
+                self.handle, self.size = open(self.path, "wb"), 0  # a part of other settings is started over
+        except OSError as exc:
+            error = UsageError(f"cannot write the resumable part of the scores {self.path}: {exc.strerror or exc}",
+                               hint="--resume keeps its part next to --out: put --out in a writable folder")
+            error.rank_specific = True
+            raise error from None
+
+    def _committed(self) -> dict[str, Any] | None:
+        try:
+            state = json.loads(self.progress.read_text())
+            size = self.path.stat().st_size
+        except (OSError, ValueError):
+            return None
+        if state.get("fingerprint") != self.fingerprint or size < int(state.get("bytes", -1)):
+            return None
+        return state
+
+    def checkpoint(self, position: int, tally: dict[str, Any]) -> None:
+        """Everything written so far is committed: the rows of the inputs before ``position`` (of this process's
+        share), and the tally that counts them."""
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        state = {"fingerprint": self.fingerprint, "bytes": self.size, "position": position, "tally": tally}
+        tmp = self.progress.with_name(self.progress.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.progress)
+
+    def discard(self) -> None:
+        _close_quietly(self.handle)  # kept, with its progress: a rerun with --resume goes on from there
+
+
+def progress_path(part: Path) -> Path:
+    return Path(part).with_name(Path(part).name + ".progress")
+
+
 def join_parts(parts: list[tuple[Path, int]], into: RowOutput) -> None:
     """Write the parts (path, size each rank wrote) into ``into`` in order, then remove them. A part that rank
     0 does not see whole was written on a file system its node does not share: an error, nothing written."""
@@ -204,3 +261,4 @@ def join_parts(parts: list[tuple[Path, int]], into: RowOutput) -> None:
 def remove_parts(paths: list[Path]) -> None:
     for path in paths:
         Path(path).unlink(missing_ok=True)
+        progress_path(path).unlink(missing_ok=True)  # a resumable part's progress goes with it

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 import time
 import uuid
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import __version__
 from ..devices import check_precision
 from ..distributed import SINGLE, Ranks, batch_shard, check_enough_items, from_main, gather_to_all, gather_to_main
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
@@ -39,6 +42,7 @@ from ..outputs.score_output import (
     FileOutput,
     PartOutput,
     PipeOutput,
+    ResumablePart,
     RowOutput,
     StreamOutput,
     TextOutput,
@@ -85,6 +89,7 @@ class ScoreOptions:
     explain: int = 0  # --explain: per image the N closest classes and negatives with their cosines (0: off)
     save_features: Path | None = None  # also write the image embeddings here (clip-retrieval's layout)
     features: Path | None = None  # score saved embeddings instead of images (--save-features' folder)
+    resume: bool = False  # commit rows as they go; a rerun with the same settings goes on where a killed run stopped
 
 
 def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = None) -> dict[str, Any] | None:
@@ -104,7 +109,11 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
     shares = Shares(options, stream)
     plan = _plan(options, shares)
     writer = _RowWriter(options, plan.setup, _decision(plan), plan.threshold_source, plan.paths, shares.ranks)
-    output = shares.open_output()
+    output = shares.open_output(_resume_fingerprint(plan, shares) if options.resume else None)
+    resumed = output.resumed if isinstance(output, ResumablePart) else None
+    if resumed is not None:  # the rows before this position are in the part already, and counted
+        writer.tally = _tally_from(resumed["tally"])
+        writer.header_due = writer.header_due and not writer.tally.images
     if options.save_features is not None:
         writer.saver = FeatureSaver(options.save_features, shares.run_id())
     started = time.perf_counter()
@@ -113,7 +122,8 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
         _check_scored(tally, options, plan.paths)
 
     try:
-        stats, adaptive_record = _encode_and_score(plan, shares, writer, output)
+        stats, adaptive_record = _encode_and_score(plan, shares, writer, output,
+                                                   int(resumed["position"]) if resumed is not None else 0)
         shares.seal(writer, output, check)
         if writer.saver is not None:
             writer.saver.finish()
@@ -157,6 +167,12 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
         raise UsageError(f"unknown format {options.fmt!r}", hint=f"choose {', '.join(FORMATS)}")
     if options.excel_safe and options.fmt != "csv":
         raise UsageError(f"--excel-safe is for CSV output; {options.fmt} is never run as formulas")
+    if options.resume and (options.out is None or is_stream_target(options.out)):
+        raise UsageError("--resume commits rows to a file as they go: give --out FILE (a regular file)")
+    if options.resume and (options.adaptive is not None or options.save_features is not None):
+        raise UsageError(f"--resume cannot be combined with {'--adaptive' if options.adaptive else '--save-features'}"
+                         ": " + ("adaptive scores depend on the whole stream before them" if options.adaptive else
+                                 "the embeddings are written part by part and not committed with the rows"))
     if options.fmt == "parquet" and (options.out is None or is_stream_target(options.out)):
         raise UsageError("--format parquet writes a file: give --out FILE.parquet (a regular file, not stdout or a "
                          "pipe)", hint="or --format jsonl for a stream")
@@ -200,21 +216,43 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
     return _Plan(options, setup, paths, encoding, threshold, source, calibration)
 
 
-def _encode_and_score(plan: _Plan, shares: Shares, writer: _RowWriter,
-                      output: RowOutput) -> tuple[EncodeStats, dict[str, Any] | None]:
-    """Encode this process's share of the images as a stream and write each encoder batch's rows as it comes."""
+def _encode_and_score(plan: _Plan, shares: Shares, writer: _RowWriter, output: RowOutput,
+                      resume_at: int = 0) -> tuple[EncodeStats, dict[str, Any] | None]:
+    """Encode this process's share of the images as a stream and write each encoder batch's rows as it comes;
+    ``resume_at``: the position in the share a resumed run goes on from (``--resume``: committed per window)."""
     setup, encoding = plan.setup, plan.encoding
     if plan.options.adaptive is not None:
         return _score_adaptively(plan.options, setup, encoding, plan.paths, shares, writer, output)
-    stream, offset = shares.stream(setup.backbone, plan.paths, encoding, "Scoring images")
+    stream, offset = shares.stream(setup.backbone, plan.paths, encoding, "Scoring images", skip=resume_at)
     try:
         for window in stream:
             for indices, feats in _batches_of(window, offset, encoding.batch_size):
                 writer.write(indices, feats, setup.scores(feats), output)
+            if isinstance(output, ResumablePart) and not writer.tally.broken:
+                output.checkpoint(resume_at + window.end, asdict(writer.tally))
     except NegPromptError as exc:  # about this rank's share: the other ranks cannot say it
         exc.rank_specific = shares.ranks.distributed
         raise
     return stream.stats, None
+
+
+def _resume_fingerprint(plan: _Plan, shares: Shares) -> str:
+    """What a resumed run must share with the run it goes on from: the inputs and every setting that changes a
+    row's bytes (the scorer, τ, text and label settings, the decision, the format, the batches and the ranks)."""
+    options, setup = plan.options, plan.setup
+    listing = plan.paths.fingerprint()
+    payload = {"inputs": listing, "count": len(plan.paths), "prompts": setup.prompts_id, "names": setup.names,
+               "scorer": setup.scorer, "temperature": setup.temperature, "settings": setup.settings,
+               "threshold": plan.threshold, "source": plan.threshold_source, "per_class": _decision(plan).per_class,
+               "format": options.fmt, "explain": options.explain, "excel_safe": options.excel_safe,
+               "labeled": options.labeled, "batch_size": options.encode.batch_size,
+               "world_size": shares.ranks.world_size, "negprompt": __version__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _tally_from(state: dict[str, Any]) -> Tally:
+    """A committed tally read back (JSON keys are text: the class indices become numbers again)."""
+    return Tally(**{**state, "id_by_class": {int(k): list(v) for k, v in state["id_by_class"].items()}})
 
 
 def _promised(plan: _Plan) -> dict[str, Any] | None:
@@ -436,16 +474,19 @@ class Shares:
                                                        "sharing the negative labels")
 
     def stream(self, backbone: Backbone, paths: Sequence[Any], encoding: EncodeOptions,
-               description: str) -> tuple[ImageStream | FeatureStream, int]:
-        """This rank's share of ``paths`` as an image stream, and where the share starts in the whole list."""
+               description: str, skip: int = 0) -> tuple[ImageStream | FeatureStream, int]:
+        """This rank's share of ``paths`` as an image stream (without its first ``skip`` images: a resumed run),
+        and where the stream starts in the whole list."""
         share = batch_shard(len(paths), self.batch_size, self.ranks)
-        return _stream(backbone, paths, share.start, share.stop, encoding, description,
-                       quiet=encoding.quiet or not self.ranks.is_main), share.start
+        start = share.start + skip
+        return _stream(backbone, paths, start, share.stop, encoding, description,
+                       quiet=encoding.quiet or not self.ranks.is_main), start
 
-    def run_id(self) -> str:
-        """This run's id, the same on every rank (rank 0's): names its part files and temporary folders."""
+    def run_id(self, fixed: str | None = None) -> str:
+        """This run's id, the same on every rank (rank 0's): names its part files and temporary folders; ``fixed``
+        (a resumable run: its fingerprint) instead of a random one, so that a rerun finds its parts."""
         if self._run_id is None:
-            self._run_id = from_main(uuid.uuid4().hex[:12], self.ranks, "starting the run")
+            self._run_id = from_main(fixed or uuid.uuid4().hex[:12], self.ranks, "starting the run")
         return self._run_id
 
     def exchange(self, scores: torch.Tensor, what: str) -> torch.Tensor:
@@ -455,19 +496,23 @@ class Shares:
     def wait_for_all(self, what: str) -> None:
         gather_to_main(None, self.ranks, what)
 
-    def open_output(self) -> RowOutput:
-        """Where this process writes its rows: the final output (one process), or its part file."""
-        run_id = self.run_id()
-        if not self.ranks.distributed:
+    def open_output(self, resumable: str | None = None) -> RowOutput:
+        """Where this process writes its rows: the final output (one process), or its part file; ``resumable``
+        (--resume: the run's fingerprint): a part with a fixed name and its progress, also for one process."""
+        run_id = self.run_id(resumable[:12] if resumable else None)
+        if not self.ranks.distributed and resumable is None:
             return _final_output(self.options, self.rows_to)
         folder, target = _part_folder(self.options), (self.options.out.name if self.options.out else "negprompt-score")
         if self.ranks.is_main:
             left = stale_parts(folder, target, run_id)
             if left:
                 warnings.warn(f"{len(left)} part file(s) of an earlier interrupted run lie in {folder} "
-                              f"({left[0].name}{' ...' if len(left) > 1 else ''}); they are not used: delete them",
-                              NegPromptWarning, stacklevel=3)
-        return PartOutput(part_path(folder, target, run_id, self.ranks.rank), self.ranks.rank)
+                              f"({left[0].name}{' ...' if len(left) > 1 else ''}); they are not used (another run "
+                              "or other settings): delete them", NegPromptWarning, stacklevel=3)
+        path = part_path(folder, target, run_id, self.ranks.rank)
+        if resumable is not None:
+            return ResumablePart(path, self.ranks.rank, resumable)
+        return PartOutput(path, self.ranks.rank)
 
     def seal(self, writer: _RowWriter, output: RowOutput, check: Callable[[Tally], None]) -> None:
         """This process's rows are all written: one process checks the run before its output is published."""
@@ -480,7 +525,7 @@ class Shares:
     def join(self, tally: Tally, output: RowOutput, stats: EncodeStats,
              check: Callable[[Tally], None]) -> Joined | None:
         """Rank 0 gathers the tallies and joins the parts into the final output (None on the other ranks)."""
-        if not self.ranks.distributed:
+        if not self.ranks.distributed and not isinstance(output, ResumablePart):
             return Joined(tally, stats, output, None)
         part = (output.path, output.size) if isinstance(output, PartOutput) else None
         try:
@@ -506,9 +551,9 @@ class Shares:
                 raise
             if isinstance(final, TextOutput):
                 output = final
-        processes = {"parts": [{"rank": r, "images": g[1].images, "bytes": g[0][1] if g[0] else 0}
-                               for r, g in enumerate(gathered)],
-                     "join_seconds": round(time.perf_counter() - started, 3)}
+        processes = ({"parts": [{"rank": r, "images": g[1].images, "bytes": g[0][1] if g[0] else 0}
+                                for r, g in enumerate(gathered)],
+                      "join_seconds": round(time.perf_counter() - started, 3)} if self.ranks.distributed else None)
         check(tally)
         return Joined(tally, stats, output, processes)
 
