@@ -282,7 +282,7 @@ def test_sigmoid_scores_on_a_siglip_shaped_model_use_its_scale_and_bias(siglip_w
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tower_dirs['siglip']}")
     model.eval()
     tokenizer = open_clip.get_tokenizer(f"local-dir:{tower_dirs['siglip']}")
-    scale, bias = float(model.logit_scale.exp()), float(model.logit_bias)
+    scale, bias = model.logit_scale.exp().item(), model.logit_bias.item()
     assert bias == -10.0  # the config's init_logit_bias: a bias the softmax scorers would erase
     for scorer in ("sigmoid-mcm", "sigmoid-energy"):
         args = ["score", str(root / "test"), "--zero-shot", "--names", str(root / "names.txt"), "--backbone",

@@ -268,6 +268,15 @@ def _row_ids(path: Path, table: Any, column: str | None, first_row: int) -> list
             for r, (p, k) in enumerate(zip(paths, keys, strict=True))]
 
 
+def _image_column_of(path: Path, schema: Any, problems: list[str]) -> tuple[str, bool] | None:
+    """:func:`image_column`, or None with the table's columns said in ``problems``."""
+    found = image_column(schema)
+    if found is None:
+        problems.append(f"{path} has no image column (a {{bytes, path}} struct as datasets writes, or a binary "
+                        f"column; its columns: {', '.join(schema.names)}): skipped")
+    return found
+
+
 def index_parquet(path: Path, problems: list[str]) -> ParquetImages | None:
     import pyarrow.parquet as pq  # noqa: PLC0415
 
@@ -276,10 +285,8 @@ def index_parquet(path: Path, problems: list[str]) -> ParquetImages | None:
     except Exception as exc:
         problems.append(f"{path} cannot be read as Parquet ({type(exc).__name__}: {exc}): skipped")
         return None
-    found = image_column(handle.schema_arrow)
+    found = _image_column_of(path, handle.schema_arrow, problems)
     if found is None:
-        problems.append(f"{path} has no image column (a {{bytes, path}} struct as datasets writes, or a binary "
-                        f"column; its columns: {', '.join(handle.schema_arrow.names)}): skipped")
         return None
     column, struct = found
     wanted = [c for c in ("__key__", "key") if c in handle.schema_arrow.names]
@@ -299,10 +306,8 @@ def index_arrow(path: Path, problems: list[str]) -> ArrowImages | None:
     except Exception as exc:
         problems.append(f"{path} cannot be read as Arrow ({type(exc).__name__}: {exc}): skipped")
         return None
-    found = image_column(table.schema)
+    found = _image_column_of(path, table.schema, problems)
     if found is None:
-        problems.append(f"{path} has no image column (a {{bytes, path}} struct as datasets writes, or a binary "
-                        f"column; its columns: {', '.join(table.column_names)}): skipped")
         return None
     column, struct = found
     ids = _row_ids(path, table, column if struct else None, 0)  # memory-mapped: the bytes stay on disk
