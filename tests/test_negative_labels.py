@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import invoke, make_image_folder
+from conftest import error_line, invoke, make_image_folder
 
 from negprompt_cli.errors import UsageError
 from negprompt_cli.registry import get_host
@@ -421,3 +421,43 @@ def test_the_templates_each_scorer_uses_are_the_ones_docs_method_names():
     for spec in get_host().scorer_specs():  # the built-ins: a mined-label scorer its pool's, the rest the hand one
         expected = POOLS[spec.pool].id_templates if spec.pool else (HAND_TEMPLATE,)
         assert zero_shot_prompts(spec.name) == expected, spec.name
+
+
+def test_a_list_of_negatives_is_used_as_given_and_scores_as_by_hand(scored, tiny_vit_dir):
+    """--negatives FILE (#34 item 2, EOE-style): the listed labels, ID class names left out, one group, under the
+    scorer's noun template; the scores equal NegLabel's formula on encode_text's features of those prompts, and
+    a threshold follows the list."""
+    from negprompt_cli.features.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.features.image_features import encode_images
+    from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
+    from negprompt_cli.features.text_features import encode_texts, hand_template_features
+    from negprompt_cli.inputs.image_folders import find_images
+
+    root, common = scored
+    common = [a for a in common if a not in ("--lexicon", str(root / "lexicon.txt"))]
+    listed = root / "negatives.txt"
+    listed.write_text("# an LLM's list\nspaceship\nBlue dots\n\nvolcano\nspaceship\nlighthouse\n")
+    result = invoke([*common, "--scorer", "neglabel", "--negatives", str(listed), "--out", str(root / "n.csv"),
+                     "--calibrate", str(root / "images"), "--keep", "0.5", "--json"])
+    assert result.exit_code == 0, result.stderr
+    labels = json.loads(result.stdout)["negative_labels"]
+    assert (labels["source"], labels["labels"], labels["candidates"], labels["dropped_id_names"],
+            labels["groups"]) == ("list", 3, 4, 1, 1)
+    assert "3 negative labels from the --negatives list of 4 (1 list entries equal to ID class names" in \
+        " ".join(result.stderr.split())
+    backbone = load_backbone(BackboneRequest(name=f"local-dir:{tiny_vit_dir}", device="cpu"))
+    feats, _, _ = encode_images(backbone, find_images(root / "images"), use_cache=False, quiet=True)
+    encoder = SoftPromptTextEncoder(backbone)
+    id_feats = hand_template_features(encoder, NAMES, "the nice {}")
+    negatives = encode_texts(encoder, [f"the nice {w}" for w in ("spaceship", "volcano", "lighthouse")])
+    expected = _neglabel_by_hand((feats @ id_feats.t()).double(), (feats @ negatives.t()).double(), 0.01, 1, 0)
+    ours = torch.tensor([float(r["score"]) for r in csv.DictReader((root / "n.csv").open())], dtype=torch.float64)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6)
+    record = json.loads(result.stdout)["calibration"]
+    assert record["settings"]["lexicon"].startswith("list:")  # another list: the threshold does not apply
+    refused = invoke([*common, "--scorer", "neglabel", "--negatives", str(listed), "--lexicon",
+                      str(root / "lexicon.txt")])
+    assert refused.exit_code == 2 and "--negatives is the list of negative labels itself" in error_line(refused)
+    (root / "empty.txt").write_text("# nothing\n")
+    empty = invoke([*common, "--scorer", "neglabel", "--negatives", str(root / "empty.txt")])
+    assert empty.exit_code == 2 and error_line(empty).endswith("names no label")

@@ -249,7 +249,7 @@ MISSING = {"--data": "data directory not found", "--pos": "prompts file not foun
            "--prompts": "prompts file not found", "--classes": "class-names file not found",
            "--names": "class-names file not found", "--train-classes": "class-names file not found",
            "--calibrate": "calibration images not found", "IMAGES": "not found", "--lexicon": "lexicon not found",
-           "--features": "saved features not found"}
+           "--features": "saved features not found", "--negatives": "negative-label list not found"}
 
 
 def check_paths(*given: tuple[str, Any]) -> None:

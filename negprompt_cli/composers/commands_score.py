@@ -138,6 +138,7 @@ def score_command(
     """OOD scores (higher = more in-distribution) for every image, as CSV or JSONL."""
     check_paths(*(("IMAGES", image) for image in images or []), ("--prompts", prompts), ("--names", names),
                 ("--calibrate", calibrate), ("--lexicon", flags.labels["lexicon"]),
+                ("--negatives", flags.labels["negatives"]),
                 ("--features", flags.scoring["features"]))
     from ..distributed import process_group
     from ..errors import UsageError
@@ -184,8 +185,11 @@ def score_message(summary: dict[str, Any], out: Path | None) -> str:
                 if flagged is not None else "; no OOD decision (no threshold for this class list and scorer: "
                 + ("--threshold)" if summary["adaptive"] else "--calibrate ID_IMAGES or --threshold)"))
     labels = summary["negative_labels"]
-    mined = (f"; {labels['labels']} negative labels mined from {labels['candidates']} candidates"
-             + (f" ({labels['dropped_id_names']} lexicon entries equal to ID class names never kept)"
+    listed = bool(labels) and labels.get("source") == "list"
+    origin = "from the --negatives list of {}" if listed else "mined from {} candidates"
+    mined = (f"; {labels['labels']} negative labels {origin.format(labels['candidates'])}"
+             + (f" ({labels['dropped_id_names']} {'list' if listed else 'lexicon'} entries equal to ID class names "
+                "never kept)"
                 if labels["dropped_id_names"] and labels.get("id_names", "drop") == "drop" else "")
              + (f" ({labels['mined_id_names']} of them ID class names: --keep-id-names)"
                 if labels.get("id_names") == "keep" else "")

@@ -82,7 +82,7 @@ def label_request(given: dict[str, Any]) -> Any:
     """The negative-label options as the library's ``LabelRequest``."""
     from ..scoring.negative_labels import LabelRequest, MiningOptions
 
-    return LabelRequest(lexicon=given["lexicon"], groups=given["groups"],
+    return LabelRequest(lexicon=given["lexicon"], groups=given["groups"], negatives=given["negatives"],
                         mining=MiningOptions(percentile=given["mine_percentile"], fraction=given["mine_fraction"],
                                              count=given["negative_labels"], seed=given["seed"],
                                              id_names="keep" if given["keep_id_names"] else "drop"))

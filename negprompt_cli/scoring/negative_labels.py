@@ -25,6 +25,10 @@ name. ``MiningOptions.id_names="keep"`` (``--keep-id-names``) mines as released.
 The candidate features (the expensive part: NegLabel's 70k prompts, CSP's ~416k) are cached per
 (backbone, pool, lexicon) under ``<cache>/text-features/``; mining against a class list reruns
 in about a second.
+
+A list of negative labels written by a user or an LLM (EOE-style; ``LabelRequest.negatives``,
+``--negatives FILE``) is used as given instead of mined: every entry under the scorer's noun templates,
+ID class names left out (unless ``id_names="keep"``), one group unless ``groups`` says otherwise.
 """
 
 from __future__ import annotations
@@ -206,10 +210,12 @@ class NegativeLabels:
     excluded: int = 0  # lexicon entries only in the pool's excluded files
     near_duplicates: int = 0  # candidates above the pool's near-duplicate cosine, never kept
     mined_id_names: int = 0  # kept labels that are ID class names (only with MiningOptions.id_names "keep")
+    source: str = "mined"  # "mined" from a lexicon, or "list": a list of negatives used as given
 
     def record(self) -> dict[str, Any]:
         pool = POOLS[self.options.pool]
-        return {"pool": self.options.pool, "pool_digest": pool.digest(), "labels": len(self.words),
+        return {"source": self.source, "pool": self.options.pool, "pool_digest": pool.digest(),
+                "labels": len(self.words),
                 "candidates": self.candidates, "dropped_id_names": self.dropped_id_names,
                 "excluded_files": list(pool.excluded_files), "excluded_entries": self.excluded,
                 "near_duplicates": self.near_duplicates, "percentile": self.options.percentile,
@@ -224,11 +230,19 @@ class LabelRequest:
 
     lexicon: Path | None = None  # None: the backbone's own lexicon, else the shipped WordNet lists
     mining: MiningOptions = MiningOptions()  # its pool is the scorer's
-    groups: int | None = None  # None: the lexicon's default (its manifest, else NegLabel's 100)
+    groups: int | None = None  # None: the lexicon's default (its manifest, else NegLabel's 100); a list's: 1
+    negatives: Path | None = None  # a list of negative labels used as given (one per line), instead of mining
 
     def __post_init__(self) -> None:
         if self.groups is not None and self.groups < 1:
             raise UsageError(f"--groups must be at least 1 (got {self.groups})")
+        if self.negatives is not None:
+            mined = [flag for flag, given in (("--lexicon", self.lexicon), ("--mine-percentile",
+                     self.mining.percentile), ("--mine-fraction", self.mining.fraction), ("--negative-labels",
+                     self.mining.count)) if given is not None]
+            if mined:
+                raise UsageError(f"--negatives is the list of negative labels itself; {' and '.join(mined)} "
+                                 "set(s) how labels are mined from a lexicon", hint="give one or the other")
 
 
 def prepare(backbone: Backbone, pool: str | None, names: list[str], id_features: torch.Tensor, request: LabelRequest,
@@ -236,6 +250,10 @@ def prepare(backbone: Backbone, pool: str | None, names: list[str], id_features:
     """(mined labels, the scorer's extra options) for a scorer that mines from ``pool``; (None, None) without."""
     if pool is None:
         return None, None
+    if request.negatives is not None:
+        labels = listed(backbone, request.negatives, names, replace(request.mining, pool=pool), cache_dir=cache_dir,
+                        quiet=quiet)
+        return labels, {"groups": request.groups if request.groups is not None else 1, "seed": request.mining.seed}
     lexicon = load_lexicon(request.lexicon, backbone.default_lexicon or backbone.extra.get("default_lexicon"))
     labels = mine(backbone, lexicon, names, id_features, replace(request.mining, pool=pool), cache_dir=cache_dir,
                   quiet=quiet)
@@ -303,6 +321,45 @@ def select(kinds: list[str], close: torch.Tensor, options: MiningOptions) -> lis
         order = sorted(members, key=lambda i: (float(close[i]), i))
         kept += order[:take]
     return kept
+
+
+def read_negatives(path: Path) -> list[str]:
+    """A list of negative labels: one per line (UTF-8; blank lines and ``#`` comments skipped), each kept once,
+    where it first appears (case-insensitive)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise UsageError(f"--negatives: not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--negatives {path} cannot be read as UTF-8 text ({exc})") from None
+    seen: set[str] = set()
+    words = []
+    for line in lines:
+        word = " ".join(line.split())
+        if word and not word.startswith("#") and word.lower() not in seen:
+            seen.add(word.lower())
+            words.append(word)
+    if not words:
+        raise UsageError(f"--negatives {path} names no label", hint="one negative label per line")
+    return words
+
+
+def listed(backbone: Backbone, path: Path, id_names: list[str], options: MiningOptions, *,
+           cache_dir: Path | None = None, quiet: bool = False) -> NegativeLabels:
+    """A given list of negative labels (EOE-style: a user's or an LLM's), each under the pool's noun templates;
+    entries equal to an ID class name are left out unless ``options.id_names`` is "keep" (counted either way)."""
+    words = read_negatives(path)
+    banned = {" ".join(n.replace("_", " ").split()).lower() for n in id_names}
+    is_id = [w.lower() in banned for w in words]
+    keep = [w for w, named in zip(words, is_id, strict=True) if options.id_names == "keep" or not named]
+    if not keep:
+        raise UsageError(f"every label in --negatives {path} is an ID class name", hint="list other labels")
+    found = Candidates(keep, ["noun"] * len(keep), POOLS[options.pool], [False] * len(keep), 0)
+    feats = candidate_features(backbone, found, cache_dir, quiet)
+    digest = hashlib.sha256("\n".join(words).encode()).hexdigest()[:16]
+    return NegativeLabels(keep, found.prompts, found.kinds, feats, len(words),
+                          sum(is_id) if options.id_names == "drop" else 0, options, f"list:{digest}",
+                          mined_id_names=sum(is_id) if options.id_names == "keep" else 0, source="list")
 
 
 def mine(backbone: Backbone, lexicon: Lexicon, id_names: list[str], id_features: torch.Tensor,
