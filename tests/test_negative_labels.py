@@ -461,3 +461,34 @@ def test_a_list_of_negatives_is_used_as_given_and_scores_as_by_hand(scored, tiny
     (root / "empty.txt").write_text("# nothing\n")
     empty = invoke([*common, "--scorer", "neglabel", "--negatives", str(root / "empty.txt")])
     assert empty.exit_code == 2 and error_line(empty).endswith("names no label")
+
+
+def test_a_folder_of_negatives_reads_negrefines_release_layout(tmp_path, tiny_vit_dir):
+    """NegRefine publishes its refined ImageNet list as neg_labels_noun.txt and neg_labels_adj.txt (MIT; we read
+    a clone in place rather than ship it): nouns run under the pool's noun templates, the adjective phrases under
+    its adjective templates, as the release encodes them."""
+    from negprompt_cli.features.backbone import BackboneRequest, load_backbone
+    from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
+    from negprompt_cli.features.text_features import template_features
+    from negprompt_cli.scoring.negative_labels import (
+        CSP_ADJECTIVE_TEMPLATES,
+        CSP_NOUN_TEMPLATES,
+        MiningOptions,
+        listed,
+        read_negatives,
+    )
+
+    release = tmp_path / "seed_0"
+    release.mkdir()
+    (release / "neg_labels_noun.txt").write_text("white currant\npasqueflower\nred stripes\n")
+    (release / "neg_labels_adj.txt").write_text("gooey landscape\nrutted creature\n")
+    assert read_negatives(release) == (["white currant", "pasqueflower", "red stripes", "gooey landscape",
+                                        "rutted creature"], ["noun"] * 3 + ["adjective"] * 2)
+    backbone = load_backbone(BackboneRequest(name=f"local-dir:{tiny_vit_dir}", device="cpu"))
+    labels = listed(backbone, release, NAMES, MiningOptions(pool="csp"))
+    assert labels.words == ["white currant", "pasqueflower", "gooey landscape", "rutted creature"]
+    assert labels.dropped_id_names == 1 and labels.source == "list"
+    encoder = SoftPromptTextEncoder(backbone)
+    expected = torch.cat([template_features(encoder, ["white currant", "pasqueflower"], CSP_NOUN_TEMPLATES),
+                          template_features(encoder, ["gooey landscape", "rutted creature"], CSP_ADJECTIVE_TEMPLATES)])
+    torch.testing.assert_close(labels.features, expected, rtol=0, atol=1e-6)

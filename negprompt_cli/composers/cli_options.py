@@ -184,8 +184,9 @@ def negative_label_options() -> list[inspect.Parameter]:
                "per line) or a folder of noun.*.txt / adj.*.txt. Default: the backbone's own (the world lexicon "
                "for toy), else the shipped WordNet lists."),
         option("negatives", Path | None, "--negatives", help="A list of negative labels to use as given, one per "
-               "line (yours or an LLM's, EOE-style), instead of mining them from a lexicon; ID class names are left "
-               "out, one group unless --groups."),
+               "line (yours or an LLM's, EOE-style), instead of mining them from a lexicon; or a folder of such "
+               "lists, adjective phrases in files named adj* (NegRefine's release reads as it is). ID class names "
+               "are left out, one group unless --groups."),
         option("mine_percentile", float | None, "--mine-percentile", help="A candidate's closeness to the ID "
                "classes: this percentile of its similarities to them. Default: the lexicon's (0.95)."),
         option("mine_fraction", float | None, "--mine-fraction", help="Keep this fraction of the nouns and of the "

@@ -323,41 +323,57 @@ def select(kinds: list[str], close: torch.Tensor, options: MiningOptions) -> lis
     return kept
 
 
-def read_negatives(path: Path) -> list[str]:
-    """A list of negative labels: one per line (UTF-8; blank lines and ``#`` comments skipped), each kept once,
-    where it first appears (case-insensitive)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise UsageError(f"--negatives: not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--negatives {path} cannot be read as UTF-8 text ({exc})") from None
+def read_negatives(path: Path) -> tuple[list[str], list[str]]:
+    """(labels, their kinds) of a list of negative labels: a text file, one label per line, all nouns; or a folder
+    of ``.txt`` files, those whose name has ``adj`` in it adjective phrases ("gooey landscape", as CSP and
+    NegRefine write them), the others nouns: NegRefine's release (``neg_labels_noun.txt``, ``neg_labels_adj.txt``)
+    reads as it is. UTF-8; blank lines and ``#`` comments skipped; each label kept once, where it first appears
+    (case-insensitive), nouns first."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"), key=lambda p: ("adj" in p.name.lower(), p.name))
+        if not files:
+            raise UsageError(f"--negatives {path} holds no .txt list", hint="one negative label per line, in "
+                                                                             "noun*.txt / adj*.txt files")
+    else:
+        files = [path]
     seen: set[str] = set()
-    words = []
-    for line in lines:
-        word = " ".join(line.split())
-        if word and not word.startswith("#") and word.lower() not in seen:
-            seen.add(word.lower())
-            words.append(word)
+    words, kinds = [], []
+    for file in files:
+        kind = "adjective" if path.is_dir() and "adj" in file.name.lower() else "noun"
+        try:
+            lines = file.read_text(encoding="utf-8-sig").splitlines()
+        except FileNotFoundError:
+            raise UsageError(f"--negatives: not found: {file}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--negatives {file} cannot be read as UTF-8 text ({exc})") from None
+        for line in lines:
+            word = " ".join(line.split())
+            if word and not word.startswith("#") and word.lower() not in seen:
+                seen.add(word.lower())
+                words.append(word)
+                kinds.append(kind)
     if not words:
         raise UsageError(f"--negatives {path} names no label", hint="one negative label per line")
-    return words
+    return words, kinds
 
 
 def listed(backbone: Backbone, path: Path, id_names: list[str], options: MiningOptions, *,
            cache_dir: Path | None = None, quiet: bool = False) -> NegativeLabels:
-    """A given list of negative labels (EOE-style: a user's or an LLM's), each under the pool's noun templates;
+    """A given list of negative labels (EOE-style: a user's or an LLM's), each under the pool's templates for its
+    kind (:func:`read_negatives`);
     entries equal to an ID class name are left out unless ``options.id_names`` is "keep" (counted either way)."""
-    words = read_negatives(path)
+    words, kinds = read_negatives(path)
     banned = {" ".join(n.replace("_", " ").split()).lower() for n in id_names}
     is_id = [w.lower() in banned for w in words]
-    keep = [w for w, named in zip(words, is_id, strict=True) if options.id_names == "keep" or not named]
+    keep = [i for i, named in enumerate(is_id) if options.id_names == "keep" or not named]
     if not keep:
         raise UsageError(f"every label in --negatives {path} is an ID class name", hint="list other labels")
-    found = Candidates(keep, ["noun"] * len(keep), POOLS[options.pool], [False] * len(keep), 0)
+    found = Candidates([words[i] for i in keep], [kinds[i] for i in keep], POOLS[options.pool], [False] * len(keep),
+                       0)
     feats = candidate_features(backbone, found, cache_dir, quiet)
-    digest = hashlib.sha256("\n".join(words).encode()).hexdigest()[:16]
-    return NegativeLabels(keep, found.prompts, found.kinds, feats, len(words),
+    digest = hashlib.sha256(json.dumps([words, kinds]).encode()).hexdigest()[:16]
+    return NegativeLabels(found.words, found.prompts, found.kinds, feats, len(words),
                           sum(is_id) if options.id_names == "drop" else 0, options, f"list:{digest}",
                           mined_id_names=sum(is_id) if options.id_names == "keep" else 0, source="list")
 
