@@ -66,6 +66,12 @@ def test_too_few_images_is_one_error_with_the_smallest_sufficient_count():
             calibrate(np.arange(50.0), keep, confidence)
 
 
+def test_the_intervals_docs_method_quotes():
+    """docs/method.md, "Per class": 30 images of a class and 300 pooled images, at 95 % in expectation."""
+    for n, quoted in ((30, (90.5, 99.8)), (300, (92.8, 96.9))):
+        assert tuple(round(100 * v, 1) for v in keep_interval(n, rank_for(n, 0.95))) == quoted
+
+
 def test_records_without_a_guarantee_say_so():
     assert "guarantee unknown" in describe({"value": 1.0, "id_kept": 0.95, "source": "validation"})
 

@@ -66,7 +66,8 @@ def _without_id(rows: list[dict]) -> list[str]:
     return [json.dumps({k: v for k, v in r.items() if k != "path"}) for r in rows]
 
 
-@pytest.mark.parametrize("given", [["shard-{000000..000001}.tar"], ["shards.txt"], ["table.parquet"], ["saved"],
+@pytest.mark.parametrize("given", [["shard-{000000..000001}.tar"], ["shard-{000000,000001}.tar"], ["shards.txt"],
+                                   ["table.parquet"], ["saved"],
                                    ["shard-000000.tar", "shard-000001.tar"]])
 def test_containers_score_as_the_same_images_as_files(crawl, tmp_path, given):
     root, files, keys = crawl

@@ -329,6 +329,12 @@ def is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
 
 
+def is_brace_pattern(text: str | Path) -> bool:
+    """Whether an input is a brace pattern naming shards (``{000000..000999}``, ``{a,b}``): expanded, not a path."""
+    text = str(text)
+    return "{" in text and "}" in text.split("{", 1)[1]
+
+
 def _hub_text(text: str | Path) -> str:
     """An input as typed: a ``Path`` has folded ``hf://`` into ``hf:/``."""
     text = str(text)
@@ -342,7 +348,7 @@ def is_container(text: str | Path) -> bool:
     lower = text.lower()
     return (lower.endswith(TAR_SUFFIXES + COMPRESSED_TAR_SUFFIXES + TABLE_SUFFIXES + SHARD_LIST_SUFFIXES)
             or text.startswith(HF_DATASETS)
-            or ("{" in text and ".." in text) or is_saved_dataset(Path(text)))
+            or is_brace_pattern(text) or is_saved_dataset(Path(text)))
 
 
 def container_files(text: str) -> list[Path]:
@@ -351,7 +357,7 @@ def container_files(text: str) -> list[Path]:
     files, an ``hf://datasets/ORG/NAME[@REVISION]`` snapshot's Parquet files from the local Hub cache."""
     if text.startswith(HF_DATASETS):
         return hub_dataset_files(text)
-    if "{" in text and ".." in text:
+    if is_brace_pattern(text):
         from braceexpand import braceexpand  # noqa: PLC0415 (WebDataset's own dependency)
 
         return [Path(p) for p in braceexpand(text)]
