@@ -164,6 +164,11 @@ def test_labelled_id_images_that_keep_an_unlikely_share_are_said_to_differ_from_
     fine = invoke(["report", "--id", str(tmp_path / "same.csv"), "--ood", f"noise={tmp_path / 'noise.csv'}",
                    "--out", str(tmp_path / "r1")])
     assert fine.exit_code == 0, fine.stderr
+    rank = rank_for(24, 0.8)  # the report says what the threshold promises, from the score files' n and rank
+    low, high = keep_interval(24, rank)
+    assert (f"Calibrated at rank {rank} of 24 ID scores, it keeps {100 * (1 - rank / 25):.1f}% of new ID images like "
+            f"those in expectation (90% interval {100 * low:.1f}-{100 * high:.1f}%).") in \
+        (tmp_path / "r1" / "report.md").read_text()
     assert "differ from the calibration images" not in fine.stderr
     swapped = invoke(["report", "--id", str(tmp_path / "noise.csv"), "--ood", f"same={tmp_path / 'same.csv'}",
                       "--out", str(tmp_path / "r2")])

@@ -47,7 +47,9 @@ def threshold_sentence(report: dict[str, Any]) -> str:
                 f"({threshold['source']}): an image scoring below the threshold of its predicted class is flagged OOD.")
     else:
         rule = f"Threshold {threshold['value']:.6g} ({threshold['source']}): images scoring below it are flagged OOD."
-    return (f"{rule} It keeps {100 * decision['id_kept']:.1f}% of the {report['id']['n']} ID images; {accepted}.")
+    promise = f" {threshold['promise'][0].upper()}{threshold['promise'][1:]}." if threshold.get("promise") else ""
+    return (f"{rule}{promise} It keeps {100 * decision['id_kept']:.1f}% of the {report['id']['n']} ID images; "
+            f"{accepted}.")
 
 
 def render_html(report: dict[str, Any], figures: dict[str, bytes], thumbs: dict[str, tuple[str | None, str | None]]

@@ -230,6 +230,14 @@ class Decision:
         return (int(per["n_images"][prediction]), int(rank)) if rank is not None else (None, None)
 
 
+def rank_promise(n: int, rank: int) -> str:
+    """What the ``rank``-th lowest of ``n`` calibration scores promises, from those two numbers alone (what a score
+    file records): its expected keep-rate and the 90 % interval of the true one."""
+    low, high = keep_interval(n, rank)
+    return (f"calibrated at rank {rank} of {n} ID scores, it keeps {100 * (1 - rank / (n + 1)):.1f}% of new ID images "
+            f"like those in expectation (90% interval {100 * low:.1f}-{100 * high:.1f}%)")
+
+
 def threshold_words(value: float, per_class: list[float] | None, digits: int = 4) -> str:
     """The threshold in a message: "threshold 0.4123", or "per-class thresholds 0.3871-0.5012 over 6 classes"."""
     if per_class is None:

@@ -36,7 +36,7 @@ from ..report.images import (
     thumbnail,
 )
 from ..report.page import render_html, render_markdown
-from ..scoring.calibration import KeptCount, warn_if_shifted
+from ..scoring.calibration import KeptCount, rank_promise, warn_if_shifted
 from ..scoring.metrics import AUPR_ESTIMATOR, ood_metrics
 
 
@@ -185,6 +185,7 @@ def decision_threshold(options: ReportOptions, id_rows: list[dict[str, Any]],
         calibrated = {(r.get("threshold_n"), r.get("threshold_rank")) for r in id_rows}
         if len(calibrated) == 1 and None not in (pair := calibrated.pop()):  # how it was calibrated, where said
             found["n_images"], found["rank"] = pair
+            found["promise"] = rank_promise(int(pair[0]), int(pair[1]))
     else:
         # classes only OOD images were predicted as take their threshold from those rows, where the files agree
         every = _class_thresholds(id_rows + [r for rows in ood_rows.values() for r in rows]) or by_class
