@@ -184,8 +184,10 @@ def decision_threshold(options: ReportOptions, id_rows: list[dict[str, Any]],
         found["value"] = float(values.pop())  # type: ignore[arg-type]
         calibrated = {(r.get("threshold_n"), r.get("threshold_rank")) for r in id_rows}
         if len(calibrated) == 1 and None not in (pair := calibrated.pop()):  # how it was calibrated, where said
-            found["n_images"], found["rank"] = pair
-            found["promise"] = rank_promise(int(pair[0]), int(pair[1]))
+            n, rank = pair
+            assert n is not None and rank is not None  # excluded above
+            found["n_images"], found["rank"] = n, rank
+            found["promise"] = rank_promise(int(n), int(rank))
     else:
         # classes only OOD images were predicted as take their threshold from those rows, where the files agree
         every = _class_thresholds(id_rows + [r for rows in ood_rows.values() for r in rows]) or by_class
