@@ -89,10 +89,51 @@ def test_other_settings_start_over_and_bad_requests_are_one_line(crawl, tmp_path
     assert fresh.exit_code == 0 and "part file(s) of an earlier interrupted run" in again.stderr  # mcm's, said
     no_out = invoke(["score", *args, *SCORE, "--resume"])
     assert no_out.exit_code == 2 and error_line(no_out).startswith("Error: --resume commits rows to a file")
-    with_features = invoke(["score", *args, *SCORE, "--resume", "--out", str(tmp_path / "x.jsonl"),
-                            "--save-features", str(tmp_path / "emb")])
-    assert with_features.exit_code == 2 and "--resume cannot be combined with --save-features" in \
-        error_line(with_features)
+    adaptive = invoke(["score", *args, *SCORE, "--resume", "--out", str(tmp_path / "x.jsonl"), "--scorer",
+                       "neglabel", "--adaptive"])
+    assert adaptive.exit_code == 2 and "--resume cannot be combined with --adaptive" in error_line(adaptive)
+
+
+def test_saved_embeddings_resume_with_the_rows(crawl, tmp_path, monkeypatch):
+    """--resume --save-features: a part of embeddings is written at each commit, so a stopped run's folder holds
+    the committed rows' embeddings, and the rerun's folder equals an uninterrupted run's."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from negprompt_cli.features import saved_features
+    from negprompt_cli.stages import score as stage
+
+    monkeypatch.setattr(saved_features, "PART_ROWS", 100)  # a commit at each window of 128 rows
+    args = [str(crawl / "images"), "--names", str(crawl / "names.txt"), *SCORE, "--cache-dir", str(tmp_path / "c")]
+    whole = invoke(["score", *args, "--out", str(tmp_path / "whole.jsonl"), "--save-features",
+                    str(tmp_path / "whole-emb")])
+    assert whole.exit_code == 0, whole.stderr
+    original = stage._RowWriter.write
+    calls = {"n": 0}
+
+    def stop(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 100:  # inside the second window
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(stage._RowWriter, "write", stop)
+    command = ["score", *args, "--out", str(tmp_path / "r.jsonl"), "--save-features", str(tmp_path / "emb"),
+               "--resume"]
+    assert invoke(command).exit_code != 0 and not (tmp_path / "emb").exists()
+    monkeypatch.setattr(stage._RowWriter, "write", original)
+    again = invoke(command)
+    assert again.exit_code == 0, again.stderr
+    assert (tmp_path / "r.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+
+    def saved(folder):
+        emb = np.concatenate([np.load(p) for p in sorted((folder / "img_emb").glob("*.npy"))])
+        ids = [i for p in sorted((folder / "metadata").glob("*.parquet"))
+               for i in pq.read_table(p).column("image_path").to_pylist()]
+        return ids, emb
+
+    (ids, emb), (whole_ids, whole_emb) = saved(tmp_path / "emb"), saved(tmp_path / "whole-emb")
+    assert ids == whole_ids and np.array_equal(emb, whole_emb) and len(ids) == 300
 
 
 @pytest.mark.slow

@@ -52,8 +52,10 @@ def check_features_target(folder: Path) -> None:
 class FeatureSaver:
     """One process's rows of embeddings and ids, written part by part into the temporary folder."""
 
-    def __init__(self, folder: Path, run_id: str) -> None:
-        self.folder, self.tmp = folder, temporary_folder(folder, run_id)
+    def __init__(self, folder: Path, run_id: str, *, resumable: bool = False) -> None:
+        # resumable (score --resume): parts are written only when the rows are committed (:meth:`flush`, called
+        # by the checkpoint), so the parts on disk are always the committed rows' and a rerun goes on from them
+        self.folder, self.tmp, self.resumable = folder, temporary_folder(folder, run_id), resumable
         for sub in ("img_emb", "metadata"):
             (self.tmp / sub).mkdir(parents=True, exist_ok=True)  # every rank: the first creates them
         self.first: int | None = None
@@ -68,8 +70,25 @@ class FeatureSaver:
                 self.first = positions[k]
             self.ids.append(ids[k])
             self.rows.append(features[k])
-            if len(self.ids) == PART_ROWS:
+            if len(self.ids) == PART_ROWS and not self.resumable:
                 self._flush()
+
+    @property
+    def pending(self) -> int:
+        """Rows not yet written to a part."""
+        return len(self.ids)
+
+    def drop_from(self, start: int, stop: int) -> None:
+        """Remove the parts whose first row is at a position in [start, stop): a resumed process's rows after its
+        last commit (written, never committed), which it is about to write again."""
+        for sub, stem in (("img_emb", "img_emb_"), ("metadata", "metadata_")):
+            for part in (self.tmp / sub).glob(f"{stem}*"):
+                first = part.name.removeprefix(stem).split(".")[0]
+                if first.isdigit() and start <= int(first) < stop:
+                    part.unlink(missing_ok=True)
+
+    def flush(self) -> None:
+        self._flush()
 
     def _flush(self) -> None:
         import pyarrow as pa  # noqa: PLC0415 (imported when features are saved)

@@ -115,7 +115,11 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
         writer.tally = _tally_from(resumed["tally"])
         writer.header_due = writer.header_due and not writer.tally.images
     if options.save_features is not None:
-        writer.saver = FeatureSaver(options.save_features, shares.run_id())
+        writer.saver = FeatureSaver(options.save_features, shares.run_id(), resumable=options.resume)
+        if options.resume:  # this process's parts after its last commit are written again
+            share = batch_shard(len(plan.paths), options.encode.batch_size, shares.ranks)
+            writer.saver.drop_from(share.start + (int(resumed["position"]) if resumed is not None else 0),
+                                   share.stop)
     started = time.perf_counter()
 
     def check(tally: Tally) -> None:  # before an output is published: one process's, or the joined one
@@ -133,8 +137,8 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
                                    plan.setup.backbone.preprocess_repr(), joined.tally.images)
     except BaseException:
         output.discard()
-        if options.save_features is not None and shares.ranks.is_main:
-            saved_features.discard(options.save_features, shares.run_id())
+        if options.save_features is not None and shares.ranks.is_main and not options.resume:
+            saved_features.discard(options.save_features, shares.run_id())  # resumable: kept for the rerun
         raise
     if joined is None:  # a rank other than 0
         return None
@@ -169,10 +173,9 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
         raise UsageError(f"--excel-safe is for CSV output; {options.fmt} is never run as formulas")
     if options.resume and (options.out is None or is_stream_target(options.out)):
         raise UsageError("--resume commits rows to a file as they go: give --out FILE (a regular file)")
-    if options.resume and (options.adaptive is not None or options.save_features is not None):
-        raise UsageError(f"--resume cannot be combined with {'--adaptive' if options.adaptive else '--save-features'}"
-                         ": " + ("adaptive scores depend on the whole stream before them" if options.adaptive else
-                                 "the embeddings are written part by part and not committed with the rows"))
+    if options.resume and options.adaptive is not None:
+        raise UsageError("--resume cannot be combined with --adaptive: adaptive scores depend on the whole stream "
+                         "before them")
     if options.fmt == "parquet" and (options.out is None or is_stream_target(options.out)):
         raise UsageError("--format parquet writes a file: give --out FILE.parquet (a regular file, not stdout or a "
                          "pipe)", hint="or --format jsonl for a stream")
@@ -228,7 +231,11 @@ def _encode_and_score(plan: _Plan, shares: Shares, writer: _RowWriter, output: R
         for window in stream:
             for indices, feats in _batches_of(window, offset, encoding.batch_size):
                 writer.write(indices, feats, setup.scores(feats), output)
-            if isinstance(output, ResumablePart) and not writer.tally.broken:
+            saver = writer.saver
+            if isinstance(output, ResumablePart) and not writer.tally.broken and (
+                    saver is None or saver.pending >= saved_features.PART_ROWS):  # with embeddings: a part a commit
+                if saver is not None:
+                    saver.flush()
                 output.checkpoint(resume_at + window.end, asdict(writer.tally))
     except NegPromptError as exc:  # about this rank's share: the other ranks cannot say it
         exc.rank_specific = shares.ranks.distributed
@@ -246,6 +253,7 @@ def _resume_fingerprint(plan: _Plan, shares: Shares) -> str:
                "threshold": plan.threshold, "source": plan.threshold_source, "per_class": _decision(plan).per_class,
                "format": options.fmt, "explain": options.explain, "excel_safe": options.excel_safe,
                "labeled": options.labeled, "batch_size": options.encode.batch_size,
+               "save_features": str(options.save_features) if options.save_features else None,
                "world_size": shares.ranks.world_size, "negprompt": __version__}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
