@@ -192,3 +192,20 @@ def test_a_table_row_that_points_to_a_file_reads_the_file(crawl, tmp_path, monke
     monkeypatch.chdir(root)  # elsewhere: the path is read relative to the table
     listed = list_samples([tmp_path / "linked.parquet"])
     assert [str(x) for x in listed] == ["first.png"] and listed[0].read_bytes() == files[0].read_bytes()
+
+
+def test_a_listed_shard_is_held_as_its_count_and_a_rewritten_one_is_refused(crawl, tmp_path):
+    """Memory flat in a crawl's samples: a listed shard keeps its count and stamp, its index read again (a few
+    shards at a time) when scored; a shard rewritten after listing is not read as if it were the listed one."""
+    import shutil
+
+    root, files, keys = crawl
+    shard = tmp_path / "s.tar"
+    shutil.copy(root / "shard-000000.tar", shard)
+    listed = list_samples([shard])
+    held = listed._segments[0][0]
+    assert set(vars(held)) == {"path", "count", "stamp"} and held.count == 10
+    assert [str(x) for x in listed] == keys[:10] and listed[3].read_bytes() == files[3].read_bytes()
+    shutil.copy(root / "shard-000001.tar", shard)  # rewritten: another size and time
+    with pytest.raises(OSError, match="changed since it was listed"):
+        listed[0].read_bytes()

@@ -23,6 +23,7 @@ when decoded, as an unreadable image file is (the warning names shard and key).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tarfile
@@ -94,33 +95,63 @@ class Container:
 
 
 class TarShard(Container):
-    """A WebDataset shard: per sample its key and the byte range of its image member."""
+    """A WebDataset shard, known by its sample count; its index (per sample the key and the byte range of its
+    image member) is read again from the tar headers when a process first needs it, and only the few shards in
+    use are held (``_shard_index``): memory does not grow with the number of samples of a crawl."""
 
     kind = "tar"
 
-    def __init__(self, path: Path, keys: list[str], offsets: np.ndarray, sizes: np.ndarray) -> None:
+    def __init__(self, path: Path, count: int, stamp: tuple[int, int]) -> None:
         super().__init__(path)
-        self.keys, self.offsets, self.sizes = keys, offsets, sizes
+        self.count, self.stamp = count, stamp  # (size, mtime_ns) when listed: a changed shard is refused
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return self.count
+
+    def _index(self) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+        index = _shard_index(str(self.path), *self.stamp)
+        if len(index[0]) != self.count:
+            raise OSError(f"{self.path} changed since it was listed")
+        return index
 
     def sample_id(self, i: int) -> str:
-        return self.keys[i]
+        return self._index()[0][i]
 
     def read(self, i: int) -> bytes:
-        size = int(self.sizes[i])
+        keys, offsets, sizes = self._index()
+        size = int(sizes[i])
         with open(self.path, "rb") as handle:
-            handle.seek(int(self.offsets[i]))
+            status = os.fstat(handle.fileno())
+            if (status.st_size, status.st_mtime_ns) != self.stamp:  # the index is of the shard as listed
+                raise OSError(f"{self.path} changed since it was listed")
+            handle.seek(int(offsets[i]))
             data = handle.read(size)
         if len(data) != size:
-            raise OSError(f"{self.path} ends inside sample {self.keys[i]}")
+            raise OSError(f"{self.path} ends inside sample {keys[i]}")
         return data
 
 
+@functools.lru_cache(maxsize=4)
+def _shard_index(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """A shard's index, as listed (``size`` and ``mtime_ns`` key the cache: a rewritten shard is read again)."""
+    status = os.stat(path)
+    if (status.st_size, status.st_mtime_ns) != (size, mtime_ns):
+        raise OSError(f"{path} changed since it was listed")
+    keys, offsets, sizes = _tar_index(Path(path), [])
+    return tuple(keys), offsets, sizes
+
+
 def index_tar(path: Path, problems: list[str]) -> TarShard:
-    """The samples of a WebDataset shard, grouped by key as WebDataset groups them; what is wrong with the
-    shard (it ends early, a sample has no image) is appended to ``problems``."""
+    """A WebDataset shard as an input: its samples counted (what is wrong with it appended to ``problems``)."""
+    status = path.stat()
+    keys, _, _ = _tar_index(path, problems)
+    return TarShard(path, len(keys), (status.st_size, status.st_mtime_ns))
+
+
+def _tar_index(path: Path, problems: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The samples of a WebDataset shard, grouped by key as WebDataset groups them: (keys, offsets and sizes of
+    their image members); what is wrong with the shard (it ends early, a sample has no image) is appended to
+    ``problems``."""
     from webdataset.tariterators import base_plus_ext  # noqa: PLC0415 (imported when a shard is read)
 
     fields: dict[str, dict[str, tuple[int, int]]] = {}
@@ -155,7 +186,7 @@ def index_tar(path: Path, problems: list[str]) -> TarShard:
     if no_image:
         problems.append(f"{path}: {len(no_image)} sample(s) have no image ({', '.join(repr(k) for k in no_image[:3])}"
                         f"{' ...' if len(no_image) > 3 else ''}; image fields: {', '.join(IMAGE_FIELDS)})")
-    return TarShard(path, keys, np.array(offsets, dtype=np.int64), np.array(sizes, dtype=np.int64))
+    return keys, np.array(offsets, dtype=np.int64), np.array(sizes, dtype=np.int64)
 
 
 def _image_field(found: dict[str, Any]) -> str | None:
