@@ -27,6 +27,7 @@ import functools
 import json
 import os
 import tarfile
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -109,7 +110,8 @@ class TarShard(Container):
         return self.count
 
     def _index(self) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
-        index = _shard_index(str(self.path), *self.stamp)
+        with _INDEX_LOCK:  # threads hashing a window's samples would otherwise all parse a new shard at once
+            index = _shard_index(str(self.path), *self.stamp)
         if len(index[0]) != self.count:
             raise OSError(f"{self.path} changed since it was listed")
         return index
@@ -129,6 +131,9 @@ class TarShard(Container):
         if len(data) != size:
             raise OSError(f"{self.path} ends inside sample {keys[i]}")
         return data
+
+
+_INDEX_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=4)
