@@ -209,3 +209,15 @@ def test_a_listed_shard_is_held_as_its_count_and_a_rewritten_one_is_refused(craw
     shutil.copy(root / "shard-000001.tar", shard)  # rewritten: another size and time
     with pytest.raises(OSError, match="changed since it was listed"):
         listed[0].read_bytes()
+
+
+def test_ranks_compare_a_shard_list_without_reading_the_headers_again(crawl):
+    from negprompt_cli.inputs import containers
+
+    root, _, _ = crawl
+    listed = list_samples([root / "shard-{000000..000001}.tar"])
+    containers._shard_index.cache_clear()
+    first = listed.fingerprint()
+    assert containers._shard_index.cache_info().misses == 0  # the stamps and counts, not the keys
+    assert first == list_samples([root / "shard-{000000..000001}.tar"]).fingerprint()
+    assert first != list_samples([root / "shard-000000.tar"]).fingerprint()

@@ -119,6 +119,12 @@ class TarShard(Container):
     def sample_id(self, i: int) -> str:
         return self._index()[0][i]
 
+    def fingerprint(self) -> str:
+        """The shard as listed (path, size, time, count): what ranks compare, without reading its headers again."""
+        import hashlib  # noqa: PLC0415
+
+        return hashlib.sha256(f"tar:{self.path}:{self.stamp}:{self.count}".encode()).hexdigest()[:12]
+
     def read(self, i: int) -> bytes:
         keys, offsets, sizes = self._index()
         size = int(sizes[i])
