@@ -255,12 +255,16 @@ MISSING = {"--data": "data directory not found", "--pos": "prompts file not foun
 def check_paths(*given: tuple[str, Any]) -> None:
     """A mistyped path fails here, in a fraction of a second, before the stage (and torch) is imported."""
     from ..errors import NotFoundError
-    from ..inputs.containers import is_brace_pattern
 
     for flag, value in given:
         text = str(value)  # a Path folds hf:// to hf:/; a brace pattern names shards (inputs/containers.py)
-        if value is None or text.startswith(("hf://", "hf:/")) or (flag == "IMAGES" and is_brace_pattern(text)):
+        if value is None or text.startswith(("hf://", "hf:/")):
             continue
+        if flag == "IMAGES" and "{" in text:  # only then is the inputs package (and numpy) imported here
+            from ..inputs.containers import is_brace_pattern  # noqa: PLC0415
+
+            if is_brace_pattern(text):
+                continue
         if not Path(value).exists():
             raise NotFoundError(f"{MISSING[flag]}: {value}")
 

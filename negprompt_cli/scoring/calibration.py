@@ -28,6 +28,7 @@ images. The distributions are scipy's (imported when used: this module is also t
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -208,8 +209,8 @@ class Decision:
     value: float | None = None
     record: dict[str, Any] | None = None
 
-    @property
-    def per_class(self) -> list[float] | None:
+    @functools.cached_property
+    def per_class(self) -> list[float] | None:  # read once: every row's decision asks for it
         return class_thresholds(self.record)
 
     def threshold_for(self, prediction: int) -> float | None:
