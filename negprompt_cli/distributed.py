@@ -179,6 +179,9 @@ def agree(value: Any, ranks: Ranks, what: str) -> None:
     values = gather_to_all(value, ranks, f"comparing {what}")
     different = [r for r, v in enumerate(values) if v != values[0]]
     if different:
+        # every rank stops here; meeting once more first lets gloo finish the gather's sends, else a rank whose
+        # peer tore down mid-send dies with "terminate called" instead of this error
+        _collective(ranks, f"stopping on {what}", dist.barrier)
         raise UsageError(f"the ranks disagree on {what}: rank 0 has {values[0]}, rank {different[0]} has "
                          f"{values[different[0]]}", hint="every rank must see the same files and options")
 

@@ -145,7 +145,7 @@ def test_ranks_with_different_backbones_refuse_to_run(job, tmp_path):
                                        "--out", str(root / f"rank{rank}.csv")], env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     outputs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [2, 2]
+    assert [p.returncode for p in procs] == [2, 2], [err for _, err in outputs]
     assert errors(outputs[0][1])[0].startswith("Error: the ranks disagree on the backbone: rank 0 has")
     assert errors(outputs[1][1]) == []  # said once, by rank 0
     assert not list(root.glob("rank*.csv"))
