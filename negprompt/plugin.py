@@ -30,6 +30,7 @@ from negprompt_cli.features.backbone import Backbone, BackboneFactory
 from negprompt_cli.features.text_encoder import SoftPromptTextEncoder, TokenizedPrompts
 from negprompt_cli.hookspecs import hookimpl
 from negprompt_cli.registry import ScorerSpec
+from negprompt_cli.scoring.test_time import BatchStream, ScoreStream, StreamContext
 from negprompt_cli.training.coop import CoOpPrompts
 from negprompt_cli.training.learners import LearnerBuilder, PromptModule, PromptSettings, initial_context
 from negprompt_cli.training.losses import VARIANTS as LOSS_VARIANTS
@@ -46,6 +47,8 @@ __all__ = [
     "TokenizedPrompts", "CoOpPrompts", "LOSS_VARIANTS", "LossWeights", "negprompt_loss",
     # scorers: the properties a scorer states when it registers
     "ScorerSpec",
+    # test-time scorers (``test_time=True``): what ``start`` receives and what the stream it opens offers
+    "StreamContext", "ScoreStream", "BatchStream",
     # errors and notes (their exit codes: docs/cli.md)
     "NegPromptError", "UsageError", "NotFoundError", "HubError", "IncompatibleArtifactError", "NegPromptWarning",
     "NegPromptNotice",

@@ -92,8 +92,7 @@ class Detector:
         request = ScoringRequest(prompts=Path(prompts), names=list(names) if names is not None else None,
                                  runtime=runtime, scorer=scorer, temperature=temperature,
                                  labels=LabelRequest(lexicon=lexicon), encode=EncodeOptions(cache_dir, quiet=True))
-        return cls(mine_labels(setup_scoring(request), request), batch_size=batch_size, precision=precision,
-                   threshold=threshold)
+        return cls(_setup(request), batch_size=batch_size, precision=precision, threshold=threshold)
 
     @classmethod
     def zero_shot(cls, names: Sequence[str], *, backbone: str = DEFAULT_BACKBONE, pretrained: str | None = None,
@@ -106,8 +105,7 @@ class Detector:
                                  backbone=BackboneRequest(backbone, pretrained, device, offline=offline),
                                  scorer=scorer, temperature=temperature, labels=LabelRequest(lexicon=lexicon),
                                  encode=EncodeOptions(cache_dir, quiet=True))
-        return cls(mine_labels(setup_scoring(request), request), batch_size=batch_size, precision=precision,
-                   threshold=threshold)
+        return cls(_setup(request), batch_size=batch_size, precision=precision, threshold=threshold)
 
     @property
     def names(self) -> list[str]:
@@ -228,3 +226,15 @@ class Detector:
         other.threshold_source = "given" if threshold is not None else None
         other.calibration = None  # a threshold by hand promises nothing, and is one for every class
         return other
+
+
+def _setup(request: ScoringRequest) -> ScoringSetup:
+    """The scoring setup, with its labels; a test-time scorer is refused before any label is mined."""
+    setup = setup_scoring(request)
+    if setup.spec.test_time:
+        raise UsageError(f"scorer {setup.scorer!r} scores a stream of images in order (its scores depend on the "
+                         "images before them), and a Detector scores each call on its own",
+                         hint=f"use negprompt.score(ScoreOptions(..., scorer={setup.scorer!r})) or `negprompt "
+                              f"score --scorer {setup.scorer}`")
+    return mine_labels(setup, request)
+

@@ -25,9 +25,10 @@ import difflib
 import importlib.metadata
 import inspect
 import os
+import typing
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pluggy
@@ -67,10 +68,15 @@ class ScorerSpec:
     trained_temperature: bool = False  # runs at the τ the artifact's negatives were trained with (Eq. 3)
     # takes ``logit_bias``: the backbone's learned bias b of a sigmoid-trained model (SigLIP; 0 for the others)
     logit_bias: bool = False
+    # scores a stream, not a batch of cosines: registered as an object with ``start(StreamContext) -> ScoreStream``
+    # (``scoring.test_time``); the core feeds it the image features in stream order
+    test_time: bool = False
+    # its labels are every candidate of ``pool`` (nothing mined) unless --mine-fraction / --negative-labels say
+    whole_pool: bool = False
 
 
 SCORER_PROPERTIES = ("default_temperature", "probability", "needs_negative_prompts", "pool",
-                     "trained_temperature", "logit_bias")
+                     "trained_temperature", "logit_bias", "test_time", "whole_pool")
 # plugins written against the first contract set these as attributes of the function instead
 _LEGACY_ATTRIBUTES = {"probability": "probability_score"}
 
@@ -325,12 +331,15 @@ class PluginHost:
                                        "description": entry.description}
                 if registry is self.learners:
                     row["options"] = learner_option_fields(entry.obj)
+                elif registry is self.scorers and learner_option_fields(entry.obj.fn):
+                    row["options"] = learner_option_fields(entry.obj.fn)
                 found.setdefault(registry.kind, []).append(row)
         return found
 
 
 def learner_option_fields(learner: Any) -> list[dict[str, Any]]:
-    """A learner's ``Options`` dataclass as rows: name, type (as written), default (None where it has none)."""
+    """A learner's (or a scorer's) ``Options`` dataclass as rows: name, type (as written), default (None where it
+    has none)."""
     import dataclasses
 
     options = getattr(learner, "Options", None)
@@ -366,6 +375,11 @@ def _check_scorer_signature(plugin: str, spec: ScorerSpec) -> None:
     """A scorer that cannot take the arguments the core passes is refused when it registers (one warning naming
     the plugin and the call), not when the first image is scored. Callables without a readable signature are
     checked when they are called."""
+    if spec.test_time:  # never called per batch: it must open streams
+        if not callable(getattr(spec.fn, "start", None)):
+            raise TypeError(f"plugin {plugin!r} registers test-time scorer {spec.name!r} without a start(context) "
+                            "method (docs/plugins.md)")
+        return
     try:
         signature = inspect.signature(spec.fn)
     except (TypeError, ValueError):
@@ -411,3 +425,71 @@ def reset_host() -> None:
     """Forget loaded plugins (tests; changes to NEGPROMPT_LOAD_PLUGINS)."""
     global _host
     _host = None
+
+
+# -- a plugin's own settings (a learner's --learner-option, a scorer's --scorer-option) ----------------------------
+# KEY=VALUE texts checked against the ``Options`` dataclass the plugin declares, as simonw/llm checks ``-o KEY VALUE``
+# against a model's Options: one rule for every kind of plugin.
+
+def plugin_options(kind: str, name: str, owner: Any, given: dict[str, Any]) -> Any:
+    """``owner.Options`` (a learner's or a scorer's own settings dataclass) filled with ``given``: unknown names
+    and bad values are usage errors naming the plugin; a value given as text (``KEY=VALUE``) is converted to
+    the field's declared type (int, float, bool, str, or any of them ``| None``)."""
+    options_type = getattr(owner, "Options", None)
+    if options_type is None:
+        if given:
+            raise UsageError(f"{kind} {name!r} takes no options (got {', '.join(sorted(given))})")
+        return None
+    known = {f.name for f in fields(options_type)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        raise UsageError(f"{kind} {name!r} has no option {unknown[0]!r}"
+                         + (f" (did you mean {close[0]!r}?)" if close else ""),
+                         hint=f"its options: {', '.join(sorted(known))}")
+    try:
+        hints = typing.get_type_hints(options_type)
+    except Exception:  # annotations this module cannot resolve: the values go to the plugin as text
+        hints = {}
+    values = {k: _from_text(kind, name, k, v, hints.get(k)) if isinstance(v, str) else v for k, v in given.items()}
+    try:
+        return options_type(**values)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{kind} {name!r}: {exc}") from None
+    except UsageError as exc:  # the plugin's own check (__post_init__): said with the plugin's name
+        raise UsageError(f"{kind} {name!r}: {exc.message}", hint=exc.hint) from None
+
+
+def parse_pairs(pairs: list[str], flag: str) -> dict[str, str]:
+    """``KEY=VALUE`` texts (``flag``, repeatable) -> {KEY: VALUE}; the plugin's Options convert the values."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise UsageError(f"{flag} takes KEY=VALUE (got {pair!r})",
+                             hint=f"e.g. {flag} KEY=VALUE; negprompt plugins lists each plugin's options")
+        if key in options:
+            raise UsageError(f"{flag} {key} is given twice")
+        options[key] = value
+    return options
+
+
+def _from_text(kind: str, name: str, key: str, text: str, hint: Any) -> Any:
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] if typing.get_args(hint) else [hint]
+    optional = type(None) in typing.get_args(hint)
+    if optional and text.strip().lower() in ("none", "null", ""):
+        return None
+    wanted = kinds[0] if len(kinds) == 1 else str
+    try:
+        if wanted is bool:
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise ValueError(text)
+            return lowered in ("true", "1", "yes", "on")
+        if wanted in (int, float, str):
+            return wanted(text)
+    except ValueError:
+        raise UsageError(f"{kind} {name!r} option {key} takes {getattr(wanted, '__name__', wanted)} "
+                         f"(got {text!r})") from None
+    return text  # a type the command line cannot spell: the plugin checks it

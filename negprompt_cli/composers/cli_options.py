@@ -212,6 +212,9 @@ def score_options() -> list[inspect.Parameter]:
                "on real backbones) or csp (--zero-shot). "
                "Also negprompt (Eq. 3), mcm, maxlogit, msp, neglabel, the hybrids negprompt+neglabel / "
                "negprompt+csp, negprompt-sum, negprompt-maxlogit, or a plugin's."),
+        option("scorer_options", list[str] | None, "--scorer-option", metavar="KEY=VALUE", help="A setting of "
+               "the scorer's own (repeatable), checked against its Options: negprompt plugins lists them (tanl: "
+               "labels, step, history, gap, memory, score_memory)."),
         option("temperature", float | None, "--temperature", help="The scorer's temperature: τ on cosines for "
                "negprompt and mcm, T on the logits s·cos for energy and msp; maxlogit has none. Default: the "
                "artifact's τ for the scorer it was calibrated with, the training τ for negprompt, else the scorer's "

@@ -115,5 +115,8 @@ def learner_options(shortcuts: dict[str, Any], pairs: list[str] | None) -> dict[
 def score_record(base: Any, given: dict[str, Any]):
     """``base`` (a ScoreOptions) with the scoring group's values; ``--explain`` lists ``--explain-top`` each."""
     check_at_least("--explain-top", given["explain_top"], 1)
-    settings = {k: v for k, v in given.items() if k not in ("explain", "explain_top")}
-    return from_cli(base, **settings, explain=given["explain_top"] if given["explain"] else 0)
+    from ..registry import parse_pairs
+
+    settings = {k: v for k, v in given.items() if k not in ("explain", "explain_top", "scorer_options")}
+    return from_cli(base, **settings, explain=given["explain_top"] if given["explain"] else 0,
+                    scorer_options=parse_pairs(given["scorer_options"] or [], "--scorer-option"))

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
+from .test_time import BatchStream
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,11 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(-1)
 
 
-class AdaptiveScorer:
+class AdaptiveScorer(BatchStream):
     """The memory and its scorer over one stream of image features, fed in order in pieces of any size: the
     memory is updated per ``options.batch`` images of the stream, whatever the pieces, so feeding a stream
-    whole or window by window gives the same scores. Memory: the label memory, and less than one batch."""
+    whole or window by window gives the same scores (:class:`BatchStream`). Memory: the label memory, and less than
+    one batch."""
 
     def __init__(self, text_pos: torch.Tensor, text_neg: torch.Tensor | None, mined: torch.Tensor | None, *,
                  scorer: Callable[..., torch.Tensor], temperature: float, logit_scale: float,
@@ -124,7 +126,7 @@ class AdaptiveScorer:
         self.memory = LabelMemory.empty(self.all_text.shape[0], options.slots, self.all_text.shape[1], device)
         self.high = options.threshold + options.gap * (1 - options.threshold)
         self.low = options.threshold - options.gap * options.threshold
-        self.waiting: list[torch.Tensor] = []  # fed features short of a whole batch
+        super().__init__(options.batch, self.all_text.shape[1], device)
 
     def _run(self, f: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cos = f @ labels.t()
@@ -150,23 +152,6 @@ class AdaptiveScorer:
                 memory.writes["ood"] += 1
         adapted, _, _ = self._run(f, memory.proxies(self.all_text))
         return (adapted + self.options.weight * vanilla).cpu()
-
-    def feed(self, features: torch.Tensor) -> torch.Tensor:
-        """Scores of the images of every batch this piece completes (the rest waits for the next piece)."""
-        if features.numel():
-            self.waiting.append(features.to(self.device, torch.float32))
-        pending = torch.cat(self.waiting) if self.waiting else torch.empty(0, self.all_text.shape[1])
-        whole = pending.shape[0] - pending.shape[0] % self.options.batch
-        self.waiting = [pending[whole:]] if whole < pending.shape[0] else []
-        with torch.no_grad():
-            scores = [self._batch(pending[s:s + self.options.batch]) for s in range(0, whole, self.options.batch)]
-        return torch.cat(scores) if scores else torch.empty(0)
-
-    def finish(self) -> torch.Tensor:
-        """Scores of the last, partial batch."""
-        pending, self.waiting = self.waiting, []
-        with torch.no_grad():
-            return self._batch(torch.cat(pending)) if pending else torch.empty(0)
 
     def record(self) -> dict[str, Any]:
         filled = self.memory.count

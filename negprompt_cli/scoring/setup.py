@@ -99,6 +99,9 @@ class ScoringSetup:
     def mine(self, request: LabelRequest, *, cache_dir: Path | None = None, quiet: bool = False) -> ScoringSetup:
         """A negative-label scorer's labels for these class names (the slow part the first time: the lexicon is
         encoded once per backbone and cached); nothing for any other scorer."""
+        mining = request.mining
+        if self.spec.whole_pool and mining.fraction is None and mining.count is None:  # every candidate a label
+            request = replace(request, mining=replace(mining, fraction=1.0))
         self.labels, self.scorer_options = prepare(self.backbone, self.spec.pool, self.names, self.text_pos, request,
                                                    cache_dir=cache_dir or default_cache_dir(), quiet=quiet)
         return self
@@ -107,24 +110,29 @@ class ScoringSetup:
         """Unit image ``features`` [N, E] scored with exactly this scorer, τ, text features and mined labels.
 
         A scorer plugin that breaks its contract (cannot be called as documented, returns something else than one
-        finite score per image for finite features) is named, with its plugin, in one error."""
+        finite score per image for finite features) is named, with its plugin, in one error. A test-time scorer
+        scores streams, not batches: its rows get the class and cosines here and NaN scores, which the stream fills
+        (``score``'s in-order pass)."""
+        if self.spec.test_time:
+            return score_features(features, self.text_pos, self.text_neg, scorer=_stream_pending,
+                                  logit_scale=self.backbone.logit_scale, mined=self.mined)
         try:
             result = score_features(features, self.text_pos, self.text_neg, scorer=self.scorer_fn,
                                     temperature=self.temperature, logit_scale=self.backbone.logit_scale,
                                     mined=self.mined, scorer_options=self.scorer_keywords)
         except ScorerContractError as exc:
-            raise self._broken(str(exc)) from None
+            raise self.broken(str(exc)) from None
         except (TypeError, ValueError, RuntimeError, IndexError) as exc:
             if type(exc).__name__ == "OutOfMemoryError":  # the device's, not the scorer's
                 raise
-            raise self._broken(f"failed: {type(exc).__name__}: {exc}") from exc
+            raise self.broken(f"failed: {type(exc).__name__}: {exc}") from exc
         if not bool(torch.isfinite(result.score).all()) and bool(torch.isfinite(features).all()):
             bad = int((~torch.isfinite(result.score)).sum())
-            raise self._broken(f"returned non-finite scores for {bad} of {len(result.score)} image(s) whose "
+            raise self.broken(f"returned non-finite scores for {bad} of {len(result.score)} image(s) whose "
                                "features are finite")
         return result
 
-    def _broken(self, what: str) -> NegPromptError:
+    def broken(self, what: str) -> NegPromptError:
         entry = get_host().scorers.get(self.scorer)
         plugin = f" (plugin {entry.plugin!r})" if entry is not None else ""
         return NegPromptError(f"scorer {self.scorer!r}{plugin} {what}",
@@ -153,6 +161,11 @@ class ScoringSetup:
         settings; (None, why not) otherwise; (None, None) when the prompts carry none."""
         return applicable(self.stored_threshold, self.artifact_names, names=self.names, scorer=self.scorer,
                           temperature=self.temperature, settings=self.settings, extra=self.extra)
+
+
+def _stream_pending(pos: torch.Tensor, neg: torch.Tensor | None, **_: Any) -> torch.Tensor:
+    """A test-time scorer's per-batch stand-in: no score yet (NaN), its stream gives them."""
+    return torch.full((pos.shape[0],), float("nan"), device=pos.device)
 
 
 def zero_shot_prompts(scorer: str) -> tuple[str, ...]:

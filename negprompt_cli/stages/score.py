@@ -11,6 +11,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from ..features.image_features import (
     ImageStream,
     Window,
     agree_on_list,
+    encode_pixels,
     ranks_agree,
 )
 from ..features.saved_features import FeatureSaver, FeatureStream, SavedFeatures, check_features_target
@@ -52,13 +54,14 @@ from ..outputs.score_output import (
     stale_parts,
 )
 from ..outputs.score_parquet import ParquetOutput
-from ..registry import ScorerSpec, get_host
+from ..registry import ScorerSpec, get_host, plugin_options
 from ..scoring.adaptive import AdaptiveOptions, AdaptiveScorer
 from ..scoring.calibration import Decision, KeepRequest, check_calibrating, kept_counts, warn_if_shifted
 from ..scoring.explain import explain
 from ..scoring.negative_labels import LabelRequest
 from ..scoring.scores import Scores
 from ..scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
+from ..scoring.test_time import ScoreStream, StreamContext
 from ..scoring.thresholds import ThresholdWarning, stated, warn_no_decision, warn_no_threshold
 
 Inputs = Samples | SavedFeatures  # what a score run reads: images (files, containers) or saved embeddings
@@ -73,6 +76,7 @@ class ScoreOptions:
     backbone: BackboneRequest | None = None  # zero-shot only; prompts carry their backbone
     runtime: RuntimeOptions = RuntimeOptions()
     scorer: str | None = None
+    scorer_options: dict[str, Any] = field(default_factory=dict)  # the scorer's own Options (--scorer-option)
     temperature: float | None = None
     threshold: float | None = None
     fmt: str = "csv"
@@ -162,6 +166,12 @@ class _Plan:
     threshold: float | None
     threshold_source: str | None
     calibration: dict[str, Any] | None
+    scorer_settings: Any = None  # the scorer's own Options (--scorer-option), None for a scorer without
+
+    @property
+    def in_order(self) -> bool:
+        """Scores depend on the stream (--adaptive, a test-time scorer): one pass, in order, on rank 0."""
+        return self.options.adaptive is not None or self.setup.spec.test_time
 
 
 def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
@@ -176,6 +186,8 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
     if options.resume and options.adaptive is not None:
         raise UsageError("--resume cannot be combined with --adaptive: adaptive scores depend on the whole stream "
                          "before them")
+    if options.scorer_options and options.scorer is None:
+        raise UsageError("--scorer-option sets a setting of the scorer named by --scorer: give --scorer too")
     if options.fmt == "parquet" and (options.out is None or is_stream_target(options.out)):
         raise UsageError("--format parquet writes a file: give --out FILE.parquet (a regular file, not stdout or a "
                          "pipe)", hint="or --format jsonl for a stream")
@@ -208,6 +220,9 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
     if options.calibrate is not None and not options.calibrate.exists():
         raise NotFoundError(f"calibration images not found: {options.calibrate}")
     setup = setup_scoring(request)
+    scorer_settings = plugin_options("scorer", setup.scorer, setup.spec.fn, options.scorer_options)
+    if setup.spec.test_time:
+        _check_test_time(setup.spec, options)
     if isinstance(paths, SavedFeatures):
         paths.check(setup.backbone)
     shares.check_list(paths, setup.backbone)
@@ -216,7 +231,7 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
     shares.mine_labels(setup, request)
     encoding = replace(options.encode, precision=check_precision(setup.backbone.device, options.encode.precision))
     threshold, source, calibration = _threshold(options, setup, encoding, shares)
-    return _Plan(options, setup, paths, encoding, threshold, source, calibration)
+    return _Plan(options, setup, paths, encoding, threshold, source, calibration, scorer_settings)
 
 
 def _encode_and_score(plan: _Plan, shares: Shares, writer: _RowWriter, output: RowOutput,
@@ -224,8 +239,8 @@ def _encode_and_score(plan: _Plan, shares: Shares, writer: _RowWriter, output: R
     """Encode this process's share of the images as a stream and write each encoder batch's rows as it comes;
     ``resume_at``: the position in the share a resumed run goes on from (``--resume``: committed per window)."""
     setup, encoding = plan.setup, plan.encoding
-    if plan.options.adaptive is not None:
-        return _score_adaptively(plan.options, setup, encoding, plan.paths, shares, writer, output)
+    if plan.in_order:
+        return _score_in_order(plan, shares, writer, output)
     stream, offset = shares.stream(setup.backbone, plan.paths, encoding, "Scoring images", skip=resume_at)
     try:
         for window in stream:
@@ -294,7 +309,8 @@ def _summary(plan: _Plan, joined: Joined, adaptive_record: dict[str, Any] | None
                "out": str(plan.options.out or "-"),
                "negative_labels": ({**labels.record(), "groups": scorer_options["groups"]}
                                    if labels is not None and scorer_options is not None else None),
-               "adaptive": adaptive_record,
+               "adaptive": adaptive_record if plan.options.adaptive is not None else None,
+               "test_time": adaptive_record if setup.spec.test_time else None,
                "features_saved": str(plan.options.save_features) if plan.options.save_features else None,
                "features_from": str(plan.options.features) if plan.options.features else None,
                "scorer_source": setup.scorer_source, "prompts_id": setup.prompts_id,
@@ -587,11 +603,38 @@ def _batches_of(window: Window, offset: int, batch_size: int) -> Iterator[tuple[
         start = stop
 
 
-def _score_adaptively(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptions, paths: Inputs,
-                      shares: Shares, writer: _RowWriter, output: RowOutput) -> tuple[EncodeStats, dict[str, Any]]:
-    """--adaptive: one memory over the whole stream, in order. In a torchrun job the ranks first encode their
-    shares into the feature cache; then rank 0 reads the stream from it and scores it alone."""
-    assert options.adaptive is not None
+def _open_stream(plan: _Plan) -> ScoreStream:
+    """The stream the scores come from: AdaNeg's memory over the chosen scorer (--adaptive), or the test-time
+    scorer's own."""
+    options, setup = plan.options, plan.setup
+    if options.adaptive is not None:
+        return AdaptiveScorer(setup.text_pos, setup.text_neg, setup.mined, scorer=setup.scorer_fn,
+                              temperature=setup.temperature, logit_scale=setup.backbone.logit_scale,
+                              options=options.adaptive, scorer_options=setup.scorer_keywords,
+                              device=setup.backbone.device)
+    backbone, device = setup.backbone, setup.backbone.device
+    mined, text_neg = setup.mined, setup.text_neg
+    context = StreamContext(text_pos=setup.text_pos.to(device), labels=None if mined is None else mined.to(device),
+                            text_neg=None if text_neg is None else text_neg.to(device),
+                            temperature=setup.temperature, logit_scale=backbone.logit_scale,
+                            batch=plan.encoding.batch_size, seed=options.labels.mining.seed, device=device,
+                            image_size=backbone.image_size,
+                            encode_pixels=partial(encode_pixels, backbone, precision=plan.encoding.precision),
+                            options=plan.scorer_settings)
+    try:
+        stream: ScoreStream = setup.spec.fn.start(context)  # type: ignore[attr-defined]  # test_time: checked
+        return stream
+    except NegPromptError:
+        raise
+    except (TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise setup.broken(f"could not start its stream: {type(exc).__name__}: {exc}") from exc
+
+
+def _score_in_order(plan: _Plan, shares: Shares, writer: _RowWriter,
+                    output: RowOutput) -> tuple[EncodeStats, dict[str, Any]]:
+    """--adaptive or a test-time scorer: one stream over every image, in order. In a torchrun job the ranks first
+    encode their shares into the feature cache; then rank 0 reads the stream from it and scores it alone."""
+    setup, encoding, paths = plan.setup, plan.encoding, plan.paths
     filling, ranks = None, shares.ranks
     if ranks.distributed:
         filling, _ = shares.stream(setup.backbone, paths, encoding, "Encoding images (adaptive)")
@@ -600,10 +643,7 @@ def _score_adaptively(options: ScoreOptions, setup: ScoringSetup, encoding: Enco
         shares.wait_for_all("encoding the shares of an adaptive run")
         if not ranks.is_main:
             return filling.stats, {}
-    adaptive = AdaptiveScorer(setup.text_pos, setup.text_neg, setup.mined, scorer=setup.scorer_fn,
-                              temperature=setup.temperature, logit_scale=setup.backbone.logit_scale,
-                              options=options.adaptive, scorer_options=setup.scorer_keywords,
-                              device=setup.backbone.device)
+    adaptive = _open_stream(plan)
     waiting: deque[tuple[list[int], torch.Tensor, Scores]] = deque()  # scored, short of their adaptive scores
 
     def release(adapted: torch.Tensor) -> None:
@@ -644,10 +684,11 @@ def _threshold(options: ScoreOptions, setup: ScoringSetup, encoding: EncodeOptio
     ranks = shares.ranks
     if options.threshold is not None:
         return options.threshold, "--threshold", None
-    if options.adaptive is not None:
+    if options.adaptive is not None or setup.spec.test_time:
         if ranks.is_main:
-            warnings.warn("adaptive scores depend on the test stream: no stored or calibrated threshold applies, so "
-                          "scores carry no OOD decision; give --threshold VALUE for one", ThresholdWarning,
+            method = "adaptive" if options.adaptive is not None else setup.scorer
+            warnings.warn(f"{method} scores depend on the test stream: no stored or calibrated threshold applies, "
+                          "so scores carry no OOD decision; give --threshold VALUE for one", ThresholdWarning,
                           stacklevel=3)
         return None, None, None
     if options.calibrate is not None:
@@ -707,6 +748,19 @@ def _check_adaptive(spec: ScorerSpec, options: ScoreOptions) -> None:
     if options.calibrate is not None:
         raise UsageError("--adaptive cannot be combined with --calibrate: adaptive scores depend on the test stream",
                          hint="give --threshold, or leave the decision to `negprompt report`")
+
+
+def _check_test_time(spec: ScorerSpec, options: ScoreOptions) -> None:
+    """A test-time scorer scores a stream: requests that need a score per image on its own fail at once."""
+    if options.adaptive is not None:
+        raise UsageError(f"{spec.name} adapts to the test stream itself; --adaptive (AdaNeg's memory) is for a "
+                         "static scorer", hint="drop --adaptive")
+    if options.calibrate is not None:
+        raise UsageError(f"--calibrate cannot be combined with --scorer {spec.name}: its scores depend on the test "
+                         "stream", hint="give --threshold, or leave the decision to `negprompt report`")
+    if options.resume:
+        raise UsageError(f"--resume cannot be combined with --scorer {spec.name}: its scores depend on the whole "
+                         "stream before them")
 
 
 def _warn_unknown_labels(unknown: dict[str, int], names: list[str]) -> None:

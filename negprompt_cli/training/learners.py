@@ -9,15 +9,13 @@ NegPrompt and any third-party learner are interchangeable behind ``--learner NAM
 
 from __future__ import annotations
 
-import difflib
-import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import torch
 
-from ..errors import UsageError
 from ..features.text_encoder import SoftPromptTextEncoder, TokenizedPrompts
+from ..registry import parse_pairs, plugin_options
 from .class_parallel import ClassParallel
 
 
@@ -104,67 +102,13 @@ class LearnerBuilder(Protocol):
 
 
 def learner_options(name: str, learner: Any, given: dict[str, Any]) -> Any:
-    """The learner's Options filled with ``given``; unknown names and bad values are usage errors. A value given
-    as text (``--learner-option KEY=VALUE``) is converted to the field's declared type (int, float, bool, str, or
-    any of them ``| None``)."""
-    options_type = getattr(learner, "Options", None)
-    if options_type is None:
-        if given:
-            raise UsageError(f"learner {name!r} takes no options (got {', '.join(sorted(given))})")
-        return None
-    known = {f.name for f in fields(options_type)}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
-        raise UsageError(f"learner {name!r} has no option {unknown[0]!r}"
-                         + (f" (did you mean {close[0]!r}?)" if close else ""),
-                         hint=f"its options: {', '.join(sorted(known))}")
-    try:
-        hints = typing.get_type_hints(options_type)
-    except Exception:  # annotations this module cannot resolve: the values go to the learner as text
-        hints = {}
-    values = {k: _from_text(name, k, v, hints.get(k)) if isinstance(v, str) else v for k, v in given.items()}
-    try:
-        return options_type(**values)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"learner {name!r}: {exc}") from None
-    except UsageError as exc:  # the learner's own check (__post_init__): said with the learner's name
-        raise UsageError(f"learner {name!r}: {exc.message}", hint=exc.hint) from None
+    """The learner's Options filled with ``given`` (``--learner-option KEY=VALUE``; ``plugin_options``' rules)."""
+    return plugin_options("learner", name, learner, given)
 
 
 def parse_option_pairs(pairs: list[str]) -> dict[str, str]:
-    """``KEY=VALUE`` texts (``--learner-option``, repeatable) -> {KEY: VALUE}; the learner converts the values."""
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise UsageError(f"--learner-option takes KEY=VALUE (got {pair!r})",
-                             hint="e.g. --learner-option n_neg=4; negprompt plugins lists each learner's options")
-        if key in options:
-            raise UsageError(f"--learner-option {key} is given twice")
-        options[key] = value
-    return options
-
-
-def _from_text(name: str, key: str, text: str, hint: Any) -> Any:
-    kinds = [t for t in typing.get_args(hint) if t is not type(None)] if typing.get_args(hint) else [hint]
-    optional = type(None) in typing.get_args(hint)
-    if optional and text.strip().lower() in ("none", "null", ""):
-        return None
-    kind = kinds[0] if len(kinds) == 1 else str
-    try:
-        if kind is bool:
-            lowered = text.strip().lower()
-            if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-                raise ValueError(text)
-            return lowered in ("true", "1", "yes", "on")
-        if kind in (int, float, str):
-            return kind(text)
-    except ValueError:
-        raise UsageError(f"learner {name!r} option {key} takes {getattr(kind, '__name__', kind)} (got {text!r})")\
-            from None
-    return text  # a type the command line cannot spell: the learner checks it
+    """``--learner-option KEY=VALUE`` texts (repeatable) -> {KEY: VALUE}; the learner's Options convert them."""
+    return parse_pairs(pairs, "--learner-option")
 
 
 def options_record(options: Any) -> dict[str, Any]:
