@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from common import ROOT, current_commit  # noqa: E402  (benchmarks/ is run as sc
 
 from negprompt_cli.console import progress, show_progress
 from negprompt_cli.features.backbone import BackboneRequest, RuntimeOptions, load_backbone
-from negprompt_cli.features.image_features import EncodeOptions, encode_images
+from negprompt_cli.features.image_features import EncodeOptions, encode_images, encode_pixels
 from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
 from negprompt_cli.features.text_features import hand_template_features, text_features_for
 from negprompt_cli.inputs.image_folders import find_images, load_image_folder
@@ -51,6 +52,7 @@ from negprompt_cli.scoring.metrics import ood_metrics
 from negprompt_cli.scoring.negative_labels import MiningOptions, mine
 from negprompt_cli.scoring.scores import score_features
 from negprompt_cli.scoring.setup import zero_shot_features
+from negprompt_cli.scoring.test_time import StreamContext, stream_all
 from negprompt_cli.stages.fit_neg import FitNegOptions, fit_neg
 from negprompt_cli.stages.fit_pos import FitPosOptions, fit_pos
 from negprompt_cli.training.data import DataOptions
@@ -77,6 +79,9 @@ VARIANTS = ("official", "paper")
 # the negative-label scorers' settings, chosen per method on validation
 LABEL_GRID = {"fraction": (0.15, 0.5), "temperature": (0.01, 0.05), "groups": (1, 100)}
 STREAM_BATCH = 64  # score's default --batch-size: the adaptive memory's update unit
+# TANL's grid: how many activated labels (the world's corpus has ~300 candidates, ImageNet's ~70,000, of which
+# the release takes 1,000: 1.4 %); its corpus is the whole pool and its τ the release's 1/s
+TANL_GRID = {"labels": (5, 20, 1000), "fraction": (1.0,), "temperature": (0.01,)}
 
 
 def POSITIVE_OPTIM_WORLD(seed: int) -> OptimConfig:  # noqa: N802
@@ -95,7 +100,12 @@ class Method:
     @property
     def mined(self) -> str | None:
         """The negative-label pool this method mines from, if any."""
-        return "csp" if "csp" in self.scorer else "neglabel" if "neglabel" in self.scorer else None
+        return get_host().scorer_spec(self.scorer).pool
+
+    @property
+    def test_time(self) -> bool:
+        """A test-time scorer (TANL): always scored as a stream, with its own grid."""
+        return get_host().scorer_spec(self.scorer).test_time
 
     @property
     def text_key(self) -> str:
@@ -118,11 +128,15 @@ def methods() -> list[Method]:
             Method("adaptive CoOp + NegLabel", "coop", "neglabel", True)]
     out += [Method(f"adaptive NegPrompt + NegLabel ({v})", f"negprompt-{v}", "negprompt+neglabel", True)
             for v in VARIANTS]
+    out += [Method("TANL (zero-shot)", "zero-shot", "tanl", True)]
     return out
 
 
 def settings_for(method: Method) -> list[dict[str, Any]]:
-    """A static method's validation grid (adaptive methods take their static base's chosen setting)."""
+    """A static method's validation grid (adaptive methods take their static base's chosen setting; TANL has its
+    own)."""
+    if method.test_time:
+        return [dict(zip(TANL_GRID, values, strict=True)) for values in itertools.product(*TANL_GRID.values())]
     if method.mined is None:
         return [{}]
     return [dict(zip(LABEL_GRID, values, strict=True)) for values in itertools.product(*LABEL_GRID.values())]
@@ -198,10 +212,10 @@ class Partition:
                  stream_seed: int | None = None) -> dict[str, float]:
         positives = method.text_key
         pos, neg = self.text[positives]
-        scorer = get_host().scorer(method.scorer)
+        scorer = get_host().scorer("mcm" if method.test_time else method.scorer)  # TANL: only the class from here
         temperature = setting.get("temperature", 1.0)
         mined = self.mined(positives, method.mined, setting["fraction"], lexicon) if method.mined else None
-        options = {"groups": setting["groups"], "seed": 0} if method.mined else None
+        options = {"groups": setting.get("groups", 1), "seed": 0} if method.mined else None
         scale = self.backbone.logit_scale
 
         def static(feats: torch.Tensor) -> torch.Tensor:
@@ -209,11 +223,12 @@ class Partition:
                                   mined=mined, scorer_options=options).score
 
         id_static = score_features(self.features["id"], pos, neg, scorer=scorer, temperature=temperature,
-                                   logit_scale=scale, mined=mined, scorer_options=options)
+                                   logit_scale=scale, mined=None if method.test_time else mined,
+                                   scorer_options=None if method.test_time else options)
         out = {"id_accuracy": float((id_static.prediction == self.id_labels).float().mean())}
         for name in OOD_SETS:
             if method.adaptive:
-                id_scores, ood_scores = self.stream(pos, neg, mined, scorer, temperature, options, name,
+                id_scores, ood_scores = self.stream(method, setting, pos, neg, mined, scorer, options, name,
                                                     self.seed if stream_seed is None else stream_seed)
             else:
                 id_scores, ood_scores = id_static.score, static(self.features[name])
@@ -221,7 +236,7 @@ class Partition:
             out[f"{name}_auroc"], out[f"{name}_fpr95"] = m["auroc"], m["fpr"]
         return out
 
-    def stream(self, pos, neg, mined, scorer, temperature, options, ood: str, seed: int,  # type: ignore[no-untyped-def]
+    def stream(self, method, setting, pos, neg, mined, scorer, options, ood: str, seed: int,  # type: ignore[no-untyped-def]
                ood_fraction: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Adaptive scores of ID test + one OOD set as one shuffled stream; ``ood_fraction`` subsamples the OOD."""
         id_feats, ood_feats = self.features["id"], self.features[ood]
@@ -231,9 +246,19 @@ class Partition:
             ood_feats = ood_feats[rng.permutation(len(ood_feats))[: min(keep, len(ood_feats))]]
         feats = torch.cat([id_feats, ood_feats])
         order = torch.from_numpy(rng.permutation(len(feats)))
-        scores, _ = adaptive_scores(feats[order], pos, neg, mined, scorer=scorer, temperature=temperature,
-                                    logit_scale=self.backbone.logit_scale,
-                                    options=AdaptiveOptions(batch=STREAM_BATCH), scorer_options=options)
+        temperature = setting.get("temperature", 1.0)
+        if method.test_time:  # as `score --scorer tanl` opens it (the registered scorer's own stream)
+            spec = get_host().scorer_spec(method.scorer)
+            context = StreamContext(text_pos=pos, text_neg=neg, labels=mined, temperature=temperature,
+                                    logit_scale=self.backbone.logit_scale, batch=STREAM_BATCH, seed=0,
+                                    device=torch.device("cpu"), image_size=self.backbone.image_size,
+                                    encode_pixels=partial(encode_pixels, self.backbone),
+                                    options=spec.fn.Options(labels=setting["labels"]))
+            scores = stream_all(spec.fn.start(context), feats[order])
+        else:
+            scores, _ = adaptive_scores(feats[order], pos, neg, mined, scorer=scorer, temperature=temperature,
+                                        logit_scale=self.backbone.logit_scale,
+                                        options=AdaptiveOptions(batch=STREAM_BATCH), scorer_options=options)
         back = torch.empty_like(scores)
         back[order] = scores
         return back[: len(id_feats)], back[len(id_feats):]
@@ -285,7 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # validation: every method's settings on every validation partition of both setups
         validation: dict[str, Any] = {}
         for method in sorted(all_methods, key=lambda m: m.adaptive):  # static methods first
-            grid = ([validation[static_base(method).name][0]["setting"]] if method.adaptive
+            grid = ([validation[static_base(method).name][0]["setting"]] if method.adaptive and not method.test_time
                     else settings_for(method))
             candidates = []
             for setting in grid:
@@ -343,8 +368,8 @@ def adaptive_sensitivity(parts: dict[str, list[Partition]], method: Method, sett
         for p in setup_parts:
             pos, neg = p.text[method.text_key]
             mined = p.mined(method.text_key, method.mined, setting["fraction"])
-            id_s, ood_s = p.stream(pos, neg, mined, get_host().scorer(method.scorer), setting["temperature"],
-                                   {"groups": setting["groups"], "seed": 0}, "near_lexicon", p.seed, fraction)
+            id_s, ood_s = p.stream(method, setting, pos, neg, mined, get_host().scorer(method.scorer),
+                                   {"groups": setting.get("groups", 1), "seed": 0}, "near_lexicon", p.seed, fraction)
             m = ood_metrics(id_s.numpy(), ood_s.numpy())
             rows.append({"auroc": m["auroc"], "fpr95": m["fpr"]})
         ratios[label] = {k: [float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows]))]
@@ -355,10 +380,9 @@ def adaptive_sensitivity(parts: dict[str, list[Partition]], method: Method, sett
     for p in setup_parts:
         pos, neg = p.text[method.text_key]
         mined = p.mined(method.text_key, method.mined, setting["fraction"])
-        scorer, options = get_host().scorer(method.scorer), {"groups": setting["groups"], "seed": 0}
-        id_mixed, ood_mixed = p.stream(pos, neg, mined, scorer, setting["temperature"], options, "near_lexicon",
-                                       p.seed, 1.0)
-        id_alone, _ = p.stream(pos, neg, mined, scorer, setting["temperature"], options, "near_lexicon", p.seed, 0.0)
+        scorer, options = get_host().scorer(method.scorer), {"groups": setting.get("groups", 1), "seed": 0}
+        id_mixed, ood_mixed = p.stream(method, setting, pos, neg, mined, scorer, options, "near_lexicon", p.seed, 1.0)
+        id_alone, _ = p.stream(method, setting, pos, neg, mined, scorer, options, "near_lexicon", p.seed, 0.0)
         threshold = float(torch.quantile(id_mixed, 0.05))
         m = ood_metrics(id_alone.numpy(), ood_mixed.numpy())
         all_id.append({"id_kept_at_mixed_threshold": float((id_alone >= threshold).float().mean()),
