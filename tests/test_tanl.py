@@ -235,3 +235,11 @@ def test_a_detector_refuses_a_test_time_scorer(world_images, tmp_path):  # noqa:
     with pytest.raises(UsageError, match="scores a stream of images in order") as caught:
         negprompt.Detector.zero_shot([n for n in names if n], backbone="toy", scorer="tanl", cache_dir=tmp_path)
     assert "negprompt score --scorer tanl" in (caught.value.hint or "")
+
+
+def test_benchmark_run_refuses_a_test_time_scorer(tmp_path):
+    """The protocol runner scores the ID and OOD sets one by one: a test-time score needs them in one stream."""
+    result = invoke(["benchmark", "run", "imagenet1k-mcm", "--root", str(tmp_path), "--out", str(tmp_path / "run"),
+                     "--scorers", "", "--zero-shot-scorers", "csp,tanl"])
+    assert result.exit_code == 2 and "tanl is a test-time scorer whose scores depend on the stream" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()

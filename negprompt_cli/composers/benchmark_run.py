@@ -32,6 +32,7 @@ from ..outputs.artifact import load_prompts, package_versions
 from ..outputs.atomic import check_output_folder, write_text_atomic
 from ..outputs.score_file import read_score_file
 from ..presets import NEGATIVE_OPTIM, POSITIVE_OPTIM, OptimConfig
+from ..registry import get_host
 from ..scoring.metrics import ood_metrics
 from ..scoring.negative_labels import LabelRequest
 from ..scoring.setup import zero_shot_prompts
@@ -244,6 +245,13 @@ def published_for(protocol: Protocol, request: BackboneRequest, mode: str, score
 
 def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
     protocol = load_protocol(options.protocol)
+    requested = (*options.learned_scorers, *options.zero_shot_scorers)
+    streamed = [s for s in requested if get_host().scorer_spec(s).test_time]
+    if streamed:  # the runner scores the ID set and each OOD set on their own; a test-time score needs them mixed
+        raise UsageError(f"benchmark run scores the ID and OOD sets one by one, and {streamed[0]} is a test-time "
+                         "scorer whose scores depend on the stream (its papers mix ID and OOD images in one shuffled "
+                         "stream)", hint="score one shuffled folder of ID + OOD images with `negprompt score "
+                                         f"--scorer {streamed[0]}` and `negprompt report`")
     if options.shots:  # the layout needs as many training images as the run will take, not the protocol's
         protocol = replace(protocol, shots=options.shots)
     if not Path(options.root).is_dir():

@@ -199,7 +199,8 @@ def negative_label_options() -> list[inspect.Parameter]:
                "never kept (an image would be scored against its own class name; docs/method.md)."),
         option("groups", int | None, "--groups", help="Average the score over this many random groups of the "
                "negative labels (1 = no grouping). Default: the lexicon's (WordNet: 100; the world lexicon: 1)."),
-        option("seed", int, "--seed", default=0, help="Seed of the grouping and of CSP's superclass words."),
+        option("seed", int, "--seed", default=0, help="Seed of the grouping, CSP's superclass words and TANL's "
+               "noise images and memory orders."),
     ]
 
 
