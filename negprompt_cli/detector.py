@@ -26,6 +26,7 @@ from .devices import check_precision
 from .errors import NegPromptWarning, UsageError
 from .features.backbone import BackboneRequest, RuntimeOptions
 from .features.image_features import EncodeOptions, decode_rgb, encode_pixels
+from .features.local_features import check_local, encode_local
 from .inputs.displayed import as_displayed
 from .presets import DEFAULT_BACKBONE
 from .scoring.calibration import Decision, KeepRequest
@@ -85,26 +86,28 @@ class Detector:
     def from_prompts(cls, prompts: str | Path, *, names: Sequence[str] | None = None, scorer: str | None = None,
                      temperature: float | None = None, device: str = "auto", lexicon: Path | None = None,
                      cache_dir: Path | None = None, batch_size: int = 64, precision: str = "fp32",
-                     threshold: float | None = None, trust_backbone: bool = False, offline: bool = False
-                     ) -> Detector:
+                     threshold: float | None = None, trust_backbone: bool = False, offline: bool = False,
+                     scorer_options: dict[str, Any] | None = None) -> Detector:
         """Learned prompts (a fit-pos, fit-neg or transfer artifact), optionally re-targeted to ``names``."""
         runtime = RuntimeOptions(device=device, offline=offline, trust_backbone=trust_backbone)
         request = ScoringRequest(prompts=Path(prompts), names=list(names) if names is not None else None,
-                                 runtime=runtime, scorer=scorer, temperature=temperature,
-                                 labels=LabelRequest(lexicon=lexicon), encode=EncodeOptions(cache_dir, quiet=True))
+                                 runtime=runtime, scorer=scorer, scorer_options=dict(scorer_options or {}),
+                                 temperature=temperature, labels=LabelRequest(lexicon=lexicon),
+                                 encode=EncodeOptions(cache_dir, quiet=True))
         return cls(_setup(request), batch_size=batch_size, precision=precision, threshold=threshold)
 
     @classmethod
     def zero_shot(cls, names: Sequence[str], *, backbone: str = DEFAULT_BACKBONE, pretrained: str | None = None,
                   scorer: str | None = None, temperature: float | None = None, device: str = "auto",
                   lexicon: Path | None = None, cache_dir: Path | None = None, batch_size: int = 64,
-                  precision: str = "fp32", threshold: float | None = None, offline: bool = False) -> Detector:
+                  precision: str = "fp32", threshold: float | None = None, offline: bool = False,
+                  scorer_options: dict[str, Any] | None = None) -> Detector:
         """No learned prompts: ``names`` under the scorer's own ID prompts (csp by default: CSP's 8 templates;
         ``mcm``: the hand template "a photo of a {}.")."""
         request = ScoringRequest(names=list(names), zero_shot=True,
                                  backbone=BackboneRequest(backbone, pretrained, device, offline=offline),
-                                 scorer=scorer, temperature=temperature, labels=LabelRequest(lexicon=lexicon),
-                                 encode=EncodeOptions(cache_dir, quiet=True))
+                                 scorer=scorer, scorer_options=dict(scorer_options or {}), temperature=temperature,
+                                 labels=LabelRequest(lexicon=lexicon), encode=EncodeOptions(cache_dir, quiet=True))
         return cls(_setup(request), batch_size=batch_size, precision=precision, threshold=threshold)
 
     @property
@@ -165,13 +168,14 @@ class Detector:
             each = images  # type: ignore[assignment]
         batch: list[torch.Tensor] = []
         parts: list[torch.Tensor] = []
+        encode = encode_local if self.setup.spec.local else encode_pixels  # a local scorer's rows carry patches
         for image in each:
             batch.append(self._pixels(image))
             if len(batch) == self.batch_size:
-                parts.append(encode_pixels(self.setup.backbone, torch.stack(batch), self.precision))
+                parts.append(encode(self.setup.backbone, torch.stack(batch), self.precision))
                 batch = []
         if batch:
-            parts.append(encode_pixels(self.setup.backbone, torch.stack(batch), self.precision))
+            parts.append(encode(self.setup.backbone, torch.stack(batch), self.precision))
         if not parts:
             raise UsageError("no images given")
         return torch.cat(parts)
@@ -231,6 +235,8 @@ class Detector:
 def _setup(request: ScoringRequest) -> ScoringSetup:
     """The scoring setup, with its labels; a test-time scorer is refused before any label is mined."""
     setup = setup_scoring(request)
+    if setup.spec.local:
+        check_local(setup.backbone)
     if setup.spec.test_time:
         raise UsageError(f"scorer {setup.scorer!r} scores a stream of images in order (its scores depend on the "
                          "images before them), and a Detector scores each call on its own",

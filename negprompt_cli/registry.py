@@ -73,10 +73,12 @@ class ScorerSpec:
     test_time: bool = False
     # its labels are every candidate of ``pool`` (nothing mined) unless --mine-fraction / --negative-labels say
     whole_pool: bool = False
+    # reads patch features: the core encodes (and caches) them and passes ``local``, cosines [B, P, C]
+    local: bool = False
 
 
 SCORER_PROPERTIES = ("default_temperature", "probability", "needs_negative_prompts", "pool",
-                     "trained_temperature", "logit_bias", "test_time", "whole_pool")
+                     "trained_temperature", "logit_bias", "test_time", "whole_pool", "local")
 # plugins written against the first contract set these as attributes of the function instead
 _LEGACY_ATTRIBUTES = {"probability": "probability_score"}
 
@@ -389,6 +391,8 @@ def _check_scorer_signature(plugin: str, spec: ScorerSpec) -> None:
         keywords |= {"mined": None, "groups": 1, "seed": 0}
     if spec.logit_bias:  # a scorer for sigmoid-trained models also gets the backbone's bias
         keywords |= {"logit_bias": 0.0}
+    if spec.local:  # a scorer of patch features gets their cosines to the class prompts
+        keywords |= {"local": None}
     try:
         signature.bind(None, None, **keywords)
     except TypeError as exc:

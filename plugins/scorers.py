@@ -18,10 +18,11 @@ sigmoid-trained backbones). docs/method.md, "Scores per backbone family".
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from negprompt.plugin import hookimpl
+from negprompt.plugin import UsageError, hookimpl
 
 
 def negprompt_score(pos: torch.Tensor, neg: torch.Tensor | None, *, temperature: float = 1.0,
@@ -152,6 +153,37 @@ class NegativeLabelScore:
         return torch.sigmoid(id_part - negatives).mean(dim=1)
 
 
+@dataclass(frozen=True)
+class LocalWeight:
+    """GL-MCM's own setting (``--scorer-option weight=...``)."""
+
+    weight: float = 0.5  # λ: the released ImageNet script's (its argparse default is 1.0)
+
+    def __post_init__(self) -> None:
+        if not self.weight >= 0:
+            raise UsageError(f"the local weight must be 0 or more (got {self.weight})")
+
+
+class GlobalLocalMCM:
+    """GL-MCM (Miyai et al., 2023; code AtsuMiyai/GL-MCM ``utils/detection_util.py``): MCM of the global feature
+    plus λ times the largest class probability over the patches, each patch's softmax over the classes at τ:
+    max_c softmax(cos/τ) + λ·max_{p,c} softmax_c(cos_p/τ). ``local_only``: L-MCM, the patch term alone."""
+
+    Options = LocalWeight
+
+    def __init__(self, *, local_only: bool = False) -> None:
+        self.local_only = local_only
+
+    def __call__(self, pos: torch.Tensor, neg: torch.Tensor | None = None, *, temperature: float = 1.0,
+                 logit_scale: float = 100.0, local: torch.Tensor | None = None, weight: float = 0.5) -> torch.Tensor:
+        if local is None:
+            raise ValueError("GL-MCM needs the patch features' cosines (local)")
+        local_part = torch.softmax(local / temperature, dim=-1).amax(dim=(1, 2))
+        if self.local_only:
+            return local_part
+        return torch.softmax(pos / temperature, dim=1).max(dim=1).values + weight * local_part
+
+
 @hookimpl
 def register_scorers(register: Callable[..., None]) -> None:
     # What the core needs to know about each scorer is stated here (negprompt.plugin.ScorerSpec):
@@ -186,5 +218,10 @@ def register_scorers(register: Callable[..., None]) -> None:
     register("sigmoid-neglabel", SigmoidNegativeLabelScore(), description="NegLabel with sigmoid matches: the "
              "ID share of Σ σ(s·cos + b) over ID and mined labels (SigLIP-family)", pool="neglabel",
              probability=True, logit_bias=True)
+    # local (patch) features: the core encodes and caches them for these (ViT backbones)
+    register("gl-mcm", GlobalLocalMCM(), description="GL-MCM: MCM of the image plus λ (weight, 0.5) times the best "
+             "patch's MCM (patch features; ViT backbones)", local=True)
+    register("l-mcm", GlobalLocalMCM(local_only=True), description="L-MCM: the best patch's MCM alone (patch "
+             "features; ViT backbones)", local=True)
     register("sigmoid-csp", SigmoidNegativeLabelScore(), description="CSP's pool and templates, scored as "
              "sigmoid-neglabel (SigLIP-family)", pool="csp", probability=True, logit_bias=True)

@@ -55,6 +55,7 @@ TEMP_SUFFIX = ".safetensors.tmp"
 INFO_FILE = "info.json"
 LOCK_FILE = ".lock"
 COMPACT_ROWS = 65_536  # rows per compacted shard (32 MB at width 128, 128 MB at width 512)
+COMPACT_BYTES = 128 << 20  # and at most this much: rows with patch features are ~200x wider (local_features)
 STALE_TEMP_SECONDS = 3600  # a temporary file this old is abandoned even if its writer's pid was reused
 TAG_FILE = "CACHEDIR.TAG"
 # https://bford.info/cachedir/: the first line is the convention's signature; ours names negprompt
@@ -422,6 +423,7 @@ def compact_key(folder: Path, max_rows: int = COMPACT_ROWS) -> KeyReport:
             if not merge:
                 continue
             ids, block = rows
+            max_rows = min(max_rows, max(1, COMPACT_BYTES // (block.element_size() * max(1, block.shape[1]))))
             keep = [i for i, item in enumerate(ids) if item not in seen]
             seen.update(ids)
             pending_ids.extend(ids[i] for i in keep)

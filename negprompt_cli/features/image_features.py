@@ -43,6 +43,7 @@ from ..inputs.image_folders import find_images
 from ..inputs.pixels import TensorPreprocess, decode_jpegs, is_jpeg
 from .backbone import Backbone
 from .feature_cache import FeatureCache
+from .local_features import LOCAL_TAG, check_local, encode_local
 
 
 def _apply_pixel_limit() -> None:
@@ -352,7 +353,7 @@ class ImageStream:
                  view: View = View(), batch_size: int = 64, num_workers: int | None = None,
                  precision: str = "fp32", strict: bool = False, use_cache: bool = True, quiet: bool = False,
                  description: str = "Encoding images", decode: str | None = None,
-                 window_batches: int | None = None) -> None:
+                 window_batches: int | None = None, local: bool = False) -> None:
         self.backbone, self.paths, self.view = backbone, paths, view
         self.batch_size, self.num_workers, self.precision = batch_size, num_workers, precision
         self.strict, self.quiet, self.description = strict, quiet, description
@@ -360,6 +361,10 @@ class ImageStream:
         self.tensor_path = tensor_decoding(backbone, view, decode)
         preprocess_id = (self.tensor_path.tag() if self.tensor_path is not None
                          else f"{DECODE_RULE}:{backbone.preprocess_repr()}")
+        self.local = local
+        if local:  # rows of another width: their own key (``local_features``), beside the global rows
+            check_local(backbone)
+            preprocess_id = f"{preprocess_id}:{LOCAL_TAG}"
         self.cache = FeatureCache(cache_dir or default_cache_dir(), backbone.feature_key(preprocess_id),
                                   info={**backbone.identity(), "preprocess": preprocess_id}) if use_cache else None
         self.stats = EncodeStats(requested=len(paths))
@@ -370,7 +375,7 @@ class ImageStream:
         """A stream with a stage's ``EncodeOptions`` (``quiet``: instead of theirs, e.g. on ranks other than 0)."""
         return cls(backbone, paths, cache_dir=encoding.cache_dir, view=view, batch_size=encoding.batch_size,
                    num_workers=encoding.num_workers, precision=encoding.precision, strict=encoding.strict,
-                   quiet=encoding.quiet if quiet is None else quiet, description=description)
+                   quiet=encoding.quiet if quiet is None else quiet, description=description, local=encoding.local)
 
     def _lookup(self, start: int) -> tuple[_Pending, list[int]]:
         """A window's cache lookup: (its pending record, the positions still to encode)."""
@@ -428,7 +433,7 @@ class ImageStream:
                 window.bad.extend(bad + refused)
                 if order:
                     assert pixels is not None  # the batch's pixels, whenever any item was decoded
-                    feats = encode_pixels(self.backbone, pixels, self.precision)
+                    feats = (encode_local if self.local else encode_pixels)(self.backbone, pixels, self.precision)
                     self.stats.encoder_calls += 1
                     self.stats.encoded += len(order)
                     if self.cache is not None:  # keyed by the bytes that were decoded, not by the earlier hash
@@ -508,6 +513,7 @@ class EncodeOptions:
     precision: str = "fp32"
     strict: bool = False
     quiet: bool = False  # no progress bars (stderr)
+    local: bool = False  # rows also carry the patch features (``local_features``; a scorer that reads them)
 
 
 def ranks_agree(ranks: Ranks, backbone: Backbone, paths: Sequence[Path]) -> None:

@@ -34,23 +34,25 @@ def _check_shape(score: Any, images: int) -> None:
 def score_features(image_features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Tensor | None, *,
                    scorer: Scorer, temperature: float = 1.0, logit_scale: float = 100.0,
                    batch: int = 4096, mined: torch.Tensor | None = None,
-                   scorer_options: dict[str, Any] | None = None) -> Scores:
+                   scorer_options: dict[str, Any] | None = None, local: torch.Tensor | None = None) -> Scores:
     """Score unit image features [N, E] against unit text features [C, E] and [C, P, E].
 
     ``scorer`` is the scoring function itself (a scorer plugin's, from the registry). ``mined`` ([M, E]
     negative labels from a lexicon) reaches the scorer as the cosines ``mined`` [B, M], with
-    ``scorer_options``. Runs where the image features are (the device rule: text features follow the
-    images), in fp32.
+    ``scorer_options``. ``local`` ([N, P, E] patch features) reaches it as the cosines ``local`` [B, P, C].
+    Runs where the image features are (the device rule: text features follow the images), in fp32.
     """
     outputs: list[tuple[torch.Tensor, ...]] = []
     device = image_features.device
     text_pos = text_pos.to(device, torch.float32)
     text_neg = text_neg.to(device, torch.float32) if text_neg is not None else None
     mined = mined.to(device, torch.float32) if mined is not None else None
-    extra = scorer_options or {}
     with torch.no_grad():
         for start in range(0, image_features.shape[0], batch):
             f = image_features[start:start + batch].float()
+            extra = dict(scorer_options or {})
+            if local is not None:
+                extra["local"] = local[start:start + batch].to(device, torch.float32) @ text_pos.t()
             pos = f @ text_pos.t()
             neg = torch.einsum("be,cpe->bcp", f, text_neg) if text_neg is not None else None
             if mined is not None:

@@ -7,7 +7,7 @@ image scores the same through either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,12 @@ from ..errors import IncompatibleArtifactError, NegPromptError, UsageError
 from ..features.backbone import Backbone, BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from ..features.backbone_facts import remembered_backbone
 from ..features.image_features import EncodeOptions
+from ..features.local_features import split_rows
 from ..features.text_encoder import SoftPromptTextEncoder
 from ..features.text_features import HAND_TEMPLATE, hand_template_features, template_features, text_features_for
 from ..outputs.artifact import PromptArtifact, artifact_id, check_fits_backbone, load_prompts
 from ..presets import default_scorer
-from ..registry import ScorerSpec, get_host
+from ..registry import ScorerSpec, get_host, plugin_options
 from .calibration import Decision, KeepRequest
 from .negative_labels import LabelRequest, NegativeLabels, prepare, settings_fingerprint, zero_shot_templates
 from .scores import ScorerContractError, Scores, score_features
@@ -39,6 +40,7 @@ class ScoringRequest:
     backbone: BackboneRequest | None = None  # zero-shot: which backbone; with prompts: must match theirs
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     scorer: str | None = None  # None: what the prompts' threshold was calibrated for, else the default
+    scorer_options: dict[str, Any] = field(default_factory=dict)  # its own Options' values (--scorer-option)
     temperature: float | None = None
     labels: LabelRequest = field(default_factory=LabelRequest)
     encode: EncodeOptions = EncodeOptions()  # its cache_dir holds the mined labels' features; quiet: no bars
@@ -70,6 +72,11 @@ class ScoringSetup:
     artifact_names: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     artifact: PromptArtifact | None = None
+    own_options: Any = None  # the scorer's own Options (``--scorer-option``), passed to it as keywords
+
+    @property
+    def dim(self) -> int:
+        return int(self.text_pos.shape[1])
 
     @property
     def scorer_fn(self) -> Any:
@@ -81,7 +88,12 @@ class ScoringSetup:
 
     @property
     def settings(self) -> dict[str, Any] | None:
-        return settings_fingerprint(self.labels, self.scorer_options)
+        """What a threshold for this setup is valid for besides scorer, τ and names: the label settings and the
+        scorer's own options (a GL-MCM threshold at one local weight says nothing at another)."""
+        settings = settings_fingerprint(self.labels, self.scorer_options)
+        if self.own_options is not None:
+            settings = {**(settings or {}), "scorer_options": asdict(self.own_options)}
+        return settings
 
     @property
     def reads_negative_prompts(self) -> bool:
@@ -92,6 +104,8 @@ class ScoringSetup:
         """What the scorer is called with besides cosines, τ and s: its label options (groups, seed), and the
         backbone's logit bias for a scorer registered to take it (0 for a model trained without one)."""
         keywords = dict(self.scorer_options or {})
+        if self.own_options is not None and not self.spec.test_time:  # a test-time scorer gets them at start
+            keywords |= asdict(self.own_options)
         if self.spec.logit_bias:
             keywords["logit_bias"] = self.backbone.logit_bias or 0.0
         return keywords
@@ -113,13 +127,18 @@ class ScoringSetup:
         finite score per image for finite features) is named, with its plugin, in one error. A test-time scorer
         scores streams, not batches: its rows get the class and cosines here and NaN scores, which the stream fills
         (``score``'s in-order pass)."""
+        features, local = split_rows(features, self.dim)  # rows with patch features: a local scorer's
         if self.spec.test_time:
             return score_features(features, self.text_pos, self.text_neg, scorer=_stream_pending,
                                   logit_scale=self.backbone.logit_scale, mined=self.mined)
+        if self.spec.local and local is None:
+            raise UsageError(f"the {self.scorer} scorer reads patch features, and these features have none",
+                             hint="score images (encoded with their patch features), not saved global embeddings")
         try:
             result = score_features(features, self.text_pos, self.text_neg, scorer=self.scorer_fn,
                                     temperature=self.temperature, logit_scale=self.backbone.logit_scale,
-                                    mined=self.mined, scorer_options=self.scorer_keywords)
+                                    mined=self.mined, scorer_options=self.scorer_keywords,
+                                    local=local if self.spec.local else None)
         except ScorerContractError as exc:
             raise self.broken(str(exc)) from None
         except (TypeError, ValueError, RuntimeError, IndexError) as exc:
@@ -225,7 +244,8 @@ def setup_scoring(request: ScoringRequest) -> ScoringSetup:
     return ScoringSetup(backbone=backbone, names=names, text_pos=text_pos, text_neg=text_neg, scorer=scorer,
                         spec=spec, scorer_source=scorer_source, temperature=temperature,
                         prompts_id=prompts_id, stored_threshold=stored, artifact_names=artifact_names, extra=extra,
-                        artifact=artifact)
+                        artifact=artifact,
+                        own_options=plugin_options("scorer", scorer, spec.fn, request.scorer_options))
 
 
 def _backbone(request: ScoringRequest, wanted: BackboneRequest) -> Backbone:
@@ -256,7 +276,7 @@ def setup_for_features(backbone: Backbone, names: list[str], text_pos: torch.Ten
     return ScoringSetup(backbone=backbone, names=list(names), text_pos=text_pos, text_neg=text_neg, scorer=scorer,
                         spec=spec, scorer_source="stage", temperature=scoring_temperature(spec, extra),
                         prompts_id="", stored_threshold=stored, artifact_names=list(artifact_names or names),
-                        extra=extra)
+                        extra=extra, own_options=plugin_options("scorer", scorer, spec.fn, {}))
 
 
 def decision_rows(result: Scores, names: list[str], decision: Decision) -> list[dict[str, Any]]:

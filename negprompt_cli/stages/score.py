@@ -33,6 +33,7 @@ from ..features.image_features import (
     encode_pixels,
     ranks_agree,
 )
+from ..features.local_features import split_rows
 from ..features.saved_features import FeatureSaver, FeatureStream, SavedFeatures, check_features_target
 from ..inputs.containers import SampleList, Samples, list_samples
 from ..inputs.image_folders import find_images, image_inputs, read_names_file, warn_foreign_calibration_classes
@@ -54,7 +55,7 @@ from ..outputs.score_output import (
     stale_parts,
 )
 from ..outputs.score_parquet import ParquetOutput
-from ..registry import ScorerSpec, get_host, plugin_options
+from ..registry import ScorerSpec, get_host
 from ..scoring.adaptive import AdaptiveOptions, AdaptiveScorer
 from ..scoring.calibration import Decision, KeepRequest, check_calibrating, kept_counts, warn_if_shifted
 from ..scoring.explain import explain
@@ -195,7 +196,8 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
     names_given = read_names_file(options.names, strict=options.encode.strict) if options.names else None
     request = ScoringRequest(prompts=options.prompts, names=names_given,
                              zero_shot=options.zero_shot, backbone=options.backbone, runtime=options.runtime,
-                             scorer=options.scorer, temperature=options.temperature, labels=options.labels,
+                             scorer=options.scorer, scorer_options=options.scorer_options,
+                             temperature=options.temperature, labels=options.labels,
                              encode=options.encode, defer_model=True)
     paths: Inputs
     if options.features is not None:
@@ -220,16 +222,21 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
     if options.calibrate is not None and not options.calibrate.exists():
         raise NotFoundError(f"calibration images not found: {options.calibrate}")
     setup = setup_scoring(request)
-    scorer_settings = plugin_options("scorer", setup.scorer, setup.spec.fn, options.scorer_options)
+    scorer_settings = setup.own_options
     if setup.spec.test_time:
         _check_test_time(setup.spec, options)
+    if setup.spec.local and (options.features is not None or options.save_features is not None):
+        flag = "--features" if options.features is not None else "--save-features"
+        raise UsageError(f"{flag} holds global embeddings only, and the {setup.scorer} scorer reads patch features",
+                         hint="score the images themselves (their patch features go to the feature cache)")
     if isinstance(paths, SavedFeatures):
         paths.check(setup.backbone)
     shares.check_list(paths, setup.backbone)
     if options.adaptive is not None:
         _check_adaptive(setup.spec, options)
     shares.mine_labels(setup, request)
-    encoding = replace(options.encode, precision=check_precision(setup.backbone.device, options.encode.precision))
+    encoding = replace(options.encode, precision=check_precision(setup.backbone.device, options.encode.precision),
+                       local=setup.spec.local)
     threshold, source, calibration = _threshold(options, setup, encoding, shares)
     return _Plan(options, setup, paths, encoding, threshold, source, calibration, scorer_settings)
 
@@ -396,6 +403,7 @@ class _RowWriter:
     def write(self, indices: list[int], feats: torch.Tensor, result: Scores, output: RowOutput) -> None:
         """Rows of the images at ``indices`` (positions in the whole list) with their features and scores."""
         setup, options = self.setup, self.options
+        feats, _ = split_rows(feats, setup.dim)  # rows with patch features: their global part is the embedding
         explanations = None
         if options.explain > 0:  # the negatives this scorer reads: its negative prompts and/or its mined labels
             explanations = explain(feats, setup.text_pos, setup.names,
