@@ -40,6 +40,7 @@ from common import ROOT, current_commit  # noqa: E402  (benchmarks/ is run as sc
 from negprompt_cli.console import progress, show_progress
 from negprompt_cli.features.backbone import BackboneRequest, RuntimeOptions, load_backbone
 from negprompt_cli.features.image_features import EncodeOptions, encode_images, encode_pixels
+from negprompt_cli.features.local_features import split_rows
 from negprompt_cli.features.text_encoder import SoftPromptTextEncoder
 from negprompt_cli.features.text_features import hand_template_features, text_features_for
 from negprompt_cli.inputs.image_folders import find_images, load_image_folder
@@ -82,6 +83,8 @@ STREAM_BATCH = 64  # score's default --batch-size: the adaptive memory's update 
 # TANL's grid: how many activated labels (the world's corpus has ~300 candidates, ImageNet's ~70,000, of which
 # the release takes 1,000: 1.4 %); its corpus is the whole pool and its τ the release's 1/s
 TANL_GRID = {"labels": (5, 20, 1000), "fraction": (1.0,), "temperature": (0.01,)}
+# GL-MCM's local weight λ (0.5: the released ImageNet script; 1.0: its default); τ 1 as MCM's
+LOCAL_GRID = {"weight": (0.5, 1.0)}
 
 
 def POSITIVE_OPTIM_WORLD(seed: int) -> OptimConfig:  # noqa: N802
@@ -103,6 +106,11 @@ class Method:
         return get_host().scorer_spec(self.scorer).pool
 
     @property
+    def local(self) -> bool:
+        """Reads patch features (GL-MCM): scored on the rows that carry them."""
+        return get_host().scorer_spec(self.scorer).local
+
+    @property
     def test_time(self) -> bool:
         """A test-time scorer (TANL): always scored as a stream, with its own grid."""
         return get_host().scorer_spec(self.scorer).test_time
@@ -116,9 +124,10 @@ class Method:
 def methods() -> list[Method]:
     out = [Method("zero-shot MCM", "zero-shot", "mcm"), Method("zero-shot NegLabel", "zero-shot", "neglabel"),
            Method("zero-shot CSP", "zero-shot", "csp")]
+    out += [Method("zero-shot GL-MCM", "zero-shot", "gl-mcm")]
     out += [Method(f"CoOp + {label}", "coop", scorer) for label, scorer in
             (("MCM", "mcm"), ("energy", "energy"), ("maxlogit", "maxlogit"), ("NegLabel", "neglabel"),
-             ("CSP", "csp"))]
+             ("CSP", "csp"), ("GL-MCM", "gl-mcm"))]
     for v in VARIANTS:
         out += [Method(f"NegPrompt{label} ({v})", f"negprompt-{v}", scorer) for label, scorer in
                 (("", "negprompt"), ("-sum", "negprompt-sum"), ("-maxlogit", "negprompt-maxlogit"),
@@ -137,6 +146,8 @@ def settings_for(method: Method) -> list[dict[str, Any]]:
     own)."""
     if method.test_time:
         return [dict(zip(TANL_GRID, values, strict=True)) for values in itertools.product(*TANL_GRID.values())]
+    if method.local:
+        return [{"weight": w} for w in LOCAL_GRID["weight"]]
     if method.mined is None:
         return [{}]
     return [dict(zip(LABEL_GRID, values, strict=True)) for values in itertools.product(*LABEL_GRID.values())]
@@ -178,6 +189,10 @@ class Partition:
         self.features = {"id": encode_images(backbone, paths, cache_dir=cache, quiet=True)[0]}
         for name in OOD_SETS:
             self.features[name] = encode_images(backbone, find_images(work / name), cache_dir=cache, quiet=True)[0]
+        # the same images' rows with their patch features, for GL-MCM: [N, P, E] beside the global [N, E]
+        self.patches = {name: split_rows(encode_images(backbone, paths if name == "id" else find_images(work / name),
+                                                       cache_dir=cache, quiet=True, local=True)[0],
+                                         self.features["id"].shape[1])[1] for name in ("id", *OOD_SETS)}
         encoder = SoftPromptTextEncoder(backbone)
         data = DataOptions(work / "train", shots=SHOTS)
         encode = EncodeOptions(cache_dir=cache, quiet=True)
@@ -218,20 +233,25 @@ class Partition:
         options = {"groups": setting.get("groups", 1), "seed": 0} if method.mined else None
         scale = self.backbone.logit_scale
 
-        def static(feats: torch.Tensor) -> torch.Tensor:
-            return score_features(feats, pos, neg, scorer=scorer, temperature=temperature, logit_scale=scale,
-                                  mined=mined, scorer_options=options).score
+        if method.local:
+            options = {"weight": setting["weight"]}
+
+        def static(name: str) -> torch.Tensor:
+            return score_features(self.features[name], pos, neg, scorer=scorer, temperature=temperature,
+                                  logit_scale=scale, mined=mined, scorer_options=options,
+                                  local=self.patches[name] if method.local else None).score
 
         id_static = score_features(self.features["id"], pos, neg, scorer=scorer, temperature=temperature,
                                    logit_scale=scale, mined=None if method.test_time else mined,
-                                   scorer_options=None if method.test_time else options)
+                                   scorer_options=None if method.test_time else options,
+                                   local=self.patches["id"] if method.local else None)
         out = {"id_accuracy": float((id_static.prediction == self.id_labels).float().mean())}
         for name in OOD_SETS:
             if method.adaptive:
                 id_scores, ood_scores = self.stream(method, setting, pos, neg, mined, scorer, options, name,
                                                     self.seed if stream_seed is None else stream_seed)
             else:
-                id_scores, ood_scores = id_static.score, static(self.features[name])
+                id_scores, ood_scores = id_static.score, static(name)
             m = ood_metrics(id_scores.numpy(), ood_scores.numpy())
             out[f"{name}_auroc"], out[f"{name}_fpr95"] = m["auroc"], m["fpr"]
         return out
