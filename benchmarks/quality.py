@@ -128,6 +128,7 @@ def methods() -> list[Method]:
     out += [Method(f"CoOp + {label}", "coop", scorer) for label, scorer in
             (("MCM", "mcm"), ("energy", "energy"), ("maxlogit", "maxlogit"), ("NegLabel", "neglabel"),
              ("CSP", "csp"), ("GL-MCM", "gl-mcm"))]
+    out += [Method("LoCoOp + MCM", "locoop", "mcm"), Method("LoCoOp + GL-MCM", "locoop", "gl-mcm")]
     for v in VARIANTS:
         out += [Method(f"NegPrompt{label} ({v})", f"negprompt-{v}", scorer) for label, scorer in
                 (("", "negprompt"), ("-sum", "negprompt-sum"), ("-maxlogit", "negprompt-maxlogit"),
@@ -205,6 +206,12 @@ class Partition:
             **{f"zero-shot:{pool}": (zero_shot_features(backbone, self.id_names, pool), None)
                for pool in ("neglabel", "csp")},
             "coop": text_features_for(encoder, load_prompts(work / "pos.safetensors"), self.id_names)}
+        # LoCoOp: the same recipe with its background-entropy term; K scaled as the release's 200 of 1,000 classes
+        fit_pos(FitPosOptions(backbone=BackboneRequest(backbone.name, device="cpu"), data=data,
+                              out=work / "locoop.safetensors", prompt=PromptSettings(n_ctx=16), learner="locoop",
+                              learner_options={"top_k": max(1, n_id // 5)}, encode=encode,
+                              optim=POSITIVE_OPTIM_WORLD(seed)))
+        self.text["locoop"] = text_features_for(encoder, load_prompts(work / "locoop.safetensors"), self.id_names)
         for variant in VARIANTS:
             out = work / f"neg-{variant}.safetensors"
             fit_neg(FitNegOptions(data=data, out=out, pos=work / "pos.safetensors",

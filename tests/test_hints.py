@@ -70,8 +70,8 @@ def test_fit_neg_refuses_another_backbone_before_loading_it_and_its_hint_works(t
 
 
 def suggestion(stderr: str) -> str:
-    """The one name a "did you mean X?" (in the error or its hint) suggests."""
-    match = re.search(r"did you mean '?([\w+.-]+)'?\?", stderr)
+    """The first (closest) name a "did you mean X?" or "did you mean X, Y?" (in the error or its hint) suggests."""
+    match = re.search(r"did you mean '?([\w+.-]+)'?[?,]", stderr)
     assert match, stderr
     return match.group(1)
 

@@ -166,3 +166,73 @@ def test_a_detector_scores_with_gl_mcm_as_score_does(world_images, tmp_path):  #
     assert result.exit_code == 0, result.stderr
     cli = [json.loads(line) for line in result.stdout.splitlines()]
     assert [round(r["score"], 5) for r in rows] == [round(r["score"], 5) for r in cli]
+
+
+# -- LoCoOp ------------------------------------------------------------------------------------------------------
+def release_entropy_select_topk(p, top_k, label, num_of_local_feature):  # type: ignore[no-untyped-def]
+    """AtsuMiyai/LoCoOp @a311b39 trainers/locoop.py, as released (bar .cuda())."""
+    label_repeat = label.repeat_interleave(num_of_local_feature)
+    p = F.softmax(p, dim=-1)
+    pred_topk = torch.topk(p, k=top_k, dim=1)[1]
+    contains_label = pred_topk.eq(label_repeat.clone().detach().unsqueeze(1)).any(dim=1)
+    selected_p = p[~contains_label]
+    if selected_p.shape[0] == 0:
+        return torch.tensor([0])
+    return -torch.mean(torch.sum(selected_p * torch.log(selected_p + 1e-5), 1))
+
+
+def test_locoop_loss_is_the_released_one():
+    from negprompt_plugins.locoop_learner import LoCoOpOptions, LoCoOpPrompts, background_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(4, 9, 12, generator=g) * 5, torch.tensor([0, 3, 11, 5])
+    for k in (1, 3, 12):
+        ours = background_entropy(logits, labels, k)
+        theirs = release_entropy_select_topk(logits.flatten(0, 1), k, labels, 9)
+        assert torch.allclose(ours, theirs.float().reshape(()), atol=1e-6), k
+    assert float(background_entropy(logits, labels, 12)) == 0.0  # K = C: no patch misses its label
+
+    class Fixed(LoCoOpPrompts):  # the text features held fixed: the loss alone is under test
+        def __init__(self, text: torch.Tensor) -> None:
+            torch.nn.Module.__init__(self)
+            self.text, self.options = text, LoCoOpOptions(weight=0.25, top_k=3)
+            self.register_buffer("logit_scale", torch.tensor(100.0))
+
+        def text_features(self) -> torch.Tensor:
+            return self.text
+
+    text = F.normalize(torch.randn(12, 8, generator=g), dim=-1)
+    glob, patches = F.normalize(torch.randn(4, 8, generator=g), dim=-1), F.normalize(torch.randn(4, 9, 8,
+                                                                                               generator=g), dim=-1)
+    module = Fixed(text)
+    loss, out = module.loss(torch.cat([glob, patches.flatten(1)], dim=1), labels)
+    expected = F.cross_entropy(100 * glob @ text.t(), labels) - 0.25 * release_entropy_select_topk(
+        (100 * patches @ text.t()).flatten(0, 1), 3, labels, 9).reshape(())
+    assert torch.allclose(loss, expected, atol=1e-5) and torch.allclose(out, 100 * glob @ text.t(), atol=1e-5)
+    plain, _ = module.loss(glob, labels)  # rows without patches: CoOp's cross-entropy
+    assert torch.allclose(plain, F.cross_entropy(100 * glob @ text.t(), labels), atol=1e-6)
+
+
+def test_fit_pos_locoop_trains_on_patch_rows_and_scores_with_gl_mcm(tiny_vit_dir, tiny_rn_dir, tmp_path):
+    from conftest import make_image_folder, pos_fast
+
+    from negprompt_cli.outputs.artifact import load_prompts
+
+    make_image_folder(tmp_path / "train", classes=("red_stripes", "green_bars", "blue_dots"), per_class=6)
+    base = ["fit-pos", "--data", str(tmp_path / "train"), "--cache-dir", str(tmp_path / "cache"), *pos_fast(2),
+            "--learner", "locoop"]
+    result = invoke([*base, "--backbone", f"local-dir:{tiny_vit_dir}", "--out", str(tmp_path / "l.safetensors"),
+                     "--learner-option", "top_k=1", "--json"])
+    assert result.exit_code == 0, result.stderr
+    artifact = load_prompts(tmp_path / "l.safetensors")
+    assert artifact.prompt["learner"] == "locoop"
+    assert artifact.training["learner_options"] == {"weight": 0.25, "top_k": 1}
+    keys = [d for d in (tmp_path / "cache").iterdir() if d.is_dir()]
+    assert len(keys) == 1 and json.loads((keys[0] / "info.json").read_text())["preprocess"].endswith("local-vv1")
+    scored = invoke(["score", str(tmp_path / "train"), "--prompts", str(tmp_path / "l.safetensors"), "--scorer",
+                     "gl-mcm", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "s.csv"), "--json"])
+    assert scored.exit_code == 0, scored.stderr
+    assert json.loads(scored.stdout)["cached"] == 18  # the training rows, patches and all
+    refused = invoke([*base, "--backbone", f"local-dir:{tiny_rn_dir}", "--out", str(tmp_path / "r.safetensors")])
+    assert refused.exit_code == 2 and "local (patch) features are not available" in refused.stderr
+    assert not (tmp_path / "r.safetensors").exists()

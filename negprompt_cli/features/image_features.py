@@ -373,9 +373,10 @@ class ImageStream:
     def encoding(cls, backbone: Backbone, paths: Sequence[Path], encoding: EncodeOptions, *, view: View = View(),
                  description: str = "Encoding images", quiet: bool | None = None) -> ImageStream:
         """A stream with a stage's ``EncodeOptions`` (``quiet``: instead of theirs, e.g. on ranks other than 0)."""
-        return cls(backbone, paths, cache_dir=encoding.cache_dir, view=view, batch_size=encoding.batch_size,
-                   num_workers=encoding.num_workers, precision=encoding.precision, strict=encoding.strict,
-                   quiet=encoding.quiet if quiet is None else quiet, description=description, local=encoding.local)
+        options = encoding.stream_options()
+        if quiet is not None:
+            options["quiet"] = quiet
+        return cls(backbone, paths, view=view, description=description, **options)
 
     def _lookup(self, start: int) -> tuple[_Pending, list[int]]:
         """A window's cache lookup: (its pending record, the positions still to encode)."""
@@ -515,6 +516,11 @@ class EncodeOptions:
     quiet: bool = False  # no progress bars (stderr)
     local: bool = False  # rows also carry the patch features (``local_features``; a scorer that reads them)
 
+    def stream_options(self) -> dict[str, Any]:
+        """These settings as :class:`ImageStream`'s keywords (one list, for every way a stage encodes)."""
+        return dict(cache_dir=self.cache_dir, batch_size=self.batch_size, num_workers=self.num_workers,
+                    precision=self.precision, strict=self.strict, quiet=self.quiet, local=self.local)
+
 
 def ranks_agree(ranks: Ranks, backbone: Backbone, paths: Sequence[Path]) -> None:
     """Every rank of a torchrun job loaded the same backbone and weights and sees the same image list (one
@@ -544,9 +550,7 @@ def encode_images_across(ranks: Ranks, backbone: Backbone, paths: Sequence[Path]
     Returns what one process would return, on rank 0 (``gather="main"``) or on every rank
     (``gather="all"``); other ranks get None. Every rank writes the cache rows of its own share.
     """
-    options: dict[str, Any] = dict(cache_dir=encoding.cache_dir, view=view, batch_size=encoding.batch_size,
-                                   num_workers=encoding.num_workers, precision=encoding.precision,
-                                   strict=encoding.strict, quiet=encoding.quiet, description=description)
+    options: dict[str, Any] = dict(encoding.stream_options(), view=view, description=description)
     if not ranks.distributed:
         return encode_images(backbone, paths, **options)
     ranks_agree(ranks, backbone, paths)

@@ -12,6 +12,7 @@ from ..devices import check_precision
 from ..errors import UsageError
 from ..features.backbone import Backbone, BackboneRequest, load_backbone, set_text_checkpointing
 from ..features.image_features import EncodeOptions
+from ..features.local_features import check_local, split_rows
 from ..features.text_encoder import SoftPromptTextEncoder
 from ..features.text_features import hand_template_features
 from ..inputs.image_folders import ImageFolder, folder_fingerprint
@@ -42,8 +43,10 @@ class FitPosOptions:
 
 def zero_shot_accuracy(encoder: SoftPromptTextEncoder, names: list[str], features: torch.Tensor,
                        labels: torch.Tensor) -> float:
-    """Hand-template ("a photo of a {}.") accuracy through the model's own encode_text."""
+    """Hand-template ("a photo of a {}.") accuracy through the model's own encode_text (of the global features,
+    when rows also carry patch features)."""
     text = hand_template_features(encoder, names)
+    features = split_rows(features, text.shape[1])[0]
     return float(((features.float() @ text.t()).argmax(1) == labels).float().mean())
 
 
@@ -63,7 +66,11 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
     encoder.require_soft_prompts()  # before any image is encoded
     settings = _prompt_settings(encoder, options.prompt)
     optim = options.optim
-    encoding = replace(options.encode, precision=check_precision(backbone.device, options.encode.precision))
+    local = bool(getattr(builder, "local", False))  # a learner of patch features (LoCoOp): rows carry them
+    if local:
+        check_local(backbone)
+    encoding = replace(options.encode, precision=check_precision(backbone.device, options.encode.precision),
+                       local=local)
     data = labelled_features(backbone, options.data, encoding, optim.seed)
     folder, features, labels, val = data.folder, data.features, data.labels, data.val
     prompts = encoder.tokenize(folder.class_names, settings.n_ctx, settings.suffix)
