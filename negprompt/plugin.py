@@ -30,6 +30,7 @@ from negprompt_cli.features.backbone import Backbone, BackboneFactory
 from negprompt_cli.features.text_encoder import SoftPromptTextEncoder, TokenizedPrompts
 from negprompt_cli.hookspecs import hookimpl
 from negprompt_cli.registry import ScorerSpec
+from negprompt_cli.scoring.lexicon import DEFAULT_LEXICON
 from negprompt_cli.scoring.test_time import BatchStream, ScoreStream, StreamContext
 from negprompt_cli.training.coop import CoOpPrompts
 from negprompt_cli.training.learners import LearnerBuilder, PromptModule, PromptSettings, initial_context
@@ -49,7 +50,15 @@ __all__ = [
     "ScorerSpec",
     # test-time scorers (``test_time=True``): what ``start`` receives and what the stream it opens offers
     "StreamContext", "ScoreStream", "BatchStream",
+    # lexicons: the shipped WordNet lists (``register_lexicons`` registers folders in --lexicon's layout)
+    "wordnet_lexicon_dir",
     # errors and notes (their exit codes: docs/cli.md)
     "NegPromptError", "UsageError", "NotFoundError", "HubError", "IncompatibleArtifactError", "NegPromptWarning",
     "NegPromptNotice",
 ]
+
+
+def wordnet_lexicon_dir():  # noqa: ANN201 (a Path; annotated in the docstring to keep this module import-light)
+    """The folder of the WordNet lists negprompt ships (NegLabel's; ``assets/lexicon/wordnet``): a Path."""
+    return DEFAULT_LEXICON
+

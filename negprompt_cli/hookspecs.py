@@ -53,3 +53,14 @@ def register_scorers(register):
     ``pool`` ("neglabel" or "csp": the core mines negative labels and passes ``mined``, ``groups``, ``seed``)
     and ``trained_temperature`` (runs at the τ the negatives were trained with).
     """
+
+
+@hookspec
+def register_lexicons(register):
+    """Register named lexicons: ``register(name, path, *, description="", replace=False)``.
+
+    ``path`` is a folder or file in ``--lexicon``'s layout (``noun.*.txt`` / ``adj.*.txt``, an optional
+    ``manifest.json`` with its mining defaults; or one text file of nouns). ``--lexicon NAME`` then reads it, and
+    ``negprompt plugins`` lists it: a package can ship a word list (an LLM-filtered one, a domain's) this way.
+    """
+

@@ -29,6 +29,7 @@ import typing
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -152,6 +153,7 @@ class PluginHost:
         self.backbones = Registry("backbone", normalise=_normalise_backbone)
         self.learners = Registry("prompt learner")
         self.scorers = Registry("scorer")
+        self.lexicons = Registry("lexicon")
         self.limited_by: str | None = None
         self._filled = False
 
@@ -230,7 +232,8 @@ class PluginHost:
         self.backbones = Registry("backbone", normalise=_normalise_backbone)
         self.learners = Registry("prompt learner")
         self.scorers = Registry("scorer")
-        for registry in (self.backbones, self.learners, self.scorers):
+        self.lexicons = Registry("lexicon")
+        for registry in (self.backbones, self.learners, self.scorers, self.lexicons):
             registry.limited_by = self.limited_by
         for record in self.records.values():
             record.registered = {}
@@ -240,6 +243,7 @@ class PluginHost:
             ("register_backbones", self.backbones),
             ("register_prompt_learners", self.learners),
             ("register_scorers", self.scorers),
+            ("register_lexicons", self.lexicons),
         ):
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 register = self._registrar(impl.plugin_name, registry)
@@ -252,6 +256,8 @@ class PluginHost:
             try:
                 if registry is self.scorers:
                     obj = _scorer_spec(plugin_name, name, obj, description, properties)
+                elif registry is self.lexicons:
+                    obj = _lexicon_path(plugin_name, name, obj, properties)
                 elif properties:
                     raise TypeError(f"plugin {plugin_name!r} registers {registry.kind} {name!r} with unknown "
                                     f"keyword(s) {', '.join(sorted(properties))}")
@@ -290,6 +296,11 @@ class PluginHost:
         spec: ScorerSpec = self._lookup("scorers", name)
         return spec
 
+    def lexicon(self, name: str) -> Path:
+        """The folder or file registered as lexicon ``name`` (``--lexicon NAME``)."""
+        path: Path = self._lookup("lexicons", name)
+        return path
+
     def scorer_specs(self) -> list[ScorerSpec]:
         self.fill()
         return [self.scorers.get(n).obj for n in self.scorers.names()]  # type: ignore[union-attr]
@@ -325,7 +336,7 @@ class PluginHost:
         """What a plugin registered, entry by entry: name, aliases, the description it gave, and for a learner
         its own options (what ``--learner-option KEY=VALUE`` takes: name, type, default)."""
         found: dict[str, list[dict[str, Any]]] = {}
-        for registry in (self.backbones, self.learners, self.scorers):
+        for registry in (self.backbones, self.learners, self.scorers, self.lexicons):
             for entry in registry._entries.values():
                 if entry.plugin != plugin:
                     continue
@@ -371,6 +382,17 @@ def _scorer_spec(plugin: str, name: str, fn: Any, description: str, properties: 
     spec = ScorerSpec(name=name, fn=fn, description=description, **stated)
     _check_scorer_signature(plugin, spec)
     return spec
+
+
+def _lexicon_path(plugin: str, name: str, path: Any, properties: dict[str, Any]) -> Path:
+    """A registered lexicon is a path that exists (a plugin's data files missing from its install is its
+    mistake, said once when it loads, not when a run mines)."""
+    if properties:
+        raise TypeError(f"plugin {plugin!r} registers lexicon {name!r} with unknown keyword(s) "
+                        f"{', '.join(sorted(properties))}")
+    if not isinstance(path, (str, os.PathLike)) or not Path(path).exists():
+        raise TypeError(f"plugin {plugin!r} registers lexicon {name!r} at {path!r}, which does not exist")
+    return Path(path)
 
 
 def _check_scorer_signature(plugin: str, spec: ScorerSpec) -> None:

@@ -492,3 +492,57 @@ def test_a_folder_of_negatives_reads_negrefines_release_layout(tmp_path, tiny_vi
     expected = torch.cat([template_features(encoder, ["white currant", "pasqueflower"], CSP_NOUN_TEMPLATES),
                           template_features(encoder, ["gooey landscape", "rutted creature"], CSP_ADJECTIVE_TEMPLATES)])
     torch.testing.assert_close(labels.features, expected, rtol=0, atol=1e-6)
+
+
+def test_a_lexicon_is_named_by_its_registration(tmp_path, monkeypatch):
+    """--lexicon NAME reads a registered lexicon (the built-ins: wordnet, world; a plugin's own); a misspelt name
+    is one error naming the close one; a plugin registering a path that does not exist is refused when it loads."""
+    import warnings as _warnings
+
+    from negprompt_cli import registry
+    from negprompt_cli.hookspecs import hookimpl
+    from negprompt_cli.scoring.lexicon import load_lexicon
+    from negprompt_cli.world import lexicon_dir
+
+    assert load_lexicon(Path("world")).digest() == load_lexicon(lexicon_dir()).digest()
+    assert load_lexicon(Path("wordnet")).digest() == load_lexicon(None).digest()
+    with pytest.raises(UsageError, match="unknown lexicon 'wrold'") as caught:
+        load_lexicon(Path("wrold"))
+    assert "world" in (caught.value.hint or "")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "noun.mine.txt").write_text("teapot\nkettle\n")
+
+    class Mine:
+        @hookimpl
+        def register_lexicons(self, register):  # type: ignore[no-untyped-def]
+            register("teaware", mine, description="pots")
+            register("ghost", tmp_path / "absent")
+
+    host = registry.PluginHost()
+    host.load_entry_points(None)
+    monkeypatch.setattr(registry, "_host", host)
+    with _warnings.catch_warnings(record=True) as said:
+        _warnings.simplefilter("always")
+        host.register_object(Mine(), "mine")
+        assert host.lexicon("teaware") == mine
+    assert any("registers lexicon 'ghost'" in str(w.message) and "does not exist" in str(w.message) for w in said)
+    assert load_lexicon(Path("teaware")).nouns == ("teapot", "kettle")
+    rows = [r for r in host.describe() if r["name"] == "mine"][0]["entries"]["lexicon"]
+    assert rows == [{"name": "teaware", "aliases": [], "description": "pots"}]
+
+
+def test_score_takes_a_lexicon_by_name(tmp_path):
+    make_image_folder(tmp_path / "imgs", classes=("red_stripes", "green_bars"), per_class=2)
+    names = tmp_path / "names.txt"
+    names.write_text("red stripes\ngreen bars\n")
+    base = ["score", str(tmp_path / "imgs"), "--zero-shot", "--names", str(names), "-b", "toy", "--scorer",
+            "neglabel", "--cache-dir", str(tmp_path / "cache"), "--format", "jsonl"]
+    by_name = invoke([*base, "--lexicon", "world"])
+    default = invoke(base)  # the toy backbone's own lexicon is the world's
+    assert by_name.exit_code == 0 and default.exit_code == 0, by_name.stderr
+    assert by_name.stdout == default.stdout
+    wrong = invoke([*base, "--lexicon", "wrold"])
+    assert wrong.exit_code == 2 and "Error: unknown lexicon 'wrold'" in wrong.stderr and "world" in wrong.stderr
+    missing = invoke([*base, "--lexicon", str(tmp_path / "absent.txt")])
+    assert missing.exit_code == 3 and "lexicon not found" in missing.stderr

@@ -259,7 +259,7 @@ def test_builtins_install_under_their_own_name_as_entry_points():
     assert declared == {"openclip": "negprompt_plugins.openclip_backbones", "coop": "negprompt_plugins.coop_learner",
                         "negprompt_learner": "negprompt_plugins.negprompt_learner",
                         "scorers": "negprompt_plugins.scorers", "tanl": "negprompt_plugins.tanl_scorer",
-                        "locoop": "negprompt_plugins.locoop_learner"}
+                        "locoop": "negprompt_plugins.locoop_learner", "lexicons": "negprompt_plugins.lexicons"}
     installed = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="negprompt")
                  if ep.dist is not None and ep.dist.metadata["Name"] == "negprompt"}
     assert installed == declared

@@ -265,6 +265,8 @@ def check_paths(*given: tuple[str, Any]) -> None:
 
             if is_brace_pattern(text):
                 continue
+        if flag == "--lexicon" and "/" not in text and "." not in text and not Path(value).exists():
+            continue  # a registered lexicon's name (``wordnet``): resolved once the plugins load
         if not Path(value).exists():
             raise NotFoundError(f"{MISSING[flag]}: {value}")
 

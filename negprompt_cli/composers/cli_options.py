@@ -181,8 +181,9 @@ def negative_label_options() -> list[inspect.Parameter]:
     NegLabel's for WordNet and for a lexicon without one; docs/method.md)."""
     return [
         option("lexicon", Path | None, "--lexicon", help="Words to mine negative labels from: a text file (one "
-               "per line) or a folder of noun.*.txt / adj.*.txt. Default: the backbone's own (the world lexicon "
-               "for toy), else the shipped WordNet lists."),
+               "per line), a folder of noun.*.txt / adj.*.txt, or a registered lexicon's name (wordnet, world; "
+               "negprompt plugins lists them). Default: the backbone's own (the world lexicon for toy), else the "
+               "shipped WordNet lists."),
         option("negatives", Path | None, "--negatives", help="A list of negative labels to use as given, one per "
                "line (yours or an LLM's, EOE-style), instead of mining them from a lexicon; or a folder of such "
                "lists, adjective phrases in files named adj* (NegRefine's release reads as it is). ID class names "

@@ -71,14 +71,25 @@ def _read_words(path: Path) -> list[str]:
     return words
 
 
+def is_lexicon_name(text: str) -> bool:
+    """A bare word (no folder separator, no suffix) given to --lexicon that is not a path: a registered lexicon's
+    name (``negprompt plugins`` lists them), e.g. ``wordnet``."""
+    return bool(text) and "/" not in text and os.sep not in text and "." not in text
+
+
 def load_lexicon(path: Path | None = None, backbone_default: str | None = None) -> Lexicon:
-    """The user's file or folder; else the backbone's own lexicon (a backbone plugin may name one in
-    ``Backbone.default_lexicon``: the world CLIP knows only its world's words); else WordNet."""
+    """The user's file or folder, or a registered lexicon's name; else the backbone's own lexicon (a backbone
+    plugin may name one in ``Backbone.default_lexicon``: the world CLIP knows only its world's words); else
+    WordNet."""
     if path is None and backbone_default is not None:
         path = Path(backbone_default)
         source = f"backbone default {path.name}"
     else:
         source = "default" if path is None else str(path)
+    if path is not None and not Path(path).exists() and is_lexicon_name(str(path)):
+        from ..registry import get_host  # noqa: PLC0415 (plugins load only for a named lexicon)
+
+        path = get_host().lexicon(str(path))  # unknown names: one error with the close ones
     root = DEFAULT_LEXICON if path is None else Path(path)
     if not root.exists():
         raise NotFoundError(f"lexicon not found: {root}")
