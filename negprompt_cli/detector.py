@@ -158,7 +158,8 @@ class Detector:
 
     def features(self, images: Images) -> torch.Tensor:
         """Unit image features [N, E], encoded in batches of ``batch_size`` (no cache: images in memory have no
-        file to key it by). ``images``: one image, a list of them, or a preprocessed N x 3 x H x W tensor."""
+        file to key it by); for a scorer of patch features (``gl-mcm``) rows of (1 + P)·E: the global feature,
+        then the P patch features. ``images``: one image, a list of them, or a preprocessed N x 3 x H x W tensor."""
         each: Iterable[ImageLike]
         if isinstance(images, torch.Tensor) and images.ndim == 4:
             each = list(images)

@@ -56,6 +56,9 @@ for precision in fp32 bf16 fp16; do
     step "score-$split" neg score "$work/w/$split" --prompts "$d/all.safetensors" --labeled "${common[@]}" \
       --out "$d/$split.csv" --quiet
   done
+  # patch features (GL-MCM) under this precision's autocast: the last block's value path on the device
+  step gl-mcm neg score "$work/w/ood_near" --prompts "$d/all.safetensors" --scorer gl-mcm "${common[@]}" \
+    --out "$d/glmcm.csv" --quiet
   step report neg report --id "$d/test.csv" --ood near="$d/ood_near.csv" --ood far="$d/ood_far.csv" --json \
     --out "$d/report"
   cp "$d/report/report.json" "$out/pipeline_$precision.json" 2>/dev/null
@@ -73,6 +76,12 @@ step neglabel neg score "$work/w/ood_near" --prompts "$work/fp32/all.safetensors
   --device "$device" --out "$work/neglabel.csv" --quiet "${lexicon[@]}"
 step adaptive neg score "$work/w/ood_near" --prompts "$work/fp32/all.safetensors" --scorer negprompt+neglabel \
   --adaptive --device "$device" --out "$work/adaptive.csv" --quiet "${lexicon[@]}"
+# test-time and local methods on the device: TANL's stream (corpus, memories and noise images on CUDA) and
+# LoCoOp's training on patch rows
+step tanl neg score "$work/w/ood_near" --zero-shot --names "$work/w/id_names.txt" --backbone toy --scorer tanl \
+  --batch-size 256 --device "$device" --cache-dir "$work/tanl-cache" --out "$work/tanl.csv" --quiet
+step locoop neg fit-pos --data "$work/w/train" --backbone toy --learner locoop --learner-option top_k=2 \
+  --epochs 3 --device "$device" --cache-dir "$work/locoop-cache" --out "$work/locoop.safetensors" --quiet
 # CSP as released (template ensembles, shared prefixes) on ViT-B/16's text tower: the first zero-shot run's time
 printf 'dog\ncat\nschool bus\nred fox\n' >"$work/names.txt"
 csp_started=$(date +%s)

@@ -167,7 +167,6 @@ class _Plan:
     threshold: float | None
     threshold_source: str | None
     calibration: dict[str, Any] | None
-    scorer_settings: Any = None  # the scorer's own Options (--scorer-option), None for a scorer without
 
     @property
     def in_order(self) -> bool:
@@ -222,7 +221,6 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
     if options.calibrate is not None and not options.calibrate.exists():
         raise NotFoundError(f"calibration images not found: {options.calibrate}")
     setup = setup_scoring(request)
-    scorer_settings = setup.own_options
     if setup.spec.test_time:
         _check_test_time(setup.spec, options)
     if setup.spec.local and (options.features is not None or options.save_features is not None):
@@ -238,7 +236,7 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
     encoding = replace(options.encode, precision=check_precision(setup.backbone.device, options.encode.precision),
                        local=setup.spec.local)
     threshold, source, calibration = _threshold(options, setup, encoding, shares)
-    return _Plan(options, setup, paths, encoding, threshold, source, calibration, scorer_settings)
+    return _Plan(options, setup, paths, encoding, threshold, source, calibration)
 
 
 def _encode_and_score(plan: _Plan, shares: Shares, writer: _RowWriter, output: RowOutput,
@@ -628,7 +626,7 @@ def _open_stream(plan: _Plan) -> ScoreStream:
                             batch=plan.encoding.batch_size, seed=options.labels.mining.seed, device=device,
                             image_size=backbone.image_size,
                             encode_pixels=partial(encode_pixels, backbone, precision=plan.encoding.precision),
-                            options=plan.scorer_settings)
+                            options=setup.own_options)
     try:
         stream: ScoreStream = setup.spec.fn.start(context)  # type: ignore[attr-defined]  # test_time: checked
         return stream
