@@ -222,6 +222,9 @@ def test_score_tanl_cli(world_images, tmp_path):  # noqa: F811
         assert bad.exit_code == 2, (extra, bad.stderr)
         assert message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
         assert not (tmp_path / "bad.csv").exists()
+    unnamed = invoke([a for a in base if a not in ("--scorer", "tanl")] + ["--scorer-option", "labels=5"])
+    assert unnamed.exit_code == 2 and "--scorer-option sets a setting of the scorer named by --scorer" in \
+        unnamed.stderr
     plain = invoke(["score", str(world_images["test"]), "--zero-shot", "--names", str(world_images["names"]), "-b",
                     "toy", "--cache-dir", str(tmp_path / "cache"), "--scorer", "neglabel", "--scorer-option", "x=1",
                     "--out", str(tmp_path / "bad.csv")])
