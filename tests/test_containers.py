@@ -221,3 +221,31 @@ def test_ranks_compare_a_shard_list_without_reading_the_headers_again(crawl):
     assert containers._shard_index.cache_info().misses == 0  # the stamps and counts, not the keys
     assert first == list_samples([root / "shard-{000000..000001}.tar"]).fingerprint()
     assert first != list_samples([root / "shard-000000.tar"]).fingerprint()
+
+
+def test_a_listed_table_is_held_as_its_count_and_a_rewritten_one_is_refused(crawl, tmp_path):
+    """Tables too: listing reads the footer's row counts, not a row; each row group's ids are read when asked for
+    (a few groups at a time), and a table rewritten after listing is not read as if it were the listed one."""
+    import shutil
+
+    from negprompt_cli.inputs import containers
+
+    root, files, keys = crawl
+    table = tmp_path / "t.parquet"
+    shutil.copy(root / "table.parquet", table)
+    containers._group_ids.cache_clear()
+    listed = list_samples([table])
+    held = listed._segments[0][0]
+    assert held.count == 18 and list(held.group_starts) == [0, 7, 14] and "ids" not in vars(held)
+    assert containers._group_ids.cache_info().misses == 0  # nothing but the footer was read to list it
+    assert str(listed[16]) == keys[16] and containers._group_ids.cache_info().misses == 1  # the last group only
+    assert [str(x) for x in listed] == keys and listed[9].read_bytes() == files[9].read_bytes()
+    saved = list_samples([root / "saved"])
+    assert [str(x) for x in saved] == keys
+    first = listed.fingerprint()
+    shutil.copy(root / "table.parquet", tmp_path / "other.parquet")
+    (tmp_path / "other.parquet").replace(table)  # rewritten: another time
+    containers._group_ids.cache_clear()
+    with pytest.raises(OSError, match="changed since it was listed"):
+        str(listed[0])
+    assert list_samples([table]).fingerprint() != first

@@ -29,7 +29,7 @@ import os
 import tarfile
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -210,29 +210,52 @@ def _image_field(found: dict[str, Any]) -> str | None:
 
 
 class TableImages(Container):
-    """Images in a table (Parquet, or the Arrow files of ``save_to_disk``), read a row group at a time."""
+    """Images in a table (Parquet, or the Arrow files of ``save_to_disk``), read a row group at a time. Known by
+    its row count and row-group starts; each row's id is read with its row group's ids when first asked for, and
+    only the few groups in use are held (``_group_ids``), as a shard's index is: memory does not grow with the
+    number of rows of a crawl."""
 
     kind = "table"
 
-    def __init__(self, path: Path, column: str, struct: bool, ids: list[str], group_starts: np.ndarray) -> None:
+    def __init__(self, path: Path, column: str, struct: bool, count: int, group_starts: np.ndarray,
+                 stamp: tuple[int, int]) -> None:
         super().__init__(path)
-        self.column, self.struct, self.ids, self.group_starts = column, struct, ids, group_starts
+        self.column, self.struct, self.count, self.group_starts = column, struct, count, group_starts
+        self.stamp = stamp  # (size, mtime_ns) when listed: a changed table is refused
         self._group: tuple[int, Any] | None = None  # the row group last read (not pickled to workers)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_group": None}
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.count
+
+    def _group_of(self, i: int) -> int:
+        return int(np.searchsorted(self.group_starts, i, side="right")) - 1
 
     def sample_id(self, i: int) -> str:
-        return self.ids[i]
+        group = self._group_of(i)
+        with _INDEX_LOCK:
+            ids = _group_ids(self.id_table, str(self.path), *self.stamp, self.column if self.struct else None, group,
+                             int(self.group_starts[group]))
+        return ids[i - int(self.group_starts[group])]
+
+    @staticmethod
+    def id_table(path: Path, column: str | None, group: int) -> Any:
+        """The columns a row group's ids are read from (``_row_ids``)."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """The table as listed (path, size, time, count): what ranks compare, without reading its ids again."""
+        import hashlib  # noqa: PLC0415
+
+        return hashlib.sha256(f"table:{self.path}:{self.stamp}:{self.count}".encode()).hexdigest()[:12]
 
     def _read_group(self, group: int) -> Any:
         raise NotImplementedError
 
     def read(self, i: int) -> bytes:
-        group = int(np.searchsorted(self.group_starts, i, side="right")) - 1
+        group = self._group_of(i)
         try:
             if self._group is None or self._group[0] != group:
                 self._group = (group, self._read_group(group))
@@ -245,8 +268,19 @@ class TableImages(Container):
         if data is None and self.struct and value is not None and value.get("path"):
             return _linked_image(self.path, value["path"])
         if data is None:
-            raise OSError(f"{self.path}: row {self.ids[i]} has no image bytes")
+            raise OSError(f"{self.path}: row {self.sample_id(i)} has no image bytes")
         return bytes(data)
+
+
+@functools.lru_cache(maxsize=8)
+def _group_ids(id_table: Callable[[Path, str | None, int], Any], path: str, size: int, mtime_ns: int,
+               column: str | None, group: int, first_row: int) -> tuple[str, ...]:
+    """One row group's ids, as listed (``size`` and ``mtime_ns`` key the cache: a rewritten table is refused)."""
+    status = os.stat(path)
+    if (status.st_size, status.st_mtime_ns) != (size, mtime_ns):
+        raise OSError(f"{path} changed since it was listed")
+    table = id_table(Path(path), column, group)
+    return tuple(_row_ids(Path(path), table, column, first_row))
 
 
 def _linked_image(table: Path, path: str) -> bytes:
@@ -264,12 +298,25 @@ class ParquetImages(TableImages):
 
         return pq.ParquetFile(self.path).read_row_group(group, columns=[self.column]).column(0)
 
+    @staticmethod
+    def id_table(path: Path, column: str | None, group: int) -> Any:
+        """A row group's id columns only: the image struct's path field and a key column, never the bytes."""
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        handle = pq.ParquetFile(path)
+        wanted = [c for c in ("__key__", "key") if c in handle.schema_arrow.names]
+        return handle.read_row_group(group, columns=([f"{column}.path"] if column is not None else []) + wanted)
+
 
 class ArrowImages(TableImages):
     """One Arrow stream file of a ``save_to_disk`` folder (memory-mapped: a row costs its own bytes)."""
 
     def _read_group(self, group: int) -> Any:
         return _arrow_table(self.path).column(self.column)
+
+    @staticmethod
+    def id_table(path: Path, column: str | None, group: int) -> Any:
+        return _arrow_table(path)  # memory-mapped: the image bytes stay on disk
 
 
 def _arrow_table(path: Path) -> Any:
@@ -331,15 +378,12 @@ def index_parquet(path: Path, problems: list[str]) -> ParquetImages | None:
     if found is None:
         return None
     column, struct = found
-    wanted = [c for c in ("__key__", "key") if c in handle.schema_arrow.names]
-    ids: list[str] = []
     starts = [0]
-    for group in range(handle.num_row_groups):
-        # only the ids are read here: the path field of the image struct, not its bytes
-        table = handle.read_row_group(group, columns=([f"{column}.path"] if struct else []) + wanted)
-        ids += _row_ids(path, table, column if struct else None, starts[-1])
+    for group in range(handle.num_row_groups):  # the footer's row counts: no row is read to list a table
         starts.append(starts[-1] + handle.metadata.row_group(group).num_rows)
-    return ParquetImages(path, column, struct, ids, np.array(starts[:-1] or [0], dtype=np.int64))
+    status = path.stat()
+    return ParquetImages(path, column, struct, starts[-1], np.array(starts[:-1] or [0], dtype=np.int64),
+                         (status.st_size, status.st_mtime_ns))
 
 
 def index_arrow(path: Path, problems: list[str]) -> ArrowImages | None:
@@ -352,9 +396,9 @@ def index_arrow(path: Path, problems: list[str]) -> ArrowImages | None:
     if found is None:
         return None
     column, struct = found
-    ids = _row_ids(path, table, column if struct else None, 0)  # memory-mapped: the bytes stay on disk
-    return ArrowImages(path, column, struct, ids,
-                       np.zeros(1, dtype=np.int64))
+    status = path.stat()
+    return ArrowImages(path, column, struct, table.num_rows, np.zeros(1, dtype=np.int64),
+                       (status.st_size, status.st_mtime_ns))
 
 
 def saved_dataset_files(folder: Path) -> list[Path]:
