@@ -236,3 +236,19 @@ def test_fit_pos_locoop_trains_on_patch_rows_and_scores_with_gl_mcm(tiny_vit_dir
     refused = invoke([*base, "--backbone", f"local-dir:{tiny_rn_dir}", "--out", str(tmp_path / "r.safetensors")])
     assert refused.exit_code == 2 and "local (patch) features are not available" in refused.stderr
     assert not (tmp_path / "r.safetensors").exists()
+
+
+def test_cache_build_patches_fills_what_gl_mcm_reads(world_images, tmp_path, tiny_rn_dir):  # noqa: F811
+    cache = str(tmp_path / "cache")
+    built = invoke(["cache", "build", str(world_images["test"]), "-b", "toy", "--patches", "--cache-dir", cache,
+                    "--json"])
+    assert built.exit_code == 0, built.stderr
+    summary = json.loads(built.stdout)
+    assert summary["patches"] and summary["encoded"] == summary["images"] > 0
+    assert "with their patch features" in built.stderr
+    scored = invoke(["score", str(world_images["test"]), "--zero-shot", "--names", str(world_images["names"]), "-b",
+                     "toy", "--scorer", "gl-mcm", "--cache-dir", cache, "--out", str(tmp_path / "s.csv"), "--json"])
+    assert scored.exit_code == 0 and json.loads(scored.stdout)["cached"] == summary["images"]
+    refused = invoke(["cache", "build", str(world_images["test"]), "-b", f"local-dir:{tiny_rn_dir}", "--patches",
+                      "--cache-dir", cache])
+    assert refused.exit_code == 2 and "local (patch) features are not available" in refused.stderr

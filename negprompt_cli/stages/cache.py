@@ -20,6 +20,7 @@ from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..features.backbone import BackboneRequest, load_backbone
 from ..features.feature_cache import compact, foreign_entries, verify
 from ..features.image_features import EncodeOptions, EncodeStats, View, cache_share, ranks_agree
+from ..features.local_features import check_local
 from ..inputs.containers import list_samples
 from ..inputs.image_folders import image_inputs
 from ..outputs.atomic import check_writable
@@ -33,6 +34,7 @@ class CacheBuildOptions:
     aug_views: int = 0  # also cache views 0..K-1 of the seeded augmentation (as fit-* --aug-views K --seed S)
     seed: int = POSITIVE_OPTIM.seed  # the views fit-pos and fit-neg read by default (one default, presets)
     encode: EncodeOptions = EncodeOptions()  # batch, workers, precision, strictness, progress (its cache_dir too)
+    patches: bool = False  # also the patch features (rows for GL-MCM / LoCoOp: ``local_features``)
     ranks: Ranks = SINGLE
 
 
@@ -61,8 +63,10 @@ def build(options: CacheBuildOptions) -> dict[str, Any] | None:
     paths = list_samples(image_inputs(options.images), strict=options.encode.strict)
     check_enough_items(len(paths), options.ranks)
     backbone = load_backbone(options.backbone)
+    if options.patches:
+        check_local(backbone)
     encoding = replace(options.encode, cache_dir=root,
-                       precision=check_precision(backbone.device, options.encode.precision))
+                       precision=check_precision(backbone.device, options.encode.precision), local=options.patches)
     views = [View()] + [View(index=k, seed=options.seed) for k in range(options.aug_views)]
     ranks_agree(options.ranks, backbone, paths)
     total = EncodeStats()
@@ -80,7 +84,8 @@ def build(options: CacheBuildOptions) -> dict[str, Any] | None:
         return None
     return {"images": len(paths), "views": [v.tag() for v in views], "rows": total.requested,
             "encoded": total.encoded, "cached": total.cached, "skipped": len({str(p) for p in total.skipped}),
-            "cache_dir": str(root), "backbone": backbone.identity(), "processes": options.ranks.world_size}
+            "cache_dir": str(root), "backbone": backbone.identity(), "processes": options.ranks.world_size,
+            "patches": options.patches}
 
 
 def existing_cache(cache_dir: Path | None) -> Path:
