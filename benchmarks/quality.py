@@ -187,13 +187,15 @@ class Partition:
         folder = load_image_folder(work / "test")
         paths = [p for files in folder.files for p in files]
         self.id_labels = torch.tensor([i for i, files in enumerate(folder.files) for _ in files])
-        self.features = {"id": encode_images(backbone, paths, cache_dir=cache, quiet=True)[0]}
-        for name in OOD_SETS:
-            self.features[name] = encode_images(backbone, find_images(work / name), cache_dir=cache, quiet=True)[0]
-        # the same images' rows with their patch features, for GL-MCM: [N, P, E] beside the global [N, E]
-        self.patches = {name: split_rows(encode_images(backbone, paths if name == "id" else find_images(work / name),
-                                                       cache_dir=cache, quiet=True, local=True)[0],
-                                         self.features["id"].shape[1])[1] for name in ("id", *OOD_SETS)}
+        # each test image encoded once, with its patch features (for GL-MCM): the global part is the feature the
+        # other methods score, as encode_image gives it
+        self.features: dict[str, torch.Tensor] = {}
+        self.patches: dict[str, torch.Tensor | None] = {}
+        for name in ("id", *OOD_SETS):
+            rows = encode_images(backbone, paths if name == "id" else find_images(work / name), cache_dir=cache,
+                                 quiet=True, local=True)[0]
+            glob, self.patches[name] = split_rows(rows, int(backbone.embed_dim))
+            self.features[name] = glob.contiguous()
         encoder = SoftPromptTextEncoder(backbone)
         data = DataOptions(work / "train", shots=SHOTS)
         encode = EncodeOptions(cache_dir=cache, quiet=True)

@@ -27,6 +27,7 @@ from negprompt_cli.errors import (
     UsageError,
 )
 from negprompt_cli.features.backbone import Backbone, BackboneFactory
+from negprompt_cli.features.local_features import split_rows
 from negprompt_cli.features.text_encoder import SoftPromptTextEncoder, TokenizedPrompts
 from negprompt_cli.hookspecs import hookimpl
 from negprompt_cli.registry import ScorerSpec
@@ -46,6 +47,8 @@ __all__ = [
     # prompt learners: the contract, the settings they receive, the soft-prompt text path, NegPrompt's losses
     "LearnerBuilder", "PromptModule", "PromptSettings", "initial_context", "SoftPromptTextEncoder",
     "TokenizedPrompts", "CoOpPrompts", "LOSS_VARIANTS", "LossWeights", "negprompt_loss",
+    # rows that carry patch features (a ``local`` learner's or scorer's): (global [N, E], patches [N, P, E] | None)
+    "split_rows",
     # scorers: the properties a scorer states when it registers
     "ScorerSpec",
     # test-time scorers (``test_time=True``): what ``start`` receives and what the stream it opens offers

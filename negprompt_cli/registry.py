@@ -342,20 +342,20 @@ class PluginHost:
                     continue
                 row: dict[str, Any] = {"name": entry.name, "aliases": list(entry.aliases),
                                        "description": entry.description}
-                if registry is self.learners:
-                    row["options"] = learner_option_fields(entry.obj)
-                elif registry is self.scorers and learner_option_fields(entry.obj.fn):
-                    row["options"] = learner_option_fields(entry.obj.fn)
+                owner = entry.obj if registry is self.learners else getattr(entry.obj, "fn", None)
+                options = option_fields(owner) if registry in (self.learners, self.scorers) else []
+                if registry is self.learners or options:  # a learner always says; a scorer when it has some
+                    row["options"] = options
                 found.setdefault(registry.kind, []).append(row)
         return found
 
 
-def learner_option_fields(learner: Any) -> list[dict[str, Any]]:
+def option_fields(owner: Any) -> list[dict[str, Any]]:
     """A learner's (or a scorer's) ``Options`` dataclass as rows: name, type (as written), default (None where it
     has none)."""
     import dataclasses
 
-    options = getattr(learner, "Options", None)
+    options = getattr(owner, "Options", None)
     if options is None or not dataclasses.is_dataclass(options):
         return []
     rows = []

@@ -25,7 +25,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from negprompt.plugin import CoOpPrompts, PromptSettings, SoftPromptTextEncoder, TokenizedPrompts, UsageError, hookimpl
+from negprompt.plugin import (
+    CoOpPrompts,
+    PromptSettings,
+    SoftPromptTextEncoder,
+    TokenizedPrompts,
+    UsageError,
+    hookimpl,
+    split_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -61,15 +69,9 @@ class LoCoOpPrompts(CoOpPrompts):
         super().__init__(*args, **kwargs)
         self.options = options
 
-    @staticmethod
-    def _split(rows: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if rows.shape[1] == dim:
-            return rows, None
-        return rows[:, :dim], rows[:, dim:].reshape(rows.shape[0], -1, dim)
-
     def class_logits(self, image_features: torch.Tensor) -> torch.Tensor:
         text = self.text_features()
-        glob, _ = self._split(image_features, text.shape[1])
+        glob, _ = split_rows(image_features, text.shape[1])
         return self.logit_scale * glob.to(text.dtype) @ text.t()
 
     def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +84,7 @@ class LoCoOpPrompts(CoOpPrompts):
     def _loss(self, image_features: torch.Tensor,
               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         text = self.text_features()
-        glob, patches = self._split(image_features, text.shape[1])
+        glob, patches = split_rows(image_features, text.shape[1])
         logits = (self.logit_scale * glob.to(text.dtype) @ text.t()).float()
         loss_id = F.cross_entropy(logits, labels)
         if patches is None:  # rows without patches (e.g. validation features of another run): CoOp's loss

@@ -151,27 +151,32 @@ class TanlStream(BatchStream):
         noise = noise.to(device, torch.float32)
         id_order = torch.randperm(self.c, generator=generator).to(device)
         noise_order = torch.randperm(noise.shape[0], generator=generator).to(device)
-        self.id_memory = ActivationMemory(self._activations(self.pos)[id_order], options.memory)
-        self.ood_memory = ActivationMemory(self._activations(noise)[noise_order], options.memory)
+        pseudo_id, noise_logits = self._logits(self.pos), self._logits(noise)
+        self.id_memory = ActivationMemory(self._activations(*pseudo_id)[id_order], options.memory)
+        self.ood_memory = ActivationMemory(self._activations(*noise_logits)[noise_order], options.memory)
         chosen = self._choose(self.ood_memory.mean() - self.id_memory.mean())
-        self.scores = torch.cat([self._score(self.pos, chosen), self._score(noise, chosen)])[-options.score_memory:]
+        self.scores = torch.cat([self._score(*pseudo_id, chosen),
+                                 self._score(*noise_logits, chosen)])[-options.score_memory:]
 
-    def _activations(self, f: torch.Tensor) -> torch.Tensor:
+    def _logits(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos/τ to the ID classes [N, C], to every corpus label [N, M]): computed once per batch, read thrice."""
+        return f @ self.pos.t() / self.temperature, f @ self.corpus.t() / self.temperature
+
+    def _activations(self, pos: torch.Tensor, corpus: torch.Tensor) -> torch.Tensor:
         """[N, M]: each image's softmax probability on each corpus label, among the ID classes and the corpus."""
-        logits = torch.cat([f @ self.pos.t(), f @ self.corpus.t()], dim=1) / self.temperature
-        return torch.softmax(logits, dim=1)[:, self.c:]
+        return torch.softmax(torch.cat([pos, corpus], dim=1), dim=1)[:, self.c:]
 
     def _choose(self, activation: torch.Tensor) -> torch.Tensor:
         return torch.argsort(activation, descending=True, stable=True)[:self.selected]
 
-    def _score(self, f: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-        return activation_aware(f @ self.pos.t() / self.temperature, f @ self.corpus[chosen].t() / self.temperature,
-                                self.options.step)
+    def _score(self, pos: torch.Tensor, corpus: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        return activation_aware(pos, corpus[:, chosen], self.options.step)
 
     def _batch(self, f: torch.Tensor) -> torch.Tensor:
         options = self.options
-        activations = self._activations(f)
-        first = self._score(f, self._choose(self.ood_memory.mean() - self.id_memory.mean()))
+        logits = self._logits(f)
+        activations = self._activations(*logits)
+        first = self._score(*logits, self._choose(self.ood_memory.mean() - self.id_memory.mean()))
         self.scores = torch.cat([self.scores, first])[-options.score_memory:]
         t = self.threshold = least_variance_threshold(self.scores)
         confident_id = first > t + options.gap * (1 - t)
@@ -183,7 +188,7 @@ class TanlStream(BatchStream):
             return options.history * memory.mean() + (1 - options.history) * activations[mask].mean(dim=0)
 
         chosen = self._choose(blended(self.ood_memory, confident_ood) - blended(self.id_memory, confident_id))
-        final = self._score(f, chosen)
+        final = self._score(*logits, chosen)
         self.id_memory.push(activations[confident_id])
         self.ood_memory.push(activations[confident_ood])
         self.batches += 1

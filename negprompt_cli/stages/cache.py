@@ -20,7 +20,6 @@ from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..features.backbone import BackboneRequest, load_backbone
 from ..features.feature_cache import compact, foreign_entries, verify
 from ..features.image_features import EncodeOptions, EncodeStats, View, cache_share, ranks_agree
-from ..features.local_features import check_local
 from ..inputs.containers import list_samples
 from ..inputs.image_folders import image_inputs
 from ..outputs.atomic import check_writable
@@ -63,8 +62,6 @@ def build(options: CacheBuildOptions) -> dict[str, Any] | None:
     paths = list_samples(image_inputs(options.images), strict=options.encode.strict)
     check_enough_items(len(paths), options.ranks)
     backbone = load_backbone(options.backbone)
-    if options.patches:
-        check_local(backbone)
     encoding = replace(options.encode, cache_dir=root,
                        precision=check_precision(backbone.device, options.encode.precision), local=options.patches)
     views = [View()] + [View(index=k, seed=options.seed) for k in range(options.aug_views)]

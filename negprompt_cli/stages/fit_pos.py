@@ -12,7 +12,7 @@ from ..devices import check_precision
 from ..errors import UsageError
 from ..features.backbone import Backbone, BackboneRequest, load_backbone, set_text_checkpointing
 from ..features.image_features import EncodeOptions
-from ..features.local_features import check_local, split_rows
+from ..features.local_features import split_rows
 from ..features.text_encoder import SoftPromptTextEncoder
 from ..features.text_features import hand_template_features
 from ..inputs.image_folders import ImageFolder, folder_fingerprint
@@ -67,8 +67,6 @@ def fit_pos(options: FitPosOptions, *, backbone: Backbone | None = None) -> dict
     settings = _prompt_settings(encoder, options.prompt)
     optim = options.optim
     local = bool(getattr(builder, "local", False))  # a learner of patch features (LoCoOp): rows carry them
-    if local:
-        check_local(backbone)
     encoding = replace(options.encode, precision=check_precision(backbone.device, options.encode.precision),
                        local=local)
     data = labelled_features(backbone, options.data, encoding, optim.seed)

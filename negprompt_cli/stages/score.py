@@ -643,10 +643,10 @@ def _score_in_order(plan: _Plan, shares: Shares, writer: _RowWriter,
     setup, encoding, paths = plan.setup, plan.encoding, plan.paths
     filling, ranks = None, shares.ranks
     if ranks.distributed:
-        filling, _ = shares.stream(setup.backbone, paths, encoding, "Encoding images (adaptive)")
+        filling, _ = shares.stream(setup.backbone, paths, encoding, "Encoding images (scored in order)")
         for _ in filling:
             pass
-        shares.wait_for_all("encoding the shares of an adaptive run")
+        shares.wait_for_all("encoding the shares of an in-order run")
         if not ranks.is_main:
             return filling.stats, {}
     adaptive = _open_stream(plan)
