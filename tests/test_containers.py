@@ -31,16 +31,21 @@ def crawl(tmp_path_factory):
     make_image_folder(root / "files", classes=("blue_dots",), per_class=8, seed=2, ext=".jpg")
     files = sorted(p for p in (root / "files").rglob("*") if p.is_file())
     keys = [f"{p.parent.name}-{p.stem}" for p in files]
-    (root / "names.txt").write_text("red stripes\ngreen bars\nblue dots\n")
+    names = ["red stripes", "green bars", "blue dots"]
+    (root / "names.txt").write_text("".join(f"{n}\n" for n in names))
+    classes = [names.index(p.parent.name.replace("_", " ")) for p in files]  # each image's class, by position
     for number, part in enumerate((files[:10], files[10:])):  # two shards, as img2dataset writes them
         with wds.TarWriter(str(root / f"shard-{number:06d}.tar")) as sink:
             for p in part:
                 sink.write({"__key__": f"{p.parent.name}-{p.stem}", p.suffix[1:]: p.read_bytes(),
-                            "json": json.dumps({"url": str(p)}).encode()})
+                            "json": json.dumps({"url": str(p)}).encode(),
+                            "cls": str(names.index(p.parent.name.replace("_", " "))).encode()})
     (root / "shards.txt").write_text("# the crawl\nshard-000000.tar\n\nshard-000001.tar\n")
     images = [{"bytes": p.read_bytes(), "path": k} for p, k in zip(files, keys, strict=True)]
     captions = [p.parent.name for p in files]
-    table = datasets.Dataset.from_dict({"image": images, "caption": captions}).cast_column("image", datasets.Image())
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=names)})
+    table = datasets.Dataset.from_dict({"image": images, "caption": captions, "label": classes}, features=features)
     table.to_parquet(str(root / "table.parquet"), batch_size=7)  # three row groups
     table.save_to_disk(str(root / "saved"), max_shard_size="1KB")  # several Arrow files
     with Image.open(files[0]) as image:
@@ -131,8 +136,6 @@ def test_faults_in_containers_are_said_per_container_and_sample_and_lose_nothing
 def test_bad_container_requests_are_one_line(crawl, tmp_path):
     root, _, _ = crawl
     base = ["--names", str(root / "names.txt"), *SCORE, "--cache-dir", str(tmp_path / "c")]
-    labelled = invoke(["score", str(root / "table.parquet"), *base, "--labeled"])
-    assert labelled.exit_code == 2 and "--labeled reads each image's class from its folder" in error_line(labelled)
     missing = invoke(["score", str(tmp_path / "none.tar"), *base])
     assert missing.exit_code == 3 and error_line(missing).endswith(f"{tmp_path / 'none.tar'}")
     (tmp_path / "empty.txt").write_text("# nothing\n")
@@ -233,19 +236,74 @@ def test_a_listed_table_is_held_as_its_count_and_a_rewritten_one_is_refused(craw
     root, files, keys = crawl
     table = tmp_path / "t.parquet"
     shutil.copy(root / "table.parquet", table)
-    containers._group_ids.cache_clear()
+    containers._group_index.cache_clear()
     listed = list_samples([table])
     held = listed._segments[0][0]
     assert held.count == 18 and list(held.group_starts) == [0, 7, 14] and "ids" not in vars(held)
-    assert containers._group_ids.cache_info().misses == 0  # nothing but the footer was read to list it
-    assert str(listed[16]) == keys[16] and containers._group_ids.cache_info().misses == 1  # the last group only
+    assert containers._group_index.cache_info().misses == 0  # nothing but the footer was read to list it
+    assert str(listed[16]) == keys[16] and containers._group_index.cache_info().misses == 1  # the last group only
     assert [str(x) for x in listed] == keys and listed[9].read_bytes() == files[9].read_bytes()
     saved = list_samples([root / "saved"])
     assert [str(x) for x in saved] == keys
     first = listed.fingerprint()
     shutil.copy(root / "table.parquet", tmp_path / "other.parquet")
     (tmp_path / "other.parquet").replace(table)  # rewritten: another time
-    containers._group_ids.cache_clear()
+    containers._group_index.cache_clear()
     with pytest.raises(OSError, match="changed since it was listed"):
         str(listed[0])
     assert list_samples([table]).fingerprint() != first
+
+
+@pytest.mark.parametrize("given", [["shard-{000000..000001}.tar"], ["table.parquet"], ["saved"]])
+def test_labeled_samples_in_containers_score_as_the_same_images_in_class_folders(crawl, tmp_path, given):
+    """--labeled reads a container sample's class from the label it carries: WebDataset's cls field (a position in
+    the class list), a table's ClassLabel column (its name, matched to the classes): the rows equal those of the
+    same images in class folders but for the id and the folder the label was read from."""
+    root, files, keys = crawl
+    as_files, _ = _score([str(root / "files")], root, tmp_path / "c1", "--labeled")
+    rows, _ = _score([str(root / g) for g in given], root, tmp_path / "c2", "--labeled")
+
+    def without_folder(found: list[dict]) -> list[str]:
+        return [json.dumps({k: v for k, v in r.items() if k not in ("path", "label_folder")}) for r in found]
+
+    assert without_folder(rows) == without_folder(as_files)
+    assert [r["label"] for r in rows] == [p.parent.name.replace("_", " ") for p in files]
+    assert {r["label_folder"] for r in rows} == {None} and {r["label_folder"] for r in as_files} == {
+        "red_stripes", "green_bars", "blue_dots"}
+
+
+def test_container_labels_that_name_no_class_are_said_and_tables_name_their_classes_their_own_way(crawl, tmp_path):
+    """A text label is a class name; a table's integer labels follow its own class names where they are ours, and
+    are positions in the class list where they are not (one warning says so); a label out of range, unknown or
+    missing is -1, said in one warning with what the samples carried."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root, files, _ = crawl
+    png = [p.read_bytes() for p in files[:5]]
+    image = [{"bytes": b, "path": f"s{i}.png"} for i, b in enumerate(png)]
+    pq.write_table(pa.table({"image": image, "label": ["blue dots", "green_bars", "red stripes", "purple", None]}),
+                   tmp_path / "text.parquet")
+    reordered = pa.table({"image": image, "label": [0, 1, 2, 3, 0]})  # its names in another order than ours
+    metadata = {b"huggingface": json.dumps({"info": {"features": {"label": {
+        "_type": "ClassLabel", "names": ["blue dots", "red stripes", "green bars", "gold stars"]}}}}).encode()}
+    pq.write_table(reordered.replace_schema_metadata(metadata), tmp_path / "reordered.parquet")
+    foreign = {b"huggingface": json.dumps({"info": {"features": {"label": {
+        "_type": "ClassLabel", "names": ["stripes, red", "bars, green", "dots, blue"]}}}}).encode()}
+    pq.write_table(pa.table({"image": image, "label": [2, 1, 0, 7, -1]}).replace_schema_metadata(foreign),
+                   tmp_path / "foreign.parquet")
+    found = {}
+    for name in ("text", "reordered", "foreign"):
+        result = invoke(["score", str(tmp_path / f"{name}.parquet"), "--names", str(root / "names.txt"), *SCORE,
+                         "--cache-dir", str(tmp_path / "c"), "--labeled"])
+        found[name] = ([r["label_index"] for r in _rows(result)], " ".join(result.stderr.split()))
+    assert found["text"][0] == [2, 1, 0, -1, -1]
+    assert "2 sample(s) in shards or tables carry a label that names no class, or none ('purple', (none))" in (
+        found["text"][1])
+    assert found["reordered"][0] == [2, 0, 1, -1, 2] and "'3'" not in found["reordered"][1]
+    assert "carry a label that names no class, or none (3)" in found["reordered"][1]  # gold stars: not ours
+    assert found["foreign"][0] == [2, 1, 0, -1, -1]
+    assert (f"the class names 1 table(s) give their labels (e.g. {tmp_path / 'foreign.parquet'}: 3 names, "
+            "'stripes, red' first) are none of these 3 classes, so their integer labels are read as positions in "
+            "this class list ('red stripes' is 0)") in found["foreign"][1]
+    assert "(7, -1)" in found["foreign"][1]

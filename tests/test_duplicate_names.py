@@ -15,8 +15,8 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
 from negprompt_cli.errors import NegPromptWarning, UsageError
 from negprompt_cli.inputs.image_folders import load_image_folder, read_names_file
+from negprompt_cli.scoring.true_labels import training_folders
 from negprompt_cli.stages.fit_neg import FitNegOptions, select_train_classes
-from negprompt_cli.stages.score import training_folders
 from negprompt_cli.training.data import DataOptions
 
 

@@ -230,8 +230,9 @@ def score_options() -> list[inspect.Parameter]:
                "is encoded once."),
         option("features", Path | None, "--features", help="Score embeddings saved with --save-features (or "
                "clip-retrieval's output) instead of images."),
-        option("labeled", bool, "--labeled", default=False, help="Images are IMAGES/<class>/...: record true labels "
-               "(for report's ID accuracy)."),
+        option("labeled", bool, "--labeled", default=False, help="Record each image's true class (for report's ID "
+               "accuracy): a file's from its folder (IMAGES/<class>/...), a shard or table sample's from its "
+               "WebDataset cls field or its table's label column (a class name, or its position in the class list)."),
         option("explain", bool, "--explain", default=False, help="Add, per image, the closest classes and (for "
                "scorers that read negative prompts or mined labels) the closest negatives, with cosines: JSONL "
                "lists, CSV a JSON array of [name, cos] pairs."),

@@ -30,6 +30,7 @@ import tarfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
@@ -45,6 +46,9 @@ SHARD_LIST_SUFFIXES = (".txt", ".shards")  # a text file naming one shard per li
 HF_DATASETS = "hf://datasets/"
 # a tar sample's image field, in order of preference when a sample holds several (WebDataset field names)
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "image")
+# a sample's true class (score --labeled): WebDataset's class field, and the datasets library's label column
+LABEL_FIELDS = ("cls", "label")
+LABEL_COLUMNS = ("label", "cls")
 
 
 class Member:
@@ -57,6 +61,10 @@ class Member:
 
     def read_bytes(self) -> bytes:
         return self.source.read(self.index)
+
+    def label(self) -> int | str | None:
+        """The class label the sample carries (None: none)."""
+        return self.source.label(self.index)
 
     def __str__(self) -> str:
         return self.source.sample_id(self.index)
@@ -73,6 +81,7 @@ class Container:
     """Indexed samples of one container file: ids and a way to read sample ``i``'s image bytes."""
 
     kind = "container"
+    label_names: tuple[str, ...] | None = None  # the class names integer labels index (a datasets ClassLabel)
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -84,6 +93,10 @@ class Container:
         raise NotImplementedError
 
     def read(self, i: int) -> bytes:
+        raise NotImplementedError
+
+    def label(self, i: int) -> int | str | None:
+        """Sample ``i``'s class label: an integer, a text, or None where it carries none."""
         raise NotImplementedError
 
     def fingerprint(self) -> str:
@@ -109,15 +122,15 @@ class TarShard(Container):
     def __len__(self) -> int:
         return self.count
 
-    def _index(self) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    def _index(self) -> ShardIndex:
         with _INDEX_LOCK:  # threads hashing a window's samples would otherwise all parse a new shard at once
             index = _shard_index(str(self.path), *self.stamp)
-        if len(index[0]) != self.count:
+        if len(index.keys) != self.count:
             raise OSError(f"{self.path} changed since it was listed")
         return index
 
     def sample_id(self, i: int) -> str:
-        return self._index()[0][i]
+        return self._index().keys[i]
 
     def fingerprint(self) -> str:
         """The shard as listed (path, size, time, count): what ranks compare, without reading its headers again."""
@@ -126,42 +139,70 @@ class TarShard(Container):
         return hashlib.sha256(f"tar:{self.path}:{self.stamp}:{self.count}".encode()).hexdigest()[:12]
 
     def read(self, i: int) -> bytes:
-        keys, offsets, sizes = self._index()
-        size = int(sizes[i])
+        index = self._index()
+        return self._member(index.offsets[i], index.sizes[i], index.keys[i])
+
+    def label(self, i: int) -> int | str | None:
+        """The sample's ``cls`` (or ``label``) field: an integer where its text is one (WebDataset writes class
+        indices so), else the text."""
+        index = self._index()
+        if index.label_sizes[i] < 0:
+            return None
+        try:
+            text = self._member(index.label_offsets[i], index.label_sizes[i], index.keys[i]).decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            return text or None
+
+    def _member(self, offset: int, size: int, key: str) -> bytes:
+        """A member's bytes, from the shard as listed."""
         with open(self.path, "rb") as handle:
             status = os.fstat(handle.fileno())
             if (status.st_size, status.st_mtime_ns) != self.stamp:  # the index is of the shard as listed
                 raise OSError(f"{self.path} changed since it was listed")
-            handle.seek(int(offsets[i]))
-            data = handle.read(size)
+            handle.seek(int(offset))
+            data = handle.read(int(size))
         if len(data) != size:
-            raise OSError(f"{self.path} ends inside sample {keys[i]}")
+            raise OSError(f"{self.path} ends inside sample {key}")
         return data
 
 
 _INDEX_LOCK = threading.Lock()
 
 
+@dataclass(frozen=True)
+class ShardIndex:
+    """A shard's samples: their keys, and the byte offset and size of each one's image member and label member
+    (size -1: no label)."""
+
+    keys: tuple[str, ...]
+    offsets: np.ndarray
+    sizes: np.ndarray
+    label_offsets: np.ndarray
+    label_sizes: np.ndarray
+
+
 @functools.lru_cache(maxsize=4)
-def _shard_index(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+def _shard_index(path: str, size: int, mtime_ns: int) -> ShardIndex:
     """A shard's index, as listed (``size`` and ``mtime_ns`` key the cache: a rewritten shard is read again)."""
     status = os.stat(path)
     if (status.st_size, status.st_mtime_ns) != (size, mtime_ns):
         raise OSError(f"{path} changed since it was listed")
-    keys, offsets, sizes = _tar_index(Path(path), [])
-    return tuple(keys), offsets, sizes
+    return _tar_index(Path(path), [])
 
 
 def index_tar(path: Path, problems: list[str]) -> TarShard:
     """A WebDataset shard as an input: its samples counted (what is wrong with it appended to ``problems``)."""
     status = path.stat()
-    keys, _, _ = _tar_index(path, problems)
-    return TarShard(path, len(keys), (status.st_size, status.st_mtime_ns))
+    return TarShard(path, len(_tar_index(path, problems).keys), (status.st_size, status.st_mtime_ns))
 
 
-def _tar_index(path: Path, problems: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The samples of a WebDataset shard, grouped by key as WebDataset groups them: (keys, offsets and sizes of
-    their image members); what is wrong with the shard (it ends early, a sample has no image) is appended to
+def _tar_index(path: Path, problems: list[str]) -> ShardIndex:
+    """The samples of a WebDataset shard, grouped by key as WebDataset groups them, with where their image and
+    label members are; what is wrong with the shard (it ends early, a sample has no image) is appended to
     ``problems``."""
     from webdataset.tariterators import base_plus_ext  # noqa: PLC0415 (imported when a shard is read)
 
@@ -184,20 +225,22 @@ def _tar_index(path: Path, problems: list[str]) -> tuple[list[str], np.ndarray, 
             problems.append(f"{path} is not an uncompressed tar file ({exc}): skipped")
         else:
             problems.append(f"{path} ends early ({exc}): the {len(fields)} samples before it are read")
-    keys, offsets, sizes = [], [], []
+    keys: list[str] = []
+    members: list[tuple[int, int, int, int]] = []  # image offset and size, label offset and size
     no_image = []
     for key, found in fields.items():
         field = _image_field(found)
         if field is None:
             no_image.append(key)
             continue
+        label = next((found[f] for f in LABEL_FIELDS if f in found), (-1, -1))
         keys.append(key)
-        offsets.append(found[field][0])
-        sizes.append(found[field][1])
+        members.append((*found[field], *label))
     if no_image:
         problems.append(f"{path}: {len(no_image)} sample(s) have no image ({', '.join(repr(k) for k in no_image[:3])}"
                         f"{' ...' if len(no_image) > 3 else ''}; image fields: {', '.join(IMAGE_FIELDS)})")
-    return keys, np.array(offsets, dtype=np.int64), np.array(sizes, dtype=np.int64)
+    table = np.array(members, dtype=np.int64).reshape(-1, 4)
+    return ShardIndex(tuple(keys), table[:, 0], table[:, 1], table[:, 2], table[:, 3])
 
 
 def _image_field(found: dict[str, Any]) -> str | None:
@@ -212,16 +255,19 @@ def _image_field(found: dict[str, Any]) -> str | None:
 class TableImages(Container):
     """Images in a table (Parquet, or the Arrow files of ``save_to_disk``), read a row group at a time. Known by
     its row count and row-group starts; each row's id is read with its row group's ids when first asked for, and
-    only the few groups in use are held (``_group_ids``), as a shard's index is: memory does not grow with the
-    number of rows of a crawl."""
+    only the few groups in use are held (``_group_index``), as a shard's index is: memory does not grow with the
+    number of rows of a crawl. A row's class label (``--labeled``) is read with its id, from the ``label`` (or
+    ``cls``) column."""
 
     kind = "table"
 
     def __init__(self, path: Path, column: str, struct: bool, count: int, group_starts: np.ndarray,
-                 stamp: tuple[int, int]) -> None:
+                 stamp: tuple[int, int], labels: TableLabels | None = None) -> None:
         super().__init__(path)
         self.column, self.struct, self.count, self.group_starts = column, struct, count, group_starts
         self.stamp = stamp  # (size, mtime_ns) when listed: a changed table is refused
+        self.label_column = labels.column if labels is not None else None
+        self.label_names = labels.names if labels is not None else None
         self._group: tuple[int, Any] | None = None  # the row group last read (not pickled to workers)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -233,16 +279,28 @@ class TableImages(Container):
     def _group_of(self, i: int) -> int:
         return int(np.searchsorted(self.group_starts, i, side="right")) - 1
 
-    def sample_id(self, i: int) -> str:
+    def _row(self, i: int) -> tuple[tuple[Any, ...], int]:
+        """Row ``i``'s group index (ids, labels) and its position in it."""
         group = self._group_of(i)
         with _INDEX_LOCK:
-            ids = _group_ids(self.id_table, str(self.path), *self.stamp, self.column if self.struct else None, group,
-                             int(self.group_starts[group]))
-        return ids[i - int(self.group_starts[group])]
+            index = _group_index(self.id_table, str(self.path), *self.stamp, self.column if self.struct else None,
+                                 self.label_column, group, int(self.group_starts[group]))
+        return index, i - int(self.group_starts[group])
+
+    def sample_id(self, i: int) -> str:
+        (ids, _), row = self._row(i)
+        return str(ids[row])
+
+    def label(self, i: int) -> int | str | None:
+        if self.label_column is None:
+            return None
+        (_, labels), row = self._row(i)
+        value = labels[row]
+        return value if value is None or isinstance(value, int) else str(value)
 
     @staticmethod
-    def id_table(path: Path, column: str | None, group: int) -> Any:
-        """The columns a row group's ids are read from (``_row_ids``)."""
+    def id_table(path: Path, columns: list[str], group: int) -> Any:
+        """A row group's ``columns`` (the id columns and the label column: never the image bytes)."""
         raise NotImplementedError
 
     def fingerprint(self) -> str:
@@ -273,14 +331,17 @@ class TableImages(Container):
 
 
 @functools.lru_cache(maxsize=8)
-def _group_ids(id_table: Callable[[Path, str | None, int], Any], path: str, size: int, mtime_ns: int,
-               column: str | None, group: int, first_row: int) -> tuple[str, ...]:
-    """One row group's ids, as listed (``size`` and ``mtime_ns`` key the cache: a rewritten table is refused)."""
+def _group_index(id_table: Callable[[Path, list[str], int], Any], path: str, size: int, mtime_ns: int,
+                 column: str | None, label_column: str | None, group: int,
+                 first_row: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """One row group's ids and labels, as listed (``size`` and ``mtime_ns`` key the cache: a rewritten table is
+    refused)."""
     status = os.stat(path)
     if (status.st_size, status.st_mtime_ns) != (size, mtime_ns):
         raise OSError(f"{path} changed since it was listed")
-    table = id_table(Path(path), column, group)
-    return tuple(_row_ids(Path(path), table, column, first_row))
+    table = id_table(Path(path), [column] if column is not None else [], group)
+    labels = tuple(table.column(label_column).to_pylist()) if label_column is not None else ()
+    return tuple(_row_ids(Path(path), table, column, first_row)), labels
 
 
 def _linked_image(table: Path, path: str) -> bytes:
@@ -299,13 +360,14 @@ class ParquetImages(TableImages):
         return pq.ParquetFile(self.path).read_row_group(group, columns=[self.column]).column(0)
 
     @staticmethod
-    def id_table(path: Path, column: str | None, group: int) -> Any:
-        """A row group's id columns only: the image struct's path field and a key column, never the bytes."""
+    def id_table(path: Path, columns: list[str], group: int) -> Any:
+        """A row group's id and label columns only: the image struct's path field, a key column, the label
+        column, never the bytes."""
         import pyarrow.parquet as pq  # noqa: PLC0415
 
         handle = pq.ParquetFile(path)
-        wanted = [c for c in ("__key__", "key") if c in handle.schema_arrow.names]
-        return handle.read_row_group(group, columns=([f"{column}.path"] if column is not None else []) + wanted)
+        wanted = [c for c in ("__key__", "key", *LABEL_COLUMNS) if c in handle.schema_arrow.names]
+        return handle.read_row_group(group, columns=[f"{c}.path" for c in columns] + wanted)
 
 
 class ArrowImages(TableImages):
@@ -315,7 +377,7 @@ class ArrowImages(TableImages):
         return _arrow_table(self.path).column(self.column)
 
     @staticmethod
-    def id_table(path: Path, column: str | None, group: int) -> Any:
+    def id_table(path: Path, columns: list[str], group: int) -> Any:
         return _arrow_table(path)  # memory-mapped: the image bytes stay on disk
 
 
@@ -357,6 +419,34 @@ def _row_ids(path: Path, table: Any, column: str | None, first_row: int) -> list
             for r, (p, k) in enumerate(zip(paths, keys, strict=True))]
 
 
+@dataclass(frozen=True)
+class TableLabels:
+    """A table's label column, and the class names its integers index where the table states them (the
+    ``datasets`` ClassLabel feature, in the schema's ``huggingface`` metadata)."""
+
+    column: str
+    names: tuple[str, ...] | None
+
+
+def label_column(schema: Any) -> TableLabels | None:
+    """The table's label column (``label``, else ``cls``: integers or text), or None."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    for name in LABEL_COLUMNS:
+        if name not in schema.names:
+            continue
+        kind = schema.field(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            continue
+        try:
+            features = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))["info"]["features"]
+            names = features[name]["names"] if features[name].get("_type") == "ClassLabel" else None
+        except (KeyError, TypeError, ValueError):
+            names = None
+        return TableLabels(name, tuple(str(n) for n in names) if names else None)
+    return None
+
+
 def _image_column_of(path: Path, schema: Any, problems: list[str]) -> tuple[str, bool] | None:
     """:func:`image_column`, or None with the table's columns said in ``problems``."""
     found = image_column(schema)
@@ -383,7 +473,7 @@ def index_parquet(path: Path, problems: list[str]) -> ParquetImages | None:
         starts.append(starts[-1] + handle.metadata.row_group(group).num_rows)
     status = path.stat()
     return ParquetImages(path, column, struct, starts[-1], np.array(starts[:-1] or [0], dtype=np.int64),
-                         (status.st_size, status.st_mtime_ns))
+                         (status.st_size, status.st_mtime_ns), label_column(handle.schema_arrow))
 
 
 def index_arrow(path: Path, problems: list[str]) -> ArrowImages | None:
@@ -398,7 +488,7 @@ def index_arrow(path: Path, problems: list[str]) -> ArrowImages | None:
     column, struct = found
     status = path.stat()
     return ArrowImages(path, column, struct, table.num_rows, np.zeros(1, dtype=np.int64),
-                       (status.st_size, status.st_mtime_ns))
+                       (status.st_size, status.st_mtime_ns), label_column(table.schema))
 
 
 def saved_dataset_files(folder: Path) -> list[Path]:
@@ -582,6 +672,14 @@ class SampleList(Sequence[Any]):
     @property
     def containers(self) -> int:
         return sum(not isinstance(s, ImageList) for s, _, _ in self._segments)
+
+    def sources(self) -> list[Container]:
+        """The containers its samples come from, each once, in order."""
+        found: dict[int, Container] = {}
+        for segment, _, _ in self._segments:
+            if isinstance(segment, Container):
+                found.setdefault(id(segment), segment)
+        return list(found.values())
 
 
 Samples = ImageList | SampleList  # what a command's image inputs list as

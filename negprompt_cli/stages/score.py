@@ -35,10 +35,9 @@ from ..features.image_features import (
 )
 from ..features.local_features import split_rows
 from ..features.saved_features import FeatureSaver, FeatureStream, SavedFeatures, check_features_target
-from ..inputs.containers import SampleList, Samples, list_samples
+from ..inputs.containers import Member, Samples, list_samples
 from ..inputs.image_folders import find_images, image_inputs, read_names_file, warn_foreign_calibration_classes
 from ..inputs.image_list import is_image_file
-from ..outputs.artifact import PromptArtifact
 from ..outputs.atomic import check_not_input, check_output_path, is_stream_target
 from ..outputs.score_file import FORMATS, render_rows, score_columns, text_format
 from ..outputs.score_output import (
@@ -64,6 +63,7 @@ from ..scoring.scores import Scores
 from ..scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
 from ..scoring.test_time import ScoreStream, StreamContext
 from ..scoring.thresholds import ThresholdWarning, stated, warn_no_decision, warn_no_threshold
+from ..scoring.true_labels import TrueLabels, warn_unknown_labels
 
 Inputs = Samples | SavedFeatures  # what a score run reads: images (files, containers) or saved embeddings
 
@@ -148,7 +148,7 @@ def score(options: ScoreOptions, *, stream: Callable[[str], object] | None = Non
     if joined is None:  # a rank other than 0
         return None
     if options.labeled:
-        _warn_unknown_labels(joined.tally.unknown_labels, plan.setup.names)
+        warn_unknown_labels(joined.tally.unknown_labels, joined.tally.unknown_sample_labels, plan.setup.names)
         warn_if_shifted(kept_counts(_promised(plan), joined.tally.id_by_class))
     summary = _summary(plan, joined, adaptive_record, seconds=time.perf_counter() - started)
     if writer.kept is not None:
@@ -209,9 +209,6 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
         paths = list_samples(image_inputs(options.images), strict=options.encode.strict)
     if options.save_features is not None:
         check_features_target(options.save_features)
-    if options.labeled and isinstance(paths, SampleList) and paths.containers:
-        raise UsageError("--labeled reads each image's class from its folder, and samples in shards or tables have "
-                         "none", hint="score the labelled ID images as class folders")
     if shares.ranks.is_main:
         check_not_input(options.out, [("--prompts", options.prompts), ("--names", options.names),
                                       ("--lexicon", options.labels.lexicon)])
@@ -352,6 +349,7 @@ class Tally:
     broken: int = 0
     broken_paths: list[str] = field(default_factory=list)  # the first three
     unknown_labels: dict[str, int] = field(default_factory=dict)  # --labeled folders that name no class
+    unknown_sample_labels: dict[str, int] = field(default_factory=dict)  # container samples' labels that name none
     # --labeled images of an ID class, per predicted class: [images, kept by the threshold]
     id_by_class: dict[int, list[int]] = field(default_factory=dict)
 
@@ -372,8 +370,10 @@ def _merge_tallies(tallies: list[Tally]) -> Tally:
             seen = total.id_by_class.setdefault(prediction, [0, 0])
             seen[0] += images
             seen[1] += kept
-        for folder, count in t.unknown_labels.items():
-            total.unknown_labels[folder] = total.unknown_labels.get(folder, 0) + count
+        for unknown, known in ((t.unknown_labels, total.unknown_labels),
+                               (t.unknown_sample_labels, total.unknown_sample_labels)):
+            for said, count in unknown.items():
+                known[said] = known.get(said, 0) + count
     return total
 
 
@@ -385,8 +385,7 @@ class _RowWriter:
                  threshold_source: str | None, paths: Inputs, ranks: Ranks) -> None:
         self.options, self.setup, self.paths = options, setup, paths
         self.decision, self.threshold_source = decision, threshold_source
-        self.lookup = (_label_lookup(setup.names, training_folders(setup.artifact, setup.names)
-                                     if setup.artifact is not None else {}) if options.labeled else {})
+        self.labels = TrueLabels(setup.names, setup.artifact, paths) if options.labeled else None
         self.columns = score_columns(explain=options.explain > 0)
         self.saver: FeatureSaver | None = None  # --save-features
         self.tally = Tally()
@@ -428,15 +427,15 @@ class _RowWriter:
                 "threshold": self.decision.threshold_for(pred), "threshold_source": self.threshold_source,
                 "threshold_n": calibrated_n, "threshold_rank": calibrated_rank,
             }
-            if options.labeled:  # the class is the first folder below the input's folder (files only: _plan)
-                assert isinstance(path, Path) and not isinstance(self.paths, SavedFeatures)
-                relative = path.relative_to(self.paths.root(indices[k])).parts
-                folder = relative[0] if len(relative) > 1 else ""
-                row["label_folder"] = folder
-                row["label_index"] = self.lookup.get(folder, -1)
-                row["label"] = setup.names[row["label_index"]] if row["label_index"] >= 0 else None
-                if row["label_index"] == -1:
-                    self.tally.unknown_labels[folder] = self.tally.unknown_labels.get(folder, 0) + 1
+            if self.labels is not None:  # images only (_plan): a file's class folder, a sample's carried label
+                assert not isinstance(self.paths, SavedFeatures) and isinstance(path, Path | Member)
+                true = (self.labels.of_sample(path) if isinstance(path, Member) else
+                        self.labels.of_file(path, self.paths.root(indices[k])))
+                row["label_folder"], row["label_index"] = true.folder, true.index
+                row["label"] = setup.names[true.index] if true.index >= 0 else None
+                if true.unknown is not None:
+                    unknown = self.tally.unknown_labels if true.folder is not None else self.tally.unknown_sample_labels
+                    unknown[true.unknown] = unknown.get(true.unknown, 0) + 1
                 elif row["ood"] is not None:
                     self.tally.count_id(pred, not row["ood"])
             if explanations is not None:
@@ -769,38 +768,3 @@ def _check_test_time(spec: ScorerSpec, options: ScoreOptions) -> None:
                          "stream before them")
 
 
-def _warn_unknown_labels(unknown: dict[str, int], names: list[str]) -> None:
-    """--labeled reads the class from the first folder below each input; a folder that names no class gets
-    label -1, which report leaves out of the ID accuracy: say which folders, not nothing."""
-    if not unknown:
-        return
-    shown = ", ".join(repr(f) if f else "(images directly in an input folder)" for f in list(unknown)[:5])
-    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-    warnings.warn(f"--labeled: {sum(unknown.values())} image(s) are in folders that name no class ({shown}{more}), "
-                  f"so their label is -1 and report leaves them out of the ID accuracy; class folders are the "
-                  f"class names (spaces or _) or the training folders, e.g. {names[0]!r}", NegPromptWarning,
-                  stacklevel=3)
-
-
-def training_folders(artifact: PromptArtifact, names: list[str]) -> dict[str, int]:
-    """Training folder -> index in ``names``, through the class names the artifact was trained with."""
-    dirs = artifact.training.get("data", {}).get("class_dirs", [])
-    trained_names = artifact.extra.get("transfer", {}).get("source_classes", artifact.class_names)
-    if len(dirs) != len(trained_names):
-        return {}
-    if list(names) == list(trained_names):  # by position: right even where two classes share a name
-        return {d: i for i, d in enumerate(dirs)}
-    where: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        where.setdefault(name, []).append(i)
-    # a name given to several classes of the new list says nothing about which one the folder is
-    return {d: where[n][0] for d, n in zip(dirs, trained_names, strict=True) if len(where.get(n, ())) == 1}
-
-
-def _label_lookup(names: list[str], folders: dict[str, int]) -> dict[str, int]:
-    """Folder name -> class index: the artifact's training folders, else the name (with _ for space)."""
-    lookup = dict(folders)
-    for i, name in enumerate(names):
-        lookup.setdefault(name, i)
-        lookup.setdefault(name.replace(" ", "_"), i)
-    return lookup
