@@ -7,8 +7,9 @@ real command line with the shipped `toy` CLIP (so decoding and reading, which is
 inputs, dominate), zero-shot mcm, a fresh feature cache, default decoding workers. Each kind runs on a large
 and a small input; the steady rate (large - small) / (large - small seconds) removes start-up.
 
-Memory: N 32x32 PNGs as files and as shards of 10,000 samples, scored in one process with no decoding workers
-(the process measured is the whole run), peak resident set size of the child (getrusage).
+Memory: N 32x32 PNGs as files, as shards of 10,000 samples and as one Parquet table (row groups of 500), scored
+in one process with no decoding workers (the process measured is the whole run), peak resident set size of the
+child (getrusage).
 
     python benchmarks/containers.py                       # writes benchmarks/results/containers.json, docs table
     python benchmarks/containers.py --images 1000 --small 200 --sizes 2000 10000   # quicker
@@ -116,7 +117,9 @@ def memory(sizes: list[int]) -> list[dict[str, Any]]:
                 (sub / f"{i:07d}.png").write_bytes(buffer.getvalue())
                 made.append(sub / f"{i:07d}.png")
             pattern = write_shards(made, work / f"shards-{n}", MEMORY_SHARD)
-            for kind, given in (("files", str(work / "files")), ("WebDataset shards", pattern)):
+            write_table(made, work / f"table-{n}.parquet")
+            for kind, given in (("files", str(work / "files")), ("WebDataset shards", pattern),
+                                ("Parquet", str(work / f"table-{n}.parquet"))):
                 rss, seconds = run(given, work, names, workers=0)
                 rows.append({"input": kind, "samples": n, "peak_rss_mib": round(rss, 1), "seconds": round(seconds, 1)})
                 print(f"{kind}, {n}: {rss:.0f} MiB, {seconds:.0f} s", file=sys.stderr)

@@ -38,6 +38,7 @@ from ..distributed import (
 )
 from ..environment import default_cache_dir
 from ..errors import NegPromptError, NegPromptWarning, UsageError
+from ..inputs.containers import Samples, index_each, index_shared, list_samples
 from ..inputs.displayed import DECODE_RULE, as_displayed, exif_orientation
 from ..inputs.image_folders import find_images
 from ..inputs.pixels import TensorPreprocess, decode_jpegs, is_jpeg
@@ -529,6 +530,15 @@ def ranks_agree(ranks: Ranks, backbone: Backbone, paths: Sequence[Path]) -> None
         return
     agree({**backbone.identity(), "weights": backbone.weights_fingerprint()}, ranks, "the backbone")
     agree_on_list(ranks, paths, "the image list")
+
+
+def list_samples_across(ranks: Ranks, inputs: Sequence[Path | str], *, strict: bool = False) -> Samples:
+    """``list_samples`` in every process of a job, each indexing its own share of the shards and tables (their
+    headers and footers are what listing costs) and receiving the others'."""
+    index = (index_shared(ranks.rank, ranks.world_size, lambda value: gather_to_all(value, ranks, "listing the shards "
+                                                                                    "and tables"))
+             if ranks.distributed else index_each)
+    return list_samples(inputs, strict=strict, index=index)
 
 
 def agree_on_list(ranks: Ranks, paths: Sequence[Path], what: str) -> None:

@@ -81,6 +81,7 @@ class Container:
     """Indexed samples of one container file: ids and a way to read sample ``i``'s image bytes."""
 
     kind = "container"
+    stamp: tuple[int, int]  # (size, mtime_ns) when listed: a changed container is refused
     label_names: tuple[str, ...] | None = None  # the class names integer labels index (a datasets ClassLabel)
 
     def __init__(self, path: Path) -> None:
@@ -683,33 +684,86 @@ class SampleList(Sequence[Any]):
 
 
 Samples = ImageList | SampleList  # what a command's image inputs list as
+# indexes container files: (each file's container or None, and what is wrong with each), in the files' order
+Indexer = Callable[[list[Path]], list[tuple[Container | None, list[str]]]]
 
 
-def list_samples(inputs: Sequence[Path | str], *, strict: bool = False) -> Samples:
+def index_each(paths: list[Path]) -> list[tuple[Container | None, list[str]]]:
+    """Every container file indexed here, one after another (one process)."""
+    found = []
+    for path in paths:
+        problems: list[str] = []
+        found.append((index_container(path, problems), problems))
+    return found
+
+
+def index_shared(rank: int, world_size: int,
+                 gather: Callable[[Any], list[Any]]) -> Indexer:
+    """An :data:`Indexer` for ``world_size`` processes that list the same inputs: each indexes every
+    ``world_size``-th file (reading a shard's headers costs about half a second per 10,000 samples, so one
+    process listing a 10,000-shard crawl would take over an hour) and ``gather`` (every process's value, on every
+    process) brings the others'. The files must be the same on a file system every process shares: each process
+    compares every listed file's size and time with its own view of it, and all stop with one error if any
+    differs."""
+
+    def index(paths: list[Path]) -> list[tuple[Container | None, list[str]]]:
+        mine = {i: found for i, found in zip(range(rank, len(paths), world_size),
+                                             index_each(paths[rank::world_size]), strict=True)}
+        merged: dict[int, tuple[Container | None, list[str]]] = {}
+        for part in gather(mine):
+            merged.update(part)
+        found = [merged[i] for i in range(len(paths))]
+        differ = [str(c.path) for c, _ in found if c is not None and _stamp(c.path) != c.stamp]
+        seen = gather(differ[:1])
+        where = next(((r, d[0]) for r, d in enumerate(seen) if d), None)
+        if where is not None:
+            raise UsageError(f"process {where[0]} sees {where[1]} otherwise than the process that listed it (size "
+                             "or time): every process must read the same containers",
+                             hint="put the shards on a file system every node shares, and do not change them "
+                                  "while a job runs")
+        return found
+
+    return index
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_size, status.st_mtime_ns
+
+
+def list_samples(inputs: Sequence[Path | str], *, strict: bool = False, index: Indexer = index_each) -> Samples:
     """The images of the inputs, in the order given: image files and folders as ``list_images`` lists them (only
-    files given: that ``ImageList`` itself), containers as their samples. No image at all is an error."""
+    files given: that ``ImageList`` itself), containers as their samples, indexed by ``index`` (all of a run's
+    container files in one call: :func:`index_shared` splits them over the processes of a job). No image at all
+    is an error."""
     if not any(is_container(p) for p in inputs):
         return list_images([Path(p) for p in inputs], strict=strict)
-    segments: list[tuple[ImageList | Container, int, int]] = []
-    problems: list[str] = []
-    files: list[Path] = []
-
-    def flush() -> None:
-        if files:
-            listed = list_images(list(files), strict=strict)
-            segments.append((listed, 0, len(listed)))
-            files.clear()
-
+    parts: list[list[Path] | Path] = []  # in order: a run of image files and folders, or one container file
     for given in inputs:
         if not is_container(given):
-            files.append(Path(given))
+            if not parts or not isinstance(parts[-1], list):
+                parts.append([])
+            last = parts[-1]
+            assert isinstance(last, list)
+            last.append(Path(given))
             continue
-        flush()
-        for path in container_files(_hub_text(given)):
-            found = index_container(path, problems)
-            if found is not None:
-                segments.append((found, 0, len(found)))
-    flush()
+        parts.extend(container_files(_hub_text(given)))
+    files = [p for p in parts if isinstance(p, Path)]
+    indexed = iter(index(files))
+    segments: list[tuple[ImageList | Container, int, int]] = []
+    problems: list[str] = []
+    for part in parts:
+        if isinstance(part, list):
+            listed = list_images(part, strict=strict)
+            segments.append((listed, 0, len(listed)))
+            continue
+        found, said = next(indexed)
+        problems.extend(said)
+        if found is not None:
+            segments.append((found, 0, len(found)))
     report_problems(problems, strict)
     samples = SampleList(segments)
     if not len(samples):

@@ -19,8 +19,7 @@ from ..environment import default_cache_dir
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..features.backbone import BackboneRequest, load_backbone
 from ..features.feature_cache import compact, foreign_entries, verify
-from ..features.image_features import EncodeOptions, EncodeStats, View, cache_share, ranks_agree
-from ..inputs.containers import list_samples
+from ..features.image_features import EncodeOptions, EncodeStats, View, cache_share, list_samples_across, ranks_agree
 from ..inputs.image_folders import image_inputs
 from ..outputs.atomic import check_writable
 from ..presets import POSITIVE_OPTIM
@@ -59,7 +58,7 @@ def writable_cache(root: Path) -> Path:
 def build(options: CacheBuildOptions) -> dict[str, Any] | None:
     """Encode every image under ``images`` into the cache; the summary on rank 0, None on the other ranks."""
     root = writable_cache(cache_root(options.encode.cache_dir))
-    paths = list_samples(image_inputs(options.images), strict=options.encode.strict)
+    paths = list_samples_across(options.ranks, image_inputs(options.images), strict=options.encode.strict)
     check_enough_items(len(paths), options.ranks)
     backbone = load_backbone(options.backbone)
     encoding = replace(options.encode, cache_dir=root,

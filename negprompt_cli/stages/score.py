@@ -31,11 +31,12 @@ from ..features.image_features import (
     Window,
     agree_on_list,
     encode_pixels,
+    list_samples_across,
     ranks_agree,
 )
 from ..features.local_features import split_rows
 from ..features.saved_features import FeatureSaver, FeatureStream, SavedFeatures, check_features_target
-from ..inputs.containers import Member, Samples, list_samples
+from ..inputs.containers import Member, Samples
 from ..inputs.image_folders import find_images, image_inputs, read_names_file, warn_foreign_calibration_classes
 from ..inputs.image_list import is_image_file
 from ..outputs.atomic import check_not_input, check_output_path, is_stream_target
@@ -206,7 +207,7 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
         if options.labeled:
             raise UsageError("--labeled reads each image's class from its folder, and saved embeddings have none")
     else:
-        paths = list_samples(image_inputs(options.images), strict=options.encode.strict)
+        paths = list_samples_across(shares.ranks, image_inputs(options.images), strict=options.encode.strict)
     if options.save_features is not None:
         check_features_target(options.save_features)
     if shares.ranks.is_main:
