@@ -31,6 +31,7 @@ from negprompt_cli.features.local_features import split_rows
 from negprompt_cli.features.text_encoder import SoftPromptTextEncoder, TokenizedPrompts
 from negprompt_cli.hookspecs import hookimpl
 from negprompt_cli.registry import ScorerSpec
+from negprompt_cli.scoring.composed_texts import ComposedTexts
 from negprompt_cli.scoring.lexicon import DEFAULT_LEXICON
 from negprompt_cli.scoring.test_time import BatchStream, ScoreStream, StreamContext
 from negprompt_cli.training.coop import CoOpPrompts
@@ -49,8 +50,8 @@ __all__ = [
     "TokenizedPrompts", "CoOpPrompts", "LOSS_VARIANTS", "LossWeights", "negprompt_loss",
     # rows that carry patch features (a ``local`` learner's or scorer's): (global [N, E], patches [N, P, E] | None)
     "split_rows",
-    # scorers: the properties a scorer states when it registers
-    "ScorerSpec",
+    # scorers: the properties a scorer states when it registers; what a ``composes_texts`` scorer receives as texts
+    "ScorerSpec", "ComposedTexts",
     # test-time scorers (``test_time=True``): what ``start`` receives and what the stream it opens offers
     "StreamContext", "ScoreStream", "BatchStream",
     # lexicons: the shipped WordNet lists (``register_lexicons`` registers folders in --lexicon's layout)

@@ -76,10 +76,16 @@ class ScorerSpec:
     whole_pool: bool = False
     # reads patch features: the core encodes (and caches) them and passes ``local``, cosines [B, P, C]
     local: bool = False
+    # writes texts for each image from its best matches (NegRefine's "<class> and <label>"): the core passes
+    # ``features`` (the images' unit features [B, E]) and ``texts`` (``scoring.composed_texts.ComposedTexts``:
+    # the class and label names, and unit features of any text under the ID prompts' templates, each text
+    # encoded once a run); needs ``pool`` (the label names come from the mined labels)
+    composes_texts: bool = False
 
 
 SCORER_PROPERTIES = ("default_temperature", "probability", "needs_negative_prompts", "pool",
-                     "trained_temperature", "logit_bias", "test_time", "whole_pool", "local")
+                     "trained_temperature", "logit_bias", "test_time", "whole_pool", "local",
+                     "composes_texts")
 # plugins written against the first contract set these as attributes of the function instead
 _LEGACY_ATTRIBUTES = {"probability": "probability_score"}
 
@@ -380,6 +386,9 @@ def _scorer_spec(plugin: str, name: str, fn: Any, description: str, properties: 
         elif hasattr(fn, _LEGACY_ATTRIBUTES.get(key, key)):  # the first contract: attributes on the function
             stated[key] = getattr(fn, _LEGACY_ATTRIBUTES.get(key, key))
     spec = ScorerSpec(name=name, fn=fn, description=description, **stated)
+    if spec.composes_texts and spec.pool is None:
+        raise TypeError(f"plugin {plugin!r} registers scorer {name!r} with composes_texts and no pool: the texts it "
+                        "writes name mined labels (docs/plugins.md)")
     _check_scorer_signature(plugin, spec)
     return spec
 
@@ -415,6 +424,8 @@ def _check_scorer_signature(plugin: str, spec: ScorerSpec) -> None:
         keywords |= {"logit_bias": 0.0}
     if spec.local:  # a scorer of patch features gets their cosines to the class prompts
         keywords |= {"local": None}
+    if spec.composes_texts:  # a scorer that writes texts per image gets the images' features and the encoder
+        keywords |= {"features": None, "texts": None}
     try:
         signature.bind(None, None, **keywords)
     except TypeError as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -184,6 +185,56 @@ class GlobalLocalMCM:
         return torch.softmax(pos / temperature, dim=1).max(dim=1).values + weight * local_part
 
 
+@dataclass(frozen=True)
+class MultiMatching:
+    """NegRefine's own settings (``--scorer-option``), as released (``src/clip_ood.py``)."""
+
+    weight: float = 2.0  # of the multi-matching score beside NegLabel's (the release's final score)
+    top_classes: int = 5  # the image's best ID classes paired (k_pos; fewer when there are fewer classes)
+    top_labels: int = 5  # with its best negative labels (k_neg)
+
+    def __post_init__(self) -> None:
+        if not self.weight >= 0:
+            raise UsageError(f"the multi-matching weight must be 0 or more (got {self.weight})")
+        if self.top_classes < 1 or self.top_labels < 1:
+            raise UsageError(f"top_classes and top_labels must be 1 or more (got {self.top_classes}, "
+                             f"{self.top_labels})")
+
+
+class NegRefineScore:
+    """NegRefine (Ansari et al., ICCV 2025; code ah-ansari/NegRefine ``src/clip_ood.py``): NegLabel's grouped score
+    plus ``weight`` times the multi-matching score. An image that truly shows an ID class and a negative label
+    at once (a dog on a sofa) matches both, and NegLabel alone calls it OOD; so for each of its ``top_classes``
+    best classes p and ``top_labels`` best negative labels n the text "p and n" is written (under the ID
+    prompts' templates) and compared with n alone: σ((cos(f, "p and n") − cos(f, n))/τ), the largest over the
+    pairs, is high when the pair explains the image better than the negative label does.
+
+    The release scores one image at a time with CLIP's fixed scale 100 on both terms; here τ (0.01 unless
+    --temperature) divides the cosines of both, which is the same number."""
+
+    Options = MultiMatching
+
+    def __init__(self) -> None:
+        self.labels = NegativeLabelScore()
+
+    def __call__(self, pos: torch.Tensor, neg: torch.Tensor | None = None, *, temperature: float = 0.01,
+                 logit_scale: float = 100.0, mined: torch.Tensor | None = None, groups: int = 100, seed: int = 0,
+                 features: torch.Tensor | None = None, texts: Any = None, weight: float = 2.0, top_classes: int = 5,
+                 top_labels: int = 5) -> torch.Tensor:
+        base = self.labels(pos, None, temperature=temperature, mined=mined, groups=groups, seed=seed)
+        if features is None or texts is None or mined is None:
+            raise ValueError("the multi-matching score needs the images' features and the text encoder (texts)")
+        k_pos, k_neg = min(top_classes, pos.shape[1]), min(top_labels, mined.shape[1])
+        best_classes = pos.topk(k_pos, dim=1).indices  # [B, k_pos]
+        label_cos, best_labels = mined.topk(k_neg, dim=1)  # [B, k_neg]
+        pairs = [f"{texts.class_names[p]} and {texts.label_names[n]}"
+                 for ps, ns in zip(best_classes.tolist(), best_labels.tolist(), strict=True) for p in ps for n in ns]
+        pair_features = texts.features(pairs).to(features.device, torch.float32)
+        pair_cos = torch.einsum("be,bpne->bpn", features, pair_features.view(len(pos), k_pos, k_neg, -1))
+        matching = torch.sigmoid((pair_cos - label_cos[:, None, :]) / temperature).amax(dim=(1, 2))
+        return base + weight * matching
+
+
 @hookimpl
 def register_scorers(register: Callable[..., None]) -> None:
     # What the core needs to know about each scorer is stated here (negprompt.plugin.ScorerSpec):
@@ -223,5 +274,9 @@ def register_scorers(register: Callable[..., None]) -> None:
              "patch's MCM (patch features; ViT backbones)", local=True)
     register("l-mcm", GlobalLocalMCM(local_only=True), description="L-MCM: the best patch's MCM alone (patch "
              "features; ViT backbones)", local=True)
+    # writes texts for each image from its best matches: the core passes its features and a text encoder
+    register("negrefine", NegRefineScore(), description="NegRefine: CSP's score plus 2 x the multi-matching score "
+             "(\"<class> and <label>\" texts against the label alone; an LLM-filtered list via --negatives)",
+             pool="csp", composes_texts=True, default_temperature=0.01)
     register("sigmoid-csp", SigmoidNegativeLabelScore(), description="CSP's pool and templates, scored as "
              "sigmoid-neglabel (SigLIP-family)", pool="csp", probability=True, logit_bias=True)

@@ -34,12 +34,15 @@ def _check_shape(score: Any, images: int) -> None:
 def score_features(image_features: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Tensor | None, *,
                    scorer: Scorer, temperature: float = 1.0, logit_scale: float = 100.0,
                    batch: int = 4096, mined: torch.Tensor | None = None,
-                   scorer_options: dict[str, Any] | None = None, local: torch.Tensor | None = None) -> Scores:
+                   scorer_options: dict[str, Any] | None = None, local: torch.Tensor | None = None,
+                   texts: Any = None) -> Scores:
     """Score unit image features [N, E] against unit text features [C, E] and [C, P, E].
 
     ``scorer`` is the scoring function itself (a scorer plugin's, from the registry). ``mined`` ([M, E]
     negative labels from a lexicon) reaches the scorer as the cosines ``mined`` [B, M], with
     ``scorer_options``. ``local`` ([N, P, E] patch features) reaches it as the cosines ``local`` [B, P, C].
+    ``texts`` (``composed_texts.ComposedTexts``, for a scorer that writes texts per image) reaches it with the
+    batch's image features as ``features``.
     Runs where the image features are (the device rule: text features follow the images), in fp32.
     """
     outputs: list[tuple[torch.Tensor, ...]] = []
@@ -53,6 +56,8 @@ def score_features(image_features: torch.Tensor, text_pos: torch.Tensor, text_ne
             extra = dict(scorer_options or {})
             if local is not None:
                 extra["local"] = local[start:start + batch].to(device, torch.float32) @ text_pos.t()
+            if texts is not None:
+                extra |= {"features": f, "texts": texts}
             pos = f @ text_pos.t()
             neg = torch.einsum("be,cpe->bcp", f, text_neg) if text_neg is not None else None
             if mined is not None:

@@ -25,6 +25,7 @@ from ..outputs.artifact import PromptArtifact, artifact_id, check_fits_backbone,
 from ..presets import default_scorer
 from ..registry import ScorerSpec, get_host, plugin_options
 from .calibration import Decision, KeepRequest
+from .composed_texts import ComposedTexts
 from .negative_labels import LabelRequest, NegativeLabels, prepare, settings_fingerprint, zero_shot_templates
 from .scores import ScorerContractError, Scores, score_features
 from .thresholds import applicable, calibrated_scorer, scoring_temperature, threshold_record
@@ -73,6 +74,7 @@ class ScoringSetup:
     extra: dict[str, Any] = field(default_factory=dict)
     artifact: PromptArtifact | None = None
     own_options: Any = None  # the scorer's own Options (``--scorer-option``), passed to it as keywords
+    _composed: ComposedTexts | None = field(default=None, repr=False)  # composed_texts, once made
 
     @property
     def dim(self) -> int:
@@ -110,12 +112,23 @@ class ScoringSetup:
             keywords["logit_bias"] = self.backbone.logit_bias or 0.0
         return keywords
 
+    @property
+    def composed_texts(self) -> ComposedTexts | None:
+        """What a scorer that writes texts per image encodes them with (one per setup: its texts are kept)."""
+        if not self.spec.composes_texts or self.labels is None:
+            return None
+        if self._composed is None:
+            templates = zero_shot_templates(self.spec.pool) or (HAND_TEMPLATE,)
+            self._composed = ComposedTexts(self.backbone, self.names, self.labels.words, templates)
+        return self._composed
+
     def mine(self, request: LabelRequest, *, cache_dir: Path | None = None, quiet: bool = False) -> ScoringSetup:
         """A negative-label scorer's labels for these class names (the slow part the first time: the lexicon is
         encoded once per backbone and cached); nothing for any other scorer."""
         mining = request.mining
         if self.spec.whole_pool and mining.fraction is None and mining.count is None:  # every candidate a label
             request = replace(request, mining=replace(mining, fraction=1.0))
+        self._composed = None  # its texts name the labels mined before
         self.labels, self.scorer_options = prepare(self.backbone, self.spec.pool, self.names, self.text_pos, request,
                                                    cache_dir=cache_dir or default_cache_dir(), quiet=quiet)
         return self
@@ -138,7 +151,7 @@ class ScoringSetup:
             result = score_features(features, self.text_pos, self.text_neg, scorer=self.scorer_fn,
                                     temperature=self.temperature, logit_scale=self.backbone.logit_scale,
                                     mined=self.mined, scorer_options=self.scorer_keywords,
-                                    local=local if self.spec.local else None)
+                                    local=local if self.spec.local else None, texts=self.composed_texts)
         except ScorerContractError as exc:
             raise self.broken(str(exc)) from None
         except (TypeError, ValueError, RuntimeError, IndexError) as exc:
