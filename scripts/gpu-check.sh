@@ -82,6 +82,9 @@ step tanl neg score "$work/w/ood_near" --zero-shot --names "$work/w/id_names.txt
   --batch-size 256 --device "$device" --cache-dir "$work/tanl-cache" --out "$work/tanl.csv" --quiet
 step locoop neg fit-pos --data "$work/w/train" --backbone toy --learner locoop --learner-option top_k=2 \
   --epochs 3 --device "$device" --cache-dir "$work/locoop-cache" --out "$work/locoop.safetensors" --quiet
+# NegRefine: its pair texts are encoded during scoring, on the device the images' features are on
+step negrefine neg score "$work/w/ood_near" --zero-shot --names "$work/w/id_names.txt" --backbone toy \
+  --scorer negrefine --device "$device" --cache-dir "$work/negrefine-cache" --out "$work/negrefine.csv" --quiet
 # CSP as released (template ensembles, shared prefixes) on ViT-B/16's text tower: the first zero-shot run's time
 printf 'dog\ncat\nschool bus\nred fox\n' >"$work/names.txt"
 csp_started=$(date +%s)

@@ -381,6 +381,29 @@ def test_torchrun_adaptive_scores_and_stdout_give_the_one_process_bytes(job):
     assert {json.loads(line)["scorer"] for line in two.stdout.splitlines()} == {"neglabel"}
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("scorer", ["gl-mcm", "negrefine"])
+def test_torchrun_with_patch_features_or_composed_texts_gives_the_one_process_bytes(job, scorer):
+    """GL-MCM's rows carry patch features through the ranks' cache shares and the gather; NegRefine encodes its
+    pair texts in every rank: both give the bytes one process writes (issue #34)."""
+    root, common = job
+    (root / "words.txt").write_text("".join(f"{w}\n" for w in (
+        "cloud", "river", "violin", "ladder", "pepper", "anchor", "lantern", "pillow", "candle", "wagon")))
+    at = common.index("--scorer")
+    args = [*common[:at], *common[at + 2:], "--scorer", scorer, "--format", "jsonl"]
+    if scorer == "negrefine":
+        args += ["--lexicon", str(root / "words.txt"), "--groups", "2"]
+    single = invoke(["score", str(root / "images"), *args, "--cache-dir", str(root / "s1"), "--out",
+                     str(root / "one.jsonl")])
+    assert single.exit_code == 0, single.stderr
+    two = torchrun(2, "score", str(root / "images"), *args, "--cache-dir", str(root / "s2"), "--out",
+                   str(root / "two.jsonl"))
+    assert two.returncode == 0, two.stderr
+    assert (root / "two.jsonl").read_bytes() == (root / "one.jsonl").read_bytes()
+    rows = [json.loads(line) for line in (root / "one.jsonl").read_text().splitlines()]
+    assert len(rows) == 35 and {r["scorer"] for r in rows} == {scorer}
+
+
 # -- several nodes, on one machine (issue #23) ----------------------------------------------------------------------
 
 def two_nodes(*args: str, port: int, timeout: int = 300) -> list[subprocess.CompletedProcess]:
