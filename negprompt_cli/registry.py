@@ -79,7 +79,7 @@ class ScorerSpec:
     # writes texts for each image from its best matches (NegRefine's "<class> and <label>"): the core passes
     # ``features`` (the images' unit features [B, E]) and ``texts`` (``scoring.composed_texts.ComposedTexts``:
     # the class and label names, and unit features of any text under the ID prompts' templates, each text
-    # encoded once a run); needs ``pool`` (the label names come from the mined labels)
+    # encoded once and kept, up to ``composed_texts.KEEP``); needs ``pool`` (the label names: the mined labels)
     composes_texts: bool = False
 
 

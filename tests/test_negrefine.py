@@ -118,6 +118,11 @@ def test_the_texts_are_encoded_once_under_the_id_templates(tiny_vit_dir):
     assert texts.encoded == 2 and torch.equal(first[0], first[2])
     again = texts.features(["dog and sofa"])
     assert texts.encoded == 2 and torch.equal(again[0], first[1])
+    bounded = ComposedTexts(backbone, ["cat"], ["sofa"], templates, keep=2)  # memory bounded: the oldest go
+    kept = bounded.features(["a", "b", "c"])  # more than it keeps, in one call: all returned
+    assert bounded.encoded == 3 and list(bounded._known) == ["b", "c"]
+    assert torch.equal(bounded.features(["c", "a"])[0], kept[2]) and bounded.encoded == 4  # "a" again
+    assert list(bounded._known) == ["c", "a"]
     tokenizer = open_clip.get_tokenizer(f"local-dir:{tiny_vit_dir}")
     with torch.no_grad():
         raw = torch.stack([backbone.model.encode_text(tokenizer([t.format("dog and sofa")]))[0] for t in templates])
