@@ -181,6 +181,25 @@ def test_two_torchrun_processes_on_shards_give_the_one_process_bytes(crawl, tmp_
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
 
 
+@pytest.mark.slow
+def test_two_torchrun_nodes_on_shards_and_a_table_give_the_one_process_bytes(crawl, tmp_path):
+    """Two "nodes" (one process each, meeting through a c10d rendezvous, as on two machines) list the containers
+    between them and score their shares: with --labeled, the joined file is the bytes of one process."""
+    from test_scale import _free_port, two_nodes
+
+    root, _, _ = crawl
+    args = [str(root / "shard-{000000..000001}.tar"), str(root / "table.parquet"), "--names",
+            str(root / "names.txt"), *SCORE, "--quiet", "--batch-size", "4", "--labeled"]
+    one = invoke(["score", *args, "--cache-dir", str(tmp_path / "c1"), "--out", str(tmp_path / "one.jsonl")])
+    assert one.exit_code == 0, one.stderr
+    nodes = two_nodes("-m", "negprompt_cli", "score", *args, "--cache-dir", str(tmp_path / "c2"), "--out",
+                      str(tmp_path / "two.jsonl"), port=_free_port())
+    assert all(n.returncode == 0 for n in nodes), [n.stderr for n in nodes]
+    assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    rows = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    assert len(rows) == 36 and all(r["label_index"] >= 0 for r in rows)
+
+
 def test_a_table_row_that_points_to_a_file_reads_the_file(crawl, tmp_path, monkeypatch):
     """datasets' to_parquet of a dataset built from files stores paths, not bytes: read relative to the table."""
     import shutil
