@@ -62,3 +62,24 @@ def test_augmented_views_are_deterministic_and_distinct(tiny_backbone, image_fol
     assert st.encoded == len(paths)  # a fresh cache really recomputed ...
     torch.testing.assert_close(v0, v0_again, atol=1e-6, rtol=0)  # ... the same view
     assert not torch.allclose(v0, v1) and not torch.allclose(v0, eval_feats)
+
+
+def test_a_resized_crop_is_drawn_as_torchvision_draws_it():
+    """The box of --augment resized-crop: inside the image, 8-100 % of its area at aspect 3/4 to 4/3 (the draws that
+    fit), the same for the same seed; an image too thin for any draw gets torchvision's fallback, the centre crop at
+    the nearest allowed ratio."""
+    import numpy as np
+
+    from negprompt_cli.features.image_features import View, resized_crop_box
+
+    boxes = [resized_crop_box(320, 240, np.random.default_rng(seed)) for seed in range(2000)]
+    assert boxes[:5] == [resized_crop_box(320, 240, np.random.default_rng(seed)) for seed in range(5)]
+    for left, top, w, h in boxes:
+        assert 0 <= left and left + w <= 320 and 0 <= top and top + h <= 240
+    areas = np.array([w * h for _, _, w, h in boxes]) / (320 * 240)
+    ratios = np.array([w / h for _, _, w, h in boxes])
+    assert areas.min() >= 0.07 and areas.max() <= 1.0 and 0.3 < np.median(areas) < 0.7
+    assert ratios.min() >= 0.74 and ratios.max() <= 1.35
+    assert len(set(boxes)) > 1900  # random, not a few boxes
+    assert resized_crop_box(1000, 10, np.random.default_rng(0)) == (493, 0, 13, 10)  # 4/3 of the height, centred
+    assert View(0, seed=1).tag() == "aug0-s1-p4" and View(0, seed=1, recipe="resized-crop").tag() == "rrc0-s1"

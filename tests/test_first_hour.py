@@ -244,6 +244,34 @@ def test_augmented_views_cached_ahead_are_the_ones_fit_reads_by_default(tmp_path
     assert json.loads(fit.stdout)["images_encoded"] == 0  # every view came from the cache
 
 
+def test_resized_crop_views_are_cached_ahead_read_by_fit_and_recorded(tmp_path, tiny_vit_dir):
+    """--augment resized-crop (CoOp's and LoCoOp's random_resized_crop): its own views in the cache, the ones fit
+    reads with the same flags, recorded in the artifact; without --aug-views, or unknown, it is one line, exit 2."""
+    from negprompt_cli.outputs.artifact import load_prompts
+
+    data = make_image_folder(tmp_path / "train", classes=CLASSES[:2], per_class=3)
+    backbone = ["--backbone", f"local-dir:{tiny_vit_dir}"]
+    built = invoke(["cache", "build", str(data), *backbone, "--aug-views", "2", "--augment", "resized-crop",
+                    "--json"])
+    assert built.exit_code == 0, built.stderr
+    assert json.loads(built.stdout)["views"] == ["eval", "rrc0-s1", "rrc1-s1"]
+    out = tmp_path / "p.safetensors"
+    fit = invoke(["fit-pos", "--data", str(data), "--out", str(out), *backbone, *POS_FAST, "--aug-views", "2",
+                  "--augment", "resized-crop", "--json"])
+    assert fit.exit_code == 0, fit.stderr
+    assert json.loads(fit.stdout)["images_encoded"] == 0  # every view came from the cache
+    assert load_prompts(out).training["data"]["augment"] == "resized-crop"
+    for extra, message in ((["--augment", "resized-crop"], "--augment resized-crop says how augmented views are "
+                            "made, and --aug-views asks for none"),
+                           (["--aug-views", "2", "--augment", "zoom"], "unknown --augment 'zoom'")):
+        bad = invoke(["fit-pos", "--data", str(data), "--out", str(tmp_path / "x.safetensors"), *backbone,
+                      *POS_FAST, *extra])
+        assert bad.exit_code == 2 and message in error_line(bad), bad.stderr
+        built = invoke(["cache", "build", str(data), *backbone, *extra])
+        assert built.exit_code == 2 and message in error_line(built), built.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 # -- offline: fast, with hints that name what works -----------------------------------------------------------
 def test_uncached_weights_without_network_fail_at_once_with_the_remedies(tmp_path, monkeypatch):
     import socket

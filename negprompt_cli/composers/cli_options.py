@@ -97,7 +97,12 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable images are
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 AugViewsOpt = Annotated[int | None, typer.Option("--aug-views", help="Cache K augmented views per image (random "
-                                                 "crop + flip); 0 = no augmentation (default).")]
+                                                 "crop + flip); 0 = no augmentation (default). Epoch e trains on "
+                                                 "view e mod K.")]
+AugmentOpt = Annotated[str | None, typer.Option("--augment", help="How --aug-views views are made: pad-crop "
+                                                "(NegPrompt's release: a random crop of the padded image; default) "
+                                                "or resized-crop (CoOp's and LoCoOp's: a random 8-100% of the "
+                                                "image, resized).")]
 TextChunkOpt = Annotated[str, typer.Option("--text-chunk", help="Classes per text-encoder chunk: N, 0 (never "
                                            "chunk) or auto. fit-neg: above the chunk, gradient caching keeps memory "
                                            "bounded at one extra no-grad pass, and auto chunks only when the whole "
@@ -160,6 +165,7 @@ STRICT = shared("strict", StrictOpt, False)
 QUIET = shared("quiet", QuietOpt, False)
 JSON = shared("json_out", JsonOpt, False)
 AUG_VIEWS = shared("aug_views", AugViewsOpt)
+AUGMENT = shared("augment", AugmentOpt)
 
 
 def runtime_options() -> list[inspect.Parameter]:
@@ -280,7 +286,7 @@ def data_options() -> list[inspect.Parameter]:
         option("all_images", bool, "--all-images", default=False, help="Use every image (ignore --shots)."),
         option("val_fraction", float | None, "--val-fraction", help="Hold out this fraction of each class's images "
                "(outside the shots) for model selection / calibration. Default: 0."),
-        AUG_VIEWS, CACHE_DIR, WORKERS, STRICT,
+        AUG_VIEWS, AUGMENT, CACHE_DIR, WORKERS, STRICT,
     ]
 
 

@@ -22,6 +22,7 @@ from .app import (
     reports_errors,
 )
 from .cli_options import (
+    AugmentOpt,
     AugViewsOpt,
     BackboneOpt,
     CacheOpt,
@@ -129,6 +130,7 @@ def cache_build_command(
     backbone: BackboneOpt = DEFAULT_BACKBONE,
     pretrained: PretrainedOpt = None,
     aug_views: AugViewsOpt = 0,
+    augment: AugmentOpt = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the augmented views: the fit-* --seed that "
                                              f"will read them. Default: {POSITIVE_OPTIM.seed}, as fit-*.")] = None,
     patches: Annotated[bool, typer.Option("--patches", help="Cache each image's patch features with its global "
@@ -143,15 +145,18 @@ def cache_build_command(
     """Encode every image into the feature cache, so later fit-*/score runs only read it."""
     images = images or []  # none: the stage says "no images given" (exit 2)
     from ..distributed import process_group
+    from ..features.image_features import AUGMENTS, check_augment
     from ..stages.cache import CacheBuildOptions, build
 
     encoding = image_encoding(flags.runtime, flags.images, quiet or json_out)
     aug_views = aug_views or 0
     check_at_least("--aug-views", aug_views, 0)
+    augment = augment or AUGMENTS[0]
+    check_augment(augment, aug_views)
     with process_group(flags.images["distributed"], flags.runtime["device"]) as (ranks, device):
         summary = build(CacheBuildOptions(
             images=images, backbone=backbone_request(backbone, pretrained, flags.runtime, device),
-            aug_views=aug_views, seed=POSITIVE_OPTIM.seed if seed is None else seed, encode=encoding,
+            aug_views=aug_views, augment=augment, seed=POSITIVE_OPTIM.seed if seed is None else seed, encode=encoding,
             ranks=ranks, patches=patches))
     if summary is None:
         return

@@ -61,13 +61,15 @@ def training_encoding(runtime: dict[str, Any], data: dict[str, Any], run: dict[s
 
 def training_data(root: Path, given: dict[str, Any]):
     """DataOptions from the data option group; --all-images means no shot limit."""
+    from ..features.image_features import check_augment
     from ..training.data import DataOptions
 
     data = from_cli(DataOptions(root), classes_file=given["classes"], shots=given["shots"],
-                    val_fraction=given["val_fraction"], aug_views=given["aug_views"])
+                    val_fraction=given["val_fraction"], aug_views=given["aug_views"], augment=given["augment"])
     if given["all_images"]:
         data = replace(data, shots=None)
     check_at_least("--aug-views", data.aug_views, 0)
+    check_augment(data.augment, data.aug_views)
     return data
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import warnings
 from collections import deque
@@ -155,21 +156,41 @@ class EncodeStats:
         self.cache_write_error = self.cache_write_error or other.cache_write_error
 
 
+AUGMENTS = ("pad-crop", "resized-crop")  # how augmented views are made (``--augment``); the first is the default
+
+
+def check_augment(augment: str, aug_views: int) -> None:
+    """--augment names a recipe, and says how --aug-views views are made: without views it would do nothing."""
+    if augment not in AUGMENTS:
+        raise UsageError(f"unknown --augment {augment!r}", hint=f"choose {' or '.join(AUGMENTS)}")
+    if augment != AUGMENTS[0] and aug_views <= 0:
+        raise UsageError(f"--augment {augment} says how augmented views are made, and --aug-views asks for none",
+                         hint="add --aug-views K (K at least the epochs gives every epoch its own crops)")
+
+
 @dataclass(frozen=True)
 class View:
     """How an image is turned into pixels: the eval preprocessing, or seeded augmented view ``index``.
 
-    Augmented views follow the paper's released code: random crop with 4-pixel padding and a
-    horizontal flip, on top of the eval resize + centre crop. They are seeded per image and
-    view, so view k of an image is the same in every run and stage.
+    Augmented views (``recipe``) follow a release: ``pad-crop`` is NegPrompt's (a random crop with 4-pixel
+    padding and a horizontal flip, on top of the eval resize + centre crop); ``resized-crop`` is CoOp's and
+    LoCoOp's (``random_resized_crop``: a random 8-100 % of the image's area at an aspect ratio of 3/4 to 4/3,
+    resized to the input size with bicubic resampling, and a horizontal flip). They are seeded per image and
+    view, so view k of an image is the same in every run and stage; training epoch e reads view e mod K, so K
+    views at least as many as the epochs give every epoch its own crops.
     """
 
     index: int | None = None  # None = eval preprocessing
     seed: int = 0
     pad: int = 4
+    recipe: str = AUGMENTS[0]
 
     def tag(self) -> str:
-        return "eval" if self.index is None else f"aug{self.index}-s{self.seed}-p{self.pad}"
+        if self.index is None:
+            return "eval"
+        if self.recipe == "resized-crop":
+            return f"rrc{self.index}-s{self.seed}"
+        return f"aug{self.index}-s{self.seed}-p{self.pad}"
 
 
 class _ImageDataset(torch.utils.data.Dataset):
@@ -228,6 +249,8 @@ class RawJpeg:
 def _augment(image: Image.Image, digest: str, view: View, size: int) -> Image.Image:
     seed = int.from_bytes(hashlib.blake2b(f"{digest}:{view.tag()}".encode(), digest_size=8).digest(), "little")
     rng = np.random.default_rng(seed)
+    if view.recipe == "resized-crop":
+        return _resized_crop(image, rng, size)
     scale = size / min(image.size)
     image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
                          Image.Resampling.BICUBIC)
@@ -239,6 +262,34 @@ def _augment(image: Image.Image, digest: str, view: View, size: int) -> Image.Im
     if rng.random() < 0.5:
         image = ImageOps.mirror(image)
     return image
+
+
+def resized_crop_box(width: int, height: int, rng: np.random.Generator, scale: tuple[float, float] = (0.08, 1.0),
+                     ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of a random resized crop, drawn as torchvision's ``RandomResizedCrop.get_params``
+    draws it (ten tries at a random area and log-uniform aspect ratio, else the centre crop at the nearest allowed
+    ratio), from a seeded numpy generator instead of torch's global one (so a view is the same in any process)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+    if width / height < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif width / height > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def _resized_crop(image: Image.Image, rng: np.random.Generator, size: int) -> Image.Image:
+    left, top, w, h = resized_crop_box(image.width, image.height, rng)
+    image = image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + w, top + h))
+    return ImageOps.mirror(image) if rng.random() < 0.5 else image
 
 
 def encode_pixels(backbone: Backbone, pixels: torch.Tensor, precision: str = "fp32") -> torch.Tensor:

@@ -19,7 +19,15 @@ from ..environment import default_cache_dir
 from ..errors import NegPromptError, NegPromptWarning, NotFoundError, UsageError
 from ..features.backbone import BackboneRequest, load_backbone
 from ..features.feature_cache import compact, foreign_entries, verify
-from ..features.image_features import EncodeOptions, EncodeStats, View, cache_share, list_samples_across, ranks_agree
+from ..features.image_features import (
+    AUGMENTS,
+    EncodeOptions,
+    EncodeStats,
+    View,
+    cache_share,
+    list_samples_across,
+    ranks_agree,
+)
 from ..inputs.image_folders import image_inputs
 from ..outputs.atomic import check_writable
 from ..presets import POSITIVE_OPTIM
@@ -31,6 +39,7 @@ class CacheBuildOptions:
     backbone: BackboneRequest = BackboneRequest()
     aug_views: int = 0  # also cache views 0..K-1 of the seeded augmentation (as fit-* --aug-views K --seed S)
     seed: int = POSITIVE_OPTIM.seed  # the views fit-pos and fit-neg read by default (one default, presets)
+    augment: str = AUGMENTS[0]  # how the views are made (as fit-* --augment)
     encode: EncodeOptions = EncodeOptions()  # batch, workers, precision, strictness, progress (its cache_dir too)
     patches: bool = False  # also the patch features (rows for GL-MCM / LoCoOp: ``local_features``)
     ranks: Ranks = SINGLE
@@ -63,7 +72,7 @@ def build(options: CacheBuildOptions) -> dict[str, Any] | None:
     backbone = load_backbone(options.backbone)
     encoding = replace(options.encode, cache_dir=root,
                        precision=check_precision(backbone.device, options.encode.precision), local=options.patches)
-    views = [View()] + [View(index=k, seed=options.seed) for k in range(options.aug_views)]
+    views = [View()] + [View(index=k, seed=options.seed, recipe=options.augment) for k in range(options.aug_views)]
     ranks_agree(options.ranks, backbone, paths)
     total = EncodeStats()
     for view in views:  # every rank encodes its own share; only the counts travel
