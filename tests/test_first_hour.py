@@ -261,6 +261,8 @@ def test_resized_crop_views_are_cached_ahead_read_by_fit_and_recorded(tmp_path, 
     assert fit.exit_code == 0, fit.stderr
     assert json.loads(fit.stdout)["images_encoded"] == 0  # every view came from the cache
     assert load_prompts(out).training["data"]["augment"] == "resized-crop"
+    inspected = invoke(["inspect", str(out)])
+    assert "2 augmented view(s) (resized-crop)" in inspected.stdout, inspected.stdout
     for extra, message in ((["--augment", "resized-crop"], "--augment resized-crop says how augmented views are "
                             "made, and --aug-views asks for none"),
                            (["--aug-views", "2", "--augment", "zoom"], "unknown --augment 'zoom'")):

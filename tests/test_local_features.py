@@ -227,6 +227,8 @@ def test_fit_pos_locoop_trains_on_patch_rows_and_scores_with_gl_mcm(tiny_vit_dir
     artifact = load_prompts(tmp_path / "l.safetensors")
     assert artifact.prompt["learner"] == "locoop"
     assert artifact.training["learner_options"] == {"weight": 0.25, "top_k": 1}
+    inspected = invoke(["inspect", str(tmp_path / "l.safetensors")])
+    assert "  learner:   locoop: top_k 1, weight 0.25" in inspected.stdout  # what it was trained with
     keys = [d for d in (tmp_path / "cache").iterdir() if d.is_dir()]
     assert len(keys) == 1 and json.loads((keys[0] / "info.json").read_text())["preprocess"].endswith("local-vv1")
     scored = invoke(["score", str(tmp_path / "train"), "--prompts", str(tmp_path / "l.safetensors"), "--scorer",

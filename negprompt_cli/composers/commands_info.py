@@ -134,6 +134,18 @@ def describe_artifact(path: Path, artifact: Any) -> list[str]:
                      + (f", {training['precision']}" if training.get("precision") else "")
                      + (f", {len(training['train_classes'])} class(es) trained on"
                         if isinstance(training.get("train_classes"), list) else ""))
+    own = training.get("learner_options")
+    if isinstance(own, dict) and own:  # the learner's own settings (--learner-option), as it was trained with
+        lines.append(f"  learner:   {learner}: " + ", ".join(f"{k} {v}" for k, v in own.items()))
+    data = training.get("data")
+    if isinstance(data, dict) and "shots" in data:
+        shots = "every image" if data["shots"] is None else f"{data['shots']} shots a class"
+        said = [shots + (f" ({data['train_images']} images)" if isinstance(data.get("train_images"), int) else "")]
+        views = data.get("aug_views") or 0
+        said.append(f"{views} augmented view(s) ({data.get('augment', 'pad-crop')})" if views else "no augmentation")
+        if data.get("val_fraction"):
+            said.append(f"{data['val_fraction']:.0%} held out for validation")
+        lines.append("  data:      " + ", ".join(said))
     accuracies = {k: v for k, v in extra.items() if k.endswith("accuracy") and isinstance(v, (int, float))}
     if accuracies:
         lines.append("  accuracy:  " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in accuracies.items()))
