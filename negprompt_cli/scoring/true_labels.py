@@ -81,6 +81,8 @@ class TrueLabels:
             mapped = self._by_name.get(str(sample.source.path))
             table = mapped if mapped is not None else range(len(self.names))
             index = table[raw] if 0 <= raw < len(table) else -1
+            if index < 0 and mapped is not None and 0 <= raw < len(mapped):  # the table's name for it says more
+                raw = (sample.source.label_names or ())[raw]
         return TrueLabel(index, unknown=None if index >= 0 else repr(raw))
 
 
