@@ -159,6 +159,11 @@ class EncodeStats:
 AUGMENTS = ("pad-crop", "resized-crop")  # how augmented views are made (``--augment``); the first is the default
 
 
+def augmented_views(count: int, seed: int, recipe: str = AUGMENTS[0]) -> list[View]:
+    """Views 0..count-1 of a seeded augmentation: what ``cache build --aug-views`` fills and fit-* reads."""
+    return [View(index=k, seed=seed, recipe=recipe) for k in range(count)]
+
+
 def check_augment(augment: str, aug_views: int) -> None:
     """--augment names a recipe, and says how --aug-views views are made: without views it would do nothing."""
     if augment not in AUGMENTS:

@@ -24,6 +24,7 @@ when decoded, as an unreadable image file is (the warning names shard and key).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import tarfile
@@ -174,6 +175,17 @@ class TarShard(Container):
 _INDEX_LOCK = threading.Lock()
 
 
+def file_stamp(path: str | Path) -> tuple[int, int]:
+    """(size, mtime_ns): what a container is known by when listed, and checked against before it is read."""
+    status = os.stat(path)
+    return status.st_size, status.st_mtime_ns
+
+
+def _check_stamp(path: str, stamp: tuple[int, int]) -> None:
+    if file_stamp(path) != stamp:
+        raise OSError(f"{path} changed since it was listed")
+
+
 @dataclass(frozen=True)
 class ShardIndex:
     """A shard's samples: their keys, and the byte offset and size of each one's image member and label member
@@ -189,16 +201,14 @@ class ShardIndex:
 @functools.lru_cache(maxsize=4)
 def _shard_index(path: str, size: int, mtime_ns: int) -> ShardIndex:
     """A shard's index, as listed (``size`` and ``mtime_ns`` key the cache: a rewritten shard is read again)."""
-    status = os.stat(path)
-    if (status.st_size, status.st_mtime_ns) != (size, mtime_ns):
-        raise OSError(f"{path} changed since it was listed")
+    _check_stamp(path, (size, mtime_ns))
     return _tar_index(Path(path), [])
 
 
 def index_tar(path: Path, problems: list[str]) -> TarShard:
     """A WebDataset shard as an input: its samples counted (what is wrong with it appended to ``problems``)."""
-    status = path.stat()
-    return TarShard(path, len(_tar_index(path, problems).keys), (status.st_size, status.st_mtime_ns))
+    stamp = file_stamp(path)
+    return TarShard(path, len(_tar_index(path, problems).keys), stamp)
 
 
 def _tar_index(path: Path, problems: list[str]) -> ShardIndex:
@@ -300,8 +310,9 @@ class TableImages(Container):
         return value if value is None or isinstance(value, int) else str(value)
 
     @staticmethod
-    def id_table(path: Path, columns: list[str], group: int) -> Any:
-        """A row group's ``columns`` (the id columns and the label column: never the image bytes)."""
+    def id_table(path: Path, column: str | None, label_column: str | None, group: int) -> Any:
+        """A row group's id columns (``column``: the image struct, for its path field) and label column, never
+        the image bytes."""
         raise NotImplementedError
 
     def fingerprint(self) -> str:
@@ -332,15 +343,13 @@ class TableImages(Container):
 
 
 @functools.lru_cache(maxsize=8)
-def _group_index(id_table: Callable[[Path, list[str], int], Any], path: str, size: int, mtime_ns: int,
+def _group_index(id_table: Callable[[Path, str | None, str | None, int], Any], path: str, size: int, mtime_ns: int,
                  column: str | None, label_column: str | None, group: int,
                  first_row: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     """One row group's ids and labels, as listed (``size`` and ``mtime_ns`` key the cache: a rewritten table is
     refused)."""
-    status = os.stat(path)
-    if (status.st_size, status.st_mtime_ns) != (size, mtime_ns):
-        raise OSError(f"{path} changed since it was listed")
-    table = id_table(Path(path), [column] if column is not None else [], group)
+    _check_stamp(path, (size, mtime_ns))
+    table = id_table(Path(path), column, label_column, group)
     labels = tuple(table.column(label_column).to_pylist()) if label_column is not None else ()
     return tuple(_row_ids(Path(path), table, column, first_row)), labels
 
@@ -361,14 +370,13 @@ class ParquetImages(TableImages):
         return pq.ParquetFile(self.path).read_row_group(group, columns=[self.column]).column(0)
 
     @staticmethod
-    def id_table(path: Path, columns: list[str], group: int) -> Any:
-        """A row group's id and label columns only: the image struct's path field, a key column, the label
-        column, never the bytes."""
+    def id_table(path: Path, column: str | None, label_column: str | None, group: int) -> Any:
         import pyarrow.parquet as pq  # noqa: PLC0415
 
         handle = pq.ParquetFile(path)
-        wanted = [c for c in ("__key__", "key", *LABEL_COLUMNS) if c in handle.schema_arrow.names]
-        return handle.read_row_group(group, columns=[f"{c}.path" for c in columns] + wanted)
+        keys = [c for c in ("__key__", "key") if c in handle.schema_arrow.names]
+        return handle.read_row_group(group, columns=([f"{column}.path"] if column is not None else []) + keys
+                                     + ([label_column] if label_column is not None else []))
 
 
 class ArrowImages(TableImages):
@@ -378,7 +386,7 @@ class ArrowImages(TableImages):
         return _arrow_table(self.path).column(self.column)
 
     @staticmethod
-    def id_table(path: Path, columns: list[str], group: int) -> Any:
+    def id_table(path: Path, column: str | None, label_column: str | None, group: int) -> Any:
         return _arrow_table(path)  # memory-mapped: the image bytes stay on disk
 
 
@@ -472,9 +480,8 @@ def index_parquet(path: Path, problems: list[str]) -> ParquetImages | None:
     starts = [0]
     for group in range(handle.num_row_groups):  # the footer's row counts: no row is read to list a table
         starts.append(starts[-1] + handle.metadata.row_group(group).num_rows)
-    status = path.stat()
     return ParquetImages(path, column, struct, starts[-1], np.array(starts[:-1] or [0], dtype=np.int64),
-                         (status.st_size, status.st_mtime_ns), label_column(handle.schema_arrow))
+                         file_stamp(path), label_column(handle.schema_arrow))
 
 
 def index_arrow(path: Path, problems: list[str]) -> ArrowImages | None:
@@ -487,9 +494,8 @@ def index_arrow(path: Path, problems: list[str]) -> ArrowImages | None:
     if found is None:
         return None
     column, struct = found
-    status = path.stat()
-    return ArrowImages(path, column, struct, table.num_rows, np.zeros(1, dtype=np.int64),
-                       (status.st_size, status.st_mtime_ns), label_column(table.schema))
+    return ArrowImages(path, column, struct, table.num_rows, np.zeros(1, dtype=np.int64), file_stamp(path),
+                       label_column(table.schema))
 
 
 def saved_dataset_files(folder: Path) -> list[Path]:
@@ -727,11 +733,11 @@ def index_shared(rank: int, world_size: int,
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
+    """This process's view of a listed file (None: it cannot see it)."""
     try:
-        status = path.stat()
+        return file_stamp(path)
     except OSError:
         return None
-    return status.st_size, status.st_mtime_ns
 
 
 def list_samples(inputs: Sequence[Path | str], *, strict: bool = False, index: Indexer = index_each) -> Samples:
@@ -742,15 +748,11 @@ def list_samples(inputs: Sequence[Path | str], *, strict: bool = False, index: I
     if not any(is_container(p) for p in inputs):
         return list_images([Path(p) for p in inputs], strict=strict)
     parts: list[list[Path] | Path] = []  # in order: a run of image files and folders, or one container file
-    for given in inputs:
-        if not is_container(given):
-            if not parts or not isinstance(parts[-1], list):
-                parts.append([])
-            last = parts[-1]
-            assert isinstance(last, list)
-            last.append(Path(given))
-            continue
-        parts.extend(container_files(_hub_text(given)))
+    for contained, run in itertools.groupby(inputs, key=is_container):
+        if contained:
+            parts += [f for given in run for f in container_files(_hub_text(given))]
+        else:
+            parts.append([Path(given) for given in run])
     files = [p for p in parts if isinstance(p, Path)]
     indexed = iter(index(files))
     segments: list[tuple[ImageList | Container, int, int]] = []

@@ -24,6 +24,7 @@ from ..features.image_features import (
     EncodeOptions,
     EncodeStats,
     View,
+    augmented_views,
     cache_share,
     list_samples_across,
     ranks_agree,
@@ -72,7 +73,7 @@ def build(options: CacheBuildOptions) -> dict[str, Any] | None:
     backbone = load_backbone(options.backbone)
     encoding = replace(options.encode, cache_dir=root,
                        precision=check_precision(backbone.device, options.encode.precision), local=options.patches)
-    views = [View()] + [View(index=k, seed=options.seed, recipe=options.augment) for k in range(options.aug_views)]
+    views = [View(), *augmented_views(options.aug_views, options.seed, options.augment)]
     ranks_agree(options.ranks, backbone, paths)
     total = EncodeStats()
     for view in views:  # every rank encodes its own share; only the counts travel

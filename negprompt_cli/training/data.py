@@ -16,7 +16,7 @@ import torch
 
 from ..distributed import SINGLE, Ranks
 from ..errors import UsageError
-from ..features.image_features import AUGMENTS, EncodeOptions, EncodeStats, View, encode_images_across
+from ..features.image_features import AUGMENTS, EncodeOptions, EncodeStats, View, augmented_views, encode_images_across
 from ..inputs.image_folders import ImageFolder, few_shot_split, load_image_folder
 
 
@@ -85,8 +85,7 @@ def labelled_features(backbone: Any, data: DataOptions, encoding: EncodeOptions,
     split = few_shot_split(folder, data.shots, seed, data.val_fraction)
     train_paths = [split.paths[i] for i in split.train]
     train_labels = torch.tensor([split.labels[i] for i in split.train])
-    views = ([View()] if data.aug_views <= 0 else
-             [View(index=k, seed=seed, recipe=data.augment) for k in range(data.aug_views)])
+    views = augmented_views(data.aug_views, seed, data.augment) or [View()]
     per_view = []
     stats = []
     for view in views:
