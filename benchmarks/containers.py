@@ -9,7 +9,7 @@ and a small input; the steady rate (large - small) / (large - small seconds) rem
 
 Memory: N 32x32 PNGs as files, as shards of 10,000 samples and as one Parquet table (row groups of 500), scored
 in one process with no decoding workers (the process measured is the whole run), peak resident set size of the
-child (getrusage).
+child (getrusage), and its resident size sampled every half second over the run's second half.
 
     python benchmarks/containers.py                       # writes benchmarks/results/containers.json, docs table
     python benchmarks/containers.py --images 1000 --small 200 --sizes 2000 10000   # quicker
@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -62,15 +63,44 @@ def write_table(files: list[Path], path: Path) -> None:
     pq.write_table(pa.table({"image": images}), path, row_group_size=500)
 
 
-def run(inputs: str, work: Path, names: Path, *, workers: int | None = None) -> tuple[float, float]:
-    """(peak RSS MiB, wall seconds) of one `negprompt score` on ``inputs`` with a fresh feature cache."""
+def run(inputs: str, work: Path, names: Path, *, workers: int | None = None,
+        level: list[float] | None = None) -> tuple[float, float]:
+    """(peak RSS MiB, wall seconds) of one `negprompt score` on ``inputs`` with a fresh feature cache; ``level``
+    (a list) also gets the lowest and highest resident size sampled every half second over the second half of
+    the run (start-up long done): level there means no cost per sample."""
     cache = Path(tempfile.mkdtemp(dir=work, prefix="cache-"))
     cmd = [sys.executable, "-m", "negprompt_cli", "score", inputs, "--zero-shot", "--names", str(names),
            "--backbone", "toy", "--scorer", "mcm", "--cache-dir", str(cache), "--out", str(work / "s.jsonl"),
            "--format", "jsonl", "--quiet"]
     if workers is not None:
         cmd += ["--workers", str(workers)]
-    return peak_rss(cmd, {**os.environ, "HF_HUB_OFFLINE": "1", "NEGPROMPT_DEVICE": "cpu"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NEGPROMPT_DEVICE": "cpu"}
+    if level is None:
+        return peak_rss(cmd, env)
+    pids: list[int] = []
+    measured: list[tuple[float, float]] = []
+    runner = threading.Thread(target=lambda: measured.append(peak_rss(cmd, env, on_start=pids.append)))
+    started = time.perf_counter()
+    runner.start()
+    samples: list[tuple[float, float]] = []
+    while runner.is_alive():
+        time.sleep(0.5)
+        kib = _resident_kib(pids[0]) if pids else None
+        if kib is not None:
+            samples.append((time.perf_counter() - started, kib / 1024))
+    rss, seconds = measured[0]
+    late = [mib for t, mib in samples if t >= seconds / 2]
+    level[:] = [round(min(late), 1), round(max(late), 1)] if late else []
+    return rss, seconds
+
+
+def _resident_kib(pid: int) -> int | None:
+    """The process's resident size now (None once it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")), None)
 
 
 def throughput(large: int, small: int) -> list[dict[str, Any]]:
@@ -120,8 +150,10 @@ def memory(sizes: list[int]) -> list[dict[str, Any]]:
             write_table(made, work / f"table-{n}.parquet")
             for kind, given in (("files", str(work / "files")), ("WebDataset shards", pattern),
                                 ("Parquet", str(work / f"table-{n}.parquet"))):
-                rss, seconds = run(given, work, names, workers=0)
-                rows.append({"input": kind, "samples": n, "peak_rss_mib": round(rss, 1), "seconds": round(seconds, 1)})
+                level: list[float] = []
+                rss, seconds = run(given, work, names, workers=0, level=level)
+                rows.append({"input": kind, "samples": n, "peak_rss_mib": round(rss, 1), "seconds": round(seconds, 1),
+                             "rss_second_half_mib": level})
                 print(f"{kind}, {n}: {rss:.0f} MiB, {seconds:.0f} s", file=sys.stderr)
     return rows
 
@@ -132,8 +164,11 @@ def table(result: dict[str, Any]) -> str:
              "benchmarks/results/containers.json):", "",
              "| input | 256x256 JPEGs | images/s (steady) |", "|---|---|---|"]
     lines += [f"| {r['input']} | {r['images']} | {r['images_per_second']} |" for r in result["throughput"]]
-    lines += ["", "| input | samples (32x32 PNG) | peak RSS (MiB) | seconds |", "|---|---|---|---|"]
-    lines += [f"| {r['input']} | {r['samples']} | {r['peak_rss_mib']} | {r['seconds']} |" for r in result["memory"]]
+    lines += ["", "| input | samples (32x32 PNG) | peak RSS (MiB) | RSS in the run's second half (MiB) | seconds |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {r['input']} | {r['samples']} | {r['peak_rss_mib']} | "
+              f"{'-'.join(map(str, r.get('rss_second_half_mib') or [])) or '—'} | {r['seconds']} |"
+              for r in result["memory"]]
     return "\n".join(lines)
 
 

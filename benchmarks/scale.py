@@ -55,10 +55,13 @@ def make_jpegs(folder: Path, n: int, seed: int = 0) -> None:
         Image.fromarray(low).resize((256, 256), Image.Resampling.BICUBIC).save(folder / f"{i:05d}.jpg", quality=90)
 
 
-def peak_rss(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(peak resident set size in MiB, wall seconds) of one command, measured on the child itself."""
+def peak_rss(cmd: list[str], env: dict[str, str], on_start: Any = None) -> tuple[float, float]:
+    """(peak resident set size in MiB, wall seconds) of one command, measured on the child itself; ``on_start``
+    gets the child's pid (to sample it while it runs)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if on_start is not None:
+        on_start(proc.pid)
     assert proc.stderr is not None
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)

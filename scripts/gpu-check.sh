@@ -77,11 +77,12 @@ step neglabel neg score "$work/w/ood_near" --prompts "$work/fp32/all.safetensors
 step adaptive neg score "$work/w/ood_near" --prompts "$work/fp32/all.safetensors" --scorer negprompt+neglabel \
   --adaptive --device "$device" --out "$work/adaptive.csv" --quiet "${lexicon[@]}"
 # test-time and local methods on the device: TANL's stream (corpus, memories and noise images on CUDA) and
-# LoCoOp's training on patch rows
+# LoCoOp's training on patch rows of its released augmentation (resized-crop views, one per epoch)
 step tanl neg score "$work/w/ood_near" --zero-shot --names "$work/w/id_names.txt" --backbone toy --scorer tanl \
   --batch-size 256 --device "$device" --cache-dir "$work/tanl-cache" --out "$work/tanl.csv" --quiet
 step locoop neg fit-pos --data "$work/w/train" --backbone toy --learner locoop --learner-option top_k=2 \
-  --epochs 3 --device "$device" --cache-dir "$work/locoop-cache" --out "$work/locoop.safetensors" --quiet
+  --epochs 3 --aug-views 3 --augment resized-crop --device "$device" --cache-dir "$work/locoop-cache" \
+  --out "$work/locoop.safetensors" --quiet
 # NegRefine: its pair texts are encoded during scoring, on the device the images' features are on
 step negrefine neg score "$work/w/ood_near" --zero-shot --names "$work/w/id_names.txt" --backbone toy \
   --scorer negrefine --device "$device" --cache-dir "$work/negrefine-cache" --out "$work/negrefine.csv" --quiet
