@@ -30,7 +30,7 @@ from negprompt_cli.features.backbone import Backbone, BackboneFactory
 from negprompt_cli.features.local_features import split_rows
 from negprompt_cli.features.text_encoder import SoftPromptTextEncoder, TokenizedPrompts
 from negprompt_cli.hookspecs import hookimpl
-from negprompt_cli.registry import ScorerSpec
+from negprompt_cli.registry import RemoteFile, RemoteFiles, ScorerSpec
 from negprompt_cli.scoring.composed_texts import ComposedTexts
 from negprompt_cli.scoring.lexicon import DEFAULT_LEXICON
 from negprompt_cli.scoring.test_time import BatchStream, ScoreStream, StreamContext
@@ -54,9 +54,10 @@ __all__ = [
     "ScorerSpec", "ComposedTexts",
     # test-time scorers (``test_time=True``): what ``start`` receives and what the stream it opens offers
     "StreamContext", "ScoreStream", "BatchStream",
-    # lexicons: the shipped WordNet lists (``register_lexicons`` registers folders in --lexicon's layout)
-    "wordnet_lexicon_dir",
-    # errors and notes (their exit codes: docs/cli.md)
+    # lexicons: the shipped WordNet lists (``register_lexicons`` registers folders in --lexicon's layout); lists of
+    # negative labels (``register_negative_lists``) may be files to fetch: their addresses and SHA-256 digests
+    "wordnet_lexicon_dir", "RemoteFile", "RemoteFiles",
+    # errors and notes (their exit codes: README.md, "Output conventions and exit codes")
     "NegPromptError", "UsageError", "NotFoundError", "HubError", "IncompatibleArtifactError", "NegPromptWarning",
     "NegPromptNotice",
 ]

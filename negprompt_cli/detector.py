@@ -87,12 +87,14 @@ class Detector:
                      temperature: float | None = None, device: str = "auto", lexicon: Path | None = None,
                      cache_dir: Path | None = None, batch_size: int = 64, precision: str = "fp32",
                      threshold: float | None = None, trust_backbone: bool = False, offline: bool = False,
-                     scorer_options: dict[str, Any] | None = None) -> Detector:
-        """Learned prompts (a fit-pos, fit-neg or transfer artifact), optionally re-targeted to ``names``."""
+                     scorer_options: dict[str, Any] | None = None, negatives: str | Path | None = None) -> Detector:
+        """Learned prompts (a fit-pos, fit-neg or transfer artifact), optionally re-targeted to ``names``.
+        ``negatives``: a list of negative labels used as given by a negative-label scorer (``--negatives``: a file,
+        a folder, or a registered list's name such as ``negrefine-imagenet1k``) instead of mining ``lexicon``."""
         runtime = RuntimeOptions(device=device, offline=offline, trust_backbone=trust_backbone)
         request = ScoringRequest(prompts=Path(prompts), names=list(names) if names is not None else None,
                                  runtime=runtime, scorer=scorer, scorer_options=dict(scorer_options or {}),
-                                 temperature=temperature, labels=LabelRequest(lexicon=lexicon),
+                                 temperature=temperature, labels=_labels(lexicon, negatives),
                                  encode=EncodeOptions(cache_dir, quiet=True))
         return cls(_setup(request), batch_size=batch_size, precision=precision, threshold=threshold)
 
@@ -101,13 +103,13 @@ class Detector:
                   scorer: str | None = None, temperature: float | None = None, device: str = "auto",
                   lexicon: Path | None = None, cache_dir: Path | None = None, batch_size: int = 64,
                   precision: str = "fp32", threshold: float | None = None, offline: bool = False,
-                  scorer_options: dict[str, Any] | None = None) -> Detector:
+                  scorer_options: dict[str, Any] | None = None, negatives: str | Path | None = None) -> Detector:
         """No learned prompts: ``names`` under the scorer's own ID prompts (csp by default: CSP's 8 templates;
-        ``mcm``: the hand template "a photo of a {}.")."""
+        ``mcm``: the hand template "a photo of a {}."). ``negatives`` as for :meth:`from_prompts`."""
         request = ScoringRequest(names=list(names), zero_shot=True,
                                  backbone=BackboneRequest(backbone, pretrained, device, offline=offline),
                                  scorer=scorer, scorer_options=dict(scorer_options or {}), temperature=temperature,
-                                 labels=LabelRequest(lexicon=lexicon), encode=EncodeOptions(cache_dir, quiet=True))
+                                 labels=_labels(lexicon, negatives), encode=EncodeOptions(cache_dir, quiet=True))
         return cls(_setup(request), batch_size=batch_size, precision=precision, threshold=threshold)
 
     @property
@@ -231,6 +233,10 @@ class Detector:
         other.threshold_source = "given" if threshold is not None else None
         other.calibration = None  # a threshold by hand promises nothing, and is one for every class
         return other
+
+
+def _labels(lexicon: Path | None, negatives: str | Path | None) -> LabelRequest:
+    return LabelRequest(lexicon=lexicon, negatives=Path(negatives) if negatives is not None else None)
 
 
 def _setup(request: ScoringRequest) -> ScoringSetup:

@@ -40,6 +40,11 @@ def hub_cache_from_environment() -> str | None:
     return os.environ.get("HF_HUB_CACHE") or (os.path.join(home, "hub") if home else None)
 
 
+def offline_requested(flag: bool = False) -> bool:
+    """``--offline``, or ``HF_HUB_OFFLINE`` set to anything but 0: nothing is fetched, caches only."""
+    return flag or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+
+
 def package_version(name: str) -> str | None:
     try:
         return metadata.version(name)

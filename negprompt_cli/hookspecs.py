@@ -64,3 +64,15 @@ def register_lexicons(register):
     ``negprompt plugins`` lists it: a package can ship a word list (an LLM-filtered one, a domain's) this way.
     """
 
+
+@hookspec
+def register_negative_lists(register):
+    """Register named lists of negative labels: ``register(name, source, *, description="", replace=False)``.
+
+    Unlike a lexicon, a list is not mined: ``score --negatives NAME`` uses every label as given (EOE-style; an LLM's
+    or a domain expert's list). ``source`` is a folder or file in ``--negatives``' layout (one label per line; in a
+    folder, files named ``adj*`` hold adjective phrases) that exists when the plugin loads, or
+    ``negprompt.plugin.RemoteFiles``: files named by address and SHA-256, fetched into the cache on first use and
+    checked byte for byte (a list whose licence asks for its home to stay its source).
+    """
+

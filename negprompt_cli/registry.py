@@ -22,8 +22,10 @@ Rules:
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib.metadata
 import inspect
+import json
 import os
 import typing
 import warnings
@@ -52,6 +54,45 @@ class PluginRecord:
     version: str | None = None
     error: str | None = None
     registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+# A negative-label list a plugin names by address and digest instead of shipping it (``register_negative_lists``):
+# a word list such as NegRefine's has its own author, licence and home, and negprompt carries no copy.
+# ``scoring.negative_lists`` fetches the files into the cache when a run first names the list.
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file: the name it takes in the local folder, its address, and the SHA-256 of its bytes (hex)."""
+
+    name: str
+    url: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or "\\" in self.name or self.name in (".", ".."):
+            raise TypeError(f"a remote file's name is a plain file name (got {self.name!r})")
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
+            raise TypeError(f"{self.name}: sha256 must be 64 lower-case hex digits (got {self.sha256!r})")
+
+
+@dataclass(frozen=True)
+class RemoteFiles:
+    """A set of files fetched together into one folder, with the terms they come under (shown by ``negprompt
+    plugins`` and in the closing line of a run that fetches them)."""
+
+    files: tuple[RemoteFile, ...]
+    licence: str = ""
+    source: str = ""  # where they come from, for people: a repository and commit
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.files]
+        if not names or len(set(names)) != len(names):
+            raise TypeError("remote files need at least one file, each name once")
+
+    def digest(self) -> str:
+        """What names the cached folder: the files' names and digests, so a plugin that pins new files gets a new
+        folder and an old copy is never read for them."""
+        payload = json.dumps(sorted((f.name, f.sha256) for f in self.files))
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -160,6 +201,7 @@ class PluginHost:
         self.learners = Registry("prompt learner")
         self.scorers = Registry("scorer")
         self.lexicons = Registry("lexicon")
+        self.negative_lists = Registry("negative-label list")
         self.limited_by: str | None = None
         self._filled = False
 
@@ -239,7 +281,8 @@ class PluginHost:
         self.learners = Registry("prompt learner")
         self.scorers = Registry("scorer")
         self.lexicons = Registry("lexicon")
-        for registry in (self.backbones, self.learners, self.scorers, self.lexicons):
+        self.negative_lists = Registry("negative-label list")
+        for registry in self._registries():
             registry.limited_by = self.limited_by
         for record in self.records.values():
             record.registered = {}
@@ -250,6 +293,7 @@ class PluginHost:
             ("register_prompt_learners", self.learners),
             ("register_scorers", self.scorers),
             ("register_lexicons", self.lexicons),
+            ("register_negative_lists", self.negative_lists),
         ):
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 register = self._registrar(impl.plugin_name, registry)
@@ -264,6 +308,8 @@ class PluginHost:
                     obj = _scorer_spec(plugin_name, name, obj, description, properties)
                 elif registry is self.lexicons:
                     obj = _lexicon_path(plugin_name, name, obj, properties)
+                elif registry is self.negative_lists:
+                    obj = _negative_list_source(plugin_name, name, obj, properties)
                 elif properties:
                     raise TypeError(f"plugin {plugin_name!r} registers {registry.kind} {name!r} with unknown "
                                     f"keyword(s) {', '.join(sorted(properties))}")
@@ -307,9 +353,18 @@ class PluginHost:
         path: Path = self._lookup("lexicons", name)
         return path
 
+    def negative_list(self, name: str) -> Path | RemoteFiles:
+        """What is registered as negative-label list ``name`` (``--negatives NAME``): a local folder or file, or
+        files to fetch (:mod:`negprompt_cli.scoring.negative_lists`)."""
+        source: Path | RemoteFiles = self._lookup("negative_lists", name)
+        return source
+
     def scorer_specs(self) -> list[ScorerSpec]:
         self.fill()
         return [self.scorers.get(n).obj for n in self.scorers.names()]  # type: ignore[union-attr]
+
+    def _registries(self) -> tuple[Registry, ...]:
+        return self.backbones, self.learners, self.scorers, self.lexicons, self.negative_lists
 
     def _lookup(self, attribute: str, name: str) -> Any:
         self.fill()  # fill() builds fresh registries, so look the attribute up after it
@@ -342,7 +397,7 @@ class PluginHost:
         """What a plugin registered, entry by entry: name, aliases, the description it gave, and for a learner
         its own options (what ``--learner-option KEY=VALUE`` takes: name, type, default)."""
         found: dict[str, list[dict[str, Any]]] = {}
-        for registry in (self.backbones, self.learners, self.scorers, self.lexicons):
+        for registry in self._registries():
             for entry in registry._entries.values():
                 if entry.plugin != plugin:
                     continue
@@ -393,14 +448,24 @@ def _scorer_spec(plugin: str, name: str, fn: Any, description: str, properties: 
     return spec
 
 
-def _lexicon_path(plugin: str, name: str, path: Any, properties: dict[str, Any]) -> Path:
+def _negative_list_source(plugin: str, name: str, source: Any, properties: dict[str, Any]) -> Path | RemoteFiles:
+    """A registered list is files to fetch, or (as a lexicon) a path that exists."""
+    if isinstance(source, RemoteFiles):
+        if properties:
+            raise TypeError(f"plugin {plugin!r} registers negative-label list {name!r} with unknown keyword(s) "
+                            f"{', '.join(sorted(properties))}")
+        return source
+    return _lexicon_path(plugin, name, source, properties, kind="negative-label list")
+
+
+def _lexicon_path(plugin: str, name: str, path: Any, properties: dict[str, Any], kind: str = "lexicon") -> Path:
     """A registered lexicon is a path that exists (a plugin's data files missing from its install is its
     mistake, said once when it loads, not when a run mines)."""
     if properties:
-        raise TypeError(f"plugin {plugin!r} registers lexicon {name!r} with unknown keyword(s) "
+        raise TypeError(f"plugin {plugin!r} registers {kind} {name!r} with unknown keyword(s) "
                         f"{', '.join(sorted(properties))}")
     if not isinstance(path, (str, os.PathLike)) or not Path(path).exists():
-        raise TypeError(f"plugin {plugin!r} registers lexicon {name!r} at {path!r}, which does not exist")
+        raise TypeError(f"plugin {plugin!r} registers {kind} {name!r} at {path!r}, which does not exist")
     return Path(path)
 
 

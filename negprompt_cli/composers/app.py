@@ -265,11 +265,11 @@ def check_paths(*given: tuple[str, Any]) -> None:
 
             if is_brace_pattern(text):
                 continue
-        if flag == "--lexicon" and not Path(value).exists():
-            from ..scoring.lexicon import is_lexicon_name  # noqa: PLC0415 (light: no torch, no numpy)
+        if flag in ("--lexicon", "--negatives") and not Path(value).exists():
+            from ..scoring.lexicon import is_registered_name  # noqa: PLC0415 (light: no torch, no numpy)
 
-            if is_lexicon_name(text):
-                continue  # a registered lexicon's name (``wordnet``): resolved once the plugins load
+            if is_registered_name(text):
+                continue  # a registered lexicon's or list's name (``wordnet``): resolved once the plugins load
         if not Path(value).exists():
             raise NotFoundError(f"{MISSING[flag]}: {value}")
 

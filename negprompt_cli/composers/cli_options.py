@@ -192,8 +192,9 @@ def negative_label_options() -> list[inspect.Parameter]:
                "shipped WordNet lists."),
         option("negatives", Path | None, "--negatives", help="A list of negative labels to use as given, one per "
                "line (yours or an LLM's, EOE-style), instead of mining them from a lexicon; or a folder of such "
-               "lists, adjective phrases in files named adj* (NegRefine's release reads as it is). ID class names "
-               "are left out, one group unless --groups."),
+               "lists, adjective phrases in files named adj* (NegRefine's release reads as it is); or a registered "
+               "list's name (negrefine-imagenet1k: fetched once, then read from the cache; negprompt plugins lists "
+               "them). ID class names are left out, one group unless --groups."),
         option("mine_percentile", float | None, "--mine-percentile", help="A candidate's closeness to the ID "
                "classes: this percentile of its similarities to them. Default: the lexicon's (0.95)."),
         option("mine_fraction", float | None, "--mine-fraction", help="Keep this fraction of the nouns and of the "

@@ -65,6 +65,7 @@ TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
 TEXT_FEATURES_DIR = "text-features"  # the mined-label candidates' text features (negative_labels)
 NOTES_DIR = "notes"  # which one-time notes were shown (first_time)
 BACKBONES_DIR = "backbones"  # what a run needs to know of a backbone without building it (backbone_facts)
+LISTS_DIR = "lists"  # registered negative-label lists fetched from their home (scoring.negative_lists)
 SHARD_NAME = re.compile(r"[0-9a-f]{32}\.safetensors")
 TEMP_NAME = re.compile(r"\.[0-9a-f]{32}-[0-9]+-.+\.safetensors\.tmp")
 
@@ -298,7 +299,7 @@ def foreign_entries(root: Path) -> list[Path]:
     """What lies in a cache root that negprompt did not put there (left alone by gc; named in its warning)."""
     if not root.is_dir():
         return []
-    ours = {TAG_FILE, TEXT_FEATURES_DIR, NOTES_DIR, BACKBONES_DIR, *(p.name for p in cache_keys(root))}
+    ours = {TAG_FILE, TEXT_FEATURES_DIR, NOTES_DIR, BACKBONES_DIR, LISTS_DIR, *(p.name for p in cache_keys(root))}
     return sorted(p for p in root.iterdir() if p.name not in ours and not TEMP_NAME.fullmatch(p.name)
                   and not (p.name.startswith(f".{TAG_FILE}.") and p.name.endswith(".tmp")))
 

@@ -71,9 +71,9 @@ def _read_words(path: Path) -> list[str]:
     return words
 
 
-def is_lexicon_name(text: str) -> bool:
-    """A bare word (no folder separator, no suffix) given to --lexicon that is not a path: a registered lexicon's
-    name (``negprompt plugins`` lists them), e.g. ``wordnet``."""
+def is_registered_name(text: str) -> bool:
+    """A bare word (no folder separator, no suffix) given to --lexicon or --negatives that is not a path: a
+    registered lexicon's or negative-label list's name (``negprompt plugins`` lists them), e.g. ``wordnet``."""
     return bool(text) and "/" not in text and os.sep not in text and "." not in text
 
 
@@ -86,7 +86,7 @@ def load_lexicon(path: Path | None = None, backbone_default: str | None = None) 
         source = f"backbone default {path.name}"
     else:
         source = "default" if path is None else str(path)
-    if path is not None and not Path(path).exists() and is_lexicon_name(str(path)):
+    if path is not None and not Path(path).exists() and is_registered_name(str(path)):
         from ..registry import get_host  # noqa: PLC0415 (plugins load only for a named lexicon)
 
         path = get_host().lexicon(str(path))  # unknown names: one error with the close ones

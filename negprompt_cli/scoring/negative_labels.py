@@ -27,8 +27,9 @@ The candidate features (the expensive part: NegLabel's 70k prompts, CSP's ~416k)
 in about a second.
 
 A list of negative labels written by a user or an LLM (EOE-style; ``LabelRequest.negatives``,
-``--negatives FILE``) is used as given instead of mined: every entry under the scorer's noun templates,
-ID class names left out (unless ``id_names="keep"``), one group unless ``groups`` says otherwise.
+``--negatives FILE|DIR|NAME``; a name is a plugin's registered list: ``scoring.negative_lists``) is used as given
+instead of mined: every entry under the scorer's templates for its kind, ID class names left out (unless
+``id_names="keep"``), one group unless ``groups`` says otherwise.
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ from safetensors.torch import save_file
 
 from ..errors import NegPromptNotice, UsageError
 from ..features.backbone import Backbone
+from ..features.feature_cache import TEXT_FEATURES_DIR
 from ..features.text_encoder import SoftPromptTextEncoder
 from ..features.text_features import template_features
 from ..outputs.atomic import publish
 from .lexicon import Lexicon, load_lexicon
+from .negative_lists import negatives_path
 
 CSP_NOUN_TEMPLATES = ("a close-up photo of the nice {}.", "a photo with the nice {}.", "a good photo with the nice {}.",
                       "a photo of the nice {}.", "{}", "the {}", "the good {}", "the nice {}")
@@ -168,7 +171,7 @@ def candidate_features(backbone: Backbone, found: Candidates, cache_dir: Path | 
     key = hashlib.sha256(json.dumps({**backbone.identity(), "text": backbone.text_fingerprint(), "ensemble": 1,
                                      "prompts": hashlib.sha256(json.dumps(payload).encode()).hexdigest()},
                                     sort_keys=True).encode()).hexdigest()[:24]
-    path = Path(cache_dir) / "text-features" / f"{key}.safetensors" if cache_dir is not None else None
+    path = Path(cache_dir) / TEXT_FEATURES_DIR / f"{key}.safetensors" if cache_dir is not None else None
     if path is not None and path.exists():
         try:
             with safe_open(str(path), framework="pt") as handle:
@@ -231,7 +234,7 @@ class LabelRequest:
     lexicon: Path | None = None  # None: the backbone's own lexicon, else the shipped WordNet lists
     mining: MiningOptions = MiningOptions()  # its pool is the scorer's
     groups: int | None = None  # None: the lexicon's default (its manifest, else NegLabel's 100); a list's: 1
-    negatives: Path | None = None  # a list of negative labels used as given (one per line), instead of mining
+    negatives: Path | None = None  # a list of negative labels used as given (a file, folder or registered name)
 
     def __post_init__(self) -> None:
         if self.groups is not None and self.groups < 1:
@@ -246,13 +249,15 @@ class LabelRequest:
 
 
 def prepare(backbone: Backbone, pool: str | None, names: list[str], id_features: torch.Tensor, request: LabelRequest,
-            *, cache_dir: Path, quiet: bool = False) -> tuple[NegativeLabels | None, dict[str, Any] | None]:
-    """(mined labels, the scorer's extra options) for a scorer that mines from ``pool``; (None, None) without."""
+            *, cache_dir: Path, quiet: bool = False, offline: bool = False,
+            ) -> tuple[NegativeLabels | None, dict[str, Any] | None]:
+    """(mined labels, the scorer's extra options) for a scorer that mines from ``pool``; (None, None) without.
+    ``offline``: a registered remote list (``--negatives NAME``) is read from the cache only."""
     if pool is None:
         return None, None
     if request.negatives is not None:
-        labels = listed(backbone, request.negatives, names, replace(request.mining, pool=pool), cache_dir=cache_dir,
-                        quiet=quiet)
+        path = negatives_path(request.negatives, cache_dir, offline=offline)
+        labels = listed(backbone, path, names, replace(request.mining, pool=pool), cache_dir=cache_dir, quiet=quiet)
         return labels, {"groups": request.groups if request.groups is not None else 1, "seed": request.mining.seed}
     lexicon = load_lexicon(request.lexicon, backbone.default_lexicon or backbone.extra.get("default_lexicon"))
     labels = mine(backbone, lexicon, names, id_features, replace(request.mining, pool=pool), cache_dir=cache_dir,

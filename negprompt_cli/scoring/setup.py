@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..environment import default_cache_dir
+from ..environment import default_cache_dir, offline_requested
 from ..errors import IncompatibleArtifactError, NegPromptError, UsageError
 from ..features.backbone import Backbone, BackboneRequest, RuntimeOptions, artifact_backbone, load_backbone
 from ..features.backbone_facts import remembered_backbone
@@ -48,6 +48,11 @@ class ScoringRequest:
     # build the model only when something needs it (an image or text to encode), when the feature cache remembers
     # the backbone's facts (``backbone_facts``): a run whose images are all cached loads no model
     defer_model: bool = False
+
+    @property
+    def offline(self) -> bool:
+        """Nothing may be fetched (a named remote list of negatives included): --offline, or HF_HUB_OFFLINE."""
+        return offline_requested(self.runtime.offline or (self.backbone is not None and self.backbone.offline))
 
     def __post_init__(self) -> None:  # the cheap checks, at once
         if self.zero_shot == (self.prompts is not None):
@@ -122,7 +127,8 @@ class ScoringSetup:
             self._composed = ComposedTexts(self.backbone, self.names, self.labels.words, templates)
         return self._composed
 
-    def mine(self, request: LabelRequest, *, cache_dir: Path | None = None, quiet: bool = False) -> ScoringSetup:
+    def mine(self, request: LabelRequest, *, cache_dir: Path | None = None, quiet: bool = False,
+             offline: bool = False) -> ScoringSetup:
         """A negative-label scorer's labels for these class names (the slow part the first time: the lexicon is
         encoded once per backbone and cached); nothing for any other scorer."""
         mining = request.mining
@@ -130,7 +136,8 @@ class ScoringSetup:
             request = replace(request, mining=replace(mining, fraction=1.0))
         self._composed = None  # its texts name the labels mined before
         self.labels, self.scorer_options = prepare(self.backbone, self.spec.pool, self.names, self.text_pos, request,
-                                                   cache_dir=cache_dir or default_cache_dir(), quiet=quiet)
+                                                   cache_dir=cache_dir or default_cache_dir(), quiet=quiet,
+                                                   offline=offline)
         return self
 
     def scores(self, features: torch.Tensor) -> Scores:
@@ -276,7 +283,8 @@ def _chosen_scorer(request: ScoringRequest, calibrated_for: str | None, has_nega
 
 def mine_labels(setup: ScoringSetup, request: ScoringRequest) -> ScoringSetup:
     """:meth:`ScoringSetup.mine` with the request's label settings. Only the process that scores mines."""
-    return setup.mine(request.labels, cache_dir=request.encode.cache_dir, quiet=request.encode.quiet)
+    return setup.mine(request.labels, cache_dir=request.encode.cache_dir, quiet=request.encode.quiet,
+                      offline=request.offline)
 
 
 def setup_for_features(backbone: Backbone, names: list[str], text_pos: torch.Tensor, text_neg: torch.Tensor | None,

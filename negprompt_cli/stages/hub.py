@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..environment import hub_cache_from_environment
+from ..environment import hub_cache_from_environment, offline_requested
 from ..errors import HubError, IncompatibleArtifactError, NotFoundError, UsageError
 from ..outputs.artifact import SCHEMA_VERSION, PromptArtifact, load_prompts
 from ..outputs.atomic import check_output_folder
@@ -89,7 +89,7 @@ def check_revision(revision: str) -> str:
 
 
 def _offline(options: HubOptions) -> bool:
-    return options.offline or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    return offline_requested(options.offline)
 
 
 @contextmanager
@@ -145,7 +145,7 @@ def _translate(exc: Exception, action: str, repo_id: str, revision: str | None) 
                         hint="check the name, or pass --token / set HF_TOKEN for a private repo")
     if isinstance(exc, EntryNotFoundError) and not isinstance(exc, LocalEntryNotFoundError):  # the latter: a
         return IncompatibleArtifactError(f"{where} has no {PROMPTS_FILE}: not a negprompt prompts repo")  # subclass
-    offline = isinstance(exc, OfflineModeIsEnabled) or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    offline = isinstance(exc, OfflineModeIsEnabled) or offline_requested()
     if isinstance(exc, LocalEntryNotFoundError) and offline or isinstance(exc, OfflineModeIsEnabled):
         return HubError(f"{where} is not in the local cache and negprompt is offline (--offline or "
                         "HF_HUB_OFFLINE)", hint=f"run 'negprompt pull {where}' once while online")
