@@ -31,7 +31,7 @@ from .inputs.displayed import as_displayed
 from .presets import DEFAULT_BACKBONE
 from .scoring.calibration import Decision, KeepRequest
 from .scoring.negative_labels import LabelRequest
-from .scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
+from .scoring.setup import ScoringRequest, ScoringSetup, check_labels_apply, decision_rows, mine_labels, setup_scoring
 
 MAY_IMPORT = ("shared", "inputs", "outputs", "features", "scoring")  # read by tests/test_architecture.py
 
@@ -242,6 +242,7 @@ def _labels(lexicon: Path | None, negatives: str | Path | None) -> LabelRequest:
 def _setup(request: ScoringRequest) -> ScoringSetup:
     """The scoring setup, with its labels; a test-time scorer is refused before any label is mined."""
     setup = setup_scoring(request)
+    check_labels_apply(setup, request.labels)
     if setup.spec.local:
         check_local(setup.backbone)
     if setup.spec.test_time:

@@ -160,6 +160,19 @@ def ctrl_c_stops_the_suite(monkeypatch):
     monkeypatch.setattr(CliRunner, "invoke", invoke_then_pass_ctrl_c_on)
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, as torchrun runs each process (OMP_NUM_THREADS=1): a one-process run
+    compared byte for byte with torchrun's must sum its floats in the same order (two threads split the sums
+    differently and move the last bits)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own feature cache and a fresh plugin host."""

@@ -338,7 +338,7 @@ def test_per_class_and_keep_need_calibrate_and_a_given_threshold_excludes_it(man
     assert error_line(both) == "Error: give --threshold VALUE or --calibrate ID_IMAGES, not both"
     moved = invoke(["transfer", "--prompts", str(many / "names.txt"), "--names", str(many / "names.txt"), "--out",
                     str(tmp_path / "m.safetensors"), "--per-class"])
-    assert moved.exit_code == 2 and "--per-class say" in error_line(moved)
+    assert moved.exit_code == 2 and "--per-class says how" in error_line(moved)
 
 
 def test_the_per_class_shift_warning_fires_on_a_shortfall_and_stays_silent_on_a_likely_count():

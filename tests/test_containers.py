@@ -166,6 +166,7 @@ def test_hub_datasets_are_read_from_the_local_cache_only(crawl, tmp_path, monkey
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")  # the one-process reference sums as a torchrun process does
 def test_two_torchrun_processes_on_shards_give_the_one_process_bytes(crawl, tmp_path):
     """The ranks split the samples of the shards in whole batches, as they split files: the joined file is the
     bytes of one process."""
@@ -182,6 +183,7 @@ def test_two_torchrun_processes_on_shards_give_the_one_process_bytes(crawl, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")  # the one-process reference sums as a torchrun process does
 def test_two_torchrun_nodes_on_shards_and_a_table_give_the_one_process_bytes(crawl, tmp_path):
     """Two "nodes" (one process each, meeting through a c10d rendezvous, as on two machines) list the containers
     between them and score their shares: with --labeled, the joined file is the bytes of one process."""

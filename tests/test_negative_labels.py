@@ -249,6 +249,33 @@ def test_bad_negative_label_settings_are_one_line(scored, args, message):
     assert not (root / "x.csv").exists()
 
 
+def test_label_settings_for_a_scorer_that_reads_no_labels_are_refused_not_ignored(scored, tmp_path):
+    """--lexicon, --negatives, --groups ... given to mcm or gl-mcm would do nothing: one line, exit 2, nothing written;
+    the Detector refuses them alike. A test-time scorer (TANL) takes a --negatives list as its whole corpus."""
+    import negprompt
+
+    root, with_lexicon = scored
+    at = with_lexicon.index("--lexicon")
+    common = [*with_lexicon[:at], *with_lexicon[at + 2:]]
+    (root / "negs.txt").write_text("spaceship\nvolcano\nlighthouse\n")
+    refused = invoke([*common, "--scorer", "mcm", "--negatives", str(root / "negs.txt"), "--groups", "2", "--out",
+                      str(root / "x.csv")])
+    assert refused.exit_code == 2 and not (root / "x.csv").exists()
+    assert error_line(refused) == "Error: --negatives and --groups set the negative labels, and the mcm scorer " \
+                                  "reads none"
+    assert "--scorer neglabel, csp" in refused.stderr
+    local = invoke([*with_lexicon, "--scorer", "gl-mcm", "--keep-id-names"])
+    assert local.exit_code == 2
+    assert "--lexicon and --keep-id-names set the negative labels, and the gl-mcm scorer" in local.stderr
+    with pytest.raises(UsageError, match="--lexicon sets the negative labels, and the mcm scorer reads none"):
+        negprompt.Detector.zero_shot(NAMES, backbone="toy", scorer="mcm", lexicon=root / "lexicon.txt", device="cpu")
+    tanl = invoke([*common, "--scorer", "tanl", "--negatives", str(root / "negs.txt"), "--out", str(root / "t.csv"),
+                   "--json"])
+    assert tanl.exit_code == 0, tanl.stderr
+    summary = json.loads(tanl.stdout)
+    assert summary["negative_labels"]["labels"] == 3
+
+
 def test_a_non_utf8_or_empty_lexicon_is_one_line(scored):
     root, common = scored
     (root / "lexicon.txt").write_bytes(b"zebra\n\xff\xfe kite\n")

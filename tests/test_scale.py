@@ -20,6 +20,9 @@ from conftest import NEG_FAST, VIT_CFG, invoke, make_image_folder, write_local_d
 from negprompt_cli.distributed import Ranks, batch_shard
 from negprompt_cli.features.feature_cache import FeatureCache, cache_keys, compact, verify
 
+# every one-process run here is a reference for torchrun's bytes: one thread, as torchrun's processes have
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NAMES = "red stripes\ngreen bars\nblue dots\n"
 
 

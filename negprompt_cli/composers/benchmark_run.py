@@ -165,8 +165,13 @@ def _score(options: BenchmarkOptions, views: dict[str, Any], folder: Path, score
                                backbone=options.backbone if prompts is None else None,
                                runtime=_runtime(options), scorer=scorer, out=path, labeled=name == "ID",
                                encode=options.encode, return_rows=False,  # read back from the file
-                               labels=LabelRequest(lexicon=options.lexicon)))
+                               labels=LabelRequest(lexicon=options.lexicon if _mines(scorer) else None)))
     return files
+
+
+def _mines(scorer: str) -> bool:
+    """The scorer reads negative labels (the run's --lexicon applies to it)."""
+    return get_host().scorer_spec(scorer).pool is not None
 
 
 def _metrics(files: dict[str, Path], ood_names: list[str], wnids: tuple[str, ...]) -> dict[str, Any]:

@@ -86,8 +86,9 @@ def check_calibrating(request: KeepRequest, calibrate_on: object, threshold: flo
     if calibrate_on is None and request != KeepRequest():
         given = [flag for flag, on in (("--keep", request.keep != KEEP), ("--confidence", request.confidence is not
                                        None), ("--per-class", request.per_class)) if on]
-        raise UsageError(f"{' and '.join(given)} say how a threshold is calibrated here, and there is no --calibrate",
-                         hint="add --calibrate ID_IMAGES (a folder of in-distribution images)")
+        verb = "says" if len(given) == 1 else "say"
+        raise UsageError(f"{' and '.join(given)} {verb} how a threshold is calibrated here, and there is no "
+                         "--calibrate", hint="add --calibrate ID_IMAGES (a folder of in-distribution images)")
 
 
 def check_request(keep: float, confidence: float | None) -> None:

@@ -240,12 +240,21 @@ class LabelRequest:
         if self.groups is not None and self.groups < 1:
             raise UsageError(f"--groups must be at least 1 (got {self.groups})")
         if self.negatives is not None:
-            mined = [flag for flag, given in (("--lexicon", self.lexicon), ("--mine-percentile",
-                     self.mining.percentile), ("--mine-fraction", self.mining.fraction), ("--negative-labels",
-                     self.mining.count)) if given is not None]
+            mined = [flag for flag in self.given() if flag in MINING_FLAGS]
             if mined:
                 raise UsageError(f"--negatives is the list of negative labels itself; {' and '.join(mined)} "
                                  "set(s) how labels are mined from a lexicon", hint="give one or the other")
+
+    def given(self) -> list[str]:
+        """The flags that set these labels away from their defaults (a scorer that reads no labels refuses them)."""
+        settings = (("--lexicon", self.lexicon), ("--mine-percentile", self.mining.percentile),
+                    ("--mine-fraction", self.mining.fraction), ("--negative-labels", self.mining.count),
+                    ("--negatives", self.negatives), ("--groups", self.groups),
+                    ("--keep-id-names", True if self.mining.id_names == "keep" else None))
+        return [flag for flag, value in settings if value is not None]
+
+
+MINING_FLAGS = ("--lexicon", "--mine-percentile", "--mine-fraction", "--negative-labels")
 
 
 def prepare(backbone: Backbone, pool: str | None, names: list[str], id_features: torch.Tensor, request: LabelRequest,

@@ -132,7 +132,8 @@ class ScoringSetup:
         """A negative-label scorer's labels for these class names (the slow part the first time: the lexicon is
         encoded once per backbone and cached); nothing for any other scorer."""
         mining = request.mining
-        if self.spec.whole_pool and mining.fraction is None and mining.count is None:  # every candidate a label
+        if self.spec.whole_pool and mining.fraction is None and mining.count is None and request.negatives is None:
+            # every candidate a label (a --negatives list is used whole as it is)
             request = replace(request, mining=replace(mining, fraction=1.0))
         self._composed = None  # its texts name the labels mined before
         self.labels, self.scorer_options = prepare(self.backbone, self.spec.pool, self.names, self.text_pos, request,
@@ -279,6 +280,20 @@ def _chosen_scorer(request: ScoringRequest, calibrated_for: str | None, has_nega
     default for what the user scores with, on this backbone (``presets.default_scorer``)."""
     return request.scorer or calibrated_for or default_scorer(has_negatives, zero_shot=request.zero_shot,
                                                               backbone=backbone)
+
+
+def check_labels_apply(setup: ScoringSetup, labels: LabelRequest) -> None:
+    """Negative-label settings given to a scorer that reads no negative labels would silently do nothing: refused
+    (before any image is encoded), naming the scorers that read them."""
+    given = labels.given()
+    if setup.spec.pool is None and given:
+        readers = [spec.name for spec in get_host().scorer_specs() if spec.pool is not None]
+        source = {"default": " (the default here)", "stored threshold": " (the one the stored threshold is for)"}.get(
+            setup.scorer_source, "")
+        verb = "sets" if len(given) == 1 else "set"
+        raise UsageError(f"{' and '.join(given)} {verb} the negative labels, and the {setup.scorer} scorer{source} "
+                         "reads none", hint=f"drop {'them' if len(given) > 1 else 'it'}, or choose a scorer that "
+                                            f"reads them: --scorer {', '.join(readers)}")
 
 
 def mine_labels(setup: ScoringSetup, request: ScoringRequest) -> ScoringSetup:

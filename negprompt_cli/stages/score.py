@@ -61,7 +61,7 @@ from ..scoring.calibration import Decision, KeepRequest, check_calibrating, kept
 from ..scoring.explain import explain
 from ..scoring.negative_labels import LabelRequest
 from ..scoring.scores import Scores
-from ..scoring.setup import ScoringRequest, ScoringSetup, decision_rows, mine_labels, setup_scoring
+from ..scoring.setup import ScoringRequest, ScoringSetup, check_labels_apply, decision_rows, mine_labels, setup_scoring
 from ..scoring.test_time import ScoreStream, StreamContext
 from ..scoring.thresholds import ThresholdWarning, stated, warn_no_decision, warn_no_threshold
 from ..scoring.true_labels import TrueLabels, warn_unknown_labels
@@ -230,6 +230,7 @@ def _plan(options: ScoreOptions, shares: Shares) -> _Plan:
     shares.check_list(paths, setup.backbone)
     if options.adaptive is not None:
         _check_adaptive(setup.spec, options)
+    check_labels_apply(setup, options.labels)
     shares.mine_labels(setup, request)
     encoding = replace(options.encode, precision=check_precision(setup.backbone.device, options.encode.precision),
                        local=setup.spec.local)
