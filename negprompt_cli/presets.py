@@ -15,6 +15,8 @@ T = TypeVar("T")
 
 DEFAULT_BACKBONE = "ViT-B/16"  # OpenCLIP ViT-B/16, LAION-2B (laion2b_s34b_b88k): the paper's backbone
 EXPLAIN_TOP = 3  # score --explain: closest classes and negatives listed per image
+ADAPTIVE_SLOTS = 10  # score --adaptive: image features remembered per label (AdaNeg's memleng)
+ADAPTIVE_WEIGHT = 0.1  # score --adaptive: λ in adaptive + λ · static score (AdaNeg's)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import invoke
+from conftest import error_line, invoke
 
 from negprompt_cli.errors import UsageError
 from negprompt_cli.registry import get_host
@@ -183,6 +183,11 @@ def test_score_adaptive_cli(world_images, tmp_path):
         assert bad.exit_code == 2, (extra, bad.stderr)
         assert message in bad.stderr and "Traceback" not in bad.stderr
         assert not (tmp_path / "bad.csv").exists()
+    # the memory's settings without --adaptive would do nothing: refused, not ignored
+    alone = invoke([*base, "--adaptive-slots", "3", "--adaptive-weight", "0.5", "--out", str(tmp_path / "bad.csv")])
+    assert alone.exit_code == 2 and not (tmp_path / "bad.csv").exists()
+    assert error_line(alone) == ("Error: --adaptive-slots and --adaptive-weight set the adaptive memory, and there "
+                                 "is no --adaptive")
     # which scorers can run adaptively comes from the registry (each registered with probability=True)
     wrong = invoke([*base, "--adaptive", "--scorer", "energy", "--out", str(tmp_path / "bad.csv")])
     assert ("Hint: use --scorer with one of: neglabel, csp, negprompt-sum, negprompt+neglabel, negprompt+csp"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import invoke, make_image_folder, pos_fast
+from conftest import error_line, invoke, make_image_folder, pos_fast
 from PIL import Image
 
 POS_FAST = pos_fast(2)
@@ -233,6 +233,15 @@ def test_explain_lists_the_closest_classes_and_negatives_with_their_cosines(scor
                     "--format", "jsonl"])
     assert plain.exit_code == 0, plain.stderr
     assert all(json.loads(line)["nearest_negatives"] == [] for line in plain.stdout.splitlines())
+    # --explain-top: how many; without --explain it would do nothing, so it is refused
+    one = invoke(["score", str(scored / "ood"), "--prompts", str(neg), "--scorer", "negprompt", "--explain",
+                  "--explain-top", "1", "--format", "jsonl"])
+    assert one.exit_code == 0 and all(len(json.loads(line)["nearest_negatives"]) == 1 for line in
+                                      one.stdout.splitlines())
+    alone = invoke(["score", str(scored / "ood"), "--prompts", str(neg), "--explain-top", "2"])
+    assert alone.exit_code == 2 and alone.stdout == ""
+    assert error_line(alone) == ("Error: --explain-top says how many classes and negatives --explain lists, and "
+                                 "there is no --explain")
 
 
 def test_explain_names_the_mined_labels_a_zero_shot_image_is_closest_to(tmp_path):

@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ..presets import EXPLAIN_TOP, OptimConfig
+from ..presets import ADAPTIVE_SLOTS, ADAPTIVE_WEIGHT, EXPLAIN_TOP, OptimConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -243,8 +243,8 @@ def score_options() -> list[inspect.Parameter]:
         option("explain", bool, "--explain", default=False, help="Add, per image, the closest classes and (for "
                "scorers that read negative prompts or mined labels) the closest negatives, with cosines: JSONL "
                "lists, CSV a JSON array of [name, cos] pairs."),
-        option("explain_top", int, "--explain-top", default=EXPLAIN_TOP, help="How many classes and negatives "
-               "--explain lists."),
+        option("explain_top", int | None, "--explain-top", help="How many classes and negatives --explain lists. "
+               f"Default: {EXPLAIN_TOP}."),
         option("resume", bool, "--resume", default=False, help="Commit rows to a part file beside --out as they "
                "go; a run killed at any point (kill -9, a node lost) and rerun with --resume and the same settings "
                "goes on where it stopped and writes the bytes of an uninterrupted run."),
@@ -261,9 +261,10 @@ def adaptive_options() -> list[inspect.Parameter]:
                "confidently ID / OOD images, updated per --batch-size batch in the order images are given (each "
                "folder sorted), sharpens the negatives. Scorers neglabel, csp, negprompt+neglabel, negprompt+csp, "
                "negprompt-sum."),
-        option("adaptive_slots", int, "--adaptive-slots", default=10, help="Images remembered per label (AdaNeg's "
-               "released ImageNet script holds 9: --adaptive-slots 9)."),
-        option("adaptive_weight", float, "--adaptive-weight", default=0.1, help="λ in adaptive + λ·static score."),
+        option("adaptive_slots", int | None, "--adaptive-slots", help="Images remembered per label with --adaptive "
+               f"(AdaNeg's released ImageNet script holds 9: --adaptive-slots 9). Default: {ADAPTIVE_SLOTS}."),
+        option("adaptive_weight", float | None, "--adaptive-weight", help="λ in adaptive + λ·static score, with "
+               f"--adaptive. Default: {ADAPTIVE_WEIGHT}."),
     ]
 
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..presets import OptimConfig, from_cli
+from ..presets import EXPLAIN_TOP, OptimConfig, from_cli
 
 
 def check_at_least(flag: str, value: int, least: int) -> None:
@@ -92,11 +92,17 @@ def label_request(given: dict[str, Any]) -> Any:
 
 def adaptive_record(given: dict[str, Any], batch_size: int):
     """``--adaptive`` and its settings as AdaptiveOptions (None without ``--adaptive``)."""
+    from ..errors import UsageError
     from ..scoring.adaptive import AdaptiveOptions
 
+    settings = {key: given[f"adaptive_{key}"] for key in ("slots", "weight") if given[f"adaptive_{key}"] is not None}
     if not given["adaptive"]:
+        if settings:
+            flags = " and ".join(f"--adaptive-{key}" for key in settings)
+            raise UsageError(f"{flags} set{'s' if len(settings) == 1 else ''} the adaptive memory, and there is no "
+                             "--adaptive", hint=f"add --adaptive, or drop {'it' if len(settings) == 1 else 'them'}")
         return None
-    return AdaptiveOptions(slots=given["adaptive_slots"], weight=given["adaptive_weight"], batch=batch_size)
+    return AdaptiveOptions(**settings, batch=batch_size)
 
 
 def learner_options(shortcuts: dict[str, Any], pairs: list[str] | None) -> dict[str, Any]:
@@ -116,9 +122,15 @@ def learner_options(shortcuts: dict[str, Any], pairs: list[str] | None) -> dict[
 
 def score_record(base: Any, given: dict[str, Any]):
     """``base`` (a ScoreOptions) with the scoring group's values; ``--explain`` lists ``--explain-top`` each."""
-    check_at_least("--explain-top", given["explain_top"], 1)
+    from ..errors import UsageError
     from ..registry import parse_pairs
 
+    top = given["explain_top"]
+    if top is not None:
+        check_at_least("--explain-top", top, 1)
+        if not given["explain"]:
+            raise UsageError("--explain-top says how many classes and negatives --explain lists, and there is no "
+                             "--explain", hint="add --explain, or drop --explain-top")
     settings = {k: v for k, v in given.items() if k not in ("explain", "explain_top", "scorer_options")}
-    return from_cli(base, **settings, explain=given["explain_top"] if given["explain"] else 0,
+    return from_cli(base, **settings, explain=(top or EXPLAIN_TOP) if given["explain"] else 0,
                     scorer_options=parse_pairs(given["scorer_options"] or [], "--scorer-option"))

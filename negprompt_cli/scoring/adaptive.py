@@ -29,15 +29,16 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
+from ..presets import ADAPTIVE_SLOTS, ADAPTIVE_WEIGHT
 from .test_time import BatchStream
 
 
 @dataclass(frozen=True)
 class AdaptiveOptions:
-    slots: int = 10  # image features remembered per label (AdaNeg's memleng)
+    slots: int = ADAPTIVE_SLOTS  # image features remembered per label (AdaNeg's memleng)
     threshold: float = 0.5  # t
     gap: float = 0.5  # g: confident ID above t + g(1 - t), confident OOD below t - g t
-    weight: float = 0.1  # λ: final = adaptive + λ · vanilla
+    weight: float = ADAPTIVE_WEIGHT  # λ: final = adaptive + λ · vanilla
     batch: int = 256  # images per memory update (the stream's batch)
 
     def __post_init__(self) -> None:
