@@ -46,6 +46,13 @@ def served(tmp_path, monkeypatch):
     class Handler(_Quiet):
         def do_GET(self):  # type: ignore[no-untyped-def]
             asked.append(self.path)
+            if self.path.endswith("/cut.txt"):  # promises 100 bytes, sends 10, hangs up
+                self.send_response(200)
+                self.send_header("Content-Length", "100")
+                self.end_headers()
+                self.wfile.write(b"spaceship\n")
+                self.close_connection = True
+                return
             super().do_GET()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
@@ -100,6 +107,10 @@ def test_fetch_failures_are_one_error_and_leave_no_file(served, tmp_path):
     (root / "neg_labels_adj.txt").unlink()
     with pytest.raises(HubError, match=r"neg_labels_adj.txt answered HTTP 404"):
         fetch(remote(base), cache, offline=False, what="list")
+    cut = RemoteFiles((RemoteFile("neg_labels_noun.txt", base + "cut.txt", hashlib.sha256(NOUNS).hexdigest()),))
+    with pytest.raises(HubError, match=r"cannot fetch .*/cut.txt \(the connection closed after 10 of 100 bytes\)"):
+        fetch(cut, tmp_path / "cut", offline=False, what="list")
+    assert list(cached_folder(cut, tmp_path / "cut").iterdir()) == []
     with pytest.raises(HubError, match="cannot fetch http://127.0.0.1:9/"):
         fetch(remote("http://127.0.0.1:9/"), tmp_path / "other", offline=False, what="list")
 

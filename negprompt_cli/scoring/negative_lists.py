@@ -10,6 +10,7 @@ changed where it is published never becomes a list. Later runs, and offline runs
 from __future__ import annotations
 
 import hashlib
+import http.client
 import urllib.error
 import urllib.request
 import warnings
@@ -18,7 +19,7 @@ from pathlib import Path
 from ..errors import HubError, NegPromptNotice, UsageError
 from ..features.feature_cache import LISTS_DIR
 from ..outputs.atomic import atomic_path
-from ..registry import RemoteFile, RemoteFiles
+from ..registry import RemoteFile, RemoteFiles, get_host
 from .lexicon import is_registered_name
 
 TIMEOUT_S = 60.0
@@ -31,8 +32,6 @@ def negatives_path(value: Path, cache_dir: Path, *, offline: bool = False) -> Pa
     list registered under that name (its cached copy for a remote one, fetched first when missing)."""
     if Path(value).exists() or not is_registered_name(str(value)):
         return Path(value)
-    from ..registry import get_host  # noqa: PLC0415 (plugins load only for a named list)
-
     name = str(value)
     source = get_host().negative_list(name)  # an unknown name: one error with the close ones
     if isinstance(source, Path):
@@ -84,15 +83,18 @@ def _download(file: RemoteFile, target: Path, what: str) -> None:
     try:
         request = urllib.request.Request(file.url, headers={"User-Agent": "negprompt"})
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response, open(target, "wb") as out:
+            announced = response.headers.get("Content-Length")
             while chunk := response.read(CHUNK):
                 size += len(chunk)
                 if size > MAX_BYTES:
                     raise HubError(f"{what}: {file.url} sent more than {MAX_BYTES >> 20} MiB, not the file it names")
                 digest.update(chunk)
                 out.write(chunk)
+        if announced is not None and announced.isdigit() and size < int(announced):
+            raise ConnectionError(f"the connection closed after {size:,} of {int(announced):,} bytes")
     except urllib.error.HTTPError as exc:
         raise HubError(f"{what}: {file.url} answered HTTP {exc.code} ({exc.reason})") from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
         raise HubError(f"{what}: cannot fetch {file.url} ({reason})",
                        hint="check the network, or use a local copy: --negatives FOLDER") from None
