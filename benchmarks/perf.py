@@ -405,18 +405,17 @@ def extra_sections() -> list[str]:
         lines += [markdown(json.loads(GPU_RESULTS.read_text())), ""]
     else:
         lines += [
-            "**Pending**: no GPU has run this commit's harness yet. `bash scripts/gpu-check.sh OUT` on a CUDA "
-            "machine (after `bash scripts/gpu-wheels.sh` here if it has no network) runs the test suite on "
-            "CUDA, the CLI pipeline in fp32/bf16/fp16 and `benchmarks/gpu.py`; copy `OUT/gpu.json` to "
-            "`benchmarks/results/gpu.json` and rerun `python benchmarks/perf.py --docs`. It measures, against "
-            "the issue's targets: fit-neg step ≥ 10× the released-style step at C = 1000 in fp32 and bf16; "
-            "one ImageNet-scale fit-neg epoch (C = 1000, 16 shots) ≤ 20 s in bf16; `score` ≥ 0.9× "
-            "min(bare `encode_image`, the GPU decoder) for ViT-B/16 and ViT-B/32 in fp32 and bf16 on "
-            "500×375 JPEGs, naming which is the ceiling. The last numbers a GPU gave (NVIDIA H200, torch "
-            "2.11 + cu130, commit ec9f869, before the device fixes, the fp32 gradient accumulation, "
-            "`--text-chunk auto` and the GPU decoder): fit-neg step 4.0–7.9× the released-style step, "
-            "bf16 without chunking lost half the gradient at C = 1000, one epoch 51 s (fp32, chunk 256), "
-            "score 0.57× (ViT-B/16) and 0.26× (ViT-B/32) of bare `encode_image`.",
+            "**Pending**: no GPU has run this commit's harness yet. `bash scripts/gpu-check.sh OUT` on a CUDA machine "
+            "(after `bash scripts/gpu-wheels.sh` here if it has no network) runs the in-process tests (`-m \"not "
+            "slow\"`) on CUDA, the CLI pipeline in fp32/bf16/fp16 and `benchmarks/gpu.py`; copy `OUT/gpu.json` to "
+            "`benchmarks/results/gpu.json` and rerun `python benchmarks/perf.py --docs`. It measures, against the "
+            "issue's targets: fit-neg step ≥ 10× the released-style step at C = 1000 in fp32 and bf16; one "
+            "ImageNet-scale fit-neg epoch (C = 1000, 16 shots) ≤ 20 s in bf16; `score` ≥ 0.9× min(bare `encode_image`, "
+            "the GPU decoder) for ViT-B/16 and ViT-B/32 in fp32 and bf16 on 500×375 JPEGs, naming which is the "
+            "ceiling. The last numbers a GPU gave (NVIDIA H200, torch 2.11 + cu130, commit ec9f869, before the device "
+            "fixes, the fp32 gradient accumulation, `--text-chunk auto` and the GPU decoder): fit-neg step 4.0–7.9× "
+            "the released-style step, bf16 without chunking lost half the gradient at C = 1000, one epoch 51 s (fp32, "
+            "chunk 256), score 0.57× (ViT-B/16) and 0.26× (ViT-B/32) of bare `encode_image`.",
             "",
         ]
     return lines
