@@ -407,6 +407,10 @@ class PluginHost:
                 options = option_fields(owner) if registry in (self.learners, self.scorers) else []
                 if registry is self.learners or options:  # a learner always says; a scorer when it has some
                     row["options"] = options
+                if isinstance(entry.obj, RemoteFiles):  # where a fetched list comes from, and on what terms
+                    row["fetched"] = {"source": entry.obj.source, "licence": entry.obj.licence,
+                                      "files": [{"name": f.name, "url": f.url, "sha256": f.sha256}
+                                                for f in entry.obj.files]}
                 found.setdefault(registry.kind, []).append(row)
         return found
 

@@ -38,5 +38,4 @@ def register_lexicons(register: Callable[..., None]) -> None:
 @hookimpl
 def register_negative_lists(register: Callable[..., None]) -> None:
     register("negrefine-imagenet1k", NEGREFINE_IMAGENET1K, description="NegRefine's LLM-filtered negative labels "
-             "for ImageNet-1k (4,998 nouns, 1,372 adjective phrases; selected with OpenAI CLIP ViT-B/16; MIT; "
-             "fetched from ah-ansari/NegRefine @72e4b82 on first use)")
+             "for ImageNet-1k (4,998 nouns, 1,372 adjective phrases; selected with OpenAI CLIP ViT-B/16)")

@@ -166,7 +166,9 @@ def test_a_named_list_is_a_registered_folder_or_remote_files(served, tmp_path, m
         negatives_path(Path("fetchd"), cache)
     assert "fetched" in (unknown.value.hint or "")
     rows = [r for r in host.describe() if r["name"] == "mylists"][0]["entries"]["negative-label list"]
-    assert [r["name"] for r in rows] == ["teaware", "fetched"]
+    assert [r["name"] for r in rows] == ["teaware", "fetched"] and "fetched" not in rows[0]
+    assert rows[1]["fetched"] == {"source": "a test's release", "licence": "MIT", "files": [
+        {"name": f.name, "url": f.url, "sha256": f.sha256} for f in remote(base).files]}
 
 
 def scoring_named_list(served, tmp_path, monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
@@ -219,6 +221,10 @@ def test_negrefines_list_is_registered_by_its_pinned_address_not_shipped():
         assert file.url == ("https://raw.githubusercontent.com/ah-ansari/NegRefine/"
                             f"72e4b82d8d48ae298ceabbb3322ac13799cd0c88/output/imagenet/seed_0/{file.name}")
     assert "MIT" in source.licence and "72e4b82" in source.source
+    listed = invoke(["plugins"])
+    assert listed.exit_code == 0 and "negrefine-imagenet1k: NegRefine's LLM-filtered negative labels" in listed.stdout
+    assert ("fetched on first use from: ah-ansari/NegRefine @72e4b82, output/imagenet/seed_0; licence: MIT License"
+            in listed.stdout)
     package = Path(__file__).resolve().parent.parent
     shipped = [p for d in ("negprompt_cli", "plugins") for p in (package / d).rglob("neg_labels_*")]
     assert shipped == []

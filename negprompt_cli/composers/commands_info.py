@@ -50,6 +50,10 @@ def describe_plugins(rows: list[dict[str, Any]]) -> Iterator[str]:
                 if entry.get("options"):
                     yield "      options: " + ", ".join(f"{o['name']} ({o['type']}, default {o['default']!r})"
                                                       for o in entry["options"])
+                if entry.get("fetched"):
+                    fetched = entry["fetched"]
+                    yield f"      fetched on first use from: {fetched['source'] or 'its addresses'}" + (
+                        f"; licence: {fetched['licence']}" if fetched["licence"] else "")
         yield f"  hooks: {', '.join(row['hooks'])}"
 
 
