@@ -241,6 +241,27 @@ def test_run_a_miniature_protocol_end_to_end_and_rerun_for_free(tmp_path, tiny_v
                                 "class_token_position": "end"}
     other = invoke([*args[:-1], "--n-ctx", "4"])
     assert other.exit_code == 5 and f"Error: {out} holds a run with other prompt" in other.stderr
+    # nor with other negative labels: a lexicon edited under the same name included (its scores would be stale)
+    assert json.loads((out / "run.json").read_text())["labels"]["lexicon"] is not None
+    (tmp_path / "lexicon.txt").write_text("".join(f"thing{k}\n" for k in range(41)))
+    other = invoke(args)
+    assert other.exit_code == 5 and f"Error: {out} holds a run with other labels" in other.stderr
+    # a list of negatives as given instead of mining (score --negatives), checked before anything runs
+    (tmp_path / "negs.txt").write_text("spaceship\nvolcano\nlighthouse\n")
+    listed = tmp_path / "listed"
+    base = [*args[:5], "--backbone", backbone, "--scorers", "", "--zero-shot-scorers", "mcm,neglabel"]
+    both = invoke([*base, "--out", str(listed), "--negatives", str(tmp_path / "negs.txt"), "--lexicon",
+                   str(tmp_path / "lexicon.txt")])
+    assert both.exit_code == 2 and "--negatives is the list of negative labels itself" in both.stderr
+    unread = invoke([*base[:-1], "mcm", "--out", str(listed), "--negatives", str(tmp_path / "negs.txt")])
+    assert unread.exit_code == 2 and "--negatives sets the negative labels, and no requested scorer" in unread.stderr
+    missing = invoke([*base, "--out", str(listed), "--negatives", str(tmp_path / "absent.txt")])
+    assert missing.exit_code == 3 and "Error: negative-label list not found: " in missing.stderr
+    assert not listed.exists()
+    run = invoke([*base, "--out", str(listed), "--negatives", str(tmp_path / "negs.txt"), "--json"])
+    assert run.exit_code == 0, run.stderr
+    assert json.loads((listed / "run.json").read_text())["labels"]["negatives"] is not None
+    assert [r["row"] for r in json.loads(run.stdout)["rows"]] == ["zero-shot/mcm", "zero-shot/neglabel"]
 
 
 def test_run_refuses_a_broken_layout_and_trains_open_vocabulary_negatives_on_the_fraction(tmp_path, tiny_vit_dir):

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..benchmark.layout import ImageList, check_layout
 from ..benchmark.protocol import Protocol, imagenet_wnids, load_protocol
+from ..environment import default_cache_dir, offline_requested
 from ..errors import IncompatibleArtifactError, NotFoundError, UsageError
 from ..features.backbone import BackboneRequest, RuntimeOptions
 from ..features.image_features import EncodeOptions
@@ -33,8 +34,10 @@ from ..outputs.atomic import check_output_folder, write_text_atomic
 from ..outputs.score_file import read_score_file
 from ..presets import NEGATIVE_OPTIM, POSITIVE_OPTIM, OptimConfig
 from ..registry import get_host
+from ..scoring.lexicon import load_lexicon
 from ..scoring.metrics import ood_metrics
-from ..scoring.negative_labels import LabelRequest
+from ..scoring.negative_labels import LabelRequest, read_negatives
+from ..scoring.negative_lists import negatives_path
 from ..scoring.setup import zero_shot_prompts
 from ..scoring.thresholds import ThresholdWarning
 from ..stages.fit_neg import FitNegOptions, fit_neg
@@ -64,6 +67,7 @@ class BenchmarkOptions:
     prompt: PromptSettings = field(default_factory=PromptSettings)  # the positive stage's context layout
     encode: EncodeOptions = EncodeOptions()  # how every stage of the run encodes images here
     lexicon: Path | None = None  # for the negative-label scorers (default: the backbone's, else WordNet)
+    negatives: Path | None = None  # or a list of negative labels used as given (a file, folder or registered name)
     image_lists: dict[str, ImageList] = field(default_factory=dict)  # OOD sets given as list files
 
 
@@ -165,12 +169,30 @@ def _score(options: BenchmarkOptions, views: dict[str, Any], folder: Path, score
                                backbone=options.backbone if prompts is None else None,
                                runtime=_runtime(options), scorer=scorer, out=path, labeled=name == "ID",
                                encode=options.encode, return_rows=False,  # read back from the file
-                               labels=LabelRequest(lexicon=options.lexicon if _mines(scorer) else None)))
+                               labels=_labels(options) if _mines(scorer) else LabelRequest()))
     return files
 
 
+def _labels(options: BenchmarkOptions) -> LabelRequest:
+    """The negative labels of the run's label scorers: mined from --lexicon, or the --negatives list as given."""
+    return LabelRequest(lexicon=options.lexicon, negatives=options.negatives)
+
+
+def _labels_record(options: BenchmarkOptions) -> dict[str, str | None]:
+    """What the run's negative labels are, by content, for the run folder: score files made with other labels are
+    never reused for these (a changed lexicon file under the same name included). Read once at the start, so a
+    missing file, or a named list that cannot be fetched, stops the run before any training."""
+    lexicon = load_lexicon(options.lexicon).digest() if options.lexicon is not None else None
+    negatives = None
+    if options.negatives is not None:
+        path = negatives_path(options.negatives, options.encode.cache_dir or default_cache_dir(),
+                              offline=offline_requested(options.backbone.offline))
+        negatives = hashlib.sha256(json.dumps(read_negatives(path)).encode()).hexdigest()[:16]
+    return {"lexicon": lexicon, "negatives": negatives}
+
+
 def _mines(scorer: str) -> bool:
-    """The scorer reads negative labels (the run's --lexicon applies to it)."""
+    """The scorer reads negative labels (the run's --lexicon or --negatives applies to it)."""
     return get_host().scorer_spec(scorer).pool is not None
 
 
@@ -211,20 +233,21 @@ def _holds_results(out: Path) -> bool:
     return any(p.is_file() for pattern in ("seed-*/**/*", "zero-shot/**/*") for p in out.glob(pattern))
 
 
-def _claim_run_folder(options: BenchmarkOptions, protocol: Protocol) -> None:
+def _claim_run_folder(options: BenchmarkOptions, protocol: Protocol, labels: dict[str, str | None]) -> None:
     """A run folder holds one setup: reusing its artifacts for other weights, protocol or training settings
     would report numbers that belong to something else. A folder whose run stopped before producing anything
     (a bad --n-ctx, a name too long for the text tower) takes the corrected settings of the same protocol."""
     setup: dict[str, Any] = {"protocol": protocol.name, "weights": _weights_record(options.backbone),
              "shots": options.shots or protocol.shots, "open_vocabulary": protocol.open_vocabulary,
              "positive": options.pos_optim.as_dict(), "negative": options.neg_optim.as_dict(),
-             "prompt": options.prompt.as_dict()}
+             "prompt": options.prompt.as_dict(), "labels": labels}
     setup["positive"].pop("seed", None)
     setup["negative"].pop("seed", None)
     marker = options.out / "run.json"
     if marker.exists():
         held = json.loads(marker.read_text())
         held.setdefault("prompt", PromptSettings().as_dict())  # run folders from before the prompt was recorded
+        held.setdefault("labels", {"lexicon": None, "negatives": None})  # ... and before the labels were
         different = sorted(k for k in setup if held.get(k) != json.loads(json.dumps(setup[k])))
         if different and "protocol" not in different and not _holds_results(options.out):
             different = []
@@ -257,6 +280,14 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
                          "scorer whose scores depend on the stream (its papers mix ID and OOD images in one shuffled "
                          "stream)", hint="score one shuffled folder of ID + OOD images with `negprompt score "
                                          f"--scorer {streamed[0]}` and `negprompt report`")
+    labels: dict[str, str | None] = {"lexicon": None, "negatives": None}
+    if options.lexicon is not None or options.negatives is not None:
+        given = _labels(options).given()  # --lexicon with --negatives: refused here
+        if not any(_mines(s) for s in requested):
+            raise UsageError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} the negative labels, and "
+                             "no requested scorer reads them", hint="add one that does to --scorers or "
+                                                                    "--zero-shot-scorers (neglabel, csp, ...)")
+        labels = _labels_record(options)
     if options.shots:  # the layout needs as many training images as the run will take, not the protocol's
         protocol = replace(protocol, shots=options.shots)
     if not Path(options.root).is_dir():
@@ -271,7 +302,7 @@ def run_benchmark(options: BenchmarkOptions) -> dict[str, Any]:
         raise NotFoundError(f"output directory's parent does not exist: {options.out.parent}")
     check_output_folder(options.out)
     options.out.mkdir(exist_ok=True)
-    _claim_run_folder(options, protocol)
+    _claim_run_folder(options, protocol, labels)
     views = prepare_views(protocol, Path(options.root), options.out, layout.val_images, options.image_lists)
     ood_names = list(views["ood"])
     seeds = options.seeds or protocol.seeds

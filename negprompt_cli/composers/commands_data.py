@@ -278,6 +278,9 @@ def benchmark_run_command(
                                                    "template ('' for none).")] = "mcm,neglabel,csp",
     lexicon: Annotated[Path | None, typer.Option("--lexicon", help="Lexicon of the negative-label scorers (default: "
                                                  "the shipped WordNet lists).")] = None,
+    negatives: Annotated[Path | None, typer.Option("--negatives", help="A list of negative labels the negative-label "
+                                                   "scorers use as given instead of mining (a file, a folder, or a "
+                                                   "registered list's name: negrefine-imagenet1k).")] = None,
     imglist: ImgListOpt = None,
     imglist_root: ImgListRootOpt = None,
     pos_epochs: Annotated[int | None, typer.Option("--pos-epochs", help=f"Default: {POSITIVE_OPTIM.epochs}.")] = None,
@@ -315,7 +318,7 @@ def benchmark_run_command(
         prompt=from_cli(PromptSettings(), n_ctx=n_ctx, ctx_init=ctx_init, suffix=suffix),
         encode=encode_options(flags.runtime, quiet or json_out, cache_dir=cache_dir, workers=workers,
                               batch_size=batch_size),
-        lexicon=lexicon, image_lists=image_lists(imglist or [], imglist_root, root)))
+        lexicon=lexicon, negatives=negatives, image_lists=image_lists(imglist or [], imglist_root, root)))
     for line in table(report):
         info(" | ".join(line))
     finish(f"Wrote {out / 'report.html'}, report.md and report.json ({len(report['rows'])} rows).", report, json_out)

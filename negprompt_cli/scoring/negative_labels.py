@@ -47,7 +47,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..errors import NegPromptNotice, UsageError
+from ..errors import NegPromptNotice, NotFoundError, UsageError
 from ..features.backbone import Backbone
 from ..features.feature_cache import TEXT_FEATURES_DIR
 from ..features.text_encoder import SoftPromptTextEncoder
@@ -358,7 +358,7 @@ def read_negatives(path: Path) -> tuple[list[str], list[str]]:
         try:
             lines = file.read_text(encoding="utf-8-sig").splitlines()
         except FileNotFoundError:
-            raise UsageError(f"--negatives: not found: {file}") from None
+            raise NotFoundError(f"negative-label list not found: {file}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"--negatives {file} cannot be read as UTF-8 text ({exc})") from None
         for line in lines:
