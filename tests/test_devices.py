@@ -79,6 +79,10 @@ def test_decoding_workers_from_a_forkserver_give_the_same_features(tiny_backbone
     """On CUDA the DataLoader starts its workers from a forkserver; the features must not change."""
     assert features_module.worker_context(torch.device("cuda"), 2) == "forkserver"
     assert features_module.worker_context(torch.device("cpu"), 0) is None
+    assert features_module.worker_context(torch.device("cpu"), 2) is None  # no process group here
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # a torchrun rank's: its sockets stay
+    assert features_module.worker_context(torch.device("cpu"), 2) == "forkserver"  # out of the workers
+    monkeypatch.undo()
     paths = find_images(make_image_folder(tmp_path / "imgs", per_class=3))
     inline, _, _ = features_module.encode_images(tiny_backbone, paths, use_cache=False, num_workers=0, quiet=True)
     monkeypatch.setattr(features_module, "worker_context", lambda device, workers: "forkserver")

@@ -82,9 +82,10 @@ def test_torchrun_score_and_cache_build_give_the_one_process_bytes(job):
     # both ranks wrote their own shards into the shared cache
     assert len(list((root / "c2").rglob("*.safetensors"))) >= 2
 
-    # cache build under torchrun fills what a later one-process score reads, with the same rows
+    # cache build under torchrun fills what a later one-process score reads, with the same rows; its ranks decode
+    # with workers started from a forkserver (a forked one would inherit the process group's threads and sockets)
     backbone = common[common.index("--backbone"):common.index("--backbone") + 2]
-    built = torchrun(2, "cache", "build", str(root / "images"), *backbone, "--batch-size", "4",
+    built = torchrun(2, "cache", "build", str(root / "images"), *backbone, "--batch-size", "4", "--workers", "1",
                      "--cache-dir", str(root / "c3"), "--json", "--quiet")
     assert built.returncode == 0, built.stderr
     summary = json.loads(built.stdout)

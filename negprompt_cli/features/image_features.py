@@ -307,10 +307,14 @@ def encode_pixels(backbone: Backbone, pixels: torch.Tensor, precision: str = "fp
 
 def worker_context(device: torch.device, num_workers: int) -> str | None:
     """How decoding workers start: forking a process whose CUDA runtime and its threads are up can deadlock
-    the children, so on CUDA (or once CUDA is initialised) they start from a clean forkserver instead."""
+    the children, so on CUDA (or once CUDA is initialised) they start from a clean forkserver instead; likewise
+    in a torchrun job, whose process group runs its own threads and holds sockets to the other ranks that a
+    forked child would inherit."""
     if num_workers <= 0:
         return None
     if device.type == "cuda" or torch.cuda.is_initialized():
+        return "forkserver"
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
         return "forkserver"
     return None
 
