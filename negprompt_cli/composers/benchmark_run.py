@@ -36,7 +36,7 @@ from ..presets import NEGATIVE_OPTIM, POSITIVE_OPTIM, OptimConfig
 from ..registry import get_host
 from ..scoring.lexicon import load_lexicon
 from ..scoring.metrics import ood_metrics
-from ..scoring.negative_labels import LabelRequest, read_negatives
+from ..scoring.negative_labels import LabelRequest, list_digest, read_negatives
 from ..scoring.negative_lists import negatives_path
 from ..scoring.setup import zero_shot_prompts
 from ..scoring.thresholds import ThresholdWarning
@@ -187,7 +187,7 @@ def _labels_record(options: BenchmarkOptions) -> dict[str, str | None]:
     if options.negatives is not None:
         path = negatives_path(options.negatives, options.encode.cache_dir or default_cache_dir(),
                               offline=offline_requested(options.backbone.offline))
-        negatives = hashlib.sha256(json.dumps(read_negatives(path)).encode()).hexdigest()[:16]
+        negatives = list_digest(*read_negatives(path))
     return {"lexicon": lexicon, "negatives": negatives}
 
 

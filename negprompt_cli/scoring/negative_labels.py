@@ -372,6 +372,12 @@ def read_negatives(path: Path) -> tuple[list[str], list[str]]:
     return words, kinds
 
 
+def list_digest(words: list[str], kinds: list[str]) -> str:
+    """What a list of negatives is, by content (:func:`read_negatives`' labels and kinds): a threshold, or a
+    benchmark run folder, made with one list never applies to another."""
+    return hashlib.sha256(json.dumps([words, kinds]).encode()).hexdigest()[:16]
+
+
 def listed(backbone: Backbone, path: Path, id_names: list[str], options: MiningOptions, *,
            cache_dir: Path | None = None, quiet: bool = False) -> NegativeLabels:
     """A given list of negative labels (EOE-style: a user's or an LLM's), each under the pool's templates for its
@@ -386,9 +392,8 @@ def listed(backbone: Backbone, path: Path, id_names: list[str], options: MiningO
     found = Candidates([words[i] for i in keep], [kinds[i] for i in keep], POOLS[options.pool], [False] * len(keep),
                        0)
     feats = candidate_features(backbone, found, cache_dir, quiet)
-    digest = hashlib.sha256(json.dumps([words, kinds]).encode()).hexdigest()[:16]
     return NegativeLabels(found.words, found.prompts, found.kinds, feats, len(words),
-                          sum(is_id) if options.id_names == "drop" else 0, options, f"list:{digest}",
+                          sum(is_id) if options.id_names == "drop" else 0, options, f"list:{list_digest(words, kinds)}",
                           mined_id_names=sum(is_id) if options.id_names == "keep" else 0, source="list")
 
 
